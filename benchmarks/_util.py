@@ -1,0 +1,34 @@
+"""Small helpers shared by the benchmark scripts."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def gpu_shopper_cmd() -> list[str]:
+    """The installed console script next to this Python, else ``python -m gpushopper``."""
+    script = Path(sys.executable).with_name("gpu-shopper")
+    if script.exists():
+        return [str(script)]
+    found = shutil.which("gpu-shopper")
+    return [found] if found else [sys.executable, "-m", "gpushopper"]
+
+
+def time_process(argv: list[str], runs: int, env: dict[str, str] | None = None) -> float:
+    """Median wall time of ``runs`` whole-process runs, in seconds (after one warm-up)."""
+    full_env = dict(os.environ, **(env or {}))
+    subprocess.run(argv, env=full_env, capture_output=True, check=False)
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        proc = subprocess.run(argv, env=full_env, capture_output=True, check=False)
+        samples.append(time.perf_counter() - start)
+        if proc.returncode not in (0,):
+            raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.decode()[-300:]}")
+    return statistics.median(samples)

@@ -1,0 +1,113 @@
+"""``gpu-shopper config``: list, get, set, unset, path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from gpushopper.cli import App, pass_app
+from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table
+
+
+def _show(value: Any) -> str:
+    if value is None or value == [] or value == "":
+        return "-"
+    if isinstance(value, list):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+@click.group(epilog="Example: gpu-shopper config set defaults.disk_gb 50")
+def config() -> None:
+    """Show and change settings (flag > environment > .env > config file > default)."""
+
+
+@config.command(
+    "list",
+    epilog="Example: gpu-shopper config list --json | jq '.[] | select(.source != \"default\")'",
+)
+@json_option
+@pass_app
+def config_list(app: App, as_json: bool) -> None:
+    """Every setting, its value (secrets masked) and where it came from."""
+    rows = app.settings.listing()
+    if as_json:
+        emit_json(rows)
+        return
+    print_table(
+        ["KEY", "VALUE", "SOURCE"], [(r["key"], _show(r["value"]), r["source"]) for r in rows]
+    )
+
+
+@config.command("get", epilog="Example: gpu-shopper config get defaults.hours")
+@click.argument("key")
+@json_option
+@pass_app
+def config_get(app: App, key: str, as_json: bool) -> None:
+    """One setting's value (secrets masked) and source."""
+    from gpushopper.core.redact import mask
+
+    spec = app.settings.spec(key)
+    value, source = app.settings.raw(key)
+    app.settings.get(key)  # validates type, registers secrets
+    if spec.secret and value:
+        value = mask(str(value))
+    if as_json:
+        emit_json({"key": key, "value": value, "source": source})
+    else:
+        click.echo(_show(value))
+
+
+@config.command("set", epilog="Example: gpu-shopper config set profiles.big.min_vram_gb 48")
+@click.argument("key")
+@click.argument("value")
+@json_option
+@pass_app
+def config_set(app: App, key: str, value: str, as_json: bool) -> None:
+    """Store KEY = VALUE in the config file (written with mode 0600)."""
+    from gpushopper.core.redact import mask
+
+    stored = app.settings.set(key, value)
+    secret = not key.startswith("profiles.") and app.settings.spec(key).secret
+    shown = mask(str(stored)) if secret else stored
+    if as_json:
+        emit_json({"key": key, "value": shown, "file": str(app.paths.config_file)})
+    else:
+        info(f"Set {key} = {_show(shown)} in {app.paths.config_file}")
+
+
+@config.command("unset", epilog="Example: gpu-shopper config unset vastai.max_price")
+@click.argument("key")
+@json_option
+@pass_app
+def config_unset(app: App, key: str, as_json: bool) -> None:
+    """Remove KEY from the config file (its default or environment value applies again)."""
+    removed = app.settings.unset(key)
+    if as_json:
+        emit_json({"key": key, "removed": removed})
+    else:
+        info(f"Removed {key}" if removed else f"{key} was not set in the config file")
+
+
+@config.command("path", epilog="Example: gpu-shopper config path --json | jq -r .state_file")
+@json_option
+@pass_app
+def config_path(app: App, as_json: bool) -> None:
+    """Where the config file, state, keys and cache live."""
+    paths = app.paths
+    data = {
+        "config_file": str(paths.config_file),
+        "state_file": str(paths.state_file),
+        "data_dir": str(paths.data_dir),
+        "keys_dir": str(paths.keys_dir),
+        "cache_dir": str(paths.cache_dir),
+        "ssh_config": str(paths.ssh_config_file),
+    }
+    if as_json:
+        emit_json(data)
+    else:
+        click.echo(str(paths.config_file))
+
+
+__all__ = ["config", "print_kv"]

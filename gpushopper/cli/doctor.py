@@ -1,0 +1,138 @@
+"""``gpu-shopper doctor``: is this machine ready to shop, rent and clean up?"""
+
+from __future__ import annotations
+
+import shutil
+from typing import Any
+
+import click
+
+from gpushopper.cli import App, pass_app
+from gpushopper.cli.output import emit_json, json_option, print_table
+from gpushopper.core.errors import GpuShopperError, MissingCredentials
+
+
+def _check(name: str, status: str, detail: str) -> dict[str, str]:
+    return {"check": name, "status": status, "detail": detail}
+
+
+def run_checks(app: App) -> list[dict[str, str]]:
+    from gpushopper.providers.base import provider_names
+    from gpushopper.state.config import SETTINGS
+
+    checks: list[dict[str, str]] = []
+    # Config file and every setting's type.
+    try:
+        app.settings.file_data()
+        for key in SETTINGS:
+            app.settings.get(key)
+        where = app.paths.config_file
+        checks.append(
+            _check("config", "ok", f"{where}" if where.exists() else f"{where} (not created yet)")
+        )
+    except GpuShopperError as exc:
+        checks.append(_check("config", "fail", str(exc)))
+
+    # State file.
+    try:
+        state = app.store.read()
+        detail = (
+            f"{app.paths.state_file}: {len(state['sessions'])} sessions"
+            if app.store.exists()
+            else f"{app.paths.state_file} (not created yet)"
+        )
+        checks.append(_check("state", "ok", detail))
+    except GpuShopperError as exc:
+        checks.append(_check("state", "fail", str(exc)))
+
+    # Credentials and one cheap authenticated call per provider.
+    configured = 0
+    for name in provider_names():
+        try:
+            provider = app.provider(name)
+        except MissingCredentials as exc:
+            checks.append(_check(f"{name} credentials", "skip", str(exc)))
+            continue
+        except GpuShopperError as exc:
+            checks.append(_check(f"{name} credentials", "fail", str(exc)))
+            continue
+        configured += 1
+        checks.append(_check(f"{name} credentials", "ok", "configured"))
+        try:
+            detail = provider.check()
+            checks.append(_check(f"{name} reachable", "ok", detail))
+        except GpuShopperError as exc:
+            checks.append(_check(f"{name} reachable", "fail", str(exc)))
+    if configured == 0:
+        checks.append(
+            _check(
+                "providers",
+                "fail",
+                "no provider has credentials: set VASTAI_API_KEY or TENSORDOCK_API_TOKEN",
+            )
+        )
+
+    # SSH tools.
+    ssh = shutil.which("ssh")
+    checks.append(
+        _check("ssh client", "ok", ssh)
+        if ssh
+        else _check(
+            "ssh client", "fail", "OpenSSH client not found: apt-get install openssh-client"
+        )
+    )
+    sshd = shutil.which("sshd") or (
+        "/usr/sbin/sshd" if shutil.which("sshd", path="/usr/sbin") else None
+    )
+    checks.append(
+        _check("sshd (test suite)", "ok", sshd)
+        if sshd
+        else _check(
+            "sshd (test suite)",
+            "warn",
+            "OpenSSH server not found; only the test suite needs it: apt-get install openssh-server",
+        )
+    )
+    checks.append(_ssh_include_check(app))
+    return checks
+
+
+def _ssh_include_check(app: App) -> dict[str, str]:
+    from pathlib import Path
+
+    ours = app.paths.ssh_config_file
+    user_config = Path.home() / ".ssh" / "config"
+    line = f"Include {ours}"
+    try:
+        text = user_config.read_text(encoding="utf-8")
+    except OSError:
+        text = ""
+    if str(ours) in text:
+        return _check("ssh include", "ok", f"{user_config} includes {ours}")
+    return _check(
+        "ssh include",
+        "warn",
+        f"to use 'ssh gpu-<session>', add this line at the top of {user_config}: {line}",
+    )
+
+
+@click.command(
+    epilog="Example: gpu-shopper doctor --json | jq '.checks[] | select(.status==\"fail\")'"
+)
+@json_option
+@pass_app
+def doctor(app: App, as_json: bool) -> int:
+    """Check config, credentials, the state file, provider reachability and SSH tools.
+
+    Exits 0 only when nothing failed (warnings and skipped providers are fine).
+    """
+    checks = run_checks(app)
+    ok = all(c["status"] != "fail" for c in checks)
+    if as_json:
+        result: dict[str, Any] = {"ok": ok, "checks": checks}
+        emit_json(result)
+    else:
+        print_table(
+            ["CHECK", "STATUS", "DETAIL"], [(c["check"], c["status"], c["detail"]) for c in checks]
+        )
+    return 0 if ok else 1

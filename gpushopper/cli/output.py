@@ -1,0 +1,198 @@
+"""Everything the user sees: rich tables for people, one JSON document for scripts,
+and the mapping from errors to a one-line message and an exit code (see CLI.md)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+from gpushopper.core.errors import GpuShopperError
+from gpushopper.core.redact import redact
+
+_mode = {"json": False, "verbose": False}
+
+
+def json_requested() -> bool:
+    return _mode["json"]
+
+
+def _json_callback(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
+    if value:
+        _mode["json"] = True
+    return value
+
+
+def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """The ``--json`` flag every command has."""
+    return click.option(
+        "--json",
+        "as_json",
+        is_flag=True,
+        is_eager=True,
+        callback=_json_callback,
+        help="Print one JSON document on stdout (and nothing else there).",
+    )(func)
+
+
+def set_verbose(value: bool) -> None:
+    _mode["verbose"] = value
+
+
+def debug_enabled() -> bool:
+    return _mode["verbose"] or os.environ.get("GPU_SHOPPER_DEBUG", "") not in ("", "0")
+
+
+# -- writing -------------------------------------------------------------------------------
+def emit_json(data: Any) -> None:
+    """Write ``data`` as the single JSON document on stdout."""
+    import json
+
+    text = json.dumps(data, indent=2, default=str, ensure_ascii=False)
+    sys.stdout.write(redact(text) + "\n")
+    sys.stdout.flush()
+
+
+def _color_ok(stream: Any) -> bool:
+    if os.environ.get("NO_COLOR"):
+        return False
+    isatty = getattr(stream, "isatty", None)
+    return bool(isatty and isatty())
+
+
+def console(stderr: bool = False) -> Any:
+    """A rich Console that follows the terminal (no colour off a TTY or with NO_COLOR)."""
+    from rich.console import Console
+
+    stream = sys.stderr if stderr else sys.stdout
+    color = _color_ok(stream)
+    return Console(
+        file=stream,
+        no_color=not color,
+        color_system="auto" if color else None,
+        highlight=False,
+        soft_wrap=False,
+        width=None if color else 200,
+    )
+
+
+def print_table(
+    columns: Sequence[str],
+    rows: Sequence[Sequence[Any]],
+    *,
+    title: str | None = None,
+    empty: str = "Nothing to show.",
+) -> None:
+    """A table on stdout for people; ``None`` shows as ``-``."""
+    if not rows:
+        info(empty)
+        return
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    for column in columns:
+        justify = "right" if column.endswith(("$/h", "GB", "#", "%", "USD", "$")) else "left"
+        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
+    for row in rows:
+        table.add_row(*("-" if cell is None else redact(str(cell)) for cell in row))
+    console().print(table)
+
+
+def print_kv(pairs: Sequence[tuple[str, Any]]) -> None:
+    """``key: value`` lines for one object."""
+    width = max((len(k) for k, _ in pairs), default=0)
+    for key, value in pairs:
+        shown = "-" if value is None or value == "" else value
+        click.echo(redact(f"{key.ljust(width)}  {shown}"))
+
+
+def info(message: str) -> None:
+    """Progress and notes: stderr, so stdout stays clean for JSON and pipes."""
+    click.echo(redact(message), err=True)
+
+
+def warn(message: str) -> None:
+    click.echo(redact(f"Warning: {message}"), err=True)
+
+
+# -- errors --------------------------------------------------------------------------------
+def _one_line(message: str) -> str:
+    return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
+
+
+def fail(error_type: str, message: str, exit_code: int) -> int:
+    """Report an error: one line on stderr, and the JSON error object with ``--json``."""
+    _register_known_secrets()
+    message = redact(_one_line(message))
+    if json_requested():
+        emit_json({"error": {"type": error_type, "message": message}})
+    click.echo(f"Error: {message}", err=True)
+    return exit_code
+
+
+def _register_known_secrets() -> None:
+    """Errors can come from code that never loaded settings: learn the secrets now."""
+    try:
+        from gpushopper.state.config import Settings
+        from gpushopper.state.paths import resolve_paths
+
+        Settings(paths=resolve_paths()).register_secrets()
+    except Exception:  # never let redaction set-up hide the real error
+        pass
+
+
+def setup_logging() -> None:
+    import logging
+
+    level = logging.DEBUG if debug_enabled() else logging.WARNING
+    handler = logging.StreamHandler(sys.stderr)
+
+    class _Redacting(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:  # noqa: A003
+            return redact(super().format(record))
+
+    handler.setFormatter(_Redacting("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("gpushopper")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def run(cli: click.Command, argv: Sequence[str] | None = None) -> int:
+    """Run the Click tree; turn every outcome into an exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    _mode["json"] = "--json" in args
+    _mode["verbose"] = any(a in ("-v", "--verbose") for a in args[:3])
+    try:
+        result = cli.main(args=args, prog_name="gpu-shopper", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code or 0)
+    except click.exceptions.Abort:
+        return fail("interrupted", "interrupted", 130)
+    except click.UsageError as exc:
+        hint = ""
+        if exc.ctx is not None:
+            hint = f" (see '{exc.ctx.command_path} --help')"
+        return fail("usage", exc.format_message() + hint, 2)
+    except click.ClickException as exc:
+        return fail("usage", exc.format_message(), exc.exit_code or 1)
+    except GpuShopperError as exc:
+        return fail(exc.type, str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        return fail("interrupted", "interrupted", 130)
+    except BrokenPipeError:
+        return 1
+    except Exception as exc:  # the last line of defence: no traceback unless asked
+        if debug_enabled():
+            import traceback
+
+            traceback.print_exc()
+        hint = "" if debug_enabled() else " (run with -v or GPU_SHOPPER_DEBUG=1 for details)"
+        return fail("internal", f"{type(exc).__name__}: {exc}{hint}", 1)
+    if isinstance(result, int):
+        return result
+    return 0

@@ -1,0 +1,109 @@
+"""Typed errors; each knows its exit code and the JSON error ``type``."""
+
+from __future__ import annotations
+
+
+class GpuShopperError(Exception):
+    """Base of every error the tool reports on purpose."""
+
+    exit_code = 1
+    type = "error"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        from gpushopper.core.redact import redact
+
+        return redact(self.message)
+
+
+class UsageError(GpuShopperError):
+    """Bad flags or input: exit 2."""
+
+    exit_code = 2
+    type = "usage"
+
+
+class ConfigError(GpuShopperError):
+    """A setting is unknown, of the wrong type or missing: exit 2."""
+
+    exit_code = 2
+    type = "config"
+
+
+class MissingCredentials(ConfigError):
+    """A provider has no credentials configured; callers usually skip it."""
+
+    type = "missing_credentials"
+
+    def __init__(self, provider: str, hint: str) -> None:
+        super().__init__(f"{provider}: no credentials configured ({hint})")
+        self.provider = provider
+
+
+class ProviderError(GpuShopperError):
+    """A provider answered with an error (or not at all): exit 1."""
+
+    type = "provider"
+
+    def __init__(
+        self,
+        provider: str,
+        message: str,
+        *,
+        status: int | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(f"{provider}: {message}")
+        self.provider = provider
+        self.provider_message = message
+        self.status = status
+        self.code = code
+
+
+class AuthFailed(ProviderError):
+    type = "auth"
+
+
+class NotFound(ProviderError):
+    type = "not_found"
+
+
+class RateLimited(ProviderError):
+    type = "rate_limited"
+
+    def __init__(self, provider: str, message: str, *, retry_after: float | None = None, **kw):
+        super().__init__(provider, message, **kw)
+        self.retry_after = retry_after
+
+
+class Unavailable(ProviderError):
+    """Server errors, timeouts, connection failures, malformed answers."""
+
+    type = "unavailable"
+
+
+class StateError(GpuShopperError):
+    """The state file is unreadable, corrupt or from a newer version: exit 1."""
+
+    type = "state"
+
+
+class SshError(GpuShopperError):
+    type = "ssh"
+
+
+class NeedsAttention(GpuShopperError):
+    """Nothing failed, but a person should look (e.g. orphans left alone): exit 3."""
+
+    exit_code = 3
+    type = "needs_attention"
+
+
+class Interrupted(GpuShopperError):
+    """Ctrl-C, after cleanup: exit 130."""
+
+    exit_code = 130
+    type = "interrupted"

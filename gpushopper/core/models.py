@@ -1,0 +1,201 @@
+"""The tool's vocabulary, in normalised units: GB, USD per hour, 0-1 reliability, UTC."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+OFFER_KEYS = (
+    "id",
+    "provider",
+    "gpu_name",
+    "num_gpus",
+    "vram_gb",
+    "price_per_hour",
+    "reliability",
+    "cuda_version",
+    "disk_gb",
+    "cpu_cores",
+    "ram_gb",
+    "country",
+    "location",
+    "inet_down_mbps",
+    "verified",
+    "health",
+)
+
+
+@dataclass
+class Offer:
+    """One rentable configuration. Unknown values are None, never guessed."""
+
+    id: str
+    provider: str
+    gpu_name: str | None
+    num_gpus: int | None
+    vram_gb: float | None = None
+    price_per_hour: float | None = None
+    reliability: float | None = None
+    cuda_version: float | None = None
+    disk_gb: float | None = None
+    cpu_cores: float | None = None
+    ram_gb: float | None = None
+    country: str | None = None
+    location: str | None = None
+    inet_down_mbps: float | None = None
+    verified: bool | None = None
+    health: str | None = "ok"
+    machine_id: str | None = None
+    driver_version: str | None = None
+    dlperf: float | None = None
+    total_flops: float | None = None
+    perf_per_dollar: float | None = None
+    max_disk_gb: float | None = None
+    # provider-specific facts needed to rent this exact offer (not part of the JSON contract)
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("extra")
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Offer:
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class OfferQuery:
+    """What the user asked the market for."""
+
+    providers: list[str] = field(default_factory=lambda: ["vastai", "tensordock"])
+    gpus: list[str] = field(default_factory=list)
+    min_vram_gb: float | None = None
+    num_gpus: int | None = None
+    max_price: float | None = None
+    min_reliability: float | None = None
+    min_cuda: float | None = None
+    min_disk_gb: float | None = None
+    countries: list[str] = field(default_factory=list)
+    disk_gb: float = 32
+    verified: bool | None = None
+    sort: str = "price"
+    limit: int | None = None
+    template: str | None = None
+
+    def cache_key(self, provider: str) -> str:
+        parts = {
+            "p": provider,
+            "g": sorted(canonical_gpu(g) for g in self.gpus),
+            "v": self.min_vram_gb,
+            "n": self.num_gpus,
+            "m": self.max_price,
+            "r": self.min_reliability,
+            "c": self.min_cuda,
+            "d": self.min_disk_gb,
+            "cc": sorted(c.upper() for c in self.countries),
+            "disk": self.disk_gb,
+            "ver": self.verified,
+        }
+        return repr(sorted(parts.items()))
+
+
+@dataclass
+class Template:
+    """A launch recipe: a Vast.ai template or a TensorDock OS image."""
+
+    id: str
+    provider: str
+    name: str
+    image: str | None = None
+    hash_id: str | None = None
+    description: str | None = None
+    use_ssh: bool | None = None
+    runtype: str | None = None
+    min_cuda: float | None = None
+    recommended_disk_gb: float | None = None
+    requirements: dict[str, Any] = field(default_factory=dict)
+    env: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Instance:
+    """A machine at a provider, as the provider reports it now."""
+
+    provider: str
+    instance_id: str
+    label: str | None
+    status: str  # normalised: creating, loading, running, stopped, exited, failed, unknown
+    raw_status: str | None = None
+    ssh_host: str | None = None
+    ssh_port: int | None = None
+    price_per_hour: float | None = None
+    gpu_name: str | None = None
+    num_gpus: int | None = None
+    started_at: float | None = None  # epoch seconds, when the provider says
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class LaunchSpec:
+    """Everything needed to create one instance for one session."""
+
+    offer: Offer
+    label: str
+    public_key: str
+    disk_gb: float
+    image: str | None = None
+    template: Template | None = None
+    onstart: str | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    ssh_user: str = "root"
+    hard_deadline_epoch: float | None = None
+    reservation_deadline_epoch: float | None = None
+
+
+# -- GPU names ---------------------------------------------------------------------------
+_VENDOR_WORDS = re.compile(r"\b(nvidia|geforce|amd|radeon|tesla|quadro)\b")
+_SUFFIX = re.compile(r"[-_ ]?(pcie|sxm[0-9]?|nvlink|pci)[-_ ]?.*$")
+
+
+def canonical_gpu(name: str) -> str:
+    """A loose key so ``4090``, ``RTX_4090``, ``rtx 4090`` and
+    ``geforcertx4090-pcie-24gb`` all mean the same card."""
+    text = name.strip().lower()
+    text = re.sub(r"-(pcie|sxm\d?|nvlink|pci)-\d+gb$", "", text)  # tensordock v0Name tail
+    text = re.sub(r"\b\d+\s*gb\b", "", text)
+    text = text.replace("_", " ").replace("-", " ")
+    text = _VENDOR_WORDS.sub(" ", text)
+    text = re.sub(r"^geforce", "", text)
+    text = re.sub(r"\s+", "", text)
+    text = text.replace("geforce", "")
+    text = _SUFFIX.sub("", text)
+    text = re.sub(r"(pcie|sxm\d?|nvlink)$", "", text)
+    return text
+
+
+def gpu_matches(wanted: str, actual: str) -> bool:
+    """True when the user's ``wanted`` GPU name means the offer's ``actual`` card.
+
+    A bare model number (``4090``) matches any card whose key ends in it (``rtx4090``);
+    otherwise keys must be equal, so ``a100`` does not match ``a1000`` and ``4090`` does
+    not match ``4090d``.
+    """
+    want = canonical_gpu(wanted)
+    have = canonical_gpu(actual)
+    if not want:
+        return False
+    if want == have:
+        return True
+    if want.isdigit():
+        return re.search(rf"(^|[a-z]){want}(ti|super)?$", have) is not None and not re.search(
+            rf"{want}(ti|super)$", have
+        )
+    if have.startswith("rtx") and not want.startswith("rtx") and have[3:] == want:
+        return True
+    return want == have.removeprefix("geforce")

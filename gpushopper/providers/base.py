@@ -1,0 +1,293 @@
+"""What every provider shares: the protocol, the registry, and one careful HTTP client.
+
+The HTTP client gives each provider one ``requests`` session with connect and read
+timeouts; retries idempotent calls (GET, DELETE, label updates) on 429/502/503/504 and
+connection errors with backoff, honouring ``Retry-After`` up to a bound; never retries a
+create; and turns error answers into typed errors carrying the provider's own message,
+with every secret redacted.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any
+
+from gpushopper.core.errors import (
+    AuthFailed,
+    NotFound,
+    ProviderError,
+    RateLimited,
+    Unavailable,
+)
+from gpushopper.core.redact import redact, register_secret
+
+if TYPE_CHECKING:
+    import requests
+
+log = logging.getLogger("gpushopper.http")
+
+RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+# name -> "module:Class"; imported only when that provider is used.
+REGISTRY: dict[str, str] = {
+    "vastai": "gpushopper.providers.vastai:VastAI",
+    "tensordock": "gpushopper.providers.tensordock:TensorDock",
+}
+
+
+def provider_names() -> list[str]:
+    return list(REGISTRY)
+
+
+def provider_class(name: str) -> Any:
+    """The provider class registered under ``name`` (imported lazily)."""
+    try:
+        target = REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown provider {name!r} (known: {', '.join(REGISTRY)})") from None
+    module_name, _, attr = target.partition(":")
+    return getattr(importlib.import_module(module_name), attr)
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    from email.utils import parsedate_to_datetime
+
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def error_text(body: Any) -> str | None:
+    """The human message inside a provider error body, whatever its shape."""
+    if isinstance(body, dict):
+        for key in ("msg", "message", "detail", "error_description"):
+            value = body.get(key)
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+        err = body.get("error")
+        if isinstance(err, str) and err.strip():
+            return err.strip()
+        if isinstance(err, dict):
+            return error_text(err)
+        errors = body.get("errors")
+        if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+            first = errors[0]
+            return str(first.get("detail") or first.get("title") or first)
+    if isinstance(body, str) and body.strip():
+        return body.strip()[:300]
+    return None
+
+
+class HttpClient:
+    """One provider's HTTP session. ``sleep`` is injectable so retries test instantly."""
+
+    def __init__(
+        self,
+        provider: str,
+        base_url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        secrets: Iterable[str | None] = (),
+        connect_timeout: float = 5.0,
+        read_timeout: float = 30.0,
+        max_attempts: int = 4,
+        backoff_base: float = 0.5,
+        backoff_max: float = 8.0,
+        max_retry_after: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+        classify: Callable[[int, Any, str], ProviderError | None] | None = None,
+    ) -> None:
+        self.provider = provider
+        self.base_url = base_url.rstrip("/")
+        self.headers = dict(headers or {})
+        self.timeout = (connect_timeout, read_timeout)
+        self.max_attempts = max(1, max_attempts)
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.max_retry_after = max_retry_after
+        self.sleep = sleep
+        self.classify = classify
+        self._session: requests.Session | None = None
+        for secret in secrets:
+            register_secret(secret)
+
+    @property
+    def session(self) -> requests.Session:
+        if self._session is None:
+            import requests
+
+            self._session = requests.Session()
+            self._session.headers.update({"Accept": "application/json", **self.headers})
+            self._session.headers.setdefault("User-Agent", _user_agent())
+        return self._session
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def url(self, path: str) -> str:
+        if path.startswith(("http://", "https://")):
+            return path
+        return self.base_url + "/" + path.lstrip("/")
+
+    def _backoff(self, attempt: int) -> float:
+        delay = min(self.backoff_max, self.backoff_base * (2**attempt))
+        return delay * (0.8 + 0.4 * random.random())
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json_body: Any = None,
+        idempotent: bool | None = None,
+        timeout: tuple[float, float] | None = None,
+    ) -> Any:
+        """Send one call and return its decoded JSON (or None for an empty body).
+
+        ``idempotent`` defaults to True for GET/HEAD/DELETE; pass False for creates,
+        which are never retried, and True for safe PUTs such as label updates.
+        """
+        import requests
+
+        method = method.upper()
+        if idempotent is None:
+            idempotent = method in ("GET", "HEAD", "DELETE")
+        url = self.url(path)
+        attempts = self.max_attempts if idempotent else 1
+        last_error: ProviderError | None = None
+        for attempt in range(attempts):
+            started = time.monotonic()
+            try:
+                response = self.session.request(
+                    method, url, params=params, json=json_body, timeout=timeout or self.timeout
+                )
+            except requests.Timeout:
+                last_error = Unavailable(
+                    self.provider,
+                    f"{method} {redact(path)} timed out after {self.timeout[1]:.0f}s",
+                )
+            except requests.ConnectionError as exc:
+                last_error = Unavailable(
+                    self.provider, f"cannot connect to {self.base_url}: {_short_reason(exc)}"
+                )
+            else:
+                elapsed = time.monotonic() - started
+                log.debug(
+                    "%s %s %s -> %s in %.2fs",
+                    self.provider,
+                    method,
+                    redact(response.url),
+                    response.status_code,
+                    elapsed,
+                )
+                error = self._error_for(response)
+                if error is None:
+                    return self._decode(response, method, path)
+                last_error = error
+                if response.status_code not in RETRY_STATUSES:
+                    raise error
+                if isinstance(error, RateLimited) and error.retry_after is not None:
+                    if error.retry_after > self.max_retry_after:
+                        raise error
+                    if attempt + 1 < attempts:
+                        log.info(
+                            "%s rate limited; retrying in %.1fs (Retry-After)",
+                            self.provider,
+                            error.retry_after,
+                        )
+                        self.sleep(error.retry_after)
+                        continue
+            if attempt + 1 < attempts:
+                delay = self._backoff(attempt)
+                log.info("%s: %s; retrying in %.1fs", self.provider, last_error, delay)
+                self.sleep(delay)
+        assert last_error is not None
+        raise last_error
+
+    def _decode(self, response: requests.Response, method: str, path: str) -> Any:
+        if not response.content or not response.content.strip():
+            return None
+        try:
+            return response.json()
+        except ValueError:
+            raise Unavailable(
+                self.provider,
+                f"{method} {redact(path)} returned malformed JSON "
+                f"(HTTP {response.status_code}): {redact(response.text[:120])!r}",
+                status=response.status_code,
+            ) from None
+
+    def _error_for(self, response: requests.Response) -> ProviderError | None:
+        status = response.status_code
+        body: Any
+        try:
+            body = response.json() if response.content else None
+        except ValueError:
+            body = response.text
+        if self.classify is not None:
+            custom = self.classify(status, body, response.text)
+            if custom is not None:
+                return custom
+        if 200 <= status < 300:
+            return None
+        message = redact(error_text(body) or f"HTTP {status} {response.reason or ''}".strip())
+        code = (
+            body.get("error")
+            if isinstance(body, dict) and isinstance(body.get("error"), str)
+            else None
+        )
+        if status in (401, 403):
+            return AuthFailed(
+                self.provider, f"authentication failed: {message}", status=status, code=code
+            )
+        if status == 404:
+            return NotFound(self.provider, message, status=status, code=code)
+        if status == 429:
+            retry_after = parse_retry_after(response.headers.get("Retry-After"))
+            return RateLimited(
+                self.provider,
+                f"rate limited: {message}",
+                retry_after=retry_after,
+                status=status,
+                code=code,
+            )
+        if status >= 500:
+            return Unavailable(self.provider, f"HTTP {status}: {message}", status=status, code=code)
+        return ProviderError(self.provider, message, status=status, code=code)
+
+
+def _short_reason(exc: Exception) -> str:
+    text = str(exc)
+    for marker in ("Connection refused", "Name or service not known", "timed out", "reset"):
+        if marker in text:
+            return marker.lower()
+    return redact(text.split("(Caused by")[-1].strip(" )")[:160])
+
+
+def _user_agent() -> str:
+    from gpushopper import __version__
+
+    return f"gpu-shopper/{__version__}"
+
+
+def dumps_query(value: Any) -> str:
+    """JSON-encode a query-string argument the way the providers' own clients do."""
+    return json.dumps(value, separators=(",", ":"))

@@ -1,0 +1,103 @@
+"""Helpers shared by provider adapters (pure functions, no I/O)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gpushopper.core.errors import MissingCredentials
+
+COUNTRY_CODES = {
+    "united states": "US",
+    "usa": "US",
+    "canada": "CA",
+    "mexico": "MX",
+    "brazil": "BR",
+    "united kingdom": "GB",
+    "uk": "GB",
+    "ireland": "IE",
+    "germany": "DE",
+    "france": "FR",
+    "netherlands": "NL",
+    "belgium": "BE",
+    "luxembourg": "LU",
+    "spain": "ES",
+    "portugal": "PT",
+    "italy": "IT",
+    "switzerland": "CH",
+    "austria": "AT",
+    "poland": "PL",
+    "czechia": "CZ",
+    "czech republic": "CZ",
+    "sweden": "SE",
+    "norway": "NO",
+    "finland": "FI",
+    "denmark": "DK",
+    "estonia": "EE",
+    "latvia": "LV",
+    "lithuania": "LT",
+    "romania": "RO",
+    "bulgaria": "BG",
+    "hungary": "HU",
+    "slovakia": "SK",
+    "slovenia": "SI",
+    "croatia": "HR",
+    "serbia": "RS",
+    "greece": "GR",
+    "turkey": "TR",
+    "ukraine": "UA",
+    "russia": "RU",
+    "israel": "IL",
+    "united arab emirates": "AE",
+    "india": "IN",
+    "singapore": "SG",
+    "japan": "JP",
+    "south korea": "KR",
+    "korea": "KR",
+    "taiwan": "TW",
+    "hong kong": "HK",
+    "china": "CN",
+    "vietnam": "VN",
+    "thailand": "TH",
+    "malaysia": "MY",
+    "indonesia": "ID",
+    "philippines": "PH",
+    "australia": "AU",
+    "new zealand": "NZ",
+    "south africa": "ZA",
+    "argentina": "AR",
+    "chile": "CL",
+    "colombia": "CO",
+    "iceland": "IS",
+}
+
+
+def country_code(text: str | None) -> str | None:
+    """A 2-letter code from ``"California, US"``, ``"US"`` or ``"United States"``."""
+    if not text:
+        return None
+    tail = str(text).split(",")[-1].strip()
+    if len(tail) == 2 and tail.isalpha():
+        return tail.upper()
+    return COUNTRY_CODES.get(tail.lower()) or COUNTRY_CODES.get(str(text).strip().lower())
+
+
+def num(value: Any) -> float | None:
+    """A float, or None for missing, null, empty or non-numeric values."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        return None
+    return out if out == out else None  # NaN -> None
+
+
+def integer(value: Any) -> int | None:
+    out = num(value)
+    return None if out is None else int(out)
+
+
+def require(value: str | None, provider: str, hint: str) -> str:
+    if not value:
+        raise MissingCredentials(provider, hint)
+    return value

@@ -1,0 +1,505 @@
+"""TensorDock v2 adapter: hostnode inventory and VM instances.
+
+Facts from shared/reference/tensordock.md: Bearer token, ``{"data": ...}`` envelopes,
+errors that may arrive inside an HTTP 200 body, prices built from components (GPU x count
++ vCPU + RAM + storage, per hour), even vCPU counts, at least 100 GB of storage.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from gpushopper.core.errors import (
+    AuthFailed,
+    NotFound,
+    ProviderError,
+    RateLimited,
+    Unavailable,
+)
+from gpushopper.core.models import (
+    Instance,
+    LaunchSpec,
+    Offer,
+    OfferQuery,
+    Template,
+    gpu_matches,
+)
+from gpushopper.providers.base import HttpClient, error_text
+from gpushopper.providers.common import country_code, integer, num, require
+
+if TYPE_CHECKING:
+    from gpushopper.state.config import Settings
+
+NAME = "tensordock"
+MIN_STORAGE_GB = 100
+
+# OS images offered as "templates" (the v2 API has no template catalogue).
+IMAGES = [
+    ("ubuntu2404_ml_pytorch", "Ubuntu 24.04 + PyTorch (ML image, NVIDIA driver)", True),
+    ("ubuntu2404_ml_everything", "Ubuntu 24.04 + ML stack (NVIDIA driver)", True),
+    ("ubuntu2404_ml_tensorflow", "Ubuntu 24.04 + TensorFlow (NVIDIA driver)", True),
+    ("ubuntu2404", "Ubuntu 24.04 (no NVIDIA driver: cloud-init must install one)", False),
+    ("ubuntu2204", "Ubuntu 22.04 (no NVIDIA driver: cloud-init must install one)", False),
+]
+
+STATUS_MAP = {
+    "starting": "loading",
+    "queued": "creating",
+    "pending": "creating",
+    "creating": "creating",
+    "provisioning": "creating",
+    "running": "running",
+    "stopping": "stopped",
+    "stopped": "stopped",
+    "stoppeddisassociated": "stopped",
+    "stopped_disassociated": "stopped",
+    "deleting": "exited",
+    "deleted": "exited",
+    "terminated": "exited",
+    "error": "exited",
+}
+
+
+def classify(status: int, body: Any, text: str) -> ProviderError | None:
+    """TensorDock sometimes reports errors inside an HTTP 200 body: ``{"error", "status"}``."""
+    if not (200 <= status < 300) or not isinstance(body, dict):
+        return None
+    err = body.get("error")
+    if not err or "data" in body:
+        return None
+    inner = integer(body.get("status")) or 400
+    message = error_text(body) or "request failed"
+    if inner in (401, 403):
+        return AuthFailed(NAME, f"authentication failed: {message}", status=inner)
+    if inner == 404:
+        return NotFound(NAME, message, status=inner)
+    if inner == 429:
+        return RateLimited(NAME, f"rate limited: {message}", status=inner)
+    if inner >= 500:
+        return Unavailable(NAME, message, status=inner)
+    return ProviderError(NAME, message, status=inner)
+
+
+def vram_from_v0name(v0name: str | None) -> float | None:
+    match = re.search(r"(\d+)gb$", v0name or "")
+    return float(match.group(1)) if match else None
+
+
+def even_down(value: float) -> int:
+    out = int(value)
+    return out - (out % 2)
+
+
+def plan_resources(
+    hostnode: dict[str, Any],
+    gpu_count: int,
+    disk_gb: float,
+    vcpus_per_gpu: int = 8,
+    ram_per_gpu: int = 32,
+) -> dict[str, int] | None:
+    """vCPU (even), RAM and storage (>= 100 GB) to ask for with ``gpu_count`` GPUs,
+    within what the host has free; None when it cannot fit."""
+    res = hostnode.get("available_resources") or {}
+    vcpu_avail = num(res.get("vcpu_count"))
+    ram_avail = num(res.get("ram_gb"))
+    storage_avail = num(res.get("storage_gb"))
+    vcpus = vcpus_per_gpu * gpu_count
+    ram = ram_per_gpu * gpu_count
+    caps_v = [c for c in (vcpu_avail, num(res.get("max_vcpus"))) if c is not None]
+    per_gpu_v = num(res.get("max_vcpus_per_gpu"))
+    if per_gpu_v is not None:
+        caps_v.append(per_gpu_v * gpu_count)
+    caps_r = [c for c in (ram_avail, num(res.get("max_ram_gb"))) if c is not None]
+    per_gpu_r = num(res.get("max_ram_per_gpu"))
+    if per_gpu_r is not None:
+        caps_r.append(per_gpu_r * gpu_count)
+    if caps_v:
+        vcpus = min(vcpus, int(min(caps_v)))
+    if caps_r:
+        ram = min(ram, int(min(caps_r)))
+    vcpus = even_down(vcpus)
+    storage = int(math.ceil(max(MIN_STORAGE_GB, disk_gb)))
+    if vcpus < 2 or ram < 1:
+        return None
+    if storage_avail is not None and storage > storage_avail:
+        return None
+    max_storage = num(res.get("max_storage_gb"))
+    if max_storage is not None and storage > max_storage:
+        return None
+    return {"vcpu_count": vcpus, "ram_gb": int(ram), "storage_gb": storage}
+
+
+def price_of(
+    gpu_price: float, gpu_count: int, pricing: dict[str, Any], plan: dict[str, int]
+) -> float | None:
+    per_vcpu = num(pricing.get("per_vcpu_hr"))
+    per_ram = num(pricing.get("per_gb_ram_hr"))
+    per_storage = num(pricing.get("per_gb_storage_hr"))
+    if per_vcpu is None or per_ram is None or per_storage is None:
+        return None
+    total = (
+        gpu_price * gpu_count
+        + per_vcpu * plan["vcpu_count"]
+        + per_ram * plan["ram_gb"]
+        + per_storage * plan["storage_gb"]
+    )
+    return round(total, 5)
+
+
+def parse_hostnodes(
+    data: Any,
+    query: OfferQuery,
+    vcpus_per_gpu: int = 8,
+    ram_per_gpu: int = 32,
+) -> list[Offer]:
+    """``GET /hostnodes`` answer -> one Offer per (hostnode, GPU model) that can host
+    ``query.num_gpus`` (default 1) GPUs with a dedicated IP. Pure; tolerant of gaps."""
+    payload = data.get("data", data) if isinstance(data, dict) else {}
+    rows = payload.get("hostnodes") if isinstance(payload, dict) else payload
+    if not isinstance(rows, list):
+        return []
+    count = query.num_gpus or 1
+    offers: list[Offer] = []
+    for node in rows:
+        if not isinstance(node, dict) or not node.get("id"):
+            continue
+        res = node.get("available_resources") or {}
+        if res.get("has_public_ip_available") is False:
+            continue  # SSH needs a dedicated IP: port forwards were ignored at some sites
+        location = node.get("location") or {}
+        uptime = num(node.get("uptime_percentage"))
+        for gpu in res.get("gpus") or []:
+            if not isinstance(gpu, dict):
+                continue
+            v0name = gpu.get("v0Name")
+            available = integer(gpu.get("availableCount")) or 0
+            gpu_price = num(gpu.get("price_per_hr"))
+            if not v0name or available < count or gpu_price is None:
+                continue
+            plan = plan_resources(node, count, query.disk_gb, vcpus_per_gpu, ram_per_gpu)
+            if plan is None:
+                continue
+            price = price_of(gpu_price, count, node.get("pricing") or {}, plan)
+            place = ", ".join(
+                str(p)
+                for p in (
+                    location.get("city"),
+                    location.get("stateprovince"),
+                    location.get("country"),
+                )
+                if p
+            )
+            speed = num(location.get("network_speed_gbps"))
+            display = gpu.get("displayName") or v0name
+            offers.append(
+                Offer(
+                    id=f"{NAME}:{node['id']}:{v0name}",
+                    provider=NAME,
+                    gpu_name=display,
+                    num_gpus=count,
+                    vram_gb=vram_from_v0name(v0name),
+                    price_per_hour=price,
+                    reliability=round(uptime / 100, 4) if uptime is not None else None,
+                    cuda_version=None,
+                    disk_gb=num(res.get("storage_gb")),
+                    cpu_cores=float(plan["vcpu_count"]),
+                    ram_gb=float(plan["ram_gb"]),
+                    country=country_code(location.get("country")),
+                    location=place or None,
+                    inet_down_mbps=speed * 1000 if speed is not None else None,
+                    verified=None,
+                    machine_id=str(node["id"]),
+                    perf_per_dollar=None,
+                    max_disk_gb=num(res.get("storage_gb")),
+                    extra={
+                        "hostnode_id": node["id"],
+                        "location_id": node.get("location_id") or location.get("uuid"),
+                        "v0name": v0name,
+                        "tier": location.get("tier"),
+                        **plan,
+                    },
+                )
+            )
+    return [o for o in offers if offer_matches(o, query)]
+
+
+def offer_matches(offer: Offer, query: OfferQuery) -> bool:
+    """Client-side filters (the v2 API filters nothing server-side for sure)."""
+    if query.gpus and not any(
+        gpu_matches(w, offer.gpu_name or "") or gpu_matches(w, offer.extra.get("v0name", ""))
+        for w in query.gpus
+    ):
+        return False
+    if query.min_vram_gb is not None and (
+        offer.vram_gb is None or offer.vram_gb < query.min_vram_gb
+    ):
+        return False
+    if query.max_price is not None and (
+        offer.price_per_hour is None or offer.price_per_hour > query.max_price
+    ):
+        return False
+    if query.min_reliability is not None and (
+        offer.reliability is None or offer.reliability < query.min_reliability
+    ):
+        return False
+    if query.min_disk_gb is not None and (
+        offer.disk_gb is None or offer.disk_gb < query.min_disk_gb
+    ):
+        return False
+    if query.countries and (offer.country or "") not in {c.upper() for c in query.countries}:
+        return False
+    # CUDA is unknown before boot; provisioning verifies it over SSH.
+    return not (
+        query.min_cuda is not None
+        and offer.cuda_version is not None
+        and offer.cuda_version < query.min_cuda
+    )
+
+
+def parse_instance(raw: dict[str, Any]) -> Instance:
+    if isinstance(raw.get("data"), dict):
+        raw = raw["data"]
+    attrs = raw.get("attributes") if isinstance(raw.get("attributes"), dict) else {}
+    merged = {**attrs, **{k: v for k, v in raw.items() if k != "attributes"}}
+    status = str(merged.get("status") or "").strip()
+    host = merged.get("ipAddress") or merged.get("ip_address")
+    port: int | None = None
+    forwards = merged.get("portForwards") or merged.get("port_forwards") or []
+    if isinstance(forwards, dict):  # v0 style {"external": "internal"}
+        forwards = [{"external_port": k, "internal_port": v} for k, v in forwards.items()]
+    for fwd in forwards if isinstance(forwards, list) else []:
+        if isinstance(fwd, dict) and integer(fwd.get("internal_port")) == 22:
+            port = integer(fwd.get("external_port"))
+    if host and port is None:
+        port = 22  # dedicated IP: SSH straight on port 22
+    resources = merged.get("resources") if isinstance(merged.get("resources"), dict) else {}
+    gpus = resources.get("gpus") if isinstance(resources.get("gpus"), dict) else {}
+    gpu_name = next(iter(gpus), None)
+    gpu_count = None
+    if gpu_name and isinstance(gpus[gpu_name], dict):
+        gpu_count = integer(gpus[gpu_name].get("count"))
+    return Instance(
+        provider=NAME,
+        instance_id=str(merged.get("id")),
+        label=merged.get("name"),
+        status=STATUS_MAP.get(status.lower().replace(" ", ""), "unknown") if status else "unknown",
+        raw_status=status or None,
+        ssh_host=str(host) if host else None,
+        ssh_port=port,
+        price_per_hour=num(merged.get("rateHourly")),
+        gpu_name=gpu_name,
+        num_gpus=gpu_count,
+        extra={"hostnode_id": merged.get("hostnode_id")},
+    )
+
+
+def parse_instance_list(data: Any) -> list[Instance]:
+    """Tolerate the three list shapes seen: documented, flat array, nested attributes."""
+    rows: Any = []
+    if isinstance(data, dict):
+        inner = data.get("data", data)
+        if isinstance(inner, list):
+            rows = inner
+        elif isinstance(inner, dict):
+            rows = inner.get("instances")
+            if rows is None and isinstance(inner.get("attributes"), dict):
+                rows = inner["attributes"].get("instances")
+    elif isinstance(data, list):
+        rows = data
+    return [parse_instance(r) for r in rows or [] if isinstance(r, dict) and r.get("id")]
+
+
+def cloud_init_for(spec: LaunchSpec, users: tuple[str, ...] = ("root", "user")) -> dict[str, Any]:
+    """Write the session key for root and ``user`` (keys passed at create did not always
+    reach the VM), and add any deadline commands the caller put in ``spec.onstart``."""
+    key = spec.public_key.strip().replace("'", "")
+    runcmd: list[str] = []
+    for user in users:
+        home = "/root" if user == "root" else f"/home/{user}"
+        runcmd.append(
+            f"mkdir -p {home}/.ssh && echo '{key}' >> {home}/.ssh/authorized_keys && "
+            f"chmod 700 {home}/.ssh && chmod 600 {home}/.ssh/authorized_keys && "
+            f"(chown -R {user}:{user} {home}/.ssh || true)"
+        )
+    if spec.onstart:
+        runcmd.append(spec.onstart)
+    return {"runcmd": runcmd}
+
+
+class TensorDock:
+    """TensorDock v2 over HTTP. Construct with :meth:`from_settings`."""
+
+    NAME = NAME
+
+    def __init__(
+        self,
+        api_token: str,
+        api_url: str = "https://dashboard.tensordock.com/api/v2",
+        *,
+        ssh_user: str = "user",
+        image: str = "ubuntu2404_ml_pytorch",
+        vcpus_per_gpu: int = 8,
+        ram_per_gpu: int = 32,
+        timeout: float = 30.0,
+        retries: int = 4,
+        backoff: float = 0.5,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.api_url = api_url.rstrip("/")
+        self.ssh_user = ssh_user
+        self.image = image
+        self.vcpus_per_gpu = vcpus_per_gpu
+        self.ram_per_gpu = ram_per_gpu
+        self.http = HttpClient(
+            NAME,
+            self.api_url,
+            headers={"Authorization": f"Bearer {api_token}", "Content-Type": "application/json"},
+            secrets=[api_token],
+            read_timeout=timeout,
+            max_attempts=retries,
+            backoff_base=backoff,
+            sleep=sleep,
+            classify=classify,
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TensorDock:
+        token = require(
+            settings.get("tensordock.api_token"),
+            NAME,
+            "set TENSORDOCK_API_TOKEN or run 'gpu-shopper config set tensordock.api_token TOKEN'",
+        )
+        return cls(
+            token,
+            settings.get("tensordock.api_url"),
+            ssh_user=settings.get("tensordock.ssh_user"),
+            image=settings.get("tensordock.image"),
+            vcpus_per_gpu=settings.get("tensordock.vcpus_per_gpu"),
+            ram_per_gpu=settings.get("tensordock.ram_gb_per_gpu"),
+            timeout=settings.get("defaults.http_timeout"),
+            retries=settings.get("defaults.http_retries"),
+            backoff=settings.get("defaults.http_backoff"),
+        )
+
+    def check(self) -> str:
+        data = self.http.request("GET", "/locations") or {}
+        locations = (data.get("data") or {}).get("locations") if isinstance(data, dict) else None
+        return f"authenticated; {len(locations or [])} locations"
+
+    # -- offers -----------------------------------------------------------------------------
+    def search_offers(self, query: OfferQuery, limit: int = 200) -> list[Offer]:
+        data = self.http.request("GET", "/hostnodes")
+        if not isinstance(data, dict) or "data" not in data:
+            raise ProviderError(NAME, "hostnode list answered without a 'data' envelope")
+        return parse_hostnodes(data, query, self.vcpus_per_gpu, self.ram_per_gpu)
+
+    def get_offer(self, native_id: str, disk_gb: float) -> Offer | None:
+        hostnode_id, _, v0name = native_id.partition(":")
+        try:
+            data = self.http.request("GET", f"/hostnodes/{hostnode_id}")
+        except NotFound:
+            return None
+        node = data.get("data") if isinstance(data, dict) else None
+        if not isinstance(node, dict):
+            return None
+        node.setdefault("id", hostnode_id)
+        offers = parse_hostnodes({"data": {"hostnodes": [node]}}, OfferQuery(disk_gb=disk_gb))
+        return next((o for o in offers if o.extra.get("v0name") == v0name), None)
+
+    # -- templates (OS images) --------------------------------------------------------------
+    def list_templates(
+        self, name: str | None = None, use_ssh: bool | None = None
+    ) -> list[Template]:
+        out = [
+            Template(
+                id=slug,
+                provider=NAME,
+                name=slug,
+                image=slug,
+                description=desc,
+                use_ssh=True,
+                runtype="vm",
+                requirements={"nvidia_driver": has_driver},
+            )
+            for slug, desc, has_driver in IMAGES
+        ]
+        if name:
+            out = [
+                t
+                for t in out
+                if name.lower() in t.name.lower() or name.lower() in (t.description or "").lower()
+            ]
+        return out
+
+    def get_template(self, ident: str) -> Template | None:
+        return next((t for t in self.list_templates() if t.id == ident), None)
+
+    # -- instances --------------------------------------------------------------------------
+    def create_instance(self, spec: LaunchSpec) -> str:
+        """Create the VM on the offer's hostnode with a dedicated IP. Never retried."""
+        offer = spec.offer
+        plan = plan_resources(
+            {"available_resources": {}},
+            offer.num_gpus or 1,
+            spec.disk_gb,
+            self.vcpus_per_gpu,
+            self.ram_per_gpu,
+        )
+        assert plan is not None
+        for key in ("vcpu_count", "ram_gb"):
+            if offer.extra.get(key):
+                plan[key] = int(offer.extra[key])
+        image = spec.image or (spec.template.image if spec.template else None) or self.image
+        attributes: dict[str, Any] = {
+            "name": spec.label,
+            "type": "virtualmachine",
+            "image": image,
+            "resources": {
+                **plan,
+                "gpus": {offer.extra["v0name"]: {"count": offer.num_gpus or 1}},
+            },
+            "hostnode_id": offer.extra["hostnode_id"],
+            "useDedicatedIp": True,
+            "ssh_key": spec.public_key.strip(),
+            "cloud_init": cloud_init_for(spec),
+        }
+        body = {"data": {"type": "virtualmachine", "attributes": attributes}}
+        data = self.http.request("POST", "/instances", json_body=body, idempotent=False)
+        inner = data.get("data", data) if isinstance(data, dict) else {}
+        instance_id = inner.get("id") if isinstance(inner, dict) else None
+        if not instance_id:
+            raise ProviderError(NAME, f"create answered without an instance id: {str(data)[:200]}")
+        return str(instance_id)
+
+    def get_instance(self, instance_id: str) -> Instance | None:
+        try:
+            data = self.http.request("GET", f"/instances/{instance_id}")
+        except NotFound:
+            return None
+        if not isinstance(data, dict):
+            return None
+        inst = parse_instance(data)
+        if inst.instance_id in ("None", ""):
+            inst.instance_id = instance_id
+        if inst.status == "exited" and (inst.raw_status or "").lower() in ("deleted", "terminated"):
+            return None
+        return inst
+
+    def list_instances(self) -> list[Instance]:
+        return parse_instance_list(self.http.request("GET", "/instances"))
+
+    def destroy_instance(self, instance_id: str) -> None:
+        try:
+            self.http.request("DELETE", f"/instances/{instance_id}")
+        except NotFound:
+            return
+
+    def attach_ssh_key(self, instance_id: str, public_key: str) -> None:
+        """Keys go in at create time (field and cloud-init); nothing to do afterwards."""
+
+    def close(self) -> None:
+        self.http.close()

@@ -1,0 +1,437 @@
+"""Settings from flags, the environment, ``.env``, the TOML config file and defaults.
+
+Precedence (highest first): flag > environment > ``.env`` in the working directory >
+config file > the official Vast.ai CLI key file (``vastai.api_key`` only) > default.
+Flags are applied by the commands; this module resolves everything below them.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gpushopper.core.errors import ConfigError
+from gpushopper.core.redact import mask, register_secret
+from gpushopper.core.units import parse_duration
+from gpushopper.state.atomic import atomic_write_text
+from gpushopper.state.paths import Paths, vastai_cli_key_file
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on 3.10 only
+    import tomli as tomllib
+
+
+@dataclass(frozen=True)
+class Setting:
+    key: str
+    kind: str  # str | int | float | bool | list | duration | secret | path | url
+    default: Any = None
+    env: tuple[str, ...] = ()
+    help: str = ""
+
+    @property
+    def secret(self) -> bool:
+        return self.kind == "secret"
+
+    def env_names(self) -> tuple[str, ...]:
+        generic = "GPU_SHOPPER_" + self.key.replace(".", "_").upper()
+        return (*self.env, generic) if generic not in self.env else self.env
+
+
+SETTINGS: dict[str, Setting] = {
+    s.key: s
+    for s in [
+        Setting(
+            "vastai.api_key", "secret", None, ("VASTAI_API_KEY", "VAST_API_KEY"), "Vast.ai API key"
+        ),
+        Setting(
+            "vastai.preferred_gpus", "list", [], ("VASTAI_PREFERRED_GPUS",), "GPU names tried first"
+        ),
+        Setting(
+            "vastai.max_price",
+            "float",
+            None,
+            ("VASTAI_MAX_BID_PER_HOUR",),
+            "Vast.ai price cap, USD/h",
+        ),
+        Setting(
+            "vastai.ssh_key_path",
+            "path",
+            None,
+            ("VASTAI_SSH_KEY_PATH",),
+            "use this key instead of a per-session one",
+        ),
+        Setting(
+            "vastai.api_url",
+            "url",
+            "https://console.vast.ai",
+            ("VASTAI_API_URL",),
+            "Vast.ai API base",
+        ),
+        Setting(
+            "vastai.ssh_user", "str", "root", ("VASTAI_SSH_USER",), "SSH login user on Vast.ai"
+        ),
+        Setting(
+            "tensordock.api_token",
+            "secret",
+            None,
+            ("TENSORDOCK_API_TOKEN",),
+            "TensorDock v2 bearer token",
+        ),
+        Setting(
+            "tensordock.auth_id",
+            "secret",
+            None,
+            ("TENSORDOCK_AUTH_ID",),
+            "TensorDock authorization id (legacy API)",
+        ),
+        Setting(
+            "tensordock.api_url",
+            "url",
+            "https://dashboard.tensordock.com/api/v2",
+            ("TENSORDOCK_API_URL",),
+            "TensorDock API base",
+        ),
+        Setting(
+            "tensordock.ssh_user",
+            "str",
+            "user",
+            ("TENSORDOCK_SSH_USER",),
+            "SSH login user on TensorDock VMs",
+        ),
+        Setting(
+            "tensordock.image",
+            "str",
+            "ubuntu2404_ml_pytorch",
+            ("TENSORDOCK_IMAGE",),
+            "default VM image",
+        ),
+        Setting(
+            "tensordock.vcpus_per_gpu", "int", 8, (), "vCPUs asked for per GPU (rounded to even)"
+        ),
+        Setting("tensordock.ram_gb_per_gpu", "int", 32, (), "RAM (GB) asked for per GPU"),
+        Setting("defaults.disk_gb", "int", 32, (), "disk for new instances, GB"),
+        Setting("defaults.hours", "duration", "2h", (), "reservation length"),
+        Setting("defaults.min_reliability", "float", 0.95, (), "reliability floor, 0-1"),
+        Setting("defaults.max_price", "float", None, (), "price cap, USD/h"),
+        Setting("defaults.providers", "list", ["vastai", "tensordock"], (), "providers to shop"),
+        Setting("defaults.consumer", "str", None, (), "who the rental is for (cost reports)"),
+        Setting(
+            "defaults.cache_ttl", "duration", "60s", (), "how long inventory answers are reused"
+        ),
+        Setting(
+            "defaults.http_timeout", "float", 30.0, (), "read timeout for provider calls, seconds"
+        ),
+        Setting("safety.hard_max_hours", "float", 12.0, (), "hard maximum per session, hours"),
+        Setting("safety.provision_timeout", "duration", "15m", (), "boot timeout"),
+        Setting(
+            "safety.warn_before", "duration", "10m", (), "warn this long before a reservation ends"
+        ),
+        Setting("safety.monthly_budget_usd", "float", None, (), "monthly budget, USD"),
+        Setting(
+            "alerts.webhook_url",
+            "url",
+            None,
+            ("GPU_SHOPPER_WEBHOOK_URL",),
+            "JSON POST target for alerts",
+        ),
+    ]
+}
+
+# Options a [profiles.NAME] table may hold, with their types.
+PROFILE_KEYS: dict[str, str] = {
+    "providers": "list",
+    "gpu": "list",
+    "min_vram_gb": "float",
+    "num_gpus": "int",
+    "max_price": "float",
+    "min_reliability": "float",
+    "min_cuda": "float",
+    "min_disk_gb": "float",
+    "country": "list",
+    "disk_gb": "int",
+    "template": "str",
+    "image": "str",
+    "sort": "str",
+    "limit": "int",
+    "hours": "duration",
+    "consumer": "str",
+    "auto_retry": "int",
+    "timeout": "duration",
+    "ssh_key": "path",
+    "verified": "bool",
+}
+
+BUILTIN_PROFILES: dict[str, dict[str, Any]] = {
+    "flux-lora": {
+        "min_vram_gb": 24,
+        "disk_gb": 32,
+        "min_reliability": 0.98,
+        "template": "Ostris AI Toolkit",
+        "timeout": "20m",
+    },
+}
+
+
+def coerce(kind: str, value: Any, key: str) -> Any:
+    """Turn ``value`` (from TOML, the environment or the command line) into ``kind``."""
+    if value is None:
+        return None
+    try:
+        if kind in ("str", "secret", "path", "url"):
+            if not isinstance(value, str):
+                raise ValueError(f"expected text, got {type(value).__name__}")
+            if kind == "url" and value and not value.startswith(("http://", "https://")):
+                raise ValueError(f"{value!r} is not an http(s) URL")
+            return value
+        if kind == "int":
+            if isinstance(value, bool):
+                raise ValueError("expected an integer")
+            if isinstance(value, int):
+                return value
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            if isinstance(value, str):
+                return int(value.strip())
+            raise ValueError("expected an integer")
+        if kind == "float":
+            if isinstance(value, bool):
+                raise ValueError("expected a number")
+            if isinstance(value, (int, float)):
+                return float(value)
+            if isinstance(value, str):
+                return float(value.strip())
+            raise ValueError("expected a number")
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true or false")
+        if kind == "list":
+            if isinstance(value, str):
+                return [part.strip() for part in value.split(",") if part.strip()]
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return list(value)
+            raise ValueError("expected a comma-separated list")
+        if kind == "duration":
+            if isinstance(value, bool):
+                raise ValueError("expected a duration")
+            parse_duration(value)
+            return value
+    except ValueError as exc:
+        detail = str(exc)
+        if "invalid literal" in detail or "could not convert" in detail:
+            detail = f"{value!r} is not {'an integer' if kind == 'int' else 'a number'}"
+        raise ConfigError(f"invalid value for {key}: {detail}") from None
+    raise ConfigError(f"invalid value for {key}: unsupported type {kind}")
+
+
+def _parse_typed(kind: str, raw: str, key: str) -> Any:
+    """Parse text typed on the command line into the setting's type."""
+    return coerce(kind, raw, key)
+
+
+@dataclass
+class Settings:
+    """Resolved settings. ``get`` returns typed values; durations come back in seconds."""
+
+    paths: Paths
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+    cwd: Path = field(default_factory=Path.cwd)
+    _file: dict[str, Any] | None = None
+    _dotenv: dict[str, str] | None = None
+
+    # -- layers ---------------------------------------------------------------------------
+    def file_data(self) -> dict[str, Any]:
+        if self._file is None:
+            path = self.paths.config_file
+            if path.exists():
+                try:
+                    self._file = tomllib.loads(path.read_text(encoding="utf-8"))
+                except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+                    raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+                except OSError as exc:
+                    raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+            else:
+                self._file = {}
+        return self._file
+
+    def dotenv_data(self) -> dict[str, str]:
+        if self._dotenv is None:
+            path = self.cwd / ".env"
+            self._dotenv = {}
+            if path.is_file():
+                from dotenv import dotenv_values
+
+                self._dotenv = {k: v for k, v in dotenv_values(path).items() if v is not None}
+        return self._dotenv
+
+    def _file_value(self, key: str) -> Any:
+        node: Any = self.file_data()
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                return None
+            node = node[part]
+        return node
+
+    def raw(self, key: str) -> tuple[Any, str]:
+        """The uncoerced value of ``key`` and where it came from."""
+        setting = self.spec(key)
+        for name in setting.env_names():
+            if self.environ.get(name):
+                return self.environ[name], f"env:{name}"
+        for name in setting.env_names():
+            if self.dotenv_data().get(name):
+                return self.dotenv_data()[name], f".env:{name}"
+        value = self._file_value(key)
+        if value is not None:
+            return value, "file"
+        if key == "vastai.api_key":
+            keyfile = vastai_cli_key_file(dict(self.environ))
+            if keyfile.is_file():
+                text = keyfile.read_text(encoding="utf-8").strip()
+                if text:
+                    return text, "vastai-cli-keyfile"
+        return setting.default, "default"
+
+    # -- public ---------------------------------------------------------------------------
+    @staticmethod
+    def spec(key: str) -> Setting:
+        if key not in SETTINGS:
+            raise ConfigError(f"unknown setting {key!r} (see 'gpu-shopper config list')")
+        return SETTINGS[key]
+
+    def get(self, key: str) -> Any:
+        setting = self.spec(key)
+        value, source = self.raw(key)
+        if source == "file":
+            where = f"{key} in {self.paths.config_file}"
+        elif source.startswith(("env:", ".env:")):
+            where = f"{key} (from {source.split(':', 1)[1]})"
+        else:
+            where = key
+        typed = coerce(setting.kind, value, where)
+        if setting.secret and typed:
+            register_secret(typed)
+        if setting.kind == "duration" and typed is not None:
+            return parse_duration(typed)
+        if setting.kind == "path" and typed:
+            return str(Path(typed).expanduser())
+        return typed
+
+    def source(self, key: str) -> str:
+        return self.raw(key)[1]
+
+    def register_secrets(self) -> None:
+        """Make every configured secret known to the redactor."""
+        for key, setting in SETTINGS.items():
+            if setting.secret:
+                try:
+                    value, _ = self.raw(key)
+                except ConfigError:
+                    continue
+                if isinstance(value, str):
+                    register_secret(value)
+
+    def listing(self) -> list[dict[str, Any]]:
+        """Every setting with its (masked) value and source, for ``config list``."""
+        rows = []
+        for key, setting in SETTINGS.items():
+            value, source = self.raw(key)
+            if setting.secret and value:
+                register_secret(str(value))
+                value = mask(str(value))
+            rows.append({"key": key, "value": value, "source": source, "secret": setting.secret})
+        return rows
+
+    def profile(self, name: str) -> dict[str, Any]:
+        """A profile from the config file, falling back to the built-in ones."""
+        profiles = self.file_data().get("profiles", {})
+        data: dict[str, Any] | None = None
+        if isinstance(profiles, dict) and isinstance(profiles.get(name), dict):
+            data = dict(BUILTIN_PROFILES.get(name, {}))
+            data.update(profiles[name])
+        elif name in BUILTIN_PROFILES:
+            data = dict(BUILTIN_PROFILES[name])
+        if data is None:
+            known = sorted(
+                set(BUILTIN_PROFILES) | set(profiles if isinstance(profiles, dict) else {})
+            )
+            raise ConfigError(f"unknown profile {name!r} (known: {', '.join(known)})")
+        out = {}
+        for key, value in data.items():
+            kind = PROFILE_KEYS.get(key)
+            if kind is None:
+                raise ConfigError(f"profiles.{name}.{key} is not a known profile option")
+            typed = coerce(kind, value, f"profiles.{name}.{key}")
+            out[key] = parse_duration(typed) if kind == "duration" else typed
+        return out
+
+    def profile_names(self) -> list[str]:
+        profiles = self.file_data().get("profiles", {})
+        names = set(BUILTIN_PROFILES)
+        if isinstance(profiles, dict):
+            names |= set(profiles)
+        return sorted(names)
+
+    # -- writing --------------------------------------------------------------------------
+    def _write(self, data: dict[str, Any]) -> None:
+        import tomli_w
+
+        path = self.paths.config_file
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, tomli_w.dumps(data), mode=0o600)
+        self._file = data
+
+    def set(self, key: str, raw_value: str) -> Any:
+        """Validate and store ``key = raw_value`` in the config file (written 0600)."""
+        parts = key.split(".")
+        if parts[0] == "profiles":
+            if len(parts) != 3:
+                raise ConfigError(f"profile settings look like profiles.NAME.OPTION, not {key!r}")
+            kind = PROFILE_KEYS.get(parts[2])
+            if kind is None:
+                raise ConfigError(
+                    f"unknown profile option {parts[2]!r} in {key!r} "
+                    f"(known: {', '.join(sorted(PROFILE_KEYS))})"
+                )
+        else:
+            kind = self.spec(key).kind
+        value = _parse_typed(kind, raw_value, key)
+        data = dict(self.file_data())
+        node = data
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+            child = dict(child)
+            node[part] = child
+            node = child
+        node[parts[-1]] = value
+        self._write(data)
+        return value
+
+    def unset(self, key: str) -> bool:
+        parts = key.split(".")
+        if parts[0] != "profiles":
+            self.spec(key)
+        data = dict(self.file_data())
+        node: Any = data
+        for part in parts[:-1]:
+            if not isinstance(node, dict) or not isinstance(node.get(part), dict):
+                return False
+            node = node[part]
+        if parts[-1] not in node:
+            return False
+        del node[parts[-1]]
+        self._write(data)
+        return True

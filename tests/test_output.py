@@ -1,0 +1,119 @@
+"""The output contract: one JSON document, one-line errors, exit codes, no tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import click
+import pytest
+
+from gpushopper.cli import COMMANDS, cli
+from gpushopper.core.errors import (
+    AuthFailed,
+    ConfigError,
+    NeedsAttention,
+    ProviderError,
+    StateError,
+    UsageError,
+)
+
+
+@pytest.fixture
+def boom_command(monkeypatch):
+    """Register a throwaway command that raises what the test tells it to."""
+    holder: dict[str, BaseException] = {}
+
+    @click.command("boom")
+    @click.option("--json", "as_json", is_flag=True)
+    def boom(as_json: bool) -> None:
+        raise holder["exc"]
+
+    monkeypatch.setitem(COMMANDS, "boom", ("tests.test_output", "_BOOM", "test"))
+    monkeypatch.setattr(sys.modules[__name__], "_BOOM", boom, raising=False)
+    return holder
+
+
+@pytest.mark.parametrize(
+    "exc, code, etype",
+    [
+        (UsageError("bad input"), 2, "usage"),
+        (ConfigError("bad setting"), 2, "config"),
+        (ProviderError("vastai", "no_such_ask"), 1, "provider"),
+        (AuthFailed("vastai", "Invalid user key"), 1, "auth"),
+        (StateError("state file broken"), 1, "state"),
+        (NeedsAttention("3 orphans left"), 3, "needs_attention"),
+        (KeyboardInterrupt(), 130, "interrupted"),
+        (RuntimeError("surprise"), 1, "internal"),
+    ],
+)
+def test_errors_map_to_exit_codes_and_json(gs, boom_command, exc, code, etype):
+    boom_command["exc"] = exc
+    result = gs("boom --json")
+    assert result.exit_code == code
+    assert result.json() == {"error": {"type": etype, "message": result.json()["error"]["message"]}}
+    assert result.stderr.strip().startswith("Error: ")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_without_json_stdout_stays_empty_on_error(gs, boom_command):
+    boom_command["exc"] = ProviderError("tensordock", "Hostnode unavailable")
+    result = gs("boom")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.strip() == "Error: tensordock: Hostnode unavailable"
+
+
+def test_traceback_only_when_asked(gs, boom_command, monkeypatch):
+    boom_command["exc"] = RuntimeError("surprise")
+    assert "Traceback" not in gs("boom").stderr
+    assert "GPU_SHOPPER_DEBUG" in gs("boom").stderr
+    assert "Traceback" in gs("-v boom").stderr
+    monkeypatch.setenv("GPU_SHOPPER_DEBUG", "1")
+    assert "Traceback" in gs("boom").stderr
+
+
+def test_secret_in_exception_is_redacted(gs, boom_command, monkeypatch):
+    monkeypatch.setenv("VASTAI_API_KEY", "leaky-key-0123456789")
+    boom_command["exc"] = RuntimeError("request to /x?api_key=leaky-key-0123456789 failed")
+    result = gs("boom --json")
+    assert "leaky-key-0123456789" not in result.stdout + result.stderr
+    assert "****6789" in result.stderr
+
+
+def test_usage_errors_are_one_line_exit_2(gs):
+    result = gs("config frobnicate")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("Error: ")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert gs("no-such-command --json").json()["error"]["type"] == "usage"
+
+
+def test_version_and_module_entry_point():
+    from gpushopper import __version__
+
+    out = subprocess.run(
+        [sys.executable, "-m", "gpushopper", "--version"], capture_output=True, text=True, check=True
+    )
+    assert __version__ in out.stdout
+
+
+def test_every_command_has_help_with_example():
+    from click.testing import CliRunner
+
+    runner = CliRunner()
+    for name in COMMANDS:
+        result = runner.invoke(cli, [name, "--help"])
+        assert result.exit_code == 0, name
+        assert "Example:" in result.output, f"{name} --help has no example"
+
+
+def test_heavy_modules_not_imported_for_help():
+    code = (
+        "import sys; from gpushopper.cli import cli; "
+        "from gpushopper.cli.output import run; run(cli, ['--help']); "
+        "print('LOADED:' + ','.join(m for m in ('requests','rich','paramiko') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-1] == "LOADED:"

@@ -1,0 +1,143 @@
+"""The state store: locking across processes, atomic writes, corrupt files kept."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from gpushopper.core.errors import StateError
+from gpushopper.state.store import SCHEMA_VERSION, StateStore
+
+
+def _add_records(path: str, prefix: str, count: int) -> None:
+    store = StateStore(Path(path))
+    for i in range(count):
+        with store.transaction() as state:
+            state["sessions"][f"{prefix}-{i}"] = {"id": f"{prefix}-{i}", "n": i}
+
+
+def test_two_processes_lose_no_records(tmp_path):
+    path = tmp_path / "state.json"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_add_records, args=(str(path), p, 200)) for p in ("a", "b")]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(120)
+        assert proc.exitcode == 0
+    sessions = json.loads(path.read_text())["sessions"]
+    assert len(sessions) == 400
+    assert {f"a-{i}" for i in range(200)} | {f"b-{i}" for i in range(200)} == set(sessions)
+
+
+def _write_then_die(path: str, where: str) -> None:
+    """Write a big state; SIGKILL ourselves in the middle of the write."""
+    import gpushopper.state.atomic as atomic
+
+    real_fdopen = os.fdopen
+
+    class HalfWriter:
+        def __init__(self, handle):
+            self.handle = handle
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def write(self, text):
+            self.handle.write(text[: len(text) // 2])
+            self.handle.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        def __getattr__(self, name):
+            return getattr(self.handle, name)
+
+    if where == "mid-write":
+        atomic.os.fdopen = lambda fd, *a, **k: HalfWriter(real_fdopen(fd, *a, **k))  # type: ignore[attr-defined]
+    else:
+        atomic.os.fsync = lambda fd: os.kill(os.getpid(), signal.SIGKILL)  # type: ignore[attr-defined]
+    store = StateStore(Path(path))
+    with store.transaction() as state:
+        for i in range(2000):
+            state["sessions"][f"new-{i}"] = {"id": f"new-{i}", "pad": "x" * 50}
+
+
+@pytest.mark.parametrize("where", ["mid-write", "before-replace"])
+def test_sigkill_during_write_leaves_readable_state(tmp_path, where):
+    path = tmp_path / "state.json"
+    store = StateStore(path)
+    with store.transaction() as state:
+        state["sessions"]["keep"] = {"id": "keep"}
+    before = path.read_text()
+    ctx = multiprocessing.get_context("spawn")
+    proc = ctx.Process(target=_write_then_die, args=(str(path), where))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == -signal.SIGKILL
+    assert path.read_text() == before
+    assert StateStore(path).read()["sessions"] == {"keep": {"id": "keep"}}
+    # and the store still works afterwards (the dead process's lock is released)
+    with StateStore(path, lock_timeout=5).transaction() as state:
+        state["sessions"]["after"] = {"id": "after"}
+    assert set(StateStore(path).read()["sessions"]) == {"keep", "after"}
+
+
+def test_corrupt_file_is_never_reset(tmp_path):
+    path = tmp_path / "state.json"
+    path.write_text('{"schema_version": 1, "sessions": {"x": ')
+    store = StateStore(path)
+    with pytest.raises(StateError) as err:
+        store.read()
+    assert str(path) in str(err.value)
+    backups = list(tmp_path.glob("state.json.corrupt-*"))
+    assert len(backups) == 1 and str(backups[0]) in str(err.value)
+    with pytest.raises(StateError), store.transaction():
+        pass
+    assert path.read_text() == '{"schema_version": 1, "sessions": {"x": '
+
+
+def test_corrupt_state_makes_commands_exit_1(gs, isolated_home):
+    state = isolated_home / "state.json"
+    state.write_text("\x00\x00garbage")
+    result = gs("doctor --json")
+    assert result.exit_code == 1
+    checks = {c["check"]: c for c in result.json()["checks"]}
+    assert checks["state"]["status"] == "fail"
+    assert str(state) in checks["state"]["detail"]
+    assert state.read_text() == "\x00\x00garbage"
+
+
+def test_install_id_is_made_once(tmp_path):
+    store = StateStore(tmp_path / "state.json")
+    first = store.install_id()
+    assert first == StateStore(tmp_path / "state.json").install_id()
+    assert len(first) == 8
+
+
+def test_migration_from_unversioned_file(tmp_path):
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps({"install_id": "abcd1234", "sessions": [{"id": "s1"}]}))
+    data = StateStore(path).read()
+    assert data["schema_version"] == SCHEMA_VERSION
+    assert data["sessions"] == {"s1": {"id": "s1"}}
+
+
+def test_newer_schema_is_refused(tmp_path):
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps({"schema_version": SCHEMA_VERSION + 1, "sessions": {}}))
+    with pytest.raises(StateError, match="newer"):
+        StateStore(path).read()
+
+
+def test_state_file_is_private(tmp_path):
+    path = tmp_path / "state.json"
+    with StateStore(path).transaction() as state:
+        state["sessions"]["a"] = {"id": "a"}
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
