@@ -62,3 +62,44 @@ def gs():
         return CliResult(code, out, err)
 
     return invoke
+
+
+# -- provider emulators wired to the real sshd pool and to the tool's settings -----------------
+from tests.fakes.sshd import sshd_pool  # noqa: E402,F401
+from tests.fakes.tensordock import TensorDockEmulator  # noqa: E402
+
+
+@pytest.fixture
+def fast_http(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries back off in milliseconds in tests."""
+    monkeypatch.setenv("GPU_SHOPPER_DEFAULTS_HTTP_BACKOFF", "0.01")
+    monkeypatch.setenv("GPU_SHOPPER_DEFAULTS_HTTP_TIMEOUT", "5")
+
+
+@pytest.fixture
+def tensordock(monkeypatch: pytest.MonkeyPatch, sshd_pool, fast_http):  # noqa: F811
+    """A seeded TensorDock emulator whose VMs are real sshds; the tool is configured for it."""
+    emu = TensorDockEmulator(ssh_backend=sshd_pool)
+    emu.start()
+    emu.seed_default()
+    monkeypatch.setenv("TENSORDOCK_API_TOKEN", emu.api_token)
+    monkeypatch.setenv("TENSORDOCK_API_URL", emu.url)
+    monkeypatch.setenv("TENSORDOCK_SSH_USER", sshd_pool.login_user)
+    yield emu
+    emu.stop()
+
+
+from tests.fakes.vastai import VastEmulator  # noqa: E402
+
+
+@pytest.fixture
+def vast(monkeypatch: pytest.MonkeyPatch, sshd_pool, fast_http):  # noqa: F811
+    """A seeded Vast.ai emulator whose instances are real sshds; the tool is configured for it."""
+    emu = VastEmulator(ssh_backend=sshd_pool)
+    emu.start()
+    emu.seed_default_offers()
+    monkeypatch.setenv("VASTAI_API_KEY", emu.api_key)
+    monkeypatch.setenv("VASTAI_API_URL", emu.url)
+    monkeypatch.setenv("VASTAI_SSH_USER", sshd_pool.login_user)
+    yield emu
+    emu.stop()

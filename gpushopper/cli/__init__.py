@@ -22,11 +22,13 @@ if TYPE_CHECKING:
 # so `gpu-shopper --help` stays fast.
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "config": ("gpushopper.cli.config", "config", "Show and change settings."),
-    "doctor": (
-        "gpushopper.cli.doctor",
-        "doctor",
-        "Check config, keys, state file, providers and SSH.",
-    ),
+    "doctor": ("gpushopper.cli.doctor", "doctor", "Check config, keys, state, providers, SSH."),
+    "inventory": ("gpushopper.cli.inventory", "inventory", "Offers, cheapest reliable first."),
+    "offer-health": ("gpushopper.cli.templates", "offer_health", "Boot failures per offer."),
+    "provision": ("gpushopper.cli.provision", "provision", "Rent, verify, hand off SSH."),
+    "sessions": ("gpushopper.cli.sessions", "sessions", "List, inspect, extend, end rentals."),
+    "shutdown": ("gpushopper.cli.sessions", "shutdown", "Destroy a session's instance now."),
+    "templates": ("gpushopper.cli.templates", "templates", "Launch templates and OS images."),
 }
 
 

@@ -160,7 +160,8 @@ class LaunchSpec:
 
 # -- GPU names ---------------------------------------------------------------------------
 _VENDOR_WORDS = re.compile(r"\b(nvidia|geforce|amd|radeon|tesla|quadro)\b")
-_SUFFIX = re.compile(r"[-_ ]?(pcie|sxm[0-9]?|nvlink|pci)[-_ ]?.*$")
+_SUFFIX = re.compile(r"[-_ ]?(pcie|sxm[0-9]?|nvlink|nvl|pci)[-_ ]?.*$")
+_FORM = re.compile(r"nvlink|nvl|sxm|pci")
 
 
 def canonical_gpu(name: str) -> str:
@@ -171,12 +172,20 @@ def canonical_gpu(name: str) -> str:
     text = re.sub(r"\b\d+\s*gb\b", "", text)
     text = text.replace("_", " ").replace("-", " ")
     text = _VENDOR_WORDS.sub(" ", text)
-    text = re.sub(r"^geforce", "", text)
     text = re.sub(r"\s+", "", text)
+    text = re.sub(r"^(geforce|quadro)", "", text)  # tensordock runs them together: quadrortx4000
     text = text.replace("geforce", "")
     text = _SUFFIX.sub("", text)
-    text = re.sub(r"(pcie|sxm\d?|nvlink)$", "", text)
+    text = re.sub(r"(pcie|sxm\d?|nvlink|nvl)$", "", text)
     return text
+
+
+def gpu_form_factor(name: str) -> str | None:
+    """``sxm``, ``pcie`` or ``nvl`` when the name says so (``nvlink`` is ambiguous: None)."""
+    found = _FORM.search(re.sub(r"[\s_-]+", "", name.lower()))
+    if found is None or found.group(0) == "nvlink":
+        return None
+    return {"pci": "pcie"}.get(found.group(0), found.group(0))
 
 
 def gpu_matches(wanted: str, actual: str) -> bool:
@@ -184,11 +193,15 @@ def gpu_matches(wanted: str, actual: str) -> bool:
 
     A bare model number (``4090``) matches any card whose key ends in it (``rtx4090``);
     otherwise keys must be equal, so ``a100`` does not match ``a1000`` and ``4090`` does
-    not match ``4090d``.
+    not match ``4090d``. A form factor in ``wanted`` (``H100 SXM``) must not contradict
+    the offer's (``H100 PCIE``); ``H100`` alone matches every H100.
     """
     want = canonical_gpu(wanted)
     have = canonical_gpu(actual)
     if not want:
+        return False
+    want_form, have_form = gpu_form_factor(wanted), gpu_form_factor(actual)
+    if want_form and have_form and want_form != have_form:
         return False
     if want == have:
         return True

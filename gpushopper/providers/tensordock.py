@@ -29,7 +29,13 @@ from gpushopper.core.models import (
     gpu_matches,
 )
 from gpushopper.providers.base import HttpClient, error_text
-from gpushopper.providers.common import country_code, integer, num, require
+from gpushopper.providers.common import (
+    country_code,
+    integer,
+    num,
+    optional_setting,
+    require,
+)
 
 if TYPE_CHECKING:
     from gpushopper.state.config import Settings
@@ -87,6 +93,22 @@ def classify(status: int, body: Any, text: str) -> ProviderError | None:
 def vram_from_v0name(v0name: str | None) -> float | None:
     match = re.search(r"(\d+)gb$", v0name or "")
     return float(match.group(1)) if match else None
+
+
+def display_name(v0name: str) -> str:
+    """``geforcertx4090-pcie-24gb`` -> ``RTX 4090``; ``h100-sxm5-80gb`` -> ``H100 SXM5``."""
+    match = re.match(r"^(.*?)-(pcie|sxm\d?|nvlink|pci)-\d+gb$", v0name)
+    base, form = (match.group(1), match.group(2)) if match else (v0name, "")
+    base = re.sub(r"^(geforce|quadro)", "", base)
+    family = re.match(r"^(rtx|gtx)(.*)$", base)
+    if family:
+        pretty = f"{family.group(1).upper()} {family.group(2).upper()}"
+    else:
+        pretty = base.upper()
+    pretty = re.sub(r"(\d)TI\b", r"\1 Ti", pretty).replace("ADA", " Ada").replace("LHR", " LHR")
+    if form and form != "pcie":
+        pretty += f" {form.upper()}"
+    return pretty.strip()
 
 
 def even_down(value: float) -> int:
@@ -194,7 +216,7 @@ def parse_hostnodes(
                 if p
             )
             speed = num(location.get("network_speed_gbps"))
-            display = gpu.get("displayName") or v0name
+            display = gpu.get("displayName") or display_name(v0name)
             offers.append(
                 Offer(
                     id=f"{NAME}:{node['id']}:{v0name}",
@@ -229,10 +251,8 @@ def parse_hostnodes(
 
 def offer_matches(offer: Offer, query: OfferQuery) -> bool:
     """Client-side filters (the v2 API filters nothing server-side for sure)."""
-    if query.gpus and not any(
-        gpu_matches(w, offer.gpu_name or "") or gpu_matches(w, offer.extra.get("v0name", ""))
-        for w in query.gpus
-    ):
+    name = str(offer.extra.get("v0name") or offer.gpu_name or "")
+    if query.gpus and not any(gpu_matches(w, name) for w in query.gpus):
         return False
     if query.min_vram_gb is not None and (
         offer.vram_gb is None or offer.vram_gb < query.min_vram_gb
@@ -381,8 +401,8 @@ class TensorDock:
             vcpus_per_gpu=settings.get("tensordock.vcpus_per_gpu"),
             ram_per_gpu=settings.get("tensordock.ram_gb_per_gpu"),
             timeout=settings.get("defaults.http_timeout"),
-            retries=settings.get("defaults.http_retries"),
-            backoff=settings.get("defaults.http_backoff"),
+            retries=optional_setting(settings, "defaults.http_retries", 4),
+            backoff=optional_setting(settings, "defaults.http_backoff", 0.5),
         )
 
     def check(self) -> str:

@@ -14,7 +14,13 @@ from typing import TYPE_CHECKING, Any
 from gpushopper.core.errors import AuthFailed, NotFound, ProviderError, RateLimited
 from gpushopper.core.models import Instance, LaunchSpec, Offer, OfferQuery, Template
 from gpushopper.providers.base import HttpClient, dumps_query
-from gpushopper.providers.common import country_code, integer, num, require
+from gpushopper.providers.common import (
+    country_code,
+    integer,
+    num,
+    optional_setting,
+    require,
+)
 
 if TYPE_CHECKING:
     from gpushopper.state.config import Settings
@@ -281,8 +287,8 @@ class VastAI:
             ssh_user=settings.get("vastai.ssh_user"),
             max_price=settings.get("vastai.max_price"),
             timeout=settings.get("defaults.http_timeout"),
-            retries=settings.get("defaults.http_retries"),
-            backoff=settings.get("defaults.http_backoff"),
+            retries=optional_setting(settings, "defaults.http_retries", 4),
+            backoff=optional_setting(settings, "defaults.http_backoff", 0.5),
         )
 
     @staticmethod

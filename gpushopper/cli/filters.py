@@ -1,0 +1,164 @@
+"""The inventory filter flags, shared by ``inventory`` and ``provision``, and the query
+they build (flag > profile > config default)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from gpushopper.core.errors import UsageError
+from gpushopper.core.models import OfferQuery
+
+PROVIDERS = ("vastai", "tensordock")
+SORTS = ("price", "reliability", "vram", "perf-per-dollar")
+
+
+def filter_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option(
+            "--provider",
+            "providers",
+            multiple=True,
+            type=click.Choice(PROVIDERS),
+            help="Only this provider (repeatable).",
+        ),
+        click.option(
+            "--gpu",
+            "gpus",
+            multiple=True,
+            metavar="NAME",
+            help="GPU model, loosely matched: 4090, RTX_4090, 'rtx 4090' (repeatable).",
+        ),
+        click.option(
+            "--min-vram",
+            type=click.FloatRange(min=0),
+            metavar="GB",
+            help="Minimum VRAM per GPU, GB.",
+        ),
+        click.option("--num-gpus", type=click.IntRange(min=1), metavar="N", help="Exactly N GPUs."),
+        click.option(
+            "--max-price",
+            type=click.FloatRange(min=0, min_open=True),
+            metavar="USD",
+            help="Maximum total price, USD/h.",
+        ),
+        click.option(
+            "--min-reliability",
+            type=click.FloatRange(0, 1),
+            metavar="R",
+            help="Reliability floor, 0-1 (default from config, 0.95).",
+        ),
+        click.option(
+            "--min-cuda",
+            type=click.FloatRange(min=0),
+            metavar="X.Y",
+            help="Minimum CUDA version the driver supports.",
+        ),
+        click.option(
+            "--min-disk",
+            type=click.FloatRange(min=0),
+            metavar="GB",
+            help="Minimum free disk on the host, GB.",
+        ),
+        click.option(
+            "--country",
+            "countries",
+            multiple=True,
+            metavar="CC",
+            help="Two-letter country code (repeatable).",
+        ),
+        click.option(
+            "--disk",
+            type=click.IntRange(min=1),
+            metavar="GB",
+            help="Disk to rent, GB; prices include it (default 32).",
+        ),
+        click.option(
+            "--template", metavar="ID|NAME", help="Only offers that meet this template's needs."
+        ),
+        click.option(
+            "--verified-only",
+            is_flag=True,
+            default=None,
+            help="Only offers the provider has verified.",
+        ),
+        click.option(
+            "--profile", metavar="NAME", help="Apply a saved set of options (built in: flux-lora)."
+        ),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _pick(flag: Any, profile: dict[str, Any], key: str, default: Any) -> Any:
+    if flag not in (None, (), []):
+        return flag
+    if key in profile:
+        return profile[key]
+    return default
+
+
+def build_query(
+    app: Any,
+    *,
+    providers: tuple[str, ...] = (),
+    gpus: tuple[str, ...] = (),
+    min_vram: float | None = None,
+    num_gpus: int | None = None,
+    max_price: float | None = None,
+    min_reliability: float | None = None,
+    min_cuda: float | None = None,
+    min_disk: float | None = None,
+    countries: tuple[str, ...] = (),
+    disk: int | None = None,
+    template: str | None = None,
+    verified_only: bool | None = None,
+    profile: str | None = None,
+    sort: str | None = None,
+    limit: int | None = None,
+) -> tuple[OfferQuery, dict[str, Any]]:
+    """The OfferQuery for these flags, and the profile that was applied (may be empty)."""
+    settings = app.settings
+    prof = settings.profile(profile) if profile else {}
+    for code in countries:
+        if not re.fullmatch(r"[A-Za-z]{2}", code):
+            raise UsageError(f"--country takes a two-letter code such as US or DE, not {code!r}")
+    chosen = list(_pick(providers, prof, "providers", settings.get("defaults.providers")))
+    unknown = [p for p in chosen if p not in PROVIDERS]
+    if unknown:
+        raise UsageError(f"unknown provider {unknown[0]!r} (choose from {', '.join(PROVIDERS)})")
+    query = OfferQuery(
+        providers=chosen,
+        gpus=list(_pick(gpus, prof, "gpu", [])),
+        min_vram_gb=_pick(min_vram, prof, "min_vram_gb", None),
+        num_gpus=_pick(num_gpus, prof, "num_gpus", None),
+        max_price=_pick(max_price, prof, "max_price", settings.get("defaults.max_price")),
+        min_reliability=_pick(
+            min_reliability, prof, "min_reliability", settings.get("defaults.min_reliability")
+        ),
+        min_cuda=_pick(min_cuda, prof, "min_cuda", None),
+        min_disk_gb=_pick(min_disk, prof, "min_disk_gb", None),
+        countries=[c.upper() for c in _pick(countries, prof, "country", [])],
+        disk_gb=float(_pick(disk, prof, "disk_gb", settings.get("defaults.disk_gb"))),
+        verified=_pick(verified_only, prof, "verified", None),
+        sort=_pick(sort, prof, "sort", "price"),
+        limit=_pick(limit, prof, "limit", None),
+        template=_pick(template, prof, "template", None),
+    )
+    if query.sort not in SORTS:
+        raise UsageError(f"unknown sort {query.sort!r} (choose from {', '.join(SORTS)})")
+    return query, prof
+
+
+def offer_cache(app: Any) -> Any:
+    from gpushopper.core.inventory import OfferCache
+
+    return OfferCache(app.paths.cache_dir, app.settings.get("defaults.cache_ttl"), app.clock)
+
+
+def resolve_template(provider: Any, ident: str) -> Any:
+    return provider.get_template(ident)

@@ -1,0 +1,275 @@
+"""``gpu-shopper inventory``: what can be rented right now, best first."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from gpushopper.cli import App, pass_app
+from gpushopper.cli.filters import SORTS, build_query, filter_options, offer_cache, resolve_template
+from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table, warn
+from gpushopper.core.errors import ConfigError, NotFound, ProviderError, Unavailable
+
+
+def _money(value: float | None) -> str | None:
+    return None if value is None else f"{value:.3f}"
+
+
+def offer_rows(offers: list[Any]) -> list[tuple[Any, ...]]:
+    rows = []
+    for o in offers:
+        rows.append(
+            (
+                o.id if len(o.id) <= 40 else o.id[:37] + "...",
+                o.gpu_name,
+                o.num_gpus,
+                o.vram_gb,
+                _money(o.price_per_hour),
+                None if o.reliability is None else f"{o.reliability:.3f}",
+                o.cuda_version,
+                None if o.disk_gb is None else int(o.disk_gb),
+                o.country,
+                None if o.health == "ok" else o.health,
+            )
+        )
+    return rows
+
+
+OFFER_COLUMNS = [
+    "OFFER",
+    "GPU",
+    "#",
+    "VRAM GB",
+    "$/h",
+    "RELIAB.",
+    "CUDA",
+    "DISK GB",
+    "CC",
+    "HEALTH",
+]
+
+
+def report_providers(result: Any) -> None:
+    for why in result.skipped.values():
+        info(f"Note: skipped {why}")
+    for name, message in result.errors.items():
+        warn(f"{name} failed, showing the other providers' offers: {message}")
+    for note in result.notes:
+        info(f"Note: {note}")
+
+
+def run_search(app: App, query: Any, *, refresh: bool, include_unhealthy: bool) -> Any:
+    from gpushopper.core.inventory import search
+
+    health = app.store.read().get("offer_health", {})
+    result = search(
+        query,
+        app.provider,
+        cache=offer_cache(app),
+        refresh=refresh,
+        health=health,
+        include_unhealthy=include_unhealthy,
+        now=app.clock,
+        template_resolver=resolve_template,
+    )
+    asked = [p for p in query.providers]
+    if not result.errors and len(result.skipped) == len(asked):
+        raise ConfigError(
+            "no provider has credentials: set VASTAI_API_KEY or TENSORDOCK_API_TOKEN "
+            "(or 'gpu-shopper config set vastai.api_key KEY')"
+        )
+    if result.errors and len(result.errors) + len(result.skipped) == len(asked):
+        first = next(iter(result.errors.values()))
+        if len(result.errors) == 1:
+            raise ProviderError(next(iter(result.errors)), first.split(": ", 1)[-1])
+        raise Unavailable("all providers", "; ".join(result.errors.values()))
+    return result
+
+
+@click.group(
+    invoke_without_command=True,
+    epilog="""Examples:
+
+\b
+  gpu-shopper inventory --gpu 4090 --max-price 0.6
+  gpu-shopper inventory --profile flux-lora --limit 5
+  gpu-shopper inventory --min-vram 48 --country US --country CA --json | jq '.[0].id'
+""",
+)
+@filter_options
+@click.option("--sort", type=click.Choice(SORTS), help="Ranking (default: price, cheapest first).")
+@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Show at most N offers.")
+@click.option("--refresh", is_flag=True, help="Ask the providers again instead of using the cache.")
+@click.option(
+    "--include-unhealthy", is_flag=True, help="Also show offers suppressed after failed boots."
+)
+@json_option
+@pass_app
+@click.pass_context
+def inventory(
+    ctx: click.Context,
+    app: App,
+    providers: tuple[str, ...],
+    gpus: tuple[str, ...],
+    min_vram: float | None,
+    num_gpus: int | None,
+    max_price: float | None,
+    min_reliability: float | None,
+    min_cuda: float | None,
+    min_disk: float | None,
+    countries: tuple[str, ...],
+    disk: int | None,
+    template: str | None,
+    verified_only: bool | None,
+    profile: str | None,
+    sort: str | None,
+    limit: int | None,
+    refresh: bool,
+    include_unhealthy: bool,
+    as_json: bool,
+) -> None:
+    """Offers across Vast.ai and TensorDock, cheapest reliable first.
+
+    Providers are asked at once; one failing is reported on stderr while the others'
+    offers still print. Prices are USD/h in total, including the disk asked for.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    query, _ = build_query(
+        app,
+        providers=providers,
+        gpus=gpus,
+        min_vram=min_vram,
+        num_gpus=num_gpus,
+        max_price=max_price,
+        min_reliability=min_reliability,
+        min_cuda=min_cuda,
+        min_disk=min_disk,
+        countries=countries,
+        disk=disk,
+        template=template,
+        verified_only=verified_only,
+        profile=profile,
+        sort=sort,
+        limit=limit,
+    )
+    result = run_search(app, query, refresh=refresh, include_unhealthy=include_unhealthy)
+    report_providers(result)
+    if result.hidden_unhealthy:
+        info(
+            f"Note: {result.hidden_unhealthy} offers hidden after failed boots (--include-unhealthy shows them)"
+        )
+    if as_json:
+        emit_json([o.to_json() for o in result.offers])
+        return
+    print_table(OFFER_COLUMNS, offer_rows(result.offers), empty="No offers match.")
+
+
+def _fetch_offer(app: App, offer_id: str, disk: int | None) -> Any:
+    from gpushopper.core.inventory import health_of, split_offer_id
+
+    provider_name, native = split_offer_id(offer_id)
+    provider = app.provider(provider_name)
+    disk_gb = float(disk or app.settings.get("defaults.disk_gb"))
+    offer = provider.get_offer(native, disk_gb)
+    if offer is None:
+        raise NotFound(provider_name, f"offer {offer_id} is not available any more")
+    offer.health = health_of(offer, app.store.read().get("offer_health", {}), app.clock())
+    return provider, offer
+
+
+@inventory.command("show", epilog="Example: gpu-shopper inventory show vastai:1000001 --json")
+@click.argument("offer_id")
+@click.option("--disk", type=click.IntRange(min=1), metavar="GB", help="Price for this much disk.")
+@json_option
+@pass_app
+def inventory_show(app: App, offer_id: str, disk: int | None, as_json: bool) -> None:
+    """Fetch one offer again, fresh from its provider."""
+    _, offer = _fetch_offer(app, offer_id, disk)
+    data = offer.to_json()
+    if as_json:
+        emit_json(data)
+        return
+    print_kv([(k, v) for k, v in data.items()])
+
+
+def _check_requirements(offer: Any, requirements: dict[str, Any]) -> tuple[bool, list[str]]:
+    """Does the offer meet a Vast.ai-style ``extra_filters`` dict? Unknown fields are listed."""
+    ops = {
+        "eq": lambda a, b: a == b,
+        "neq": lambda a, b: a != b,
+        "gt": lambda a, b: a > b,
+        "gte": lambda a, b: a >= b,
+        "lt": lambda a, b: a < b,
+        "lte": lambda a, b: a <= b,
+        "in": lambda a, b: a in b,
+        "notin": lambda a, b: a not in b,
+    }
+    known = {
+        "cuda_max_good": offer.cuda_version,
+        "cuda_vers": offer.cuda_version,
+        "gpu_ram": None if offer.vram_gb is None else offer.vram_gb * 1000,
+        "num_gpus": offer.num_gpus,
+        "disk_space": offer.disk_gb,
+        "reliability": offer.reliability,
+        "dph_total": offer.price_per_hour,
+        "gpu_name": offer.gpu_name,
+    }
+    unchecked: list[str] = []
+    for field, cond in requirements.items():
+        if field not in known or not isinstance(cond, dict):
+            unchecked.append(field)
+            continue
+        value = known[field]
+        for op, wanted in cond.items():
+            if op not in ops:
+                unchecked.append(f"{field}.{op}")
+                continue
+            if value is None:
+                unchecked.append(field)
+                continue
+            try:
+                if isinstance(value, (int, float)) and not isinstance(wanted, list):
+                    wanted = float(wanted)
+                if not ops[op](value, wanted):
+                    return False, unchecked
+            except (TypeError, ValueError):
+                unchecked.append(field)
+    return True, unchecked
+
+
+@inventory.command(
+    "compatible-templates",
+    epilog="Example: gpu-shopper inventory compatible-templates vastai:1000001",
+)
+@click.argument("offer_id")
+@json_option
+@pass_app
+def inventory_compatible_templates(app: App, offer_id: str, as_json: bool) -> None:
+    """Templates whose requirements (e.g. a minimum CUDA) this offer meets."""
+    provider, offer = _fetch_offer(app, offer_id, None)
+    rows = []
+    for template in provider.list_templates():
+        reqs = dict(template.requirements)
+        if reqs.get("nvidia_driver") is False:
+            ok, unchecked = (
+                True,
+                ["nvidia_driver (the image has none: install one with cloud-init)"],
+            )
+        else:
+            reqs.pop("nvidia_driver", None)
+            ok, unchecked = _check_requirements(offer, reqs)
+        if ok:
+            rows.append({**template.to_json(), "unchecked": unchecked})
+    if as_json:
+        emit_json(rows)
+        return
+    print_table(
+        ["TEMPLATE", "NAME", "IMAGE", "MIN CUDA", "UNCHECKED"],
+        [
+            (r["id"], r["name"], r["image"], r["min_cuda"], ", ".join(r["unchecked"]) or None)
+            for r in rows
+        ],
+        empty="No compatible templates.",
+    )

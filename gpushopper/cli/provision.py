@@ -1,0 +1,239 @@
+"""``gpu-shopper provision``: rent the best offer, verify it, hand off SSH."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from datetime import timedelta
+from typing import Any
+
+import click
+
+from gpushopper.cli import App, pass_app
+from gpushopper.cli.filters import SORTS, build_query, filter_options
+from gpushopper.cli.output import emit_json, info, json_option, print_kv
+from gpushopper.cli.params import DURATION
+from gpushopper.core.errors import UsageError
+from gpushopper.core.units import format_duration, iso
+
+
+def make_provisioner(app: App) -> Any:
+    from gpushopper.core.deadline import deadline_script_for
+    from gpushopper.core.provisioner import Provisioner
+
+    return Provisioner(
+        store=app.store,
+        keys_dir=app.paths.keys_dir,
+        ssh_config_path=app.paths.ssh_config_file,
+        provider_factory=app.provider,
+        clock=app.clock,
+        log=info,
+        health=app.store.read().get("offer_health", {}),
+        deadline_script=lambda provider, record: deadline_script_for(app, provider, record),
+    )
+
+
+def print_session(view: dict[str, Any]) -> None:
+    ssh = view.get("ssh") or {}
+    pairs = [
+        ("session", view["id"]),
+        ("status", view["status"]),
+        ("provider", f"{view['provider']} instance {view.get('instance_id')}"),
+        ("offer", view.get("offer_id")),
+        ("gpu", f"{view.get('gpu_name')} x{view.get('num_gpus')}"),
+        (
+            "price",
+            f"${view['price_per_hour']:.3f}/h" if view.get("price_per_hour") is not None else None,
+        ),
+        ("cost so far", f"${view.get('cost_usd') or 0:.4f}"),
+        ("created", view.get("created_at")),
+        ("reservation ends", view.get("reservation_ends_at")),
+        ("hard maximum", view.get("hard_max_at")),
+    ]
+    if view.get("ended_at"):
+        pairs.append(("ended", f"{view['ended_at']} ({view.get('end_reason')})"))
+    if ssh.get("command"):
+        pairs.append(("ssh", ssh["command"]))
+        pairs.append(
+            ("or", f"ssh gpu-{view['id']}  (after 'gpu-shopper doctor' shows the Include line)")
+        )
+    print_kv(pairs)
+
+
+@click.command(
+    epilog="""Examples:
+
+\b
+  gpu-shopper provision --profile flux-lora --hours 3
+  gpu-shopper provision vastai:1000001 --image pytorch/pytorch --yes --json
+  gpu-shopper provision --gpu 4090 --max-price 0.5 --auto-retry 2 --dry-run
+""",
+)
+@click.argument("offer_id", required=False)
+@filter_options
+@click.option(
+    "--image", metavar="IMAGE", help="Container (Vast.ai) or OS image (TensorDock) to boot."
+)
+@click.option(
+    "--hours", type=DURATION, metavar="DURATION", help="Reservation, e.g. 90m or 2h (default 2h)."
+)
+@click.option("--consumer", metavar="NAME", help="Who this rental is for (cost reports).")
+@click.option(
+    "--auto-retry",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="On a failed boot, try up to N more offers.",
+)
+@click.option(
+    "--ssh-key",
+    type=click.Path(dir_okay=False),
+    metavar="PATH",
+    help="Use this private key instead of a new per-session key.",
+)
+@click.option(
+    "--timeout",
+    type=DURATION,
+    metavar="DURATION",
+    help="Boot timeout (default 15m; heavy images take minutes).",
+)
+@click.option(
+    "--no-verify", is_flag=True, help="Skip the SSH check of GPUs, driver, CUDA and disk."
+)
+@click.option(
+    "--sort", type=click.Choice(SORTS), help="How to pick the best offer (default price)."
+)
+@click.option(
+    "--override", is_flag=True, help="Allow a reservation past the hard maximum (recorded)."
+)
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="Show what would be rented and the projected cost; create nothing.",
+)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@pass_app
+def provision(app: App, offer_id: str | None, **opts: Any) -> None:
+    """Rent an offer (the given one, or the best for the filters), wait until it runs,
+    check its GPUs over SSH and print a ready-to-paste ssh command.
+
+    The session is recorded before anything is created; a failed boot is destroyed and
+    never left running; Ctrl-C destroys what was created and exits 130.
+    """
+    from gpushopper.core.provisioner import ProvisionRequest
+
+    settings = app.settings
+    query, profile = build_query(
+        app,
+        providers=opts["providers"],
+        gpus=opts["gpus"],
+        min_vram=opts["min_vram"],
+        num_gpus=opts["num_gpus"],
+        max_price=opts["max_price"],
+        min_reliability=opts["min_reliability"],
+        min_cuda=opts["min_cuda"],
+        min_disk=opts["min_disk"],
+        countries=opts["countries"],
+        disk=opts["disk"],
+        template=opts["template"],
+        verified_only=opts["verified_only"],
+        profile=opts["profile"],
+        sort=opts["sort"],
+    )
+    hours = opts["hours"] or profile.get("hours") or settings.get("defaults.hours")
+    hard_max_s = settings.get("safety.hard_max_hours") * 3600
+    if hours > hard_max_s and not opts["override"]:
+        raise UsageError(
+            f"--hours {format_duration(hours)} is past the {format_duration(hard_max_s)} hard maximum; "
+            "add --override to allow it (it is recorded)"
+        )
+    ssh_key = opts["ssh_key"] or profile.get("ssh_key") or settings.get("vastai.ssh_key_path")
+    req = ProvisionRequest(
+        query=query,
+        offer_id=offer_id,
+        template=query.template,
+        image=opts["image"] or profile.get("image"),
+        hours_s=hours,
+        consumer=opts["consumer"] or profile.get("consumer") or settings.get("defaults.consumer"),
+        auto_retry=opts["auto_retry"]
+        if opts["auto_retry"] is not None
+        else profile.get("auto_retry", 0),
+        ssh_key=ssh_key,
+        timeout_s=opts["timeout"]
+        or profile.get("timeout")
+        or settings.get("safety.provision_timeout"),
+        verify=not opts["no_verify"],
+        override=opts["override"],
+        hard_max_s=hard_max_s,
+        preferred_gpus=settings.get("vastai.preferred_gpus") or [],
+    )
+    provisioner = make_provisioner(app)
+    candidates, notes = provisioner.candidates(req)
+    for note in notes:
+        info(f"Note: {note}")
+    if not candidates:
+        from gpushopper.core.provisioner import ProvisionFailed
+
+        raise ProvisionFailed("no offer matches; loosen the filters (see 'gpu-shopper inventory')")
+    best = candidates[0].offer
+    price = best.price_per_hour or 0.0
+    if opts["dry_run"]:
+        now = app.clock()
+        plan = {
+            "dry_run": True,
+            "offer": best.to_json(),
+            "price_per_hour": best.price_per_hour,
+            "hours": round(hours / 3600, 4),
+            "reservation_ends_at": iso(now + timedelta(seconds=hours)),
+            "hard_max_at": iso(
+                now + timedelta(seconds=max(hard_max_s, hours if opts["override"] else 0))
+            ),
+            "projected_cost_usd": round(price * hours / 3600, 4),
+            "template": req.template,
+            "image": req.image,
+            "alternatives": [c.offer.id for c in candidates[1 : 1 + (req.auto_retry or 0) + 3]],
+        }
+        if opts["as_json"]:
+            emit_json(plan)
+        else:
+            print_kv(
+                [
+                    (
+                        "would rent",
+                        f"{best.id} ({best.gpu_name} x{best.num_gpus}, {best.location or best.country})",
+                    ),
+                    ("price", f"${price:.3f}/h"),
+                    (
+                        "reservation",
+                        f"{format_duration(hours)} (ends {plan['reservation_ends_at']})",
+                    ),
+                    ("projected cost", f"${plan['projected_cost_usd']:.2f}"),
+                    ("alternatives", ", ".join(plan["alternatives"]) or None),
+                ]
+            )
+            info("Dry run: nothing was created.")
+        return
+    interactive = sys.stdin.isatty() and sys.stderr.isatty() and not opts["as_json"]
+    if interactive and not opts["yes"]:
+        click.confirm(
+            f"Rent {best.id} ({best.gpu_name} x{best.num_gpus}) at ${price:.3f}/h "
+            f"for {format_duration(hours)} (about ${price * hours / 3600:.2f})?",
+            abort=True,
+            err=True,
+        )
+
+    def _terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        session = provisioner.provision(req, candidates)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    from gpushopper.core.sessions import public_view
+
+    view = public_view(session, app.clock())
+    if opts["as_json"]:
+        emit_json(view)
+    else:
+        print_session(view)

@@ -1,0 +1,279 @@
+"""``gpu-shopper sessions`` and ``shutdown``."""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+import click
+
+from gpushopper.cli import App, pass_app
+from gpushopper.cli.output import emit_json, info, json_option, print_table
+from gpushopper.cli.params import DURATION
+from gpushopper.core.errors import SshError, UsageError
+from gpushopper.core.units import format_duration, iso, parse_iso
+
+
+def _views(app: App, show_all: bool, consumer: str | None) -> list[dict[str, Any]]:
+    from gpushopper.core.sessions import DONE, public_view
+
+    now = app.clock()
+    out = []
+    for record in app.store.sessions().values():
+        if not show_all and record.get("status") in DONE:
+            continue
+        if consumer and record.get("consumer") != consumer:
+            continue
+        out.append(public_view(record, now))
+    return sorted(out, key=lambda v: v.get("created_at") or "")
+
+
+def _ends_in(view: dict[str, Any], app: App) -> str | None:
+    end = parse_iso(view.get("reservation_ends_at"))
+    if end is None or view.get("status") in ("ended", "failed"):
+        return None
+    seconds = (end - app.clock()).total_seconds()
+    return format_duration(seconds) if seconds > 0 else "overdue"
+
+
+@click.group(
+    invoke_without_command=True,
+    epilog="""Examples:
+
+\b
+  gpu-shopper sessions
+  gpu-shopper sessions list --all --json | jq '.[] | {id, status, cost_usd}'
+  gpu-shopper sessions done 3fa9c2
+""",
+)
+@click.option("--all", "show_all", is_flag=True, help="Include ended and failed sessions.")
+@click.option("--consumer", metavar="NAME", help="Only sessions for this consumer.")
+@json_option
+@pass_app
+@click.pass_context
+def sessions(
+    ctx: click.Context, app: App, show_all: bool, consumer: str | None, as_json: bool
+) -> None:
+    """Rentals this machine made: list, inspect, extend, end."""
+    if ctx.invoked_subcommand is None:
+        _list(app, show_all, consumer, as_json)
+
+
+def _list(app: App, show_all: bool, consumer: str | None, as_json: bool) -> None:
+    views = _views(app, show_all, consumer)
+    if as_json:
+        emit_json(views)
+        return
+    print_table(
+        ["SESSION", "STATUS", "PROVIDER", "GPU", "$/h", "COST $", "ENDS IN", "CONSUMER", "SSH"],
+        [
+            (
+                v["id"],
+                v["status"],
+                v["provider"],
+                f"{v.get('gpu_name')} x{v.get('num_gpus')}",
+                None if v.get("price_per_hour") is None else f"{v['price_per_hour']:.3f}",
+                f"{v.get('cost_usd') or 0:.4f}",
+                _ends_in(v, app),
+                v.get("consumer"),
+                f"ssh gpu-{v['id']}"
+                if (v.get("ssh") or {}).get("command") and v["status"] == "running"
+                else None,
+            )
+            for v in views
+        ],
+        empty="No sessions." if show_all else "No live sessions (--all shows ended ones).",
+    )
+
+
+@sessions.command("list", epilog="Example: gpu-shopper sessions list --all")
+@click.option("--all", "show_all", is_flag=True, help="Include ended and failed sessions.")
+@click.option("--consumer", metavar="NAME", help="Only sessions for this consumer.")
+@json_option
+@pass_app
+def sessions_list(app: App, show_all: bool, consumer: str | None, as_json: bool) -> None:
+    """Live sessions (with --all, every session) with cost so far."""
+    _list(app, show_all, consumer, as_json)
+
+
+@sessions.command("show", epilog="Example: gpu-shopper sessions show 3fa9c2 --json")
+@click.argument("session_id")
+@json_option
+@pass_app
+def sessions_show(app: App, session_id: str, as_json: bool) -> None:
+    """One session in full (never any key material)."""
+    from gpushopper.cli.provision import print_session
+    from gpushopper.core.sessions import public_view
+    from gpushopper.core.teardown import get_session_or_fail
+
+    view = public_view(get_session_or_fail(app.store, session_id), app.clock())
+    if as_json:
+        emit_json(view)
+    else:
+        print_session(view)
+
+
+def _end(app: App, session_id: str, reason: str, as_json: bool) -> None:
+    from gpushopper.cli.provision import print_session
+    from gpushopper.core.sessions import public_view
+    from gpushopper.core.teardown import end_session
+
+    record = end_session(
+        app.store,
+        app.provider,
+        session_id,
+        reason,
+        clock=app.clock,
+        ssh_config_path=app.paths.ssh_config_file,
+        log=info,
+    )
+    view = public_view(record, app.clock())
+    if as_json:
+        emit_json(view)
+    else:
+        print_session(view)
+        info(f"Session {session_id} {view['status']}; cost ${view.get('cost_usd') or 0:.4f}")
+
+
+@sessions.command("done", epilog="Example: gpu-shopper sessions done 3fa9c2")
+@click.argument("session_id")
+@json_option
+@pass_app
+def sessions_done(app: App, session_id: str, as_json: bool) -> None:
+    """Finished: destroy the instance, confirm it is gone, finalise the cost."""
+    _end(app, session_id, "done", as_json)
+
+
+@sessions.command("delete", epilog="Example: gpu-shopper sessions delete 3fa9c2")
+@click.argument("session_id")
+@json_option
+@pass_app
+def sessions_delete(app: App, session_id: str, as_json: bool) -> None:
+    """Force shutdown (same as 'gpu-shopper shutdown ID')."""
+    _end(app, session_id, "deleted", as_json)
+
+
+@click.command("shutdown", epilog="Example: gpu-shopper shutdown 3fa9c2 --json")
+@click.argument("session_id")
+@json_option
+@pass_app
+def shutdown(app: App, session_id: str, as_json: bool) -> None:
+    """Destroy a session's instance now and finalise its cost."""
+    _end(app, session_id, "shutdown", as_json)
+
+
+@sessions.command("extend", epilog="Example: gpu-shopper sessions extend 3fa9c2 --hours 1h")
+@click.argument("session_id")
+@click.option(
+    "--hours",
+    type=DURATION,
+    required=True,
+    metavar="DURATION",
+    help="Add this much time, e.g. 30m or 2h.",
+)
+@click.option("--override", is_flag=True, help="Allow going past the hard maximum (recorded).")
+@json_option
+@pass_app
+def sessions_extend(app: App, session_id: str, hours: float, override: bool, as_json: bool) -> None:
+    """Push the reservation end out; refused past the 12-hour hard maximum without --override."""
+    from gpushopper.core.sessions import LIVE, public_view
+    from gpushopper.core.teardown import get_session_or_fail
+
+    record = get_session_or_fail(app.store, session_id)
+    if record.get("status") not in LIVE:
+        raise UsageError(
+            f"session {session_id} is {record.get('status')}; only live sessions can be extended"
+        )
+    now = app.clock()
+    current = parse_iso(record.get("reservation_ends_at")) or now
+    new_end = max(current, now) + timedelta(seconds=hours)
+    hard = parse_iso(record.get("hard_max_at")) or new_end
+    changes: dict[str, Any] = {"reservation_ends_at": iso(new_end)}
+    if new_end > hard:
+        if not override:
+            raise UsageError(
+                f"refused: the reservation would end at {iso(new_end)}, past the hard maximum "
+                f"{iso(hard)} ({app.settings.get('safety.hard_max_hours'):g}h from creation); "
+                "add --override to go past it"
+            )
+        overrides = list(record.get("overrides") or [])
+        overrides.append({"at": iso(now), "hard_max_at": iso(new_end), "via": "extend"})
+        changes.update(hard_max_at=iso(new_end), overrides=overrides)
+        info(f"Override recorded: hard maximum moved to {iso(new_end)}")
+    updated = app.store.update_session(session_id, **changes)
+    from gpushopper.core.deadline import push_deadline
+
+    push_deadline(app, updated, log=info)
+    view = public_view(updated, now)
+    if as_json:
+        emit_json(view)
+    else:
+        info(
+            f"Session {session_id} now ends at {view['reservation_ends_at']} (hard maximum {view['hard_max_at']})"
+        )
+
+
+@sessions.command("diagnostics", epilog="Example: gpu-shopper sessions diagnostics 3fa9c2 --json")
+@click.argument("session_id")
+@json_option
+@pass_app
+def sessions_diagnostics(app: App, session_id: str, as_json: bool) -> None:
+    """SSH in and report nvidia-smi, CUDA, disk and uptime."""
+    import time
+    from pathlib import Path
+
+    from gpushopper.cli.output import print_kv
+    from gpushopper.core.teardown import get_session_or_fail
+    from gpushopper.remote import ssh as remote
+
+    record = get_session_or_fail(app.store, session_id)
+    info_ = record.get("ssh") or {}
+    if not info_.get("host"):
+        raise SshError(
+            f"session {session_id} has no SSH endpoint yet (status {record.get('status')})"
+        )
+    conn = remote.connect(
+        info_["host"],
+        int(info_["port"]),
+        info_["user"],
+        Path(info_["key_path"]),
+        deadline=time.monotonic() + 30,
+    )
+    try:
+        report = {"session": session_id, **remote.diagnostics(conn)}
+    finally:
+        conn.close()
+    if as_json:
+        emit_json(report)
+        return
+    raw = report.pop("nvidia_smi_output", "")
+    print_kv([(k, v) for k, v in report.items()])
+    if raw:
+        click.echo(raw)
+
+
+@sessions.command(
+    "ssh",
+    context_settings={"ignore_unknown_options": True},
+    epilog="Examples: gpu-shopper sessions ssh 3fa9c2    gpu-shopper sessions ssh 3fa9c2 -- nvidia-smi",
+)
+@click.argument("session_id")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_app
+def sessions_ssh(app: App, session_id: str, command: tuple[str, ...]) -> None:
+    """Open OpenSSH with the session's key (runs COMMAND when given after --)."""
+    import shlex
+    import shutil
+
+    from gpushopper.core.sessions import ssh_command
+    from gpushopper.core.teardown import get_session_or_fail
+
+    record = get_session_or_fail(app.store, session_id)
+    line = ssh_command(record)
+    if not line:
+        raise SshError(f"session {session_id} has no SSH endpoint (status {record.get('status')})")
+    if shutil.which("ssh") is None:
+        raise SshError("OpenSSH client not found: apt-get install openssh-client")
+    argv = shlex.split(line) + list(command)
+    os.execvp(argv[0], argv)

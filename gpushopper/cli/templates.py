@@ -1,0 +1,142 @@
+"""``gpu-shopper templates`` and ``offer-health``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from gpushopper.cli import App, pass_app
+from gpushopper.cli.filters import PROVIDERS
+from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table, warn
+from gpushopper.core.errors import ConfigError, GpuShopperError, MissingCredentials, NotFound
+
+
+def _providers(app: App, chosen: tuple[str, ...]) -> list[Any]:
+    names = list(chosen) or list(app.settings.get("defaults.providers"))
+    clients = []
+    for name in names:
+        try:
+            clients.append(app.provider(name))
+        except MissingCredentials as exc:
+            info(f"Note: skipped {exc}")
+    if not clients:
+        raise ConfigError("no provider has credentials: set VASTAI_API_KEY or TENSORDOCK_API_TOKEN")
+    return clients
+
+
+@click.group(
+    invoke_without_command=True,
+    epilog="""Examples:
+
+\b
+  gpu-shopper templates --name "AI Toolkit"
+  gpu-shopper templates --provider tensordock --json
+""",
+)
+@click.option(
+    "--provider",
+    "providers",
+    multiple=True,
+    type=click.Choice(PROVIDERS),
+    help="Only this provider.",
+)
+@click.option("--name", metavar="TEXT", help="Name contains TEXT (case-insensitive).")
+@click.option("--use-ssh", is_flag=True, help="Only templates that start an SSH server.")
+@json_option
+@pass_app
+@click.pass_context
+def templates(
+    ctx: click.Context,
+    app: App,
+    providers: tuple[str, ...],
+    name: str | None,
+    use_ssh: bool,
+    as_json: bool,
+) -> None:
+    """Launch templates: Vast.ai templates and TensorDock OS images."""
+    if ctx.invoked_subcommand is not None:
+        return
+    found: list[Any] = []
+    failures = 0
+    clients = _providers(app, providers)
+    for client in clients:
+        try:
+            found.extend(client.list_templates(name=name, use_ssh=True if use_ssh else None))
+        except GpuShopperError as exc:
+            failures += 1
+            warn(str(exc))
+    if failures == len(clients):
+        raise GpuShopperError("no provider answered the template search")
+    if as_json:
+        emit_json([t.to_json() for t in found])
+        return
+    print_table(
+        ["ID", "PROVIDER", "NAME", "IMAGE", "MIN CUDA", "DISK GB"],
+        [(t.id, t.provider, t.name, t.image, t.min_cuda, t.recommended_disk_gb) for t in found],
+        empty="No templates match.",
+    )
+
+
+@templates.command("show", epilog="Example: gpu-shopper templates show 'Ostris AI Toolkit' --json")
+@click.argument("ident", metavar="ID")
+@click.option(
+    "--provider",
+    "providers",
+    multiple=True,
+    type=click.Choice(PROVIDERS),
+    help="Only this provider.",
+)
+@json_option
+@pass_app
+def templates_show(app: App, ident: str, providers: tuple[str, ...], as_json: bool) -> None:
+    """One template by hash id, id or exact name."""
+    for client in _providers(app, providers):
+        template = client.get_template(ident)
+        if template is not None:
+            if as_json:
+                emit_json(template.to_json())
+            else:
+                print_kv(list(template.to_json().items()))
+            return
+    raise NotFound("templates", f"no template {ident!r} (try 'gpu-shopper templates --name ...')")
+
+
+@click.command("offer-health", epilog="Example: gpu-shopper offer-health --json")
+@json_option
+@pass_app
+def offer_health(app: App, as_json: bool) -> None:
+    """Boot failures recorded per offer and machine, and which are suppressed."""
+    from gpushopper.core.units import parse_iso
+
+    now = app.clock()
+    rows = []
+    for key, entry in sorted(app.store.read().get("offer_health", {}).items()):
+        until = parse_iso(entry.get("suppressed_until"))
+        rows.append(
+            {
+                "key": key,
+                "failures": entry.get("failures", 0),
+                "last_failure_at": entry.get("last_failure_at"),
+                "last_reason": entry.get("last_reason"),
+                "suppressed_until": entry.get("suppressed_until"),
+                "suppressed": bool(until and until > now),
+            }
+        )
+    if as_json:
+        emit_json(rows)
+        return
+    print_table(
+        ["OFFER / MACHINE", "FAILURES", "LAST", "SUPPRESSED UNTIL", "REASON"],
+        [
+            (
+                r["key"],
+                r["failures"],
+                r["last_failure_at"],
+                r["suppressed_until"] if r["suppressed"] else None,
+                r["last_reason"],
+            )
+            for r in rows
+        ],
+        empty="No failures recorded.",
+    )

@@ -1,0 +1,310 @@
+"""Shop every provider at once: isolate failures, filter, rank, cache, mark health."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from gpushopper.core.errors import (
+    GpuShopperError,
+    MissingCredentials,
+    RateLimited,
+    UsageError,
+)
+from gpushopper.core.models import Offer, OfferQuery, Template, gpu_matches
+from gpushopper.core.units import iso, parse_iso
+
+RATE_LIMITED_TTL_S = 300.0  # after a 429, reuse answers for at least this long
+STALE_LIMIT_S = 3600.0  # a provider that is rate limiting may be answered from cache this old
+SORTS = ("price", "reliability", "vram", "perf-per-dollar")
+
+
+@dataclass
+class InventoryResult:
+    offers: list[Offer]
+    errors: dict[str, str] = field(default_factory=dict)  # provider -> message
+    skipped: dict[str, str] = field(default_factory=dict)  # provider -> why (no credentials...)
+    cached: dict[str, bool] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    hidden_unhealthy: int = 0
+
+
+# -- offer ids -------------------------------------------------------------------------------
+def split_offer_id(offer_id: str) -> tuple[str, str]:
+    """``vastai:123`` -> ("vastai", "123"); ``tensordock:<node>:<gpu>`` -> (..., "<node>:<gpu>")."""
+    provider, sep, native = offer_id.partition(":")
+    if not sep or not native or provider not in ("vastai", "tensordock"):
+        raise UsageError(
+            f"not an offer id: {offer_id!r} (expected vastai:<ask id> or "
+            "tensordock:<hostnode id>:<gpu model>)"
+        )
+    if provider == "vastai" and not native.isdigit():
+        raise UsageError(f"not a Vast.ai offer id: {offer_id!r} (expected vastai:<number>)")
+    if provider == "tensordock" and ":" not in native:
+        raise UsageError(
+            f"not a TensorDock offer id: {offer_id!r} (expected tensordock:<hostnode id>:<gpu model>)"
+        )
+    return provider, native
+
+
+# -- filtering and ranking ---------------------------------------------------------------------
+def matches(offer: Offer, query: OfferQuery) -> bool:
+    """The query's filters applied on our side too (servers may ignore some)."""
+    # TensorDock's model slug says more than its display name (h100-sxm5-80gb vs H100 SXM5).
+    name = str(offer.extra.get("v0name") or offer.gpu_name or "")
+    if query.gpus and not any(gpu_matches(w, name) for w in query.gpus):
+        return False
+    if query.min_vram_gb is not None and (
+        offer.vram_gb is None or offer.vram_gb < query.min_vram_gb - 0.05
+    ):
+        return False
+    if (
+        query.num_gpus is not None
+        and offer.num_gpus is not None
+        and offer.num_gpus != query.num_gpus
+    ):
+        return False
+    if query.max_price is not None and (
+        offer.price_per_hour is None or offer.price_per_hour > query.max_price
+    ):
+        return False
+    if query.min_reliability is not None and (
+        offer.reliability is None or offer.reliability < query.min_reliability
+    ):
+        return False
+    # Unknown CUDA (TensorDock before boot) passes here; provisioning checks it over SSH.
+    if (
+        query.min_cuda is not None
+        and offer.cuda_version is not None
+        and offer.cuda_version < query.min_cuda - 1e-9
+    ):
+        return False
+    disk_floor = query.min_disk_gb
+    if disk_floor is not None and (offer.disk_gb is None or offer.disk_gb < disk_floor):
+        return False
+    if query.countries and (offer.country or "").upper() not in {
+        c.upper() for c in query.countries
+    }:
+        return False
+    return not (query.verified and offer.verified is False)
+
+
+def rank(offers: list[Offer], sort: str) -> list[Offer]:
+    """Stable ranking; unknown values sort last."""
+    big = float("inf")
+    if sort == "price":
+        key: Callable[[Offer], Any] = lambda o: (  # noqa: E731
+            o.price_per_hour if o.price_per_hour is not None else big,
+            -(o.reliability or 0),
+            o.id,
+        )
+    elif sort == "reliability":
+        key = lambda o: (
+            -(o.reliability if o.reliability is not None else -1),
+            o.price_per_hour or big,
+            o.id,
+        )  # noqa: E731
+    elif sort == "vram":
+        key = lambda o: (-((o.vram_gb or 0) * (o.num_gpus or 1)), o.price_per_hour or big, o.id)  # noqa: E731
+    elif sort == "perf-per-dollar":
+        key = lambda o: (  # noqa: E731
+            -(o.perf_per_dollar if o.perf_per_dollar is not None else -1),
+            o.price_per_hour or big,
+            o.id,
+        )
+    else:
+        raise UsageError(f"unknown sort {sort!r} (choose from {', '.join(SORTS)})")
+    return sorted(offers, key=key)
+
+
+# -- health ------------------------------------------------------------------------------------
+def machine_key(offer: Offer) -> str | None:
+    return f"machine:{offer.provider}:{offer.machine_id}" if offer.machine_id else None
+
+
+def health_of(offer: Offer, health: dict[str, Any], now: datetime) -> str:
+    """``ok``, ``degraded`` (failed before) or ``suppressed`` (failed repeatedly, recently)."""
+    worst = "ok"
+    for key in (offer.id, machine_key(offer)):
+        entry = health.get(key) if key else None
+        if not entry:
+            continue
+        until = parse_iso(entry.get("suppressed_until"))
+        if until and until > now:
+            return "suppressed"
+        if entry.get("failures"):
+            worst = "degraded"
+    return worst
+
+
+# -- cache -------------------------------------------------------------------------------------
+class OfferCache:
+    """Answers per provider and query, with ``fetched_at``; a corrupt file is replaced."""
+
+    def __init__(self, cache_dir: Path, ttl_s: float, now: Callable[[], datetime]) -> None:
+        self.cache_dir = cache_dir
+        self.ttl_s = ttl_s
+        self.now = now
+
+    def _path(self, provider: str) -> Path:
+        return self.cache_dir / f"offers-{provider}.json"
+
+    def _load(self, provider: str) -> dict[str, Any]:
+        try:
+            data = json.loads(self._path(provider).read_text(encoding="utf-8"))
+            if isinstance(data, dict) and isinstance(data.get("entries"), dict):
+                return data
+        except (OSError, ValueError):
+            pass
+        return {"entries": {}}
+
+    def _effective_ttl(self, data: dict[str, Any]) -> float:
+        limited = parse_iso(data.get("rate_limited_at"))
+        if limited and self.now() - limited < timedelta(seconds=RATE_LIMITED_TTL_S * 2):
+            return max(self.ttl_s, RATE_LIMITED_TTL_S)
+        return self.ttl_s
+
+    def get(self, provider: str, key: str, max_age_s: float | None = None) -> list[Offer] | None:
+        data = self._load(provider)
+        entry = data["entries"].get(key)
+        if not isinstance(entry, dict):
+            return None
+        fetched = parse_iso(entry.get("fetched_at"))
+        if fetched is None:
+            return None
+        limit = self._effective_ttl(data) if max_age_s is None else max_age_s
+        if (self.now() - fetched).total_seconds() > limit:
+            return None
+        try:
+            return [Offer(**o) for o in entry.get("offers", [])]
+        except TypeError:
+            return None
+
+    def put(self, provider: str, key: str, offers: list[Offer]) -> None:
+        from gpushopper.state.atomic import atomic_write_text
+
+        data = self._load(provider)
+        now = self.now()
+        entries = {
+            k: v
+            for k, v in data["entries"].items()
+            if isinstance(v, dict)
+            and (fetched := parse_iso(v.get("fetched_at"))) is not None
+            and (now - fetched).total_seconds() < STALE_LIMIT_S
+        }
+        entries[key] = {"fetched_at": iso(now), "offers": [asdict(o) for o in offers]}
+        data["entries"] = entries
+        atomic_write_text(self._path(provider), json.dumps(data), mode=0o600)
+
+    def note_rate_limited(self, provider: str) -> None:
+        from gpushopper.state.atomic import atomic_write_text
+
+        data = self._load(provider)
+        data["rate_limited_at"] = iso(self.now())
+        atomic_write_text(self._path(provider), json.dumps(data), mode=0o600)
+
+
+# -- the search --------------------------------------------------------------------------------
+ProviderFactory = Callable[[str], Any]
+
+
+def _server_limit(query: OfferQuery) -> int:
+    # Names are matched loosely on our side, so ask for more when filtering by GPU.
+    return 1000 if query.gpus else 300
+
+
+def search(
+    query: OfferQuery,
+    provider_factory: ProviderFactory,
+    *,
+    cache: OfferCache | None = None,
+    refresh: bool = False,
+    health: dict[str, Any] | None = None,
+    include_unhealthy: bool = False,
+    now: Callable[[], datetime],
+    template_resolver: Callable[[Any, str], Template | None] | None = None,
+) -> InventoryResult:
+    """Ask every provider in ``query.providers`` concurrently and merge the answers.
+
+    A provider without credentials is skipped; one that fails is reported in ``errors``
+    while the others' offers are still returned. Raises only when every provider failed.
+    """
+    result = InventoryResult(offers=[])
+    clients: dict[str, Any] = {}
+    queries: dict[str, OfferQuery] = {}
+    for name in dict.fromkeys(query.providers):
+        try:
+            clients[name] = provider_factory(name)
+        except MissingCredentials as exc:
+            result.skipped[name] = str(exc)
+            continue
+        provider_query = query
+        if query.template and template_resolver is not None:
+            try:
+                template = template_resolver(clients[name], query.template)
+            except GpuShopperError as exc:
+                result.errors[name] = str(exc)
+                del clients[name]
+                continue
+            if template is None:
+                result.skipped[name] = f"{name}: no template {query.template!r}"
+                del clients[name]
+                continue
+            if template.min_cuda is not None and (query.min_cuda or 0) < template.min_cuda:
+                provider_query = replace(query, min_cuda=template.min_cuda)
+        queries[name] = provider_query
+
+    def fetch(name: str) -> tuple[str, list[Offer] | None, BaseException | None, bool]:
+        key = queries[name].cache_key(name)
+        if cache is not None and not refresh:
+            hit = cache.get(name, key)
+            if hit is not None:
+                return name, hit, None, True
+        try:
+            offers = clients[name].search_offers(queries[name], limit=_server_limit(queries[name]))
+        except RateLimited as exc:
+            if cache is not None:
+                cache.note_rate_limited(name)
+                stale = cache.get(name, key, max_age_s=STALE_LIMIT_S)
+                if stale is not None:
+                    result.notes.append(f"{name}: rate limited; showing answers cached earlier")
+                    return name, stale, None, True
+            return name, None, exc, False
+        except GpuShopperError as exc:
+            return name, None, exc, False
+        if cache is not None:
+            try:
+                cache.put(name, key, offers)
+            except OSError as exc:
+                result.notes.append(f"could not write the offer cache: {exc.strerror}")
+        return name, offers, None, False
+
+    if clients:
+        with ThreadPoolExecutor(max_workers=len(clients)) as pool:
+            answers = list(pool.map(fetch, clients))
+    else:
+        answers = []
+
+    stamp = now()
+    merged: list[Offer] = []
+    for name, offers, error, cached in answers:
+        if error is not None:
+            result.errors[name] = str(error)
+            continue
+        result.cached[name] = cached
+        for offer in offers or []:
+            if not matches(offer, queries[name]):
+                continue
+            offer.health = health_of(offer, health or {}, stamp)
+            if offer.health == "suppressed" and not include_unhealthy:
+                result.hidden_unhealthy += 1
+                continue
+            merged.append(offer)
+    ranked = rank(merged, query.sort)
+    result.offers = ranked[: query.limit] if query.limit else ranked
+    return result

@@ -1,0 +1,578 @@
+"""Offer -> instance -> running -> verified over SSH -> handed off, never leaking one.
+
+Intent before action: the session (status ``creating``, label, key path) is saved before
+the provider is asked to create anything. A create that errors is followed by a lookup by
+label, never a second create. Every failure after the instance exists destroys it and
+waits until the provider confirms it is gone.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from gpushopper.core.errors import (
+    GpuShopperError,
+    Interrupted,
+    NotFound,
+    ProviderError,
+    SshError,
+    UsageError,
+)
+from gpushopper.core.inventory import machine_key, rank, search, split_offer_id
+from gpushopper.core.models import Instance, LaunchSpec, Offer, OfferQuery, Template, gpu_matches
+from gpushopper.core.sessions import make_label, write_ssh_config
+from gpushopper.core.units import format_duration, iso, parse_iso
+
+SUPPRESS_AFTER = 2  # failures before an offer/machine is suppressed
+SUPPRESS_FOR = timedelta(hours=1)
+FORGET_AFTER = timedelta(hours=24)
+DESTROY_CONFIRM_S = 120.0
+
+
+class BootFailed(GpuShopperError):
+    """One attempt failed; its instance (if any) is already destroyed."""
+
+
+class ProvisionFailed(GpuShopperError):
+    """Every attempt failed."""
+
+
+@dataclass
+class ProvisionRequest:
+    query: OfferQuery
+    offer_id: str | None = None
+    template: str | None = None
+    image: str | None = None
+    hours_s: float = 7200.0
+    consumer: str | None = None
+    auto_retry: int = 0
+    ssh_key: str | None = None
+    timeout_s: float = 900.0
+    verify: bool = True
+    override: bool = False
+    hard_max_s: float = 12 * 3600.0
+    preferred_gpus: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Candidate:
+    provider: Any
+    offer: Offer
+    template: Template | None
+
+
+def record_failure(store: Any, offer: Offer, reason: str, now: datetime) -> None:
+    """Remember a failed boot against the offer and its machine (suppressed when repeated)."""
+    with store.transaction() as state:
+        health = state.setdefault("offer_health", {})
+        for key in (offer.id, machine_key(offer)):
+            if not key:
+                continue
+            entry = dict(health.get(key) or {})
+            last = parse_iso(entry.get("last_failure_at"))
+            if last is None or now - last > FORGET_AFTER:
+                entry["failures"] = 0
+            entry["failures"] = int(entry.get("failures", 0)) + 1
+            entry["last_failure_at"] = iso(now)
+            entry["last_reason"] = reason[:300]
+            entry["provider"] = offer.provider
+            if entry["failures"] >= SUPPRESS_AFTER:
+                entry["suppressed_until"] = iso(now + SUPPRESS_FOR)
+            health[key] = entry
+
+
+def find_by_label(provider: Any, label: str) -> Instance | None:
+    for instance in provider.list_instances():
+        if instance.label == label:
+            return instance
+    return None
+
+
+def destroy_and_confirm(
+    provider: Any,
+    instance_id: str,
+    *,
+    sleep: Callable[[float], None] = time.sleep,
+    mono: Callable[[], float] = time.monotonic,
+    timeout_s: float = DESTROY_CONFIRM_S,
+) -> None:
+    """Destroy, then poll until the provider no longer has the instance (re-destroying
+    once half-way). Raises ProviderError if it is still there at the end."""
+    provider.destroy_instance(instance_id)
+    deadline = mono() + timeout_s
+    delay = 0.5
+    reissued = False
+    while True:
+        instance = provider.get_instance(instance_id)
+        if instance is None:
+            return
+        remaining = deadline - mono()
+        if remaining <= 0:
+            raise ProviderError(
+                provider.NAME,
+                f"instance {instance_id} still exists after destroy ({instance.raw_status}); "
+                "run 'gpu-shopper cleanup-orphans --yes'",
+            )
+        if not reissued and remaining < timeout_s / 2:
+            provider.destroy_instance(instance_id)
+            reissued = True
+        sleep(min(delay, max(remaining, 0.05)))
+        delay = min(delay * 2, 10.0)
+
+
+class Provisioner:
+    def __init__(
+        self,
+        *,
+        store: Any,
+        keys_dir: Path,
+        ssh_config_path: Path,
+        provider_factory: Callable[[str], Any],
+        clock: Callable[[], datetime],
+        mono: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        log: Callable[[str], None] = lambda message: None,
+        health: dict[str, Any] | None = None,
+        cache: Any = None,
+        deadline_script: Callable[[Any, dict[str, Any]], str | None] | None = None,
+    ) -> None:
+        self.store = store
+        self.keys_dir = keys_dir
+        self.ssh_config_path = ssh_config_path
+        self.provider_factory = provider_factory
+        self.clock = clock
+        self.mono = mono
+        self.sleep = sleep
+        self.log = log
+        self.health = health or {}
+        self.cache = cache
+        self.deadline_script = deadline_script
+
+    # -- choosing ---------------------------------------------------------------------------
+    def _template_for(self, provider: Any, ident: str | None) -> Template | None:
+        if not ident:
+            return None
+        return provider.get_template(ident)
+
+    def candidates(self, req: ProvisionRequest) -> tuple[list[Candidate], list[str]]:
+        """Offers to try, best first, and notes about skipped or failing providers."""
+        notes: list[str] = []
+        if req.offer_id:
+            name, native = split_offer_id(req.offer_id)
+            provider = self.provider_factory(name)
+            template = self._template_for(provider, req.template)
+            if req.template and template is None:
+                raise UsageError(f"{name} has no template {req.template!r}")
+            offer = provider.get_offer(native, req.query.disk_gb)
+            if offer is None:
+                raise NotFound(name, f"offer {req.offer_id} is not available any more")
+            return [Candidate(provider, offer, template)], notes
+        query = replace(req.query, template=req.template, limit=None)
+        templates: dict[str, Template | None] = {}
+        providers: dict[str, Any] = {}
+
+        def resolver(provider: Any, ident: str) -> Template | None:
+            templates[provider.NAME] = provider.get_template(ident)
+            return templates[provider.NAME]
+
+        def factory(name: str) -> Any:
+            providers[name] = self.provider_factory(name)
+            return providers[name]
+
+        result = search(
+            query,
+            factory,
+            cache=None,
+            refresh=True,
+            health=self.health,
+            now=self.clock,
+            template_resolver=resolver,
+        )
+        notes += [f"skipped {why}" for why in result.skipped.values()]
+        notes += [f"{name} failed: {msg}" for name, msg in result.errors.items()]
+        if not result.offers and result.errors and not result.skipped:
+            raise ProvisionFailed("no provider answered: " + "; ".join(result.errors.values()))
+        offers = rank(result.offers, query.sort)
+        if req.preferred_gpus and not query.gpus:
+
+            def preference(offer: Offer) -> int:
+                for i, name in enumerate(req.preferred_gpus):
+                    if gpu_matches(name, offer.gpu_name or ""):
+                        return i
+                return len(req.preferred_gpus)
+
+            offers = sorted(offers, key=preference)
+        return [
+            Candidate(providers[o.provider], o, templates.get(o.provider)) for o in offers
+        ], notes
+
+    # -- the whole job ----------------------------------------------------------------------
+    def provision(self, req: ProvisionRequest, candidates: list[Candidate]) -> dict[str, Any]:
+        """Try candidates in order (1 + auto_retry attempts); return the running session."""
+        if not candidates:
+            raise ProvisionFailed(
+                "no offer matches; loosen the filters (see 'gpu-shopper inventory')"
+            )
+        attempts = 1 + max(0, req.auto_retry)
+        failures: list[str] = []
+        failed_machines: set[str] = set()
+        tried = 0
+        for candidate in candidates:
+            if tried >= attempts:
+                break
+            key = machine_key(candidate.offer)
+            if key and key in failed_machines:
+                continue
+            tried += 1
+            if tried > 1:
+                self.log(f"Trying the next offer: {candidate.offer.id}")
+            try:
+                return self.attempt(req, candidate)
+            except BootFailed as exc:
+                failures.append(f"{candidate.offer.id}: {exc}")
+                if key:
+                    failed_machines.add(key)
+                self.log(f"Attempt {tried} failed: {exc}")
+        summary = "; ".join(failures) or "no usable offer"
+        raise ProvisionFailed(f"provisioning failed after {tried} attempt(s): {summary}")
+
+    def _ssh_key(
+        self, req: ProvisionRequest, session_id: str, label: str
+    ) -> tuple[Path, str, bool]:
+        from gpushopper.remote.keys import generate_session_key, public_key_for
+
+        if req.ssh_key:
+            path = Path(req.ssh_key).expanduser()
+            return path, public_key_for(path), False
+        path, public = generate_session_key(self.keys_dir, session_id, label)
+        return path, public, True
+
+    def _update(self, session_id: str, **changes: Any) -> dict[str, Any]:
+        return self.store.update_session(session_id, **changes)
+
+    def attempt(self, req: ProvisionRequest, candidate: Candidate) -> dict[str, Any]:
+        provider, offer, template = candidate.provider, candidate.offer, candidate.template
+        session_id = self.store.new_session_id()
+        label = make_label(self.store.install_id(), session_id)
+        key_path, public_key, generated = self._ssh_key(req, session_id, label)
+        now = self.clock()
+        hard_max = now + timedelta(seconds=req.hard_max_s)
+        reservation = now + timedelta(seconds=req.hours_s)
+        timings: dict[str, float] = {}
+        record: dict[str, Any] = {
+            "id": session_id,
+            "status": "creating",
+            "provider": offer.provider,
+            "offer_id": offer.id,
+            "machine_id": offer.machine_id,
+            "instance_id": None,
+            "label": label,
+            "install_id": self.store.install_id(),
+            "gpu_name": offer.gpu_name,
+            "num_gpus": offer.num_gpus,
+            "vram_gb": offer.vram_gb,
+            "price_per_hour": offer.price_per_hour,
+            "consumer": req.consumer,
+            "created_at": iso(now),
+            "ready_at": None,
+            "billing_started_at": None,
+            "reservation_s": req.hours_s,
+            "reservation_ends_at": iso(
+                min(reservation, hard_max) if not req.override else reservation
+            ),
+            "hard_max_at": iso(max(hard_max, reservation) if req.override else hard_max),
+            "ended_at": None,
+            "end_reason": None,
+            "cost_usd": 0.0,
+            "image": req.image or (template.image if template else None),
+            "template": template.name if template else None,
+            "disk_gb": req.query.disk_gb,
+            "ssh": {
+                "host": None,
+                "port": None,
+                "user": getattr(provider, "ssh_user", "root"),
+                "key_path": str(key_path),
+                "key_generated": generated,
+                "known_hosts": str(self.keys_dir / session_id / "known_hosts"),
+            },
+            "timings": timings,
+            "overrides": [{"at": iso(now), "hard_max_at": iso(reservation), "via": "provision"}]
+            if req.override and reservation > hard_max
+            else [],
+        }
+        onstart = self.deadline_script(provider, record) if self.deadline_script else None
+        record["deadline_on_instance"] = bool(onstart)
+        self.store.put_session(record)  # intent before action
+        spec = LaunchSpec(
+            offer=offer,
+            label=label,
+            public_key=public_key,
+            disk_gb=req.query.disk_gb,
+            image=req.image,
+            template=template,
+            onstart=onstart,
+            ssh_user=record["ssh"]["user"],
+        )
+        self.log(
+            f"Renting {offer.id} ({offer.gpu_name} x{offer.num_gpus}, "
+            f"${offer.price_per_hour or 0:.3f}/h) as session {session_id}"
+        )
+        instance_id: str | None = None
+        started = self.mono()
+        try:
+            try:
+                instance_id = provider.create_instance(spec)
+            except (GpuShopperError, KeyboardInterrupt) as exc:
+                found = self._lookup_after_failed_create(provider, label)
+                if isinstance(exc, KeyboardInterrupt):
+                    instance_id = found.instance_id if found else None
+                    raise
+                if found is None:
+                    reason = f"create failed: {exc}"
+                    self._finish(session_id, "failed", reason)
+                    record_failure(self.store, offer, reason, self.clock())
+                    raise BootFailed(reason) from None
+                instance_id = found.instance_id
+                self.log(
+                    f"The create call failed ({exc}) but instance {instance_id} exists; adopting it"
+                )
+            timings["create_call_s"] = round(self.mono() - started, 3)
+            self._update(
+                session_id, instance_id=instance_id, status="provisioning", timings=timings
+            )
+            provider.attach_ssh_key(instance_id, public_key)
+            instance = self._wait_running(provider, instance_id, req.timeout_s, started)
+            timings["time_to_running_s"] = round(self.mono() - started, 3)
+            ssh = dict(record["ssh"], host=instance.ssh_host, port=instance.ssh_port)
+            self._update(
+                session_id,
+                status="verifying",
+                ssh=ssh,
+                timings=timings,
+                billing_started_at=iso(self.clock()),
+            )
+            verification = None
+            if req.verify:
+                verification, host_key, fp = self._verify(
+                    instance, ssh["user"], key_path, offer, template, req, started
+                )
+                ssh["host_key"] = host_key
+                self._write_known_hosts(Path(ssh["known_hosts"]), instance, host_key)
+                record["host_key_fingerprint"] = fp
+            timings["time_to_ssh_s"] = round(self.mono() - started, 3)
+            ready = self.clock()
+            created = parse_iso(record["created_at"]) or ready
+            hard = parse_iso(record["hard_max_at"]) or ready
+            ends = ready + timedelta(seconds=req.hours_s)
+            final = self._update(
+                session_id,
+                status="running",
+                ready_at=iso(ready),
+                reservation_ends_at=iso(ends if req.override else min(ends, hard)),
+                ssh=ssh,
+                timings=timings,
+                verification=verification,
+                host_key_fingerprint=record.get("host_key_fingerprint"),
+            )
+            self._refresh_ssh_config()
+            self.log(
+                f"Session {session_id} is ready ({format_duration((ready - created).total_seconds())} to boot)"
+            )
+            return final
+        except KeyboardInterrupt:
+            self._abort(
+                provider,
+                offer,
+                session_id,
+                instance_id,
+                "interrupted (Ctrl-C)",
+                record_health=False,
+            )
+            raise Interrupted(
+                f"interrupted; session {session_id} cleaned up"
+                + (f" (instance {instance_id} destroyed)" if instance_id else "")
+            ) from None
+        except BootFailed:
+            raise
+        except (GpuShopperError, OSError) as exc:
+            self._abort(provider, offer, session_id, instance_id, f"boot failed: {exc}")
+            raise BootFailed(str(exc)) from None
+        except BaseException as exc:
+            self._abort(
+                provider, offer, session_id, instance_id, f"crashed: {type(exc).__name__}: {exc}"
+            )
+            raise
+
+    # -- steps ------------------------------------------------------------------------------
+    def _lookup_after_failed_create(self, provider: Any, label: str) -> Instance | None:
+        for attempt in range(3):
+            try:
+                found = find_by_label(provider, label)
+            except GpuShopperError as exc:
+                self.log(f"Looking the instance up by label failed: {exc}")
+                found = None
+            if found is not None:
+                return found
+            if attempt < 2:
+                self.sleep(1.0)
+        return None
+
+    def _wait_running(
+        self, provider: Any, instance_id: str, timeout_s: float, started: float
+    ) -> Instance:
+        deadline = started + timeout_s
+        delay = 0.5
+        last = "unknown"
+        while True:
+            try:
+                instance = provider.get_instance(instance_id)
+            except GpuShopperError as exc:  # a flaky poll is not a failed boot
+                self.log(f"Polling {instance_id} failed: {exc}")
+                instance = Instance(
+                    provider.NAME, instance_id, None, "unknown", raw_status="poll failed"
+                )
+            if instance is None:
+                raise BootFailed(f"instance {instance_id} disappeared at the provider")
+            last = instance.raw_status or instance.status
+            if instance.status == "running" and instance.ssh_host and instance.ssh_port:
+                return instance
+            if instance.status in ("exited", "stopped"):
+                detail = instance.extra.get("status_msg") or ""
+                raise BootFailed(
+                    f"instance {instance_id} is {last}" + (f": {detail}" if detail else "")
+                )
+            remaining = deadline - self.mono()
+            if remaining <= 0:
+                raise BootFailed(
+                    f"instance {instance_id} not running after {format_duration(timeout_s)} (still {last})"
+                )
+            self.sleep(min(delay, remaining))
+            delay = min(delay * 1.5, 10.0)
+
+    def _verify(
+        self,
+        instance: Instance,
+        user: str,
+        key_path: Path,
+        offer: Offer,
+        template: Template | None,
+        req: ProvisionRequest,
+        started: float,
+    ) -> tuple[dict[str, Any], str, str]:
+        from gpushopper.remote import ssh
+
+        assert instance.ssh_host and instance.ssh_port
+        try:
+            conn = ssh.connect(
+                instance.ssh_host,
+                instance.ssh_port,
+                user,
+                key_path,
+                deadline=started + req.timeout_s,
+                clock=self.mono,
+                sleep=self.sleep,
+            )
+        except SshError as exc:
+            raise BootFailed(str(exc)) from None
+        try:
+            found = ssh.inspect(conn)
+            host_key = conn.host_key()
+        finally:
+            conn.close()
+        min_cuda = max(
+            [
+                c
+                for c in (req.query.min_cuda, template.min_cuda if template else None)
+                if c is not None
+            ],
+            default=None,
+        )
+        driver_expected = not (template and template.requirements.get("nvidia_driver") is False)
+        problems = ssh.judge(
+            found,
+            num_gpus=offer.num_gpus,
+            vram_gb=offer.vram_gb,
+            min_cuda=min_cuda,
+            driver_expected=driver_expected,
+        )
+        found.problems = problems
+        if problems:
+            raise BootFailed("machine is not what was rented: " + "; ".join(problems))
+        key_line = f"{host_key.get_name()} {host_key.get_base64()}"
+        return found.to_json(), key_line, ssh.fingerprint(host_key)
+
+    def _write_known_hosts(self, path: Path, instance: Instance, host_key: str) -> None:
+        from gpushopper.state.atomic import atomic_write_text
+
+        host = (
+            instance.ssh_host
+            if instance.ssh_port == 22
+            else f"[{instance.ssh_host}]:{instance.ssh_port}"
+        )
+        atomic_write_text(path, f"{host} {host_key}\n", mode=0o600)
+
+    def _finish(self, session_id: str, status: str, reason: str, **extra: Any) -> None:
+        from gpushopper.core.sessions import accrued_cost
+
+        with self.store.transaction() as state:
+            record = state["sessions"].get(session_id)
+            if record is None:
+                return
+            now = self.clock()
+            record.update(extra)
+            record["status"] = status
+            record["end_reason"] = reason
+            if status in ("ended", "failed"):
+                record["ended_at"] = iso(now)
+                record["cost_usd"] = round(accrued_cost(record, now), 6)
+        self._refresh_ssh_config()
+
+    def _abort(
+        self,
+        provider: Any,
+        offer: Offer,
+        session_id: str,
+        instance_id: str | None,
+        reason: str,
+        record_health: bool = True,
+    ) -> None:
+        """Destroy what this attempt created and record the outcome truthfully."""
+        if instance_id is None:
+            session = self.store.get_session(session_id) or {}
+            found = (
+                self._lookup_after_failed_create(provider, session.get("label", ""))
+                if session
+                else None
+            )
+            instance_id = found.instance_id if found else None
+            if instance_id:
+                self.store.update_session(session_id, instance_id=instance_id)
+        if instance_id is not None:
+            self.log(f"Destroying instance {instance_id} ({reason})")
+            try:
+                destroy_and_confirm(provider, instance_id, sleep=self.sleep, mono=self.mono)
+            except (GpuShopperError, KeyboardInterrupt) as exc:
+                # Keep it live in the state so watch/cleanup-orphans finish the job.
+                self._finish(
+                    session_id,
+                    "ending",
+                    f"{reason}; destroy not confirmed: {exc}",
+                    error=str(exc),
+                )
+                if record_health:
+                    record_failure(self.store, offer, reason, self.clock())
+                return
+        self._finish(session_id, "failed", reason)
+        if record_health:
+            record_failure(self.store, offer, reason, self.clock())
+
+    def _refresh_ssh_config(self) -> None:
+        try:
+            write_ssh_config(self.ssh_config_path, self.store.sessions())
+        except OSError as exc:
+            self.log(f"Could not update {self.ssh_config_path}: {exc.strerror}")

@@ -1,0 +1,80 @@
+"""Ending a session: destroy its instance, confirm it is gone, finalise the cost."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from gpushopper.core.errors import GpuShopperError, UsageError
+from gpushopper.core.provisioner import destroy_and_confirm, find_by_label
+from gpushopper.core.sessions import DONE, accrued_cost, write_ssh_config
+from gpushopper.core.units import iso
+
+
+def get_session_or_fail(store: Any, session_id: str) -> dict[str, Any]:
+    record = store.get_session(session_id)
+    if record is None:
+        raise UsageError(f"no session {session_id!r} (see 'gpu-shopper sessions list --all')")
+    return record
+
+
+def end_session(
+    store: Any,
+    provider_factory: Callable[[str], Any],
+    session_id: str,
+    reason: str,
+    *,
+    clock: Callable[[], datetime],
+    ssh_config_path: Path | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    mono: Callable[[], float] = time.monotonic,
+    log: Callable[[str], None] = lambda message: None,
+) -> dict[str, Any]:
+    """Destroy the session's instance and mark it ended only once the provider confirms.
+
+    On failure the session stays ``ending`` (so watch and cleanup-orphans retry) and the
+    error is raised. Already-ended sessions are returned unchanged.
+    """
+    record = get_session_or_fail(store, session_id)
+    if record.get("status") in DONE and record.get("status") != "failed":
+        return record
+    provider = provider_factory(record["provider"])
+    store.update_session(session_id, status="ending", end_reason=reason)
+    try:
+        instance_id = record.get("instance_id")
+        if not instance_id:
+            found = find_by_label(provider, record.get("label") or "")
+            instance_id = found.instance_id if found else None
+            if instance_id:
+                store.update_session(session_id, instance_id=instance_id)
+        if instance_id:
+            log(f"Destroying {record['provider']} instance {instance_id} (session {session_id})")
+            destroy_and_confirm(provider, str(instance_id), sleep=sleep, mono=mono)
+    except GpuShopperError as exc:
+        store.update_session(session_id, error=f"destroy failed: {exc}")
+        raise
+    final_status = "failed" if record.get("status") == "failed" else "ended"
+    with store.transaction() as state:
+        current = state["sessions"][session_id]
+        now = clock()
+        current["status"] = final_status
+        current["end_reason"] = (
+            reason if final_status == "ended" else current.get("end_reason") or reason
+        )
+        current["ended_at"] = (
+            current.get("ended_at")
+            if final_status == "failed" and current.get("ended_at")
+            else iso(now)
+        )
+        current["cost_usd"] = round(accrued_cost(current, now), 6)
+        current.pop("error", None)
+        result = dict(current)
+    if ssh_config_path is not None:
+        try:
+            write_ssh_config(ssh_config_path, store.sessions())
+        except OSError:
+            pass
+    return result
