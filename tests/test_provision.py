@@ -54,3 +54,263 @@ def test_provision_ssh_done_leaves_nothing(request, gs, isolated_home, provider_
     assert done.json()["cost_usd"] > 0
     assert emu.live_instances() == []
     assert state(isolated_home)["sessions"][session["id"]]["status"] == "ended"
+
+
+# -- failures never leak money ----------------------------------------------------------------
+def sessions_by_status(home: Path) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for record in state(home)["sessions"].values():
+        out.setdefault(record["status"], []).append(record)
+    return out
+
+
+def test_exited_boot_is_destroyed_recorded_and_failover_picks_next(vast, gs, isolated_home):
+    bad = vast.add_offer(gpu_name="RTX 4090", dph_base=0.10, machine_id=777001, boot={"mode": "exited"})
+    result = gs("provision --provider vastai --gpu 4090 --auto-retry 1 --yes --json")
+    assert result.exit_code == 0, result.stderr
+    session = result.json()
+    assert session["offer_id"] != f"vastai:{bad['id']}"
+    assert "Attempt 1 failed" in result.stderr
+    assert len(vast.live_instances()) == 1
+    by_status = sessions_by_status(isolated_home)
+    assert len(by_status["failed"]) == 1 and by_status["failed"][0]["offer_id"] == f"vastai:{bad['id']}"
+    assert "exited" in by_status["failed"][0]["end_reason"]
+    health = state(isolated_home)["offer_health"]
+    assert health[f"vastai:{bad['id']}"]["failures"] == 1
+    assert health["machine:vastai:777001"]["failures"] == 1
+    assert gs("offer-health --json").json()[0]["failures"] == 1
+
+
+def test_without_auto_retry_a_failed_boot_exits_1_and_leaves_nothing(vast, gs, isolated_home):
+    vast.boot = {"mode": "exited", "loading_after": 0.0, "running_after": 0.0}
+    result = gs("provision --provider vastai --gpu 4090 --yes")
+    assert result.exit_code == 1
+    assert "exited" in result.stderr
+    assert vast.live_instances() == []
+    (failed,) = sessions_by_status(isolated_home)["failed"]
+    assert failed["instance_id"] and failed["ended_at"]
+
+
+def test_repeated_failures_suppress_the_offer(vast, gs, isolated_home):
+    bad = vast.add_offer(gpu_name="RTX 4090", dph_base=0.05, machine_id=777002, boot={"mode": "exited"})
+    for _ in range(2):
+        assert gs(f"provision vastai:{bad['id']} --yes").exit_code == 1
+    offers = gs("inventory --provider vastai --gpu 4090 --json --refresh").json()
+    assert f"vastai:{bad['id']}" not in [o["id"] for o in offers]
+    shown = gs("inventory --provider vastai --gpu 4090 --json --refresh --include-unhealthy").json()
+    assert {o["id"]: o["health"] for o in shown}[f"vastai:{bad['id']}"] == "suppressed"
+
+
+def test_stuck_loading_past_timeout_is_destroyed(vast, gs, isolated_home):
+    vast.boot = {"mode": "stuck_loading", "loading_after": 0.0, "running_after": 0.0}
+    result = gs("provision --provider vastai --gpu 4090 --timeout 2s --yes")
+    assert result.exit_code == 1
+    assert "not running after 2s" in result.stderr
+    assert vast.live_instances() == []
+
+
+def test_ssh_never_answering_is_destroyed(vast, gs, isolated_home):
+    vast.ssh_backend = None  # running, but nothing listens on the SSH port
+    result = gs("provision --provider vastai --gpu 4090 --timeout 3s --yes")
+    assert result.exit_code == 1
+    assert "SSH" in result.stderr
+    assert vast.live_instances() == []
+    assert sessions_by_status(isolated_home)["failed"][0]["status"] == "failed"
+
+
+@pytest.mark.parametrize(
+    "real_gpu, flags, needle",
+    [
+        ({"cuda_version": "12.8"}, "--min-cuda 12.9", "CUDA 12.8 below the 12.9"),
+        ({"driver_version": None}, "", "no NVIDIA driver"),
+        ({"count": 1}, "--num-gpus 2", "1 GPUs visible, 2 rented"),
+        ({"memory_mib": 12288}, "", "MiB VRAM per GPU"),
+    ],
+)
+def test_machine_short_of_what_was_rented_is_a_failed_boot(vast, gs, isolated_home, real_gpu, flags, needle):
+    offer = vast.add_offer(
+        gpu_name="RTX 4090",
+        num_gpus=2 if "num-gpus" in flags else 1,
+        cuda_max_good=12.9,
+        dph_base=0.01,
+        real_gpu=real_gpu,
+    )
+    result = gs(f"provision vastai:{offer['id']} {flags} --yes")
+    assert result.exit_code == 1, result.stderr
+    assert needle in result.stderr
+    assert vast.live_instances() == []
+
+
+def test_create_500_after_creating_is_adopted_by_label(vast, gs, isolated_home):
+    vast.create_error_after_create = True
+    result = gs("provision --provider vastai --gpu 4090 --yes --json")
+    assert result.exit_code == 0, result.stderr
+    assert "adopting" in result.stderr
+    creates = [r for r in vast.requests if r["method"] == "PUT" and "/asks/" in r["path"]]
+    assert len(creates) == 1  # never a second create
+    assert len(vast.live_instances()) == 1
+    assert gs(f"sessions done {result.json()['id']}").exit_code == 0
+    assert vast.live_instances() == []
+
+
+def test_create_error_without_instance_fails_cleanly(tensordock, gs, isolated_home):
+    tensordock.error_in_200_next("POST", r"/instances$", "No available nodes found", times=5)
+    result = gs("provision --provider tensordock --gpu 4090 --yes")
+    assert result.exit_code == 1
+    assert "No available nodes found" in result.stderr
+    assert tensordock.live_instances() == []
+    (failed,) = sessions_by_status(isolated_home)["failed"]
+    assert failed["instance_id"] is None
+
+
+def test_destroy_failing_once_still_ends_with_nothing(vast, gs, isolated_home):
+    session = gs("provision --provider vastai --gpu 4090 --yes --json").json()
+    vast.destroy_fail_times = 1
+    done = gs(f"sessions done {session['id']} --json")
+    assert done.exit_code == 0, done.stderr
+    assert vast.live_instances() == []
+
+
+def test_ctrl_c_destroys_and_exits_130(vast, gs, isolated_home, monkeypatch):
+    from gpushopper.core import provisioner
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(provisioner.Provisioner, "_verify", interrupted)
+    result = gs("provision --provider vastai --gpu 4090 --yes")
+    assert result.exit_code == 130
+    assert vast.live_instances() == []
+    (failed,) = sessions_by_status(isolated_home)["failed"]
+    assert "interrupted" in failed["end_reason"]
+
+
+def test_sigkilled_provision_is_found_by_label(vast, isolated_home):
+    import signal
+    import sys
+    import time
+
+    vast.boot = {"mode": "stuck_loading", "loading_after": 0.0, "running_after": 0.0}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gpushopper", "provision", "--provider", "vastai", "--gpu", "4090", "--yes"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 30
+    record = None
+    while time.monotonic() < deadline:
+        sessions = state(isolated_home)["sessions"] if (isolated_home / "state.json").exists() else {}
+        record = next((s for s in sessions.values() if s.get("instance_id")), None)
+        if record:
+            break
+        time.sleep(0.05)  # waiting on another process, not on a timer
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    assert record is not None
+    live = vast.live_instances()
+    assert [i["label"] for i in live] == [record["label"]]
+    assert state(isolated_home)["sessions"][record["id"]]["status"] == "provisioning"
+
+
+def test_wrong_key_cannot_log_in(vast, gs, isolated_home, tmp_path):
+    from tests.fakes.sshd import make_keypair
+
+    session = gs("provision --provider vastai --gpu 4090 --yes --json").json()
+    other_key, _ = make_keypair(tmp_path / "other")
+    command = session["ssh"]["command"].replace(session["ssh"]["key_path"], str(other_key))
+    refused = ssh_run(command, "true")
+    assert refused.returncode == 255
+    assert ssh_run(session["ssh"]["command"], "true").returncode == 0
+
+
+def test_given_ssh_key_is_used_not_a_new_one(vast, gs, isolated_home, tmp_path):
+    from tests.fakes.sshd import make_keypair
+
+    key, public = make_keypair(tmp_path / "mine")
+    session = gs(f"provision --provider vastai --gpu 4090 --ssh-key {key} --yes --json").json()
+    assert session["ssh"]["key_path"] == str(key)
+    assert not (isolated_home / "keys" / session["id"]).joinpath("id_ed25519").exists()
+    assert public.split()[1] in " ".join(vast.live_instances()[0]["authorized_keys"])
+
+
+def test_tensordock_key_reaches_vm_through_cloud_init(tensordock, gs, isolated_home):
+    tensordock.drop_ssh_key_field = True  # the field is ignored at some sites
+    session = gs("provision --provider tensordock --gpu 4090 --yes --json").json()
+    assert session["status"] == "running"
+    assert ssh_run(session["ssh"]["command"], "true").returncode == 0
+    (instance,) = tensordock.live_instances()
+    body = next(r["json"] for r in tensordock.requests if r["method"] == "POST")
+    attrs = body["data"]["attributes"]
+    assert attrs["useDedicatedIp"] is True
+    assert attrs["resources"]["vcpu_count"] % 2 == 0 and attrs["resources"]["storage_gb"] >= 100
+    assert any("/home/user/.ssh" in c for c in attrs["cloud_init"]["runcmd"])
+    assert any("/root/.ssh" in c for c in attrs["cloud_init"]["runcmd"])
+
+
+# -- sessions -------------------------------------------------------------------------------------
+def test_extend_past_hard_max_needs_override(vast, gs, isolated_home):
+    session = gs("provision --provider vastai --gpu 4090 --hours 2h --yes --json").json()
+    refused = gs(f"sessions extend {session['id']} --hours 11h")
+    assert refused.exit_code == 2
+    assert "hard maximum" in refused.stderr and "--override" in refused.stderr
+    ok = gs(f"sessions extend {session['id']} --hours 1h --json")
+    assert ok.exit_code == 0
+    forced = gs(f"sessions extend {session['id']} --hours 11h --override --json").json()
+    assert forced["hard_max_at"] == forced["reservation_ends_at"]
+    assert forced["overrides"][-1]["via"] == "extend"
+
+
+def test_hours_past_hard_max_refused_at_provision(vast, gs):
+    result = gs("provision --provider vastai --hours 13h --yes")
+    assert result.exit_code == 2
+    assert "hard maximum" in result.stderr
+    assert vast.live_instances() == []
+
+
+def test_dry_run_creates_nothing(vast, gs, isolated_home):
+    result = gs("provision --provider vastai --gpu 4090 --hours 3h --dry-run --json")
+    assert result.exit_code == 0, result.stderr
+    plan = result.json()
+    assert plan["dry_run"] is True
+    assert plan["projected_cost_usd"] == pytest.approx(plan["price_per_hour"] * 3, rel=1e-3)
+    assert vast.live_instances() == []
+    assert not [r for r in vast.requests if r["method"] == "PUT"]
+
+
+def test_sessions_list_show_and_unknown_id(vast, gs, isolated_home):
+    session = gs("provision --provider vastai --gpu 4090 --consumer alice --yes --json").json()
+    listed = gs("sessions list --json").json()
+    assert [s["id"] for s in listed] == [session["id"]]
+    assert gs("sessions --consumer bob --json").json() == []
+    table = gs("sessions")
+    assert session["id"] in table.stdout and "running" in table.stdout
+    missing = gs("sessions show nope")
+    assert missing.exit_code == 2 and "nope" in missing.stderr
+    gs(f"shutdown {session['id']}")
+    assert gs("sessions list --json").json() == []
+    assert gs("sessions list --all --json").json()[0]["status"] == "ended"
+
+
+def test_ssh_config_block_is_written(vast, gs, isolated_home):
+    session = gs("provision --provider vastai --gpu 4090 --yes --json").json()
+    text = (isolated_home / "ssh_config").read_text()
+    assert f"Host gpu-{session['id']}" in text
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    login = subprocess.run(
+        ["ssh", "-F", str(isolated_home / "ssh_config"), "-o", "BatchMode=yes", f"gpu-{session['id']}", "true"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
+    assert login.returncode == 0, login.stderr
+    gs(f"sessions done {session['id']}")
+    assert f"Host gpu-{session['id']}" not in (isolated_home / "ssh_config").read_text()
+
+
+def test_diagnostics_over_ssh(vast, gs, isolated_home):
+    session = gs("provision --provider vastai --gpu 4090 --yes --json").json()
+    report = gs(f"sessions diagnostics {session['id']} --json")
+    assert report.exit_code == 0, report.stderr
+    data = report.json()
+    assert data["gpu_count"] == 1 and data["cuda_version"] and data["uptime_seconds"] is not None

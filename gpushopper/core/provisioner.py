@@ -21,6 +21,7 @@ from gpushopper.core.errors import (
     NotFound,
     ProviderError,
     SshError,
+    Unavailable,
     UsageError,
 )
 from gpushopper.core.inventory import machine_key, rank, search, split_offer_id
@@ -103,7 +104,14 @@ def destroy_and_confirm(
 ) -> None:
     """Destroy, then poll until the provider no longer has the instance (re-destroying
     once half-way). Raises ProviderError if it is still there at the end."""
-    provider.destroy_instance(instance_id)
+    for attempt in range(3):
+        try:
+            provider.destroy_instance(instance_id)
+            break
+        except Unavailable:
+            if attempt == 2:
+                raise
+            sleep(1.0 + attempt)
     deadline = mono() + timeout_s
     delay = 0.5
     reissued = False
@@ -325,22 +333,20 @@ class Provisioner:
         instance_id: str | None = None
         started = self.mono()
         try:
-            try:
-                instance_id = provider.create_instance(spec)
-            except (GpuShopperError, KeyboardInterrupt) as exc:
-                found = self._lookup_after_failed_create(provider, label)
-                if isinstance(exc, KeyboardInterrupt):
-                    instance_id = found.instance_id if found else None
-                    raise
-                if found is None:
-                    reason = f"create failed: {exc}"
-                    self._finish(session_id, "failed", reason)
-                    record_failure(self.store, offer, reason, self.clock())
-                    raise BootFailed(reason) from None
-                instance_id = found.instance_id
-                self.log(
-                    f"The create call failed ({exc}) but instance {instance_id} exists; adopting it"
-                )
+            instance_id = provider.create_instance(spec)
+        except KeyboardInterrupt:
+            self._abort(provider, offer, session_id, None, "interrupted (Ctrl-C)", record_health=False)
+            raise Interrupted(f"interrupted; session {session_id} cleaned up") from None
+        except GpuShopperError as exc:
+            found = self._lookup_after_failed_create(provider, label)
+            if found is None:
+                reason = f"create failed: {exc}"
+                self._finish(session_id, "failed", reason)
+                record_failure(self.store, offer, reason, self.clock())
+                raise BootFailed(reason) from None
+            instance_id = found.instance_id
+            self.log(f"The create call failed ({exc}) but instance {instance_id} exists; adopting it")
+        try:
             timings["create_call_s"] = round(self.mono() - started, 3)
             self._update(
                 session_id, instance_id=instance_id, status="provisioning", timings=timings
@@ -397,10 +403,9 @@ class Provisioner:
                 f"interrupted; session {session_id} cleaned up"
                 + (f" (instance {instance_id} destroyed)" if instance_id else "")
             ) from None
-        except BootFailed:
-            raise
         except (GpuShopperError, OSError) as exc:
-            self._abort(provider, offer, session_id, instance_id, f"boot failed: {exc}")
+            reason = str(exc) if isinstance(exc, BootFailed) else f"boot failed: {exc}"
+            self._abort(provider, offer, session_id, instance_id, reason)
             raise BootFailed(str(exc)) from None
         except BaseException as exc:
             self._abort(
