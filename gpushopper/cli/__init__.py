@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 # name -> (module, attribute, one-line help). Modules load only when their command runs,
 # so `gpu-shopper --help` stays fast.
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "cleanup-orphans": ("gpushopper.cli.cleanup", "cleanup_orphans", "Find and destroy strays."),
     "config": ("gpushopper.cli.config", "config", "Show and change settings."),
     "doctor": ("gpushopper.cli.doctor", "doctor", "Check config, keys, state, providers, SSH."),
     "inventory": ("gpushopper.cli.inventory", "inventory", "Offers, cheapest reliable first."),
@@ -29,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sessions": ("gpushopper.cli.sessions", "sessions", "List, inspect, extend, end rentals."),
     "shutdown": ("gpushopper.cli.sessions", "shutdown", "Destroy a session's instance now."),
     "templates": ("gpushopper.cli.templates", "templates", "Launch templates and OS images."),
+    "watch": ("gpushopper.cli.watch", "watch", "Daemon: enforce timers, clean up."),
 }
 
 

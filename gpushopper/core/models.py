@@ -118,6 +118,7 @@ class Template:
     recommended_disk_gb: float | None = None
     requirements: dict[str, Any] = field(default_factory=dict)
     env: str | None = None
+    onstart: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

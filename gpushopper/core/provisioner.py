@@ -261,7 +261,13 @@ class Provisioner:
         return path, public, True
 
     def _update(self, session_id: str, **changes: Any) -> dict[str, Any]:
-        return self.store.update_session(session_id, **changes)
+        """Update our session, unless another process (watch, shutdown) ended it meanwhile."""
+        with self.store.transaction() as state:
+            record = state["sessions"].get(session_id)
+            if record is None or record.get("status") in ("ending", "ended"):
+                raise BootFailed(f"session {session_id} was ended by another process while booting")
+            record.update(changes)
+            return dict(record)
 
     def attempt(self, req: ProvisionRequest, candidate: Candidate) -> dict[str, Any]:
         provider, offer, template = candidate.provider, candidate.offer, candidate.template
@@ -335,7 +341,9 @@ class Provisioner:
         try:
             instance_id = provider.create_instance(spec)
         except KeyboardInterrupt:
-            self._abort(provider, offer, session_id, None, "interrupted (Ctrl-C)", record_health=False)
+            self._abort(
+                provider, offer, session_id, None, "interrupted (Ctrl-C)", record_health=False
+            )
             raise Interrupted(f"interrupted; session {session_id} cleaned up") from None
         except GpuShopperError as exc:
             found = self._lookup_after_failed_create(provider, label)
@@ -345,7 +353,9 @@ class Provisioner:
                 record_failure(self.store, offer, reason, self.clock())
                 raise BootFailed(reason) from None
             instance_id = found.instance_id
-            self.log(f"The create call failed ({exc}) but instance {instance_id} exists; adopting it")
+            self.log(
+                f"The create call failed ({exc}) but instance {instance_id} exists; adopting it"
+            )
         try:
             timings["create_call_s"] = round(self.mono() - started, 3)
             self._update(

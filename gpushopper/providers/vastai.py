@@ -181,6 +181,7 @@ def parse_template(raw: dict[str, Any]) -> Template:
         recommended_disk_gb=num(raw.get("recommended_disk_space")),
         requirements=extra or {},
         env=raw.get("env") if isinstance(raw.get("env"), str) else None,
+        onstart=raw.get("onstart") if isinstance(raw.get("onstart"), str) else None,
     )
 
 

@@ -132,6 +132,13 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "safety.warn_before", "duration", "10m", (), "warn this long before a reservation ends"
         ),
+        Setting(
+            "safety.deadline_grace",
+            "duration",
+            "15m",
+            (),
+            "on-instance switch fires this long after the reservation",
+        ),
         Setting("safety.monthly_budget_usd", "float", None, (), "monthly budget, USD"),
         Setting(
             "alerts.webhook_url",

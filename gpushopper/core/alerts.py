@@ -1,0 +1,32 @@
+"""Alerts: always a line on stderr; optionally a JSON POST to ``alerts.webhook_url``."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("gpushopper.alerts")
+
+
+class Alerter:
+    def __init__(
+        self, webhook_url: str | None, emit: Callable[[str], None], timeout: float = 5.0
+    ) -> None:
+        self.webhook_url = webhook_url
+        self.emit = emit
+        self.timeout = timeout
+        self._session: Any = None
+
+    def send(self, line: str, event: dict[str, Any]) -> None:
+        self.emit(line)
+        if not self.webhook_url:
+            return
+        try:
+            if self._session is None:
+                import requests
+
+                self._session = requests.Session()
+            self._session.post(self.webhook_url, json=event, timeout=self.timeout)
+        except Exception as exc:  # an alert channel failing must never stop the daemon
+            self.emit(f"alert webhook failed: {type(exc).__name__}")

@@ -1,0 +1,206 @@
+"""Carry out lifecycle actions: the I/O half of ``watch`` and ``cleanup-orphans``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from gpushopper.core.errors import GpuShopperError, MissingCredentials
+from gpushopper.core.lifecycle import (
+    DESTROY_ORPHAN,
+    DESTROY_SESSION,
+    MARK_ENDED,
+    REPORT_FOREIGN,
+    WARN,
+    Action,
+    Policy,
+    plan,
+)
+from gpushopper.core.models import Instance
+from gpushopper.core.provisioner import destroy_and_confirm
+from gpushopper.core.sessions import accrued_cost, write_ssh_config
+from gpushopper.core.teardown import end_session
+from gpushopper.core.units import iso
+
+
+@dataclass
+class Outcome:
+    action: Action
+    result: str  # destroyed | marked_ended | warned | left | failed
+    error: str | None = None
+
+
+@dataclass
+class TickReport:
+    outcomes: list[Outcome] = field(default_factory=list)
+    provider_errors: dict[str, str] = field(default_factory=dict)
+    providers_listed: list[str] = field(default_factory=list)
+    instances: dict[str, list[Instance]] = field(default_factory=dict)
+    ok: bool = True
+
+
+class Enforcer:
+    def __init__(
+        self,
+        *,
+        store: Any,
+        provider_factory: Callable[[str], Any],
+        providers: list[str],
+        clock: Callable[[], datetime],
+        ssh_config_path: Path | None = None,
+        log: Callable[[str], None] = lambda message: None,
+        on_outcome: Callable[[Outcome], None] = lambda outcome: None,
+        sleep: Callable[[float], None] = time.sleep,
+        mono: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.store = store
+        self.provider_factory = provider_factory
+        self.providers = providers
+        self.clock = clock
+        self.ssh_config_path = ssh_config_path
+        self.log = log
+        self.on_outcome = on_outcome
+        self.sleep = sleep
+        self.mono = mono
+        self._clients: dict[str, Any] = {}
+
+    def client(self, name: str) -> Any:
+        if name not in self._clients:
+            self._clients[name] = self.provider_factory(name)
+        return self._clients[name]
+
+    def gather(self, report: TickReport) -> dict[str, list[Instance]]:
+        instances: dict[str, list[Instance]] = {}
+        for name in self.providers:
+            try:
+                client = self.client(name)
+            except MissingCredentials:
+                continue
+            try:
+                instances[name] = client.list_instances()
+                report.providers_listed.append(name)
+            except GpuShopperError as exc:
+                report.provider_errors[name] = str(exc)
+                report.ok = False
+        return instances
+
+    def install_id(self) -> str | None:
+        if not self.store.exists():
+            return None
+        return self.store.read().get("install_id")
+
+    def evaluate(self, policy: Policy, report: TickReport) -> list[Action]:
+        # List first, then read the state: a session is always saved before its create
+        # call, so no instance seen here can belong to a session missing from the state.
+        instances = self.gather(report)
+        report.instances = instances
+        sessions = self.store.read()["sessions"] if self.store.exists() else {}
+        return plan(sessions, instances, self.clock(), policy)
+
+    def execute(self, action: Action, *, destroy: bool = True) -> Outcome:
+        try:
+            if action.kind == WARN:
+                if action.session_id:
+                    self.store.update_session(action.session_id, warned_at=iso(self.clock()))
+                outcome = Outcome(action, "warned")
+            elif action.kind == REPORT_FOREIGN or not destroy:
+                outcome = Outcome(action, "left")
+            elif action.kind == MARK_ENDED:
+                self._mark_ended(action)
+                outcome = Outcome(action, "marked_ended")
+            elif action.kind == DESTROY_SESSION:
+                assert action.session_id
+                end_session(
+                    self.store,
+                    self.client,
+                    action.session_id,
+                    action.reason,
+                    clock=self.clock,
+                    ssh_config_path=self.ssh_config_path,
+                    sleep=self.sleep,
+                    mono=self.mono,
+                )
+                outcome = Outcome(action, "destroyed")
+            elif action.kind == DESTROY_ORPHAN:
+                assert action.instance_id
+                destroy_and_confirm(
+                    self.client(action.provider),
+                    action.instance_id,
+                    sleep=self.sleep,
+                    mono=self.mono,
+                )
+                outcome = Outcome(action, "destroyed")
+            else:
+                outcome = Outcome(action, "left")
+        except GpuShopperError as exc:
+            outcome = Outcome(action, "failed", str(exc))
+        self.on_outcome(outcome)
+        return outcome
+
+    def _mark_ended(self, action: Action) -> None:
+        assert action.session_id
+        with self.store.transaction() as state:
+            record = state["sessions"].get(action.session_id)
+            if record is None:
+                return
+            now = self.clock()
+            booting = record.get("status") in ("creating", "provisioning", "verifying")
+            record["status"] = "failed" if booting else "ended"
+            record["end_reason"] = record.get("end_reason") or "instance gone at the provider"
+            record["ended_at"] = iso(now)
+            record["cost_usd"] = round(accrued_cost(record, now), 6)
+        if self.ssh_config_path is not None:
+            try:
+                write_ssh_config(self.ssh_config_path, self.store.sessions())
+            except OSError:
+                pass
+
+    def tick(self, policy: Policy, *, destroy: bool = True) -> TickReport:
+        report = TickReport()
+        try:
+            actions = self.evaluate(policy, report)
+        except GpuShopperError as exc:
+            report.provider_errors["state"] = str(exc)
+            report.ok = False
+            return report
+        for action in actions:
+            outcome = self.execute(action, destroy=destroy)
+            report.outcomes.append(outcome)
+            if outcome.result == "failed":
+                report.ok = False
+        return report
+
+    def end_all(self, reason: str) -> list[Outcome]:
+        """Destroy every live session (watch's shutdown rule), confirming each is gone."""
+        from gpushopper.core.sessions import LIVE
+
+        outcomes = []
+        for session_id, record in sorted(self.store.sessions().items()):
+            if record.get("status") not in LIVE:
+                continue
+            action = Action(
+                DESTROY_SESSION,
+                reason,
+                provider=record.get("provider") or "?",
+                session_id=session_id,
+                instance_id=str(record.get("instance_id")) if record.get("instance_id") else None,
+                label=record.get("label"),
+                price_per_hour=record.get("price_per_hour"),
+            )
+            outcomes.append(self.execute(action))
+        return outcomes
+
+
+def policy_from_settings(
+    settings: Any, install_id: str | None, include_foreign: bool = False
+) -> Policy:
+    return Policy(
+        install_id=install_id,
+        warn_before_s=settings.get("safety.warn_before"),
+        provision_timeout_s=settings.get("safety.provision_timeout"),
+        include_foreign=include_foreign,
+    )
