@@ -148,3 +148,33 @@ def test_config_path_json(gs, isolated_home):
     data = gs("config path --json").json()
     assert data["state_file"] == str(isolated_home / "state.json")
     assert data["config_file"] == str(isolated_home / "config.toml")
+
+
+def test_flag_beats_env_dotenv_and_file_in_a_real_command(gs, vast, monkeypatch):
+    """--disk (flag) > GPU_SHOPPER_DEFAULTS_DISK_GB (env) > .env > config file, as sent to Vast.ai."""
+
+    def sent_storage() -> float:
+        body = [r for r in vast.requests if r["method"] == "POST" and "bundles" in r["path"]][-1][
+            "json"
+        ]
+        return body["allocated_storage"]
+
+    assert gs("config set defaults.disk_gb 40").exit_code == 0
+    gs("inventory --provider vastai --refresh --json")
+    assert sent_storage() == 40
+    Path(".env").write_text("GPU_SHOPPER_DEFAULTS_DISK_GB=45\n")
+    gs("inventory --provider vastai --refresh --json")
+    assert sent_storage() == 45
+    monkeypatch.setenv("GPU_SHOPPER_DEFAULTS_DISK_GB", "50")
+    gs("inventory --provider vastai --refresh --json")
+    assert sent_storage() == 50
+    gs("inventory --provider vastai --refresh --disk 60 --json")
+    assert sent_storage() == 60
+
+
+def test_provider_auth_error_never_shows_the_key(gs, vast, monkeypatch):
+    monkeypatch.setenv("VASTAI_API_KEY", "wrong-key-but-secret-7777")
+    result = gs("inventory --provider vastai --refresh --json")
+    assert result.exit_code == 1
+    assert "Invalid user key" in result.stderr
+    assert "wrong-key-but-secret-7777" not in result.stdout + result.stderr

@@ -46,7 +46,9 @@ def test_retry_after_is_honoured(server):
 
 def test_retry_after_beyond_bound_gives_up(server):
     sleeps: list[float] = []
-    server.add(429, {"error": "search_quota_exceeded", "msg": "daily quota"}, {"Retry-After": "3600"})
+    server.add(
+        429, {"error": "search_quota_exceeded", "msg": "daily quota"}, {"Retry-After": "3600"}
+    )
     with pytest.raises(RateLimited) as err:
         client(server, sleeps, max_retry_after=60).request("GET", "/x")
     assert err.value.retry_after == 3600
@@ -103,11 +105,36 @@ def test_connection_refused_retried_for_get_only():
 @pytest.mark.parametrize(
     "status, body, exc, text",
     [
-        (401, {"success": False, "error": "auth_error", "msg": "Invalid user key"}, AuthFailed, "Invalid user key"),
-        (404, {"success": False, "error": "not_found", "msg": "Instance 5 not found"}, NotFound, "Instance 5 not found"),
-        (400, {"success": False, "error": "invalid_args", "msg": "invalid env type"}, ProviderError, "invalid env type"),
-        (400, {"detail": "API requests too frequent endpoint threshold=4.5"}, ProviderError, "too frequent"),
-        (400, {"error": "Hostnode unavailable", "status": 400}, ProviderError, "Hostnode unavailable"),
+        (
+            401,
+            {"success": False, "error": "auth_error", "msg": "Invalid user key"},
+            AuthFailed,
+            "Invalid user key",
+        ),
+        (
+            404,
+            {"success": False, "error": "not_found", "msg": "Instance 5 not found"},
+            NotFound,
+            "Instance 5 not found",
+        ),
+        (
+            400,
+            {"success": False, "error": "invalid_args", "msg": "invalid env type"},
+            ProviderError,
+            "invalid env type",
+        ),
+        (
+            400,
+            {"detail": "API requests too frequent endpoint threshold=4.5"},
+            ProviderError,
+            "too frequent",
+        ),
+        (
+            400,
+            {"error": "Hostnode unavailable", "status": 400},
+            ProviderError,
+            "Hostnode unavailable",
+        ),
     ],
 )
 def test_error_bodies_become_typed_errors_with_provider_message(server, status, body, exc, text):

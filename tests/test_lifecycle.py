@@ -118,7 +118,9 @@ def test_booting_session_not_closed_while_create_may_be_running():
 def test_unlisted_provider_proves_nothing():
     # vastai could not be listed this tick: absence means nothing, time rules still apply
     assert plan({"s1": session()}, {}, at(minutes=5), POLICY) == []
-    assert kinds(plan({"s1": session()}, {}, at(hours=3), POLICY)) == [(DESTROY_SESSION, "reservation_ended", "s1")]
+    assert kinds(plan({"s1": session()}, {}, at(hours=3), POLICY)) == [
+        (DESTROY_SESSION, "reservation_ended", "s1")
+    ]
 
 
 def test_ending_session_is_retried():
@@ -145,7 +147,9 @@ def test_foreign_reported_never_destroyed_unless_included():
     actions = plan({}, {"vastai": [foreign]}, at(minutes=5), POLICY)
     assert kinds(actions) == [(REPORT_FOREIGN, "foreign", "x1")]
     included = Policy(install_id=ME, include_foreign=True)
-    assert [a.kind for a in plan({}, {"vastai": [foreign]}, at(minutes=5), included)] == [DESTROY_ORPHAN]
+    assert [a.kind for a in plan({}, {"vastai": [foreign]}, at(minutes=5), included)] == [
+        DESTROY_ORPHAN
+    ]
 
 
 def test_without_install_id_every_label_is_foreign():

@@ -25,7 +25,10 @@ def state(home: Path) -> dict:
     return StateStore(home / "state.json").read()
 
 
-@pytest.mark.parametrize("provider_fixture, flags", [("vast", "--provider vastai"), ("tensordock", "--provider tensordock")])
+@pytest.mark.parametrize(
+    "provider_fixture, flags",
+    [("vast", "--provider vastai"), ("tensordock", "--provider tensordock")],
+)
 def test_provision_ssh_done_leaves_nothing(request, gs, isolated_home, provider_fixture, flags):
     emu = request.getfixturevalue(provider_fixture)
     result = gs(f"provision {flags} --gpu 4090 --hours 1h --yes --json")
@@ -65,7 +68,9 @@ def sessions_by_status(home: Path) -> dict[str, list[dict]]:
 
 
 def test_exited_boot_is_destroyed_recorded_and_failover_picks_next(vast, gs, isolated_home):
-    bad = vast.add_offer(gpu_name="RTX 4090", dph_base=0.10, machine_id=777001, boot={"mode": "exited"})
+    bad = vast.add_offer(
+        gpu_name="RTX 4090", dph_base=0.10, machine_id=777001, boot={"mode": "exited"}
+    )
     result = gs("provision --provider vastai --gpu 4090 --auto-retry 1 --yes --json")
     assert result.exit_code == 0, result.stderr
     session = result.json()
@@ -73,7 +78,10 @@ def test_exited_boot_is_destroyed_recorded_and_failover_picks_next(vast, gs, iso
     assert "Attempt 1 failed" in result.stderr
     assert len(vast.live_instances()) == 1
     by_status = sessions_by_status(isolated_home)
-    assert len(by_status["failed"]) == 1 and by_status["failed"][0]["offer_id"] == f"vastai:{bad['id']}"
+    assert (
+        len(by_status["failed"]) == 1
+        and by_status["failed"][0]["offer_id"] == f"vastai:{bad['id']}"
+    )
     assert "exited" in by_status["failed"][0]["end_reason"]
     health = state(isolated_home)["offer_health"]
     assert health[f"vastai:{bad['id']}"]["failures"] == 1
@@ -92,7 +100,9 @@ def test_without_auto_retry_a_failed_boot_exits_1_and_leaves_nothing(vast, gs, i
 
 
 def test_repeated_failures_suppress_the_offer(vast, gs, isolated_home):
-    bad = vast.add_offer(gpu_name="RTX 4090", dph_base=0.05, machine_id=777002, boot={"mode": "exited"})
+    bad = vast.add_offer(
+        gpu_name="RTX 4090", dph_base=0.05, machine_id=777002, boot={"mode": "exited"}
+    )
     for _ in range(2):
         assert gs(f"provision vastai:{bad['id']} --yes").exit_code == 1
     offers = gs("inventory --provider vastai --gpu 4090 --json --refresh").json()
@@ -127,7 +137,9 @@ def test_ssh_never_answering_is_destroyed(vast, gs, isolated_home):
         ({"memory_mib": 12288}, "", "MiB VRAM per GPU"),
     ],
 )
-def test_machine_short_of_what_was_rented_is_a_failed_boot(vast, gs, isolated_home, real_gpu, flags, needle):
+def test_machine_short_of_what_was_rented_is_a_failed_boot(
+    vast, gs, isolated_home, real_gpu, flags, needle
+):
     offer = vast.add_offer(
         gpu_name="RTX 4090",
         num_gpus=2 if "num-gpus" in flags else 1,
@@ -192,14 +204,26 @@ def test_sigkilled_provision_is_found_by_label(vast, isolated_home):
 
     vast.boot = {"mode": "stuck_loading", "loading_after": 0.0, "running_after": 0.0}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gpushopper", "provision", "--provider", "vastai", "--gpu", "4090", "--yes"],
+        [
+            sys.executable,
+            "-m",
+            "gpushopper",
+            "provision",
+            "--provider",
+            "vastai",
+            "--gpu",
+            "4090",
+            "--yes",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 30
     record = None
     while time.monotonic() < deadline:
-        sessions = state(isolated_home)["sessions"] if (isolated_home / "state.json").exists() else {}
+        sessions = (
+            state(isolated_home)["sessions"] if (isolated_home / "state.json").exists() else {}
+        )
         record = next((s for s in sessions.values() if s.get("instance_id")), None)
         if record:
             break
@@ -297,7 +321,15 @@ def test_ssh_config_block_is_written(vast, gs, isolated_home):
     assert f"Host gpu-{session['id']}" in text
     env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
     login = subprocess.run(
-        ["ssh", "-F", str(isolated_home / "ssh_config"), "-o", "BatchMode=yes", f"gpu-{session['id']}", "true"],
+        [
+            "ssh",
+            "-F",
+            str(isolated_home / "ssh_config"),
+            "-o",
+            "BatchMode=yes",
+            f"gpu-{session['id']}",
+            "true",
+        ],
         capture_output=True,
         text=True,
         timeout=30,

@@ -141,3 +141,13 @@ def test_state_file_is_private(tmp_path):
     with StateStore(path).transaction() as state:
         state["sessions"]["a"] = {"id": "a"}
     assert oct(path.stat().st_mode & 0o777) == "0o600"
+
+
+def test_corrupt_state_fails_ordinary_commands_too(gs, isolated_home):
+    state = isolated_home / "state.json"
+    state.write_text('{"schema_version": 1, "sessions": {')
+    result = gs("sessions list --json")
+    assert result.exit_code == 1
+    assert result.json()["error"]["type"] == "state"
+    assert str(state) in result.stderr and ".corrupt-" in result.stderr
+    assert state.read_text() == '{"schema_version": 1, "sessions": {'

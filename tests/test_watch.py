@@ -63,7 +63,9 @@ def sessions(home: Path) -> dict:
     return StateStore(home / "state.json").read()["sessions"]
 
 
-def test_short_reservation_destroyed_within_one_interval(vast, gs, isolated_home, tmp_path, watches):
+def test_short_reservation_destroyed_within_one_interval(
+    vast, gs, isolated_home, tmp_path, watches
+):
     session = gs("provision --provider vastai --gpu 4090 --hours 5s --yes --json").json()
     w = Watch(tmp_path, "--interval", "1s")
     watches.append(w)
@@ -97,7 +99,17 @@ def test_hard_max_destroyed_with_shifted_clock(vast, gs, isolated_home, tmp_path
 def test_stuck_provisioning_instance_destroyed(vast, isolated_home, tmp_path):
     vast.boot = {"mode": "stuck_loading", "loading_after": 0.0, "running_after": 0.0}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gpushopper", "provision", "--provider", "vastai", "--yes", "--timeout", "1h"],
+        [
+            sys.executable,
+            "-m",
+            "gpushopper",
+            "provision",
+            "--provider",
+            "vastai",
+            "--yes",
+            "--timeout",
+            "1h",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -129,10 +141,20 @@ def test_cleanup_orphans_finds_and_destroys_our_unknown_instance(vast, gs, isola
     assert rows[str(orphan["id"])]["action"] == "left"
     assert rows[str(foreign["id"])]["reason"] == "foreign"
     assert str(mine["id"]) not in rows
-    assert set(rows[str(orphan["id"])]) >= {"provider", "instance_id", "label", "reason", "age_seconds", "price_per_hour", "action"}
+    assert set(rows[str(orphan["id"])]) >= {
+        "provider",
+        "instance_id",
+        "label",
+        "reason",
+        "age_seconds",
+        "price_per_hour",
+        "action",
+    }
     destroyed = gs("cleanup-orphans --yes --json")
     assert destroyed.exit_code == 0, destroyed.stderr
-    assert {r["instance_id"]: r["action"] for r in destroyed.json()}[str(orphan["id"])] == "destroyed"
+    assert {r["instance_id"]: r["action"] for r in destroyed.json()}[
+        str(orphan["id"])
+    ] == "destroyed"
     live = {i["id"] for i in vast.live_instances()}
     assert live == {foreign["id"], mine["id"]}
     assert gs("cleanup-orphans --yes --include-foreign --json").exit_code == 0
@@ -147,11 +169,16 @@ def test_cleanup_orphans_works_with_no_state_file(vast, gs, isolated_home):
     assert not (isolated_home / "state.json").exists()
 
 
-def test_cleanup_orphans_ends_expired_sessions_and_reports_errors(vast, tensordock, gs, isolated_home):
+def test_cleanup_orphans_ends_expired_sessions_and_reports_errors(
+    vast, tensordock, gs, isolated_home
+):
     session = gs("provision --provider vastai --gpu 4090 --hours 2h --yes --json").json()
     shifted = {**os.environ, "GPU_SHOPPER_CLOCK_OFFSET": "3h"}
     out = subprocess.run(
-        [sys.executable, "-m", "gpushopper", "cleanup-orphans", "--json"], env=shifted, capture_output=True, text=True
+        [sys.executable, "-m", "gpushopper", "cleanup-orphans", "--json"],
+        env=shifted,
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 3
     assert json.loads(out.stdout)[0]["reason"] == "reservation_ended"
@@ -168,7 +195,9 @@ def test_cleanup_orphans_ends_expired_sessions_and_reports_errors(vast, tensordo
     assert sessions(isolated_home)[session["id"]]["status"] == "ended"
 
 
-def test_sigterm_destroys_every_guarded_session(vast, tensordock, gs, isolated_home, tmp_path, watches):
+def test_sigterm_destroys_every_guarded_session(
+    vast, tensordock, gs, isolated_home, tmp_path, watches
+):
     a = gs("provision --provider vastai --gpu 4090 --yes --json").json()
     b = gs("provision --provider tensordock --gpu 4090 --yes --json").json()
     w = Watch(tmp_path, "--interval", "1s")
@@ -180,7 +209,9 @@ def test_sigterm_destroys_every_guarded_session(vast, tensordock, gs, isolated_h
     assert "SIGTERM" in w.text()
 
 
-def test_keep_on_exit_leaves_sessions_and_prints_deadlines(vast, gs, isolated_home, tmp_path, watches):
+def test_keep_on_exit_leaves_sessions_and_prints_deadlines(
+    vast, gs, isolated_home, tmp_path, watches
+):
     a = gs("provision --provider vastai --gpu 4090 --yes --json").json()
     w = Watch(tmp_path, "--interval", "1s", "--keep-on-exit")
     watches.append(w)
@@ -207,7 +238,10 @@ def test_second_watch_is_refused_naming_the_pid(vast, isolated_home, tmp_path, w
     watches.append(w)
     wait_for(lambda: "watch started" in w.text(), what="watch to start")
     second = subprocess.run(
-        [sys.executable, "-m", "gpushopper", "watch", "--once"], capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "gpushopper", "watch", "--once"],
+        capture_output=True,
+        text=True,
+        timeout=30,
     )
     assert second.returncode == 1
     assert f"pid {w.proc.pid}" in second.stderr
@@ -218,7 +252,10 @@ def test_metrics_file_and_webhook(vast, gs, isolated_home, tmp_path, monkeypatch
     from tests.fakes.scripted_http import ScriptedServer
 
     gs("provision --provider vastai --gpu 4090 --hours 2h --yes --json")
-    vast.create_instance_directly(label=f"gpu-shopper:{StateStore(isolated_home / 'state.json').install_id()}:x", status="running")
+    vast.create_instance_directly(
+        label=f"gpu-shopper:{StateStore(isolated_home / 'state.json').install_id()}:x",
+        status="running",
+    )
     metrics = tmp_path / "gpu_shopper.prom"
     with ScriptedServer() as hook:
         out = subprocess.run(

@@ -9,7 +9,7 @@ import click
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.filters import SORTS, build_query, filter_options, offer_cache, resolve_template
 from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table, warn
-from gpushopper.core.errors import ConfigError, NotFound, ProviderError, Unavailable
+from gpushopper.core.errors import ConfigError, NotFound, ProviderError, Unavailable, UsageError
 
 
 def _money(value: float | None) -> str | None:
@@ -21,7 +21,7 @@ def offer_rows(offers: list[Any]) -> list[tuple[Any, ...]]:
     for o in offers:
         rows.append(
             (
-                o.id if len(o.id) <= 40 else o.id[:37] + "...",
+                o.id,  # whole: it is what `inventory show` and `provision` take
                 o.gpu_name,
                 o.num_gpus,
                 o.vram_gb,
@@ -75,6 +75,8 @@ def run_search(app: App, query: Any, *, refresh: bool, include_unhealthy: bool) 
     )
     asked = [p for p in query.providers]
     if not result.errors and len(result.skipped) == len(asked):
+        if len(result.no_credentials) < len(asked):  # e.g. no provider has that template
+            raise UsageError("no provider can answer: " + "; ".join(result.skipped.values()))
         raise ConfigError(
             "no provider has credentials: set VASTAI_API_KEY or TENSORDOCK_API_TOKEN "
             "(or 'gpu-shopper config set vastai.api_key KEY')"

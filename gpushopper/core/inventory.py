@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -16,7 +15,7 @@ from gpushopper.core.errors import (
     RateLimited,
     UsageError,
 )
-from gpushopper.core.models import Offer, OfferQuery, Template, gpu_matches
+from gpushopper.core.models import Offer, OfferQuery, Template, gpu_form_factor, gpu_matches
 from gpushopper.core.units import iso, parse_iso
 
 RATE_LIMITED_TTL_S = 300.0  # after a 429, reuse answers for at least this long
@@ -29,6 +28,7 @@ class InventoryResult:
     offers: list[Offer]
     errors: dict[str, str] = field(default_factory=dict)  # provider -> message
     skipped: dict[str, str] = field(default_factory=dict)  # provider -> why (no credentials...)
+    no_credentials: list[str] = field(default_factory=list)  # the skipped ones lacking keys
     cached: dict[str, bool] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     hidden_unhealthy: int = 0
@@ -213,6 +213,23 @@ class OfferCache:
 ProviderFactory = Callable[[str], Any]
 
 
+@dataclass
+class Answer:
+    """What one provider gave: offers, or an error, or a reason it was skipped."""
+
+    provider: str
+    offers: list[Offer] | None = None
+    cached: bool = False
+    error: GpuShopperError | None = None
+    skipped: str | None = None
+
+
+def _cache_key(query: OfferQuery, provider: str) -> str:
+    # Canonical GPU names drop the form factor, which still filters (H100 SXM vs H100).
+    forms = sorted(gpu_form_factor(g) or "" for g in query.gpus)
+    return query.cache_key(provider) + (f"|forms={forms}" if any(forms) else "")
+
+
 def _server_limit(query: OfferQuery) -> int:
     # Names are matched loosely on our side, so ask for more when filtering by GPU.
     return 1000 if query.gpus else 300
@@ -236,68 +253,78 @@ def search(
     """
     result = InventoryResult(offers=[])
     clients: dict[str, Any] = {}
-    queries: dict[str, OfferQuery] = {}
     for name in dict.fromkeys(query.providers):
         try:
             clients[name] = provider_factory(name)
         except MissingCredentials as exc:
             result.skipped[name] = str(exc)
-            continue
-        provider_query = query
+            result.no_credentials.append(name)
+    queries = dict.fromkeys(clients, query)
+
+    def fetch(name: str) -> Answer:
+        """One provider's offers: its template's needs folded in, from cache or over HTTP."""
         if query.template and template_resolver is not None:
             try:
                 template = template_resolver(clients[name], query.template)
             except GpuShopperError as exc:
-                result.errors[name] = str(exc)
-                del clients[name]
-                continue
+                return Answer(name, error=exc)
             if template is None:
-                result.skipped[name] = f"{name}: no template {query.template!r}"
-                del clients[name]
-                continue
+                return Answer(name, skipped=f"{name}: no template {query.template!r}")
             if template.min_cuda is not None and (query.min_cuda or 0) < template.min_cuda:
-                provider_query = replace(query, min_cuda=template.min_cuda)
-        queries[name] = provider_query
-
-    def fetch(name: str) -> tuple[str, list[Offer] | None, BaseException | None, bool]:
-        key = queries[name].cache_key(name)
+                queries[name] = replace(query, min_cuda=template.min_cuda)
+        asked = queries[name]
+        key = _cache_key(asked, name)
         if cache is not None and not refresh:
             hit = cache.get(name, key)
             if hit is not None:
-                return name, hit, None, True
+                return Answer(name, hit, cached=True)
         try:
-            offers = clients[name].search_offers(queries[name], limit=_server_limit(queries[name]))
+            offers = clients[name].search_offers(asked, limit=_server_limit(asked))
         except RateLimited as exc:
             if cache is not None:
                 cache.note_rate_limited(name)
                 stale = cache.get(name, key, max_age_s=STALE_LIMIT_S)
                 if stale is not None:
                     result.notes.append(f"{name}: rate limited; showing answers cached earlier")
-                    return name, stale, None, True
-            return name, None, exc, False
+                    return Answer(name, stale, cached=True)
+            return Answer(name, error=exc)
         except GpuShopperError as exc:
-            return name, None, exc, False
+            return Answer(name, error=exc)
         if cache is not None:
             try:
                 cache.put(name, key, offers)
             except OSError as exc:
                 result.notes.append(f"could not write the offer cache: {exc.strerror}")
-        return name, offers, None, False
+        return Answer(name, offers)
 
-    if clients:
-        with ThreadPoolExecutor(max_workers=len(clients)) as pool:
-            answers = list(pool.map(fetch, clients))
-    else:
-        answers = []
+    # Cache hits are read here; only the providers that must be asked get a thread each.
+    answers: dict[str, Answer] = {}
+    if cache is not None and not refresh and not query.template:
+        for name in clients:
+            hit = cache.get(name, _cache_key(query, name))
+            if hit is not None:
+                answers[name] = Answer(name, hit, cached=True)
+    pending = [name for name in clients if name not in answers]
+    if len(pending) == 1:
+        answers[pending[0]] = fetch(pending[0])
+    elif pending:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=len(pending)) as pool:
+            answers.update(zip(pending, pool.map(fetch, pending), strict=True))
 
     stamp = now()
     merged: list[Offer] = []
-    for name, offers, error, cached in answers:
-        if error is not None:
-            result.errors[name] = str(error)
+    for name in clients:  # in the order asked, whichever answered first
+        answer = answers[name]
+        if answer.skipped is not None:
+            result.skipped[name] = answer.skipped
             continue
-        result.cached[name] = cached
-        for offer in offers or []:
+        if answer.error is not None:
+            result.errors[name] = str(answer.error)
+            continue
+        result.cached[name] = answer.cached
+        for offer in answer.offers or []:
             if not matches(offer, queries[name]):
                 continue
             offer.health = health_of(offer, health or {}, stamp)

@@ -87,7 +87,7 @@ def plan(
         if status not in LIVE:
             continue
         instance_id = match.instance_id if match else record.get("instance_id")
-        base = {
+        base: dict[str, Any] = {
             "provider": provider,
             "session_id": session_id,
             "instance_id": str(instance_id) if instance_id else None,
@@ -176,8 +176,8 @@ def plan(
                 kind = DESTROY_ORPHAN if policy.include_foreign else REPORT_FOREIGN
                 actions.append(Action(kind, "foreign", **base, detail=f"install id {install}"))
                 continue
-            record = by_label.get(inst.label or "")
-            if record is None:
+            owner_record = by_label.get(inst.label or "")
+            if owner_record is None:
                 actions.append(
                     Action(
                         DESTROY_ORPHAN, "unknown_to_state", **base, detail="no session records it"

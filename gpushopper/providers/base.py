@@ -13,6 +13,7 @@ import importlib
 import json
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -89,7 +90,12 @@ def error_text(body: Any) -> str | None:
             first = errors[0]
             return str(first.get("detail") or first.get("title") or first)
     if isinstance(body, str) and body.strip():
-        return body.strip()[:300]
+        text = body.strip()
+        if text.startswith("<"):  # an HTML error page from a proxy: its title, not its markup
+            title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
+            text = title.group(1) if title else re.sub(r"<[^>]+>", " ", text)
+            text = " ".join(text.split())
+        return text[:300] or None
     return None
 
 

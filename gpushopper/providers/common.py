@@ -83,7 +83,12 @@ def country_code(text: str | None) -> str | None:
 
 def num(value: Any) -> float | None:
     """A float, or None for missing, null, empty or non-numeric values."""
-    if value is None or isinstance(value, bool):
+    kind = type(value)
+    if kind is float:  # the common case first: parsing thousands of offers stays cheap
+        return value if value == value else None  # NaN -> None
+    if kind is int:
+        return float(value)
+    if value is None or kind is bool:
         return None
     try:
         out = float(value)

@@ -283,7 +283,7 @@ def offer_matches(offer: Offer, query: OfferQuery) -> bool:
 def parse_instance(raw: dict[str, Any]) -> Instance:
     if isinstance(raw.get("data"), dict):
         raw = raw["data"]
-    attrs = raw.get("attributes") if isinstance(raw.get("attributes"), dict) else {}
+    attrs: dict[str, Any] = raw["attributes"] if isinstance(raw.get("attributes"), dict) else {}
     merged = {**attrs, **{k: v for k, v in raw.items() if k != "attributes"}}
     status = str(merged.get("status") or "").strip()
     host = merged.get("ipAddress") or merged.get("ip_address")
@@ -296,8 +296,10 @@ def parse_instance(raw: dict[str, Any]) -> Instance:
             port = integer(fwd.get("external_port"))
     if host and port is None:
         port = 22  # dedicated IP: SSH straight on port 22
-    resources = merged.get("resources") if isinstance(merged.get("resources"), dict) else {}
-    gpus = resources.get("gpus") if isinstance(resources.get("gpus"), dict) else {}
+    resources: dict[str, Any] = (
+        merged["resources"] if isinstance(merged.get("resources"), dict) else {}
+    )
+    gpus: dict[str, Any] = resources["gpus"] if isinstance(resources.get("gpus"), dict) else {}
     gpu_name = next(iter(gpus), None)
     gpu_count = None
     if gpu_name and isinstance(gpus[gpu_name], dict):

@@ -27,6 +27,7 @@ if TYPE_CHECKING:
 
 NAME = "vastai"
 LIST_PAGE = 25
+MAX_ONSTART = 4096  # args + args_str + onstart, characters (create_instance.yaml)
 
 SORT_ORDER = {
     "price": [["dph_total", "asc"]],
@@ -382,12 +383,24 @@ class VastAI:
         if spec.template is not None:
             env.update(env_from_docker_flags(spec.template.env))
         env.update(spec.env)
+        onstart = spec.onstart
+        own = spec.template.onstart if spec.template is not None else None
+        if onstart and own:
+            # A request's onstart replaces the template's: run the template's after ours
+            # (the deadline snippet backgrounds itself, so it never blocks the template's).
+            onstart = f"{onstart.rstrip()}\n{own}"
+        if onstart and len(onstart) > MAX_ONSTART:
+            raise ProviderError(
+                NAME,
+                f"onstart is {len(onstart)} characters (the on-instance deadline plus the "
+                f"template's own), over Vast.ai's limit of {MAX_ONSTART}",
+            )
         body: dict[str, Any] = {
             "client_id": "me",
             "env": env,
             "disk": float(spec.disk_gb),
             "label": spec.label,
-            "onstart": spec.onstart,
+            "onstart": onstart,
             "runtype": "ssh_direc ssh_proxy",
             "cancel_unavail": True,
             "target_state": "running",

@@ -36,8 +36,14 @@ class ScriptedServer:
                 status, payload, headers = (
                     outer.script.popleft() if outer.script else (200, {"ok": True}, {})
                 )
-                data = payload if isinstance(payload, bytes) else (
-                    payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
+                data = (
+                    payload
+                    if isinstance(payload, bytes)
+                    else (
+                        payload.encode()
+                        if isinstance(payload, str)
+                        else json.dumps(payload).encode()
+                    )
                 )
                 self.send_response(status)
                 ctype = "text/plain" if isinstance(payload, (str, bytes)) else "application/json"
