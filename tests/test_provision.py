@@ -346,3 +346,66 @@ def test_diagnostics_over_ssh(vast, gs, isolated_home):
     assert report.exit_code == 0, report.stderr
     data = report.json()
     assert data["gpu_count"] == 1 and data["cuda_version"] and data["uptime_seconds"] is not None
+
+
+# -- the same faults on TensorDock ---------------------------------------------------------------
+@pytest.mark.parametrize(
+    "setup, flags, needle",
+    [
+        (
+            lambda emu: setattr(emu, "boot", {"mode": "stuck_starting", "running_after": 0.0}),
+            "--timeout 2s",
+            "not running after 2s",
+        ),
+        (
+            lambda emu: setattr(emu, "boot", {"mode": "stopped", "running_after": 0.0}),
+            "",
+            "stopped",
+        ),
+        (lambda emu: setattr(emu, "ssh_backend", None), "--timeout 3s", "SSH"),
+        (
+            lambda emu: [
+                n.__setitem__("_real_gpu", {"driver_version": None}) for n in emu.hostnodes.values()
+            ],
+            "",
+            "no NVIDIA driver",
+        ),
+    ],
+    ids=["stuck", "stopped-after-start", "ssh-down", "no-driver"],
+)
+def test_tensordock_failed_boots_leave_nothing(tensordock, gs, isolated_home, setup, flags, needle):
+    setup(tensordock)
+    result = gs(f"provision --provider tensordock --gpu 4090 {flags} --yes")
+    assert result.exit_code == 1, result.stderr
+    assert needle in result.stderr
+    assert tensordock.live_instances() == []
+    (failed,) = sessions_by_status(isolated_home)["failed"]
+    assert (
+        failed["instance_id"] and failed["ended_at"] and needle.split()[0] in failed["end_reason"]
+    )
+
+
+def test_tensordock_create_500_adopted_and_destroy_failing_once(tensordock, gs, isolated_home):
+    tensordock.create_error_after_create = True
+    session = gs("provision --provider tensordock --gpu 4090 --yes --json")
+    assert session.exit_code == 0, session.stderr
+    assert (
+        len([r for r in tensordock.requests if r["method"] == "POST" and r["path"] == "/instances"])
+        == 1
+    )
+    tensordock.destroy_fail_times = 1
+    done = gs(f"sessions done {session.json()['id']} --json")
+    assert done.exit_code == 0, done.stderr
+    assert done.json()["status"] == "ended" and done.json()["cost_usd"] > 0
+    assert tensordock.live_instances() == []
+
+
+def test_tensordock_failover_to_next_hostnode(tensordock, gs, isolated_home):
+    tensordock.error_in_200_next(
+        "POST", r"/instances$", "No available public IPs on hostnode", times=1
+    )
+    result = gs("provision --provider tensordock --gpu 4090 --auto-retry 2 --yes --json")
+    assert result.exit_code == 0, result.stderr
+    assert len(tensordock.live_instances()) == 1
+    (failed,) = sessions_by_status(isolated_home)["failed"]
+    assert failed["offer_id"] != result.json()["offer_id"]

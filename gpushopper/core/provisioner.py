@@ -381,6 +381,7 @@ class Provisioner:
                 self._write_known_hosts(Path(ssh["known_hosts"]), instance, host_key)
                 record["host_key_fingerprint"] = fp
             timings["time_to_ssh_s"] = round(self.mono() - started, 3)
+            self._still_running(provider, instance_id)
             ready = self.clock()
             created = parse_iso(record["created_at"]) or ready
             hard = parse_iso(record["hard_max_at"]) or ready
@@ -468,6 +469,20 @@ class Provisioner:
                 )
             self.sleep(min(delay, remaining))
             delay = min(delay * 1.5, 10.0)
+
+    def _still_running(self, provider: Any, instance_id: str) -> None:
+        """Hosts have stopped right after start: look once more before handing off."""
+        try:
+            instance = provider.get_instance(instance_id)
+        except GpuShopperError as exc:
+            self.log(f"Final status check of {instance_id} failed: {exc}")
+            return
+        if instance is None:
+            raise BootFailed(f"instance {instance_id} disappeared at the provider")
+        if instance.status != "running":
+            raise BootFailed(
+                f"instance {instance_id} is {instance.raw_status or instance.status} after boot"
+            )
 
     def _verify(
         self,
