@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 COMMANDS: dict[str, tuple[str, str, str]] = {
     "cleanup-orphans": ("gpushopper.cli.cleanup", "cleanup_orphans", "Find and destroy strays."),
     "config": ("gpushopper.cli.config", "config", "Show and change settings."),
+    "costs": ("gpushopper.cli.costs", "costs", "What rentals cost, per session and month."),
     "doctor": ("gpushopper.cli.doctor", "doctor", "Check config, keys, state, providers, SSH."),
     "inventory": ("gpushopper.cli.inventory", "inventory", "Offers, cheapest reliable first."),
     "offer-health": ("gpushopper.cli.templates", "offer_health", "Boot failures per offer."),

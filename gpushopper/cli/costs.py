@@ -1,0 +1,127 @@
+"""``gpu-shopper costs``: what rentals cost, per session and per month."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from gpushopper.cli import App, pass_app
+from gpushopper.cli.filters import PROVIDERS
+from gpushopper.cli.output import emit_json, info, json_option, print_table
+
+
+@click.group(
+    invoke_without_command=True,
+    epilog="""Examples:
+
+\b
+  gpu-shopper costs --since 2026-11-01
+  gpu-shopper costs --consumer alice --json | jq .total_usd
+  gpu-shopper costs summary --month 2026-11
+""",
+)
+@click.option("--session", "session_id", metavar="ID", help="Only this session.")
+@click.option("--consumer", metavar="NAME", help="Only this consumer.")
+@click.option("--provider", type=click.Choice(PROVIDERS), help="Only this provider.")
+@click.option("--since", metavar="DATE", help="Sessions created on or after DATE (YYYY-MM-DD).")
+@json_option
+@pass_app
+@click.pass_context
+def costs(
+    ctx: click.Context,
+    app: App,
+    session_id: str | None,
+    consumer: str | None,
+    provider: str | None,
+    since: str | None,
+    as_json: bool,
+) -> None:
+    """Cost per session (price x running time, by the second) and the total."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from gpushopper.core.costs import parse_since, session_cost_rows
+    from gpushopper.core.errors import UsageError
+    from gpushopper.core.units import parse_iso
+
+    start = parse_since(since) if since else None
+    records = list(app.store.sessions().values())
+    if session_id:
+        records = [r for r in records if r.get("id") == session_id]
+        if not records:
+            raise UsageError(f"no session {session_id!r} (see 'gpu-shopper sessions list --all')")
+    if consumer:
+        records = [r for r in records if r.get("consumer") == consumer]
+    if provider:
+        records = [r for r in records if r.get("provider") == provider]
+    if start:
+        records = [r for r in records if (parse_iso(r.get("created_at")) or start) >= start]
+    rows = session_cost_rows(records, app.clock())
+    total = round(sum(r["cost_usd"] for r in rows), 6)
+    if as_json:
+        emit_json({"total_usd": total, "sessions": rows})
+        return
+    print_table(
+        ["SESSION", "PROVIDER", "CONSUMER", "GPU", "STATUS", "HOURS", "$/h", "COST $"],
+        [
+            (
+                r["session_id"],
+                r["provider"],
+                r["consumer"],
+                f"{r['gpu_name']} x{r['num_gpus']}",
+                r["status"],
+                f"{r['billed_hours']:.3f}",
+                None if r["price_per_hour"] is None else f"{r['price_per_hour']:.3f}",
+                f"{r['cost_usd']:.4f}",
+            )
+            for r in rows
+        ],
+        empty="No sessions match.",
+    )
+    if rows:
+        info(f"Total: ${total:.4f}")
+
+
+@costs.command("summary", epilog="Example: gpu-shopper costs summary --month 2026-11 --json")
+@click.option("--month", metavar="YYYY-MM", help="Calendar month (UTC); default this month.")
+@json_option
+@pass_app
+def costs_summary(app: App, month: str | None, as_json: bool) -> None:
+    """Spend in a month by provider and consumer, against safety.monthly_budget_usd."""
+    from gpushopper.core.costs import month_cost, parse_month
+
+    now = app.clock()
+    start, end = parse_month(month or now.strftime("%Y-%m"))
+    by_provider: dict[str, float] = {}
+    by_consumer: dict[str, float] = {}
+    total = 0.0
+    for record in app.store.sessions().values():
+        cost = month_cost(record, start, end, now)
+        if cost <= 0:
+            continue
+        total += cost
+        by_provider[record.get("provider") or "?"] = (
+            by_provider.get(record.get("provider") or "?", 0.0) + cost
+        )
+        key = record.get("consumer") or "-"
+        by_consumer[key] = by_consumer.get(key, 0.0) + cost
+    budget = app.settings.get("safety.monthly_budget_usd")
+    summary: dict[str, Any] = {
+        "month": start.strftime("%Y-%m"),
+        "total_usd": round(total, 6),
+        "by_provider": {k: round(v, 6) for k, v in sorted(by_provider.items())},
+        "by_consumer": {k: round(v, 6) for k, v in sorted(by_consumer.items())},
+        "budget_usd": budget,
+        "budget_used": round(total / budget, 4) if budget else None,
+    }
+    if as_json:
+        emit_json(summary)
+        return
+    rows: list[tuple[Any, ...]] = [
+        ("provider", k, f"{v:.4f}") for k, v in summary["by_provider"].items()
+    ]
+    rows += [("consumer", k, f"{v:.4f}") for k, v in summary["by_consumer"].items()]
+    rows.append(("total", summary["month"], f"{total:.4f}"))
+    print_table(["BY", "NAME", "COST $"], rows)
+    if budget:
+        info(f"Budget: ${budget:.2f}; used {100 * total / budget:.1f}%")
