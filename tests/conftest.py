@@ -28,6 +28,8 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("GPU_SHOPPER_HOME", str(home))
     monkeypatch.setenv("HOME", str(user_home))
     monkeypatch.setenv("XDG_CONFIG_HOME", str(user_home / ".config"))
+    # The fake instances are this machine: keep on-instance deadline files in the sandbox.
+    monkeypatch.setenv("GPU_SHOPPER_DEADLINE_FILE", str(tmp_path / "instance-deadline"))
     monkeypatch.chdir(work)
     return home
 

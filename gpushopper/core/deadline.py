@@ -30,6 +30,8 @@ file as it is (an extend may have moved it) and starts no second watcher (the pi
 Environment overrides read by the generated script, for tests only:
 
 * ``GS_DEADLINE_FILE``: the deadline file (default as above).
+* ``GS_POWEROFF`` (TensorDock): the command run instead of ``poweroff``/``shutdown -h now``
+  (no fallback to either when it is set).
 * ``GS_BOOT_DIR`` (TensorDock): where the per-boot launcher goes (default
   ``/var/lib/cloud/scripts/per-boot``; skipped when the folder does not exist; set it empty
   to skip).
@@ -76,7 +78,7 @@ K=${{CONTAINER_API_KEY:-$(e CONTAINER_API_KEY)}};U={api}/api/v0/instances/${{CON
 a(){{ curl -fsS -m 30 -X DELETE -H "Authorization: Bearer $K" "$U"||wget -qO- -T 30 --method=DELETE --header="Authorization: Bearer $K" "$U"||python3 -c 'import os,urllib.request as r;r.urlopen(r.Request(os.environ["U"],method="DELETE",headers={{"Authorization":"Bearer "+os.environ["K"]}}),timeout=30)';}}
 """
 
-_TD_SETUP = "a(){ poweroff||shutdown -h now;}\n"
+_TD_SETUP = 'a(){ if [ "$GS_POWEROFF" ];then $GS_POWEROFF;else poweroff||shutdown -h now;fi;}\n'
 
 # The launcher around it: deadline file, watcher file, start (once).
 _LAUNCHER = """\
@@ -230,9 +232,9 @@ def push_deadline(
         message = str(exc) or type(exc).__name__
         warn(
             "Warning: could not move the on-instance deadline: "
-            f"{message}. The instance may still stop itself"
-            + (f" around {old}" if old else " at its earlier deadline")
-            + "; run 'gpu-shopper sessions extend' again once it is reachable."
+            f"{message}. The instance may still shut itself down at its earlier deadline"
+            + (f" (about {old})" if old else "")
+            + "; the next successful extend moves it."
         )
         _record(app, session_id, deadline_push_error=message[:300])
         return
