@@ -114,7 +114,9 @@ def test_vast_onstart_destroys_its_own_instance_at_a_2s_deadline(
     onstart = vast.instances[iid]["onstart"]
     saved = state(isolated_home)["sessions"][session["id"]]
     assert saved["deadline_on_instance"] is True
-    assert saved["deadline_file"] == deadline.VASTAI_DEADLINE_FILE
+    assert (
+        saved["deadline_file"] == os.environ["GPU_SHOPPER_DEADLINE_FILE"]
+    )  # sandboxed by conftest
     # the snippet carries the API base and the instance's own key variables, never ours
     assert onstart.startswith("# gpu-shopper:")
     assert vast.api_key not in onstart
@@ -212,7 +214,7 @@ def test_running_the_snippet_again_starts_no_second_watcher(vast, tmp_path, runn
     }
     script = deadline.deadline_script_for(App(), type("P", (), {"NAME": "vastai"}), record)
     assert script is not None
-    assert record["deadline_file"] == deadline.VASTAI_DEADLINE_FILE
+    assert record["deadline_file"] == os.environ["GPU_SHOPPER_DEADLINE_FILE"]
     dfile = tmp_path / "deadline"
     env = {
         "CONTAINER_ID": str(iid),
@@ -347,3 +349,10 @@ def test_extend_pushes_the_deadline_and_a_failed_push_only_warns(
     saved = state(isolated_home)["sessions"][sid]
     assert saved["deadline_push_error"]
     assert failed.json()["reservation_ends_at"] > ok.json()["reservation_ends_at"]
+
+
+def test_default_deadline_files_without_the_test_override(monkeypatch):
+    monkeypatch.delenv("GPU_SHOPPER_DEADLINE_FILE")
+    assert deadline.VASTAI_DEADLINE_FILE == "/root/.gpu-shopper/deadline"
+    assert deadline.deadline_file_for(App(), "vastai") == deadline.VASTAI_DEADLINE_FILE
+    assert deadline.deadline_file_for(App(), "tensordock") == deadline.TENSORDOCK_DEADLINE_FILE
