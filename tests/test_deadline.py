@@ -352,6 +352,8 @@ def test_extend_pushes_the_deadline_and_a_failed_push_only_warns(
 
 
 def test_default_deadline_files_without_the_test_override(monkeypatch):
+    from gpushopper.cli import App
+
     monkeypatch.delenv("GPU_SHOPPER_DEADLINE_FILE")
     assert deadline.VASTAI_DEADLINE_FILE == "/root/.gpu-shopper/deadline"
     assert deadline.deadline_file_for(App(), "vastai") == deadline.VASTAI_DEADLINE_FILE
