@@ -30,5 +30,7 @@ def time_process(argv: list[str], runs: int, env: dict[str, str] | None = None) 
         proc = subprocess.run(argv, env=full_env, capture_output=True, check=False)
         samples.append(time.perf_counter() - start)
         if proc.returncode not in (0,):
-            raise SystemExit(f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.decode()[-300:]}")
+            raise SystemExit(
+                f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.decode()[-300:]}"
+            )
     return statistics.median(samples)

@@ -43,7 +43,9 @@ def main() -> int:
             ratio = median / base
             worst = max(worst, ratio)
             label = "gpu-shopper " + " ".join(case)
-            print(f"{label:38} {median * 1000:10.1f} {ratio:7.2f}  {'ok' if ratio <= GOAL else 'OVER'}")
+            print(
+                f"{label:38} {median * 1000:10.1f} {ratio:7.2f}  {'ok' if ratio <= GOAL else 'OVER'}"
+            )
         print(f"worst ratio: {worst:.2f} ({'meets' if worst <= GOAL else 'misses'} the goal)")
     return 0
 

@@ -54,7 +54,8 @@ def report_providers(result: Any) -> None:
     for why in result.skipped.values():
         info(f"Note: skipped {why}")
     for name, message in result.errors.items():
-        warn(f"{name} failed, showing the other providers' offers: {message}")
+        reason = message.removeprefix(f"{name}: ")
+        warn(f"{name} failed ({reason}); showing the other providers' offers")
     for note in result.notes:
         info(f"Note: {note}")
 

@@ -98,6 +98,7 @@ class OfferQuery:
             "cc": sorted(c.upper() for c in self.countries),
             "disk": self.disk_gb,
             "ver": self.verified,
+            "sort": self.sort,  # the server orders (and limits) by it
         }
         return repr(sorted(parts.items()))
 

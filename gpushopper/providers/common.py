@@ -102,17 +102,6 @@ def integer(value: Any) -> int | None:
     return None if out is None else int(out)
 
 
-def optional_setting(settings: Any, key: str, default: Any) -> Any:
-    """``settings.get(key)``, or ``default`` where this build does not define ``key``."""
-    from gpushopper.core.errors import ConfigError
-
-    try:
-        settings.spec(key)
-    except ConfigError:
-        return default
-    return settings.get(key)
-
-
 def require(value: str | None, provider: str, hint: str) -> str:
     if not value:
         raise MissingCredentials(provider, hint)

@@ -33,7 +33,6 @@ from gpushopper.providers.common import (
     country_code,
     integer,
     num,
-    optional_setting,
     require,
 )
 
@@ -403,8 +402,8 @@ class TensorDock:
             vcpus_per_gpu=settings.get("tensordock.vcpus_per_gpu"),
             ram_per_gpu=settings.get("tensordock.ram_gb_per_gpu"),
             timeout=settings.get("defaults.http_timeout"),
-            retries=optional_setting(settings, "defaults.http_retries", 4),
-            backoff=optional_setting(settings, "defaults.http_backoff", 0.5),
+            retries=settings.get("defaults.http_retries"),
+            backoff=settings.get("defaults.http_backoff"),
         )
 
     def check(self) -> str:

@@ -18,7 +18,6 @@ from gpushopper.providers.common import (
     country_code,
     integer,
     num,
-    optional_setting,
     require,
 )
 
@@ -289,8 +288,8 @@ class VastAI:
             ssh_user=settings.get("vastai.ssh_user"),
             max_price=settings.get("vastai.max_price"),
             timeout=settings.get("defaults.http_timeout"),
-            retries=optional_setting(settings, "defaults.http_retries", 4),
-            backoff=optional_setting(settings, "defaults.http_backoff", 0.5),
+            retries=settings.get("defaults.http_retries"),
+            backoff=settings.get("defaults.http_backoff"),
         )
 
     @staticmethod

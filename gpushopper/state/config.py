@@ -127,6 +127,14 @@ SETTINGS: dict[str, Setting] = {
         Setting(
             "defaults.http_timeout", "float", 30.0, (), "read timeout for provider calls, seconds"
         ),
+        Setting("defaults.http_retries", "int", 4, (), "attempts for idempotent provider calls"),
+        Setting(
+            "defaults.http_backoff",
+            "float",
+            0.5,
+            (),
+            "first retry delay, seconds (doubles each time)",
+        ),
         Setting("safety.hard_max_hours", "float", 12.0, (), "hard maximum per session, hours"),
         Setting("safety.provision_timeout", "duration", "15m", (), "boot timeout"),
         Setting(

@@ -1,0 +1,893 @@
+"""`gpu-shopper inventory` and friends over real HTTP to both emulators, through the real CLI
+error mapping (the ``gs`` fixture), plus a few pure checks of the core they call."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpushopper.core.errors import MissingCredentials, Unavailable
+from gpushopper.core.inventory import OfferCache, rank, search
+from gpushopper.core.models import OFFER_KEYS, Offer, OfferQuery, canonical_gpu
+from gpushopper.core.units import iso
+from gpushopper.state.paths import resolve_paths
+from gpushopper.state.store import StateStore
+
+# CLI.md, "JSON shapes": the keys every Offer must have. Scripts depend on them.
+CLI_MD_OFFER_KEYS = {
+    "id",
+    "provider",
+    "gpu_name",
+    "num_gpus",
+    "vram_gb",
+    "price_per_hour",
+    "reliability",
+    "cuda_version",
+    "disk_gb",
+    "cpu_cores",
+    "ram_gb",
+    "country",
+    "location",
+    "inet_down_mbps",
+    "verified",
+    "health",
+}
+# What `inventory --json` prints today, in order: change it consciously (CHANGELOG).
+PINNED_OFFER_KEYS = [
+    "id",
+    "provider",
+    "gpu_name",
+    "num_gpus",
+    "vram_gb",
+    "price_per_hour",
+    "reliability",
+    "cuda_version",
+    "disk_gb",
+    "cpu_cores",
+    "ram_gb",
+    "country",
+    "location",
+    "inet_down_mbps",
+    "verified",
+    "health",
+    "machine_id",
+    "driver_version",
+    "dlperf",
+    "total_flops",
+    "perf_per_dollar",
+    "max_disk_gb",
+]
+BUNDLES = "/api/v0/bundles/"
+
+
+def approx(expected: float, **kw: Any) -> Any:
+    """Prices are rounded to 6 decimals (micro-dollars) when parsed."""
+    return pytest.approx(expected, abs=kw.pop("abs", 1e-5), **kw)
+
+
+@pytest.fixture
+def market(vast, tensordock):
+    """Both emulators, seeded, and the tool configured for them."""
+    return vast, tensordock
+
+
+def offers(gs, args: str = "") -> list[dict[str, Any]]:
+    result = gs(f"inventory --json {args}")
+    assert result.exit_code == 0, result.stderr
+    data = result.json()
+    assert isinstance(data, list)
+    return data
+
+
+def ids(rows: list[dict[str, Any]]) -> list[str]:
+    return [r["id"] for r in rows]
+
+
+def searches(vast) -> int:
+    return sum(1 for r in vast.requests if r["path"] == BUNDLES)
+
+
+def hostnode_lists(tensordock) -> int:
+    return sum(1 for r in tensordock.requests if r["path"] == "/hostnodes")
+
+
+def one_error_line(stderr: str) -> str:
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, stderr
+    assert lines[0].startswith("Error: "), stderr
+    return lines[0]
+
+
+def td_id(tensordock, city: str, v0name: str) -> str:
+    node = next(
+        n
+        for n in tensordock.hostnodes.values()
+        if n["location"]["city"] == city
+        and any(g["v0Name"] == v0name for g in n["available_resources"]["gpus"])
+    )
+    return f"tensordock:{node['id']}:{v0name}"
+
+
+# -- merged, ranked, shown ------------------------------------------------------------------
+def test_both_providers_merged_cheapest_first_above_the_reliability_floor(market, gs):
+    vast, tensordock = market
+    rows = offers(gs)
+    providers = [r["provider"] for r in rows]
+    assert set(providers) == {"vastai", "tensordock"}
+    # merged, not appended: a TensorDock offer ranks between Vast.ai ones
+    assert providers.index("tensordock") < len(providers) - 1 - providers[::-1].index("vastai")
+    prices = [r["price_per_hour"] for r in rows]
+    assert prices == sorted(prices)
+    assert all(r["reliability"] >= 0.95 for r in rows)  # the configured default floor
+    assert "vastai:1000008" not in ids(rows)  # reliability 0.80
+    assert td_id(tensordock, "Orlando", "geforcertx3090-pcie-24gb") not in ids(rows)  # 92 %
+    assert rows[0]["id"] == "vastai:1000010"  # RTX 3090 at $0.15 + 32 GB of disk
+    assert rows[0]["price_per_hour"] == approx(0.15 + 0.15 * 32 / 720)
+    dallas = next(
+        r for r in rows if r["id"] == td_id(tensordock, "Dallas", "geforcertx4090-pcie-24gb")
+    )
+    assert dallas["price_per_hour"] == approx(0.40 + 8 * 0.003 + 32 * 0.002 + 100 * 0.00005)
+
+
+def test_providers_are_asked_once_each(market, gs):
+    vast, tensordock = market
+    offers(gs)
+    assert (searches(vast), hostnode_lists(tensordock)) == (1, 1)
+
+
+def test_table_shows_whole_offer_ids_without_colour(market, gs):
+    vast, tensordock = market
+    result = gs("inventory --gpu 4090 --limit 5")
+    assert result.exit_code == 0, result.stderr
+    assert "\x1b[" not in result.stdout
+    header = result.stdout.splitlines()[0].split()
+    assert header[:5] == ["OFFER", "GPU", "#", "VRAM", "GB"]
+    assert "$/h" in header
+    assert td_id(tensordock, "Dallas", "geforcertx4090-pcie-24gb") in result.stdout
+    assert "vastai:1000002" in result.stdout
+    assert result.stderr == ""
+
+
+def test_no_match_is_a_note_not_an_error(market, gs):
+    result = gs("inventory --gpu B200")
+    assert result.exit_code == 0
+    assert result.stdout == ""
+    assert "No offers match" in result.stderr
+    assert gs("inventory --gpu B200 --json").json() == []
+
+
+# -- every filter changes what comes back -----------------------------------------------------
+FILTERS = [
+    ("--gpu 4090", lambda r: canonical_gpu(r["gpu_name"]) == "rtx4090"),
+    ("--min-vram 48", lambda r: r["vram_gb"] >= 48),
+    ("--num-gpus 2", lambda r: r["num_gpus"] == 2),
+    ("--max-price 0.45", lambda r: r["price_per_hour"] <= 0.45),
+    ("--min-reliability 0.99", lambda r: r["reliability"] >= 0.99),
+    ("--min-cuda 12.8", lambda r: r["cuda_version"] is None or r["cuda_version"] >= 12.8),
+    ("--min-disk 500", lambda r: r["disk_gb"] >= 500),
+    ("--country DE", lambda r: r["country"] == "DE"),
+    ("--country us --country CA", lambda r: r["country"] in {"US", "CA"}),
+    ("--provider tensordock", lambda r: r["provider"] == "tensordock"),
+    ("--provider vastai", lambda r: r["provider"] == "vastai"),
+    ("--verified-only", lambda r: r["verified"] is not False),
+    ("--disk 200", lambda r: r["disk_gb"] >= 200),
+    (
+        "--template 'Ostris AI Toolkit'",
+        lambda r: r["provider"] == "vastai" and r["cuda_version"] >= 12.8,
+    ),
+    ("--limit 3", lambda r: True),
+]
+
+
+@pytest.mark.parametrize(("args", "holds"), FILTERS, ids=[a for a, _ in FILTERS])
+def test_each_filter_changes_what_comes_back(market, gs, args, holds):
+    everything = offers(gs)
+    narrowed = offers(gs, args)
+    assert narrowed, args
+    assert all(holds(r) for r in narrowed), args
+    assert ids(narrowed) != ids(everything), args
+
+
+def test_lower_reliability_floor_shows_more(market, gs):
+    vast, tensordock = market
+    everything = ids(offers(gs, "--min-reliability 0"))
+    assert "vastai:1000008" in everything
+    assert td_id(tensordock, "Orlando", "geforcertx3090-pcie-24gb") in everything
+    assert set(ids(offers(gs))) < set(everything)
+
+
+def test_limit_keeps_the_best(market, gs):
+    assert ids(offers(gs, "--limit 3")) == ids(offers(gs))[:3]
+
+
+def test_filters_combine(market, gs):
+    rows = offers(gs, "--gpu 4090 --country US --max-price 0.45")
+    assert ids(rows) == ["vastai:1000001"]
+
+
+def test_disk_changes_prices_on_both_providers(market, gs):
+    vast, tensordock = market
+    small = {r["id"]: r["price_per_hour"] for r in offers(gs, "--disk 32")}
+    big = {r["id"]: r["price_per_hour"] for r in offers(gs, "--disk 200")}
+    assert big["vastai:1000001"] == approx(small["vastai:1000001"] + 0.15 * 168 / 720)
+    dallas = td_id(tensordock, "Dallas", "geforcertx4090-pcie-24gb")
+    assert big[dallas] == approx(small[dallas] + 100 * 0.00005)  # 100 GB minimum first
+    assert "vastai:1000004" in small and "vastai:1000004" not in big  # 120 GB host disk
+
+
+def test_filters_go_to_vast_server_side_in_its_units(market, gs):
+    vast, _ = market
+    offers(gs, "--min-vram 24 --max-price 0.5 --min-cuda 12.4 --country US --min-disk 100")
+    body = next(r["json"] for r in reversed(vast.requests) if r["path"] == BUNDLES)
+    assert body["gpu_ram"] == {"gte": 24000}
+    assert body["dph_total"] == {"lte": 0.5}
+    assert body["cuda_max_good"] == {"gte": 12.4}
+    assert body["geolocation"] == {"in": ["US"]}
+    assert body["disk_space"] == {"gte": 100}
+    assert body["reliability"] == {"gte": 0.95}
+    assert body["rentable"] == {"eq": True}
+    assert body["order"] == [["dph_total", "asc"]]
+    assert body["allocated_storage"] == 32.0
+
+
+@pytest.mark.parametrize(
+    "spelling", ["4090", "RTX_4090", "'rtx 4090'", "geforcertx4090-pcie-24gb", "'RTX 4090'"]
+)
+def test_gpu_names_are_matched_loosely(market, gs, spelling):
+    rows = offers(gs, f"--gpu {spelling}")
+    assert {r["provider"] for r in rows} == {"vastai", "tensordock"}
+    assert ids(rows) == ids(offers(gs, "--gpu 4090"))
+
+
+def test_several_gpus_are_alternatives(market, gs):
+    rows = offers(gs, "--gpu 4090 --gpu H100")
+    assert {canonical_gpu(r["gpu_name"]) for r in rows} == {"rtx4090", "h100"}
+
+
+def test_a_form_factor_asked_for_is_respected(market, gs):
+    assert {r["gpu_name"] for r in offers(gs, "--gpu A100")} == {"A100 SXM4", "A100"}
+    assert ids(offers(gs, "--gpu 'A100 SXM4'")) == ["vastai:1000006"]
+    assert ids(offers(gs, "--gpu a100-pcie-80gb"))[0].startswith("tensordock:")
+
+
+# -- sorting --------------------------------------------------------------------------------
+def test_sort_by_reliability(market, gs):
+    rel = [r["reliability"] for r in offers(gs, "--sort reliability")]
+    assert rel == sorted(rel, reverse=True)
+
+
+def test_sort_by_vram(market, gs):
+    total = [r["vram_gb"] * r["num_gpus"] for r in offers(gs, "--sort vram")]
+    assert total == sorted(total, reverse=True)
+
+
+def test_sort_perf_per_dollar_known_first_unknown_last(market, gs):
+    rows = offers(gs, "--sort perf-per-dollar")
+    known = [r["perf_per_dollar"] for r in rows if r["perf_per_dollar"] is not None]
+    assert known == sorted(known, reverse=True)
+    nulls = [r["perf_per_dollar"] is None for r in rows]
+    assert nulls == sorted(nulls)  # all the unknowns (TensorDock) at the end
+    assert any(nulls) and not all(nulls)
+    top = rows[0]
+    assert top["perf_per_dollar"] == approx(top["dlperf"] / top["price_per_hour"], rel=1e-3)
+    # order asked of Vast.ai
+    body = next(r["json"] for r in reversed(market[0].requests) if r["path"] == BUNDLES)
+    assert body["order"] == [["dlperf_per_dphtotal", "desc"]]
+
+
+# -- profiles -------------------------------------------------------------------------------
+def test_flux_lora_profile(market, gs):
+    result = gs("inventory --profile flux-lora --json")
+    assert result.exit_code == 0, result.stderr
+    rows = result.json()
+    assert rows
+    for row in rows:
+        assert row["vram_gb"] >= 24
+        assert row["reliability"] >= 0.98
+        assert row["cuda_version"] >= 12.8  # the Ostris AI Toolkit template's extra_filters
+    assert "tensordock" in result.stderr and "Ostris AI Toolkit" in result.stderr
+
+
+def test_flags_override_the_profile(market, gs):
+    assert ids(offers(gs, "--profile flux-lora --min-reliability 0.999")) == ["vastai:1000007"]
+
+
+def test_profile_from_the_config_file(market, gs, isolated_home: Path):
+    (isolated_home / "config.toml").write_text(
+        '[profiles.cheap-de]\nmax_price = 0.6\ncountry = ["DE"]\n', encoding="utf-8"
+    )
+    rows = offers(gs, "--profile cheap-de")
+    assert rows and all(r["country"] == "DE" and r["price_per_hour"] <= 0.6 for r in rows)
+    assert {r["provider"] for r in rows} == {"vastai", "tensordock"}
+
+
+def test_profile_template_no_provider_has_is_a_usage_error(market, gs, monkeypatch):
+    monkeypatch.delenv("VASTAI_API_KEY")
+    result = gs("inventory --profile flux-lora")
+    assert result.exit_code == 2
+    line = one_error_line(result.stderr)
+    assert "tensordock: no template 'Ostris AI Toolkit'" in line
+
+
+# -- failures ---------------------------------------------------------------------------------
+def test_a_429_is_retried_and_then_answered(market, gs):
+    vast, tensordock = market
+    vast.rate_limit_next(times=1)
+    tensordock.rate_limit_next(times=1)
+    result = gs("inventory --json")
+    assert result.exit_code == 0, result.stderr
+    assert {r["provider"] for r in result.json()} == {"vastai", "tensordock"}
+    assert [r["status"] for r in vast.requests if r["path"] == BUNDLES] == [429, 200]
+    assert hostnode_lists(tensordock) == 2
+    assert "Warning" not in result.stderr
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_one_provider_down_the_others_offers_still_print(market, gs, as_json):
+    vast, tensordock = market
+    vast.fail_next("POST", "bundles", status=500, times=10)
+    result = gs("inventory --json" if as_json else "inventory")
+    assert result.exit_code == 0
+    warning = [line for line in result.stderr.splitlines() if "vastai" in line]
+    assert len(warning) == 1 and warning[0].startswith("Warning: ")
+    assert "Internal server error" in warning[0]
+    if as_json:
+        rows = result.json()
+        assert rows and {r["provider"] for r in rows} == {"tensordock"}
+    else:
+        assert "tensordock:" in result.stdout and "vastai:" not in result.stdout
+
+
+def test_tensordock_down_vast_still_prints(market, gs):
+    vast, tensordock = market
+    tensordock.fail_next("GET", "/hostnodes", status=500, times=10)
+    result = gs("inventory --json")
+    assert result.exit_code == 0
+    assert {r["provider"] for r in result.json()} == {"vastai"}
+    assert "Warning: tensordock" in result.stderr
+
+
+def test_a_rejected_key_is_one_failing_provider(market, gs, monkeypatch):
+    monkeypatch.setenv("VASTAI_API_KEY", "revoked-key-0000")
+    result = gs("inventory --json")
+    assert result.exit_code == 0
+    assert {r["provider"] for r in result.json()} == {"tensordock"}
+    assert "authentication failed" in result.stderr
+    assert "revoked-key-0000" not in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_all_providers_down_exits_1(market, gs, as_json):
+    vast, tensordock = market
+    vast.fail_next("POST", "bundles", status=500, times=10)
+    tensordock.fail_next("GET", "/hostnodes", status=500, times=10)
+    result = gs("inventory --json" if as_json else "inventory")
+    assert result.exit_code == 1
+    line = one_error_line(result.stderr)
+    assert "vastai" in line and "tensordock" in line
+    if as_json:
+        error = result.json()["error"]
+        assert error["type"] and "vastai" in error["message"]
+    else:
+        assert result.stdout == ""
+
+
+def test_only_provider_asked_down_exits_1(market, gs):
+    vast, _ = market
+    vast.fail_next("POST", "bundles", status=500, times=10)
+    result = gs("inventory --provider vastai")
+    assert result.exit_code == 1
+    assert "vastai" in one_error_line(result.stderr)
+
+
+def test_provider_without_credentials_is_skipped_with_a_note(market, gs, monkeypatch):
+    vast, tensordock = market
+    monkeypatch.delenv("TENSORDOCK_API_TOKEN")
+    result = gs("inventory --json")
+    assert result.exit_code == 0
+    assert {r["provider"] for r in result.json()} == {"vastai"}
+    note = [line for line in result.stderr.splitlines() if "tensordock" in line]
+    assert len(note) == 1 and "no credentials" in note[0] and "TENSORDOCK_API_TOKEN" in note[0]
+    assert not note[0].startswith(("Warning", "Error"))
+    assert tensordock.requests == []
+
+
+def test_no_credentials_at_all_exits_2(gs):
+    result = gs("inventory")
+    assert result.exit_code == 2
+    assert "VASTAI_API_KEY" in one_error_line(result.stderr)
+
+
+@pytest.mark.parametrize(
+    ("args", "mentions"),
+    [
+        ("--min-vram -1", "--min-vram"),
+        ("--min-reliability 2", "--min-reliability"),
+        ("--min-reliability -0.1", "--min-reliability"),
+        ("--provider aws", "aws"),
+        ("--max-price 0", "--max-price"),
+        ("--max-price cheap", "--max-price"),
+        ("--num-gpus 0", "--num-gpus"),
+        ("--disk 0", "--disk"),
+        ("--limit 0", "--limit"),
+        ("--sort fastest", "--sort"),
+        ("--country USA", "--country"),
+        ("--min-cuda twelve", "--min-cuda"),
+        ("--profile nope", "nope"),
+        ("--no-such-flag", "--no-such-flag"),
+    ],
+)
+def test_bad_flag_values_exit_2_with_one_clear_line(market, gs, args, mentions):
+    vast, tensordock = market
+    result = gs(f"inventory {args}")
+    assert result.exit_code == 2
+    assert mentions in one_error_line(result.stderr)
+    assert result.stdout == ""
+    assert vast.requests == [] and tensordock.requests == []
+
+
+def test_bad_flag_with_json_prints_the_error_object(market, gs):
+    result = gs("inventory --min-reliability 2 --json")
+    assert result.exit_code == 2
+    assert result.json()["error"]["type"] == "usage"
+    assert "--min-reliability" in result.json()["error"]["message"]
+
+
+# -- the JSON document ------------------------------------------------------------------------
+def test_json_offer_keys_match_cli_md(market, gs):
+    rows = offers(gs)
+    assert set(OFFER_KEYS) == CLI_MD_OFFER_KEYS
+    for row in rows:
+        assert set(row) >= CLI_MD_OFFER_KEYS
+        assert list(row) == PINNED_OFFER_KEYS
+
+
+def test_json_values_have_contract_types(market, gs):
+    for row in offers(gs, "--min-reliability 0"):
+        assert row["provider"] in ("vastai", "tensordock")
+        assert row["id"].startswith(row["provider"] + ":")
+        assert isinstance(row["price_per_hour"], float)
+        assert 0 <= row["reliability"] <= 1
+        assert isinstance(row["num_gpus"], int)
+        assert row["health"] in ("ok", "degraded", "suppressed")
+        assert row["country"] is None or (len(row["country"]) == 2 and row["country"].isupper())
+
+
+def test_unknowns_are_null(market, gs):
+    vast, tensordock = market
+    vast.add_offer(
+        gpu_name="RTX 4090",
+        dph_base=0.05,
+        geolocation=None,
+        cuda_max_good=None,
+        inet_down=None,
+        dlperf=None,
+        total_flops=None,
+        verification=None,
+    )
+    result = gs("inventory --json --gpu 4090")
+    assert result.exit_code == 0, result.stderr
+    rows = result.json()
+    sparse = rows[0]
+    assert sparse["price_per_hour"] == approx(0.05 + 0.15 * 32 / 720)
+    for key in ("cuda_version", "country", "location", "inet_down_mbps", "verified"):
+        assert sparse[key] is None, key
+    assert sparse["perf_per_dollar"] is None
+    td = next(r for r in rows if r["provider"] == "tensordock")
+    assert td["cuda_version"] is None and td["verified"] is None and td["dlperf"] is None
+    assert '"cuda_version": null' in result.stdout
+
+
+# -- the cache --------------------------------------------------------------------------------
+def cache_file(home: Path, provider: str) -> Path:
+    return home / "cache" / f"offers-{provider}.json"
+
+
+def test_second_run_is_answered_from_the_cache(market, gs, isolated_home):
+    vast, tensordock = market
+    first = gs("inventory --json").stdout
+    second = gs("inventory --json").stdout
+    assert first == second
+    assert (searches(vast), hostnode_lists(tensordock)) == (1, 1)
+    for provider in ("vastai", "tensordock"):
+        data = json.loads(cache_file(isolated_home, provider).read_text())
+        [entry] = data["entries"].values()
+        fetched = datetime.fromisoformat(entry["fetched_at"].replace("Z", "+00:00"))
+        assert abs(fetched - datetime.now(timezone.utc)) < timedelta(minutes=1)
+        assert entry["offers"]
+
+
+def test_cache_is_per_query(market, gs):
+    vast, tensordock = market
+    offers(gs)
+    offers(gs, "--gpu RTX_4090")
+    offers(gs, "--gpu 'rtx 4090'")  # the same query, spelled differently
+    assert (searches(vast), hostnode_lists(tensordock)) == (2, 2)
+
+
+def test_only_the_providers_not_cached_are_asked(market, gs):
+    vast, tensordock = market
+    offers(gs, "--provider vastai")
+    rows = offers(gs)
+    assert {r["provider"] for r in rows} == {"vastai", "tensordock"}
+    assert (searches(vast), hostnode_lists(tensordock)) == (1, 1)
+
+
+def test_cache_expires_after_the_default_ttl(market, gs, monkeypatch):
+    vast, tensordock = market
+    offers(gs)
+    monkeypatch.setenv("GPU_SHOPPER_CLOCK_OFFSET", "50s")
+    offers(gs)
+    assert (searches(vast), hostnode_lists(tensordock)) == (1, 1)
+    monkeypatch.setenv("GPU_SHOPPER_CLOCK_OFFSET", "61s")
+    offers(gs)
+    assert (searches(vast), hostnode_lists(tensordock)) == (2, 2)
+
+
+def test_cache_ttl_from_config(market, gs, monkeypatch):
+    vast, _ = market
+    monkeypatch.setenv("GPU_SHOPPER_DEFAULTS_CACHE_TTL", "10m")
+    offers(gs, "--provider vastai")
+    monkeypatch.setenv("GPU_SHOPPER_CLOCK_OFFSET", "9m")
+    offers(gs, "--provider vastai")
+    assert searches(vast) == 1
+    monkeypatch.setenv("GPU_SHOPPER_CLOCK_OFFSET", "11m")
+    offers(gs, "--provider vastai")
+    assert searches(vast) == 2
+
+
+def test_refresh_bypasses_the_cache(market, gs):
+    vast, tensordock = market
+    before = offers(gs)
+    vast.add_offer(gpu_name="RTX 4090", dph_base=0.01, geolocation="Texas, US")
+    assert ids(offers(gs)) == ids(before)  # cached: the new offer is not seen yet
+    fresh = offers(gs, "--refresh")
+    assert fresh[0]["price_per_hour"] < 0.02
+    assert (searches(vast), hostnode_lists(tensordock)) == (2, 2)
+    assert ids(offers(gs)) == ids(fresh)  # and the refreshed answer is cached
+
+
+@pytest.mark.parametrize("garbage", ["{not json", "[1, 2, 3]", '{"entries": 7}', ""])
+def test_a_corrupt_cache_file_is_ignored_and_replaced(market, gs, isolated_home, garbage):
+    vast, _ = market
+    path = cache_file(isolated_home, "vastai")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(garbage, encoding="utf-8")
+    result = gs("inventory --json --provider vastai")
+    assert result.exit_code == 0, result.stderr
+    assert result.json()
+    assert searches(vast) == 1
+    assert json.loads(path.read_text())["entries"]
+    offers(gs, "--provider vastai")
+    assert searches(vast) == 1  # the replacement is used
+
+
+def test_a_cache_entry_with_a_bad_timestamp_is_refetched(market, gs, isolated_home):
+    vast, _ = market
+    offers(gs, "--provider vastai")
+    path = cache_file(isolated_home, "vastai")
+    data = json.loads(path.read_text())
+    for entry in data["entries"].values():
+        entry["fetched_at"] = None
+    path.write_text(json.dumps(data))
+    offers(gs, "--provider vastai")
+    assert searches(vast) == 2
+
+
+def test_after_a_429_the_cache_lives_longer(market, gs, monkeypatch):
+    vast, _ = market
+    cached = offers(gs, "--provider vastai")
+    vast.rate_limit_next(times=20, retry_after=0)
+    result = gs("inventory --json --provider vastai --refresh")
+    assert result.exit_code == 0, result.stderr
+    assert ids(result.json()) == ids(cached)  # answered from the earlier cache
+    assert "rate limited" in result.stderr
+    vast.clear_faults()
+    asked = searches(vast)
+    monkeypatch.setenv("GPU_SHOPPER_CLOCK_OFFSET", "2m")  # past the 60 s default
+    offers(gs, "--provider vastai")
+    assert searches(vast) == asked
+    monkeypatch.setenv("GPU_SHOPPER_CLOCK_OFFSET", "6m")  # past the longer TTL too
+    offers(gs, "--provider vastai")
+    assert searches(vast) == asked + 1
+
+
+def test_a_429_with_nothing_cached_is_a_failure(market, gs):
+    vast, _ = market
+    vast.rate_limit_next(times=20, retry_after=0)
+    result = gs("inventory --provider vastai")
+    assert result.exit_code == 1
+    assert "rate limited" in one_error_line(result.stderr)
+
+
+# -- offer health -----------------------------------------------------------------------------
+def record_health(entries: dict[str, dict[str, Any]]) -> None:
+    with StateStore(resolve_paths().state_file).transaction() as state:
+        state["offer_health"].update(entries)
+
+
+def failure(*, failures: int = 3, suppressed_for: timedelta | None = timedelta(hours=1)):
+    now = datetime.now(timezone.utc)
+    return {
+        "failures": failures,
+        "last_failure_at": iso(now - timedelta(minutes=5)),
+        "last_reason": "SSH never came up",
+        "suppressed_until": iso(now + suppressed_for) if suppressed_for is not None else None,
+    }
+
+
+def test_suppressed_offers_are_hidden_unless_asked_for(market, gs):
+    record_health({"vastai:1000002": failure()})
+    result = gs("inventory --json")
+    assert result.exit_code == 0
+    assert "vastai:1000002" not in ids(result.json())
+    assert "1 offers hidden" in result.stderr and "--include-unhealthy" in result.stderr
+    shown = offers(gs, "--include-unhealthy")
+    [row] = [r for r in shown if r["id"] == "vastai:1000002"]
+    assert row["health"] == "suppressed"
+
+
+def test_a_suppressed_machine_hides_its_offers(market, gs):
+    vast, tensordock = market
+    dallas = td_id(tensordock, "Dallas", "geforcertx4090-pcie-24gb")
+    node_id = dallas.split(":")[1]
+    record_health(
+        {
+            f"machine:vastai:{vast.offers[1000002]['machine_id']}": failure(),
+            f"machine:tensordock:{node_id}": failure(),
+        }
+    )
+    rows = offers(gs)
+    assert "vastai:1000002" not in ids(rows) and dallas not in ids(rows)
+    assert "vastai:1000001" in ids(rows)
+
+
+def test_degraded_and_expired_suppressions_are_shown_and_marked(market, gs, monkeypatch):
+    record_health(
+        {
+            "vastai:1000001": failure(failures=1, suppressed_for=None),
+            "vastai:1000002": failure(suppressed_for=timedelta(minutes=30)),
+        }
+    )
+    result = gs("inventory --gpu 4090")
+    assert "degraded" in result.stdout
+    monkeypatch.setenv("GPU_SHOPPER_CLOCK_OFFSET", "1h")  # the suppression has run out
+    health = {r["id"]: r["health"] for r in offers(gs, "--gpu 4090")}
+    assert health["vastai:1000001"] == "degraded"
+    assert health["vastai:1000002"] == "degraded"
+    assert health["vastai:1000003"] == "ok"
+
+
+def test_offer_health_is_empty_for_now(gs):
+    result = gs("offer-health --json")
+    assert result.exit_code == 0
+    assert result.json() == []
+    table = gs("offer-health")
+    assert table.exit_code == 0 and "No failures recorded" in table.stderr
+
+
+def test_offer_health_reads_what_provisioning_records(gs):
+    record_health(
+        {
+            "vastai:1000002": failure(),
+            "machine:vastai:40000": failure(failures=1, suppressed_for=None),
+        }
+    )
+    rows = {r["key"]: r for r in gs("offer-health --json").json()}
+    assert rows["vastai:1000002"]["suppressed"] is True
+    assert rows["vastai:1000002"]["failures"] == 3
+    assert rows["vastai:1000002"]["last_reason"] == "SSH never came up"
+    assert rows["machine:vastai:40000"]["suppressed"] is False
+    table = gs("offer-health")
+    assert "vastai:1000002" in table.stdout and "SSH never came up" in table.stdout
+
+
+# -- inventory show -----------------------------------------------------------------------------
+def test_show_refetches_one_offer(market, gs):
+    vast, _ = market
+    offers(gs)
+    asked = searches(vast)
+    result = gs("inventory show vastai:1000002 --json")
+    assert result.exit_code == 0, result.stderr
+    offer = result.json()
+    assert offer["id"] == "vastai:1000002"
+    assert list(offer) == PINNED_OFFER_KEYS
+    assert offer["price_per_hour"] == approx(0.36 + 0.15 * 32 / 720)
+    assert searches(vast) == asked + 1  # fresh, never from the cache
+    bigger = gs("inventory show vastai:1000002 --disk 100 --json").json()
+    assert bigger["price_per_hour"] == approx(0.36 + 0.15 * 100 / 720)
+
+
+def test_show_a_tensordock_offer(market, gs):
+    _, tensordock = market
+    offer_id = td_id(tensordock, "Frankfurt", "geforcertx4090-pcie-24gb")
+    offer = gs(f"inventory show {offer_id} --json").json()
+    assert offer["id"] == offer_id
+    assert offer["price_per_hour"] == approx(0.42 + 8 * 0.003 + 32 * 0.002 + 0.005)
+    assert tensordock.requests[-1]["path"] == f"/hostnodes/{offer_id.split(':')[1]}"
+    table = gs(f"inventory show {offer_id}")
+    assert "Frankfurt, Hesse, Germany" in table.stdout
+
+
+def test_show_marks_health(market, gs):
+    record_health({"vastai:1000002": failure()})
+    assert gs("inventory show vastai:1000002 --json").json()["health"] == "suppressed"
+
+
+def test_show_an_offer_that_is_gone_exits_1(market, gs):
+    result = gs("inventory show vastai:4040404")
+    assert result.exit_code == 1
+    assert "vastai:4040404" in one_error_line(result.stderr)
+    result = gs("inventory show tensordock:no-such-node:geforcertx4090-pcie-24gb")
+    assert result.exit_code == 1
+
+
+@pytest.mark.parametrize(
+    "bad", ["4040404", "vastai:abc", "aws:123", "tensordock:only-a-node", "vastai:"]
+)
+def test_show_a_malformed_id_exits_2(market, gs, bad):
+    result = gs(f"inventory show {bad}")
+    assert result.exit_code == 2
+    assert "offer id" in one_error_line(result.stderr)
+
+
+# -- templates ----------------------------------------------------------------------------------
+def test_compatible_templates_follow_the_cuda_requirement(market, gs):
+    older = {t["name"] for t in gs("inventory compatible-templates vastai:1000003 --json").json()}
+    assert older == {"PyTorch (Vast)", "NVIDIA CUDA"}  # CUDA 12.4: not the 12.8 toolkit
+    newer = {t["name"] for t in gs("inventory compatible-templates vastai:1000002 --json").json()}
+    assert newer == {"Ostris AI Toolkit", "PyTorch (Vast)", "NVIDIA CUDA"}
+    table = gs("inventory compatible-templates vastai:1000002")
+    assert table.exit_code == 0 and "Ostris AI Toolkit" in table.stdout
+
+
+def test_compatible_templates_with_unknown_cuda_lists_what_was_not_checked(market, gs):
+    vast, tensordock = market
+    vast.add_offer(id=1000777, gpu_name="RTX 4090", cuda_max_good=None)
+    rows = {t["name"]: t for t in gs("inventory compatible-templates vastai:1000777 --json").json()}
+    assert rows["Ostris AI Toolkit"]["unchecked"] == ["cuda_max_good"]
+    offer_id = td_id(tensordock, "Dallas", "geforcertx4090-pcie-24gb")
+    images = {t["id"]: t for t in gs(f"inventory compatible-templates {offer_id} --json").json()}
+    assert "ubuntu2404_ml_pytorch" in images
+    assert images["ubuntu2404_ml_pytorch"]["unchecked"] == []
+    assert "nvidia_driver" in images["ubuntu2404"]["unchecked"][0]
+
+
+def test_templates_from_both_providers(market, gs):
+    rows = gs("templates --json").json()
+    by_provider: dict[str, set[str]] = {}
+    for row in rows:
+        by_provider.setdefault(row["provider"], set()).add(row["name"])
+    assert "Ostris AI Toolkit" in by_provider["vastai"]
+    assert "ubuntu2404_ml_pytorch" in by_provider["tensordock"]
+    only_td = gs("templates --provider tensordock --json").json()
+    assert {r["provider"] for r in only_td} == {"tensordock"}
+    named = gs("templates --name 'ai toolkit' --json").json()
+    assert [r["name"] for r in named] == ["Ostris AI Toolkit"]
+    table = gs("templates")
+    assert table.exit_code == 0 and "vastai/ostris-ai-toolkit" in table.stdout
+
+
+def test_templates_use_ssh_filter_is_sent(market, gs):
+    vast, _ = market
+    assert gs("templates --provider vastai --use-ssh --json").exit_code == 0
+    sent = next(r for r in reversed(vast.requests) if r["path"] == "/api/v0/template/")
+    assert json.loads(sent["query"]["select_filters"]) == {"use_ssh": {"eq": True}}
+
+
+def test_templates_with_one_provider_down(market, gs):
+    vast, _ = market
+    vast.fail_next("GET", "template", status=500, times=10)
+    result = gs("templates --json")
+    assert result.exit_code == 0
+    assert {r["provider"] for r in result.json()} == {"tensordock"}
+    assert "vastai" in result.stderr
+
+
+def test_templates_show_by_name_hash_or_image(market, gs):
+    vast, _ = market
+    by_name = gs("templates show 'Ostris AI Toolkit' --json").json()
+    assert by_name["min_cuda"] == 12.8 and by_name["provider"] == "vastai"
+    by_hash = gs(f"templates show {by_name['hash_id']} --json").json()
+    assert by_hash["name"] == "Ostris AI Toolkit"
+    image = gs("templates show ubuntu2404_ml_pytorch --json").json()
+    assert image["provider"] == "tensordock"
+    table = gs("templates show 'Ostris AI Toolkit'")
+    assert "vastai/ostris-ai-toolkit" in table.stdout
+    missing = gs("templates show 'No Such Template'")
+    assert missing.exit_code == 1
+    assert "No Such Template" in one_error_line(missing.stderr)
+
+
+# -- the core, without HTTP ---------------------------------------------------------------------
+class FakeProvider:
+    """Answers after every other provider has been asked: proves the fan-out is concurrent."""
+
+    def __init__(self, name: str, barrier: threading.Barrier, answer: list[Offer] | None = None):
+        self.name = name
+        self.barrier = barrier
+        self.answer = answer
+
+    def search_offers(self, query: OfferQuery, limit: int = 200) -> list[Offer]:
+        self.barrier.wait()  # raises BrokenBarrierError if the providers are asked one by one
+        if self.answer is None:
+            raise Unavailable(self.name, "down")
+        return self.answer
+
+
+def offer(provider: str, native: str, price: float | None, **kw: Any) -> Offer:
+    return Offer(
+        id=f"{provider}:{native}",
+        provider=provider,
+        gpu_name="RTX 4090",
+        num_gpus=1,
+        price_per_hour=price,
+        reliability=kw.pop("reliability", 0.99),
+        **kw,
+    )
+
+
+def test_providers_are_asked_concurrently_and_failures_isolated():
+    barrier = threading.Barrier(3, timeout=5)
+    fakes = {
+        "vastai": FakeProvider("vastai", barrier, [offer("vastai", "1", 0.5)]),
+        "tensordock": FakeProvider("tensordock", barrier, [offer("tensordock", "n:g", 0.4)]),
+        "third": FakeProvider("third", barrier, None),
+    }
+
+    def factory(name: str) -> FakeProvider:
+        return fakes[name]
+
+    result = search(
+        OfferQuery(providers=["vastai", "tensordock", "third"], min_reliability=0.95),
+        factory,
+        now=lambda: datetime.now(timezone.utc),
+    )
+    assert [o.id for o in result.offers] == ["tensordock:n:g", "vastai:1"]
+    assert list(result.errors) == ["third"]
+
+
+def test_missing_credentials_are_skipped_not_errors():
+    def factory(name: str) -> Any:
+        if name == "vastai":
+            raise MissingCredentials("vastai", "set VASTAI_API_KEY")
+        return FakeProvider(name, threading.Barrier(1), [offer(name, "n:g", 0.4)])
+
+    result = search(OfferQuery(), factory, now=lambda: datetime.now(timezone.utc))
+    assert result.no_credentials == ["vastai"]
+    assert "VASTAI_API_KEY" in result.skipped["vastai"]
+    assert [o.provider for o in result.offers] == ["tensordock"]
+    assert result.errors == {}
+
+
+def test_rank_puts_unknown_values_last():
+    known = offer("vastai", "1", 0.3, perf_per_dollar=10.0, vram_gb=24.0)
+    pricier = offer("vastai", "2", 0.6, perf_per_dollar=50.0, vram_gb=80.0, reliability=0.999)
+    unknown = offer("tensordock", "n:g", None, reliability=None)
+    assert [o.id for o in rank([unknown, pricier, known], "price")] == [
+        known.id,
+        pricier.id,
+        unknown.id,
+    ]
+    assert rank([unknown, known, pricier], "perf-per-dollar")[-1] is unknown
+    assert rank([unknown, known, pricier], "reliability")[0] is pricier
+    assert rank([unknown, known, pricier], "vram")[0] is pricier
+
+
+def test_offer_cache_round_trips_and_expires(tmp_path):
+    clock = [datetime(2026, 1, 1, tzinfo=timezone.utc)]
+    cache = OfferCache(tmp_path, 60, lambda: clock[0])
+    stored = offer("vastai", "1", 0.5, extra={"ask_id": 1})
+    cache.put("vastai", "k", [stored])
+    [back] = cache.get("vastai", "k")
+    assert back.id == stored.id and back.extra == {"ask_id": 1}
+    assert cache.get("vastai", "other") is None
+    clock[0] += timedelta(seconds=61)
+    assert cache.get("vastai", "k") is None
+    cache.note_rate_limited("vastai")
+    assert cache.get("vastai", "k") is not None  # the longer TTL after a 429

@@ -1,0 +1,372 @@
+"""Vast.ai adapter: query translation and parsing as pure functions (inline JSON), then a
+few calls over real HTTP to the emulator."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from gpushopper.core.errors import AuthFailed, ProviderError, RateLimited
+from gpushopper.core.models import OfferQuery
+from gpushopper.providers.vastai import (
+    VastAI,
+    build_search,
+    classify,
+    parse_offer,
+    parse_template,
+)
+from tests.fakes.vastai import VastEmulator
+
+# One bundles row as the API answers it (reference §2.3), trimmed to what matters.
+ROW = json.loads(
+    """
+{
+  "id": 4242001, "ask_contract_id": 4242001, "machine_id": 15501, "host_id": 9001,
+  "gpu_name": "RTX 4090", "num_gpus": 2, "gpu_ram": 24564, "gpu_total_ram": 49128,
+  "cpu_cores": 32, "cpu_cores_effective": 16.0, "cpu_ram": 64400,
+  "disk_space": 250.5, "dph_base": 0.8, "storage_cost": 0.15,
+  "storage_total_cost": 0.0066667, "dph_total": 0.8066667,
+  "inet_down": 900.0, "inet_up": 600.0, "reliability": 0.9934, "reliability2": 0.9934,
+  "dlperf": 67.0, "total_flops": 165.2, "cuda_max_good": 12.8,
+  "driver_version": "570.124.04", "geolocation": "California, US",
+  "verification": "verified", "rentable": true, "rented": false
+}
+"""
+)
+
+
+# -- query translation ---------------------------------------------------------------------
+def test_empty_query_sends_only_defaults_cheapest_first_priced_for_the_disk():
+    body = build_search(OfferQuery(disk_gb=32), limit=300)
+    assert body == {
+        "rentable": {"eq": True},
+        "rented": {"eq": False},
+        "order": [["dph_total", "asc"]],
+        "type": "on-demand",
+        "allocated_storage": 32.0,
+        "limit": 300,
+        "disk_space": {"gte": 32},
+    }
+
+
+def test_every_filter_is_sent_server_side_in_vast_units():
+    query = OfferQuery(
+        min_vram_gb=24,
+        num_gpus=2,
+        max_price=0.75,
+        min_reliability=0.98,
+        min_cuda=12.4,
+        min_disk_gb=100,
+        countries=["us", "CA", "US"],
+        disk_gb=50,
+        verified=True,
+    )
+    body = build_search(query)
+    assert body["gpu_ram"] == {"gte": 24000}  # MB
+    assert body["num_gpus"] == {"eq": 2}
+    assert body["dph_total"] == {"lte": 0.75}
+    assert body["reliability"] == {"gte": 0.98}
+    assert body["cuda_max_good"] == {"gte": 12.4}
+    assert body["disk_space"] == {"gte": 100}  # the larger of --min-disk and --disk
+    assert body["geolocation"] == {"in": ["CA", "US"]}
+    assert body["verified"] == {"eq": True}
+    assert body["rentable"] == {"eq": True}
+    assert body["allocated_storage"] == 50.0
+
+
+def test_disk_asked_for_is_a_floor_on_host_disk_when_larger_than_min_disk():
+    assert build_search(OfferQuery(disk_gb=200, min_disk_gb=100))["disk_space"] == {"gte": 200}
+
+
+def test_fractional_vram_converts_exactly():
+    assert build_search(OfferQuery(min_vram_gb=23.5))["gpu_ram"] == {"gte": 23500}
+
+
+@pytest.mark.parametrize(
+    ("sort", "order"),
+    [
+        ("price", [["dph_total", "asc"]]),
+        ("reliability", [["reliability", "desc"]]),
+        ("vram", [["gpu_ram", "desc"]]),
+        ("perf-per-dollar", [["dlperf_per_dphtotal", "desc"]]),
+    ],
+)
+def test_sort_becomes_server_order(sort, order):
+    assert build_search(OfferQuery(sort=sort))["order"] == order
+
+
+def test_gpu_names_are_matched_on_our_side_not_sent():
+    body = build_search(OfferQuery(gpus=["4090"]))
+    assert "gpu_name" not in body
+
+
+# -- parsing -------------------------------------------------------------------------------
+def test_parse_full_row_into_common_units():
+    offer = parse_offer(ROW)
+    assert offer.id == "vastai:4242001"
+    assert offer.provider == "vastai"
+    assert offer.gpu_name == "RTX 4090"
+    assert offer.num_gpus == 2
+    assert offer.vram_gb == 24.6  # per GPU, MB -> GB
+    assert offer.price_per_hour == pytest.approx(0.8066667)
+    assert offer.reliability == 0.9934
+    assert offer.cuda_version == 12.8
+    assert offer.disk_gb == 250.5
+    assert offer.cpu_cores == 16.0  # the cores you get, not the machine's
+    assert offer.ram_gb == 64.4
+    assert offer.country == "US"
+    assert offer.location == "California, US"
+    assert offer.inet_down_mbps == 900.0
+    assert offer.verified is True
+    assert offer.machine_id == "15501"
+    assert offer.driver_version == "570.124.04"
+    assert offer.dlperf == 67.0
+    assert offer.total_flops == 165.2
+    assert offer.perf_per_dollar == pytest.approx(67.0 / 0.8066667, abs=1e-3)
+    assert offer.extra["ask_id"] == 4242001
+
+
+def test_missing_fields_are_none_never_guessed():
+    offer = parse_offer({"id": 7})
+    data = offer.to_json()
+    assert data["id"] == "vastai:7"
+    for key in (
+        "gpu_name",
+        "num_gpus",
+        "vram_gb",
+        "price_per_hour",
+        "reliability",
+        "cuda_version",
+        "disk_gb",
+        "cpu_cores",
+        "ram_gb",
+        "country",
+        "location",
+        "inet_down_mbps",
+        "verified",
+        "machine_id",
+        "driver_version",
+        "dlperf",
+        "total_flops",
+        "perf_per_dollar",
+    ):
+        assert data[key] is None, key
+
+
+def test_null_fields_are_none():
+    row = {k: None for k in ROW}
+    row["id"] = 8
+    offer = parse_offer(row)
+    assert offer.gpu_name is None
+    assert offer.vram_gb is None
+    assert offer.price_per_hour is None
+    assert offer.reliability is None
+    assert offer.cuda_version is None
+    assert offer.country is None
+    assert offer.verified is None
+    assert offer.perf_per_dollar is None
+
+
+def test_numbers_sent_as_strings_are_read():
+    offer = parse_offer(
+        {
+            "id": 9,
+            "gpu_ram": "81920",
+            "dph_total": "1.25",
+            "reliability": "0.99",
+            "cuda_max_good": "12.6",
+            "num_gpus": "4",
+        }
+    )
+    assert (offer.vram_gb, offer.price_per_hour, offer.reliability) == (81.9, 1.25, 0.99)
+    assert (offer.cuda_version, offer.num_gpus) == (12.6, 4)
+
+
+def test_garbage_numbers_are_none():
+    offer = parse_offer({"id": 10, "gpu_ram": "lots", "dph_total": "", "reliability": True})
+    assert (offer.vram_gb, offer.price_per_hour, offer.reliability) == (None, None, None)
+
+
+def test_price_falls_back_to_base_plus_storage_when_total_missing():
+    offer = parse_offer({"id": 11, "dph_base": 0.5, "storage_total_cost": 0.02})
+    assert offer.price_per_hour == pytest.approx(0.52)
+    # half a price is no price
+    assert parse_offer({"id": 12, "dph_base": 0.5}).price_per_hour is None
+
+
+def test_reliability_falls_back_to_reliability2():
+    assert parse_offer({"id": 13, "reliability2": 0.97}).reliability == 0.97
+
+
+@pytest.mark.parametrize(
+    ("fields", "verified"),
+    [
+        ({"verification": "verified"}, True),
+        ({"verification": "unverified"}, False),
+        ({"verification": "deverified"}, False),
+        ({"verified": True}, True),
+        ({"verified": False}, False),
+        ({}, None),
+    ],
+)
+def test_verification(fields, verified):
+    assert parse_offer({"id": 14, **fields}).verified is verified
+
+
+@pytest.mark.parametrize(
+    ("geo", "country"),
+    [
+        ("California, US", "US"),
+        ("Quebec, CA", "CA"),
+        ("DE", "DE"),
+        ("Germany", "DE"),
+        ("Atlantis", None),
+        ("", None),
+        (None, None),
+        (1840, None),
+    ],
+)
+def test_country_code_from_geolocation(geo, country):
+    assert parse_offer({"id": 15, "geolocation": geo}).country == country
+
+
+def test_perf_per_dollar_uses_dlperf_then_flops_and_needs_a_price():
+    assert parse_offer({"id": 16, "dph_total": 2.0, "dlperf": 10}).perf_per_dollar == 5.0
+    assert parse_offer({"id": 17, "dph_total": 2.0, "total_flops": 80}).perf_per_dollar == 40.0
+    assert parse_offer({"id": 18, "dph_total": 0, "dlperf": 10}).perf_per_dollar is None
+    assert parse_offer({"id": 19, "dlperf": 10}).perf_per_dollar is None
+
+
+def test_parse_template_with_cuda_requirement():
+    template = parse_template(
+        {
+            "id": 310001,
+            "hash_id": "e800c772fb70",
+            "name": "Ostris AI Toolkit",
+            "image": "vastai/ostris-ai-toolkit",
+            "tag": "latest-cuda-12.9",
+            "env": "-p 18675:8675 -e WORKSPACE=/workspace",
+            "extra_filters": {"cuda_max_good": {"gte": 12.8}},
+            "recommended_disk_space": 32,
+            "use_ssh": True,
+            "runtype": "ssh",
+            "desc": "FLUX LoRA",
+        }
+    )
+    assert template.id == "e800c772fb70"
+    assert template.image == "vastai/ostris-ai-toolkit:latest-cuda-12.9"
+    assert template.min_cuda == 12.8
+    assert template.requirements == {"cuda_max_good": {"gte": 12.8}}
+    assert template.recommended_disk_gb == 32
+    assert template.env == "-p 18675:8675 -e WORKSPACE=/workspace"
+
+
+def test_parse_template_with_gaps():
+    template = parse_template({"id": 5, "name": None, "extra_filters": None, "env": {"A": "1"}})
+    assert template.id == "5"
+    assert template.name == ""
+    assert template.min_cuda is None
+    assert template.requirements == {}
+    assert template.env is None
+    assert template.image is None
+
+
+def test_classify_auth_error_on_404_and_search_quota():
+    bad_key = classify(
+        404, {"success": False, "error": "auth_error", "msg": "Invalid user key"}, ""
+    )
+    assert isinstance(bad_key, AuthFailed)
+    quota = classify(429, {"error": "search_quota_exceeded", "msg": "daily quota"}, "")
+    assert isinstance(quota, RateLimited)
+    assert quota.retry_after == float("inf")  # not worth retrying today
+    soft = classify(200, {"success": False, "error": "invalid_args", "msg": "bad"}, "")
+    assert isinstance(soft, ProviderError)
+    assert classify(200, {"offers": []}, "") is None
+
+
+# -- over HTTP, against the emulator -------------------------------------------------------
+@pytest.fixture
+def emu():
+    with VastEmulator() as emulator:
+        emulator.seed_default_offers()
+        yield emulator
+
+
+def client(emu: VastEmulator, sleeps: list[float] | None = None, **kw) -> VastAI:
+    return VastAI(emu.api_key, emu.url, sleep=(sleeps if sleeps is not None else []).append, **kw)
+
+
+def test_search_posts_bundles_and_prices_for_the_disk(emu):
+    offers = client(emu).search_offers(OfferQuery(gpus=["4090"], disk_gb=72), limit=50)
+    sent = [r for r in emu.requests if r["path"] == "/api/v0/bundles/"]
+    assert len(sent) == 1 and sent[0]["method"] == "POST"
+    assert sent[0]["json"]["allocated_storage"] == 72.0
+    by_id = {o.id: o for o in offers}
+    # dph_total = dph_base + storage_cost ($/GB/month) * disk / 720 h
+    assert by_id["vastai:1000001"].price_per_hour == pytest.approx(0.40 + 0.15 * 72 / 720)
+    prices = [o.price_per_hour for o in offers]
+    assert prices == sorted(prices)
+
+
+def test_each_server_side_filter_narrows_the_answer(emu):
+    vast = client(emu)
+    everything = {o.id for o in vast.search_offers(OfferQuery(disk_gb=8))}
+    cases = {
+        "vram": (OfferQuery(disk_gb=8, min_vram_gb=48), lambda o: o.vram_gb >= 48),
+        "cuda": (OfferQuery(disk_gb=8, min_cuda=12.8), lambda o: o.cuda_version >= 12.8),
+        "price": (OfferQuery(disk_gb=8, max_price=0.3), lambda o: o.price_per_hour <= 0.3),
+        "rel": (OfferQuery(disk_gb=8, min_reliability=0.99), lambda o: o.reliability >= 0.99),
+        "disk": (OfferQuery(disk_gb=8, min_disk_gb=500), lambda o: o.disk_gb >= 500),
+        "cc": (OfferQuery(disk_gb=8, countries=["DE", "CA"]), lambda o: o.country in {"DE", "CA"}),
+        "ver": (OfferQuery(disk_gb=8, verified=True), lambda o: o.verified),
+        "num": (OfferQuery(disk_gb=8, num_gpus=2), lambda o: o.num_gpus == 2),
+    }
+    for name, (query, ok) in cases.items():
+        got = vast.search_offers(query)
+        assert got, name
+        assert all(ok(o) for o in got), name
+        assert {o.id for o in got} < everything, name
+
+
+def test_max_price_setting_caps_the_search(emu):
+    offers = client(emu, max_price=0.3).search_offers(OfferQuery(max_price=5.0))
+    assert offers and all(o.price_per_hour <= 0.3 for o in offers)
+    assert emu.requests[-1]["json"]["dph_total"] == {"lte": 0.3}
+
+
+def test_rate_limit_is_retried_then_answered(emu):
+    emu.rate_limit_next(times=2)
+    sleeps: list[float] = []
+    offers = client(emu, sleeps).search_offers(OfferQuery())
+    assert offers
+    statuses = [r["status"] for r in emu.requests]
+    assert statuses == [429, 429, 200]
+    assert len(sleeps) == 2
+
+
+def test_bad_key_is_an_auth_failure_with_the_key_redacted(emu):
+    vast = VastAI("wrong-key-123456", emu.url, sleep=lambda s: None)
+    with pytest.raises(AuthFailed) as caught:
+        vast.search_offers(OfferQuery())
+    assert "wrong-key-123456" not in str(caught.value)
+
+
+def test_get_offer_refetches_one_offer_for_a_disk(emu):
+    offer = client(emu).get_offer("1000002", 100)
+    assert offer is not None and offer.id == "vastai:1000002"
+    assert offer.price_per_hour == pytest.approx(0.36 + 0.15 * 100 / 720)
+    assert client(emu).get_offer("999", 32) is None
+
+
+def test_templates_by_name_hash_and_id(emu):
+    vast = client(emu)
+    names = [t.name for t in vast.list_templates()]
+    assert "Ostris AI Toolkit" in names
+    assert [t.name for t in vast.list_templates(name="toolkit")] == ["Ostris AI Toolkit"]
+    ostris = vast.get_template("Ostris AI Toolkit")
+    assert ostris is not None and ostris.min_cuda == 12.8
+    assert vast.get_template(ostris.hash_id).name == "Ostris AI Toolkit"
+    raw_id = next(t["id"] for t in emu.templates if t["name"] == "Ostris AI Toolkit")
+    assert vast.get_template(str(raw_id)).hash_id == ostris.hash_id
+    assert vast.get_template("no such template") is None
