@@ -23,6 +23,9 @@ def gpu_shopper_cmd() -> list[str]:
 def time_process(argv: list[str], runs: int, env: dict[str, str] | None = None) -> float:
     """Median wall time of ``runs`` whole-process runs, in seconds (after one warm-up)."""
     full_env = dict(os.environ, **(env or {}))
+    # Measure an installed tool as users run it: with bytecode caches (this sandbox sets
+    # PYTHONDONTWRITEBYTECODE, which would recompile our modules on every run).
+    full_env.pop("PYTHONDONTWRITEBYTECODE", None)
     subprocess.run(argv, env=full_env, capture_output=True, check=False)
     samples = []
     for _ in range(runs):

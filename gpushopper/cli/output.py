@@ -146,6 +146,9 @@ def _register_known_secrets() -> None:
 
 
 def setup_logging() -> None:
+    """Debug logging on stderr, redacted; without -v nothing is set up (fast start)."""
+    if not debug_enabled():
+        return
     import logging
 
     level = logging.DEBUG if debug_enabled() else logging.WARNING

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import logging
 import random
 import re
 import time
@@ -30,7 +29,17 @@ from gpushopper.core.redact import redact, register_secret
 if TYPE_CHECKING:
     import requests
 
-log = logging.getLogger("gpushopper.http")
+
+class _LazyLog:
+    """``logging`` costs ~9 ms to import; load it only when a call is logged."""
+
+    def __getattr__(self, name: str) -> Any:
+        import logging
+
+        return getattr(logging.getLogger("gpushopper.http"), name)
+
+
+log = _LazyLog()
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 

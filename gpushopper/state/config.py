@@ -20,11 +20,6 @@ from gpushopper.core.units import parse_duration
 from gpushopper.state.atomic import atomic_write_text
 from gpushopper.state.paths import Paths, vastai_cli_key_file
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on 3.10 only
-    import tomli as tomllib
-
 
 @dataclass(frozen=True)
 class Setting:
@@ -270,6 +265,10 @@ class Settings:
         if self._file is None:
             path = self.paths.config_file
             if path.exists():
+                if sys.version_info >= (3, 11):
+                    import tomllib
+                else:  # pragma: no cover - exercised on 3.10 only
+                    import tomli as tomllib
                 try:
                     self._file = tomllib.loads(path.read_text(encoding="utf-8"))
                 except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:

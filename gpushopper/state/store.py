@@ -10,8 +10,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
-import shutil
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,10 +37,15 @@ def _migrate_0_to_1(data: dict[str, Any]) -> dict[str, Any]:
 MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _migrate_0_to_1}
 
 
+def _token(nbytes: int) -> str:
+    """Random hex (os.urandom: the same source as ``secrets``, without its import cost)."""
+    return os.urandom(nbytes).hex()
+
+
 def empty_state() -> dict[str, Any]:
     return {
         "schema_version": SCHEMA_VERSION,
-        "install_id": secrets.token_hex(4),
+        "install_id": _token(4),
         "sessions": {},
         "offer_health": {},
     }
@@ -141,7 +144,7 @@ class StateStore:
         if self.exists() and data.get("install_id"):
             return str(data["install_id"])
         with self.transaction() as state:
-            state.setdefault("install_id", secrets.token_hex(4))
+            state.setdefault("install_id", _token(4))
             return str(state["install_id"])
 
     # -- sessions -------------------------------------------------------------------------
@@ -166,13 +169,6 @@ class StateStore:
     def new_session_id(self) -> str:
         existing = self.read()["sessions"]
         while True:
-            candidate = secrets.token_hex(3)
+            candidate = _token(3)
             if candidate not in existing:
                 return candidate
-
-
-def backup_and_copy(path: Path) -> Path:
-    """Copy ``path`` aside (used before risky manual repairs)."""
-    backup = path.with_name(path.name + ".bak")
-    shutil.copy2(path, backup)
-    return backup
