@@ -31,6 +31,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "sessions": ("gpushopper.cli.sessions", "sessions", "List, inspect, extend, end rentals."),
     "shutdown": ("gpushopper.cli.sessions", "shutdown", "Destroy a session's instance now."),
     "templates": ("gpushopper.cli.templates", "templates", "Launch templates and OS images."),
+    "transfer": ("gpushopper.cli.transfer", "transfer", "Copy files to and from a session."),
     "watch": ("gpushopper.cli.watch", "watch", "Daemon: enforce timers, clean up."),
 }
 

@@ -1,0 +1,90 @@
+"""scp upload/download over paramiko, with progress on stderr."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gpushopper.core.errors import SshError, UsageError
+
+
+def _progress(report: Callable[[str], None] | None) -> Any:
+    if report is None:
+        return None
+    last: dict[str, int] = {}
+
+    def progress(filename: bytes | str, size: int, sent: int) -> None:
+        name = filename.decode(errors="replace") if isinstance(filename, bytes) else filename
+        percent = int(100 * sent / size) if size else 100
+        if last.get(name) is None or percent - last[name] >= 25 or sent == size:
+            last[name] = percent
+            report(f"{name}: {percent}% of {size} bytes")
+
+    return progress
+
+
+def upload(
+    conn: Any,
+    local_paths: list[str],
+    remote: str,
+    *,
+    recursive: bool = False,
+    report: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Copy local files (or folders with ``recursive``) to ``remote`` on the instance."""
+    from scp import SCPClient, SCPException
+
+    items = []
+    for raw in local_paths:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise UsageError(f"no such local file: {raw}")
+        if path.is_dir() and not recursive:
+            raise UsageError(f"{raw} is a folder: add --recursive")
+        items.append(path)
+    done = []
+    try:
+        with SCPClient(conn.client.get_transport(), progress=_progress(report)) as scp:
+            for path in items:
+                scp.put(str(path), remote_path=remote, recursive=recursive)
+                size = (
+                    path.stat().st_size
+                    if path.is_file()
+                    else sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+                )
+                done.append({"local": str(path), "remote": remote, "bytes": size})
+    except SCPException as exc:
+        raise SshError(f"upload failed: {exc}") from None
+    return done
+
+
+def download(
+    conn: Any,
+    remote_paths: list[str],
+    local: str,
+    *,
+    recursive: bool = False,
+    report: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Copy files (or folders with ``recursive``) from the instance to ``local``."""
+    from scp import SCPClient, SCPException
+
+    target = Path(local).expanduser()
+    if len(remote_paths) > 1 and not target.is_dir():
+        raise UsageError(f"{local} must be an existing folder when downloading several paths")
+    done = []
+    try:
+        with SCPClient(conn.client.get_transport(), progress=_progress(report)) as scp:
+            for remote in remote_paths:
+                scp.get(remote, local_path=str(target), recursive=recursive)
+                landed = target / Path(remote).name if target.is_dir() else target
+                size = (
+                    landed.stat().st_size
+                    if landed.is_file()
+                    else sum(p.stat().st_size for p in landed.rglob("*") if p.is_file())
+                )
+                done.append({"remote": remote, "local": str(landed), "bytes": size})
+    except SCPException as exc:
+        raise SshError(f"download failed: {exc}") from None
+    return done

@@ -1,0 +1,72 @@
+"""transfer upload/download with scp against the session's real sshd."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def running(vast, gs):
+    result = gs("provision --provider vastai --gpu 4090 --yes --json")
+    assert result.exit_code == 0, result.stderr
+    return result.json()
+
+
+def test_upload_then_download_roundtrip(gs, running, tmp_path):
+    src = tmp_path / "train.yaml"
+    src.write_text("steps: 2000\n" * 100)
+    remote_dir = tmp_path / "remote-workspace"  # the fake instance is this machine
+    remote_dir.mkdir()
+    up = gs(["transfer", "upload", running["id"], str(src), str(remote_dir) + "/", "--json"])
+    assert up.exit_code == 0, up.stderr
+    assert up.json()[0]["bytes"] == src.stat().st_size
+    assert (remote_dir / "train.yaml").read_text() == src.read_text()
+    back = tmp_path / "back"
+    back.mkdir()
+    down = gs(
+        ["transfer", "download", running["id"], str(remote_dir / "train.yaml"), str(back), "--json"]
+    )
+    assert down.exit_code == 0, down.stderr
+    assert (back / "train.yaml").read_text() == src.read_text()
+
+
+def test_recursive_folder_upload(gs, running, tmp_path):
+    folder = tmp_path / "dataset"
+    (folder / "img").mkdir(parents=True)
+    for i in range(3):
+        (folder / "img" / f"{i}.txt").write_text(f"caption {i}")
+    target = tmp_path / "remote"
+    target.mkdir()
+    refused = gs(["transfer", "upload", running["id"], str(folder), str(target)])
+    assert refused.exit_code == 2 and "--recursive" in refused.stderr
+    result = gs(
+        ["transfer", "upload", running["id"], str(folder), str(target), "--recursive", "--json"]
+    )
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in (target / "dataset" / "img").iterdir()) == [
+        "0.txt",
+        "1.txt",
+        "2.txt",
+    ]
+
+
+def test_transfer_errors(gs, running, tmp_path):
+    assert (
+        gs(["transfer", "upload", running["id"], str(tmp_path / "missing"), "/tmp/"]).exit_code == 2
+    )
+    assert gs(["transfer", "upload", "nope", str(tmp_path), "/tmp/"]).exit_code == 2
+    missing = gs(["transfer", "download", running["id"], "/no/such/file", str(tmp_path)])
+    assert missing.exit_code == 1 and missing.stderr.startswith("Error: ")
+    gs(f"sessions done {running['id']}")
+    ended = gs(["transfer", "download", running["id"], "/etc/hostname", str(tmp_path)])
+    assert ended.exit_code == 1 and "only running sessions" in ended.stderr
+
+
+def test_no_key_material_in_transfer_output(gs, running, tmp_path):
+    src = tmp_path / "a.txt"
+    src.write_text("x")
+    out = gs(["transfer", "upload", running["id"], str(src), str(tmp_path) + "/copy.txt"])
+    private = Path(running["ssh"]["key_path"]).read_text().splitlines()[1]
+    assert private not in out.stdout + out.stderr
