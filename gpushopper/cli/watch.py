@@ -224,8 +224,11 @@ def watch(
         on_outcome=on_outcome,
     )
     emit(f"{iso(app.clock())} watch started pid={os.getpid()} interval={interval:g}s")
+    import time
+
     try:
         while True:
+            tick_started = time.monotonic()
             try:
                 policy = policy_from_settings(app.settings, enforcer.install_id(), include_foreign)
                 report = enforcer.tick(policy)
@@ -235,8 +238,6 @@ def watch(
                     )
                 orphans = sum(1 for o in report.outcomes if o.action.kind == "destroy_orphan")
                 if report.ok:
-                    import time
-
                     metrics.last_success = time.time()
                 else:
                     metrics.ticks_failed += 1
@@ -247,7 +248,8 @@ def watch(
             except Exception as exc:  # the daemon must outlive surprises
                 metrics.ticks_failed += 1
                 emit(f"{iso(app.clock())} error: {type(exc).__name__}: {exc} (retrying next pass)")
-            if once or stop.wait(interval):
+            # A fixed schedule: the pass's own work counts against the interval.
+            if once or stop.wait(max(0.0, interval - (time.monotonic() - tick_started))):
                 break
     finally:
         for sig, handler in previous.items():

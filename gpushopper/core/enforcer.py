@@ -26,6 +26,8 @@ from gpushopper.core.sessions import accrued_cost, write_ssh_config
 from gpushopper.core.teardown import end_session
 from gpushopper.core.units import iso
 
+DESTROY_WORKERS = 8
+
 
 @dataclass
 class Outcome:
@@ -167,18 +169,38 @@ class Enforcer:
             report.provider_errors["state"] = str(exc)
             report.ok = False
             return report
-        for action in actions:
-            outcome = self.execute(action, destroy=destroy)
+        for outcome in self.execute_all(actions, destroy=destroy):
             report.outcomes.append(outcome)
             if outcome.result == "failed":
                 report.ok = False
         return report
 
+    def execute_all(self, actions: list[Action], *, destroy: bool = True) -> list[Outcome]:
+        """Destroys run side by side (one slow confirmation must not hold back another
+        deadline); the rest run in order. Outcomes come back in the actions' order."""
+        slow = {DESTROY_SESSION, DESTROY_ORPHAN}
+        parallel = [a for a in actions if a.kind in slow and destroy]
+        results: dict[int, Outcome] = {}
+        if len(parallel) > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=min(DESTROY_WORKERS, len(parallel))) as pool:
+                for action, outcome in zip(
+                    parallel,
+                    pool.map(lambda a: self.execute(a, destroy=destroy), parallel),
+                    strict=True,
+                ):
+                    results[id(action)] = outcome
+        for action in actions:
+            if id(action) not in results:
+                results[id(action)] = self.execute(action, destroy=destroy)
+        return [results[id(a)] for a in actions]
+
     def end_all(self, reason: str) -> list[Outcome]:
         """Destroy every live session (watch's shutdown rule), confirming each is gone."""
         from gpushopper.core.sessions import LIVE
 
-        outcomes = []
+        outcomes: list[Action] = []
         for session_id, record in sorted(self.store.sessions().items()):
             if record.get("status") not in LIVE:
                 continue
@@ -191,8 +213,8 @@ class Enforcer:
                 label=record.get("label"),
                 price_per_hour=record.get("price_per_hour"),
             )
-            outcomes.append(self.execute(action))
-        return outcomes
+            outcomes.append(action)
+        return self.execute_all(outcomes)
 
 
 def policy_from_settings(

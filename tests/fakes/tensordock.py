@@ -1505,6 +1505,7 @@ def _dedupe_keys(keys: list[str]) -> list[str]:
 
 
 class _Handler(BaseHTTPRequestHandler):
+    disable_nagle_algorithm = True  # headers and body go out in separate writes
     protocol_version = "HTTP/1.1"
     server_version = "TensorDockEmulator/1.0"
     timeout = 30
