@@ -273,7 +273,9 @@ def test_tensordock_runcmd_powers_off_at_the_deadline(tensordock, gs, tmp_path, 
     }
     assert runner.run(snippet, tmp_path / "runcmd.sh", env).returncode == 0
     extended = int(time.time()) + 3
-    dfile.write_text(f"{extended}\n")  # an extend moved it before it fired
+    swap = dfile.with_name("deadline.new")
+    swap.write_text(f"{extended}\n")
+    swap.replace(dfile)  # an extend moved it before it fired (written aside, then renamed)
     # a reboot runs the per-boot launcher: it finds the watcher and starts no second one
     boot = boot_dir / "gpu-shopper-deadline"
     assert boot.stat().st_mode & stat.S_IXUSR
@@ -358,3 +360,26 @@ def test_default_deadline_files_without_the_test_override(monkeypatch):
     assert deadline.VASTAI_DEADLINE_FILE == "/root/.gpu-shopper/deadline"
     assert deadline.deadline_file_for(App(), "vastai") == deadline.VASTAI_DEADLINE_FILE
     assert deadline.deadline_file_for(App(), "tensordock") == deadline.TENSORDOCK_DEADLINE_FILE
+
+
+def test_unreadable_deadline_file_is_retried_quickly(tmp_path, runner):
+    """A half-written or garbled file must not park the watcher on its 30 s nap."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    marker = tmp_path / "powered-off"
+    fake = bin_dir / "poweroff"
+    fake.write_text(f'#!/bin/sh\necho poweroff >>"{marker}"\nkill $PPID\n')
+    fake.chmod(0o755)
+    dfile = tmp_path / "deadline"
+    dfile.write_text("garbage\n")
+    script = deadline.render_script(
+        "tensordock", path="/x", hard_epoch=int(time.time()) + 3600, relative_s=3600
+    )
+    env = {"GS_POWEROFF": str(fake), "GS_DEADLINE_FILE": str(dfile), "GS_BOOT_DIR": ""}
+    started = time.monotonic()
+    assert runner.run(script, tmp_path / "s.sh", env).returncode == 0
+    swap = tmp_path / "deadline.new"
+    swap.write_text(f"{int(time.time()) + 1}\n")
+    swap.replace(dfile)
+    wait_for(lambda: marker.exists(), 10, "poweroff after the file became readable")
+    assert time.monotonic() - started < 10

@@ -67,8 +67,8 @@ _WATCHER = """\
 F=$1;d={deadline}
 if [ "$2" = start ];then p=$(cat "$F.pid" 2>/dev/null)
 grep -qs {marker} "/proc/${{p:-x}}/cmdline"||{{ nohup sh "$0" "$F" {marker} >>"$F.log" 2>&1 </dev/null & echo $! >"$F.pid";}};exit;fi
-{setup}while :;do n=$(cat "$F" 2>/dev/null);case $n in ''|*[!0-9]*);;*)d=$n;;esac
-r=$((d-$(date +%s)));if [ $r -gt 0 ];then [ $r -gt {loop} ]&&r={loop};sleep $r;continue;fi
+{setup}while :;do n=$(cat "$F" 2>/dev/null);m={loop};case $n in ''|*[!0-9]*)m=1;;*)d=$n;;esac
+r=$((d-$(date +%s)));if [ $r -gt 0 ];then [ $r -gt $m ]&&r=$m;sleep $r;continue;fi
 echo "$(date) deadline $d reached: {what}";a&&sleep 60||sleep 10;done
 """
 
@@ -199,9 +199,12 @@ def remote_write_command(path: str, epoch: int) -> str:
     """Shell command that rewrites the deadline file (sudo when the user cannot write it)."""
     f = shlex.quote(path)
     d = shlex.quote(path.rsplit("/", 1)[0] or "/")
+    t = shlex.quote(path + ".new")
+    # Write aside, then rename: the watcher never reads a half-written file.
     return (
-        f"{{ mkdir -p {d} && echo {epoch} >{f}; }} 2>/dev/null || "
-        f"{{ sudo -n mkdir -p {d} && echo {epoch} | sudo -n tee {f} >/dev/null; }} && cat {f}"
+        f"{{ mkdir -p {d} && echo {epoch} >{t} && mv -f {t} {f}; }} 2>/dev/null || "
+        f"{{ sudo -n mkdir -p {d} && echo {epoch} | sudo -n tee {t} >/dev/null && "
+        f"sudo -n mv -f {t} {f}; }} && cat {f}"
     )
 
 
