@@ -15,7 +15,7 @@ import random
 import re
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gpushopper.core.errors import (
     AuthFailed,
@@ -28,6 +28,8 @@ from gpushopper.core.redact import redact, register_secret
 
 if TYPE_CHECKING:
     import requests
+
+    from gpushopper.core.models import Instance, LaunchSpec, Offer, OfferQuery, Template
 
 
 class _LazyLog:
@@ -42,6 +44,39 @@ class _LazyLog:
 log = _LazyLog()
 
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
+
+
+class Provider(Protocol):
+    """What every provider adapter offers (see vastai.py and tensordock.py)."""
+
+    NAME: str
+    ssh_user: str
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> Provider: ...
+
+    def check(self) -> str: ...
+
+    def search_offers(self, query: OfferQuery, limit: int = 200) -> list[Offer]: ...
+
+    def get_offer(self, native_id: str, disk_gb: float) -> Offer | None: ...
+
+    def list_templates(
+        self, name: str | None = None, use_ssh: bool | None = None
+    ) -> list[Template]: ...
+
+    def get_template(self, ident: str) -> Template | None: ...
+
+    def create_instance(self, spec: LaunchSpec) -> str: ...
+
+    def attach_ssh_key(self, instance_id: str, public_key: str) -> None: ...
+
+    def get_instance(self, instance_id: str) -> Instance | None: ...
+
+    def list_instances(self) -> list[Instance]: ...
+
+    def destroy_instance(self, instance_id: str) -> None: ...
+
 
 # name -> "module:Class"; imported only when that provider is used.
 REGISTRY: dict[str, str] = {
