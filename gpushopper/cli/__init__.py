@@ -90,9 +90,12 @@ class App:
 
     def provider(self, name: str) -> Any:
         """A configured provider client; raises MissingCredentials when it has none."""
+        from gpushopper.core.journal import JournaledProvider
         from gpushopper.providers.base import provider_class
 
-        return provider_class(name).from_settings(self.settings)
+        return JournaledProvider(
+            provider_class(name).from_settings(self.settings), self.paths.journal_file
+        )
 
 
 def _clock_from_env(environ: dict[str, str]) -> Callable[[], datetime]:

@@ -1,0 +1,77 @@
+"""The audit journal: one JSON line per provider mutation (create, destroy, key, label).
+
+Every path that changes something at a provider goes through :class:`JournaledProvider`,
+so the journal answers "what did this tool create or destroy, and when" even when the
+state file cannot.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from gpushopper.core.redact import redact
+
+MUTATIONS = ("create_instance", "destroy_instance", "attach_ssh_key", "set_label")
+
+
+def append(path: Path, event: dict[str, Any]) -> None:
+    """Append one line (O_APPEND keeps concurrent writers' lines whole)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = redact(json.dumps(event, default=str, sort_keys=True)) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+class JournaledProvider:
+    """Forwards everything to ``inner``; records each mutation and its outcome."""
+
+    def __init__(self, inner: Any, path: Path) -> None:
+        self._inner = inner
+        self._path = path
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._inner, name)
+        if name not in MUTATIONS or not callable(attr):
+            return attr
+        return self._wrap(name, attr)
+
+    def _wrap(self, op: str, func: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            event: dict[str, Any] = {
+                "time": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+                "pid": os.getpid(),
+                "provider": getattr(self._inner, "NAME", "?"),
+                "op": op,
+            }
+            if op == "create_instance" and args:
+                spec = args[0]
+                event.update(offer_id=spec.offer.id, label=spec.label)
+            elif args:
+                event["instance_id"] = str(args[0])
+            try:
+                result = func(*args, **kwargs)
+            except BaseException as exc:
+                event.update(result="error", error=f"{type(exc).__name__}: {exc}"[:300])
+                self._record(event)
+                raise
+            if op == "create_instance":
+                event["instance_id"] = str(result)
+            event["result"] = "ok"
+            self._record(event)
+            return result
+
+        return call
+
+    def _record(self, event: dict[str, Any]) -> None:
+        try:
+            append(self._path, event)
+        except OSError:
+            pass  # the journal is an aid; it must never block a destroy

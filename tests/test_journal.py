@@ -1,0 +1,35 @@
+"""The audit journal records every provider mutation, success or failure, without secrets."""
+
+from __future__ import annotations
+
+import json
+
+
+def entries(home):
+    path = home / "journal.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_provision_and_done_are_journaled(vast, gs, isolated_home):
+    session = gs("provision --provider vastai --gpu 4090 --yes --json").json()
+    gs(f"sessions done {session['id']}")
+    ops = [(e["op"], e["result"]) for e in entries(isolated_home)]
+    assert ops == [("create_instance", "ok"), ("attach_ssh_key", "ok"), ("destroy_instance", "ok")]
+    create = entries(isolated_home)[0]
+    assert create["label"] == session["label"] and create["instance_id"] == session["instance_id"]
+    assert oct((isolated_home / "journal.jsonl").stat().st_mode & 0o777) == "0o600"
+    assert vast.api_key not in (isolated_home / "journal.jsonl").read_text()
+
+
+def test_failed_create_is_journaled_with_the_error(tensordock, gs, isolated_home):
+    tensordock.error_in_200_next("POST", r"/instances$", "No available nodes found", times=5)
+    gs("provision --provider tensordock --gpu 4090 --yes")
+    (event,) = entries(isolated_home)
+    assert event["op"] == "create_instance" and event["result"] == "error"
+    assert "No available nodes found" in event["error"]
+
+
+def test_reads_are_not_journaled(vast, gs, isolated_home):
+    gs("inventory --provider vastai --json")
+    gs("cleanup-orphans --json")
+    assert entries(isolated_home) == []
