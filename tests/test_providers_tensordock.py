@@ -98,10 +98,26 @@ def test_storage_minimum_is_priced_and_larger_disks_cost_more():
 
 def test_vcpus_are_even_and_capped_by_the_host():
     plan = plan_resources(node(max_vcpus_per_gpu=7, max_ram_per_gpu=20), 1, 32)
-    assert plan == {"vcpu_count": 6, "ram_gb": 20, "storage_gb": 100}
+    # 20 GB allowed by the host -> 16, the largest RAM size TensorDock is known to accept
+    assert plan == {"vcpu_count": 6, "ram_gb": 16, "storage_gb": 100}
     plan = plan_resources(node(vcpu_count=5), 2, 32)
     assert plan is not None and plan["vcpu_count"] == 4
     assert even_down(9) == 8 and even_down(8) == 8
+
+
+def test_ram_is_rounded_down_to_an_accepted_size():
+    from gpushopper.providers.tensordock import allowed_ram
+
+    assert [allowed_ram(x) for x in (1, 2, 9, 20, 32, 33, 100, 1000)] == [
+        0,
+        2,
+        8,
+        16,
+        32,
+        32,
+        96,
+        512,
+    ]
 
 
 def test_more_gpus_scale_the_plan_and_the_price():

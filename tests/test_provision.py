@@ -409,3 +409,32 @@ def test_tensordock_failover_to_next_hostnode(tensordock, gs, isolated_home):
     assert len(tensordock.live_instances()) == 1
     (failed,) = sessions_by_status(isolated_home)["failed"]
     assert failed["offer_id"] != result.json()["offer_id"]
+
+
+def test_vast_falls_back_to_the_proxy_when_the_direct_port_is_closed(
+    vast, gs, isolated_home, monkeypatch
+):
+    """Direct SSH (public_ipaddr + ports 22/tcp) is tried first; the proxy still works."""
+    import socket
+
+    from gpushopper.providers import vastai
+
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    dead_port = closed.getsockname()[1]
+    closed.close()
+    real = vastai.parse_instance
+
+    def direct_port_closed(raw):
+        raw = dict(raw)
+        if raw.get("ports"):
+            raw["ports"] = {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(dead_port)}]}
+        return real(raw)
+
+    monkeypatch.setattr(vastai, "parse_instance", direct_port_closed)
+    result = gs("provision --provider vastai --gpu 4090 --yes --json")
+    assert result.exit_code == 0, result.stderr
+    assert "the proxy" in result.stderr
+    session = result.json()
+    assert session["ssh"]["port"] != dead_port
+    assert ssh_run(session["ssh"]["command"], "true").returncode == 0

@@ -377,7 +377,7 @@ class Provisioner:
                 verification, host_key, fp = self._verify(
                     instance, ssh["user"], key_path, offer, template, req, started
                 )
-                ssh["host_key"] = host_key
+                ssh.update(host=instance.ssh_host, port=instance.ssh_port, host_key=host_key)
                 self._write_known_hosts(Path(ssh["known_hosts"]), instance, host_key)
                 record["host_key_fingerprint"] = fp
             timings["time_to_ssh_s"] = round(self.mono() - started, 3)
@@ -503,6 +503,7 @@ class Provisioner:
                 instance.ssh_port,
                 user,
                 key_path,
+                alternatives=instance.extra.get("ssh_endpoints"),
                 deadline=started + req.timeout_s,
                 clock=self.mono,
                 sleep=self.sleep,
@@ -514,6 +515,11 @@ class Provisioner:
             host_key = conn.host_key()
         finally:
             conn.close()
+        if conn.endpoint and conn.endpoint != (instance.ssh_host, instance.ssh_port):
+            self.log(
+                f"SSH answers on {conn.endpoint[0]}:{conn.endpoint[1]} (the proxy), not the direct port"
+            )
+            instance.ssh_host, instance.ssh_port = conn.endpoint
         min_cuda = max(
             [
                 c

@@ -110,6 +110,15 @@ def display_name(v0name: str) -> str:
     return pretty.strip()
 
 
+# RAM sizes clients have found TensorDock to accept (reference/tensordock.md 2.6).
+RAM_SIZES = (2, 4, 6, 8, 10, 16, 32, 48, 64, 80, 96, 128, 160, 192, 256, 384, 512)
+
+
+def allowed_ram(gb: float) -> int:
+    """The largest accepted RAM size not above ``gb`` (0 when below the smallest)."""
+    return max((size for size in RAM_SIZES if size <= gb), default=0)
+
+
 def even_down(value: float) -> int:
     out = int(value)
     return out - (out % 2)
@@ -143,6 +152,7 @@ def plan_resources(
     if caps_r:
         ram = min(ram, int(min(caps_r)))
     vcpus = even_down(vcpus)
+    ram = allowed_ram(ram)
     storage = int(math.ceil(max(MIN_STORAGE_GB, disk_gb)))
     if vcpus < 2 or ram < 1:
         return None

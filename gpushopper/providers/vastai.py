@@ -187,19 +187,23 @@ def parse_template(raw: dict[str, Any]) -> Template:
 
 def parse_instance(raw: dict[str, Any]) -> Instance:
     status = raw.get("actual_status")
-    host = raw.get("ssh_host")
-    port = integer(raw.get("ssh_port"))
+    endpoints: list[tuple[str, int]] = []
     ports = raw.get("ports") if isinstance(raw.get("ports"), dict) else {}
     direct = ports.get("22/tcp") if ports else None
     if direct and raw.get("public_ipaddr"):
-        # Direct SSH when the host exposes 22/tcp (faster than the proxy).
+        # Direct SSH when the host exposes 22/tcp (faster than the proxy); tried first.
         try:
-            host = str(raw["public_ipaddr"]).strip()
-            port = int(direct[0]["HostPort"])
+            endpoints.append((str(raw["public_ipaddr"]).strip(), int(direct[0]["HostPort"])))
         except (KeyError, IndexError, TypeError, ValueError):
             pass
-    elif port is not None and "jupyter" in str(raw.get("image_runtype") or ""):
-        port += 1  # the proxy's off-by-one for jupyter runtypes (vast-cli #79)
+    proxy_port = integer(raw.get("ssh_port"))
+    if raw.get("ssh_host") and proxy_port is not None:
+        if "jupyter" in str(raw.get("image_runtype") or ""):
+            proxy_port += 1  # the proxy's off-by-one for jupyter runtypes (vast-cli #79)
+        proxy = (str(raw["ssh_host"]).strip(), proxy_port)
+        if proxy not in endpoints:
+            endpoints.append(proxy)
+    host, port = endpoints[0] if endpoints else (None, None)
     return Instance(
         provider=NAME,
         instance_id=str(raw.get("id")),
@@ -214,7 +218,11 @@ def parse_instance(raw: dict[str, Any]) -> Instance:
         gpu_name=raw.get("gpu_name"),
         num_gpus=integer(raw.get("num_gpus")),
         started_at=num(raw.get("start_date")),
-        extra={"status_msg": raw.get("status_msg"), "intended_status": raw.get("intended_status")},
+        extra={
+            "status_msg": raw.get("status_msg"),
+            "intended_status": raw.get("intended_status"),
+            "ssh_endpoints": endpoints,
+        },
     )
 
 
@@ -361,7 +369,12 @@ class VastAI:
         attempts.append({"name": {"eq": ident}})
         for filters in attempts:
             params = {"select_cols": dumps_query(["*"]), "select_filters": dumps_query(filters)}
-            data = self.http.request("GET", self._v0("/template/"), params=params)
+            try:
+                data = self.http.request("GET", self._v0("/template/"), params=params)
+            except AuthFailed:
+                raise
+            except ProviderError:
+                continue  # a filter the server does not take: the full list below decides
             for row in (data or {}).get("templates") or []:
                 template = parse_template(row)
                 if (
@@ -410,6 +423,9 @@ class VastAI:
             body["image"] = spec.image
         elif spec.template is None:
             body["image"] = "vastai/base-image:@vastai-automatic-tag"
+        body = {
+            k: v for k, v in body.items() if v is not None
+        }  # no nulls for the server to trip on
         data = self.http.request(
             "PUT", self._v0(f"/asks/{ask_id}/"), json_body=body, idempotent=False
         )

@@ -43,8 +43,9 @@ def fingerprint(key: Any) -> str:
 class Connection:
     """One paramiko client; ``run`` returns (exit status, stdout, stderr)."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, endpoint: tuple[str, int] | None = None) -> None:
         self.client = client
+        self.endpoint = endpoint
 
     def run(self, command: str, timeout: float = 60.0) -> tuple[int, str, str]:
         stdin, stdout, stderr = self.client.exec_command(command, timeout=timeout)
@@ -67,6 +68,7 @@ def connect(
     key_path: Path,
     *,
     deadline: float,
+    alternatives: list[tuple[str, int]] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
     connect_timeout: float = 10.0,
@@ -78,31 +80,33 @@ def connect(
     from gpushopper.remote.keys import load_private_key
 
     pkey = load_private_key(key_path)
+    endpoints = [(host, port)] + [e for e in alternatives or [] if e != (host, port)]
     delay = 1.0
     last = "no attempt made"
     while True:
-        client = paramiko.SSHClient()
-        # Trust on first use: the key is recorded in the session and our known_hosts.
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-        try:
-            client.connect(
-                host,
-                port=port,
-                username=user,
-                pkey=pkey,
-                timeout=connect_timeout,
-                banner_timeout=connect_timeout,
-                auth_timeout=connect_timeout,
-                allow_agent=False,
-                look_for_keys=False,
-            )
-            return Connection(client)
-        except paramiko.AuthenticationException as exc:
-            client.close()
-            last = f"authentication failed ({exc})"
-        except (paramiko.SSHException, OSError, EOFError) as exc:
-            client.close()
-            last = str(exc) or type(exc).__name__
+        for ep_host, ep_port in endpoints:
+            client = paramiko.SSHClient()
+            # Trust on first use: the key is recorded in the session and our known_hosts.
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+            try:
+                client.connect(
+                    ep_host,
+                    port=ep_port,
+                    username=user,
+                    pkey=pkey,
+                    timeout=connect_timeout,
+                    banner_timeout=connect_timeout,
+                    auth_timeout=connect_timeout,
+                    allow_agent=False,
+                    look_for_keys=False,
+                )
+                return Connection(client, (ep_host, ep_port))
+            except paramiko.AuthenticationException as exc:
+                client.close()
+                last = f"{ep_host}:{ep_port}: authentication failed ({exc})"
+            except (paramiko.SSHException, OSError, EOFError) as exc:
+                client.close()
+                last = f"{ep_host}:{ep_port}: {exc or type(exc).__name__}"
         remaining = deadline - clock()
         if remaining <= 0:
             raise SshError(f"SSH to {user}@{host}:{port} did not succeed in time: {last}")
