@@ -438,3 +438,16 @@ def test_vast_falls_back_to_the_proxy_when_the_direct_port_is_closed(
     session = result.json()
     assert session["ssh"]["port"] != dead_port
     assert ssh_run(session["ssh"]["command"], "true").returncode == 0
+
+
+def test_provision_without_credentials_says_so(gs):
+    result = gs("provision --yes")
+    assert result.exit_code == 2
+    assert "no provider has credentials" in result.stderr
+
+
+def test_provision_with_a_template_no_provider_has(tensordock, gs):
+    result = gs("provision --provider tensordock --template 'Ostris AI Toolkit' --yes")
+    assert result.exit_code == 2
+    assert "no template" in result.stderr
+    assert tensordock.live_instances() == []

@@ -224,6 +224,17 @@ def watch(
         on_outcome=on_outcome,
     )
     emit(f"{iso(app.clock())} watch started pid={os.getpid()} interval={interval:g}s")
+    from gpushopper.core.errors import MissingCredentials
+
+    guarded = []
+    for name in enforcer.providers:
+        try:
+            enforcer.client(name)
+            guarded.append(name)
+        except MissingCredentials:
+            pass
+    if not guarded:
+        emit(f"{iso(app.clock())} warning: no provider has credentials; nothing can be watched")
     import time
 
     try:

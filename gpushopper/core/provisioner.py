@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gpushopper.core.errors import (
+    ConfigError,
     GpuShopperError,
     Interrupted,
     NotFound,
@@ -201,6 +202,13 @@ class Provisioner:
             now=self.clock,
             template_resolver=resolver,
         )
+        if not result.offers and not result.errors and len(result.skipped) == len(query.providers):
+            if len(result.no_credentials) == len(query.providers):
+                raise ConfigError(
+                    "no provider has credentials: set VASTAI_API_KEY or TENSORDOCK_API_TOKEN "
+                    "(or 'gpu-shopper config set vastai.api_key KEY')"
+                )
+            raise UsageError("no provider can answer: " + "; ".join(result.skipped.values()))
         notes += [f"skipped {why}" for why in result.skipped.values()]
         notes += [f"{name} failed: {msg}" for name, msg in result.errors.items()]
         if not result.offers and result.errors and not result.skipped:
