@@ -112,6 +112,20 @@ def test_every_command_has_help_with_example():
         assert "Example" in result.output, f"{name} --help has no example"
 
 
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["config", "path"], ["sessions", "list", "--json"], ["costs", "--json"]],
+)
+def test_heavy_modules_not_imported_for_light_commands(argv, isolated_home):
+    code = (
+        "import sys; from gpushopper.cli import cli; "
+        f"from gpushopper.cli.output import run; run(cli, {argv!r}); "
+        "print('LOADED:' + ','.join(m for m in ('requests','rich','paramiko') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-1] == "LOADED:", out.stderr
+
+
 def test_heavy_modules_not_imported_for_help():
     code = (
         "import sys; from gpushopper.cli import cli; "
