@@ -214,3 +214,44 @@ def gpu_matches(wanted: str, actual: str) -> bool:
     if have.startswith("rtx") and not want.startswith("rtx") and have[3:] == want:
         return True
     return want == have.removeprefix("geforce")
+
+
+def offer_matches(offer: Offer, query: OfferQuery) -> bool:
+    """The query's filters applied on our side too (servers may ignore some)."""
+    # TensorDock's model slug says more than its display name (h100-sxm5-80gb vs H100 SXM5).
+    name = str(offer.extra.get("v0name") or offer.gpu_name or "")
+    if query.gpus and not any(gpu_matches(w, name) for w in query.gpus):
+        return False
+    if query.min_vram_gb is not None and (
+        offer.vram_gb is None or offer.vram_gb < query.min_vram_gb - 0.05
+    ):
+        return False
+    if (
+        query.num_gpus is not None
+        and offer.num_gpus is not None
+        and offer.num_gpus != query.num_gpus
+    ):
+        return False
+    if query.max_price is not None and (
+        offer.price_per_hour is None or offer.price_per_hour > query.max_price
+    ):
+        return False
+    if query.min_reliability is not None and (
+        offer.reliability is None or offer.reliability < query.min_reliability
+    ):
+        return False
+    # Unknown CUDA (TensorDock before boot) passes here; provisioning checks it over SSH.
+    if (
+        query.min_cuda is not None
+        and offer.cuda_version is not None
+        and offer.cuda_version < query.min_cuda - 1e-9
+    ):
+        return False
+    disk_floor = query.min_disk_gb
+    if disk_floor is not None and (offer.disk_gb is None or offer.disk_gb < disk_floor):
+        return False
+    if query.countries and (offer.country or "").upper() not in {
+        c.upper() for c in query.countries
+    }:
+        return False
+    return not (query.verified and offer.verified is False)

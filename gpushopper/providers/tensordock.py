@@ -26,7 +26,7 @@ from gpushopper.core.models import (
     Offer,
     OfferQuery,
     Template,
-    gpu_matches,
+    offer_matches,
 )
 from gpushopper.providers.base import HttpClient, error_text
 from gpushopper.providers.common import (
@@ -256,37 +256,6 @@ def parse_hostnodes(
                 )
             )
     return [o for o in offers if offer_matches(o, query)]
-
-
-def offer_matches(offer: Offer, query: OfferQuery) -> bool:
-    """Client-side filters (the v2 API filters nothing server-side for sure)."""
-    name = str(offer.extra.get("v0name") or offer.gpu_name or "")
-    if query.gpus and not any(gpu_matches(w, name) for w in query.gpus):
-        return False
-    if query.min_vram_gb is not None and (
-        offer.vram_gb is None or offer.vram_gb < query.min_vram_gb
-    ):
-        return False
-    if query.max_price is not None and (
-        offer.price_per_hour is None or offer.price_per_hour > query.max_price
-    ):
-        return False
-    if query.min_reliability is not None and (
-        offer.reliability is None or offer.reliability < query.min_reliability
-    ):
-        return False
-    if query.min_disk_gb is not None and (
-        offer.disk_gb is None or offer.disk_gb < query.min_disk_gb
-    ):
-        return False
-    if query.countries and (offer.country or "") not in {c.upper() for c in query.countries}:
-        return False
-    # CUDA is unknown before boot; provisioning verifies it over SSH.
-    return not (
-        query.min_cuda is not None
-        and offer.cuda_version is not None
-        and offer.cuda_version < query.min_cuda
-    )
 
 
 def parse_instance(raw: dict[str, Any]) -> Instance:
