@@ -451,3 +451,40 @@ def test_provision_with_a_template_no_provider_has(tensordock, gs):
     assert result.exit_code == 2
     assert "no template" in result.stderr
     assert tensordock.live_instances() == []
+
+
+def test_sessions_ssh_execs_openssh_with_the_session_key(vast, gs, isolated_home):
+    import sys
+
+    session = gs("provision --provider vastai --gpu 4090 --yes --json").json()
+    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gpushopper",
+            "sessions",
+            "ssh",
+            session["id"],
+            "--",
+            "nvidia-smi",
+            "-L",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "GPU 0:" in out.stdout
+    gs(f"sessions done {session['id']}")
+    gone = subprocess.run(
+        [sys.executable, "-m", "gpushopper", "sessions", "ssh", session["id"]],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert gone.returncode == 1
+    assert "is ended" in gone.stderr and "Connection refused" not in gone.stderr
+    assert gs(f"sessions diagnostics {session['id']}").exit_code == 1

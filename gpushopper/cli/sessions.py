@@ -229,6 +229,10 @@ def sessions_diagnostics(app: App, session_id: str, as_json: bool) -> None:
 
     record = get_session_or_fail(app.store, session_id)
     info_ = record.get("ssh") or {}
+    if record.get("status") not in ("running", "verifying"):
+        raise SshError(
+            f"session {session_id} is {record.get('status')}; there is nothing to inspect"
+        )
     if not info_.get("host"):
         raise SshError(
             f"session {session_id} has no SSH endpoint yet (status {record.get('status')})"
@@ -270,6 +274,10 @@ def sessions_ssh(app: App, session_id: str, command: tuple[str, ...]) -> None:
     from gpushopper.core.teardown import get_session_or_fail
 
     record = get_session_or_fail(app.store, session_id)
+    if record.get("status") not in ("running", "verifying"):
+        raise SshError(
+            f"session {session_id} is {record.get('status')}; there is nothing to SSH into"
+        )
     line = ssh_command(record)
     if not line:
         raise SshError(f"session {session_id} has no SSH endpoint (status {record.get('status')})")
