@@ -488,3 +488,13 @@ def test_sessions_ssh_execs_openssh_with_the_session_key(vast, gs, isolated_home
     assert gone.returncode == 1
     assert "is ended" in gone.stderr and "Connection refused" not in gone.stderr
     assert gs(f"sessions diagnostics {session['id']}").exit_code == 1
+
+
+def test_progress_and_budget_warning_go_to_stderr(vast, gs, monkeypatch):
+    vast.boot = {"mode": "ok", "loading_after": 0.0, "running_after": 0.3}
+    monkeypatch.setenv("GPU_SHOPPER_SAFETY_MONTHLY_BUDGET_USD", "0.1")
+    result = gs("provision --provider vastai --gpu 4090 --hours 2h --yes --json")
+    assert result.exit_code == 0, result.stderr
+    assert "loading" in result.stderr and "Checking the machine over SSH" in result.stderr
+    assert "budget" in result.stderr
+    assert result.json()["status"] == "running"  # stdout is still one JSON document

@@ -60,6 +60,25 @@ def print_session(view: dict[str, Any]) -> None:
     print_kv(pairs)
 
 
+def _warn_about_budget(app: App, projected: float) -> None:
+    """Warn (never block) when this rental would take the month past safety.monthly_budget_usd."""
+    budget = app.settings.get("safety.monthly_budget_usd")
+    if not budget:
+        return
+    from gpushopper.core.costs import month_cost, parse_month
+
+    now = app.clock()
+    start, end = parse_month(now.strftime("%Y-%m"))
+    spent = sum(month_cost(r, start, end, now) for r in app.store.sessions().values())
+    if spent + projected > budget:
+        from gpushopper.cli.output import warn
+
+        warn(
+            f"this month's spend ${spent:.2f} plus this rental's ${projected:.2f} would pass "
+            f"the ${budget:.2f} budget (safety.monthly_budget_usd)"
+        )
+
+
 @click.command(
     epilog="""Examples:
 
@@ -213,6 +232,7 @@ def provision(app: App, offer_id: str | None, **opts: Any) -> None:
             )
             info("Dry run: nothing was created.")
         return
+    _warn_about_budget(app, price * hours / 3600)
     interactive = sys.stdin.isatty() and sys.stderr.isatty() and not opts["as_json"]
     if interactive and not opts["yes"]:
         click.confirm(

@@ -451,7 +451,7 @@ class Provisioner:
     ) -> Instance:
         deadline = started + timeout_s
         delay = 0.5
-        last = "unknown"
+        last = ""
         while True:
             try:
                 instance = provider.get_instance(instance_id)
@@ -462,7 +462,12 @@ class Provisioner:
                 )
             if instance is None:
                 raise BootFailed(f"instance {instance_id} disappeared at the provider")
-            last = instance.raw_status or instance.status
+            seen = instance.raw_status or instance.status
+            if seen != last:
+                # Heavy images pull for minutes: say what the provider reports as it changes.
+                elapsed = format_duration(self.mono() - started)
+                self.log(f"Instance {instance_id}: {seen} ({elapsed} since create)")
+            last = seen
             if instance.status == "running" and instance.ssh_host and instance.ssh_port:
                 return instance
             if instance.status in ("exited", "stopped"):
@@ -505,6 +510,7 @@ class Provisioner:
         from gpushopper.remote import ssh
 
         assert instance.ssh_host and instance.ssh_port
+        self.log(f"Checking the machine over SSH ({user}@{instance.ssh_host}:{instance.ssh_port})")
         try:
             conn = ssh.connect(
                 instance.ssh_host,
