@@ -166,3 +166,22 @@ def test_unlabelled_instances_are_never_touched():
 def test_done_sessions_produce_nothing():
     record = session(status="ended", instance="100")
     assert plan({"s1": record}, {"vastai": []}, at(hours=20), POLICY) == []
+
+
+def test_ended_sessions_instance_is_an_orphan_whatever_the_other_sessions_are():
+    """The orphan check must look at the instance's own session, not whichever came last."""
+    ended = session(sid="a1", status="ended", instance="300")
+    live = session(sid="z9", instance="100")  # sorts after a1
+    listed = [inst("300", f"gpu-shopper:{ME}:a1"), inst("100", f"gpu-shopper:{ME}:z9")]
+    actions = plan({"a1": ended, "z9": live}, {"vastai": listed}, at(minutes=5), POLICY)
+    assert [(a.kind, a.reason, a.instance_id) for a in actions] == [
+        (DESTROY_ORPHAN, "session_ended", "300")
+    ]
+
+
+def test_a_second_instance_with_a_live_sessions_label_is_a_duplicate():
+    listed = [inst("100"), inst("101")]  # both carry s1's label; s1 holds 100
+    actions = plan({"s1": session()}, {"vastai": listed}, at(minutes=5), POLICY)
+    assert [(a.kind, a.reason, a.instance_id) for a in actions] == [
+        (DESTROY_ORPHAN, "duplicate", "101")
+    ]

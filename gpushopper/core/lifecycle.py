@@ -81,11 +81,11 @@ def plan(
                 ) or (record.get("label") and inst.label == record["label"]):
                     match = inst
                     break
-        if match is not None:
-            claimed.add((provider, match.instance_id))
         status = record.get("status")
         if status not in LIVE:
             continue
+        if match is not None:
+            claimed.add((provider, match.instance_id))  # only live sessions claim instances
         instance_id = match.instance_id if match else record.get("instance_id")
         base: dict[str, Any] = {
             "provider": provider,
@@ -158,7 +158,7 @@ def plan(
     # Instances nobody live claims.
     for provider, listed in sorted(instances.items()):
         for inst in listed:
-            if (provider, inst.instance_id) in claimed and not _claimed_by_dead(inst, by_label):
+            if (provider, inst.instance_id) in claimed:
                 continue
             owner = parse_label(inst.label)
             if owner is None:
@@ -183,13 +183,23 @@ def plan(
                         DESTROY_ORPHAN, "unknown_to_state", **base, detail="no session records it"
                     )
                 )
-            elif record.get("status") not in LIVE:
+            elif owner_record.get("status") in LIVE:
+                # The live session already holds another instance: this one is a duplicate.
+                actions.append(
+                    Action(
+                        DESTROY_ORPHAN,
+                        "duplicate",
+                        **base,
+                        detail="a second instance of a live session",
+                    )
+                )
+            else:
                 actions.append(
                     Action(
                         DESTROY_ORPHAN,
                         "session_ended",
                         **base,
-                        detail=f"session is {record.get('status')}",
+                        detail=f"session is {owner_record.get('status')}",
                     )
                 )
     return actions
@@ -204,8 +214,3 @@ def _gone(status: Any, record: dict[str, Any], age: float, policy: Policy) -> bo
     if not record.get("instance_id"):
         return age > policy.provision_timeout_s  # the create call may still be under way
     return age > policy.gone_grace_s  # a fresh instance may lag in the provider's list
-
-
-def _claimed_by_dead(inst: Instance, by_label: dict[str, dict[str, Any]]) -> bool:
-    record = by_label.get(inst.label or "")
-    return record is not None and record.get("status") not in LIVE
