@@ -498,3 +498,30 @@ def test_progress_and_budget_warning_go_to_stderr(vast, gs, monkeypatch):
     assert "loading" in result.stderr and "Checking the machine over SSH" in result.stderr
     assert "budget" in result.stderr
     assert result.json()["status"] == "running"  # stdout is still one JSON document
+
+
+def test_done_on_a_failed_session_destroys_what_is_left_and_keeps_why_it_failed(
+    vast, gs, isolated_home
+):
+    store = StateStore(isolated_home / "state.json")
+    label = f"gpu-shopper:{store.install_id()}:f00001"
+    leftover = vast.create_instance_directly(label=label, status="running")
+    with store.transaction() as st:
+        st["sessions"]["f00001"] = {
+            "id": "f00001",
+            "status": "failed",
+            "provider": "vastai",
+            "instance_id": None,
+            "label": label,
+            "end_reason": "boot failed: instance is exited",
+            "ended_at": "2026-11-23T09:00:00Z",
+            "cost_usd": 0.0,
+        }
+    result = gs("sessions done f00001 --json")
+    assert result.exit_code == 0, result.stderr
+    record = state(isolated_home)["sessions"]["f00001"]
+    assert record["status"] == "failed"
+    assert record["end_reason"] == "boot failed: instance is exited"
+    assert record["ended_at"] == "2026-11-23T09:00:00Z"
+    assert record["instance_id"] == str(leftover["id"])
+    assert vast.live_instances() == []

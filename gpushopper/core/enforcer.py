@@ -22,7 +22,7 @@ from gpushopper.core.lifecycle import (
 )
 from gpushopper.core.models import Instance
 from gpushopper.core.provisioner import destroy_and_confirm
-from gpushopper.core.sessions import accrued_cost, write_ssh_config
+from gpushopper.core.sessions import close_record, refresh_ssh_config
 from gpushopper.core.teardown import end_session
 from gpushopper.core.units import iso
 
@@ -149,17 +149,15 @@ class Enforcer:
             record = state["sessions"].get(action.session_id)
             if record is None:
                 return
-            now = self.clock()
             booting = record.get("status") in ("creating", "provisioning", "verifying")
-            record["status"] = "failed" if booting else "ended"
-            record["end_reason"] = record.get("end_reason") or "instance gone at the provider"
-            record["ended_at"] = iso(now)
-            record["cost_usd"] = round(accrued_cost(record, now), 6)
-        if self.ssh_config_path is not None:
-            try:
-                write_ssh_config(self.ssh_config_path, self.store.sessions())
-            except OSError:
-                pass
+            close_record(
+                record,
+                "failed" if booting else "ended",
+                "instance gone at the provider",
+                self.clock(),
+                keep_reason=True,
+            )
+        refresh_ssh_config(self.ssh_config_path, self.store)
 
     def tick(self, policy: Policy, *, destroy: bool = True) -> TickReport:
         report = TickReport()

@@ -27,7 +27,7 @@ from gpushopper.core.errors import (
 )
 from gpushopper.core.inventory import machine_key, rank, search, split_offer_id
 from gpushopper.core.models import Instance, LaunchSpec, Offer, OfferQuery, Template, gpu_matches
-from gpushopper.core.sessions import make_label, write_ssh_config
+from gpushopper.core.sessions import close_record, make_label, refresh_ssh_config
 from gpushopper.core.units import format_duration, iso, parse_iso
 
 SUPPRESS_AFTER = 2  # failures before an offer/machine is suppressed
@@ -567,19 +567,12 @@ class Provisioner:
         atomic_write_text(path, f"{host} {host_key}\n", mode=0o600)
 
     def _finish(self, session_id: str, status: str, reason: str, **extra: Any) -> None:
-        from gpushopper.core.sessions import accrued_cost
-
         with self.store.transaction() as state:
             record = state["sessions"].get(session_id)
             if record is None:
                 return
-            now = self.clock()
             record.update(extra)
-            record["status"] = status
-            record["end_reason"] = reason
-            if status in ("ended", "failed"):
-                record["ended_at"] = iso(now)
-                record["cost_usd"] = round(accrued_cost(record, now), 6)
+            close_record(record, status, reason, self.clock())
         self._refresh_ssh_config()
 
     def _abort(
@@ -622,7 +615,4 @@ class Provisioner:
             record_failure(self.store, offer, reason, self.clock())
 
     def _refresh_ssh_config(self) -> None:
-        try:
-            write_ssh_config(self.ssh_config_path, self.store.sessions())
-        except OSError as exc:
-            self.log(f"Could not update {self.ssh_config_path}: {exc.strerror}")
+        refresh_ssh_config(self.ssh_config_path, self.store, self.log)

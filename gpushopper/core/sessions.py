@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shlex
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,20 @@ def accrued_cost(record: dict[str, Any], now: datetime) -> float:
     end = parse_iso(record.get("ended_at")) or now
     seconds = max(0.0, (end - start).total_seconds())
     return float(price) * seconds / 3600.0
+
+
+def close_record(
+    record: dict[str, Any], status: str, reason: str, now: datetime, *, keep_reason: bool = False
+) -> None:
+    """Move a record (in place) to ``status``; for ended/failed also stamp the end time and
+    finalise the cost. ``keep_reason`` keeps an end reason and end time already recorded."""
+    record["status"] = status
+    if not (keep_reason and record.get("end_reason")):
+        record["end_reason"] = reason
+    if status in DONE:
+        if not (keep_reason and record.get("ended_at")):
+            record["ended_at"] = iso(now)
+        record["cost_usd"] = round(accrued_cost(record, now), 6)
 
 
 def ssh_command(record: dict[str, Any]) -> str | None:
@@ -136,6 +151,19 @@ def write_ssh_config(path: Path, records: dict[str, dict[str, Any]]) -> None:
     from gpushopper.state.atomic import atomic_write_text
 
     atomic_write_text(path, render_ssh_config(records), mode=0o600)
+
+
+def refresh_ssh_config(
+    path: Path | None, store: Any, log: Callable[[str], None] | None = None
+) -> None:
+    """Rewrite our ssh_config from the state; a failure is reported, never raised."""
+    if path is None:
+        return
+    try:
+        write_ssh_config(path, store.sessions())
+    except OSError as exc:
+        if log is not None:
+            log(f"Could not update {path}: {exc.strerror}")
 
 
 def stamp(now: datetime) -> str:

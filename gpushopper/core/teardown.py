@@ -10,8 +10,7 @@ from typing import Any
 
 from gpushopper.core.errors import GpuShopperError, UsageError
 from gpushopper.core.provisioner import destroy_and_confirm, find_by_label
-from gpushopper.core.sessions import DONE, accrued_cost, write_ssh_config
-from gpushopper.core.units import iso
+from gpushopper.core.sessions import DONE, close_record, refresh_ssh_config
 
 
 def get_session_or_fail(store: Any, session_id: str) -> dict[str, Any]:
@@ -42,7 +41,11 @@ def end_session(
     if record.get("status") in DONE and record.get("status") != "failed":
         return record
     provider = provider_factory(record["provider"])
-    store.update_session(session_id, status="ending", end_reason=reason)
+    was_failed = record.get("status") == "failed"
+    # A failed session keeps the reason it failed; an ended one gets this one.
+    store.update_session(
+        session_id, status="ending", **({} if was_failed else {"end_reason": reason})
+    )
     try:
         instance_id = record.get("instance_id")
         if not instance_id:
@@ -56,25 +59,12 @@ def end_session(
     except GpuShopperError as exc:
         store.update_session(session_id, error=f"destroy failed: {exc}")
         raise
-    final_status = "failed" if record.get("status") == "failed" else "ended"
     with store.transaction() as state:
         current = state["sessions"][session_id]
-        now = clock()
-        current["status"] = final_status
-        current["end_reason"] = (
-            reason if final_status == "ended" else current.get("end_reason") or reason
+        close_record(
+            current, "failed" if was_failed else "ended", reason, clock(), keep_reason=was_failed
         )
-        current["ended_at"] = (
-            current.get("ended_at")
-            if final_status == "failed" and current.get("ended_at")
-            else iso(now)
-        )
-        current["cost_usd"] = round(accrued_cost(current, now), 6)
         current.pop("error", None)
         result = dict(current)
-    if ssh_config_path is not None:
-        try:
-            write_ssh_config(ssh_config_path, store.sessions())
-        except OSError:
-            pass
+    refresh_ssh_config(ssh_config_path, store)
     return result
