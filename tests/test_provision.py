@@ -525,3 +525,24 @@ def test_done_on_a_failed_session_destroys_what_is_left_and_keeps_why_it_failed(
     assert record["ended_at"] == "2026-11-23T09:00:00Z"
     assert record["instance_id"] == str(leftover["id"])
     assert vast.live_instances() == []
+
+
+def test_a_crash_right_after_create_still_destroys_the_instance(
+    vast, gs, isolated_home, monkeypatch
+):
+    """A bug after the create call succeeded (say, parsing its answer) must not leak."""
+    from gpushopper.providers.vastai import VastAI
+
+    real_create = VastAI.create_instance
+
+    def create_then_crash(self, spec):
+        real_create(self, spec)
+        raise KeyError("new_contract")
+
+    monkeypatch.setattr(VastAI, "create_instance", create_then_crash)
+    result = gs("provision --provider vastai --gpu 4090 --yes")
+    assert result.exit_code == 1
+    assert "KeyError" in result.stderr
+    assert vast.live_instances() == []
+    (failed,) = sessions_by_status(isolated_home)["failed"]
+    assert "crashed" in failed["end_reason"] and failed["instance_id"]

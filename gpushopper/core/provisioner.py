@@ -364,6 +364,10 @@ class Provisioner:
             self.log(
                 f"The create call failed ({exc}) but instance {instance_id} exists; adopting it"
             )
+        except BaseException as exc:
+            # A bug after a create that went through: find it by label and destroy it.
+            self._abort(provider, offer, session_id, None, f"crashed: {type(exc).__name__}: {exc}")
+            raise
         try:
             timings["create_call_s"] = round(self.mono() - started, 3)
             self._update(
