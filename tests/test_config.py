@@ -177,4 +177,5 @@ def test_provider_auth_error_never_shows_the_key(gs, vast, monkeypatch):
     result = gs("inventory --provider vastai --refresh --json")
     assert result.exit_code == 1
     assert "Invalid user key" in result.stderr
+    assert result.json()["error"]["type"] == "auth"  # the provider's own typed error
     assert "wrong-key-but-secret-7777" not in result.stdout + result.stderr

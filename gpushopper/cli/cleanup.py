@@ -68,9 +68,9 @@ def cleanup_orphans(app: App, yes: bool, include_foreign: bool, as_json: bool) -
     report = TickReport()
     actions = enforcer.evaluate(policy, report)
     if not report.providers_listed and not report.provider_errors:
-        from gpushopper.core.errors import ConfigError
+        from gpushopper.core.errors import NoProviderConfigured
 
-        raise ConfigError("no provider has credentials: set VASTAI_API_KEY or TENSORDOCK_API_TOKEN")
+        raise NoProviderConfigured()
     outcomes = []
     for action in actions:
         if action.kind in REPORTED:

@@ -9,7 +9,7 @@ import click
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.filters import SORTS, build_query, filter_options, offer_cache, resolve_template
 from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table, warn
-from gpushopper.core.errors import ConfigError, NotFound, ProviderError, Unavailable, UsageError
+from gpushopper.core.errors import NotFound
 
 
 def _money(value: float | None) -> str | None:
@@ -74,19 +74,7 @@ def run_search(app: App, query: Any, *, refresh: bool, include_unhealthy: bool) 
         now=app.clock,
         template_resolver=resolve_template,
     )
-    asked = [p for p in query.providers]
-    if not result.errors and len(result.skipped) == len(asked):
-        if len(result.no_credentials) < len(asked):  # e.g. no provider has that template
-            raise UsageError("no provider can answer: " + "; ".join(result.skipped.values()))
-        raise ConfigError(
-            "no provider has credentials: set VASTAI_API_KEY or TENSORDOCK_API_TOKEN "
-            "(or 'gpu-shopper config set vastai.api_key KEY')"
-        )
-    if result.errors and len(result.errors) + len(result.skipped) == len(asked):
-        first = next(iter(result.errors.values()))
-        if len(result.errors) == 1:
-            raise ProviderError(next(iter(result.errors)), first.split(": ", 1)[-1])
-        raise Unavailable("all providers", "; ".join(result.errors.values()))
+    result.raise_if_nobody_answered(query.providers)
     return result
 
 

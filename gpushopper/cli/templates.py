@@ -9,7 +9,12 @@ import click
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.filters import PROVIDERS
 from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table, warn
-from gpushopper.core.errors import ConfigError, GpuShopperError, MissingCredentials, NotFound
+from gpushopper.core.errors import (
+    GpuShopperError,
+    MissingCredentials,
+    NoProviderConfigured,
+    NotFound,
+)
 
 
 def _providers(app: App, chosen: tuple[str, ...]) -> list[Any]:
@@ -21,7 +26,7 @@ def _providers(app: App, chosen: tuple[str, ...]) -> list[Any]:
         except MissingCredentials as exc:
             info(f"Note: skipped {exc}")
     if not clients:
-        raise ConfigError("no provider has credentials: set VASTAI_API_KEY or TENSORDOCK_API_TOKEN")
+        raise NoProviderConfigured()
     return clients
 
 

@@ -43,6 +43,16 @@ class MissingCredentials(ConfigError):
         self.provider = provider
 
 
+class NoProviderConfigured(ConfigError):
+    """No provider asked for has credentials."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "no provider has credentials: set VASTAI_API_KEY or TENSORDOCK_API_TOKEN "
+            "(or 'gpu-shopper config set vastai.api_key KEY')"
+        )
+
+
 class ProviderError(GpuShopperError):
     """A provider answered with an error (or not at all): exit 1."""
 

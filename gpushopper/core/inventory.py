@@ -12,7 +12,9 @@ from typing import Any
 from gpushopper.core.errors import (
     GpuShopperError,
     MissingCredentials,
+    NoProviderConfigured,
     RateLimited,
+    Unavailable,
     UsageError,
 )
 from gpushopper.core.models import (
@@ -32,12 +34,32 @@ SORTS = ("price", "reliability", "vram", "perf-per-dollar")
 @dataclass
 class InventoryResult:
     offers: list[Offer]
-    errors: dict[str, str] = field(default_factory=dict)  # provider -> message
+    failures: dict[str, GpuShopperError] = field(default_factory=dict)  # provider -> its error
     skipped: dict[str, str] = field(default_factory=dict)  # provider -> why (no credentials...)
     no_credentials: list[str] = field(default_factory=list)  # the skipped ones lacking keys
     cached: dict[str, bool] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     hidden_unhealthy: int = 0
+
+    @property
+    def errors(self) -> dict[str, str]:
+        """provider -> message, for reports."""
+        return {name: str(exc) for name, exc in self.failures.items()}
+
+    def raise_if_nobody_answered(self, asked: list[str]) -> None:
+        """When every provider asked was skipped or failed, raise the most useful error:
+        no credentials at all, nobody able to answer (e.g. no such template), the one
+        provider's own error, or all of them."""
+        asked = list(dict.fromkeys(asked))
+        if len(self.skipped) + len(self.failures) < len(asked):
+            return
+        if not self.failures:
+            if len(self.no_credentials) == len(asked):
+                raise NoProviderConfigured()
+            raise UsageError("no provider can answer: " + "; ".join(self.skipped.values()))
+        if len(self.failures) == 1:
+            raise next(iter(self.failures.values()))
+        raise Unavailable("all providers", "; ".join(self.errors.values()))
 
 
 # -- offer ids -------------------------------------------------------------------------------
@@ -291,7 +313,7 @@ def search(
             result.skipped[name] = answer.skipped
             continue
         if answer.error is not None:
-            result.errors[name] = str(answer.error)
+            result.failures[name] = answer.error
             continue
         result.cached[name] = answer.cached
         for offer in answer.offers or []:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from gpushopper.core.errors import (
-    ConfigError,
     GpuShopperError,
     Interrupted,
     NotFound,
@@ -25,7 +24,7 @@ from gpushopper.core.errors import (
     Unavailable,
     UsageError,
 )
-from gpushopper.core.inventory import machine_key, rank, search, split_offer_id
+from gpushopper.core.inventory import machine_key, search, split_offer_id
 from gpushopper.core.models import Instance, LaunchSpec, Offer, OfferQuery, Template, gpu_matches
 from gpushopper.core.sessions import close_record, make_label, refresh_ssh_config
 from gpushopper.core.units import format_duration, iso, parse_iso
@@ -147,7 +146,6 @@ class Provisioner:
         sleep: Callable[[float], None] = time.sleep,
         log: Callable[[str], None] = lambda message: None,
         health: dict[str, Any] | None = None,
-        cache: Any = None,
         deadline_script: Callable[[Any, dict[str, Any]], str | None] | None = None,
     ) -> None:
         self.store = store
@@ -159,7 +157,6 @@ class Provisioner:
         self.sleep = sleep
         self.log = log
         self.health = health or {}
-        self.cache = cache
         self.deadline_script = deadline_script
 
     # -- choosing ---------------------------------------------------------------------------
@@ -202,18 +199,10 @@ class Provisioner:
             now=self.clock,
             template_resolver=resolver,
         )
-        if not result.offers and not result.errors and len(result.skipped) == len(query.providers):
-            if len(result.no_credentials) == len(query.providers):
-                raise ConfigError(
-                    "no provider has credentials: set VASTAI_API_KEY or TENSORDOCK_API_TOKEN "
-                    "(or 'gpu-shopper config set vastai.api_key KEY')"
-                )
-            raise UsageError("no provider can answer: " + "; ".join(result.skipped.values()))
+        result.raise_if_nobody_answered(query.providers)
         notes += [f"skipped {why}" for why in result.skipped.values()]
         notes += [f"{name} failed: {msg}" for name, msg in result.errors.items()]
-        if not result.offers and result.errors and not result.skipped:
-            raise ProvisionFailed("no provider answered: " + "; ".join(result.errors.values()))
-        offers = rank(result.offers, query.sort)
+        offers = result.offers  # already ranked by search()
         if req.preferred_gpus and not query.gpus:
 
             def preference(offer: Offer) -> int:
@@ -280,7 +269,8 @@ class Provisioner:
     def attempt(self, req: ProvisionRequest, candidate: Candidate) -> dict[str, Any]:
         provider, offer, template = candidate.provider, candidate.offer, candidate.template
         session_id = self.store.new_session_id()
-        label = make_label(self.store.install_id(), session_id)
+        install_id = self.store.install_id()
+        label = make_label(install_id, session_id)
         key_path, public_key, generated = self._ssh_key(req, session_id, label)
         now = self.clock()
         hard_max = now + timedelta(seconds=req.hard_max_s)
@@ -294,7 +284,7 @@ class Provisioner:
             "machine_id": offer.machine_id,
             "instance_id": None,
             "label": label,
-            "install_id": self.store.install_id(),
+            "install_id": install_id,
             "gpu_name": offer.gpu_name,
             "num_gpus": offer.num_gpus,
             "vram_gb": offer.vram_gb,
