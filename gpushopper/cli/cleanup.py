@@ -51,7 +51,7 @@ def cleanup_orphans(app: App, yes: bool, include_foreign: bool, as_json: bool) -
     Exit codes: 0 nothing left running; 3 found and left (no --yes); 1 an error.
     Instances of another install id are reported and left alone unless --include-foreign.
     """
-    from gpushopper.core.enforcer import Enforcer, policy_from_settings
+    from gpushopper.core.enforcer import Enforcer, TickReport, policy_from_settings
 
     enforcer = Enforcer(
         store=app.store,
@@ -61,26 +61,20 @@ def cleanup_orphans(app: App, yes: bool, include_foreign: bool, as_json: bool) -
         ssh_config_path=app.paths.ssh_config_file if app.store.exists() else None,
         log=info,
     )
-    install_id = enforcer.install_id()
-    policy = policy_from_settings(app.settings, install_id, include_foreign)
-    from gpushopper.core.enforcer import TickReport
-
+    policy = policy_from_settings(app.settings, include_foreign)
     report = TickReport()
     actions = enforcer.evaluate(policy, report)
     if not report.providers_listed and not report.provider_errors:
         from gpushopper.core.errors import NoProviderConfigured
 
         raise NoProviderConfigured()
-    outcomes = []
-    for action in actions:
-        if action.kind in REPORTED:
-            outcomes.append(enforcer.execute(action, destroy=yes))
-        elif action.kind == "mark_ended" and yes:
-            enforcer.execute(action)
+    # With --yes, also close sessions whose instance is already gone (no row: nothing runs).
+    chosen = [a for a in actions if a.kind in REPORTED or (yes and a.kind == "mark_ended")]
+    outcomes = [o for o in enforcer.execute_all(chosen, destroy=yes) if o.action.kind in REPORTED]
     rows = [orphan_json(o) for o in outcomes]
     for name, message in report.provider_errors.items():
         warn(f"{name}: {message}")
-    if install_id is None:
+    if report.install_id is None:
         info(
             "Note: no state file here, so no instance is known to be this install's; "
             "gpu-shopper-labelled instances are shown as foreign (--include-foreign destroys them)"

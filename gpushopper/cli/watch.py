@@ -241,7 +241,7 @@ def watch(
         while True:
             tick_started = time.monotonic()
             try:
-                policy = policy_from_settings(app.settings, enforcer.install_id(), include_foreign)
+                policy = policy_from_settings(app.settings, include_foreign)
                 report = enforcer.tick(policy)
                 for name, message in report.provider_errors.items():
                     emit(

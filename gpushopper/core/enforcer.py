@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,7 @@ class TickReport:
     provider_errors: dict[str, str] = field(default_factory=dict)
     providers_listed: list[str] = field(default_factory=list)
     instances: dict[str, list[Instance]] = field(default_factory=dict)
+    install_id: str | None = None
     ok: bool = True
 
 
@@ -90,18 +91,17 @@ class Enforcer:
                 report.ok = False
         return instances
 
-    def install_id(self) -> str | None:
-        if not self.store.exists():
-            return None
-        return self.store.read().get("install_id")
-
     def evaluate(self, policy: Policy, report: TickReport) -> list[Action]:
+        """Plan this pass. The install id comes from the same single read of the state
+        (None without a state file: then every gpu-shopper label counts as foreign)."""
         # List first, then read the state: a session is always saved before its create
         # call, so no instance seen here can belong to a session missing from the state.
         instances = self.gather(report)
         report.instances = instances
-        sessions = self.store.read()["sessions"] if self.store.exists() else {}
-        return plan(sessions, instances, self.clock(), policy)
+        state = self.store.read() if self.store.exists() else {"sessions": {}}
+        report.install_id = state.get("install_id")
+        policy = replace(policy, install_id=report.install_id)
+        return plan(state["sessions"], instances, self.clock(), policy)
 
     def execute(self, action: Action, *, destroy: bool = True) -> Outcome:
         try:
@@ -177,22 +177,18 @@ class Enforcer:
         """Destroys run side by side (one slow confirmation must not hold back another
         deadline); the rest run in order. Outcomes come back in the actions' order."""
         slow = {DESTROY_SESSION, DESTROY_ORPHAN}
-        parallel = [a for a in actions if a.kind in slow and destroy]
-        results: dict[int, Outcome] = {}
+        outcomes: list[Outcome | None] = [None] * len(actions)
+        parallel = [i for i, a in enumerate(actions) if destroy and a.kind in slow]
         if len(parallel) > 1:
             from concurrent.futures import ThreadPoolExecutor
 
             with ThreadPoolExecutor(max_workers=min(DESTROY_WORKERS, len(parallel))) as pool:
-                for action, outcome in zip(
-                    parallel,
-                    pool.map(lambda a: self.execute(a, destroy=destroy), parallel),
-                    strict=True,
-                ):
-                    results[id(action)] = outcome
-        for action in actions:
-            if id(action) not in results:
-                results[id(action)] = self.execute(action, destroy=destroy)
-        return [results[id(a)] for a in actions]
+                done = pool.map(lambda i: self.execute(actions[i], destroy=destroy), parallel)
+                for i, outcome in zip(parallel, done, strict=True):
+                    outcomes[i] = outcome
+        return [
+            o or self.execute(a, destroy=destroy) for a, o in zip(actions, outcomes, strict=True)
+        ]
 
     def end_all(self, reason: str) -> list[Outcome]:
         """Destroy every live session (watch's shutdown rule), confirming each is gone."""
@@ -215,11 +211,10 @@ class Enforcer:
         return self.execute_all(outcomes)
 
 
-def policy_from_settings(
-    settings: Any, install_id: str | None, include_foreign: bool = False
-) -> Policy:
+def policy_from_settings(settings: Any, include_foreign: bool = False) -> Policy:
+    """The policy's timings from settings; the install id is filled in by ``evaluate``."""
     return Policy(
-        install_id=install_id,
+        install_id=None,
         warn_before_s=settings.get("safety.warn_before"),
         provision_timeout_s=settings.get("safety.provision_timeout"),
         include_foreign=include_foreign,
