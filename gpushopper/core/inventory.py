@@ -266,7 +266,8 @@ def search(
                 queries[name] = replace(query, min_cuda=template.min_cuda)
         asked = queries[name]
         key = _cache_key(asked, name)
-        if cache is not None and not refresh:
+        # Without a template the cache was already read before any thread started.
+        if cache is not None and not refresh and query.template:
             hit = cache.get(name, key)
             if hit is not None:
                 return Answer(name, hit, cached=True)
