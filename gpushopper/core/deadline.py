@@ -59,7 +59,6 @@ DEFAULT_FILES = {"vastai": VASTAI_DEADLINE_FILE, "tensordock": TENSORDOCK_DEADLI
 MARKER = "gs-deadline-watcher"  # in the watcher's argv: how a second start finds the first
 LOOP_MAX_S = 30  # the watcher re-reads the deadline file at least this often
 PUSH_TIMEOUT_S = 20.0  # connect budget for push_deadline (SSH)
-DEFAULT_GRACE_S = 900.0
 
 # The watcher. ``{deadline}`` (fallback epoch), ``{setup}`` and ``{action}`` are filled in;
 # it is written by a quoted here-document, so nothing in it is expanded at write time.
@@ -96,8 +95,7 @@ B=${GS_BOOT_DIR-/var/lib/cloud/scripts/per-boot};B=${B:+$B/gpu-shopper-deadline}
 
 
 def _grace_s(app: Any) -> float:
-    value = app.settings.get("safety.deadline_grace")
-    return float(value) if value is not None else DEFAULT_GRACE_S
+    return float(app.settings.get("safety.deadline_grace"))
 
 
 def deadline_file_for(app: Any, provider_name: str) -> str | None:

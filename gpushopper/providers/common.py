@@ -106,3 +106,12 @@ def require(value: str | None, provider: str, hint: str) -> str:
     if not value:
         raise MissingCredentials(provider, hint)
     return value
+
+
+def http_settings(settings: Any) -> dict[str, Any]:
+    """The HTTP knobs every provider client takes from settings."""
+    return {
+        "timeout": settings.get("defaults.http_timeout"),
+        "retries": settings.get("defaults.http_retries"),
+        "backoff": settings.get("defaults.http_backoff"),
+    }

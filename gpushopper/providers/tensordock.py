@@ -31,6 +31,7 @@ from gpushopper.core.models import (
 from gpushopper.providers.base import HttpClient, error_text
 from gpushopper.providers.common import (
     country_code,
+    http_settings,
     integer,
     num,
     require,
@@ -380,9 +381,7 @@ class TensorDock:
             image=settings.get("tensordock.image"),
             vcpus_per_gpu=settings.get("tensordock.vcpus_per_gpu"),
             ram_per_gpu=settings.get("tensordock.ram_gb_per_gpu"),
-            timeout=settings.get("defaults.http_timeout"),
-            retries=settings.get("defaults.http_retries"),
-            backoff=settings.get("defaults.http_backoff"),
+            **http_settings(settings),
         )
 
     def check(self) -> str:

@@ -16,6 +16,7 @@ from gpushopper.core.models import Instance, LaunchSpec, Offer, OfferQuery, Temp
 from gpushopper.providers.base import HttpClient, dumps_query
 from gpushopper.providers.common import (
     country_code,
+    http_settings,
     integer,
     num,
     require,
@@ -254,7 +255,6 @@ class VastAI:
     """Vast.ai over HTTP. Construct with :meth:`from_settings`."""
 
     NAME = NAME
-    ssh_user_default = "root"
 
     def __init__(
         self,
@@ -295,9 +295,7 @@ class VastAI:
             settings.get("vastai.api_url"),
             ssh_user=settings.get("vastai.ssh_user"),
             max_price=settings.get("vastai.max_price"),
-            timeout=settings.get("defaults.http_timeout"),
-            retries=settings.get("defaults.http_retries"),
-            backoff=settings.get("defaults.http_backoff"),
+            **http_settings(settings),
         )
 
     @staticmethod
