@@ -105,3 +105,30 @@ def vast(monkeypatch: pytest.MonkeyPatch, sshd_pool, fast_http):  # noqa: F811
     monkeypatch.setenv("VASTAI_SSH_USER", sshd_pool.login_user)
     yield emu
     emu.stop()
+
+
+class FakeTime:
+    """A monotonic clock that moves only when the tool sleeps on it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.slept = 0.0
+
+    def mono(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+        self.slept += max(0.0, seconds)
+
+
+@pytest.fixture
+def fake_time(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
+    """Boot timeouts, SSH retries and destroy confirmations of in-process commands run on
+    this clock: a 3-second timeout is tested without waiting 3 seconds."""
+    from gpushopper.cli import App
+
+    clock = FakeTime()
+    monkeypatch.setattr(App, "mono", staticmethod(clock.mono))
+    monkeypatch.setattr(App, "sleep", staticmethod(clock.sleep))
+    return clock

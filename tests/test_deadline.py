@@ -7,7 +7,7 @@ import signal
 import stat
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -17,20 +17,9 @@ import pytest
 from gpushopper.core import deadline
 from gpushopper.core.units import iso, parse_iso, utcnow
 from gpushopper.state.store import StateStore
+from tests.waiting import wait_for
 
 MARKER = deadline.MARKER
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``predicate`` until it is truthy; fail after ``timeout`` seconds."""
-    end = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > end:
-            pytest.fail(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def watchers_of(deadline_file: Path) -> list[int]:

@@ -21,7 +21,7 @@ def test_provision_and_done_are_journaled(vast, gs, isolated_home):
     assert vast.api_key not in (isolated_home / "journal.jsonl").read_text()
 
 
-def test_failed_create_is_journaled_with_the_error(tensordock, gs, isolated_home):
+def test_failed_create_is_journaled_with_the_error(tensordock, gs, isolated_home, fake_time):
     tensordock.error_in_200_next("POST", r"/instances$", "No available nodes found", times=5)
     gs("provision --provider tensordock --gpu 4090 --yes")
     (event,) = entries(isolated_home)

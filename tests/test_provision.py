@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gpushopper.state.store import StateStore
+from tests.waiting import wait_for
 
 
 def ssh_run(command: str, *extra: str) -> subprocess.CompletedProcess[str]:
@@ -111,18 +112,20 @@ def test_repeated_failures_suppress_the_offer(vast, gs, isolated_home):
     assert {o["id"]: o["health"] for o in shown}[f"vastai:{bad['id']}"] == "suppressed"
 
 
-def test_stuck_loading_past_timeout_is_destroyed(vast, gs, isolated_home):
+def test_stuck_loading_past_timeout_is_destroyed(vast, gs, isolated_home, fake_time):
     vast.boot = {"mode": "stuck_loading", "loading_after": 0.0, "running_after": 0.0}
     result = gs("provision --provider vastai --gpu 4090 --timeout 2s --yes")
     assert result.exit_code == 1
     assert "not running after 2s" in result.stderr
+    assert 2 <= fake_time.slept < 10  # waited out the timeout on its clock, then gave up
     assert vast.live_instances() == []
 
 
-def test_ssh_never_answering_is_destroyed(vast, gs, isolated_home):
+def test_ssh_never_answering_is_destroyed(vast, gs, isolated_home, fake_time):
     vast.ssh_backend = None  # running, but nothing listens on the SSH port
     result = gs("provision --provider vastai --gpu 4090 --timeout 3s --yes")
     assert result.exit_code == 1
+    assert fake_time.slept >= 3  # kept retrying SSH until the boot timeout
     assert "SSH" in result.stderr
     assert vast.live_instances() == []
     assert sessions_by_status(isolated_home)["failed"][0]["status"] == "failed"
@@ -165,7 +168,7 @@ def test_create_500_after_creating_is_adopted_by_label(vast, gs, isolated_home):
     assert vast.live_instances() == []
 
 
-def test_create_error_without_instance_fails_cleanly(tensordock, gs, isolated_home):
+def test_create_error_without_instance_fails_cleanly(tensordock, gs, isolated_home, fake_time):
     tensordock.error_in_200_next("POST", r"/instances$", "No available nodes found", times=5)
     result = gs("provision --provider tensordock --gpu 4090 --yes")
     assert result.exit_code == 1
@@ -175,7 +178,7 @@ def test_create_error_without_instance_fails_cleanly(tensordock, gs, isolated_ho
     assert failed["instance_id"] is None
 
 
-def test_destroy_failing_once_still_ends_with_nothing(vast, gs, isolated_home):
+def test_destroy_failing_once_still_ends_with_nothing(vast, gs, isolated_home, fake_time):
     session = gs("provision --provider vastai --gpu 4090 --yes --json").json()
     vast.destroy_fail_times = 1
     done = gs(f"sessions done {session['id']} --json")
@@ -200,7 +203,6 @@ def test_ctrl_c_destroys_and_exits_130(vast, gs, isolated_home, monkeypatch):
 def test_sigkilled_provision_is_found_by_label(vast, isolated_home):
     import signal
     import sys
-    import time
 
     vast.boot = {"mode": "stuck_loading", "loading_after": 0.0, "running_after": 0.0}
     proc = subprocess.Popen(
@@ -218,18 +220,18 @@ def test_sigkilled_provision_is_found_by_label(vast, isolated_home):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + 30
-    record = None
-    while time.monotonic() < deadline:
+
+    def saved_with_instance() -> dict | None:
         sessions = (
             state(isolated_home)["sessions"] if (isolated_home / "state.json").exists() else {}
         )
-        record = next((s for s in sessions.values() if s.get("instance_id")), None)
-        if record:
-            break
-        time.sleep(0.05)  # waiting on another process, not on a timer
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(10)
+        return next((s for s in sessions.values() if s.get("instance_id")), None)
+
+    try:
+        record = wait_for(saved_with_instance, 30, "the provision to record its instance")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
     assert record is not None
     live = vast.live_instances()
     assert [i["label"] for i in live] == [record["label"]]
@@ -373,7 +375,9 @@ def test_diagnostics_over_ssh(vast, gs, isolated_home):
     ],
     ids=["stuck", "stopped-after-start", "ssh-down", "no-driver"],
 )
-def test_tensordock_failed_boots_leave_nothing(tensordock, gs, isolated_home, setup, flags, needle):
+def test_tensordock_failed_boots_leave_nothing(
+    tensordock, gs, isolated_home, setup, flags, needle, fake_time
+):
     setup(tensordock)
     result = gs(f"provision --provider tensordock --gpu 4090 {flags} --yes")
     assert result.exit_code == 1, result.stderr
@@ -385,7 +389,9 @@ def test_tensordock_failed_boots_leave_nothing(tensordock, gs, isolated_home, se
     )
 
 
-def test_tensordock_create_500_adopted_and_destroy_failing_once(tensordock, gs, isolated_home):
+def test_tensordock_create_500_adopted_and_destroy_failing_once(
+    tensordock, gs, isolated_home, fake_time
+):
     tensordock.create_error_after_create = True
     session = gs("provision --provider tensordock --gpu 4090 --yes --json")
     assert session.exit_code == 0, session.stderr
@@ -400,7 +406,7 @@ def test_tensordock_create_500_adopted_and_destroy_failing_once(tensordock, gs, 
     assert tensordock.live_instances() == []
 
 
-def test_tensordock_failover_to_next_hostnode(tensordock, gs, isolated_home):
+def test_tensordock_failover_to_next_hostnode(tensordock, gs, isolated_home, fake_time):
     tensordock.error_in_200_next(
         "POST", r"/instances$", "No available public IPs on hostnode", times=1
     )

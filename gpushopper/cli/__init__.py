@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import time
 from collections.abc import Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -54,7 +55,14 @@ class LazyGroup(click.Group):
 
 
 class App:
-    """What every command needs, built lazily: paths, settings, state, providers, clock."""
+    """What every command needs, built lazily: paths, settings, state, providers, clock.
+
+    ``mono`` and ``sleep`` are what every wait (boot polling, SSH retries, destroy
+    confirmation) uses, so tests can run timeouts on a fake clock.
+    """
+
+    mono: Callable[[], float] = staticmethod(time.monotonic)
+    sleep: Callable[[float], None] = staticmethod(time.sleep)
 
     def __init__(self, environ: dict[str, str] | None = None) -> None:
         self.environ = dict(os.environ) if environ is None else environ

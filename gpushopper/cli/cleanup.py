@@ -58,6 +58,8 @@ def cleanup_orphans(app: App, yes: bool, include_foreign: bool, as_json: bool) -
         provider_factory=app.provider,
         providers=list(app.settings.get("defaults.providers")),
         clock=app.clock,
+        sleep=app.sleep,
+        mono=app.mono,
         ssh_config_path=app.paths.ssh_config_file if app.store.exists() else None,
         log=info,
     )

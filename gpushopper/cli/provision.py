@@ -27,6 +27,8 @@ def make_provisioner(app: App) -> Any:
         ssh_config_path=app.paths.ssh_config_file,
         provider_factory=app.provider,
         clock=app.clock,
+        mono=app.mono,
+        sleep=app.sleep,
         log=info,
         health=app.store.read().get("offer_health", {}),
         deadline_script=lambda provider, record: deadline_script_for(app, provider, record),

@@ -126,6 +126,8 @@ def _end(app: App, session_id: str, reason: str, as_json: bool) -> None:
         reason,
         clock=app.clock,
         ssh_config_path=app.paths.ssh_config_file,
+        sleep=app.sleep,
+        mono=app.mono,
         log=info,
     )
     view = public_view(record, app.clock())

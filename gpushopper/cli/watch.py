@@ -220,6 +220,8 @@ def watch(
         provider_factory=app.provider,
         providers=list(app.settings.get("defaults.providers")),
         clock=app.clock,
+        sleep=app.sleep,
+        mono=app.mono,
         ssh_config_path=app.paths.ssh_config_file,
         on_outcome=on_outcome,
     )
