@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,8 @@ import click
 
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.params import DURATION
-from gpushopper.core.errors import GpuShopperError, StateError
+from gpushopper.core.errors import GpuShopperError, MissingCredentials, StateError
+from gpushopper.core.sessions import LIVE
 from gpushopper.core.units import iso
 
 
@@ -65,7 +67,6 @@ class Metrics:
     def write(self, app: App, orphans: int) -> None:
         if self.path is None:
             return
-        from gpushopper.core.sessions import LIVE
         from gpushopper.state.atomic import atomic_write_text
 
         by_status: dict[str, int] = {}
@@ -226,8 +227,6 @@ def watch(
         on_outcome=on_outcome,
     )
     emit(f"{iso(app.clock())} watch started pid={os.getpid()} interval={interval:g}s")
-    from gpushopper.core.errors import MissingCredentials
-
     guarded = []
     for name in enforcer.providers:
         try:
@@ -237,13 +236,11 @@ def watch(
             pass
     if not guarded:
         emit(f"{iso(app.clock())} warning: no provider has credentials; nothing can be watched")
-    import time
-
+    policy = policy_from_settings(app.settings, include_foreign)
     try:
         while True:
             tick_started = time.monotonic()
             try:
-                policy = policy_from_settings(app.settings, include_foreign)
                 report = enforcer.tick(policy)
                 for name, message in report.provider_errors.items():
                     emit(
@@ -273,8 +270,6 @@ def watch(
                 if keep_on_exit:
                     emit(f"{iso(app.clock())} {name}: leaving sessions running (--keep-on-exit)")
                     for session_id, record in sorted(app.store.sessions().items()):
-                        from gpushopper.core.sessions import LIVE
-
                         if record.get("status") in LIVE:
                             emit(
                                 f"  session={session_id} reservation_ends_at={record.get('reservation_ends_at')} "
