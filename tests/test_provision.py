@@ -552,3 +552,12 @@ def test_a_crash_right_after_create_still_destroys_the_instance(
     assert vast.live_instances() == []
     (failed,) = sessions_by_status(isolated_home)["failed"]
     assert "crashed" in failed["end_reason"] and failed["instance_id"]
+
+
+def test_no_matching_offer_exits_1_before_creating_anything(vast, gs, isolated_home):
+    for args in ("--gpu B200 --yes", "--gpu B200 --dry-run"):
+        result = gs(f"provision --provider vastai {args}")
+        assert result.exit_code == 1
+        assert "no offer matches" in result.stderr
+    assert not [r for r in vast.requests if r["method"] == "PUT"]
+    assert not (isolated_home / "state.json").exists() or not state(isolated_home)["sessions"]

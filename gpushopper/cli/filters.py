@@ -94,6 +94,29 @@ def filter_options(func: Callable[..., Any]) -> Callable[..., Any]:
     return func
 
 
+# The parameter names filter_options() adds, as build_query() takes them.
+FILTER_PARAMS = (
+    "providers",
+    "gpus",
+    "min_vram",
+    "num_gpus",
+    "max_price",
+    "min_reliability",
+    "min_cuda",
+    "min_disk",
+    "countries",
+    "disk",
+    "template",
+    "verified_only",
+    "profile",
+)
+
+
+def filter_args(opts: dict[str, Any]) -> dict[str, Any]:
+    """The filter flags out of a command's parsed options, for build_query()."""
+    return {name: opts[name] for name in FILTER_PARAMS}
+
+
 def _pick(flag: Any, profile: dict[str, Any], key: str, default: Any) -> Any:
     if flag not in (None, (), []):
         return flag

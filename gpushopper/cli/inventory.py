@@ -7,7 +7,14 @@ from typing import Any
 import click
 
 from gpushopper.cli import App, pass_app
-from gpushopper.cli.filters import SORTS, build_query, filter_options, offer_cache, resolve_template
+from gpushopper.cli.filters import (
+    SORTS,
+    build_query,
+    filter_args,
+    filter_options,
+    offer_cache,
+    resolve_template,
+)
 from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table, warn
 from gpushopper.core.errors import NotFound
 
@@ -98,28 +105,7 @@ def run_search(app: App, query: Any, *, refresh: bool, include_unhealthy: bool) 
 @json_option
 @pass_app
 @click.pass_context
-def inventory(
-    ctx: click.Context,
-    app: App,
-    providers: tuple[str, ...],
-    gpus: tuple[str, ...],
-    min_vram: float | None,
-    num_gpus: int | None,
-    max_price: float | None,
-    min_reliability: float | None,
-    min_cuda: float | None,
-    min_disk: float | None,
-    countries: tuple[str, ...],
-    disk: int | None,
-    template: str | None,
-    verified_only: bool | None,
-    profile: str | None,
-    sort: str | None,
-    limit: int | None,
-    refresh: bool,
-    include_unhealthy: bool,
-    as_json: bool,
-) -> None:
+def inventory(ctx: click.Context, app: App, **opts: Any) -> None:
     """Offers across Vast.ai and TensorDock, cheapest reliable first.
 
     Providers are asked at once; one failing is reported on stderr while the others'
@@ -127,31 +113,16 @@ def inventory(
     """
     if ctx.invoked_subcommand is not None:
         return
-    query, _ = build_query(
-        app,
-        providers=providers,
-        gpus=gpus,
-        min_vram=min_vram,
-        num_gpus=num_gpus,
-        max_price=max_price,
-        min_reliability=min_reliability,
-        min_cuda=min_cuda,
-        min_disk=min_disk,
-        countries=countries,
-        disk=disk,
-        template=template,
-        verified_only=verified_only,
-        profile=profile,
-        sort=sort,
-        limit=limit,
+    query, _ = build_query(app, **filter_args(opts), sort=opts["sort"], limit=opts["limit"])
+    result = run_search(
+        app, query, refresh=opts["refresh"], include_unhealthy=opts["include_unhealthy"]
     )
-    result = run_search(app, query, refresh=refresh, include_unhealthy=include_unhealthy)
     report_providers(result)
     if result.hidden_unhealthy:
         info(
             f"Note: {result.hidden_unhealthy} offers hidden after failed boots (--include-unhealthy shows them)"
         )
-    if as_json:
+    if opts["as_json"]:
         emit_json([o.to_json() for o in result.offers])
         return
     print_table(OFFER_COLUMNS, offer_rows(result.offers), empty="No offers match.")

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from gpushopper.cli import App, pass_app
-from gpushopper.cli.filters import SORTS, build_query, filter_options
+from gpushopper.cli.filters import SORTS, build_query, filter_args, filter_options
 from gpushopper.cli.output import emit_json, info, json_option, print_kv
 from gpushopper.cli.params import DURATION
 from gpushopper.core.errors import UsageError
@@ -144,23 +144,7 @@ def provision(app: App, offer_id: str | None, **opts: Any) -> None:
     from gpushopper.core.provisioner import ProvisionRequest
 
     settings = app.settings
-    query, profile = build_query(
-        app,
-        providers=opts["providers"],
-        gpus=opts["gpus"],
-        min_vram=opts["min_vram"],
-        num_gpus=opts["num_gpus"],
-        max_price=opts["max_price"],
-        min_reliability=opts["min_reliability"],
-        min_cuda=opts["min_cuda"],
-        min_disk=opts["min_disk"],
-        countries=opts["countries"],
-        disk=opts["disk"],
-        template=opts["template"],
-        verified_only=opts["verified_only"],
-        profile=opts["profile"],
-        sort=opts["sort"],
-    )
+    query, profile = build_query(app, **filter_args(opts), sort=opts["sort"])
     hours = opts["hours"] or profile.get("hours") or settings.get("defaults.hours")
     hard_max_s = settings.get("safety.hard_max_hours") * 3600
     if hours > hard_max_s and not opts["override"]:
@@ -192,10 +176,6 @@ def provision(app: App, offer_id: str | None, **opts: Any) -> None:
     candidates, notes = provisioner.candidates(req)
     for note in notes:
         info(f"Note: {note}")
-    if not candidates:
-        from gpushopper.core.provisioner import ProvisionFailed
-
-        raise ProvisionFailed("no offer matches; loosen the filters (see 'gpu-shopper inventory')")
     best = candidates[0].offer
     price = best.price_per_hour or 0.0
     if opts["dry_run"]:

@@ -203,6 +203,10 @@ class Provisioner:
         notes += [f"skipped {why}" for why in result.skipped.values()]
         notes += [f"{name} failed: {msg}" for name, msg in result.errors.items()]
         offers = result.offers  # already ranked by search()
+        if not offers:
+            raise ProvisionFailed(
+                "no offer matches; loosen the filters (see 'gpu-shopper inventory')"
+            )
         if req.preferred_gpus and not query.gpus:
 
             def preference(offer: Offer) -> int:
@@ -219,10 +223,6 @@ class Provisioner:
     # -- the whole job ----------------------------------------------------------------------
     def provision(self, req: ProvisionRequest, candidates: list[Candidate]) -> dict[str, Any]:
         """Try candidates in order (1 + auto_retry attempts); return the running session."""
-        if not candidates:
-            raise ProvisionFailed(
-                "no offer matches; loosen the filters (see 'gpu-shopper inventory')"
-            )
         attempts = 1 + max(0, req.auto_retry)
         failures: list[str] = []
         failed_machines: set[str] = set()
