@@ -68,7 +68,6 @@ class ProviderError(GpuShopperError):
     ) -> None:
         super().__init__(f"{provider}: {message}")
         self.provider = provider
-        self.provider_message = message
         self.status = status
         self.code = code
 

@@ -1,4 +1,4 @@
-"""The audit journal: one JSON line per provider mutation (create, destroy, key, label).
+"""The audit journal: one JSON line per provider mutation (create, destroy, key attach).
 
 Every path that changes something at a provider goes through :class:`JournaledProvider`,
 so the journal answers "what did this tool create or destroy, and when" even when the
@@ -16,7 +16,7 @@ from typing import Any
 
 from gpushopper.core.redact import redact
 
-MUTATIONS = ("create_instance", "destroy_instance", "attach_ssh_key", "set_label")
+MUTATIONS = ("create_instance", "destroy_instance", "attach_ssh_key")
 
 
 def append(path: Path, event: dict[str, Any]) -> None:

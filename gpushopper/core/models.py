@@ -60,11 +60,6 @@ class Offer:
         data.pop("extra")
         return data
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Offer:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
 
 @dataclass
 class OfferQuery:

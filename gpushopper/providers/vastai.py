@@ -477,13 +477,5 @@ class VastAI:
         except NotFound:
             return
 
-    def set_label(self, instance_id: str, label: str) -> None:
-        self.http.request(
-            "PUT",
-            self._v0(f"/instances/{instance_id}/"),
-            json_body={"label": label},
-            idempotent=True,
-        )
-
     def close(self) -> None:
         self.http.close()

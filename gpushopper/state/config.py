@@ -390,13 +390,6 @@ class Settings:
             out[key] = parse_duration(typed) if kind == "duration" else typed
         return out
 
-    def profile_names(self) -> list[str]:
-        profiles = self.file_data().get("profiles", {})
-        names = set(BUILTIN_PROFILES)
-        if isinstance(profiles, dict):
-            names |= set(profiles)
-        return sorted(names)
-
     # -- writing --------------------------------------------------------------------------
     def _write(self, data: dict[str, Any]) -> None:
         import tomli_w

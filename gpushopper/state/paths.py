@@ -32,10 +32,6 @@ class Paths:
         return self.data_dir / "journal.jsonl"
 
     @property
-    def benchmarks_file(self) -> Path:
-        return self.data_dir / "benchmarks.json"
-
-    @property
     def ssh_config_file(self) -> Path:
         """Include-able OpenSSH config with one ``Host gpu-<session>`` block per session."""
         return self.data_dir / "ssh_config"
@@ -43,9 +39,6 @@ class Paths:
     @property
     def pid_file(self) -> Path:
         return self.data_dir / "watch.pid"
-
-    def offers_cache(self, provider: str) -> Path:
-        return self.cache_dir / f"offers-{provider}.json"
 
 
 def resolve_paths(environ: dict[str, str] | None = None) -> Paths:
