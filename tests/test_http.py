@@ -157,3 +157,30 @@ def test_secret_echoed_by_server_is_redacted(server):
         client(server, []).request("GET", "/x")
     assert "sekrit-token-1234" not in str(err.value)
     assert server.requests[0]["headers"]["Authorization"] == "Bearer sekrit-token-1234"
+
+
+class _BrokenSession:
+    """A requests session whose every call dies mid-answer (a truncated body)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self.headers: dict[str, str] = {}
+
+    def request(self, *args, **kwargs):
+        import requests
+
+        self.calls += 1
+        raise requests.exceptions.ChunkedEncodingError("Connection broken: IncompleteRead")
+
+
+def test_any_requests_failure_becomes_a_typed_error_and_is_retried_when_safe():
+    sleeps: list[float] = []
+    http = HttpClient("p", "http://127.0.0.1:9", sleep=sleeps.append, max_attempts=3)
+    broken = _BrokenSession()
+    http._session = broken  # type: ignore[assignment]
+    with pytest.raises(Unavailable, match="IncompleteRead"):
+        http.request("DELETE", "/instances/1/")
+    assert broken.calls == 3 and len(sleeps) == 2
+    with pytest.raises(Unavailable):
+        http.request("PUT", "/asks/1/", json_body={}, idempotent=False)
+    assert broken.calls == 4  # a create is never repeated

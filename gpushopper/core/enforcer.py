@@ -140,6 +140,8 @@ class Enforcer:
                 outcome = Outcome(action, "left")
         except GpuShopperError as exc:
             outcome = Outcome(action, "failed", str(exc))
+        except Exception as exc:  # a bug in one action must not stop the others in a pass
+            outcome = Outcome(action, "failed", f"{type(exc).__name__}: {exc}")
         self.on_outcome(outcome)
         return outcome
 

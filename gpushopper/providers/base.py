@@ -238,6 +238,13 @@ class HttpClient:
                 last_error = Unavailable(
                     self.provider, f"cannot connect to {self.base_url}: {_short_reason(exc)}"
                 )
+            except requests.RequestException as exc:
+                # A broken answer (truncated body, bad chunking...): typed, so every caller's
+                # cleanup path sees it; retried like a connection error when safe.
+                last_error = Unavailable(
+                    self.provider,
+                    f"{method} {redact(path)} failed: {redact(str(exc))[:200] or type(exc).__name__}",
+                )
             else:
                 elapsed = time.monotonic() - started
                 log.debug(

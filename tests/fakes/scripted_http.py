@@ -57,7 +57,9 @@ class ScriptedServer:
             do_GET = do_POST = do_PUT = do_DELETE = _handle  # noqa: N815
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=lambda: self.server.serve_forever(poll_interval=0.02), daemon=True
+        )
 
     @property
     def url(self) -> str:
