@@ -63,13 +63,12 @@ def cleanup_orphans(app: App, yes: bool, include_foreign: bool, as_json: bool) -
         ssh_config_path=app.paths.ssh_config_file if app.store.exists() else None,
         log=info,
     )
-    policy = policy_from_settings(app.settings, include_foreign)
-    report = TickReport()
-    actions = enforcer.evaluate(policy, report)
-    if not report.providers_listed and not report.provider_errors:
+    if not enforcer.configured():
         from gpushopper.core.errors import NoProviderConfigured
 
         raise NoProviderConfigured()
+    report = TickReport()
+    actions = enforcer.evaluate(policy_from_settings(app.settings, include_foreign), report)
     # With --yes, also close sessions whose instance is already gone (no row: nothing runs).
     chosen = [a for a in actions if a.kind in REPORTED or (yes and a.kind == "mark_ended")]
     outcomes = [o for o in enforcer.execute_all(chosen, destroy=yes) if o.action.kind in REPORTED]

@@ -13,7 +13,7 @@ import click
 
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.params import DURATION
-from gpushopper.core.errors import GpuShopperError, MissingCredentials, StateError
+from gpushopper.core.errors import GpuShopperError, StateError
 from gpushopper.core.sessions import LIVE
 from gpushopper.core.units import iso
 
@@ -227,14 +227,7 @@ def watch(
         on_outcome=on_outcome,
     )
     emit(f"{iso(app.clock())} watch started pid={os.getpid()} interval={interval:g}s")
-    guarded = []
-    for name in enforcer.providers:
-        try:
-            enforcer.client(name)
-            guarded.append(name)
-        except MissingCredentials:
-            pass
-    if not guarded:
+    if not enforcer.configured():
         emit(f"{iso(app.clock())} warning: no provider has credentials; nothing can be watched")
     policy = policy_from_settings(app.settings, include_foreign)
     try:

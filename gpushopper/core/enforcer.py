@@ -76,15 +76,22 @@ class Enforcer:
             self._clients[name] = self.provider_factory(name)
         return self._clients[name]
 
-    def gather(self, report: TickReport) -> dict[str, list[Instance]]:
-        instances: dict[str, list[Instance]] = {}
+    def configured(self) -> list[str]:
+        """The providers to guard: those with credentials."""
+        names = []
         for name in self.providers:
             try:
-                client = self.client(name)
+                self.client(name)
             except MissingCredentials:
                 continue
+            names.append(name)
+        return names
+
+    def gather(self, report: TickReport) -> dict[str, list[Instance]]:
+        instances: dict[str, list[Instance]] = {}
+        for name in self.configured():
             try:
-                instances[name] = client.list_instances()
+                instances[name] = self.client(name).list_instances()
                 report.providers_listed.append(name)
             except GpuShopperError as exc:
                 report.provider_errors[name] = str(exc)
