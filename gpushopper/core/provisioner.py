@@ -133,6 +133,21 @@ def destroy_and_confirm(
         delay = min(delay * 2, 10.0)
 
 
+def _check_ssh_details(instance: Instance, user: str) -> None:
+    """What the provider says about SSH reaches ssh_config and ssh arguments: check it
+    first. Unusable details are a failed boot (the caller destroys and records it)."""
+    from gpushopper.core.validate import ssh_endpoint_problem
+
+    problem = ssh_endpoint_problem(instance.ssh_host, instance.ssh_port, user)
+    if problem is not None:
+        raise BootFailed(f"instance {instance.instance_id} has unusable SSH details: {problem}")
+    endpoints = instance.extra.get("ssh_endpoints")
+    if endpoints:
+        instance.extra["ssh_endpoints"] = [
+            (host, port) for host, port in endpoints if ssh_endpoint_problem(host, port) is None
+        ]
+
+
 class Provisioner:
     def __init__(
         self,
@@ -365,6 +380,7 @@ class Provisioner:
             )
             provider.attach_ssh_key(instance_id, public_key)
             instance = self._wait_running(provider, instance_id, req.timeout_s, started)
+            _check_ssh_details(instance, record["ssh"]["user"])
             timings["time_to_running_s"] = round(self.mono() - started, 3)
             ssh = dict(record["ssh"], host=instance.ssh_host, port=instance.ssh_port)
             self._update(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Callable
 from datetime import datetime
@@ -75,8 +76,10 @@ def close_record(
 
 
 def ssh_command(record: dict[str, Any]) -> str | None:
+    from gpushopper.core.validate import ssh_record_problem
+
     ssh = record.get("ssh") or {}
-    if not ssh.get("host") or not ssh.get("port"):
+    if not ssh.get("host") or not ssh.get("port") or ssh_record_problem(ssh) is not None:
         return None
     parts = ["ssh", "-i", ssh["key_path"], "-p", str(ssh["port"]), "-o", "IdentitiesOnly=yes"]
     if ssh.get("known_hosts"):
@@ -123,12 +126,20 @@ def public_view(record: dict[str, Any], now: datetime) -> dict[str, Any]:
 
 
 def render_ssh_config(records: dict[str, dict[str, Any]]) -> str:
-    """One ``Host gpu-<session>`` block per live session with an SSH endpoint."""
+    """One ``Host gpu-<session>`` block per live session with an SSH endpoint.
+
+    A block is written only when every value in it passed validation: a newline in a host
+    would otherwise become a directive (``ProxyCommand``) that ``ssh gpu-<id>`` runs."""
+    from gpushopper.core.validate import ssh_record_problem
+
     lines = ["# Written by gpu-shopper; Include this file from ~/.ssh/config.", ""]
     for session_id in sorted(records):
         record = records[session_id]
         ssh = record.get("ssh") or {}
         if record.get("status") not in LIVE or not ssh.get("host"):
+            continue
+        if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", session_id) or ssh_record_problem(ssh):
+            lines += ["# session skipped: its SSH details failed validation", ""]
             continue
         lines += [
             f"Host gpu-{session_id}",
