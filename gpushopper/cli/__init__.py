@@ -98,9 +98,16 @@ class App:
 
     def provider(self, name: str) -> Any:
         """A configured provider client; raises MissingCredentials when it has none."""
+        from gpushopper.core.errors import StateError
         from gpushopper.core.journal import JournaledProvider
         from gpushopper.providers.base import provider_class
+        from gpushopper.state.fs import LinkRefused, refuse_link
 
+        try:
+            # Before anything is rented: a planted journal link would get our lines.
+            refuse_link(self.paths.journal_file, "journal")
+        except LinkRefused as exc:
+            raise StateError(str(exc.strerror)) from None
         return JournaledProvider(
             provider_class(name).from_settings(self.settings), self.paths.journal_file
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -46,31 +47,60 @@ def config_list(app: App, as_json: bool) -> None:
 @pass_app
 def config_get(app: App, key: str, as_json: bool) -> None:
     """One setting's value (secrets masked) and source."""
-    from gpushopper.core.redact import mask
+    from gpushopper.state.config import mask_setting
 
     spec = app.settings.spec(key)
     value, source = app.settings.raw(key)
-    app.settings.get(key)  # validates type, registers secrets
-    if spec.secret and value:
-        value = mask(str(value))
+    app.settings.get(key)  # validates type and range, registers secrets
+    if spec.masked and value:
+        value = mask_setting(spec, str(value))
     if as_json:
         emit_json({"key": key, "value": value, "source": source})
     else:
         click.echo(_show(value))
 
 
-@config.command("set", epilog="Example: gpu-shopper config set profiles.big.min_vram_gb 48")
+@config.command(
+    "set",
+    # A negative number is a value, not an option: it reaches validation and gets a clear
+    # "must be at least ..." instead of click's "No such option '-1'".
+    context_settings={"ignore_unknown_options": True},
+    epilog="""Examples:
+
+\b
+  gpu-shopper config set vastai.api_key -        (reads the key from stdin)
+  gpu-shopper config set vastai.api_key          (prompts for it, without echo)
+  gpu-shopper config set profiles.big.min_vram_gb 48""",
+)
 @click.argument("key")
-@click.argument("value")
+@click.argument("value", required=False)
 @json_option
 @pass_app
-def config_set(app: App, key: str, value: str, as_json: bool) -> None:
-    """Store KEY = VALUE in the config file (written with mode 0600)."""
-    from gpushopper.core.redact import mask
+def config_set(app: App, key: str, value: str | None, as_json: bool) -> None:
+    """Store KEY = VALUE in the config file (written with mode 0600).
 
+    VALUE '-' reads it from stdin; with no VALUE on a terminal you are prompted (without
+    echo for keys). Either way a key never appears on the command line, where every local
+    user can read it (/proc/PID/cmdline).
+    """
+    from gpushopper.core.errors import UsageError
+    from gpushopper.state.config import SETTINGS, mask_setting
+
+    spec = SETTINGS.get(key)
+    masked = spec is not None and spec.masked
+    if value == "-":
+        value = sys.stdin.readline()
+        if not value:
+            raise UsageError(f"config set {key} -: nothing on stdin")
+        value = value.rstrip("\r\n")
+    elif value is None:
+        if not sys.stdin.isatty():
+            raise UsageError(f"config set {key} needs a VALUE, or '-' to read it from stdin")
+        value = click.prompt(key, hide_input=masked, err=True)
+    if masked:
+        value = value.strip()
     stored = app.settings.set(key, value)
-    secret = not key.startswith("profiles.") and app.settings.spec(key).secret
-    shown = mask(str(stored)) if secret else stored
+    shown = mask_setting(spec, str(stored)) if spec is not None and masked and stored else stored
     if as_json:
         emit_json({"key": key, "value": shown, "file": str(app.paths.config_file)})
     else:

@@ -28,8 +28,16 @@ class PidLock:
     def acquire(self) -> None:
         import fcntl
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        from gpushopper.state.fs import LinkRefused, open_nofollow, private_dir
+
+        private_dir(self.path.parent)
+        try:
+            fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except LinkRefused:
+            raise StateError(
+                f"pidfile {self.path} is a symbolic link; gpu-shopper does not follow links "
+                "in its own folders (another user may have planted it): move it away"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -114,7 +122,7 @@ class Metrics:
             "# TYPE gpu_shopper_last_successful_tick_timestamp_seconds gauge",
             f"gpu_shopper_last_successful_tick_timestamp_seconds {self.last_success or 0:.3f}",
         ]
-        atomic_write_text(self.path, "\n".join(lines) + "\n", mode=0o644)
+        atomic_write_text(self.path, "\n".join(lines) + "\n", mode=0o644, make_parents=False)
 
 
 def _line(app: App, outcome: Any) -> str:
@@ -181,6 +189,14 @@ def watch(
     """
     from gpushopper.core.alerts import Alerter
     from gpushopper.core.enforcer import Enforcer, policy_from_settings
+
+    if metrics_file and not Path(metrics_file).expanduser().parent.is_dir():
+        from gpushopper.core.errors import UsageError
+
+        raise UsageError(
+            f"--metrics-file {metrics_file}: no such folder "
+            f"{Path(metrics_file).expanduser().parent} (it is not created for you)"
+        )
 
     def emit(message: str) -> None:
         click.echo(message, err=True)

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from gpushopper.core.errors import ConfigError
+from gpushopper.core.redact import clip
 from gpushopper.core.units import iso, parse_iso
 
 VASTAI_DEADLINE_FILE = "/root/.gpu-shopper/deadline"
@@ -237,7 +238,7 @@ def push_deadline(
             + (f" (about {old})" if old else "")
             + "; the next successful extend moves it."
         )
-        _record(app, session_id, deadline_push_error=message[:300])
+        _record(app, session_id, deadline_push_error=clip(message, 300))
         return
     from datetime import datetime, timezone
 

@@ -49,7 +49,7 @@ class NoProviderConfigured(ConfigError):
     def __init__(self) -> None:
         super().__init__(
             "no provider has credentials: set VASTAI_API_KEY or TENSORDOCK_API_TOKEN "
-            "(or 'gpu-shopper config set vastai.api_key KEY')"
+            "(or 'gpu-shopper config set vastai.api_key -', which reads it from stdin)"
         )
 
 

@@ -14,16 +14,18 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from gpushopper.core.redact import redact
+from gpushopper.core.redact import clip, redact
 
 MUTATIONS = ("create_instance", "destroy_instance", "attach_ssh_key")
 
 
 def append(path: Path, event: dict[str, Any]) -> None:
     """Append one line (O_APPEND keeps concurrent writers' lines whole)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from gpushopper.state.fs import open_nofollow, private_dir
+
+    private_dir(path.parent)
     line = redact(json.dumps(event, default=str, sort_keys=True)) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    fd = open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, line.encode())
     finally:
@@ -59,7 +61,7 @@ class JournaledProvider:
             try:
                 result = func(*args, **kwargs)
             except BaseException as exc:
-                event.update(result="error", error=f"{type(exc).__name__}: {exc}"[:300])
+                event.update(result="error", error=clip(f"{type(exc).__name__}: {exc}", 300))
                 self._record(event)
                 raise
             if op == "create_instance":

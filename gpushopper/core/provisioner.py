@@ -26,6 +26,7 @@ from gpushopper.core.errors import (
 )
 from gpushopper.core.inventory import machine_key, search, split_offer_id
 from gpushopper.core.models import Instance, LaunchSpec, Offer, OfferQuery, Template, gpu_matches
+from gpushopper.core.redact import clip
 from gpushopper.core.sessions import close_record, make_label, refresh_ssh_config
 from gpushopper.core.units import format_duration, iso, parse_iso
 
@@ -80,7 +81,7 @@ def record_failure(store: Any, offer: Offer, reason: str, now: datetime) -> None
                 entry["failures"] = 0
             entry["failures"] = int(entry.get("failures", 0)) + 1
             entry["last_failure_at"] = iso(now)
-            entry["last_reason"] = reason[:300]
+            entry["last_reason"] = clip(reason, 300)
             entry["provider"] = offer.provider
             if entry["failures"] >= SUPPRESS_AFTER:
                 entry["suppressed_until"] = iso(now + SUPPRESS_FOR)

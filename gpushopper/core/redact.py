@@ -1,18 +1,55 @@
-"""One place that knows every secret, so no message, log line or JSON leaks one."""
+"""One place that knows every secret, so no message, log line or JSON leaks one.
+
+A secret reaches text in more forms than its raw one: ``repr`` and JSON escape its
+control characters, URLs percent-encode it, some libraries upper-case headers. Each
+registered secret is matched in all of those forms, case-insensitively. Cut text only
+after redacting it (:func:`clip`): a cut secret no longer matches any form.
+"""
 
 from __future__ import annotations
 
+import re
 import threading
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
+_pattern: re.Pattern[str] | None = None
+_masks: dict[str, str] = {}
+
+
+def _forms(secret: str) -> set[str]:
+    """Every way ``secret`` (and its whitespace-stripped self) can appear in text."""
+    import json
+    from urllib.parse import quote, quote_plus
+
+    out: set[str] = set()
+    for value in {secret, secret.strip()}:
+        if len(value) < 4:
+            continue
+        out.add(value)
+        out.add(repr(value)[1:-1])
+        out.add(json.dumps(value)[1:-1])
+        out.add(json.dumps(value, ensure_ascii=False)[1:-1])
+        out.add(quote(value, safe=""))
+        out.add(quote_plus(value, safe=""))
+        out.add(value.encode("unicode_escape").decode("ascii"))
+    return {form for form in out if len(form) >= 4}
 
 
 def register_secret(value: str | None) -> None:
-    """Remember a secret so that :func:`redact` hides it everywhere."""
-    if value and len(value) >= 4:
-        with _lock:
-            _secrets.add(value)
+    """Remember a secret so that :func:`redact` hides it everywhere, in every form."""
+    global _pattern
+    if not value or len(value.strip()) < 4:
+        return
+    with _lock:
+        if value in _secrets:
+            return
+        _secrets.add(value)
+        shown = mask(value.strip())
+        for form in _forms(value):
+            _masks.setdefault(form.lower(), shown)
+        forms = sorted(_masks, key=len, reverse=True)
+        _pattern = re.compile("|".join(re.escape(f) for f in forms), re.IGNORECASE)
 
 
 def mask(value: str | None) -> str:
@@ -23,12 +60,16 @@ def mask(value: str | None) -> str:
 
 
 def redact(text: str) -> str:
-    """Replace every registered secret in ``text`` with its mask."""
+    """Replace every registered secret, in any of its forms, with its mask."""
     if not text:
         return text
     with _lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    for secret in secrets:
-        if secret in text:
-            text = text.replace(secret, mask(secret))
-    return text
+        pattern, masks = _pattern, _masks
+    if pattern is None:
+        return text
+    return pattern.sub(lambda m: masks.get(m.group(0).lower(), "****"), text)
+
+
+def clip(text: str, limit: int) -> str:
+    """Redact, then cut to ``limit`` characters (never the other way round)."""
+    return redact(text)[:limit]

@@ -24,7 +24,7 @@ from gpushopper.core.errors import (
     RateLimited,
     Unavailable,
 )
-from gpushopper.core.redact import redact, register_secret
+from gpushopper.core.redact import clip, redact, register_secret
 
 if TYPE_CHECKING:
     import requests
@@ -139,7 +139,7 @@ def error_text(body: Any) -> str | None:
             title = re.search(r"<title[^>]*>(.*?)</title>", text, re.IGNORECASE | re.DOTALL)
             text = title.group(1) if title else re.sub(r"<[^>]+>", " ", text)
             text = " ".join(text.split())
-        return text[:300] or None
+        return clip(text, 300) or None
     return None
 
 
@@ -243,7 +243,7 @@ class HttpClient:
                 # cleanup path sees it; retried like a connection error when safe.
                 last_error = Unavailable(
                     self.provider,
-                    f"{method} {redact(path)} failed: {redact(str(exc))[:200] or type(exc).__name__}",
+                    f"{method} {redact(path)} failed: {clip(str(exc), 200) or type(exc).__name__}",
                 )
             else:
                 elapsed = time.monotonic() - started
@@ -288,7 +288,7 @@ class HttpClient:
             raise Unavailable(
                 self.provider,
                 f"{method} {redact(path)} returned malformed JSON "
-                f"(HTTP {response.status_code}): {redact(response.text[:120])!r}",
+                f"(HTTP {response.status_code}): {clip(response.text, 120)!r}",
                 status=response.status_code,
             ) from None
 
@@ -336,7 +336,7 @@ def _short_reason(exc: Exception) -> str:
     for marker in ("Connection refused", "Name or service not known", "timed out", "reset"):
         if marker in text:
             return marker.lower()
-    return redact(text.split("(Caused by")[-1].strip(" )")[:160])
+    return clip(text.split("(Caused by")[-1].strip(" )"), 160)
 
 
 def _user_agent() -> str:

@@ -372,7 +372,7 @@ class TensorDock:
         token = require(
             settings.get("tensordock.api_token"),
             NAME,
-            "set TENSORDOCK_API_TOKEN or run 'gpu-shopper config set tensordock.api_token TOKEN'",
+            "set TENSORDOCK_API_TOKEN or run 'gpu-shopper config set tensordock.api_token -' (reads stdin)",
         )
         return cls(
             token,

@@ -288,7 +288,7 @@ class VastAI:
         key = require(
             settings.get("vastai.api_key"),
             NAME,
-            "set VASTAI_API_KEY or run 'gpu-shopper config set vastai.api_key KEY'",
+            "set VASTAI_API_KEY or run 'gpu-shopper config set vastai.api_key -' (reads stdin)",
         )
         return cls(
             key,

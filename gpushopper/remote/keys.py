@@ -14,7 +14,9 @@ def generate_session_key(keys_dir: Path, session_id: str, comment: str) -> tuple
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     folder = keys_dir / session_id
-    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    from gpushopper.state.fs import private_dir
+
+    private_dir(folder)
     os.chmod(folder, 0o700)
     os.chmod(keys_dir, 0o700)
     key = Ed25519PrivateKey.generate()
@@ -30,7 +32,7 @@ def generate_session_key(keys_dir: Path, session_id: str, comment: str) -> tuple
     )
     public_line = f"{public} {comment}"
     path = folder / "id_ed25519"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(private)
         handle.flush()

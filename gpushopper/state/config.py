@@ -7,9 +7,12 @@ Flags are applied by the commands; this module resolves everything below them.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
+import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,8 @@ from gpushopper.core.redact import mask, register_secret
 from gpushopper.core.units import parse_duration
 from gpushopper.state.atomic import atomic_write_text
 from gpushopper.state.paths import Paths, vastai_cli_key_file
+
+CONFIG_LOCK_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -33,10 +38,18 @@ class Setting:
     def secret(self) -> bool:
         return self.kind == "secret"
 
+    @property
+    def masked(self) -> bool:
+        """Shown masked and redacted everywhere: secrets, and URLs that carry a token."""
+        return self.secret or self.key in MASKED_URLS
+
     def env_names(self) -> tuple[str, ...]:
         generic = "GPU_SHOPPER_" + self.key.replace(".", "_").upper()
         return (*self.env, generic) if generic not in self.env else self.env
 
+
+# URLs whose path is a credential (Slack-style hooks carry their token in the URL).
+MASKED_URLS = frozenset({"alerts.webhook_url"})
 
 SETTINGS: dict[str, Setting] = {
     s.key: s
@@ -188,6 +201,107 @@ BUILTIN_PROFILES: dict[str, dict[str, Any]] = {
 }
 
 
+# Allowed ranges: (low, high, low is exclusive). Settings and profile options alike;
+# checked when a value is set and whenever it is read (a file edited by hand counts).
+RANGES: dict[str, tuple[float | None, float | None, bool]] = {
+    "vastai.max_price": (0, 1000, True),
+    "tensordock.vcpus_per_gpu": (2, 256, False),
+    "tensordock.ram_gb_per_gpu": (1, 4096, False),
+    "defaults.disk_gb": (1, 100_000, False),
+    "defaults.min_reliability": (0, 1, False),
+    "defaults.max_price": (0, 1000, True),
+    "defaults.http_timeout": (0, 600, True),
+    "defaults.http_retries": (1, 20, False),
+    "defaults.http_backoff": (0, 60, False),
+    "safety.hard_max_hours": (0, 744, True),
+    "safety.monthly_budget_usd": (0, None, True),
+    "min_vram_gb": (0, 10_000, False),
+    "num_gpus": (1, 64, False),
+    "max_price": (0, 1000, True),
+    "min_reliability": (0, 1, False),
+    "min_cuda": (0, 100, False),
+    "min_disk_gb": (0, 100_000, False),
+    "disk_gb": (1, 100_000, False),
+    "limit": (1, 100_000, False),
+    "auto_retry": (0, 100, False),
+}
+# Durations that may be zero (everything else must be longer than zero).
+ZERO_DURATIONS = frozenset({"defaults.cache_ttl", "safety.warn_before"})
+CHOICES: dict[str, tuple[str, ...]] = {
+    "defaults.providers": ("vastai", "tensordock"),
+    "providers": ("vastai", "tensordock"),
+    "sort": ("price", "reliability", "vram", "perf-per-dollar"),
+}
+_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _number_text(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def check_range(option: str, kind: str, value: Any, where: str) -> None:
+    """Refuse a value outside what ``option`` can mean (``where`` names it in the error)."""
+    if value is None:
+        return
+    problem: str | None = None
+    if kind in ("int", "float"):
+        if not math.isfinite(value):
+            problem = f"{value} is not a finite number"
+        elif option in RANGES:
+            low, high, open_low = RANGES[option]
+            if low is not None and (value <= low if open_low else value < low):
+                problem = (
+                    f"must be {'more than' if open_low else 'at least'} {_number_text(low)}, "
+                    f"not {_number_text(value)}"
+                )
+            elif high is not None and value > high:
+                problem = f"must be at most {_number_text(high)}, not {_number_text(value)}"
+    elif kind == "duration":
+        seconds = parse_duration(value)
+        if not math.isfinite(seconds) or seconds < 0:
+            problem = f"{value!r} is not a finite duration"
+        elif seconds == 0 and option not in ZERO_DURATIONS:
+            problem = f"{value!r} must be longer than zero"
+    elif kind == "list" and option in CHOICES:
+        unknown = [v for v in value if v not in CHOICES[option]]
+        if unknown:
+            problem = f"unknown {unknown[0]!r} (choose from {', '.join(CHOICES[option])})"
+    elif kind in ("str", "path", "secret", "url") and isinstance(value, str):
+        if _CONTROL_RE.search(value):
+            problem = "contains a control character"
+        elif option.endswith("ssh_user") and not _USER_RE.fullmatch(value):
+            problem = f"{value!r} is not a login name ([a-z_][a-z0-9_-]*)"
+        elif option in CHOICES and value not in CHOICES[option]:
+            problem = f"unknown {value!r} (choose from {', '.join(CHOICES[option])})"
+        elif kind == "url" and value:
+            from urllib.parse import urlsplit
+
+            try:
+                host = urlsplit(value).hostname
+            except ValueError:
+                host = None
+            if not host or any(c.isspace() for c in value):
+                problem = "is not a URL with a host"
+    if problem is not None:
+        raise ConfigError(f"invalid value for {where}: {problem}")
+
+
+def mask_setting(setting: Setting, value: str) -> str:
+    """How a masked setting is shown: ``****abcd`` for keys, scheme and host for URLs."""
+    register_secret(value)
+    if setting.kind == "url":
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(value)
+        except ValueError:
+            return mask(value)
+        if parts.scheme and parts.hostname:
+            return f"{parts.scheme}://{parts.hostname}/****"
+    return mask(value)
+
+
 def coerce(kind: str, value: Any, key: str) -> Any:
     """Turn ``value`` (from TOML, the environment or the command line) into ``kind``."""
     if value is None:
@@ -250,6 +364,17 @@ def _parse_typed(kind: str, raw: str, key: str) -> Any:
     return coerce(kind, raw, key)
 
 
+def _describe(source: str, paths: Paths) -> str:
+    if source.startswith(("env:", ".env:")):
+        kind, _, name = source.partition(":")
+        return f"environment variable {name}" if kind == "env" else f"{name} in .env"
+    if source == "file":
+        return str(paths.config_file)
+    if source == "vastai-cli-keyfile":
+        return "the Vast.ai CLI key file"
+    return source
+
+
 @dataclass
 class Settings:
     """Resolved settings. ``get`` returns typed values; durations come back in seconds."""
@@ -298,13 +423,32 @@ class Settings:
         return node
 
     def raw(self, key: str) -> tuple[Any, str]:
-        """The uncoerced value of ``key`` and where it came from."""
+        """The uncoerced value of ``key`` and where it came from.
+
+        Credentials are stripped of surrounding whitespace wherever they are read (a key
+        file saved with CRLF must not put ``\\r`` into an HTTP header), and one with a
+        control character inside is refused, naming where it came from, never its value.
+        """
         setting = self.spec(key)
+        value, source = self._raw(key, setting)
+        if setting.masked and isinstance(value, str):
+            register_secret(value)  # the unstripped form too: it is what leaks
+            value = value.strip()
+            if any(ord(c) < 32 or ord(c) == 127 for c in value):
+                raise ConfigError(
+                    f"{key} (from {_describe(source, self.paths)}) contains a control "
+                    "character; fix the value (it is not shown)"
+                )
+            if not value:
+                return setting.default, "default"
+        return value, source
+
+    def _raw(self, key: str, setting: Setting) -> tuple[Any, str]:
         for name in setting.env_names():
-            if self.environ.get(name):
+            if self.environ.get(name, "").strip():
                 return self.environ[name], f"env:{name}"
         for name in setting.env_names():
-            if self.dotenv_data().get(name):
+            if self.dotenv_data().get(name, "").strip():
                 return self.dotenv_data()[name], f".env:{name}"
         value = self._file_value(key)
         if value is not None:
@@ -312,7 +456,10 @@ class Settings:
         if key == "vastai.api_key":
             keyfile = vastai_cli_key_file(dict(self.environ))
             if keyfile.is_file():
-                text = keyfile.read_text(encoding="utf-8").strip()
+                try:
+                    text = keyfile.read_text(encoding="utf-8").strip()
+                except (OSError, UnicodeDecodeError):
+                    raise ConfigError(f"cannot read the Vast.ai CLI key file {keyfile}") from None
                 if text:
                     return text, "vastai-cli-keyfile"
         return setting.default, "default"
@@ -334,8 +481,9 @@ class Settings:
         else:
             where = key
         typed = coerce(setting.kind, value, where)
-        if setting.secret and typed:
+        if setting.masked and typed:
             register_secret(typed)
+        check_range(key, setting.kind, typed, where)
         if setting.kind == "duration" and typed is not None:
             return parse_duration(typed)
         if setting.kind == "path" and typed:
@@ -348,7 +496,7 @@ class Settings:
     def register_secrets(self) -> None:
         """Make every configured secret known to the redactor."""
         for key, setting in SETTINGS.items():
-            if setting.secret:
+            if setting.masked:
                 try:
                     value, _ = self.raw(key)
                 except ConfigError:
@@ -359,11 +507,17 @@ class Settings:
     def listing(self) -> list[dict[str, Any]]:
         """Every setting with its (masked) value and source, for ``config list``."""
         rows = []
+        self.file_data()  # a broken file is an error, not a list of invalid rows
         for key, setting in SETTINGS.items():
-            value, source = self.raw(key)
-            if setting.secret and value:
-                register_secret(str(value))
-                value = mask(str(value))
+            try:
+                value, source = self.raw(key)
+            except ConfigError:
+                rows.append(
+                    {"key": key, "value": "(invalid)", "source": "?", "secret": setting.secret}
+                )
+                continue
+            if setting.masked and value:
+                value = mask_setting(setting, str(value))
             rows.append({"key": key, "value": value, "source": source, "secret": setting.secret})
         return rows
 
@@ -387,23 +541,47 @@ class Settings:
             if kind is None:
                 raise ConfigError(f"profiles.{name}.{key} is not a known profile option")
             typed = coerce(kind, value, f"profiles.{name}.{key}")
+            check_range(key, kind, typed, f"profiles.{name}.{key}")
             out[key] = parse_duration(typed) if kind == "duration" else typed
         return out
 
     # -- writing --------------------------------------------------------------------------
-    def _write(self, data: dict[str, Any]) -> None:
-        import tomli_w
+    @contextlib.contextmanager
+    def _edit(self) -> Iterator[dict[str, Any]]:
+        """Lock the config file, read it afresh, let the caller change it, write it
+        atomically (0600) if it changed. Concurrent ``config set`` calls all land."""
+        import copy
+
+        from filelock import Timeout
+
+        from gpushopper.state.fs import LinkRefused, file_lock
 
         path = self.paths.config_file
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(path, tomli_w.dumps(data), mode=0o600)
-        self._file = data
+        lock = path.with_name(path.name + ".lock")
+        try:
+            with file_lock(lock, CONFIG_LOCK_TIMEOUT_S):
+                self._file = None  # what another process wrote while we waited counts
+                before = self.file_data()
+                data = copy.deepcopy(before)
+                yield data
+                if data != before:
+                    import tomli_w
+
+                    atomic_write_text(path, tomli_w.dumps(data), mode=0o600, stale_after=0)
+                    self._file = data
+        except Timeout:
+            raise ConfigError(
+                f"config file {path} is locked by another gpu-shopper process "
+                f"(waited {CONFIG_LOCK_TIMEOUT_S:.0f}s); try again"
+            ) from None
+        except LinkRefused as exc:
+            raise ConfigError(str(exc.strerror)) from None
 
     def set(self, key: str, raw_value: str) -> Any:
         """Validate and store ``key = raw_value`` in the config file (written 0600)."""
         parts = key.split(".")
         if parts[0] == "profiles":
-            if len(parts) != 3:
+            if len(parts) != 3 or not parts[1]:
                 raise ConfigError(f"profile settings look like profiles.NAME.OPTION, not {key!r}")
             kind = PROFILE_KEYS.get(parts[2])
             if kind is None:
@@ -411,34 +589,34 @@ class Settings:
                     f"unknown profile option {parts[2]!r} in {key!r} "
                     f"(known: {', '.join(sorted(PROFILE_KEYS))})"
                 )
+            option = parts[2]
         else:
             kind = self.spec(key).kind
+            option = key
         value = _parse_typed(kind, raw_value, key)
-        data = dict(self.file_data())
-        node = data
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = {}
-            child = dict(child)
-            node[part] = child
-            node = child
-        node[parts[-1]] = value
-        self._write(data)
+        check_range(option, kind, value, key)
+        with self._edit() as data:
+            node = data
+            for part in parts[:-1]:
+                child = node.get(part)
+                if not isinstance(child, dict):
+                    child = {}
+                node[part] = child
+                node = child
+            node[parts[-1]] = value
         return value
 
     def unset(self, key: str) -> bool:
         parts = key.split(".")
         if parts[0] != "profiles":
             self.spec(key)
-        data = dict(self.file_data())
-        node: Any = data
-        for part in parts[:-1]:
-            if not isinstance(node, dict) or not isinstance(node.get(part), dict):
+        with self._edit() as data:
+            node: Any = data
+            for part in parts[:-1]:
+                if not isinstance(node, dict) or not isinstance(node.get(part), dict):
+                    return False
+                node = node[part]
+            if parts[-1] not in node:
                 return False
-            node = node[part]
-        if parts[-1] not in node:
-            return False
-        del node[parts[-1]]
-        self._write(data)
+            del node[parts[-1]]
         return True

@@ -16,7 +16,15 @@ from pathlib import Path
 from typing import Any
 
 from gpushopper.core.errors import StateError
+from gpushopper.core.redact import redact
 from gpushopper.state.atomic import atomic_write_text
+from gpushopper.state.fs import (
+    LinkRefused,
+    file_lock,
+    open_nofollow,
+    read_bytes_nofollow,
+    refuse_link,
+)
 
 SCHEMA_VERSION = 1
 LOCK_TIMEOUT_S = 30.0
@@ -51,6 +59,10 @@ def empty_state() -> dict[str, Any]:
     }
 
 
+class _Damaged(Exception):
+    """The state file parsed, but its content cannot be right."""
+
+
 class StateStore:
     """Locked, atomically written JSON state."""
 
@@ -63,44 +75,70 @@ class StateStore:
     def _backup_corrupt(self, raw: bytes) -> Path:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         backup = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
-        if not backup.exists():
-            backup.write_bytes(raw)
-            os.chmod(backup, 0o600)
+        if not backup.exists() and not backup.is_symlink():
+            fd = open_nofollow(backup, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(raw)
         return backup
+
+    def _damaged(self, raw: bytes, why: str) -> StateError:
+        """The one error for a state file we cannot trust: never reset, always backed up."""
+        backup = self._backup_corrupt(raw)
+        return StateError(
+            f"state file {self.path} is damaged ({why}); it was left untouched and "
+            f"copied to {backup}. Repair or move it away, then run the command again"
+        )
 
     def _load(self) -> dict[str, Any] | None:
         try:
-            raw = self.path.read_bytes()
+            refuse_link(self.path, "state file")
+            raw = read_bytes_nofollow(self.path)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise StateError(f"cannot read state file {self.path}: {exc.strerror}") from None
+            raise StateError(f"cannot read state file {self.path}: {exc.strerror or exc}") from None
         try:
             data = json.loads(raw.decode("utf-8"))
-            if not isinstance(data, dict):
-                raise ValueError("top level is not an object")
+        except RecursionError:
+            raise self._damaged(raw, "nested too deeply") from None
         except (ValueError, UnicodeDecodeError) as exc:
-            backup = self._backup_corrupt(raw)
-            raise StateError(
-                f"state file {self.path} is corrupt ({exc}); it was left untouched and "
-                f"copied to {backup}. Repair or move it away, then run the command again"
-            ) from None
-        return self._upgrade(data)
+            raise self._damaged(raw, f"not valid JSON: {exc}") from None
+        if not isinstance(data, dict):
+            raise self._damaged(raw, "top level is not an object")
+        try:
+            return self._upgrade(data)
+        except _Damaged as exc:
+            raise self._damaged(raw, str(exc)) from None
 
     def _upgrade(self, data: dict[str, Any]) -> dict[str, Any]:
         version = data.get("schema_version", 0)
-        if not isinstance(version, int):
-            raise StateError(f"state file {self.path} has an invalid schema_version {version!r}")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+            raise _Damaged(f"invalid schema_version {version!r}")
         if version > SCHEMA_VERSION:
             raise StateError(
                 f"state file {self.path} has schema version {version}, newer than this "
                 f"gpu-shopper understands ({SCHEMA_VERSION}); upgrade gpu-shopper"
             )
         while version < SCHEMA_VERSION:
-            data = MIGRATIONS[version](data)
+            try:
+                data = MIGRATIONS[version](data)
+            except (KeyError, TypeError, ValueError, AttributeError) as exc:
+                raise _Damaged(
+                    f"cannot upgrade from schema version {version}: {type(exc).__name__}"
+                ) from None
             version = data["schema_version"]
         data.setdefault("sessions", {})
         data.setdefault("offer_health", {})
+        sessions = data["sessions"]
+        if not isinstance(sessions, dict) or not all(
+            isinstance(k, str) and isinstance(v, dict) for k, v in sessions.items()
+        ):
+            raise _Damaged("'sessions' is not an object of session records")
+        if not isinstance(data["offer_health"], dict):
+            raise _Damaged("'offer_health' is not an object")
+        install = data.get("install_id")
+        if install is not None and not (isinstance(install, str) and install):
+            raise _Damaged(f"invalid install_id {install!r}")
         return data
 
     def read(self) -> dict[str, Any]:
@@ -109,23 +147,24 @@ class StateStore:
         return data if data is not None else empty_state()
 
     def exists(self) -> bool:
-        return self.path.exists()
+        """Whether anything is at the state path (a dangling link counts: it is refused)."""
+        return os.path.lexists(self.path)
 
     # -- writing --------------------------------------------------------------------------
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
-        from filelock import FileLock, Timeout
+        from filelock import Timeout
 
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.lock_path), timeout=self.lock_timeout)
         try:
-            with lock:
+            with file_lock(self.lock_path, self.lock_timeout):
                 yield
         except Timeout:
             raise StateError(
                 f"state file {self.path} is locked by another gpu-shopper process "
                 f"(waited {self.lock_timeout:.0f}s); try again"
             ) from None
+        except LinkRefused as exc:
+            raise StateError(str(exc.strerror)) from None
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[dict[str, Any]]:
@@ -136,15 +175,34 @@ class StateStore:
                 data = empty_state()
             yield data
             data["schema_version"] = SCHEMA_VERSION
-            atomic_write_text(self.path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+            # Reasons and errors recorded here come from exceptions: never a secret in them.
+            text = redact(json.dumps(data, indent=2, sort_keys=True))
+            # Under the lock no other writer is mid-write: every leftover temporary is stale.
+            atomic_write_text(self.path, text + "\n", stale_after=0)
 
     def install_id(self) -> str:
-        """The random id of this installation, made (and saved) on first use."""
+        """The random id of this installation, made (and saved) on first use only.
+
+        Never a new one while a state file exists: instances labelled with the old id
+        would look foreign and be left running. A state without an id takes the one its
+        sessions carry.
+        """
         data = self.read()
-        if self.exists() and data.get("install_id"):
+        if data.get("install_id") and self.exists():
             return str(data["install_id"])
         with self.transaction() as state:
-            state.setdefault("install_id", _token(4))
+            if not state.get("install_id"):
+                known = {
+                    str(r["install_id"])
+                    for r in state["sessions"].values()
+                    if isinstance(r.get("install_id"), str) and r["install_id"]
+                }
+                if len(known) > 1:
+                    raise StateError(
+                        f"state file {self.path} has no install_id and its sessions carry "
+                        f"{len(known)} different ones; set install_id by hand"
+                    )
+                state["install_id"] = known.pop() if known else _token(4)
             return str(state["install_id"])
 
     # -- sessions -------------------------------------------------------------------------

@@ -1,0 +1,183 @@
+"""Issue 9, items 1-3: no secret leaks in any form; keys never need the command line."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from gpushopper.core.redact import clip, redact, register_secret
+from tests.fakes.scripted_http import ScriptedServer
+
+KEY = "k3y-Secret-0123456789abcdefXYZ"
+
+
+# -- 1. whitespace and control characters where credentials are read --------------------------
+def test_trailing_crlf_on_the_env_key_is_stripped_and_works(vast, gs, monkeypatch):
+    """`export VASTAI_API_KEY=$(cat key.txt)` on a CRLF file: requests used to refuse the
+    header and quote 'Bearer <key>\\r' everywhere."""
+    monkeypatch.setenv("VASTAI_API_KEY", vast.api_key + "\r\n")
+    result = gs("inventory --provider vastai --json --refresh")
+    assert result.exit_code == 0, result.stderr
+    assert vast.api_key not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("where", ["env", "dotenv", "file", "keyfile"])
+def test_surrounding_whitespace_is_stripped_wherever_a_key_is_read(
+    where, gs, monkeypatch, isolated_home, tmp_path
+):
+    from gpushopper.state.config import Settings
+    from gpushopper.state.paths import resolve_paths
+
+    padded = f" \t{KEY}\r\n"
+    if where == "env":
+        monkeypatch.setenv("VASTAI_API_KEY", padded)
+    elif where == "dotenv":
+        Path(".env").write_bytes(f'VASTAI_API_KEY="{KEY}\\r"\r\n'.encode())
+    elif where == "file":
+        (isolated_home / "config.toml").write_text(f'[vastai]\napi_key = "{KEY}\\r\\n"\n')
+    else:
+        keyfile = tmp_path / "user-home" / ".config" / "vastai" / "vast_api_key"
+        keyfile.parent.mkdir(parents=True)
+        keyfile.write_bytes(padded.encode())
+    import os
+
+    settings = Settings(paths=resolve_paths(), environ=dict(os.environ), cwd=Path.cwd())
+    assert settings.get("vastai.api_key") == KEY
+
+
+@pytest.mark.parametrize("inner", ["\r", "\n", "\x01", "\x1b", "\x7f"])
+def test_a_key_with_an_inner_control_character_is_refused_naming_the_variable(
+    gs, monkeypatch, inner
+):
+    monkeypatch.setenv("VASTAI_API_KEY", KEY[:10] + inner + KEY[10:])
+    monkeypatch.setenv("VASTAI_API_URL", "http://127.0.0.1:9")
+    result = gs("inventory --provider vastai --json")
+    assert result.exit_code == 2, result.stderr
+    assert "VASTAI_API_KEY" in result.stderr
+    assert "control character" in result.stderr
+    for leaked in (KEY[:10], KEY[10:]):
+        assert leaked not in result.stdout + result.stderr
+    assert json.loads(result.stdout)["error"]["type"] == "config"
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+# -- 1. every form a secret takes in text, redacted before any cut ---------------------------
+@pytest.mark.parametrize(
+    "form",
+    [
+        KEY,
+        KEY.upper(),
+        KEY.lower(),
+        repr(KEY + "\r")[1:-1],
+        json.dumps(KEY + "\r\n")[1:-1],
+        quote(KEY + "\r", safe=""),
+        quote("Bearer " + KEY + "\r", safe=""),
+    ],
+)
+def test_every_form_of_a_registered_secret_is_redacted(form):
+    register_secret(KEY + "\r")
+    text = f"header rejected: 'Authorization: {form}' (see docs)"
+    out = redact(text)
+    assert KEY not in out and KEY.lower() not in out.lower()
+    assert KEY[:12].lower() not in out.lower()
+
+
+def test_clip_redacts_before_cutting():
+    register_secret(KEY)
+    text = "x" * 10 + KEY
+    cut = clip(text, 30)
+    assert KEY[:20] not in cut
+    assert len(cut) <= 30
+
+
+def test_an_escaped_key_echoed_by_a_server_never_reaches_output(gs, monkeypatch, isolated_home):
+    """A proxy that echoes the key back upper-cased, URL-encoded and JSON-escaped."""
+    with ScriptedServer() as server:
+        body = {
+            "error": "bad_request",
+            "msg": f"rejected {KEY.upper()} / {quote(KEY, safe='')} / {json.dumps(KEY + chr(13))}",
+        }
+        for _ in range(8):
+            server.add(400, body)
+        monkeypatch.setenv("VASTAI_API_KEY", KEY)
+        monkeypatch.setenv("VASTAI_API_URL", server.url)
+        result = gs("inventory --provider vastai --json --refresh")
+    text = result.stdout + result.stderr
+    assert result.exit_code == 1, text
+    assert KEY.lower() not in text.lower()
+    assert KEY[:12].lower() not in text.lower()
+    journal = isolated_home / "journal.jsonl"
+    if journal.exists():
+        assert KEY.lower() not in journal.read_text().lower()
+
+
+# -- 2. a key never on the command line ------------------------------------------------------
+def test_config_set_dash_reads_the_key_from_stdin(gs, isolated_home):
+    result = gs("config set vastai.api_key -", input=KEY + "\r\n")
+    assert result.exit_code == 0, result.stderr
+    assert KEY not in result.stdout + result.stderr
+    config = isolated_home / "config.toml"
+    assert f'api_key = "{KEY}"' in config.read_text()
+    assert stat.S_IMODE(config.stat().st_mode) == 0o600
+    shown = gs("config get vastai.api_key --json").json()
+    assert shown["value"] == "****" + KEY[-4:]
+
+
+def test_config_set_without_a_value_prompts_without_echo(gs, isolated_home, monkeypatch):
+    import click
+
+    seen: dict[str, object] = {}
+
+    def fake_prompt(text, hide_input=False, err=False, **kw):
+        seen.update(text=text, hide_input=hide_input)
+        return KEY
+
+    monkeypatch.setattr(click, "prompt", fake_prompt)
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True, raising=False)
+    import sys
+
+    class TTY:
+        def isatty(self):
+            return True
+
+        def readline(self):
+            return ""
+
+    monkeypatch.setattr(sys, "stdin", TTY())
+    from click.testing import CliRunner
+
+    from gpushopper.cli import cli
+    from gpushopper.cli.output import run
+
+    runner = CliRunner()
+    with runner.isolation():
+        sys.stdin = TTY()  # type: ignore[assignment]
+        code = run(cli, ["config", "set", "vastai.api_key"])
+    assert code == 0
+    assert seen == {"text": "vastai.api_key", "hide_input": True}
+    assert KEY in (isolated_home / "config.toml").read_text()
+
+
+def test_config_set_without_a_value_off_a_terminal_is_a_usage_error(gs):
+    result = gs("config set vastai.api_key", input="")
+    assert result.exit_code == 2
+    assert "'-'" in result.stderr
+
+
+# -- 3. webhook URLs are masked like keys ----------------------------------------------------
+def test_webhook_url_is_masked_in_list_get_and_set(gs, monkeypatch):
+    hook = "https://hooks.slack.com/services/T000/B000/XXXXsecretTOKENxxxx"
+    result = gs(f"config set alerts.webhook_url {hook} --json")
+    assert result.exit_code == 0, result.stderr
+    assert "secretTOKEN" not in result.stdout + result.stderr
+    listing = gs("config list --json")
+    assert "secretTOKEN" not in listing.stdout
+    row = {r["key"]: r for r in listing.json()}["alerts.webhook_url"]
+    assert row["value"] == "https://hooks.slack.com/****"
+    got = gs("config get alerts.webhook_url")
+    assert "secretTOKEN" not in got.stdout
+    assert "hooks.slack.com" in got.stdout
