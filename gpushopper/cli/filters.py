@@ -3,6 +3,7 @@ they build (flag > profile > config default)."""
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from typing import Any
@@ -13,6 +14,31 @@ from gpushopper.core.errors import UsageError
 from gpushopper.core.models import OfferQuery
 
 PROVIDERS = ("vastai", "tensordock")
+
+
+class Finite(click.FloatRange):
+    """A float range that also refuses ``nan`` and ``inf`` (click's ranges let nan through,
+    and an infinite filter reached the provider as invalid JSON)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        out = super().convert(value, param, ctx)
+        if not math.isfinite(out):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return out
+
+
+def _bounded(option: str, integer: bool = False) -> click.ParamType:
+    """The range a filter takes: the same table config and profiles are checked against."""
+    from gpushopper.state.config import RANGES
+
+    low, high, open_low = RANGES[option]
+    if integer:
+        return click.IntRange(
+            min=None if low is None else int(low), max=None if high is None else int(high)
+        )
+    return Finite(min=low, max=high, min_open=open_low)
+
+
 SORTS = ("price", "reliability", "vram", "perf-per-dollar")
 
 
@@ -34,32 +60,34 @@ def filter_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--min-vram",
-            type=click.FloatRange(min=0),
+            type=_bounded("min_vram_gb"),
             metavar="GB",
             help="Minimum VRAM per GPU, GB.",
         ),
-        click.option("--num-gpus", type=click.IntRange(min=1), metavar="N", help="Exactly N GPUs."),
+        click.option(
+            "--num-gpus", type=_bounded("num_gpus", True), metavar="N", help="Exactly N GPUs."
+        ),
         click.option(
             "--max-price",
-            type=click.FloatRange(min=0, min_open=True),
+            type=_bounded("max_price"),
             metavar="USD",
             help="Maximum total price, USD/h.",
         ),
         click.option(
             "--min-reliability",
-            type=click.FloatRange(0, 1),
+            type=_bounded("min_reliability"),
             metavar="R",
             help="Reliability floor, 0-1 (default from config, 0.95).",
         ),
         click.option(
             "--min-cuda",
-            type=click.FloatRange(min=0),
+            type=_bounded("min_cuda"),
             metavar="X.Y",
             help="Minimum CUDA version the driver supports.",
         ),
         click.option(
             "--min-disk",
-            type=click.FloatRange(min=0),
+            type=_bounded("min_disk_gb"),
             metavar="GB",
             help="Minimum free disk on the host, GB.",
         ),
@@ -72,7 +100,7 @@ def filter_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--disk",
-            type=click.IntRange(min=1),
+            type=_bounded("disk_gb", True),
             metavar="GB",
             help="Disk to rent, GB; prices include it (default 32).",
         ),

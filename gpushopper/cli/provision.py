@@ -141,8 +141,11 @@ def provision(app: App, offer_id: str | None, **opts: Any) -> None:
     The session is recorded before anything is created; a failed boot is destroyed and
     never left running; Ctrl-C destroys what was created and exits 130.
     """
+    from gpushopper.core.inventory import split_offer_id
     from gpushopper.core.provisioner import ProvisionRequest
 
+    if offer_id is not None:
+        split_offer_id(offer_id)  # "" (an unset $OFFER) must never mean "the best offer"
     settings = app.settings
     query, profile = build_query(app, **filter_args(opts), sort=opts["sort"])
     hours = opts["hours"] or profile.get("hours") or settings.get("defaults.hours")

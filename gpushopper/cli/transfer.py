@@ -57,10 +57,13 @@ def transfer_upload(
 ) -> None:
     """Upload LOCAL files (or folders with --recursive) to REMOTE on the instance."""
     from gpushopper.core.errors import UsageError
-    from gpushopper.remote.transfer import upload
+    from gpushopper.remote.transfer import check_path, upload
 
     if len(paths) < 2:
         raise UsageError("give at least one LOCAL path and the REMOTE destination")
+    for path in paths[:-1]:
+        check_path(path, "local")
+    check_path(paths[-1], "remote")
     conn = _connect(app, session_id)
     try:
         done = upload(
@@ -87,10 +90,13 @@ def transfer_download(
 ) -> None:
     """Download REMOTE files (or folders with --recursive) from the instance to LOCAL."""
     from gpushopper.core.errors import UsageError
-    from gpushopper.remote.transfer import download
+    from gpushopper.remote.transfer import check_path, download
 
     if len(paths) < 2:
         raise UsageError("give at least one REMOTE path and the LOCAL destination")
+    for path in paths[:-1]:
+        check_path(path, "remote")
+    check_path(paths[-1], "local")
     conn = _connect(app, session_id)
     try:
         done = download(

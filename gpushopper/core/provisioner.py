@@ -184,7 +184,7 @@ class Provisioner:
     def candidates(self, req: ProvisionRequest) -> tuple[list[Candidate], list[str]]:
         """Offers to try, best first, and notes about skipped or failing providers."""
         notes: list[str] = []
-        if req.offer_id:
+        if req.offer_id is not None:  # "" is a mistake (an unset $OFFER), never "any offer"
             name, native = split_offer_id(req.offer_id)
             provider = self.provider_factory(name)
             template = self._template_for(provider, req.template)

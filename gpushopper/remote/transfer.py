@@ -8,6 +8,22 @@ from typing import Any
 
 from gpushopper.core.errors import SshError, UsageError
 
+MAX_PATH = 4096
+MAX_NAME = 255
+
+
+def check_path(raw: str, side: str) -> None:
+    """Refuse a transfer path no system takes (a usage error, before anything connects)."""
+    if not raw or "\x00" in raw or any(c in raw for c in "\n\r"):
+        raise UsageError(f"{side} path {raw[:80]!r} is empty or has a control character")
+    if len(raw) > MAX_PATH:
+        raise UsageError(f"{side} path is {len(raw)} characters long (at most {MAX_PATH})")
+    longest = max((len(part) for part in raw.split("/")), default=0)
+    if longest > MAX_NAME:
+        raise UsageError(
+            f"{side} path has a name of {longest} characters (at most {MAX_NAME} per name)"
+        )
+
 
 def _progress(report: Callable[[str], None] | None) -> Any:
     if report is None:
