@@ -63,16 +63,21 @@ def templates(
     if ctx.invoked_subcommand is not None:
         return
     found: list[Any] = []
-    failures = 0
+    errors: list[GpuShopperError] = []
     clients = _providers(app, providers)
     for client in clients:
         try:
             found.extend(client.list_templates(name=name, use_ssh=True if use_ssh else None))
         except GpuShopperError as exc:
-            failures += 1
-            warn(str(exc))
-    if failures == len(clients):
-        raise GpuShopperError("no provider answered the template search")
+            errors.append(exc)
+    if errors and len(errors) == len(clients):  # one line: the provider's own message
+        if len(errors) == 1:
+            raise errors[0]
+        raise GpuShopperError(
+            "no provider answered the template search: " + "; ".join(str(e) for e in errors)
+        )
+    for error in errors:
+        warn(str(error))
     if as_json:
         emit_json([t.to_json() for t in found])
         return

@@ -17,6 +17,16 @@ from typing import Any
 from gpushopper.core.redact import clip, redact
 
 MUTATIONS = ("create_instance", "destroy_instance", "attach_ssh_key")
+# What parsing a wrong-shaped answer raises (a list where an object was expected...).
+MALFORMED = (
+    AttributeError,
+    TypeError,
+    KeyError,
+    IndexError,
+    ValueError,
+    OverflowError,
+    RecursionError,
+)
 
 
 def append(path: Path, event: dict[str, Any]) -> None:
@@ -41,9 +51,31 @@ class JournaledProvider:
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)
-        if name not in MUTATIONS or not callable(attr):
+        if name.startswith("_") or not callable(attr) or isinstance(attr, type):
             return attr
+        if name not in MUTATIONS:
+            return self._shield(name, attr)
+        # Mutations keep their own failure path: a crash after a create is looked up by
+        # label and destroyed, never adopted as if the create had answered.
         return self._wrap(name, attr)
+
+    def _shield(self, op: str, func: Callable[..., Any]) -> Callable[..., Any]:
+        """A provider answer of the wrong shape is that provider's error (exit 1, one
+        line, isolated to its pass), never a crash of the whole command."""
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return func(*args, **kwargs)
+            except MALFORMED as exc:
+                from gpushopper.core.errors import ProviderError
+
+                raise ProviderError(
+                    getattr(self._inner, "NAME", "?"),
+                    f"{op}: the answer had an unexpected shape ({type(exc).__name__}: "
+                    f"{clip(str(exc), 120)})",
+                ) from None
+
+        return call
 
     def _wrap(self, op: str, func: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:

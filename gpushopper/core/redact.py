@@ -15,6 +15,7 @@ _lock = threading.Lock()
 _secrets: set[str] = set()
 _pattern: re.Pattern[str] | None = None
 _masks: dict[str, str] = {}
+CASELESS_MIN = 12
 
 
 def _forms(secret: str) -> set[str]:
@@ -47,9 +48,16 @@ def register_secret(value: str | None) -> None:
         _secrets.add(value)
         shown = mask(value.strip())
         for form in _forms(value):
+            _masks.setdefault(form, shown)
             _masks.setdefault(form.lower(), shown)
         forms = sorted(_masks, key=len, reverse=True)
-        _pattern = re.compile("|".join(re.escape(f) for f in forms), re.IGNORECASE)
+        # Any case for real keys; short values (tests, typos) match exactly, or every
+        # "token" in every message would be masked.
+        _pattern = re.compile(
+            "|".join(
+                f"(?i:{re.escape(f)})" if len(f) >= CASELESS_MIN else re.escape(f) for f in forms
+            )
+        )
 
 
 def mask(value: str | None) -> str:
@@ -67,7 +75,9 @@ def redact(text: str) -> str:
         pattern, masks = _pattern, _masks
     if pattern is None:
         return text
-    return pattern.sub(lambda m: masks.get(m.group(0).lower(), "****"), text)
+    return pattern.sub(
+        lambda m: masks.get(m.group(0)) or masks.get(m.group(0).lower(), "****"), text
+    )
 
 
 def clip(text: str, limit: int) -> str:

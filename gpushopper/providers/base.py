@@ -161,11 +161,15 @@ class HttpClient:
         max_retry_after: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
         classify: Callable[[int, Any, str], ProviderError | None] | None = None,
+        total_timeout: float | None = None,
     ) -> None:
         self.provider = provider
         self.base_url = base_url.rstrip("/")
         self.headers = dict(headers or {})
         self.timeout = (connect_timeout, read_timeout)
+        # Connect + headers + whole body, per attempt: a server dripping a byte a second
+        # never trips the per-read timeout.
+        self.total_timeout = total_timeout or 3 * read_timeout
         self.max_attempts = max(1, max_attempts)
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
@@ -181,7 +185,11 @@ class HttpClient:
         if self._session is None:
             import requests
 
+            from gpushopper.providers.http_deadline import DeadlineAdapter
+
             self._session = requests.Session()
+            self._session.mount("http://", DeadlineAdapter())
+            self._session.mount("https://", DeadlineAdapter())
             self._session.headers.update({"Accept": "application/json", **self.headers})
             self._session.headers.setdefault("User-Agent", _user_agent())
         return self._session
@@ -223,29 +231,23 @@ class HttpClient:
         url = self.url(path)
         attempts = self.max_attempts if idempotent else 1
         last_error: ProviderError | None = None
+        from gpushopper.providers.http_deadline import deadline
+
         for attempt in range(attempts):
             started = time.monotonic()
+            limit = deadline(self.total_timeout)
             try:
-                response = self.session.request(
-                    method, url, params=params, json=json_body, timeout=timeout or self.timeout
-                )
-            except requests.Timeout:
-                last_error = Unavailable(
-                    self.provider,
-                    f"{method} {redact(path)} timed out after {self.timeout[1]:.0f}s",
-                )
-            except requests.ConnectionError as exc:
-                last_error = Unavailable(
-                    self.provider, f"cannot connect to {self.base_url}: {_short_reason(exc)}"
-                )
+                with limit:
+                    response = self.session.request(
+                        method, url, params=params, json=json_body, timeout=timeout or self.timeout
+                    )
             except requests.RequestException as exc:
-                # A broken answer (truncated body, bad chunking...): typed, so every caller's
-                # cleanup path sees it; retried like a connection error when safe.
-                last_error = Unavailable(
-                    self.provider,
-                    f"{method} {redact(path)} failed: {clip(str(exc), 200) or type(exc).__name__}",
-                )
+                if limit.expired():
+                    raise self._too_slow(method, path) from None
+                last_error = self._failure(exc, method, path)
             else:
+                if limit.expired():  # cut mid-headers, the answer may look whole: it is not
+                    raise self._too_slow(method, path)
                 elapsed = time.monotonic() - started
                 log.debug(
                     "%s %s %s -> %s in %.2fs",
@@ -278,6 +280,33 @@ class HttpClient:
                 self.sleep(delay)
         assert last_error is not None
         raise last_error
+
+    def _too_slow(self, method: str, path: str) -> Unavailable:
+        # The deadline cut the socket. Not retried: a slow server is no faster next time.
+        return Unavailable(
+            self.provider,
+            f"{method} {redact(path)} took longer than {self.total_timeout:g}s in total "
+            "(the answer came too slowly)",
+        )
+
+    def _failure(self, exc: Exception, method: str, path: str) -> ProviderError:
+        """A requests failure as a typed error (retried like a connection error when safe)."""
+        import requests
+
+        if isinstance(exc, requests.Timeout):
+            return Unavailable(
+                self.provider, f"{method} {redact(path)} timed out after {self.timeout[1]:.0f}s"
+            )
+        if isinstance(exc, requests.ConnectionError):
+            return Unavailable(
+                self.provider, f"cannot connect to {self.base_url}: {_short_reason(exc)}"
+            )
+        # A broken answer (truncated body, bad chunking...): typed, so every caller's
+        # cleanup path sees it.
+        return Unavailable(
+            self.provider,
+            f"{method} {redact(path)} failed: {clip(str(exc), 200) or type(exc).__name__}",
+        )
 
     def _decode(self, response: requests.Response, method: str, path: str) -> Any:
         if not response.content or not response.content.strip():

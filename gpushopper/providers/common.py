@@ -81,25 +81,42 @@ def country_code(text: str | None) -> str | None:
     return COUNTRY_CODES.get(tail.lower()) or COUNTRY_CODES.get(str(text).strip().lower())
 
 
+_INF = float("inf")
+
+
 def num(value: Any) -> float | None:
-    """A float, or None for missing, null, empty or non-numeric values."""
+    """A float, or None for missing, null, empty, non-numeric or non-finite values."""
     kind = type(value)
     if kind is float:  # the common case first: parsing thousands of offers stays cheap
-        return value if value == value else None  # NaN -> None
+        return value if value == value and -_INF < value < _INF else None
     if kind is int:
-        return float(value)
+        return float(value) if -(10**308) < value < 10**308 else None
     if value is None or kind is bool:
         return None
     try:
         out = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
-    return out if out == out else None  # NaN -> None
+    return out if out == out and -_INF < out < _INF else None  # NaN, inf -> None
 
 
 def integer(value: Any) -> int | None:
     out = num(value)
     return None if out is None else int(out)
+
+
+def rows_of(data: Any, key: str, provider: str, what: str) -> list[dict[str, Any]]:
+    """``data[key]`` as a list of objects; any other shape is the provider's error."""
+    from gpushopper.core.errors import ProviderError
+
+    rows = data.get(key) if isinstance(data, dict) else None
+    if rows is None and isinstance(data, dict) and key not in data:
+        rows = []
+    if not isinstance(rows, list):
+        raise ProviderError(
+            provider, f"{what} answered with a wrong shape (expected a '{key}' list)"
+        )
+    return [row for row in rows if isinstance(row, dict)]
 
 
 def require(value: str | None, provider: str, hint: str) -> str:

@@ -386,8 +386,9 @@ class TensorDock:
 
     def check(self) -> str:
         data = self.http.request("GET", "/locations") or {}
-        locations = (data.get("data") or {}).get("locations") if isinstance(data, dict) else None
-        return f"authenticated; {len(locations or [])} locations"
+        inner = data.get("data") if isinstance(data, dict) else None
+        locations = inner.get("locations") if isinstance(inner, dict) else None
+        return f"authenticated; {len(locations) if isinstance(locations, list) else 0} locations"
 
     # -- offers -----------------------------------------------------------------------------
     def search_offers(self, query: OfferQuery, limit: int = 200) -> list[Offer]:

@@ -20,6 +20,7 @@ from gpushopper.providers.common import (
     integer,
     num,
     require,
+    rows_of,
 )
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
 
 NAME = "vastai"
 LIST_PAGE = 25
+MAX_PAGES = 200  # 5000 instances: far past any account this tool serves
 MAX_ONSTART = 4096  # args + args_str + onstart, characters (create_instance.yaml)
 
 SORT_ORDER = {
@@ -71,6 +73,19 @@ def classify(status: int, body: Any, text: str) -> ProviderError | None:
     if 200 <= status < 300 and body.get("success") is False:
         return ProviderError(NAME, str(message or "request failed"), status=status, code=code)
     return None
+
+
+def next_page_token(token: Any, seen: set[str]) -> str | None:
+    """The next ``after_token``, None at the end; a repeated or odd token is an error
+    (an endless ``next_token`` cost 1000 requests per pass)."""
+    if token is None or token == "":
+        return None
+    if not isinstance(token, str) or len(token) > 4096:
+        raise ProviderError(NAME, f"the instance list sent an invalid next_token {token!r:.60}")
+    if token in seen:
+        raise ProviderError(NAME, "the instance list repeated a next_token (endless pages)")
+    seen.add(token)
+    return token
 
 
 # -- pure translation ------------------------------------------------------------------------
@@ -160,24 +175,33 @@ def parse_offer(raw: dict[str, Any]) -> Offer:
     )
 
 
+def _text(value: Any) -> str | None:
+    """A non-empty string from an answer, else None (numbers are text too)."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
 def parse_template(raw: dict[str, Any]) -> Template:
     extra = raw.get("extra_filters") if isinstance(raw.get("extra_filters"), dict) else {}
     cuda = None
     cuda_filter = extra.get("cuda_max_good") if isinstance(extra, dict) else None
     if isinstance(cuda_filter, dict):
         cuda = num(cuda_filter.get("gte", cuda_filter.get("gt", cuda_filter.get("eq"))))
-    image = raw.get("image")
-    if image and raw.get("tag"):
+    image = _text(raw.get("image"))
+    if image and _text(raw.get("tag")):
         image = f"{image}:{raw['tag']}"
     return Template(
-        id=str(raw.get("hash_id") or raw.get("id")),
+        id=str(_text(raw.get("hash_id")) or raw.get("id")),
         provider=NAME,
         name=str(raw.get("name") or ""),
         image=image,
-        hash_id=raw.get("hash_id"),
-        description=raw.get("desc") or None,
-        use_ssh=raw.get("use_ssh"),
-        runtype=raw.get("runtype"),
+        hash_id=_text(raw.get("hash_id")),
+        description=_text(raw.get("desc")),
+        use_ssh=raw.get("use_ssh") if isinstance(raw.get("use_ssh"), bool) else None,
+        runtype=_text(raw.get("runtype")),
         min_cuda=cuda,
         recommended_disk_gb=num(raw.get("recommended_disk_space")),
         requirements=extra or {},
@@ -306,6 +330,8 @@ class VastAI:
     def check(self) -> str:
         """One cheap authenticated call (``users/current``)."""
         user = self.http.request("GET", self._v0("/users/current/")) or {}
+        if not isinstance(user, dict):
+            raise ProviderError(NAME, "users/current answered with a wrong shape")
         who = user.get("username") or user.get("email") or user.get("id") or "?"
         credit = num(user.get("credit"))
         if credit is None:
@@ -336,8 +362,7 @@ class VastAI:
             "limit": 1,
         }
         data = self.http.request("POST", self._v0("/bundles/"), json_body=body, idempotent=True)
-        rows = data.get("offers") if isinstance(data, dict) else None
-        for row in rows or []:
+        for row in rows_of(data, "offers", NAME, "the offer lookup"):
             if str(row.get("id")) == str(native_id):
                 return parse_offer(row)
         return None
@@ -351,8 +376,8 @@ class VastAI:
             filters["use_ssh"] = {"eq": use_ssh}
         params = {"select_cols": dumps_query(["*"]), "select_filters": dumps_query(filters)}
         data = self.http.request("GET", self._v0("/template/"), params=params)
-        rows = data.get("templates") if isinstance(data, dict) else None
-        templates = [parse_template(r) for r in rows or [] if isinstance(r, dict)]
+        rows = rows_of(data, "templates", NAME, "the template list")
+        templates = [parse_template(r) for r in rows]
         if name:
             needle = name.lower()
             templates = [t for t in templates if needle in t.name.lower()]
@@ -373,7 +398,7 @@ class VastAI:
                 raise
             except ProviderError:
                 continue  # a filter the server does not take: the full list below decides
-            for row in (data or {}).get("templates") or []:
+            for row in rows_of(data, "templates", NAME, "the template search"):
                 template = parse_template(row)
                 if (
                     ident in (template.hash_id, str(row.get("id")))
@@ -453,7 +478,8 @@ class VastAI:
         """Every instance on the account (``/api/v1/instances/``, 25 a page)."""
         out: list[Instance] = []
         token: str | None = None
-        for _ in range(1000):
+        seen: set[str] = set()
+        for _ in range(MAX_PAGES):
             params: dict[str, Any] = {
                 "select_cols": dumps_query(["*"]),
                 "order_by": dumps_query([{"col": "id", "dir": "asc"}]),
@@ -465,10 +491,12 @@ class VastAI:
             out.extend(
                 parse_instance(r) for r in data.get("instances") or [] if isinstance(r, dict)
             )
-            token = data.get("next_token")
-            if not token:
-                break
-        return out
+            token = next_page_token(data.get("next_token"), seen)
+            if token is None:
+                return out
+        raise ProviderError(
+            NAME, f"the instance list did not end after {MAX_PAGES} pages; try again later"
+        )
 
     def destroy_instance(self, instance_id: str) -> None:
         """Destroy (never stop: stopped instances keep billing storage). Gone already is fine."""

@@ -133,7 +133,11 @@ SETTINGS: dict[str, Setting] = {
             "defaults.cache_ttl", "duration", "60s", (), "how long inventory answers are reused"
         ),
         Setting(
-            "defaults.http_timeout", "float", 30.0, (), "read timeout for provider calls, seconds"
+            "defaults.http_timeout",
+            "float",
+            30.0,
+            (),
+            "provider call timeout, s (per read; a whole call ends within 3x)",
         ),
         Setting("defaults.http_retries", "int", 4, (), "attempts for idempotent provider calls"),
         Setting(
