@@ -27,7 +27,7 @@ class Finite(click.FloatRange):
         return out
 
 
-def _bounded(option: str, integer: bool = False) -> click.ParamType:
+def bounded(option: str, integer: bool = False) -> click.ParamType:
     """The range a filter takes: the same table config and profiles are checked against."""
     from gpushopper.state.config import RANGES
 
@@ -60,34 +60,34 @@ def filter_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--min-vram",
-            type=_bounded("min_vram_gb"),
+            type=bounded("min_vram_gb"),
             metavar="GB",
             help="Minimum VRAM per GPU, GB.",
         ),
         click.option(
-            "--num-gpus", type=_bounded("num_gpus", True), metavar="N", help="Exactly N GPUs."
+            "--num-gpus", type=bounded("num_gpus", True), metavar="N", help="Exactly N GPUs."
         ),
         click.option(
             "--max-price",
-            type=_bounded("max_price"),
+            type=bounded("max_price"),
             metavar="USD",
             help="Maximum total price, USD/h.",
         ),
         click.option(
             "--min-reliability",
-            type=_bounded("min_reliability"),
+            type=bounded("min_reliability"),
             metavar="R",
             help="Reliability floor, 0-1 (default from config, 0.95).",
         ),
         click.option(
             "--min-cuda",
-            type=_bounded("min_cuda"),
+            type=bounded("min_cuda"),
             metavar="X.Y",
             help="Minimum CUDA version the driver supports.",
         ),
         click.option(
             "--min-disk",
-            type=_bounded("min_disk_gb"),
+            type=bounded("min_disk_gb"),
             metavar="GB",
             help="Minimum free disk on the host, GB.",
         ),
@@ -100,7 +100,7 @@ def filter_options(func: Callable[..., Any]) -> Callable[..., Any]:
         ),
         click.option(
             "--disk",
-            type=_bounded("disk_gb", True),
+            type=bounded("disk_gb", True),
             metavar="GB",
             help="Disk to rent, GB; prices include it (default 32).",
         ),

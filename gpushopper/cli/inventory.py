@@ -9,6 +9,7 @@ import click
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.filters import (
     SORTS,
+    bounded,
     build_query,
     filter_args,
     filter_options,
@@ -97,7 +98,7 @@ def run_search(app: App, query: Any, *, refresh: bool, include_unhealthy: bool) 
 )
 @filter_options
 @click.option("--sort", type=click.Choice(SORTS), help="Ranking (default: price, cheapest first).")
-@click.option("--limit", type=click.IntRange(min=1), metavar="N", help="Show at most N offers.")
+@click.option("--limit", type=bounded("limit", True), metavar="N", help="Show at most N offers.")
 @click.option("--refresh", is_flag=True, help="Ask the providers again instead of using the cache.")
 @click.option(
     "--include-unhealthy", is_flag=True, help="Also show offers suppressed after failed boots."
@@ -143,7 +144,9 @@ def _fetch_offer(app: App, offer_id: str, disk: int | None) -> Any:
 
 @inventory.command("show", epilog="Example: gpu-shopper inventory show vastai:1000001 --json")
 @click.argument("offer_id")
-@click.option("--disk", type=click.IntRange(min=1), metavar="GB", help="Price for this much disk.")
+@click.option(
+    "--disk", type=bounded("disk_gb", True), metavar="GB", help="Price for this much disk."
+)
 @json_option
 @pass_app
 def inventory_show(app: App, offer_id: str, disk: int | None, as_json: bool) -> None:

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from gpushopper.cli import App, pass_app
-from gpushopper.cli.filters import SORTS, build_query, filter_args, filter_options
+from gpushopper.cli.filters import SORTS, bounded, build_query, filter_args, filter_options
 from gpushopper.cli.output import emit_json, info, json_option, print_kv
 from gpushopper.cli.params import DURATION
 from gpushopper.core.errors import UsageError
@@ -101,7 +101,7 @@ def _warn_about_budget(app: App, projected: float) -> None:
 @click.option("--consumer", metavar="NAME", help="Who this rental is for (cost reports).")
 @click.option(
     "--auto-retry",
-    type=click.IntRange(min=0),
+    type=bounded("auto_retry", True),
     metavar="N",
     help="On a failed boot, try up to N more offers.",
 )

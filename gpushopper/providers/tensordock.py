@@ -90,6 +90,11 @@ def classify(status: int, body: Any, text: str) -> ProviderError | None:
     return ProviderError(NAME, message, status=inner)
 
 
+def _obj(value: Any) -> dict[str, Any]:
+    """An answer's sub-object, or {} when it has another shape (parsed defensively)."""
+    return value if isinstance(value, dict) else {}
+
+
 def vram_from_v0name(v0name: str | None) -> float | None:
     match = re.search(r"(\d+)gb$", v0name or "")
     return float(match.group(1)) if match else None
@@ -134,7 +139,7 @@ def plan_resources(
 ) -> dict[str, int] | None:
     """vCPU (even), RAM and storage (>= 100 GB) to ask for with ``gpu_count`` GPUs,
     within what the host has free; None when it cannot fit."""
-    res = hostnode.get("available_resources") or {}
+    res = _obj(hostnode.get("available_resources"))
     vcpu_avail = num(res.get("vcpu_count"))
     ram_avail = num(res.get("ram_gb"))
     storage_avail = num(res.get("storage_gb"))
@@ -199,23 +204,24 @@ def parse_hostnodes(
     for node in rows:
         if not isinstance(node, dict) or not node.get("id"):
             continue
-        res = node.get("available_resources") or {}
+        res = _obj(node.get("available_resources"))
         if res.get("has_public_ip_available") is False:
             continue  # SSH needs a dedicated IP: port forwards were ignored at some sites
-        location = node.get("location") or {}
+        location = _obj(node.get("location"))
         uptime = num(node.get("uptime_percentage"))
-        for gpu in res.get("gpus") or []:
+        gpus = res.get("gpus")
+        for gpu in gpus if isinstance(gpus, list) else []:
             if not isinstance(gpu, dict):
                 continue
             v0name = gpu.get("v0Name")
             available = integer(gpu.get("availableCount")) or 0
             gpu_price = num(gpu.get("price_per_hr"))
-            if not v0name or available < count or gpu_price is None:
+            if not isinstance(v0name, str) or not v0name or available < count or gpu_price is None:
                 continue
             plan = plan_resources(node, count, query.disk_gb, vcpus_per_gpu, ram_per_gpu)
             if plan is None:
                 continue
-            price = price_of(gpu_price, count, node.get("pricing") or {}, plan)
+            price = price_of(gpu_price, count, _obj(node.get("pricing")), plan)
             place = ", ".join(
                 str(p)
                 for p in (
@@ -226,7 +232,8 @@ def parse_hostnodes(
                 if p
             )
             speed = num(location.get("network_speed_gbps"))
-            display = gpu.get("displayName") or display_name(v0name)
+            shown = gpu.get("displayName")
+            display = shown if isinstance(shown, str) and shown else display_name(v0name)
             offers.append(
                 Offer(
                     id=f"{NAME}:{node['id']}:{v0name}",
