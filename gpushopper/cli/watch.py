@@ -199,7 +199,9 @@ def watch(
         )
 
     def emit(message: str) -> None:
-        click.echo(message, err=True)
+        from gpushopper.core.redact import redact
+
+        click.echo(redact(message), err=True)  # the watch log is kept: never a secret in it
 
     lock = PidLock(app.paths.pid_file)
     lock.acquire()

@@ -23,10 +23,19 @@ class Alerter:
         if not self.webhook_url:
             return
         try:
+            import json
+
+            from gpushopper.core.redact import redact
+            from gpushopper.providers.http_deadline import DeadlineAdapter, deadline
+
             if self._session is None:
                 import requests
 
                 self._session = requests.Session()
-            self._session.post(self.webhook_url, json=event, timeout=self.timeout)
+                self._session.mount("http://", DeadlineAdapter())
+                self._session.mount("https://", DeadlineAdapter())
+            body = json.loads(redact(json.dumps(event, default=str)))
+            with deadline(3 * self.timeout):  # a slow hook must not stall the daemon
+                self._session.post(self.webhook_url, json=body, timeout=self.timeout)
         except Exception as exc:  # an alert channel failing must never stop the daemon
             self.emit(f"alert webhook failed: {type(exc).__name__}")
