@@ -128,39 +128,34 @@ def test_config_set_dash_reads_the_key_from_stdin(gs, isolated_home):
     assert shown["value"] == "****" + KEY[-4:]
 
 
-def test_config_set_without_a_value_prompts_without_echo(gs, isolated_home, monkeypatch):
-    import click
-
-    seen: dict[str, object] = {}
-
-    def fake_prompt(text, hide_input=False, err=False, **kw):
-        seen.update(text=text, hide_input=hide_input)
-        return KEY
-
-    monkeypatch.setattr(click, "prompt", fake_prompt)
-    monkeypatch.setattr("sys.stdin.isatty", lambda: True, raising=False)
+def test_config_set_without_a_value_prompts_without_echo(isolated_home, monkeypatch):
     import sys
 
-    class TTY:
-        def isatty(self):
-            return True
-
-        def readline(self):
-            return ""
-
-    monkeypatch.setattr(sys, "stdin", TTY())
+    import click
     from click.testing import CliRunner
 
     from gpushopper.cli import cli
     from gpushopper.cli.output import run
 
-    runner = CliRunner()
-    with runner.isolation():
-        sys.stdin = TTY()  # type: ignore[assignment]
+    seen: dict[str, object] = {}
+
+    def fake_prompt(text, hide_input=False, err=False, **kw):
+        seen.update(text=text, hide_input=hide_input, err=err)
+        return KEY
+
+    class Terminal:
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr(click, "prompt", fake_prompt)
+    with CliRunner().isolation() as (out, err, _):
+        monkeypatch.setattr(sys, "stdin", Terminal())
         code = run(cli, ["config", "set", "vastai.api_key"])
+        printed = out.getvalue().decode() + err.getvalue().decode()
     assert code == 0
-    assert seen == {"text": "vastai.api_key", "hide_input": True}
+    assert seen == {"text": "vastai.api_key", "hide_input": True, "err": True}
     assert KEY in (isolated_home / "config.toml").read_text()
+    assert KEY not in printed
 
 
 def test_config_set_without_a_value_off_a_terminal_is_a_usage_error(gs):
