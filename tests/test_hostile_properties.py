@@ -400,8 +400,45 @@ def test_garbage_answers_are_provider_errors_never_crashes(vast, gs, method, pat
         result = gs(command)
         vast.clear_faults()
         _assert_clean(result, (0, 1, 3))
+        codes.add(result.exit_code)
 
+    codes: set[int] = set()
     check()
+    assert codes - {0}, "the garbage never reached the command: is the fault path right?"
+
+
+TD_TARGETS = [
+    (
+        "GET",
+        r"^/api/v2/hostnodes$",
+        "inventory --provider tensordock --json --refresh",
+        TD_HOSTNODES,
+    ),
+    ("GET", r"^/api/v2/instances$", "cleanup-orphans --json", {"data": [TD_INSTANCE["data"]]}),
+    ("GET", r"^/api/v2/locations", "doctor --json", {"data": {"locations": [{"id": "x"}]}}),
+]
+
+
+@pytest.mark.parametrize("method, path, command, sample", TD_TARGETS)
+def test_garbage_tensordock_answers_are_provider_errors(
+    tensordock, gs, monkeypatch, method, path, command, sample
+):
+    monkeypatch.delenv("VASTAI_API_KEY", raising=False)
+
+    @settings(QUICK, max_examples=40)
+    @given(shaped(sample))
+    def check(body: Any) -> None:
+        RUNS[f"answer:tensordock {command.split(' --')[0]}"] += 1
+        tensordock.clear_faults()
+        tensordock.fail_next(method, path, status=200, body=body, times=50)
+        result = gs(command)
+        tensordock.clear_faults()
+        _assert_clean(result, (0, 1, 3))
+        codes.add(result.exit_code)
+
+    codes: set[int] = set()
+    check()
+    assert codes - {0}, "the garbage never reached the command: is the fault path right?"
 
 
 # -- every command's options -----------------------------------------------------------------

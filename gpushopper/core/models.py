@@ -137,6 +137,19 @@ class Instance:
     started_at: float | None = None  # epoch seconds, when the provider says
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
+    def __post_init__(self) -> None:
+        # What the provider sent, typed once here: a label of True or a list of hosts is
+        # "none", never something the ownership check or ssh trips over later.
+        if not isinstance(self.label, str):
+            self.label = None
+        if not isinstance(self.ssh_host, str):
+            self.ssh_host = None
+        if isinstance(self.ssh_port, bool) or not isinstance(self.ssh_port, int):
+            self.ssh_port = None
+        for name in ("raw_status", "gpu_name"):
+            if not isinstance(getattr(self, name), (str, type(None))):
+                setattr(self, name, str(getattr(self, name)))
+
 
 @dataclass
 class LaunchSpec:
