@@ -177,3 +177,27 @@ def test_webhook_url_is_masked_in_list_get_and_set(gs, monkeypatch):
     got = gs("config get alerts.webhook_url")
     assert "secretTOKEN" not in got.stdout
     assert "hooks.slack.com" in got.stdout
+
+
+def test_a_crash_quoting_the_key_leaves_it_in_no_file(vast, gs, isolated_home, monkeypatch):
+    """A bug whose message quotes the key (escaped, as repr does): state.json, the journal
+    and the output get the mask only."""
+    from gpushopper.providers.vastai import VastAI
+
+    real_create = VastAI.create_instance
+
+    def create_then_crash(self, spec):
+        real_create(self, spec)
+        raise KeyError(f"Authorization: Bearer {vast.api_key}\r")
+
+    monkeypatch.setattr(VastAI, "create_instance", create_then_crash)
+    result = gs("provision --provider vastai --gpu 4090 --yes --json")
+    assert result.exit_code == 1
+    assert vast.live_instances() == []
+    for text in (
+        result.stdout,
+        result.stderr,
+        (isolated_home / "state.json").read_text(),
+        (isolated_home / "journal.jsonl").read_text(),
+    ):
+        assert vast.api_key not in text
