@@ -201,3 +201,18 @@ def test_a_crash_quoting_the_key_leaves_it_in_no_file(vast, gs, isolated_home, m
         (isolated_home / "journal.jsonl").read_text(),
     ):
         assert vast.api_key not in text
+
+
+def test_redaction_never_breaks_the_json_it_writes(isolated_home):
+    """Text redaction of serialized JSON could cut an escape in half (``\\n`` + the rest
+    of a key starting with ``n``): values are redacted, not the document."""
+    from gpushopper.state.store import StateStore
+
+    key = "nkey-starting-with-n-0123456789"
+    register_secret(key)
+    store = StateStore(isolated_home / "state.json")
+    with store.transaction() as state:
+        state["offer_health"]["x"] = {"last_reason": "line one\n" + key[1:], "k": key}
+    data = store.read()  # parses: the file is valid JSON
+    assert data["offer_health"]["x"]["last_reason"] == "line one\n" + key[1:]
+    assert key not in (isolated_home / "state.json").read_text()

@@ -51,8 +51,12 @@ def emit_json(data: Any) -> None:
     """Write ``data`` as the single JSON document on stdout."""
     import json
 
-    text = json.dumps(data, indent=2, default=str, ensure_ascii=False)
-    sys.stdout.write(redact(text) + "\n")
+    from gpushopper.core.redact import redact_tree
+
+    # Redact the values, not the text: the document stays valid JSON whatever a secret is.
+    plain = json.loads(json.dumps(data, default=str))
+    text = json.dumps(redact_tree(plain), indent=2, ensure_ascii=False)
+    sys.stdout.write(text + "\n")
     sys.stdout.flush()
 
 

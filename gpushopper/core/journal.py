@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from gpushopper.core.redact import clip, redact
+from gpushopper.core.redact import clip, redact_tree
 
 MUTATIONS = ("create_instance", "destroy_instance", "attach_ssh_key")
 # What parsing a wrong-shaped answer raises (a list where an object was expected...).
@@ -34,7 +34,8 @@ def append(path: Path, event: dict[str, Any]) -> None:
     from gpushopper.state.fs import open_nofollow, private_dir
 
     private_dir(path.parent)
-    line = redact(json.dumps(event, default=str, sort_keys=True)) + "\n"
+    plain = json.loads(json.dumps(event, default=str))  # objects as text, then redacted
+    line = json.dumps(redact_tree(plain), sort_keys=True) + "\n"
     fd = open_nofollow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
     try:
         os.write(fd, line.encode())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import threading
+from typing import Any
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -78,6 +79,19 @@ def redact(text: str) -> str:
     return pattern.sub(
         lambda m: masks.get(m.group(0)) or masks.get(m.group(0).lower(), "****"), text
     )
+
+
+def redact_tree(value: Any) -> Any:
+    """A copy of a JSON-able value with every string redacted (keys too).
+
+    Redacting the values, not the serialized text, can never break the JSON syntax."""
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {redact_tree(k): redact_tree(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [redact_tree(v) for v in value]
+    return value
 
 
 def clip(text: str, limit: int) -> str:

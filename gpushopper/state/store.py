@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from gpushopper.core.errors import StateError
-from gpushopper.core.redact import redact
+from gpushopper.core.redact import redact_tree
 from gpushopper.state.atomic import atomic_write_text
 from gpushopper.state.fs import (
     LinkRefused,
@@ -176,7 +176,7 @@ class StateStore:
             yield data
             data["schema_version"] = SCHEMA_VERSION
             # Reasons and errors recorded here come from exceptions: never a secret in them.
-            text = redact(json.dumps(data, indent=2, sort_keys=True))
+            text = json.dumps(redact_tree(data), indent=2, sort_keys=True)
             # Under the lock no other writer is mid-write: every leftover temporary is stale.
             atomic_write_text(self.path, text + "\n", stale_after=0)
 
