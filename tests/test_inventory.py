@@ -484,8 +484,13 @@ def test_unknowns_are_null(market, gs):
 
 
 # -- the cache --------------------------------------------------------------------------------
+def cache_files(home: Path, provider: str) -> list[Path]:
+    return sorted((home / "cache" / "offers").glob(f"{provider}-*.json"))
+
+
 def cache_file(home: Path, provider: str) -> Path:
-    return home / "cache" / f"offers-{provider}.json"
+    [path] = cache_files(home, provider)
+    return path
 
 
 def test_second_run_is_answered_from_the_cache(market, gs, isolated_home):
@@ -495,8 +500,7 @@ def test_second_run_is_answered_from_the_cache(market, gs, isolated_home):
     assert first == second
     assert (searches(vast), hostnode_lists(tensordock)) == (1, 1)
     for provider in ("vastai", "tensordock"):
-        data = json.loads(cache_file(isolated_home, provider).read_text())
-        [entry] = data["entries"].values()
+        entry = json.loads(cache_file(isolated_home, provider).read_text())
         fetched = datetime.fromisoformat(entry["fetched_at"].replace("Z", "+00:00"))
         assert abs(fetched - datetime.now(timezone.utc)) < timedelta(minutes=1)
         assert entry["offers"]
@@ -555,16 +559,16 @@ def test_refresh_bypasses_the_cache(market, gs):
 @pytest.mark.parametrize("garbage", ["{not json", "[1, 2, 3]", '{"entries": 7}', ""])
 def test_a_corrupt_cache_file_is_ignored_and_replaced(market, gs, isolated_home, garbage):
     vast, _ = market
+    offers(gs, "--provider vastai")
     path = cache_file(isolated_home, "vastai")
-    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(garbage, encoding="utf-8")
     result = gs("inventory --json --provider vastai")
     assert result.exit_code == 0, result.stderr
     assert result.json()
-    assert searches(vast) == 1
-    assert json.loads(path.read_text())["entries"]
+    assert searches(vast) == 2
+    assert json.loads(path.read_text())["offers"]
     offers(gs, "--provider vastai")
-    assert searches(vast) == 1  # the replacement is used
+    assert searches(vast) == 2  # the replacement is used
 
 
 def test_a_cache_entry_with_a_bad_timestamp_is_refetched(market, gs, isolated_home):
@@ -572,8 +576,7 @@ def test_a_cache_entry_with_a_bad_timestamp_is_refetched(market, gs, isolated_ho
     offers(gs, "--provider vastai")
     path = cache_file(isolated_home, "vastai")
     data = json.loads(path.read_text())
-    for entry in data["entries"].values():
-        entry["fetched_at"] = None
+    data["fetched_at"] = "not a time"
     path.write_text(json.dumps(data))
     offers(gs, "--provider vastai")
     assert searches(vast) == 2

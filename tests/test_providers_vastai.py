@@ -88,7 +88,7 @@ def test_fractional_vram_converts_exactly():
     [
         ("price", [["dph_total", "asc"]]),
         ("reliability", [["reliability", "desc"]]),
-        ("vram", [["gpu_ram", "desc"]]),
+        ("vram", [["gpu_total_ram", "desc"]]),  # all GPUs' VRAM, as we rank
         ("perf-per-dollar", [["dlperf_per_dphtotal", "desc"]]),
     ],
 )
@@ -96,9 +96,16 @@ def test_sort_becomes_server_order(sort, order):
     assert build_search(OfferQuery(sort=sort))["order"] == order
 
 
-def test_gpu_names_are_matched_on_our_side_not_sent():
-    body = build_search(OfferQuery(gpus=["4090"]))
-    assert "gpu_name" not in body
+def test_loose_gpu_names_are_sent_as_one_in_list_of_vast_spellings():
+    body = build_search(OfferQuery(gpus=["4090", "h100"]))
+    names = body["gpu_name"]["in"]
+    assert {"RTX 4090", "H100 SXM", "H100 PCIE", "H100 NVL"} <= set(names)
+    assert "RTX 4090D" not in names and "RTX 4090 Ti" not in names
+    assert list(body["gpu_name"]) == ["in"]
+
+
+def test_a_gpu_name_nobody_knows_is_still_sent_as_typed():
+    assert build_search(OfferQuery(gpus=["RTX_9999"]))["gpu_name"] == {"in": ["RTX 9999"]}
 
 
 # -- parsing -------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,17 +19,19 @@ from gpushopper.core.errors import (
     UsageError,
 )
 from gpushopper.core.models import (
+    RANK_KEYS,
+    SORTS,
     Offer,
     OfferQuery,
     Template,
     gpu_form_factor,
     offer_matches,
+    rank_offers,
 )
 from gpushopper.core.units import iso, parse_iso
 
 RATE_LIMITED_TTL_S = 300.0  # after a 429, reuse answers for at least this long
 STALE_LIMIT_S = 3600.0  # a provider that is rate limiting may be answered from cache this old
-SORTS = ("price", "reliability", "vram", "perf-per-dollar")
 
 
 @dataclass
@@ -94,30 +96,9 @@ def matches(offer: Offer, query: OfferQuery) -> bool:
 
 def rank(offers: list[Offer], sort: str) -> list[Offer]:
     """Stable ranking; unknown values sort last."""
-    big = float("inf")
-    if sort == "price":
-        key: Callable[[Offer], Any] = lambda o: (  # noqa: E731
-            o.price_per_hour if o.price_per_hour is not None else big,
-            -(o.reliability or 0),
-            o.id,
-        )
-    elif sort == "reliability":
-        key = lambda o: (
-            -(o.reliability if o.reliability is not None else -1),
-            o.price_per_hour or big,
-            o.id,
-        )  # noqa: E731
-    elif sort == "vram":
-        key = lambda o: (-((o.vram_gb or 0) * (o.num_gpus or 1)), o.price_per_hour or big, o.id)  # noqa: E731
-    elif sort == "perf-per-dollar":
-        key = lambda o: (  # noqa: E731
-            -(o.perf_per_dollar if o.perf_per_dollar is not None else -1),
-            o.price_per_hour or big,
-            o.id,
-        )
-    else:
+    if sort not in RANK_KEYS:
         raise UsageError(f"unknown sort {sort!r} (choose from {', '.join(SORTS)})")
-    return sorted(offers, key=key)
+    return rank_offers(offers, sort)
 
 
 # -- health ------------------------------------------------------------------------------------
@@ -132,7 +113,7 @@ def health_of(offer: Offer, health: dict[str, Any], now: datetime) -> str:
         entry = health.get(key) if key else None
         if not entry:
             continue
-        until = parse_iso(entry.get("suppressed_until"))
+        until = _when(entry.get("suppressed_until"))
         if until and until > now:
             return "suppressed"
         if entry.get("failures"):
@@ -140,71 +121,157 @@ def health_of(offer: Offer, health: dict[str, Any], now: datetime) -> str:
     return worst
 
 
+def _when(text: Any) -> datetime | None:
+    """An ISO time from our own files; None when missing or mangled."""
+    try:
+        return parse_iso(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+
+
 # -- cache -------------------------------------------------------------------------------------
+MAX_CACHED_QUERIES = 32  # per provider; the oldest answers go first
+TAKEN_TTL_S = STALE_LIMIT_S
+
+
+@dataclass
+class CachedAnswer:
+    offers: list[Offer]
+    complete: bool  # every match (not only the best ``len(offers)``)
+
+
 class OfferCache:
-    """Answers per provider and query, with ``fetched_at``; a corrupt file is replaced."""
+    """One small file per provider and query (``offers/<provider>-<hash>.json``), so a
+    lookup reads only its own answer and a refresh writes only its own query. At most
+    MAX_CACHED_QUERIES per provider, none older than STALE_LIMIT_S. Offers this install
+    has just rented are marked ``taken`` in answers fetched before the rental."""
 
     def __init__(self, cache_dir: Path, ttl_s: float, now: Callable[[], datetime]) -> None:
         self.cache_dir = cache_dir
+        self.dir = cache_dir / "offers"
         self.ttl_s = ttl_s
         self.now = now
 
-    def _path(self, provider: str) -> Path:
-        return self.cache_dir / f"offers-{provider}.json"
+    def _path(self, provider: str, key: str) -> Path:
+        import hashlib
 
-    def _load(self, provider: str) -> dict[str, Any]:
+        digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+        return self.dir / f"{provider}-{digest}.json"
+
+    @staticmethod
+    def _read(path: Path) -> Any:
         try:
-            data = json.loads(self._path(provider).read_text(encoding="utf-8"))
-            if isinstance(data, dict) and isinstance(data.get("entries"), dict):
-                return data
+            with open(path, "rb") as handle:
+                return json.loads(handle.read())
         except (OSError, ValueError):
-            pass
-        return {"entries": {}}
+            return None
 
-    def _effective_ttl(self, data: dict[str, Any]) -> float:
-        limited = parse_iso(data.get("rate_limited_at"))
+    def _stamp(self, name: str) -> datetime | None:
+        data = self._read(self.dir / name)
+        return _when(data.get("at")) if isinstance(data, dict) else None
+
+    def _effective_ttl(self, provider: str) -> float:
+        limited = self._stamp(f"{provider}.rate-limited")
         if limited and self.now() - limited < timedelta(seconds=RATE_LIMITED_TTL_S * 2):
             return max(self.ttl_s, RATE_LIMITED_TTL_S)
         return self.ttl_s
 
-    def get(self, provider: str, key: str, max_age_s: float | None = None) -> list[Offer] | None:
-        data = self._load(provider)
-        entry = data["entries"].get(key)
-        if not isinstance(entry, dict):
+    def lookup(
+        self, provider: str, key: str, max_age_s: float | None = None
+    ) -> CachedAnswer | None:
+        data = self._read(self._path(provider, key))
+        if not isinstance(data, dict) or data.get("key") != key:
             return None
-        fetched = parse_iso(entry.get("fetched_at"))
+        fetched = _when(data.get("fetched_at"))
         if fetched is None:
             return None
-        limit = self._effective_ttl(data) if max_age_s is None else max_age_s
+        limit = self._effective_ttl(provider) if max_age_s is None else max_age_s
         if (self.now() - fetched).total_seconds() > limit:
             return None
         try:
-            return [Offer(**o) for o in entry.get("offers", [])]
+            offers = [Offer(**o) for o in data.get("offers", [])]
         except TypeError:
             return None
+        taken = self._taken(provider)
+        for offer in offers:
+            when = taken.get(offer.id)
+            if when is not None and when >= fetched:
+                offer.health = "taken"
+        return CachedAnswer(offers, bool(data.get("complete")))
 
-    def put(self, provider: str, key: str, offers: list[Offer]) -> None:
+    def get(self, provider: str, key: str, max_age_s: float | None = None) -> list[Offer] | None:
+        hit = self.lookup(provider, key, max_age_s)
+        return None if hit is None else hit.offers
+
+    def put(self, provider: str, key: str, offers: list[Offer], complete: bool = True) -> None:
         from gpushopper.state.atomic import atomic_write_text
 
-        data = self._load(provider)
-        now = self.now()
-        entries = {
-            k: v
-            for k, v in data["entries"].items()
-            if isinstance(v, dict)
-            and (fetched := parse_iso(v.get("fetched_at"))) is not None
-            and (now - fetched).total_seconds() < STALE_LIMIT_S
+        self.dir.mkdir(parents=True, exist_ok=True)
+        # A shallow copy per offer: ``asdict`` deep-copies and costs 25x as much.
+        data = {
+            "key": key,
+            "fetched_at": iso(self.now()),
+            "complete": complete,
+            "offers": [dict(o.__dict__) for o in offers],
         }
-        entries[key] = {"fetched_at": iso(now), "offers": [asdict(o) for o in offers]}
-        data["entries"] = entries
-        atomic_write_text(self._path(provider), json.dumps(data), mode=0o600)
+        path = self._path(provider, key)
+        atomic_write_text(path, json.dumps(data, separators=(",", ":")), mode=0o600)
+        self._prune(provider, keep=path)
+
+    def _prune(self, provider: str, keep: Path) -> None:
+        """Drop answers past STALE_LIMIT_S and all but the newest MAX_CACHED_QUERIES."""
+        import os
+        import time
+
+        (self.cache_dir / f"offers-{provider}.json").unlink(missing_ok=True)  # the old layout
+        entries = []
+        with os.scandir(self.dir) as it:
+            for entry in it:
+                if entry.name.startswith(f"{provider}-") and entry.name.endswith(".json"):
+                    try:
+                        entries.append((entry.stat().st_mtime, entry.path))
+                    except OSError:
+                        continue
+        entries.sort(reverse=True)
+        oldest = time.time() - STALE_LIMIT_S
+        for i, (mtime, path) in enumerate(entries):
+            if path != str(keep) and (i >= MAX_CACHED_QUERIES or mtime < oldest):
+                Path(path).unlink(missing_ok=True)
 
     def note_rate_limited(self, provider: str) -> None:
         from gpushopper.state.atomic import atomic_write_text
 
-        data = self._load(provider)
-        data["rate_limited_at"] = iso(self.now())
-        atomic_write_text(self._path(provider), json.dumps(data), mode=0o600)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"{provider}.rate-limited"
+        atomic_write_text(path, json.dumps({"at": iso(self.now())}), mode=0o600)
+
+    def _taken(self, provider: str) -> dict[str, datetime]:
+        data = self._read(self.dir / "taken.json")
+        out: dict[str, datetime] = {}
+        if isinstance(data, dict):
+            for offer_id, at in data.items():
+                when = _when(at) if isinstance(at, str) else None
+                if when is not None and offer_id.startswith(f"{provider}:"):
+                    out[offer_id] = when
+        return out
+
+    def mark_taken(self, offer_id: str) -> None:
+        """Remember that this install has just rented ``offer_id``: cached answers fetched
+        before now show it as ``taken`` until the provider is asked again."""
+        from gpushopper.state.atomic import atomic_write_text
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        now = self.now()
+        data = self._read(self.dir / "taken.json")
+        kept: dict[str, Any] = {
+            k: v
+            for k, v in (data.items() if isinstance(data, dict) else [])
+            if isinstance(v, str)
+            and (when := _when(v)) is not None
+            and (now - when).total_seconds() < TAKEN_TTL_S
+        }
+        kept[offer_id] = iso(now)
+        atomic_write_text(self.dir / "taken.json", json.dumps(kept), mode=0o600)
 
 
 # -- the search --------------------------------------------------------------------------------
@@ -228,9 +295,22 @@ def _cache_key(query: OfferQuery, provider: str) -> str:
     return query.cache_key(provider) + (f"|forms={forms}" if any(forms) else "")
 
 
-def _server_limit(query: OfferQuery) -> int:
-    # Names are matched loosely on our side, so ask for more when filtering by GPU.
-    return 1000 if query.gpus else 300
+def _suppressed(health: dict[str, Any], now: datetime) -> int:
+    """How many offers or machines are suppressed now: a search asks for that many more."""
+    count = 0
+    for entry in health.values():
+        until = _when(entry.get("suppressed_until")) if isinstance(entry, dict) else None
+        if until is not None and until > now:
+            count += 1
+    return count
+
+
+class Progress:
+    """What ``search`` reports to while providers are slow (the CLI draws a status line)."""
+
+    def show(self, waiting: list[str]) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 def search(
@@ -243,13 +323,22 @@ def search(
     include_unhealthy: bool = False,
     now: Callable[[], datetime],
     template_resolver: Callable[[Any, str], Template | None] | None = None,
+    progress: Progress | None = None,
+    progress_after_s: float = 1.0,
 ) -> InventoryResult:
     """Ask every provider in ``query.providers`` concurrently and merge the answers.
 
-    A provider without credentials is skipped; one that fails is reported in ``errors``
-    while the others' offers are still returned. Raises only when every provider failed.
+    Every filter a provider applies itself is sent; ``query.limit`` asks each for its
+    ``limit`` best (more while our own checks drop some), so the result is the best of
+    all matches, not of a page. A provider without credentials is skipped; one that fails
+    is reported in ``errors`` while the others' offers are still returned. ``progress``
+    hears which providers are still being asked once ``progress_after_s`` has passed.
     """
+    if query.sort not in RANK_KEYS:
+        raise UsageError(f"unknown sort {query.sort!r} (choose from {', '.join(SORTS)})")
     result = InventoryResult(offers=[])
+    health = health or {}
+    stamp = now()
     clients: dict[str, Any] = {}
     for name in dict.fromkeys(query.providers):
         try:
@@ -258,6 +347,45 @@ def search(
             result.skipped[name] = str(exc)
             result.no_credentials.append(name)
     queries = dict.fromkeys(clients, query)
+    # Offers hidden after failed boots are dropped after the provider's cut: ask for more.
+    want = None if not query.limit else query.limit + _suppressed(health, stamp)
+
+    def keep(offer: Offer, asked: OfferQuery) -> bool:
+        """Our own filter (a guard: servers may ignore some) and the health check."""
+        if not matches(offer, asked):
+            return False
+        if offer.health != "taken":
+            offer.health = health_of(offer, health, stamp)
+        if offer.health == "suppressed" and not include_unhealthy:
+            result.hidden_unhealthy += 1
+            return False
+        return True
+
+    def enough(answer: CachedAnswer, asked: OfferQuery) -> bool:
+        """Does this answer hold the best ``query.limit`` of every match?"""
+        if answer.complete or not query.limit:
+            return answer.complete
+        kept = sum(1 for o in answer.offers if matches(o, asked) and not _hidden(o))
+        return kept >= query.limit
+
+    def _hidden(offer: Offer) -> bool:
+        return not include_unhealthy and health_of(offer, health, stamp) == "suppressed"
+
+    def ask(name: str, asked: OfferQuery) -> CachedAnswer:
+        """The provider's best ``want`` offers, asked again for more while ours drop some."""
+        limit = want
+        while True:
+            offers = clients[name].search_offers(asked, limit=limit)
+            answer = CachedAnswer(offers, limit is None or len(offers) < limit)
+            if limit is None or enough(answer, asked):
+                return answer
+            limit *= 4
+
+    def cached(name: str, key: str, asked: OfferQuery) -> Answer | None:
+        hit = cache.lookup(name, key) if cache is not None and not refresh else None
+        if hit is not None and enough(hit, asked):
+            return Answer(name, hit.offers, cached=True)
+        return None
 
     def fetch(name: str) -> Answer:
         """One provider's offers: its template's needs folded in, from cache or over HTTP."""
@@ -273,12 +401,12 @@ def search(
         asked = queries[name]
         key = _cache_key(asked, name)
         # Without a template the cache was already read before any thread started.
-        if cache is not None and not refresh and query.template:
-            hit = cache.get(name, key)
+        if query.template:
+            hit = cached(name, key, asked)
             if hit is not None:
-                return Answer(name, hit, cached=True)
+                return hit
         try:
-            offers = clients[name].search_offers(asked, limit=_server_limit(asked))
+            answer = ask(name, asked)
         except RateLimited as exc:
             if cache is not None:
                 cache.note_rate_limited(name)
@@ -291,28 +419,24 @@ def search(
             return Answer(name, error=exc)
         if cache is not None:
             try:
-                cache.put(name, key, offers)
+                cache.put(name, key, answer.offers, answer.complete)
             except OSError as exc:
                 result.notes.append(f"could not write the offer cache: {exc.strerror}")
-        return Answer(name, offers)
+        return Answer(name, answer.offers)
 
     # Cache hits are read here; only the providers that must be asked get a thread each.
     answers: dict[str, Answer] = {}
-    if cache is not None and not refresh and not query.template:
+    if not query.template:
         for name in clients:
-            hit = cache.get(name, _cache_key(query, name))
+            hit = cached(name, _cache_key(query, name), query)
             if hit is not None:
-                answers[name] = Answer(name, hit, cached=True)
+                answers[name] = hit
     pending = [name for name in clients if name not in answers]
-    if len(pending) == 1:
+    if len(pending) == 1 and progress is None:
         answers[pending[0]] = fetch(pending[0])
     elif pending:
-        from concurrent.futures import ThreadPoolExecutor
+        answers.update(_fan_out(pending, fetch, progress, progress_after_s))
 
-        with ThreadPoolExecutor(max_workers=len(pending)) as pool:
-            answers.update(zip(pending, pool.map(fetch, pending), strict=True))
-
-    stamp = now()
     merged: list[Offer] = []
     for name in clients:  # in the order asked, whichever answered first
         answer = answers[name]
@@ -323,14 +447,30 @@ def search(
             result.failures[name] = answer.error
             continue
         result.cached[name] = answer.cached
-        for offer in answer.offers or []:
-            if not matches(offer, queries[name]):
-                continue
-            offer.health = health_of(offer, health or {}, stamp)
-            if offer.health == "suppressed" and not include_unhealthy:
-                result.hidden_unhealthy += 1
-                continue
-            merged.append(offer)
+        merged.extend(o for o in answer.offers or [] if keep(o, queries[name]))
     ranked = rank(merged, query.sort)
     result.offers = ranked[: query.limit] if query.limit else ranked
     return result
+
+
+def _fan_out(
+    names: list[str],
+    fetch: Callable[[str], Answer],
+    progress: Progress | None,
+    after_s: float,
+) -> dict[str, Answer]:
+    """Ask every provider at once; tell ``progress`` who is still being asked after
+    ``after_s`` and each time one answers."""
+    from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+
+    with ThreadPoolExecutor(max_workers=len(names)) as pool:
+        futures = {pool.submit(fetch, name): name for name in names}
+        _, waiting = wait(futures, timeout=after_s if progress is not None else None)
+        if waiting and progress is not None:
+            try:
+                while waiting:
+                    progress.show([futures[f] for f in futures if f in waiting])
+                    _, waiting = wait(waiting, return_when=FIRST_COMPLETED)
+            finally:
+                progress.stop()
+        return {name: future.result() for future, name in futures.items()}

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Any
 
 OFFER_KEYS = (
@@ -174,6 +176,7 @@ _SUFFIX = re.compile(r"[-_ ]?(pcie|sxm[0-9]?|nvlink|nvl|pci)[-_ ]?.*$")
 _FORM = re.compile(r"nvlink|nvl|sxm|pci")
 
 
+@lru_cache(maxsize=4096)
 def canonical_gpu(name: str) -> str:
     """A loose key so ``4090``, ``RTX_4090``, ``rtx 4090`` and
     ``geforcertx4090-pcie-24gb`` all mean the same card."""
@@ -190,6 +193,7 @@ def canonical_gpu(name: str) -> str:
     return text
 
 
+@lru_cache(maxsize=4096)
 def gpu_form_factor(name: str) -> str | None:
     """``sxm``, ``pcie`` or ``nvl`` when the name says so (``nvlink`` is ambiguous: None)."""
     found = _FORM.search(re.sub(r"[\s_-]+", "", name.lower()))
@@ -198,6 +202,7 @@ def gpu_form_factor(name: str) -> str | None:
     return {"pci": "pcie"}.get(found.group(0), found.group(0))
 
 
+@lru_cache(maxsize=16384)
 def gpu_matches(wanted: str, actual: str) -> bool:
     """True when the user's ``wanted`` GPU name means the offer's ``actual`` card.
 
@@ -263,3 +268,73 @@ def offer_matches(offer: Offer, query: OfferQuery) -> bool:
     }:
         return False
     return not (query.verified and offer.verified is False)
+
+
+def known_gpu(wanted: str, names: Any) -> list[str]:
+    """The names in ``names`` (a provider's exact spellings) that ``wanted`` means."""
+    return [n for n in names if gpu_matches(wanted, n)]
+
+
+def close_gpu_names(wanted: str, names: Any, n: int = 3) -> list[str]:
+    """Names that look like a misspelt ``wanted`` (``4900`` -> ``RTX 4090``), closest first."""
+    import difflib
+
+    want = canonical_gpu(wanted)
+    if not want:
+        return []
+    by_key: dict[str, str] = {}
+    for name in names:
+        key = canonical_gpu(name)
+        by_key.setdefault(key, name)
+        # A bare model number is compared with the other numbers: 4900 ~ 4090.
+        digits = re.sub(r"^[a-z]+", "", key)
+        if digits and digits != key:
+            by_key.setdefault(digits, name)
+    picked: list[str] = []
+    for key in difflib.get_close_matches(want, list(by_key), n=n * 3, cutoff=0.6):
+        name = by_key[key]
+        if name not in picked:
+            picked.append(name)
+    return picked[:n]
+
+
+# -- ranking -------------------------------------------------------------------------------------
+SORTS = ("price", "reliability", "vram", "perf-per-dollar")
+_BIG = float("inf")
+
+
+def _key_price(o: Offer) -> tuple[Any, ...]:
+    return (o.price_per_hour if o.price_per_hour is not None else _BIG, -(o.reliability or 0), o.id)
+
+
+def _key_reliability(o: Offer) -> tuple[Any, ...]:
+    rel = o.reliability if o.reliability is not None else -1
+    return (-rel, o.price_per_hour or _BIG, o.id)
+
+
+def _key_vram(o: Offer) -> tuple[Any, ...]:
+    return (-((o.vram_gb or 0) * (o.num_gpus or 1)), o.price_per_hour or _BIG, o.id)
+
+
+def _key_perf(o: Offer) -> tuple[Any, ...]:
+    perf = o.perf_per_dollar if o.perf_per_dollar is not None else -1
+    return (-perf, o.price_per_hour or _BIG, o.id)
+
+
+RANK_KEYS: dict[str, Callable[[Offer], tuple[Any, ...]]] = {
+    "price": _key_price,
+    "reliability": _key_reliability,
+    "vram": _key_vram,
+    "perf-per-dollar": _key_perf,
+}
+
+
+def rank_offers(offers: list[Offer], sort: str) -> list[Offer]:
+    """Stable ranking, best first; unknown values sort last. ``sort`` must be in SORTS."""
+    return sorted(offers, key=RANK_KEYS[sort])
+
+
+def primary_key(offer: Offer, sort: str) -> float:
+    """The first element of the offer's rank key: smaller ranks first."""
+    value = RANK_KEYS[sort](offer)[0]
+    return float(value)

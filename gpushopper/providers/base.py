@@ -57,7 +57,9 @@ class Provider(Protocol):
 
     def check(self) -> str: ...
 
-    def search_offers(self, query: OfferQuery, limit: int = 200) -> list[Offer]: ...
+    def search_offers(self, query: OfferQuery, limit: int | None = None) -> list[Offer]:
+        """The ``limit`` best matches for ``query.sort`` (all when None), best first."""
+        ...
 
     def get_offer(self, native_id: str, disk_gb: float) -> Offer | None: ...
 
@@ -257,9 +259,17 @@ class HttpClient:
                     response.status_code,
                     elapsed,
                 )
-                error = self._error_for(response)
+                body, malformed = self._decode(response)
+                error = self._error_for(response, body)
                 if error is None:
-                    return self._decode(response, method, path)
+                    if malformed:
+                        raise Unavailable(
+                            self.provider,
+                            f"{method} {redact(path)} returned malformed JSON "
+                            f"(HTTP {response.status_code}): {clip(response.text, 120)!r}",
+                            status=response.status_code,
+                        )
+                    return body
                 last_error = error
                 if response.status_code not in RETRY_STATUSES:
                     raise error
@@ -308,26 +318,20 @@ class HttpClient:
             f"{method} {redact(path)} failed: {clip(str(exc), 200) or type(exc).__name__}",
         )
 
-    def _decode(self, response: requests.Response, method: str, path: str) -> Any:
-        if not response.content or not response.content.strip():
-            return None
+    @staticmethod
+    def _decode(response: requests.Response) -> tuple[Any, bool]:
+        """The answer decoded once: (JSON value or None when empty, False), or
+        (the text, True) when the body is not JSON."""
+        content = response.content
+        if not content or not content.strip():
+            return None, False
         try:
-            return response.json()
+            return json.loads(content), False
         except ValueError:
-            raise Unavailable(
-                self.provider,
-                f"{method} {redact(path)} returned malformed JSON "
-                f"(HTTP {response.status_code}): {clip(response.text, 120)!r}",
-                status=response.status_code,
-            ) from None
+            return response.text, True
 
-    def _error_for(self, response: requests.Response) -> ProviderError | None:
+    def _error_for(self, response: requests.Response, body: Any) -> ProviderError | None:
         status = response.status_code
-        body: Any
-        try:
-            body = response.json() if response.content else None
-        except ValueError:
-            body = response.text
         if self.classify is not None:
             custom = self.classify(status, body, response.text)
             if custom is not None:

@@ -21,12 +21,14 @@ from gpushopper.core.errors import (
     Unavailable,
 )
 from gpushopper.core.models import (
+    RANK_KEYS,
     Instance,
     LaunchSpec,
     Offer,
     OfferQuery,
     Template,
     offer_matches,
+    rank_offers,
 )
 from gpushopper.providers.base import HttpClient, error_text
 from gpushopper.providers.common import (
@@ -398,11 +400,18 @@ class TensorDock:
         return f"authenticated; {len(locations) if isinstance(locations, list) else 0} locations"
 
     # -- offers -----------------------------------------------------------------------------
-    def search_offers(self, query: OfferQuery, limit: int = 200) -> list[Offer]:
+    def search_offers(self, query: OfferQuery, limit: int | None = None) -> list[Offer]:
+        """The ``limit`` best matches for ``query.sort`` (every match when None), best first.
+
+        ``GET /hostnodes`` answers with every hostnode in one list: no page, no limit, and
+        no server-side filter the reference confirms, so all filtering happens here.
+        """
         data = self.http.request("GET", "/hostnodes")
         if not isinstance(data, dict) or "data" not in data:
             raise ProviderError(NAME, "hostnode list answered without a 'data' envelope")
-        return parse_hostnodes(data, query, self.vcpus_per_gpu, self.ram_per_gpu)
+        offers = parse_hostnodes(data, query, self.vcpus_per_gpu, self.ram_per_gpu)
+        ranked = rank_offers(offers, query.sort if query.sort in RANK_KEYS else "price")
+        return ranked if limit is None else ranked[:limit]
 
     def get_offer(self, native_id: str, disk_gb: float) -> Offer | None:
         hostnode_id, _, v0name = native_id.partition(":")

@@ -12,7 +12,16 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from gpushopper.core.errors import AuthFailed, NotFound, ProviderError, RateLimited
-from gpushopper.core.models import Instance, LaunchSpec, Offer, OfferQuery, Template
+from gpushopper.core.models import (
+    Instance,
+    LaunchSpec,
+    Offer,
+    OfferQuery,
+    Template,
+    known_gpu,
+    primary_key,
+    rank_offers,
+)
 from gpushopper.providers.base import HttpClient, dumps_query
 from gpushopper.providers.common import (
     country_code,
@@ -31,12 +40,53 @@ LIST_PAGE = 25
 MAX_PAGES = 200  # 5000 instances: far past any account this tool serves
 MAX_ONSTART = 4096  # args + args_str + onstart, characters (create_instance.yaml)
 
+# The server orders (and cuts at ``limit``) by the same quantity we rank by; total VRAM
+# across the GPUs, like our ``vram`` ranking, is ``gpu_total_ram``.
 SORT_ORDER = {
     "price": [["dph_total", "asc"]],
     "reliability": [["reliability", "desc"]],
-    "vram": [["gpu_ram", "desc"]],
+    "vram": [["gpu_total_ram", "desc"]],
     "perf-per-dollar": [["dlperf_per_dphtotal", "desc"]],
 }
+# How far our rounded figures may stray from the server's sort value (in our rank units:
+# $/h, reliability, GB in total, perf per $; perf also 1e-4 of itself, from the price's
+# rounding), so a cut at ``limit`` is judged safely.
+SORT_SLACK = {"price": 1e-6, "reliability": 1e-4, "vram": 1.0, "perf-per-dollar": 0.01}
+FIRST_PAGE = 1000  # rows asked for first when every match is wanted
+MAX_ROWS = 256_000  # stop widening past this many rows (a market far beyond today's)
+
+# Vast.ai's own gpu_name spellings (the marketplace's filter list), plus the bare forms
+# some answers use. A loose name the user types is sent as every spelling it means.
+GPU_NAMES = (
+    "A10", "A100 PCIE", "A100 SXM4", "A100X", "A40", "A800 PCIE", "B200", "GH200 SXM",
+    "GTX 1050", "GTX 1050 Ti", "GTX 1060", "GTX 1070", "GTX 1070 Ti", "GTX 1080",
+    "GTX 1080 Ti", "GTX 1660", "GTX 1660 S", "GTX 1660 Ti", "H100 NVL", "H100 PCIE",
+    "H100 SXM", "H200", "H200 NVL", "L4", "L40", "L40S", "Q RTX 4000", "Q RTX 6000",
+    "Q RTX 8000", "RTX 2060", "RTX 2060S", "RTX 2070", "RTX 2070S", "RTX 2080",
+    "RTX 2080 Ti", "RTX 2080S", "RTX 3050", "RTX 3060", "RTX 3060 Ti", "RTX 3060 laptop",
+    "RTX 3070", "RTX 3070 Ti", "RTX 3070 laptop", "RTX 3080", "RTX 3080 Ti", "RTX 3090",
+    "RTX 3090 Ti", "RTX 4060", "RTX 4060 Ti", "RTX 4070", "RTX 4070 Ti", "RTX 4070S",
+    "RTX 4070S Ti", "RTX 4080", "RTX 4080S", "RTX 4090", "RTX 4090D", "RTX 5060",
+    "RTX 5060 Ti", "RTX 5070", "RTX 5070 Ti", "RTX 5080", "RTX 5090", "RTX 4000Ada",
+    "RTX 4500Ada", "RTX 5000Ada", "RTX 5880Ada", "RTX 6000Ada", "RTX A2000", "RTX A4000",
+    "RTX A4500", "RTX A5000", "RTX A6000", "RTX PRO 4000", "RTX PRO 4500", "RTX PRO 5000",
+    "RTX PRO 6000 S", "RTX PRO 6000 WS", "Tesla K80", "Tesla P100", "Tesla P4",
+    "Tesla P40", "Tesla T4", "Tesla V100", "T4", "V100", "P100", "P40", "K80",
+    "Titan RTX", "Titan V", "Titan Xp",
+)  # fmt: skip
+
+
+def gpu_names_for(wanted: list[str]) -> list[str]:
+    """Every Vast.ai spelling the loose names mean, plus each name as typed (``_`` read as
+    a space, as the official CLI does), so a card missing from GPU_NAMES is still asked for."""
+    out: set[str] = set()
+    for name in wanted:
+        out.update(known_gpu(name, GPU_NAMES))
+        typed = " ".join(name.replace("_", " ").split())
+        if typed:
+            out.add(typed)
+    return sorted(out)
+
 
 STATUS_MAP = {
     None: "creating",
@@ -89,11 +139,14 @@ def next_page_token(token: Any, seen: set[str]) -> str | None:
 
 
 # -- pure translation ------------------------------------------------------------------------
-def build_search(query: OfferQuery, limit: int = 200) -> dict[str, Any]:
-    """Translate an OfferQuery into the ``POST /bundles/`` body (server-side filters)."""
+def build_search(query: OfferQuery, limit: int = FIRST_PAGE) -> dict[str, Any]:
+    """Translate an OfferQuery into the ``POST /bundles/`` body: every filter the server
+    applies (reference section 2.2), ordered by the query's sort, at most ``limit`` rows."""
     q: dict[str, Any] = {"rentable": {"eq": True}, "rented": {"eq": False}}
+    if query.gpus:
+        q["gpu_name"] = {"in": gpu_names_for(query.gpus)}
     if query.min_vram_gb is not None:
-        q["gpu_ram"] = {"gte": round(query.min_vram_gb * 1000, 3)}
+        q["gpu_ram"] = {"gte": round(query.min_vram_gb * 1000, 3)}  # MB, as the CLI sends
     if query.num_gpus is not None:
         q["num_gpus"] = {"eq": query.num_gpus}
     if query.max_price is not None:
@@ -340,19 +393,44 @@ class VastAI:
         return f"authenticated as {who}{money}"
 
     # -- offers -----------------------------------------------------------------------------
-    def search_offers(self, query: OfferQuery, limit: int = 200) -> list[Offer]:
+    def search_offers(self, query: OfferQuery, limit: int | None = None) -> list[Offer]:
+        """The ``limit`` best matches for ``query.sort`` (every match when None), best first.
+
+        The server filters, orders and cuts at the number of rows asked for. Rows past the
+        last one returned rank no better than it, so the returned offers that rank strictly
+        better (less the rounding slack) are complete; while fewer than ``limit`` of them are
+        certain, the question is asked again for four times as many rows.
+        """
         if self.max_price is not None and (
             query.max_price is None or query.max_price > self.max_price
         ):
             from dataclasses import replace
 
             query = replace(query, max_price=self.max_price)
-        body = build_search(query, limit=limit)
+        sort = query.sort if query.sort in SORT_ORDER else "price"
+        rows_wanted = FIRST_PAGE if limit is None else max(1, limit + max(8, limit // 4))
+        while True:
+            offers, full = self._search_page(query, rows_wanted)
+            if not full or rows_wanted >= MAX_ROWS:
+                ranked = rank_offers(offers, sort)
+                return ranked if limit is None else ranked[:limit]
+            last = primary_key(offers[-1], sort)
+            cut = last - SORT_SLACK[sort] - (1e-4 * abs(last) if sort == "perf-per-dollar" else 0)
+            certain = rank_offers([o for o in offers if primary_key(o, sort) < cut], sort)
+            if limit is not None and len(certain) >= limit:
+                return certain[:limit]
+            rows_wanted = min(MAX_ROWS, rows_wanted * 4)
+
+    def _search_page(self, query: OfferQuery, rows: int) -> tuple[list[Offer], bool]:
+        """One ``POST /bundles/`` for at most ``rows`` rows, in the server's order; and
+        whether the answer was full (more may exist)."""
+        body = build_search(query, limit=rows)
         data = self.http.request("POST", self._v0("/bundles/"), json_body=body, idempotent=True)
-        rows = data.get("offers") if isinstance(data, dict) else None
-        if not isinstance(rows, list):
+        raw = data.get("offers") if isinstance(data, dict) else None
+        if not isinstance(raw, list):
             raise ProviderError(NAME, "offer search answered without an 'offers' list")
-        return [parse_offer(r) for r in rows if isinstance(r, dict) and r.get("id") is not None]
+        offers = [parse_offer(r) for r in raw if isinstance(r, dict) and r.get("id") is not None]
+        return offers, len(raw) >= rows and bool(offers)
 
     def get_offer(self, native_id: str, disk_gb: float) -> Offer | None:
         body = {
