@@ -16,7 +16,8 @@ Public surface (see each docstring):
 
 * ``VastEmulator(api_key="vast-test-key", ssh_backend=None, clock=time.monotonic)``
 * ``start()`` / ``stop()`` / context manager, ``url`` (base without ``/api/v0``)
-* seeding: ``add_offer``, ``seed_default_offers``, ``generate_offers``, ``add_template``,
+* seeding: ``add_offer``, ``seed_default_offers``, ``generate_offers``, ``generate_market``,
+  ``add_template``,
   ``create_instance_directly``
 * knobs: ``auth_error_status``, ``boot``, ``latency``, ``create_error_after_create``,
   ``destroy_fail_times``, ``default_search_limit``, ``user``
@@ -165,7 +166,27 @@ _GPU_MODELS = [
     _GpuModel("H100 SXM", "NVIDIA H100 80GB HBM3", 81559, 900, 66.9, 100.0, 3350.0, 700.0, 2.20),
     _GpuModel("H100 PCIE", "NVIDIA H100 PCIe", 81559, 900, 51.2, 80.0, 2000.0, 350.0, 1.80),
 ]
-_GPU_CATALOG = {m.name: m for m in _GPU_MODELS}
+# Cards that only the big market mix uses (generate_offers keeps its 12 models and weights).
+_MARKET_ONLY_MODELS = [
+    _GpuModel("RTX 3060", "NVIDIA GeForce RTX 3060", 12288, 860, 12.7, 9.5, 360.0, 170.0, 0.06),
+    _GpuModel("Tesla T4", "Tesla T4", 15360, 750, 8.1, 6.0, 320.0, 70.0, 0.07),
+    _GpuModel(
+        "RTX 3060 Ti", "NVIDIA GeForce RTX 3060 Ti", 8192, 860, 16.2, 11.0, 448.0, 200.0, 0.08
+    ),
+    _GpuModel("RTX 4070", "NVIDIA GeForce RTX 4070", 12282, 890, 29.1, 18.0, 504.0, 200.0, 0.14),
+    _GpuModel(
+        "RTX 4090D", "NVIDIA GeForce RTX 4090 D", 24564, 890, 73.5, 30.0, 1008.0, 425.0, 0.33
+    ),
+    _GpuModel("H200", "NVIDIA H200", 143771, 900, 66.9, 110.0, 4800.0, 700.0, 3.10),
+]
+_GPU_CATALOG = {m.name: m for m in _GPU_MODELS + _MARKET_ONLY_MODELS}
+# A market shaped like Vast.ai's: cheap consumer cards by the thousand, few big ones.
+_MARKET_MIX = {
+    "RTX 3060": 22, "Tesla T4": 14, "RTX 3090": 16, "RTX 3060 Ti": 8, "RTX 4070": 6,
+    "RTX 3080": 6, "RTX 4080": 4, "RTX 4090": 3, "RTX 4090D": 1, "RTX 5090": 2,
+    "RTX A5000": 3, "RTX A6000": 3, "L40S": 2, "A100 PCIE": 2, "A100 SXM4": 2,
+    "H100 PCIE": 1, "H100 SXM": 2, "H200": 1,
+}  # fmt: skip
 _DEFAULT_GPU = _GPU_CATALOG["RTX 4090"]
 
 # (driver, highest CUDA it supports), ascending.
@@ -1002,6 +1023,43 @@ class VastEmulator:
                     "static_ip": rng.random() < 0.6,
                     "cpu_ram": int(rng.choice([32000, 64400, 128800, 257000]) * max(1, num // 2)),
                     "duration": float(rng.choice([1, 3, 7, 30, 90, 180]) * 86400),
+                }
+                offer = self._make_offer(overrides)
+                self.offers[offer["id"]] = offer
+                made.append(offer)
+        return made
+
+    def generate_market(self, n: int = 20_000, seed: int = 10) -> list[dict[str, Any]]:
+        """``n`` offers shaped like the real market (thousands of cheap RTX 3060, T4 and
+        3090; a few hundred 4090; a handful of H100/H200), reproducible for a seed. Every
+        offer is priced, verified or not, placed and rated at random, so any filter set
+        both keeps and drops some."""
+        rng = random.Random(seed)
+        names = list(_MARKET_MIX)
+        weights = list(_MARKET_MIX.values())
+        counts = [1] * 12 + [2] * 4 + [4] * 2 + [8]
+        made: list[dict[str, Any]] = []
+        with self.lock:
+            for _ in range(n):
+                model = _GPU_CATALOG[rng.choices(names, weights=weights)[0]]
+                num = rng.choice(counts)
+                drv, cuda = rng.choice(_DRIVERS)
+                overrides: dict[str, Any] = {
+                    "gpu_name": model.name,
+                    "num_gpus": num,
+                    "gpu_ram": model.ram_mb,
+                    "dph_base": round(model.price * num * rng.uniform(0.6, 1.8), 4),
+                    "storage_cost": round(rng.uniform(0.05, 0.4), 4),
+                    "geolocation": rng.choice(_GEOLOCATIONS),
+                    "reliability": round(rng.triangular(0.7, 0.9995, 0.99), 4),
+                    "cuda_max_good": cuda,
+                    "driver_version": drv,
+                    "verification": "verified"
+                    if rng.random() < 0.8
+                    else rng.choice(["unverified", "deverified"]),
+                    "disk_space": float(rng.choice([16, 32, 50, 80, 100, 250, 500, 1000, 2000])),
+                    "inet_down": round(rng.uniform(50, 5000), 1),
+                    "cpu_ram": int(rng.choice([32000, 64400, 128800]) * max(1, num // 2)),
                 }
                 offer = self._make_offer(overrides)
                 self.offers[offer["id"]] = offer
