@@ -894,3 +894,171 @@ def test_offer_cache_round_trips_and_expires(tmp_path):
     assert cache.get("vastai", "k") is None
     cache.note_rate_limited("vastai")
     assert cache.get("vastai", "k") is not None  # the longer TTL after a 429
+
+
+# -- issue 10: per-query cache, taken offers, did-you-mean, progress, one decode ------------------
+def test_each_query_has_its_own_small_cache_file_and_a_refresh_writes_only_its_own(
+    market, gs, isolated_home
+):
+    offers(gs, "--provider vastai")
+    offers(gs, "--provider vastai --gpu 4090")
+    first, second = cache_files(isolated_home, "vastai")
+    before = {p: p.read_bytes() for p in (first, second)}
+    offers(gs, "--provider vastai --gpu 4090 --refresh")
+    changed = [p for p in (first, second) if p.read_bytes() != before[p]]
+    assert len(changed) == 1
+    assert "4090" in json.loads(changed[0].read_text())["key"]
+
+
+def test_the_cache_keeps_a_bounded_number_of_queries(tmp_path):
+    from gpushopper.core.inventory import MAX_CACHED_QUERIES
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    cache = OfferCache(tmp_path, 60, lambda: now)
+    for i in range(MAX_CACHED_QUERIES + 10):
+        cache.put("vastai", f"q{i}", [offer("vastai", str(i), 0.5)])
+    files = sorted((tmp_path / "offers").glob("vastai-*.json"))
+    assert len(files) == MAX_CACHED_QUERIES
+    assert cache.get("vastai", f"q{MAX_CACHED_QUERIES + 9}") is not None  # the newest stays
+
+
+def test_an_offer_just_rented_is_marked_taken_until_the_next_refresh(market, gs, isolated_home):
+    first = offers(gs, "--provider vastai")
+    target = first[0]["id"]
+    OfferCache(isolated_home / "cache", 60, lambda: datetime.now(timezone.utc)).mark_taken(target)
+    cached = {r["id"]: r["health"] for r in offers(gs, "--provider vastai")}
+    assert cached[target] == "taken"
+    assert [h for i, h in cached.items() if i != target] == ["ok"] * (len(cached) - 1)
+    assert "taken" in gs("inventory --provider vastai").stdout  # the HEALTH column
+    fresh = {r["id"]: r["health"] for r in offers(gs, "--provider vastai --refresh")}
+    assert fresh[target] == "ok"
+    assert {r["id"]: r["health"] for r in offers(gs, "--provider vastai")}[target] == "ok"
+
+
+def test_provision_marks_its_offer_taken_in_the_cache(vast, gs, isolated_home):
+    cached = offers(gs, "--provider vastai --gpu 4090")
+    result = gs("provision --provider vastai --gpu 4090 --hours 1h --yes --json")
+    assert result.exit_code == 0, result.stderr
+    session = result.json()
+    rented = session["offer_id"]
+    assert rented in ids(cached)
+    again = {r["id"]: r["health"] for r in offers(gs, "--provider vastai --gpu 4090")}
+    assert again[rented] == "taken"
+    assert gs(f"sessions done {session['id']} --json").exit_code == 0
+
+
+@pytest.mark.parametrize("name", ["4900", "rtx_4900"])
+def test_an_unknown_gpu_name_gets_a_did_you_mean_on_stderr(market, gs, name):
+    result = gs(f"inventory --json --gpu {name}")
+    assert result.exit_code == 0, result.stderr
+    assert result.json() == []  # stdout stays one JSON document
+    assert "did you mean RTX 4090" in result.stderr
+
+
+def test_a_known_gpu_name_gets_no_hint(market, gs):
+    result = gs("inventory --json --gpu 4090")
+    assert result.exit_code == 0 and result.json()
+    assert "did you mean" not in result.stderr
+
+
+class RecordingProgress:
+    def __init__(self) -> None:
+        self.shown: list[list[str]] = []
+        self.stopped = False
+
+    def show(self, waiting: list[str]) -> None:
+        self.shown.append(list(waiting))
+
+    def stop(self) -> None:
+        self.stopped = True
+
+
+class GatedProvider:
+    """Answers only when its gate opens: a slow provider without sleeping."""
+
+    def __init__(self, name: str, gate: threading.Event | None) -> None:
+        self.name, self.gate = name, gate
+
+    def search_offers(self, query: OfferQuery, limit: int | None = None) -> list[Offer]:
+        if self.gate is not None:
+            assert self.gate.wait(5)
+        return [offer(self.name, "n:g" if self.name == "tensordock" else "1", 0.4)]
+
+
+def test_progress_names_the_providers_still_being_asked():
+    gate = threading.Event()
+    fakes = {
+        "vastai": GatedProvider("vastai", None),
+        "tensordock": GatedProvider("tensordock", gate),
+    }
+    progress = RecordingProgress()
+    original_show = progress.show
+
+    def show(waiting: list[str]) -> None:
+        original_show(waiting)
+        gate.set()  # the slow provider answers once the line is up
+
+    progress.show = show  # type: ignore[method-assign]
+    result = search(
+        OfferQuery(min_reliability=0.9),
+        fakes.__getitem__,
+        now=lambda: datetime.now(timezone.utc),
+        progress=progress,
+        progress_after_s=0.0,
+    )
+    assert progress.shown == [["tensordock"]]
+    assert progress.stopped
+    assert len(result.offers) == 2
+
+
+def test_fast_answers_show_no_progress():
+    fakes = {n: GatedProvider(n, None) for n in ("vastai", "tensordock")}
+    progress = RecordingProgress()
+    search(
+        OfferQuery(min_reliability=0.9),
+        fakes.__getitem__,
+        now=lambda: datetime.now(timezone.utc),
+        progress=progress,
+        progress_after_s=5.0,
+    )
+    assert progress.shown == [] and not progress.stopped
+
+
+def test_no_status_line_on_a_pipe_or_with_json(monkeypatch):
+    from gpushopper.cli import inventory as inv
+    from gpushopper.cli import output
+
+    monkeypatch.setitem(output._mode, "json", False)
+
+    class Tty:
+        def isatty(self) -> bool:
+            return True
+
+    assert inv.status_line(as_json=True) is None
+    monkeypatch.setattr("sys.stderr", Tty())
+    assert isinstance(inv.status_line(as_json=False), inv.StatusLine)
+    assert inv.status_line(as_json=True) is None
+    monkeypatch.setattr("sys.stderr", object())  # a pipe: no isatty at all
+    assert inv.status_line(as_json=False) is None
+
+
+def test_each_answer_is_decoded_once(market, monkeypatch):
+    import gpushopper.providers.base as base
+    from gpushopper.providers.vastai import VastAI
+
+    vast, _ = market
+    calls: list[int] = []
+    real_loads = json.loads
+
+    def counting_loads(data: Any, *args: Any, **kw: Any) -> Any:
+        calls.append(len(data))
+        return real_loads(data, *args, **kw)
+
+    import types
+
+    import requests
+
+    monkeypatch.setattr(base, "json", types.SimpleNamespace(loads=counting_loads, dumps=json.dumps))
+    monkeypatch.setattr(requests.Response, "json", lambda self, **kw: calls.append(-1))
+    VastAI(vast.api_key, vast.url).search_offers(OfferQuery(), limit=3)
+    assert len(calls) == 1 and calls[0] > 0

@@ -202,7 +202,27 @@ def build_query(
     )
     if query.sort not in SORTS:
         raise UsageError(f"unknown sort {query.sort!r} (choose from {', '.join(SORTS)})")
+    for name in query.gpus:
+        hint = unknown_gpu_hint(name)
+        if hint:
+            from gpushopper.cli.output import info
+
+            info(hint)
     return query, prof
+
+
+def unknown_gpu_hint(name: str) -> str | None:
+    """For a GPU name no provider's model list knows: which known models are close."""
+    from gpushopper.core.models import close_gpu_names, known_gpu
+    from gpushopper.providers.tensordock import GPU_MODELS, display_name
+    from gpushopper.providers.vastai import GPU_NAMES
+
+    if known_gpu(name, GPU_NAMES) or known_gpu(name, GPU_MODELS):
+        return None
+    names = [*GPU_NAMES, *(display_name(m) for m in GPU_MODELS)]
+    close = close_gpu_names(name, names)
+    guess = f"did you mean {' or '.join(close)}?" if close else "check the spelling"
+    return f"Note: no provider lists a GPU called {name!r} ({guess}); asking for it as written"
 
 
 def offer_cache(app: Any) -> Any:

@@ -68,7 +68,43 @@ def report_providers(result: Any) -> None:
         info(f"Note: {note}")
 
 
-def run_search(app: App, query: Any, *, refresh: bool, include_unhealthy: bool) -> Any:
+class StatusLine:
+    """A rich status line on stderr naming the providers still being asked."""
+
+    def __init__(self) -> None:
+        self._status: Any = None
+
+    def show(self, waiting: list[str]) -> None:
+        text = f"Asking {', '.join(waiting)}..."
+        if self._status is None:
+            from gpushopper.cli.output import console
+
+            self._status = console(stderr=True).status(text)
+            self._status.start()
+        else:
+            self._status.update(text)
+
+    def stop(self) -> None:
+        if self._status is not None:
+            self._status.stop()
+            self._status = None
+
+
+def status_line(as_json: bool) -> StatusLine | None:
+    """A status line only for a person watching: stderr a terminal, and no --json."""
+    import sys
+
+    from gpushopper.cli.output import json_requested
+
+    if as_json or json_requested():
+        return None
+    isatty = getattr(sys.stderr, "isatty", None)
+    return StatusLine() if isatty is not None and isatty() else None
+
+
+def run_search(
+    app: App, query: Any, *, refresh: bool, include_unhealthy: bool, as_json: bool = True
+) -> Any:
     from gpushopper.core.inventory import search
 
     health = app.store.read().get("offer_health", {})
@@ -81,6 +117,7 @@ def run_search(app: App, query: Any, *, refresh: bool, include_unhealthy: bool) 
         include_unhealthy=include_unhealthy,
         now=app.clock,
         template_resolver=resolve_template,
+        progress=status_line(as_json),
     )
     result.raise_if_nobody_answered(query.providers)
     return result
@@ -116,7 +153,11 @@ def inventory(ctx: click.Context, app: App, **opts: Any) -> None:
         return
     query, _ = build_query(app, **filter_args(opts), sort=opts["sort"], limit=opts["limit"])
     result = run_search(
-        app, query, refresh=opts["refresh"], include_unhealthy=opts["include_unhealthy"]
+        app,
+        query,
+        refresh=opts["refresh"],
+        include_unhealthy=opts["include_unhealthy"],
+        as_json=opts["as_json"],
     )
     report_providers(result)
     if result.hidden_unhealthy:

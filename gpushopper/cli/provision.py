@@ -10,7 +10,14 @@ from typing import Any
 import click
 
 from gpushopper.cli import App, pass_app
-from gpushopper.cli.filters import SORTS, bounded, build_query, filter_args, filter_options
+from gpushopper.cli.filters import (
+    SORTS,
+    bounded,
+    build_query,
+    filter_args,
+    filter_options,
+    offer_cache,
+)
 from gpushopper.cli.output import emit_json, info, json_option, print_kv
 from gpushopper.cli.params import DURATION
 from gpushopper.core.errors import UsageError
@@ -32,6 +39,7 @@ def make_provisioner(app: App) -> Any:
         log=info,
         health=app.store.read().get("offer_health", {}),
         deadline_script=lambda provider, record: deadline_script_for(app, provider, record),
+        on_rented=lambda offer: offer_cache(app).mark_taken(offer.id),
     )
 
 

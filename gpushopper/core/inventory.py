@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from gpushopper.core.errors import (
     GpuShopperError,
@@ -305,7 +305,7 @@ def _suppressed(health: dict[str, Any], now: datetime) -> int:
     return count
 
 
-class Progress:
+class Progress(Protocol):
     """What ``search`` reports to while providers are slow (the CLI draws a status line)."""
 
     def show(self, waiting: list[str]) -> None: ...

@@ -290,8 +290,14 @@ def close_gpu_names(wanted: str, names: Any, n: int = 3) -> list[str]:
         digits = re.sub(r"^[a-z]+", "", key)
         if digits and digits != key:
             by_key.setdefault(digits, name)
+    scored = []
+    for key in by_key:
+        ratio = difflib.SequenceMatcher(None, want, key).ratio()
+        if ratio >= 0.6:
+            # Swapped characters (4900 for 4090) first, then the most alike.
+            scored.append((sorted(key) != sorted(want), -ratio, key))
     picked: list[str] = []
-    for key in difflib.get_close_matches(want, list(by_key), n=n * 3, cutoff=0.6):
+    for _, _, key in sorted(scored):
         name = by_key[key]
         if name not in picked:
             picked.append(name)

@@ -163,6 +163,7 @@ class Provisioner:
         log: Callable[[str], None] = lambda message: None,
         health: dict[str, Any] | None = None,
         deadline_script: Callable[[Any, dict[str, Any]], str | None] | None = None,
+        on_rented: Callable[[Offer], None] | None = None,
     ) -> None:
         self.store = store
         self.keys_dir = keys_dir
@@ -174,6 +175,7 @@ class Provisioner:
         self.log = log
         self.health = health or {}
         self.deadline_script = deadline_script
+        self.on_rented = on_rented  # e.g. mark the offer taken in the offer cache
 
     # -- choosing ---------------------------------------------------------------------------
     def _template_for(self, provider: Any, ident: str | None) -> Template | None:
@@ -379,6 +381,11 @@ class Provisioner:
             self._update(
                 session_id, instance_id=instance_id, status="provisioning", timings=timings
             )
+            if self.on_rented is not None:  # inside the guard: a crash here still destroys
+                try:
+                    self.on_rented(offer)
+                except (OSError, ValueError) as exc:  # a cache hint: never a reason to stop
+                    self.log(f"Note: could not mark {offer.id} taken in the offer cache: {exc}")
             provider.attach_ssh_key(instance_id, public_key)
             instance = self._wait_running(provider, instance_id, req.timeout_s, started)
             _check_ssh_details(instance, record["ssh"]["user"])

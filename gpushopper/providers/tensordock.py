@@ -45,6 +45,20 @@ if TYPE_CHECKING:
 NAME = "tensordock"
 MIN_STORAGE_GB = 100
 
+# The GPU model slugs ("v0Name") the reference has seen (section 2.4).
+GPU_MODELS = (
+    "geforcertx4090-pcie-24gb", "geforcertx3090-pcie-24gb", "geforcertx3080-pcie-10gb",
+    "geforcertx3080ti-pcie-12gb", "geforcertx3070-pcie-8gb", "geforcertx3070ti-pcie-8gb",
+    "geforcertx3060-pcie-12gb", "geforcertx3060ti-pcie-8gb", "geforcertx3060tilhr-pcie-8gb",
+    "geforcegtx1070-pcie-8gb", "rtxa4000-pcie-16gb", "rtxa5000-pcie-24gb",
+    "rtxa6000-pcie-48gb", "l40-pcie-48gb", "a100-pcie-80gb", "v100-pcie-16gb",
+    "h100-sxm5-80gb", "a100-sxm4-80gb", "a100-pcie-40gb", "a100-nvlink-40gb",
+    "l40s-pcie-48gb", "v100-sxm2-16gb", "v100-nvlink-16gb", "rtx6000ada-pcie-48gb",
+    "rtx5000ada-pcie-32gb", "rtx4500ada-pcie-24gb", "rtx4000ada-pcie-20gb",
+    "rtx4000sffada-pcie-20gb", "quadrortx4000-pcie-8gb", "quadrortx5000-pcie-16gb",
+    "a40-pcie-48gb", "geforcertx5090-pcie-32gb",
+)  # fmt: skip
+
 # OS images offered as "templates" (the v2 API has no template catalogue).
 IMAGES = [
     ("ubuntu2404_ml_pytorch", "Ubuntu 24.04 + PyTorch (ML image, NVIDIA driver)", True),
