@@ -1,14 +1,19 @@
-"""Inventory speed against the loopback emulators; prints its figures (not a test).
+"""Inventory speed against the loopback emulators, as whole processes side by side with floor
+scripts that do only what this design cannot avoid; prints its figures (not a test).
 
-(a) fan-out: `inventory --refresh` with both providers, each answering after 300 ms of
-    injected latency, against one provider alone. Goal: ratio <= 1.2 (the fan-out is
-    concurrent, so two slow providers cost about as much as one).
-(b) parsing and ranking 20,000 Vast.ai offers: JSON decode, parse to Offer, filter, rank.
-    Goal: under 0.5 s.
-(c) a cached `inventory --json` as a whole process against `gpu-shopper --help`.
+(a) uncached `inventory --json --refresh --provider vastai --gpu RTX_4090` on markets of
+    5,000 and 20,000 offers, against a floor that imports click and requests, POSTs the
+    same question (the body our run sent) and json.loads the answer. Goals: ratio <= 1.5
+    at both sizes, and 100% of the matches (worked out by brute force from the market).
+(b) the same `inventory --json` answered from the cache, against a floor that imports
+    click and reads the same answer from a JSON file. Goal: ratio <= 1.5, no HTTP call.
+(c) `cleanup-orphans --json` (Vast.ai only, nothing running), against a floor that
+    imports click and requests, sends one GET for the instance list and json.loads it.
     Goal: ratio <= 1.5.
+(d) fan-out: `inventory --refresh` with both providers, each answering after 300 ms of
+    injected latency, against one provider alone. Goal: ratio <= 1.2.
 
-Run: .venv/bin/python benchmarks/inventory.py [--runs N] [--offers N]
+Run: .venv/bin/python benchmarks/inventory.py [--runs N] [--sizes 5000,20000]
 """
 
 from __future__ import annotations
@@ -36,8 +41,30 @@ from tests.fakes.vastai import VastEmulator  # noqa: E402
 
 LATENCY_S = 0.3
 FANOUT_GOAL = 1.2
-PARSE_GOAL_S = 0.5
-PROCESS_GOAL = 1.5
+FLOOR_GOAL = 1.5
+QUESTION = ["--provider", "vastai", "--gpu", "RTX_4090"]
+
+FLOOR_SEARCH = """
+import json, sys
+import click, requests
+url, key, body = sys.argv[1], sys.argv[2], open(sys.argv[3], "rb").read()
+answer = requests.post(url + "/api/v0/bundles/", data=body, timeout=60, headers={
+    "Authorization": "Bearer " + key, "Content-Type": "application/json"})
+json.loads(answer.content)
+"""
+FLOOR_CACHED = """
+import json, sys
+import click
+with open(sys.argv[1], "rb") as handle:
+    json.loads(handle.read())
+"""
+FLOOR_LIST = """
+import json, sys
+import click, requests
+answer = requests.get(sys.argv[1] + "/api/v1/instances/", timeout=60,
+                      headers={"Authorization": "Bearer " + sys.argv[2]})
+json.loads(answer.content)
+"""
 
 
 def median_time(fn: Callable[[], object], runs: int) -> float:
@@ -123,98 +150,152 @@ def bench_fanout(runs: int, vast: VastEmulator, td: TensorDockEmulator) -> bool:
     return ok
 
 
-def bench_parse(runs: int, n_offers: int) -> bool:
-    from gpushopper.core.inventory import matches, rank
-    from gpushopper.core.models import OfferQuery
-    from gpushopper.providers.vastai import parse_offer
-
-    with VastEmulator() as emu:
-        emu.generate_offers(n_offers, seed=7)
-        import requests
-
-        answer = requests.post(
-            emu.url + "/api/v0/bundles/",
-            json={"limit": n_offers, "allocated_storage": 32.0, "order": [["dph_total", "asc"]]},
-            headers={"Authorization": f"Bearer {emu.api_key}"},
-            timeout=60,
-        )
-        answer.raise_for_status()
-        body = answer.content
-    query = OfferQuery(min_reliability=0.95, disk_gb=32)
-    rows = json.loads(body)["offers"]
-    kept = [0]
-
-    def parse_and_rank() -> None:
-        parsed = [parse_offer(r) for r in rows]
-        passing = [o for o in parsed if matches(o, query)]
-        kept[0] = len(rank(passing, "price"))
-
-    ours = median_time(parse_and_rank, runs)
-    decode = median_time(lambda: json.loads(body), runs)
-    print(f"(b) {n_offers:,} Vast.ai offers ({len(body) / 1e6:.1f} MB of JSON), {runs} runs")
-    print(f"    parse + filter + rank   {ours * 1000:8.1f} ms ({kept[0]:,} pass the 0.95 floor)")
-    print(
-        f"    json.loads of the answer {decode * 1000:7.1f} ms (stdlib; with it {(ours + decode) * 1000:.0f} ms)"
-    )
-    ok = ours < PARSE_GOAL_S
-    print(
-        f"    goal: parse + filter + rank < {PARSE_GOAL_S * 1000:.0f} ms  {'ok' if ok else 'MISS'}"
-    )
-    return ok
-
-
-def bench_process(runs: int, home: str, vast: VastEmulator, td: TensorDockEmulator) -> bool:
-    # As installed: bytecode cached (in a private folder, so the checkout stays clean)
-    # even where PYTHONDONTWRITEBYTECODE is set; the warm-up run of each command fills it.
+def process_env(home: str, vast: VastEmulator, td: TensorDockEmulator | None) -> dict[str, str]:
+    """As installed: bytecode cached (in a private folder, so the checkout stays clean)
+    even where PYTHONDONTWRITEBYTECODE is set; the warm-up run of each command fills it."""
     env = {
-        **tool_env(home, vast, td),
+        "GPU_SHOPPER_HOME": home,
+        "VASTAI_API_KEY": vast.api_key,
+        "VASTAI_API_URL": vast.url,
+        "GPU_SHOPPER_DEFAULTS_CACHE_TTL": "1h",
+        "NO_COLOR": "1",
         "PYTHONPYCACHEPREFIX": str(Path(home) / "pycache"),
         "PYTHONDONTWRITEBYTECODE": "",
     }
-    cmd = gpu_shopper_cmd()
-    import subprocess
+    if td is not None:
+        env.update(TENSORDOCK_API_TOKEN=td.api_token, TENSORDOCK_API_URL=td.url)
+    return env
 
-    fill = subprocess.run(
-        [*cmd, "inventory", "--json"], env=dict(os.environ, **env), capture_output=True
-    )
-    if fill.returncode != 0:
-        raise SystemExit(
-            f"inventory --json exited {fill.returncode}: {fill.stderr.decode()[-300:]}"
-        )
-    asked = len(vast.requests) + len(td.requests)
-    # Interleaved, so a busy machine slows both commands alike.
-    help_s, cached_s = time_interleaved([*cmd, "--help"], [*cmd, "inventory", "--json"], runs, env)
-    extra = len(vast.requests) + len(td.requests) - asked
-    ratio = cached_s / help_s
-    print(f"(c) whole process, median of {runs} runs")
-    print(f"    gpu-shopper --help              {help_s * 1000:8.1f} ms")
-    print(
-        f"    gpu-shopper inventory --json    {cached_s * 1000:8.1f} ms (cached; {extra} HTTP calls)"
-    )
-    ok = ratio <= PROCESS_GOAL and extra == 0
-    print(f"    ratio: {ratio:.2f}  goal <= {PROCESS_GOAL}  {'ok' if ok else 'MISS'}")
+
+def truth_ids(vast: VastEmulator) -> set[str]:
+    """The RTX 4090 offers that pass the default 0.95 reliability floor and fit 32 GB."""
+    return {
+        f"vastai:{o['id']}"
+        for o in vast.offers.values()
+        if o["gpu_name"] == "RTX 4090"
+        and o["reliability"] >= 0.95
+        and o["disk_space"] >= 32
+        and o["rentable"]
+        and not o["rented"]
+    }
+
+
+def report(label: str, ours_s: float, floor_s: float, goal: float, extra: str = "") -> bool:
+    ratio = ours_s / floor_s
+    ok = ratio <= goal
+    print(f"    gpu-shopper {ours_s * 1000:7.1f} ms   floor {floor_s * 1000:7.1f} ms   "
+          f"ratio {ratio:.2f}  goal <= {goal}  {'ok' if ok else 'MISS'}{extra}")  # fmt: skip
     return ok
 
 
+def bench_search(runs: int, size: int) -> bool:
+    import subprocess
+
+    cmd = gpu_shopper_cmd()
+    with tempfile.TemporaryDirectory() as home, VastEmulator() as vast:
+        vast.generate_market(size, seed=10)
+        env = process_env(home, vast, None)
+        full_env = dict(os.environ, **env)
+        argv = [*cmd, "inventory", "--json", *QUESTION]
+        first = subprocess.run([*argv, "--refresh"], env=full_env, capture_output=True)
+        if first.returncode != 0:
+            raise SystemExit(f"inventory exited {first.returncode}: {first.stderr.decode()[-300:]}")
+        got = {o["id"] for o in json.loads(first.stdout)}
+        want = truth_ids(vast)
+        [sent] = [r for r in vast.requests if r["path"] == "/api/v0/bundles/"][-1:]
+        body = Path(home) / "question.json"
+        body.write_text(json.dumps(sent["json"]))
+        floor = Path(home) / "floor_search.py"
+        floor.write_text(FLOOR_SEARCH)
+        answer_path = Path(home) / "answer.json"
+        import requests
+
+        answer = requests.post(
+            vast.url + "/api/v0/bundles/",
+            json=sent["json"],
+            headers={"Authorization": f"Bearer {vast.api_key}"},
+            timeout=60,
+        )
+        answer_path.write_bytes(answer.content)
+        ours_s, floor_s = time_interleaved(
+            [*argv, "--refresh"],
+            [sys.executable, str(floor), vast.url, vast.api_key, str(body)],
+            runs,
+            env,
+        )
+        found = len(got & want) / len(want) if want else 1.0
+        print(f"(a) uncached search, {size:,} offers ({len(want)} match; answer "
+              f"{len(answer.content) / 1e3:.0f} kB), median of {runs}")  # fmt: skip
+        ok = report("uncached", ours_s, floor_s, FLOOR_GOAL)
+        exact = got == want
+        print(f"    matches found: {len(got & want)}/{len(want)} = {found:.0%}"
+              f"{'' if exact else f' (and {len(got - want)} that should not be)'}  "
+              f"{'ok' if exact else 'MISS'}")  # fmt: skip
+        if size == max(SIZES):
+            ok = bench_cached(runs, home, vast, answer_path) and ok
+    return ok and exact
+
+
+def bench_cached(runs: int, home: str, vast: VastEmulator, answer_path: Path) -> bool:
+    cmd = gpu_shopper_cmd()
+    env = process_env(home, vast, None)
+    floor = Path(home) / "floor_cached.py"
+    floor.write_text(FLOOR_CACHED)
+    asked = len(vast.requests)
+    ours_s, floor_s = time_interleaved(
+        [*cmd, "inventory", "--json", *QUESTION],
+        [sys.executable, str(floor), str(answer_path)],
+        runs,
+        env,
+    )
+    extra = len(vast.requests) - asked
+    print(f"(b) cached inventory --json (same question, answered from the cache), median of {runs}")
+    return report("cached", ours_s, floor_s, FLOOR_GOAL, f"  ({extra} HTTP calls)") and not extra
+
+
+def bench_cleanup(runs: int) -> bool:
+    cmd = gpu_shopper_cmd()
+    with tempfile.TemporaryDirectory() as home, VastEmulator() as vast:
+        vast.seed_default_offers()
+        env = process_env(home, vast, None)
+        floor = Path(home) / "floor_list.py"
+        floor.write_text(FLOOR_LIST)
+        ours_s, floor_s = time_interleaved(
+            [*cmd, "cleanup-orphans", "--json"],
+            [sys.executable, str(floor), vast.url, vast.api_key],
+            runs,
+            env,
+        )
+        print(f"(c) cleanup-orphans --json (Vast.ai only, nothing running), median of {runs}")
+        return report("cleanup", ours_s, floor_s, FLOOR_GOAL)
+
+
+SIZES = [5_000, 20_000]
+
+
 def main() -> int:
+    global SIZES
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--offers", type=int, default=20_000)
+    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--sizes", default="5000,20000")
+    parser.add_argument("--skip-fanout", action="store_true")
     args = parser.parse_args()
+    SIZES = [int(x) for x in args.sizes.split(",")]
     for name in list(os.environ):
         if name.startswith(("VASTAI_", "VAST_API", "TENSORDOCK_", "GPU_SHOPPER_")):
             del os.environ[name]
-    results = []
-    with tempfile.TemporaryDirectory() as home, VastEmulator() as vast, TensorDockEmulator() as td:
-        vast.seed_default_offers()
-        td.seed_default()
-        os.environ.update(tool_env(home, vast, td))
-        results.append(bench_fanout(args.runs, vast, td))
-        results.append(bench_parse(args.runs, args.offers))
-    with tempfile.TemporaryDirectory() as home, VastEmulator() as vast, TensorDockEmulator() as td:
-        vast.seed_default_offers()
-        td.seed_default()
-        results.append(bench_process(max(args.runs, 15), home, vast, td))
+    results = [bench_search(args.runs, size) for size in SIZES]
+    results.append(bench_cleanup(args.runs))
+    if not args.skip_fanout:
+        with (
+            tempfile.TemporaryDirectory() as home,
+            VastEmulator() as vast,
+            TensorDockEmulator() as td,
+        ):
+            vast.seed_default_offers()
+            td.seed_default()
+            os.environ.update(tool_env(home, vast, td))
+            results.append(bench_fanout(min(args.runs, 7), vast, td))
     print("all goals met" if all(results) else "some goals missed")
     return 0
 

@@ -134,3 +134,23 @@ def test_heavy_modules_not_imported_for_help():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip().splitlines()[-1] == "LOADED:"
+
+
+def test_flat_rows_are_written_exactly_as_json_dumps_would():
+    import json
+    import random
+
+    from gpushopper.cli.output import _flat_rows_json
+
+    rng = random.Random(4)
+    values = [None, True, False, 0, -7, 2**70, 0.1, -1e-9, 1e300, 12.8, "", "RTX 4090",
+              'quote " back \\ slash', "tab\tnew\nline", "caf\u00e9 \u2603 \U0001f600", "\x00\x1f"]  # fmt: skip
+    for _ in range(200):
+        rows = [
+            {rng.choice(["id", "gpu_name", "é", "a\nb"]) + str(i): rng.choice(values)
+             for i in range(rng.randint(1, 6))}
+            for _ in range(rng.randint(1, 5))
+        ]  # fmt: skip
+        assert _flat_rows_json(rows) == json.dumps(rows, indent=2, ensure_ascii=False)
+    for other in ([], [{}], {"a": 1}, [{"a": [1]}], [{"a": float("nan")}], [1, 2], [{"a": {}}]):
+        assert _flat_rows_json(other) is None

@@ -214,10 +214,13 @@ def build_query(
 def unknown_gpu_hint(name: str) -> str | None:
     """For a GPU name no provider's model list knows: which known models are close."""
     from gpushopper.core.models import close_gpu_names, known_gpu
-    from gpushopper.providers.tensordock import GPU_MODELS, display_name
     from gpushopper.providers.vastai import GPU_NAMES
 
-    if known_gpu(name, GPU_NAMES) or known_gpu(name, GPU_MODELS):
+    if known_gpu(name, GPU_NAMES):
+        return None
+    from gpushopper.providers.tensordock import GPU_MODELS, display_name
+
+    if known_gpu(name, GPU_MODELS):
         return None
     names = [*GPU_NAMES, *(display_name(m) for m in GPU_MODELS)]
     close = close_gpu_names(name, names)

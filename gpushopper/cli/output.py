@@ -49,15 +49,54 @@ def debug_enabled() -> bool:
 # -- writing -------------------------------------------------------------------------------
 def emit_json(data: Any) -> None:
     """Write ``data`` as the single JSON document on stdout."""
-    import json
+    text = _flat_rows_json(data)
+    if text is None or redact(text) != text:
+        import json
 
-    from gpushopper.core.redact import redact_tree
+        from gpushopper.core.redact import redact_tree
 
-    # Redact the values, not the text: the document stays valid JSON whatever a secret is.
-    plain = json.loads(json.dumps(data, default=str))
-    text = json.dumps(redact_tree(plain), indent=2, ensure_ascii=False)
+        # Redact the values, not the text: the document stays valid JSON whatever a secret
+        # is. The fast path above is taken only when no secret appears in any form.
+        plain = json.loads(json.dumps(data, default=str))
+        text = json.dumps(redact_tree(plain), indent=2, ensure_ascii=False)
     sys.stdout.write(text + "\n")
     sys.stdout.flush()
+
+
+def _flat_rows_json(data: Any) -> str | None:
+    """``json.dumps(data, indent=2, ensure_ascii=False)``, byte for byte, for a list of flat
+    objects (offers, orphans), built with the C string encoder: ``indent`` sends json to
+    its pure-Python encoder, 4x slower over a few hundred offers. None for any other shape."""
+    if type(data) is not list or not data:
+        return None
+    from json.encoder import encode_basestring as enc
+
+    rows = []
+    for row in data:
+        if type(row) is not dict or not row:
+            return None
+        parts = []
+        for key, value in row.items():
+            kind = type(value)
+            if type(key) is not str:
+                return None
+            if value is None:
+                text = "null"
+            elif value is True:
+                text = "true"
+            elif value is False:
+                text = "false"
+            elif kind is str:
+                text = enc(value)
+            elif kind is int:
+                text = int.__repr__(value)
+            elif kind is float and value - value == 0:  # finite (json spells NaN its own way)
+                text = float.__repr__(value)
+            else:
+                return None
+            parts.append(f"    {enc(key)}: {text}")
+        rows.append("  {\n" + ",\n".join(parts) + "\n  }")
+    return "[\n" + ",\n".join(rows) + "\n]"
 
 
 def _color_ok(stream: Any) -> bool:

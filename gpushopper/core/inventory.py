@@ -153,9 +153,9 @@ class OfferCache:
         self.now = now
 
     def _path(self, provider: str, key: str) -> Path:
-        import hashlib
+        import zlib  # hashlib would load OpenSSL (2 ms); the file holds the key to check
 
-        digest = hashlib.sha256(key.encode()).hexdigest()[:24]
+        digest = f"{zlib.crc32(key.encode()):08x}{zlib.adler32(key.encode()):08x}"
         return self.dir / f"{provider}-{digest}.json"
 
     @staticmethod
