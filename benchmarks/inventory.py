@@ -139,7 +139,7 @@ def bench_fanout(runs: int, vast: VastEmulator, td: TensorDockEmulator) -> bool:
         vast.latency = td.latency = 0.0
     alone = max(vast_only, td_only)
     ratio = both / alone
-    print(f"(a) fan-out, {LATENCY_S * 1000:.0f} ms injected latency per provider, {runs} runs")
+    print(f"(d) fan-out, {LATENCY_S * 1000:.0f} ms injected latency per provider, {runs} runs")
     print(f"    vastai alone      {vast_only * 1000:8.1f} ms")
     print(f"    tensordock alone  {td_only * 1000:8.1f} ms")
     print(f"    both providers    {both * 1000:8.1f} ms")

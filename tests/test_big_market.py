@@ -6,11 +6,12 @@ filter semantics of shared/reference/vastai.md, not with the client's code."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 
-from gpushopper.core.models import OfferQuery, primary_key, rank_offers
+from gpushopper.core.models import OfferQuery, rank_offers
 from gpushopper.providers.tensordock import parse_hostnodes
 from gpushopper.providers.vastai import parse_offer
 from tests.fakes.tensordock import TensorDockEmulator
@@ -74,6 +75,9 @@ CASES = [
      "perf-per-dollar", 15),
     ("", {}, "price", 5),
     ("--gpu 'rtx 4090' --disk 100", {"gpus": {"RTX 4090"}, "disk": 100}, "reliability", None),
+    # More matches than the first page holds: the answer must be widened to all of them.
+    ("--max-price 0.12", {"price": 0.12}, "price", None),
+    ("--verified-only", {"verified": True}, "reliability", 1500),
 ]  # fmt: skip
 
 
@@ -88,17 +92,11 @@ def test_every_match_is_found_on_a_market_of_20000(on_big_vast, gs, flags, f, so
     got = result.json()
     truth_ids = {f"vastai:{row['id']}" for row in truth}
     assert {o["id"] for o in got} <= truth_ids
-    expected = rank_offers([parse_offer(row) for row in truth], sort)
     if limit is None:
         assert {o["id"] for o in got} == truth_ids
-    else:
-        expected = expected[:limit]
-        assert len(got) == len(expected)
-    # The best of all matches, in order (ties may come in either order of ids).
-    by_id = {o.id: o for o in rank_offers([parse_offer(row) for row in truth], sort)}
-    assert [primary_key(by_id[o["id"]], sort) for o in got] == [
-        primary_key(o, sort) for o in expected
-    ]
+    # The best of all matches, in rank order (ties broken by price, then id).
+    expected = rank_offers([parse_offer(row) for row in truth], sort)[:limit]
+    assert [o["id"] for o in got] == [o.id for o in expected]
 
 
 def test_the_server_is_asked_for_the_gpu_and_not_for_a_thousand_of_everything(on_big_vast, gs):
@@ -141,3 +139,24 @@ def test_tensordock_finds_every_match_too(big_tensordock, gs, monkeypatch, flags
     assert result.exit_code == 0, result.stderr
     got = [o["id"] for o in result.json()]
     assert got == [o.id for o in (truth[:limit] if limit else truth)]
+
+
+def test_limit_is_still_the_best_n_when_the_best_offers_are_suppressed(
+    on_big_vast, gs, isolated_home
+):
+    from gpushopper.core.units import iso
+    from gpushopper.state.paths import resolve_paths
+    from gpushopper.state.store import StateStore
+
+    truth = vast_truth(on_big_vast, {"rel": 0.95, "gpus": {"RTX 4090"}})
+    ranked = rank_offers([parse_offer(row) for row in truth], "price")
+    hidden = [o.id for o in ranked[:4]]
+    until = iso(datetime.now(timezone.utc) + timedelta(hours=1))
+    store = StateStore(resolve_paths().state_file)
+    with store.transaction() as state:
+        health = state.setdefault("offer_health", {})
+        for offer_id in hidden:
+            health[offer_id] = {"failures": 3, "suppressed_until": until}
+    result = gs("inventory --json --refresh --provider vastai --gpu 4090 --limit 6")
+    assert result.exit_code == 0, result.stderr
+    assert [o["id"] for o in result.json()] == [o.id for o in ranked[4:10]]

@@ -1062,3 +1062,39 @@ def test_each_answer_is_decoded_once(market, monkeypatch):
     monkeypatch.setattr(requests.Response, "json", lambda self, **kw: calls.append(-1))
     VastAI(vast.api_key, vast.url).search_offers(OfferQuery(), limit=3)
     assert len(calls) == 1 and calls[0] > 0
+
+
+def test_a_cached_best_few_does_not_answer_a_question_for_more(market, gs):
+    vast, _ = market
+    assert len(offers(gs, "--provider vastai --gpu 4090 --limit 1")) == 1
+    assert len(offers(gs, "--provider vastai --gpu 4090 --limit 1")) == 1
+    assert searches(vast) == 1  # the same question: cached
+    every = offers(gs, "--provider vastai --gpu 4090")
+    assert len(every) == 3 and searches(vast) == 2  # all of them: asked again
+    assert len(offers(gs, "--provider vastai --gpu 4090 --limit 2")) == 2
+    assert searches(vast) == 2  # every match is cached: enough for any limit
+
+
+class FilterIgnoringProvider:
+    """A provider that ignores ``verified``: our own check drops half of each answer."""
+
+    def __init__(self) -> None:
+        self.asked: list[int | None] = []
+        self.rows = [
+            offer("vastai", str(i), 0.1 + i / 100, verified=(i % 2 == 0)) for i in range(40)
+        ]
+
+    def search_offers(self, query: OfferQuery, limit: int | None = None) -> list[Offer]:
+        self.asked.append(limit)
+        return rank(list(self.rows), query.sort)[:limit]
+
+
+def test_when_our_own_check_drops_offers_the_provider_is_asked_for_more():
+    provider = FilterIgnoringProvider()
+    result = search(
+        OfferQuery(providers=["vastai"], verified=True, limit=5),
+        lambda name: provider,
+        now=lambda: datetime.now(timezone.utc),
+    )
+    assert [o.id for o in result.offers] == [f"vastai:{i}" for i in (0, 2, 4, 6, 8)]
+    assert provider.asked == [5, 20]

@@ -377,3 +377,30 @@ def test_templates_by_name_hash_and_id(emu):
     raw_id = next(t["id"] for t in emu.templates if t["name"] == "Ostris AI Toolkit")
     assert vast.get_template(str(raw_id)).hash_id == ostris.hash_id
     assert vast.get_template("no such template") is None
+
+
+def test_ties_at_the_cut_are_resolved_by_asking_for_more(emu):
+    # 30 offers of one reliability, inserted dearest first: the server returns the first
+    # rows it holds, so the cheapest of the tie lie past the first answer.
+    for i in range(30):
+        emu.add_offer(gpu_name="RTX 4090", reliability=0.9901, dph_base=round(2.0 - i * 0.05, 2))
+    query = OfferQuery(sort="reliability", min_reliability=0.99, max_price=2.5, gpus=["4090"])
+    offers = client(emu).search_offers(query, limit=2)
+    tied = sorted((o for o in client(emu).search_offers(query) if o.reliability == 0.9901),
+                  key=lambda o: o.price_per_hour)  # fmt: skip
+    best = [o for o in client(emu).search_offers(query) if o.reliability > 0.9901]
+    assert [o.id for o in offers] == [
+        o.id for o in (sorted(best, key=lambda o: -o.reliability) + tied)[:2]
+    ]
+
+
+def test_rounding_in_our_vram_figures_cannot_hide_the_best_offer(emu):
+    # Vast orders by gpu_total_ram (MB); we rank by GB rounded per GPU x count. 8 x 2x12049 MB
+    # (24.0 GB to us) come before 1x24070 MB (24.1 GB) in Vast's order, after it in ours.
+    emu.offers.clear()
+    emu.add_offer(gpu_name="RTX 3090", num_gpus=1, gpu_ram=24099, dph_base=0.9)
+    for _ in range(8):
+        emu.add_offer(gpu_name="RTX 3060", num_gpus=2, gpu_ram=12049, dph_base=0.3)
+    cheaper = emu.add_offer(gpu_name="RTX 3090", num_gpus=1, gpu_ram=24070, dph_base=0.2)
+    [top] = client(emu).search_offers(OfferQuery(sort="vram"), limit=1)
+    assert top.id == f"vastai:{cheaper['id']}"  # 24.1 GB like the first, and cheaper
