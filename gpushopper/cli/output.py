@@ -72,14 +72,18 @@ def _flat_rows_json(data: Any) -> str | None:
     from json.encoder import encode_basestring as enc
 
     rows = []
+    prefixes: dict[str, str] = {}  # the same keys in every row: encode each once
     for row in data:
         if type(row) is not dict or not row:
             return None
         parts = []
         for key, value in row.items():
             kind = type(value)
-            if type(key) is not str:
-                return None
+            prefix = prefixes.get(key)
+            if prefix is None:
+                if type(key) is not str:
+                    return None
+                prefix = prefixes[key] = f"    {enc(key)}: "
             if value is None:
                 text = "null"
             elif value is True:
@@ -94,7 +98,7 @@ def _flat_rows_json(data: Any) -> str | None:
                 text = float.__repr__(value)
             else:
                 return None
-            parts.append(f"    {enc(key)}: {text}")
+            parts.append(prefix + text)
         rows.append("  {\n" + ",\n".join(parts) + "\n  }")
     return "[\n" + ",\n".join(rows) + "\n]"
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gpushopper.core.errors import (
     GpuShopperError,
@@ -134,10 +134,15 @@ MAX_CACHED_QUERIES = 32  # per provider; the oldest answers go first
 TAKEN_TTL_S = STALE_LIMIT_S
 
 
-@dataclass
 class CachedAnswer:
-    offers: list[Offer]
-    complete: bool  # every match (not only the best ``len(offers)``)
+    """A provider's answer: its offers, and whether they are every match (not only the
+    best ``len(offers)``)."""
+
+    __slots__ = ("offers", "complete")
+
+    def __init__(self, offers: list[Offer], complete: bool) -> None:
+        self.offers = offers
+        self.complete = complete
 
 
 class OfferCache:
@@ -153,10 +158,12 @@ class OfferCache:
         self.now = now
 
     def _path(self, provider: str, key: str) -> Path:
-        import zlib  # hashlib would load OpenSSL (2 ms); the file holds the key to check
-
-        digest = f"{zlib.crc32(key.encode()):08x}{zlib.adler32(key.encode()):08x}"
-        return self.dir / f"{provider}-{digest}.json"
+        # FNV-1a, 64 bits: no import (hashlib loads OpenSSL, 2 ms); the file holds its key,
+        # so a collision is only a cache miss.
+        digest = 0xCBF29CE484222325
+        for byte in key.encode():
+            digest = ((digest ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+        return self.dir / f"{provider}-{digest:016x}.json"
 
     @staticmethod
     def _read(path: Path) -> Any:
@@ -305,12 +312,15 @@ def _suppressed(health: dict[str, Any], now: datetime) -> int:
     return count
 
 
-class Progress(Protocol):
-    """What ``search`` reports to while providers are slow (the CLI draws a status line)."""
+if TYPE_CHECKING:  # a Protocol class costs import time; only the type checker needs it
 
-    def show(self, waiting: list[str]) -> None: ...
+    class Progress(Protocol):
+        """What ``search`` reports to while providers are slow (the CLI draws a status
+        line)."""
 
-    def stop(self) -> None: ...
+        def show(self, waiting: list[str]) -> None: ...
+
+        def stop(self) -> None: ...
 
 
 def search(
