@@ -1098,3 +1098,23 @@ def test_when_our_own_check_drops_offers_the_provider_is_asked_for_more():
     )
     assert [o.id for o in result.offers] == [f"vastai:{i}" for i in (0, 2, 4, 6, 8)]
     assert provider.asked == [5, 20]
+
+
+def test_asking_for_more_stops_at_a_bound_with_a_provider_that_never_runs_out(monkeypatch):
+    monkeypatch.setattr("gpushopper.core.inventory.MAX_ASKED", 1000)
+
+    class Endless:
+        asked: list[int | None] = []
+
+        def search_offers(self, query: OfferQuery, limit: int | None = None) -> list[Offer]:
+            self.asked.append(limit)
+            return [offer("vastai", "1", 0.5, verified=False)] * (limit or 1)
+
+    provider = Endless()
+    result = search(
+        OfferQuery(providers=["vastai"], verified=True, limit=3),
+        lambda name: provider,
+        now=lambda: datetime.now(timezone.utc),
+    )
+    assert result.offers == []
+    assert provider.asked == [3, 12, 48, 192, 768, 3072]

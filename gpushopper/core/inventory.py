@@ -32,6 +32,7 @@ from gpushopper.core.units import iso, parse_iso
 
 RATE_LIMITED_TTL_S = 300.0  # after a 429, reuse answers for at least this long
 STALE_LIMIT_S = 3600.0  # a provider that is rate limiting may be answered from cache this old
+MAX_ASKED = 1_000_000  # never ask one provider for more offers than this in one search
 
 
 @dataclass
@@ -387,7 +388,7 @@ def search(
         while True:
             offers = clients[name].search_offers(asked, limit=limit)
             answer = CachedAnswer(offers, limit is None or len(offers) < limit)
-            if limit is None or enough(answer, asked):
+            if limit is None or enough(answer, asked) or limit >= MAX_ASKED:
                 return answer
             limit *= 4
 
