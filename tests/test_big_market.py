@@ -160,3 +160,16 @@ def test_limit_is_still_the_best_n_when_the_best_offers_are_suppressed(
     result = gs("inventory --json --refresh --provider vastai --gpu 4090 --limit 6")
     assert result.exit_code == 0, result.stderr
     assert [o["id"] for o in result.json()] == [o.id for o in ranked[4:10]]
+
+
+@pytest.mark.parametrize("flags", ["--gpu 4090", "--auto-retry 30"])
+def test_provision_picks_the_best_of_all_matches(on_big_vast, gs, flags):
+    truth = vast_truth(
+        on_big_vast, {"rel": 0.95, "gpus": {"RTX 4090"} if "gpu" in flags else set()}
+    )
+    ranked = [o.id for o in rank_offers([parse_offer(row) for row in truth], "price")]
+    result = gs(f"provision --provider vastai --dry-run --hours 1h --json {flags}")
+    assert result.exit_code == 0, result.stderr
+    plan = result.json()
+    assert [plan["offer"]["id"], *plan["alternatives"]] == ranked[: len(plan["alternatives"]) + 1]
+    assert len(plan["alternatives"]) == (33 if "auto-retry" in flags else 3)

@@ -196,7 +196,10 @@ class Provisioner:
             if offer is None:
                 raise NotFound(name, f"offer {req.offer_id} is not available any more")
             return [Candidate(provider, offer, template)], notes
-        query = replace(req.query, template=req.template, limit=None)
+        # The best few of all matches are enough to try in turn (and to show alternatives);
+        # preferred GPUs re-order the whole market, so then every match is asked for.
+        enough = None if req.preferred_gpus and not req.query.gpus else max(20, req.auto_retry + 4)
+        query = replace(req.query, template=req.template, limit=enough)
         templates: dict[str, Template | None] = {}
         providers: dict[str, Any] = {}
 
