@@ -453,7 +453,7 @@ def measure(
     remaining = len(sessions) - len(expiring)
     not_ended = [sid for sid, r in final.items() if r.get("status") != "ended"]
     after = sum(1 for at in deletes.values() if at >= signalled_wall)
-    shutdown_ok = code == 0 and left == 0 and not not_ended and not early
+    shutdown_ok = code == 128 + signal.SIGTERM and left == 0 and not not_ended and not early
     print(
         f"(d) SIGTERM: exit {code} after {shutdown_s:.2f} s, {after} destroy calls for "
         f"{remaining} remaining sessions ({shutdown_s / max(remaining, 1) * 1000:.0f} ms each); "

@@ -1,43 +1,229 @@
-"""The enforcer carries out every action even when one of them blows up."""
+"""The enforcer against the in-process fake provider: what it believes, what it destroys."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
-from gpushopper.core.enforcer import Enforcer
-from gpushopper.core.lifecycle import DESTROY_ORPHAN, Action
+import pytest
+
+from gpushopper.core.enforcer import Enforcer, TickReport
+from gpushopper.core.errors import MissingCredentials
+from gpushopper.core.lifecycle import DESTROY_ORPHAN, Action, Policy
+from gpushopper.core.models import Instance
+from gpushopper.core.units import iso
 from gpushopper.state.store import StateStore
+from tests.fakes.provider import FakeProvider, factory
+
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+ME = "aaaa1111"
 
 
-class FlakyProvider:
-    NAME = "vastai"
-
-    def __init__(self) -> None:
-        self.live = {"1", "2"}
-
-    def destroy_instance(self, instance_id: str) -> None:
-        if instance_id == "1":
-            raise RuntimeError("bug in the adapter")
-        self.live.discard(instance_id)
-
-    def get_instance(self, instance_id: str):
-        return object() if instance_id in self.live else None
+def label(sid: str, install: str = ME) -> str:
+    return f"gpu-shopper:{install}:{sid}"
 
 
-def test_one_action_blowing_up_does_not_stop_the_others(tmp_path):
-    provider = FlakyProvider()
-    outcomes = []
-    enforcer = Enforcer(
-        store=StateStore(tmp_path / "state.json"),
-        provider_factory=lambda name: provider,
-        providers=["vastai"],
-        clock=lambda: datetime(2026, 11, 23, tzinfo=timezone.utc),
-        on_outcome=outcomes.append,
+def record(sid: str, instance_id: str | None, provider: str = "vastai", **extra):
+    return {
+        "id": sid,
+        "status": "running",
+        "provider": provider,
+        "instance_id": instance_id,
+        "label": label(sid),
+        "created_at": iso(T0),
+        "billing_started_at": iso(T0),
+        "reservation_ends_at": iso(T0 + timedelta(hours=2)),
+        "hard_max_at": iso(T0 + timedelta(hours=12)),
+        "price_per_hour": 0.5,
+        **extra,
+    }
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = StateStore(tmp_path / "state.json")
+    with s.transaction() as state:
+        state["install_id"] = ME
+    return s
+
+
+def put(store, *records):
+    with store.transaction() as state:
+        for r in records:
+            state["sessions"][r["id"]] = r
+
+
+def enforcer(store, *providers, now=T0 + timedelta(minutes=5), names=None, outcomes=None):
+    def provider_factory(name):
+        by = {p.NAME: p for p in providers}
+        if name not in by:
+            raise MissingCredentials(name, "not configured in this test")
+        return by[name]
+
+    return Enforcer(
+        store=store,
+        provider_factory=provider_factory,
+        providers=names or ["vastai", "tensordock"],
+        clock=lambda: now,
+        on_outcome=(outcomes.append if outcomes is not None else lambda o: None),
         sleep=lambda s: None,
     )
-    actions = [Action(DESTROY_ORPHAN, "unknown_to_state", "vastai", instance_id=i) for i in "12"]
-    results = enforcer.execute_all(actions)
+
+
+POLICY = Policy(install_id=None)
+
+
+class Exploding(FakeProvider):
+    def destroy_instance(self, instance_id: str) -> None:
+        if instance_id == self.bomb:
+            raise RuntimeError("bug in the adapter")
+        super().destroy_instance(instance_id)
+
+    bomb: str = ""
+
+
+def test_one_action_blowing_up_does_not_stop_the_others(store):
+    provider = Exploding()
+    a, b = provider.add(label("b00001")), provider.add(label("b00002"))
+    provider.bomb = a
+    outcomes: list = []
+    e = enforcer(store, provider, outcomes=outcomes)
+    actions = [
+        Action(DESTROY_ORPHAN, "unknown_to_state", "vastai", instance_id=a, label=label("b00001")),
+        Action(DESTROY_ORPHAN, "unknown_to_state", "vastai", instance_id=b, label=label("b00002")),
+    ]
+    results = e.execute_all(actions)
     assert [r.result for r in results] == ["failed", "destroyed"]
     assert "RuntimeError: bug in the adapter" in (results[0].error or "")
-    assert provider.live == {"1"}
+    assert provider.live() == {a}
     assert len(outcomes) == 2  # both were reported (logged, alerted)
+
+
+def test_a_session_missing_from_the_list_is_closed_only_when_the_provider_says_gone(store):
+    provider = FakeProvider(listing="partial", partial_drops={label("a00001")})
+    iid = provider.add(label("a00001"))
+    put(store, record("a00001", iid))
+    report = enforcer(store, provider).tick(POLICY)
+    assert not report.ok
+    assert [(o.action.kind, o.result) for o in report.outcomes] == [("mark_ended", "failed")]
+    assert store.get_session("a00001")["status"] == "running"
+    provider.instances[iid].destroyed = True  # now it really is gone
+    report = enforcer(store, provider).tick(POLICY)
+    assert report.ok and store.get_session("a00001")["status"] == "ended"
+
+
+def test_a_malformed_listing_closes_nothing_and_the_pass_is_not_ok(store):
+    provider = FakeProvider(listing="malformed")
+    iid = provider.add(label("a00001"))
+    provider.add(label("b00009"))  # an orphan: not destroyed on a listing that failed
+    put(store, record("a00001", iid))
+    report = enforcer(store, provider).tick(POLICY)
+    assert not report.ok and "vastai" in report.provider_errors
+    assert report.outcomes == [] and provider.count("destroy_instance") == 0
+    assert store.get_session("a00001")["status"] == "running"
+
+
+def test_one_provider_failing_to_list_never_holds_back_the_others_deadlines(store):
+    broken = FakeProvider("vastai", listing="malformed")
+    healthy = FakeProvider("tensordock")
+    v = broken.add(label("a00001"))
+    t = healthy.add(label("a00002"))
+    put(store, record("a00001", v), record("a00002", t, provider="tensordock"))
+    late = T0 + timedelta(hours=3)  # both reservations are over
+    report = enforcer(store, broken, healthy, now=late).tick(POLICY)
+    assert not report.ok and list(report.provider_errors) == ["vastai"]
+    assert healthy.live() == set()
+    assert store.get_session("a00002")["status"] == "ended"
+    # the time rules need no listing: the expired vastai session is destroyed too
+    assert broken.live() == set() and store.get_session("a00001")["end_reason"] == (
+        "reservation_ended"
+    )
+    assert report.listed_at.keys() == {"tensordock"}
+
+
+def test_instances_of_another_install_are_never_reaped(store):
+    provider = FakeProvider()
+    foreign = provider.add(label("c00001", install="bbbb2222"))
+    ours = provider.add(label("c00002"))
+    for _ in range(3):
+        report = enforcer(store, provider).tick(POLICY)
+    assert provider.live() == {foreign}
+    assert ours not in provider.live()
+    assert ("report_foreign", "left") in [(o.action.kind, o.result) for o in report.outcomes]
+
+
+def test_an_orphan_is_destroyed_only_if_it_still_carries_our_label(store):
+    provider = FakeProvider()
+    foreign = provider.add("someone-elses-job")
+    # the listing claims the foreign id carries our label (a provider glitch)
+    provider.duplicates = [Instance("vastai", foreign, label("c00003"), "running")]
+    provider.instances[foreign].unlisted_for = 5  # only the lying row is listed
+    report = enforcer(store, provider).tick(POLICY)
+    assert provider.live() == {foreign}
+    (outcome,) = report.outcomes
+    assert outcome.result == "failed" and "not ours" in (outcome.error or "")
+
+
+def test_a_listing_naming_one_id_with_two_labels_is_not_believed(store):
+    provider = FakeProvider()
+    foreign = provider.add("someone-elses-job")
+    provider.duplicates = [Instance("vastai", foreign, label("c00004"), "running")]
+    report = enforcer(store, provider).tick(POLICY)
+    assert not report.ok and "twice" in report.provider_errors["vastai"]
+    assert provider.live() == {foreign} and report.outcomes == []
+
+
+def test_live_sessions_at_a_provider_without_credentials_make_the_pass_blind(store):
+    provider = FakeProvider("vastai")
+    put(store, record("a00001", "55", provider="tensordock"))
+    report = enforcer(store, provider).tick(POLICY)
+    assert not report.ok
+    assert "tensordock" in report.provider_errors
+
+
+def test_bad_records_are_reported_and_the_pass_is_not_ok(store):
+    provider = FakeProvider()
+    iid = provider.add(label("a00001"))
+    put(store, record("a00001", iid, reservation_ends_at=iso(T0)))
+    with store.transaction() as state:
+        state["sessions"]["b00001"] = "a string"
+    report = TickReport()
+    actions = enforcer(store, provider).evaluate(POLICY, report)
+    assert report.bad_records == {"b00001": "is str, not a session object"}
+    assert [(a.kind, a.session_id) for a in actions] == [
+        ("report_bad_record", "b00001"),
+        ("destroy_session", "a00001"),
+    ]
+    assert not report.ok
+
+
+def test_a_booting_session_of_a_dead_process_is_destroyed(store):
+    import subprocess
+    import sys
+
+    from gpushopper.core.owner import current_owner
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    owner = {**current_owner(), "pid": child.pid, "started": "1"}
+    provider = FakeProvider()
+    iid = provider.add(label("a00001"), status="loading")
+    put(store, record("a00001", iid, status="provisioning", owner=owner))
+    report = enforcer(store, provider).tick(POLICY)
+    assert [(o.action.reason, o.result) for o in report.outcomes] == [("owner_gone", "destroyed")]
+    assert provider.live() == set()
+
+
+def test_a_booting_session_of_a_live_process_is_left_to_it(store):
+    from gpushopper.core.owner import current_owner
+
+    provider = FakeProvider()
+    iid = provider.add(label("a00001"), status="loading")
+    put(store, record("a00001", iid, status="provisioning", owner=current_owner()))
+    report = enforcer(store, provider).tick(POLICY)
+    assert report.outcomes == [] and provider.live() == {iid}
+
+
+def test_factory_helper_serves_by_name():
+    a, b = FakeProvider("vastai"), FakeProvider("tensordock")
+    get = factory(a, b)
+    assert get("vastai") is a and get("tensordock") is b

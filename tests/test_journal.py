@@ -33,3 +33,45 @@ def test_reads_are_not_journaled(vast, gs, isolated_home):
     gs("inventory --provider vastai --json")
     gs("cleanup-orphans --json")
     assert entries(isolated_home) == []
+
+
+def test_a_secret_in_a_journaled_error_is_masked_every_time(tmp_path):
+    """The journal redacts what it writes itself: an adapter's raw error can carry a key
+    (twice, here), and nothing upstream has redacted it."""
+    import pytest
+
+    from gpushopper.core.journal import JournaledProvider
+    from gpushopper.core.redact import register_secret
+
+    secret = "td-token-9f8e7d6c5b4a"
+    register_secret(secret)
+
+    class Leaky:
+        NAME = "tensordock"
+
+        def destroy_instance(self, instance_id: str) -> None:
+            raise RuntimeError(f"DELETE ?token={secret} failed; retry with {secret}")
+
+    journaled = JournaledProvider(Leaky(), tmp_path / "journal.jsonl")
+    with pytest.raises(RuntimeError):
+        journaled.destroy_instance("1")
+    text = (tmp_path / "journal.jsonl").read_text()
+    assert secret not in text
+    assert text.count("****5b4a") == 2
+
+
+def test_an_api_key_in_an_adapter_error_never_reaches_the_journal(
+    vast, gs, isolated_home, monkeypatch
+):
+    from gpushopper.providers.vastai import VastAI
+
+    session = gs("provision --provider vastai --gpu 4090 --yes --json").json()
+
+    def leaky_destroy(self, instance_id):
+        raise RuntimeError(f"proxy said: bad request for key {vast.api_key} ({vast.api_key})")
+
+    monkeypatch.setattr(VastAI, "destroy_instance", leaky_destroy)
+    gs(f"sessions done {session['id']}")
+    text = (isolated_home / "journal.jsonl").read_text()
+    assert '"op": "destroy_instance"' in text and "RuntimeError" in text
+    assert vast.api_key not in text

@@ -297,3 +297,66 @@ def test_os_images_are_the_templates():
     assert bare is not None and bare.requirements == {"nvidia_driver": False}
     assert [t.id for t in td.list_templates(name="tensorflow")] == ["ubuntu2404_ml_tensorflow"]
     assert td.get_template("windows10") is None
+
+
+# -- the instance list and show are believed only when well-formed ----------------------------
+@pytest.mark.parametrize(
+    "data",
+    [
+        {},
+        [],
+        None,
+        {"data": 3},
+        {"data": {}},
+        {"data": {"instances": None}},
+        {"data": {"instances": [{"name": "no id"}]}},
+        {"data": ["not an object"]},
+    ],
+    ids=[
+        "empty-object",
+        "empty-array",
+        "null",
+        "wrong-shape",
+        "no-instances",
+        "null-list",
+        "row-without-id",
+        "row-not-object",
+    ],
+)
+def test_a_malformed_instance_list_is_an_error_never_no_instances(data):
+    from gpushopper.core.errors import Unavailable
+    from gpushopper.providers.tensordock import parse_instance_list
+
+    with pytest.raises(Unavailable, match="instance list"):
+        parse_instance_list(data)
+
+
+@pytest.mark.parametrize("shape", ["documented", "flat", "nested"])
+def test_the_three_documented_list_shapes_are_read(emu, shape):
+    emu.create_instance_directly(name="gpu-shopper:aaaa1111:a00001")
+    emu.list_shape = shape
+    (inst,) = client(emu).list_instances()
+    assert inst.label == "gpu-shopper:aaaa1111:a00001"
+    emu.clear_faults()
+
+
+def test_an_empty_well_formed_list_is_believed(emu):
+    assert client(emu).list_instances() == []
+
+
+@pytest.mark.parametrize("body", [{}, "[]", "null", {"data": "x"}])
+def test_a_malformed_show_is_an_error_never_gone(emu, body):
+    from gpushopper.core.errors import Unavailable
+
+    rec = emu.create_instance_directly(name="x")
+    emu.fail_next("GET", rf"/instances/{rec['id']}$", status=200, body=body)
+    with pytest.raises(Unavailable):
+        client(emu).get_instance(rec["id"])
+
+
+def test_gone_is_a_404(emu):
+    rec = emu.create_instance_directly(name="x")
+    td = client(emu)
+    assert td.get_instance(rec["id"]) is not None
+    td.destroy_instance(rec["id"])
+    assert td.get_instance(rec["id"]) is None

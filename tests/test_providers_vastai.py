@@ -404,3 +404,74 @@ def test_rounding_in_our_vram_figures_cannot_hide_the_best_offer(emu):
     cheaper = emu.add_offer(gpu_name="RTX 3090", num_gpus=1, gpu_ram=24070, dph_base=0.2)
     [top] = client(emu).search_offers(OfferQuery(sort="vram"), limit=1)
     assert top.id == f"vastai:{cheaper['id']}"  # 24.1 GB like the first, and cheaper
+
+
+# -- the instance list and show are believed only when well-formed ----------------------------
+@pytest.mark.parametrize(
+    "body",
+    [
+        {},
+        [],
+        "null",
+        {"success": True},  # no instances key
+        {"success": True, "instances": {"id": 1}},  # the wrong shape
+        {"success": True, "instances": [{"label": "no id"}]},  # a row without an id
+        {"success": True, "instances": ["x"]},
+        {"success": True, "instances_found": 3, "instances": [], "next_token": None},  # partial
+        {"success": True, "instances": [], "next_token": 7},
+    ],
+    ids=[
+        "empty-object",
+        "empty-array",
+        "null",
+        "no-key",
+        "object",
+        "row-without-id",
+        "row-not-object",
+        "count-mismatch",
+        "bad-token",
+    ],
+)
+def test_a_malformed_instance_list_is_an_error_never_no_instances(emu, body):
+    from gpushopper.core.errors import Unavailable
+
+    emu.create_instance_directly(label="gpu-shopper:aaaa1111:a00001")
+    emu.fail_next("GET", r"/api/v1/instances", status=200, body=body)
+    with pytest.raises(Unavailable, match="instance list"):
+        client(emu).list_instances()
+    assert len(client(emu).list_instances()) == 1  # and the real answer parses
+
+
+def test_an_empty_well_formed_list_is_believed(emu):
+    assert client(emu).list_instances() == []
+
+
+@pytest.mark.parametrize(
+    "body", [{}, [], {"instances": "x"}, {"instances": {"label": "no id"}}, {"success": True}]
+)
+def test_a_malformed_show_is_an_error_never_gone(emu, body):
+    from gpushopper.core.errors import Unavailable
+
+    inst = emu.create_instance_directly(label="x")
+    emu.fail_next("GET", rf"/api/v0/instances/{inst['id']}/", status=200, body=body)
+    with pytest.raises(Unavailable):
+        client(emu).get_instance(str(inst["id"]))
+
+
+def test_gone_is_the_documented_null_and_nothing_else(emu):
+    inst = emu.create_instance_directly(label="x")
+    c = client(emu)
+    assert c.get_instance(str(inst["id"])) is not None
+    c.destroy_instance(str(inst["id"]))
+    assert c.get_instance(str(inst["id"])) is None  # {"instances": null}
+
+
+def test_a_show_answering_another_instance_is_an_error(emu):
+    from gpushopper.core.errors import Unavailable
+
+    a = emu.create_instance_directly(label="a")
+    b = emu.create_instance_directly(label="b")
+    row = {k: v for k, v in b.items() if k not in ("authorized_keys", "instance_api_key")}
+    emu.fail_next("GET", rf"/api/v0/instances/{a['id']}/", status=200, body={"instances": row})
+    with pytest.raises(Unavailable, match="the answer is instance"):
+        client(emu).get_instance(str(a["id"]))

@@ -561,3 +561,30 @@ def test_no_matching_offer_exits_1_before_creating_anything(vast, gs, isolated_h
         assert "no offer matches" in result.stderr
     assert not [r for r in vast.requests if r["method"] == "PUT"]
     assert not (isolated_home / "state.json").exists() or not state(isolated_home)["sessions"]
+
+
+def test_extend_is_allowed_to_the_hard_maximum_exactly_and_not_a_second_past(gs, isolated_home):
+    from datetime import timedelta
+
+    from gpushopper.core.units import iso, utcnow
+
+    store = StateStore(isolated_home / "state.json")
+    ends = utcnow() + timedelta(hours=1)
+    hard = ends + timedelta(hours=2)
+    with store.transaction() as st:
+        st["sessions"]["b0b0b0"] = {
+            "id": "b0b0b0",
+            "status": "running",
+            "provider": "vastai",
+            "instance_id": "1",
+            "label": f"gpu-shopper:{st['install_id']}:b0b0b0",
+            "created_at": iso(utcnow()),
+            "reservation_ends_at": iso(ends),
+            "hard_max_at": iso(hard),
+        }
+    past = gs("sessions extend b0b0b0 --hours 7201s")
+    assert past.exit_code == 2 and "hard maximum" in past.stderr
+    exact = gs("sessions extend b0b0b0 --hours 2h --json")
+    assert exact.exit_code == 0, exact.stderr
+    assert exact.json()["reservation_ends_at"] == iso(hard)
+    assert gs("sessions extend b0b0b0 --hours 1s").exit_code == 2  # now at the maximum

@@ -151,3 +151,89 @@ def test_corrupt_state_fails_ordinary_commands_too(gs, isolated_home):
     assert result.json()["error"]["type"] == "state"
     assert str(state) in result.stderr and ".corrupt-" in result.stderr
     assert state.read_text() == '{"schema_version": 1, "sessions": {'
+
+
+def test_update_session_reads_and_writes_in_one_locked_transaction(tmp_path, monkeypatch):
+    """A read outside the lock (or in a second transaction) loses a concurrent update."""
+    import fcntl
+    import os
+
+    store = StateStore(tmp_path / "state.json")
+    store.put_session({"id": "a00001", "status": "running"})
+    opened: list[int] = []
+    real_transaction = StateStore.transaction
+    real_load = StateStore._load
+    unlocked_reads: list[bool] = []
+
+    def counting(self):
+        opened.append(1)
+        return real_transaction(self)
+
+    def load(self):
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # succeeds only if nobody holds it
+        except BlockingIOError:
+            pass
+        else:
+            unlocked_reads.append(True)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+        return real_load(self)
+
+    monkeypatch.setattr(StateStore, "transaction", counting)
+    monkeypatch.setattr(StateStore, "_load", load)
+    assert store.update_session("a00001", warned_at="x")["warned_at"] == "x"
+    assert opened == [1] and unlocked_reads == []
+
+
+def test_concurrent_updates_of_one_session_lose_nothing(tmp_path):
+    import threading
+
+    store = StateStore(tmp_path / "state.json")
+    store.put_session({"id": "a00001", "status": "running"})
+
+    def work(n: int) -> None:
+        mine = StateStore(tmp_path / "state.json")
+        for i in range(8):
+            mine.update_session("a00001", **{f"k{n}_{i}": i})
+
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    record = store.get_session("a00001")
+    assert {k for k in record if k.startswith("k")} == {
+        f"k{n}_{i}" for n in range(4) for i in range(8)
+    }
+
+
+def test_a_state_file_that_cannot_be_written_is_a_typed_error(tmp_path, monkeypatch):
+    import errno
+
+    from gpushopper.core.errors import StateWriteError
+    from gpushopper.state import store as store_module
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    store = StateStore(tmp_path / "state.json")
+    store.put_session({"id": "a00001", "status": "running"})
+    monkeypatch.setattr(store_module, "atomic_write_text", full)
+    with pytest.raises(StateWriteError, match="No space left on device"):
+        store.update_session("a00001", x=1)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StateWriteError):
+        StateStore(blocker / "state.json").put_session({"id": "a00002"})
+
+
+def test_sessions_that_are_not_an_object_are_refused_not_read_as_none(tmp_path):
+    import json
+
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps({"schema_version": 1, "sessions": "oops"}))
+    with pytest.raises(StateError, match="'sessions' is str"):
+        StateStore(path).read()

@@ -14,7 +14,7 @@ import pytest
 
 from gpushopper.core.units import parse_iso
 from gpushopper.state.store import StateStore
-from tests.waiting import wait_for
+from tests.waiting import default_signals, wait_for
 
 
 class Watch:
@@ -26,6 +26,7 @@ class Watch:
             stdout=subprocess.DEVNULL,
             stderr=self.handle,
             env={**os.environ, **(env or {})},
+            preexec_fn=default_signals,  # SIGINT is sent here: no inherited SIG_IGN
         )
 
     def text(self) -> str:
@@ -67,7 +68,7 @@ def test_short_reservation_destroyed_within_one_interval(
     record = sessions(isolated_home)[session["id"]]
     assert record["end_reason"] == "reservation_ended"
     assert record["cost_usd"] > 0
-    assert w.stop() == 0
+    assert w.stop() == 143  # SIGTERM: 128 + 15, after the shutdown rule ran
     assert f"session={session['id']}" in w.text() and "reason=reservation_ended" in w.text()
 
 
@@ -121,8 +122,8 @@ def test_stuck_provisioning_instance_destroyed(vast, isolated_home, tmp_path):
 
 def test_cleanup_orphans_finds_and_destroys_our_unknown_instance(vast, gs, isolated_home):
     install = StateStore(isolated_home / "state.json").install_id()
-    orphan = vast.create_instance_directly(label=f"gpu-shopper:{install}:ghost1", status="running")
-    foreign = vast.create_instance_directly(label="gpu-shopper:ffff0000:other1", status="running")
+    orphan = vast.create_instance_directly(label=f"gpu-shopper:{install}:0e0e01", status="running")
+    foreign = vast.create_instance_directly(label="gpu-shopper:ffff0000:0f0f01", status="running")
     mine = vast.create_instance_directly(label="someone-elses-box", status="running")
     listed = gs("cleanup-orphans --json")
     assert listed.exit_code == 3
@@ -141,7 +142,7 @@ def test_cleanup_orphans_finds_and_destroys_our_unknown_instance(vast, gs, isola
         "action",
     }
     destroyed = gs("cleanup-orphans --yes --json")
-    assert destroyed.exit_code == 0, destroyed.stderr
+    assert destroyed.exit_code == 3, destroyed.stderr  # the foreign one is still running
     assert {r["instance_id"]: r["action"] for r in destroyed.json()}[
         str(orphan["id"])
     ] == "destroyed"
@@ -152,9 +153,9 @@ def test_cleanup_orphans_finds_and_destroys_our_unknown_instance(vast, gs, isola
 
 
 def test_cleanup_orphans_works_with_no_state_file(vast, gs, isolated_home):
-    vast.create_instance_directly(label="gpu-shopper:abcd0123:lost", status="running")
+    vast.create_instance_directly(label="gpu-shopper:abcd0123:10570a", status="running")
     result = gs("cleanup-orphans --json")
-    assert result.exit_code == 0
+    assert result.exit_code == 3  # a gpu-shopper label is running: cron must hear of it
     assert [r["reason"] for r in result.json()] == ["foreign"]
     assert not (isolated_home / "state.json").exists()
 
@@ -193,7 +194,8 @@ def test_sigterm_destroys_every_guarded_session(
     w = Watch(tmp_path, "--interval", "1s")
     watches.append(w)
     wait_for(lambda: "watch started" in w.text(), what="watch to start")
-    assert w.stop(signal.SIGTERM) == 0
+    assert "stopping destroys the 2 guarded sessions" in w.text()
+    assert w.stop(signal.SIGTERM) == 143
     assert vast.live_instances() == [] and tensordock.live_instances() == []
     assert {sessions(isolated_home)[s["id"]]["status"] for s in (a, b)} == {"ended"}
     assert "SIGTERM" in w.text()
@@ -206,7 +208,8 @@ def test_keep_on_exit_leaves_sessions_and_prints_deadlines(
     w = Watch(tmp_path, "--interval", "1s", "--keep-on-exit")
     watches.append(w)
     wait_for(lambda: "watch started" in w.text(), what="watch to start")
-    assert w.stop(signal.SIGINT) == 0
+    assert "stopping leaves the 1 guarded session" in w.text()
+    assert w.stop(signal.SIGINT) == 130
     assert len(vast.live_instances()) == 1
     assert f"session={a['id']} reservation_ends_at=" in w.text()
 
@@ -219,7 +222,7 @@ def test_provider_500s_do_not_stop_the_daemon(vast, gs, isolated_home, tmp_path,
     wait_for(lambda: not vast.live_instances(), timeout=40, what="destroy after the 500s")
     assert "error provider=vastai" in w.text()
     assert w.proc.poll() is None  # still running
-    assert w.stop() == 0
+    assert w.stop() == 143
     assert sessions(isolated_home)[session["id"]]["status"] == "ended"
 
 
@@ -243,7 +246,7 @@ def test_metrics_file_and_webhook(vast, gs, isolated_home, tmp_path, monkeypatch
 
     gs("provision --provider vastai --gpu 4090 --hours 2h --yes --json")
     vast.create_instance_directly(
-        label=f"gpu-shopper:{StateStore(isolated_home / 'state.json').install_id()}:x",
+        label=f"gpu-shopper:{StateStore(isolated_home / 'state.json').install_id()}:0c0c0c",
         status="running",
     )
     metrics = tmp_path / "gpu_shopper.prom"
@@ -264,3 +267,4 @@ def test_metrics_file_and_webhook(vast, gs, isolated_home, tmp_path, monkeypatch
     assert 'gpu_shopper_actions_total{action="destroy_orphan"} 1' in text
     assert "gpu_shopper_last_successful_tick_timestamp_seconds" in text
     assert "gpu_shopper_cost_rate_usd_per_hour 0." in text
+    assert 'gpu_shopper_provider_last_successful_list_timestamp_seconds{provider="vastai"}' in text

@@ -19,3 +19,12 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "c
         if time.monotonic() > end:
             pytest.fail(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def default_signals() -> None:
+    """``preexec_fn`` for a child that will be sent SIGINT or SIGHUP: the tool keeps an
+    inherited SIG_IGN (``nohup``, a background job), so undo any the test runner has."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)

@@ -96,6 +96,17 @@ class App:
             self._store = StateStore(self.paths.state_file)
         return self._store
 
+    def sessions(self) -> dict[str, dict[str, Any]]:
+        """The session records that can be trusted; each broken one is named on stderr
+        and skipped (one bad record must not stop a command)."""
+        from gpushopper.cli.output import warn
+        from gpushopper.core.sessions import split_records
+
+        good, bad = split_records(self.store.sessions())
+        for session_id, why in sorted(bad.items()):
+            warn(f"session {session_id} in {self.paths.state_file} skipped: it {why}")
+        return good
+
     def provider(self, name: str) -> Any:
         """A configured provider client; raises MissingCredentials when it has none."""
         from gpushopper.core.errors import StateError
@@ -124,7 +135,7 @@ def _clock_from_env(environ: dict[str, str]) -> Callable[[], datetime]:
     offset_text = environ.get("GPU_SHOPPER_CLOCK_OFFSET")
     if not offset_text:
         return utcnow
-    offset = parse_duration(offset_text)
+    offset = parse_duration(offset_text, allow_zero=True)
     return lambda: add_seconds(utcnow(), offset)
 
 
@@ -153,4 +164,12 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 def main(argv: list[str] | None = None) -> None:
     from gpushopper.cli.output import run
 
-    sys.exit(run(cli, argv))
+    code = run(cli, argv)
+    try:  # flush now: a closed pipe must not print a traceback on the way out
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:
+        from gpushopper.core.interrupts import silence_std_streams
+
+        silence_std_streams()
+    sys.exit(code)

@@ -9,7 +9,7 @@ import click
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.output import emit_json, info, json_option, print_table, warn
 
-REPORTED = ("destroy_session", "destroy_orphan", "report_foreign")
+REPORTED = ("destroy_session", "destroy_orphan", "report_foreign", "report_malformed")
 
 
 def orphan_json(outcome: Any) -> dict[str, Any]:
@@ -21,9 +21,12 @@ def orphan_json(outcome: Any) -> dict[str, Any]:
         "reason": action.reason,
         "age_seconds": None if action.age_seconds is None else round(action.age_seconds, 1),
         "price_per_hour": action.price_per_hour,
-        "action": {"destroyed": "destroyed", "left": "left", "failed": "destroy_failed"}.get(
-            outcome.result, outcome.result
-        ),
+        "action": {
+            "destroyed": "destroyed",
+            "left": "left",
+            "failed": "destroy_failed",
+            "unrecorded": "destroyed_unrecorded",
+        }.get(outcome.result, outcome.result),
         "session_id": action.session_id,
         "detail": outcome.error or action.detail,
     }
@@ -46,12 +49,16 @@ def orphan_json(outcome: Any) -> dict[str, Any]:
 @pass_app
 def cleanup_orphans(app: App, yes: bool, include_foreign: bool, as_json: bool) -> int:
     """Instances of ours that are unknown to the state file, past their reservation or hard
-    maximum, or belong to an ended session. Works with no state file and no daemon.
+    maximum, or belong to an ended session, or whose provision process died. Works with no
+    state file and no daemon.
 
-    Exit codes: 0 nothing left running; 3 found and left (no --yes); 1 an error.
-    Instances of another install id are reported and left alone unless --include-foreign.
+    Exit codes, for cron: 0 nothing labelled gpu-shopper is left running that should not
+    be, and every provider was seen; 3 gpu-shopper-labelled instances are left running
+    (no --yes, or another install's without --include-foreign); 1 not everything could be
+    seen or done (a provider not listed, a broken session record, a failed destroy): blind
+    is never "all clear".
     """
-    from gpushopper.core.enforcer import Enforcer, TickReport, policy_from_settings
+    from gpushopper.core.enforcer import FAILED, Enforcer, TickReport, policy_from_settings
 
     enforcer = Enforcer(
         store=app.store,
@@ -71,10 +78,17 @@ def cleanup_orphans(app: App, yes: bool, include_foreign: bool, as_json: bool) -
     actions = enforcer.evaluate(policy_from_settings(app.settings, include_foreign), report)
     # With --yes, also close sessions whose instance is already gone (no row: nothing runs).
     chosen = [a for a in actions if a.kind in REPORTED or (yes and a.kind == "mark_ended")]
-    outcomes = [o for o in enforcer.execute_all(chosen, destroy=yes) if o.action.kind in REPORTED]
-    rows = [orphan_json(o) for o in outcomes]
-    for name, message in report.provider_errors.items():
+    outcomes = enforcer.execute_all(chosen, destroy=yes)
+    blind = not report.ok or any(o.result in FAILED for o in outcomes)
+    rows = [orphan_json(o) for o in outcomes if o.action.kind in REPORTED]
+    for name, message in sorted(report.provider_errors.items()):
         warn(f"{name}: {message}")
+    for session_id, why in sorted(report.bad_records.items()):
+        warn(f"session {session_id} skipped: it {why}")
+    for outcome in outcomes:
+        if outcome.result in FAILED:
+            what = outcome.action.session_id or outcome.action.instance_id
+            warn(f"{outcome.action.provider} {what}: {outcome.error}")
     if report.install_id is None:
         info(
             "Note: no state file here, so no instance is known to be this install's; "
@@ -97,13 +111,20 @@ def cleanup_orphans(app: App, yes: bool, include_foreign: bool, as_json: bool) -
                 )
                 for r in rows
             ],
-            empty="Nothing of ours is running that should not be.",
+            empty="Could not check everything (see the warnings above): not all clear."
+            if blind
+            else "Nothing of ours is running that should not be.",
         )
-    if report.provider_errors or any(r["action"] == "destroy_failed" for r in rows):
+    if blind:
         return 1
-    left = [r for r in rows if r["action"] == "left" and r["reason"] != "foreign"]
+    left = [r for r in rows if r["action"] == "left"]
     if left:
         if not as_json:
-            info(f"{len(left)} found and left running; rerun with --yes to destroy them")
+            hint = (
+                "rerun with --yes to destroy them"
+                if not yes
+                else "other installs' need --include-foreign; malformed labels are never destroyed"
+            )
+            info(f"{len(left)} gpu-shopper-labelled instance(s) left running; {hint}")
         return 3
     return 0

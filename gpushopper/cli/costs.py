@@ -45,7 +45,7 @@ def costs(
     from gpushopper.core.units import parse_iso
 
     start = parse_since(since) if since else None
-    records = list(app.store.sessions().values())
+    records = list(app.sessions().values())
     if session_id:
         records = [r for r in records if r.get("id") == session_id]
         if not records:
@@ -95,7 +95,7 @@ def costs_summary(app: App, month: str | None, as_json: bool) -> None:
     by_provider: dict[str, float] = {}
     by_consumer: dict[str, float] = {}
     total = 0.0
-    for record in app.store.sessions().values():
+    for record in app.sessions().values():
         cost = month_cost(record, start, end, now)
         if cost <= 0:
             continue

@@ -45,6 +45,8 @@ def run_checks(app: App) -> list[dict[str, str]]:
     except GpuShopperError as exc:
         checks.append(_check("state", "fail", str(exc)))
 
+    checks.append(_writable_check(app))
+
     # Credentials and one cheap authenticated call per provider.
     configured = 0
     for name in provider_names():
@@ -95,6 +97,31 @@ def run_checks(app: App) -> list[dict[str, str]]:
     )
     checks.append(_ssh_include_check(app))
     return checks
+
+
+def _writable_check(app: App) -> dict[str, str]:
+    """Can the state be written? Without it, no destroy could be recorded."""
+    import os
+    import tempfile
+
+    folder = app.paths.data_dir
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".doctor-", dir=folder)
+        try:
+            os.write(fd, b"gpu-shopper doctor write probe\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.unlink(probe)
+    except OSError as exc:
+        return _check(
+            "home writable",
+            "fail",
+            f"cannot write in {folder}: {exc.strerror or exc}; sessions could not be "
+            "recorded (fix it, or point GPU_SHOPPER_HOME at a writable folder)",
+        )
+    return _check("home writable", "ok", str(folder))
 
 
 def _ssh_include_check(app: App) -> dict[str, str]:

@@ -47,6 +47,18 @@ def debug_enabled() -> bool:
 
 
 # -- writing -------------------------------------------------------------------------------
+# Every write goes through _guarded: a closed pipe (``| head -3``) is handled as SIGPIPE
+# (the streams go to /dev/null, and a command holding an instance destroys it), never as a
+# crash halfway through a cleanup.
+def _guarded(write: Callable[[], None]) -> None:
+    try:
+        write()
+    except OSError as exc:
+        from gpushopper.core.interrupts import output_lost
+
+        output_lost(exc)
+
+
 def emit_json(data: Any) -> None:
     """Write ``data`` as the single JSON document on stdout."""
     text = _flat_rows_json(data)
@@ -59,8 +71,22 @@ def emit_json(data: Any) -> None:
         # is. The fast path above is taken only when no secret appears in any form.
         plain = json.loads(json.dumps(data, default=str))
         text = json.dumps(redact_tree(plain), indent=2, ensure_ascii=False)
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+
+    def write() -> None:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    _guarded(write)
+
+
+def flush_output() -> None:
+    """Flush stdout and stderr now, so a closed pipe shows while it can still be acted on."""
+
+    def flush() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+    _guarded(flush)
 
 
 def _flat_rows_json(data: Any) -> str | None:
@@ -146,24 +172,26 @@ def print_table(
         table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for row in rows:
         table.add_row(*("-" if cell is None else redact(str(cell)) for cell in row))
-    console().print(table)
+    _guarded(lambda: console().print(table))
 
 
 def print_kv(pairs: Sequence[tuple[str, Any]]) -> None:
     """``key: value`` lines for one object."""
     width = max((len(k) for k, _ in pairs), default=0)
+    lines = []
     for key, value in pairs:
         shown = "-" if value is None or value == "" else value
-        click.echo(redact(f"{key.ljust(width)}  {shown}"))
+        lines.append(redact(f"{key.ljust(width)}  {shown}"))
+    _guarded(lambda: click.echo("\n".join(lines)))
 
 
 def info(message: str) -> None:
     """Progress and notes: stderr, so stdout stays clean for JSON and pipes."""
-    click.echo(redact(message), err=True)
+    _guarded(lambda: click.echo(redact(message), err=True))
 
 
 def warn(message: str) -> None:
-    click.echo(redact(f"Warning: {message}"), err=True)
+    _guarded(lambda: click.echo(redact(f"Warning: {message}"), err=True))
 
 
 # -- errors --------------------------------------------------------------------------------
@@ -175,9 +203,14 @@ def fail(error_type: str, message: str, exit_code: int) -> int:
     """Report an error: one line on stderr, and the JSON error object with ``--json``."""
     _register_known_secrets()
     message = redact(_one_line(message))
-    if json_requested():
-        emit_json({"error": {"type": error_type, "message": message}})
-    click.echo(f"Error: {message}", err=True)
+    try:
+        if json_requested():
+            emit_json({"error": {"type": error_type, "message": message}})
+        click.echo(f"Error: {message}", err=True)
+    except (OSError, KeyboardInterrupt):  # nobody is listening any more: the code still counts
+        from gpushopper.core.interrupts import silence_std_streams
+
+        silence_std_streams()
     return exit_code
 
 
@@ -213,16 +246,20 @@ def setup_logging() -> None:
 
 
 def run(cli: click.Command, argv: Sequence[str] | None = None) -> int:
-    """Run the Click tree; turn every outcome into an exit code."""
+    """Run the Click tree; turn every outcome into an exit code (128 + N after signal N)."""
     args = list(sys.argv[1:] if argv is None else argv)
     _mode["json"] = "--json" in args
     _mode["verbose"] = any(a in ("-v", "--verbose") for a in args[:3])
+    loaded = sys.modules.get("gpushopper.core.interrupts")
+    if loaded is not None:  # an earlier command in this process (tests): forget its signal
+        loaded.reset()
     try:
         result = cli.main(args=args, prog_name="gpu-shopper", standalone_mode=False)
     except click.exceptions.Exit as exc:
         return int(exc.exit_code or 0)
-    except click.exceptions.Abort:
-        return fail("interrupted", "interrupted", 130)
+    except click.exceptions.Abort as exc:
+        # Click turns a KeyboardInterrupt (ours carry the signal) into Abort.
+        return _interrupted(getattr(exc.__cause__, "signum", None))
     except click.UsageError as exc:
         hint = ""
         if exc.ctx is not None:
@@ -232,10 +269,15 @@ def run(cli: click.Command, argv: Sequence[str] | None = None) -> int:
         return fail("usage", exc.format_message(), exc.exit_code or 1)
     except GpuShopperError as exc:
         return fail(exc.type, str(exc), exc.exit_code)
-    except KeyboardInterrupt:
-        return fail("interrupted", "interrupted", 130)
+    except KeyboardInterrupt as exc:
+        return _interrupted(getattr(exc, "signum", None))
     except BrokenPipeError:
-        return 1
+        import signal
+
+        from gpushopper.core import interrupts
+
+        interrupts.silence_std_streams()
+        return 128 + (interrupts.last_signal() or signal.SIGPIPE)
     except Exception as exc:  # the last line of defence: no traceback unless asked
         if debug_enabled():
             import traceback
@@ -246,3 +288,12 @@ def run(cli: click.Command, argv: Sequence[str] | None = None) -> int:
     if isinstance(result, int):
         return result
     return 0
+
+
+def _interrupted(signum: int | None) -> int:
+    import signal
+
+    from gpushopper.core import interrupts
+
+    signum = signum or interrupts.last_signal() or signal.SIGINT
+    return fail("interrupted", f"interrupted by {interrupts.signal_name(signum)}", 128 + signum)

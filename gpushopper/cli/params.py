@@ -10,9 +10,16 @@ from gpushopper.core.units import parse_duration
 
 
 class DurationType(click.ParamType):
-    """``90s``, ``45m``, ``2h``, ``1h30m`` -> seconds (float)."""
+    """``90s``, ``45m``, ``2h``, ``1h30m`` -> seconds (float), always longer than zero.
+
+    A bare number is refused (``--interval 30`` once meant 30 hours) unless the option is
+    named after its unit: ``HOURS`` takes ``--hours 3`` as three hours.
+    """
 
     name = "DURATION"
+
+    def __init__(self, bare_unit: str | None = None) -> None:
+        self.bare_unit = bare_unit
 
     def convert(
         self, value: Any, param: click.Parameter | None, ctx: click.Context | None
@@ -20,12 +27,10 @@ class DurationType(click.ParamType):
         if isinstance(value, float):
             return value
         try:
-            seconds = parse_duration(value)
+            return parse_duration(value, bare_unit=self.bare_unit)
         except ValueError as exc:
             self.fail(str(exc), param, ctx)
-        if seconds <= 0:
-            self.fail(f"{value!r} must be longer than zero", param, ctx)
-        return seconds
 
 
 DURATION = DurationType()
+HOURS = DurationType(bare_unit="h")  # --hours 3 is three hours: the unit is the flag's name

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 from datetime import timedelta
 from typing import Any
@@ -19,7 +18,7 @@ from gpushopper.cli.filters import (
     offer_cache,
 )
 from gpushopper.cli.output import emit_json, info, json_option, print_kv
-from gpushopper.cli.params import DURATION
+from gpushopper.cli.params import DURATION, HOURS
 from gpushopper.core.errors import UsageError
 from gpushopper.core.units import format_duration, iso
 
@@ -79,7 +78,7 @@ def _warn_about_budget(app: App, projected: float) -> None:
 
     now = app.clock()
     start, end = parse_month(now.strftime("%Y-%m"))
-    spent = sum(month_cost(r, start, end, now) for r in app.store.sessions().values())
+    spent = sum(month_cost(r, start, end, now) for r in app.sessions().values())
     if spent + projected > budget:
         from gpushopper.cli.output import warn
 
@@ -104,7 +103,10 @@ def _warn_about_budget(app: App, projected: float) -> None:
     "--image", metavar="IMAGE", help="Container (Vast.ai) or OS image (TensorDock) to boot."
 )
 @click.option(
-    "--hours", type=DURATION, metavar="DURATION", help="Reservation, e.g. 90m or 2h (default 2h)."
+    "--hours",
+    type=HOURS,
+    metavar="DURATION",
+    help="Reservation, e.g. 90m, 2h or 3 (hours) (default 2h).",
 )
 @click.option("--consumer", metavar="NAME", help="Who this rental is for (cost reports).")
 @click.option(
@@ -123,7 +125,7 @@ def _warn_about_budget(app: App, projected: float) -> None:
     "--timeout",
     type=DURATION,
     metavar="DURATION",
-    help="Boot timeout (default 15m; heavy images take minutes).",
+    help="Boot timeout with a unit, e.g. 25m (default 15m; heavy images take minutes).",
 )
 @click.option(
     "--no-verify", is_flag=True, help="Skip the SSH check of GPUs, driver, CUDA and disk."
@@ -147,8 +149,17 @@ def provision(app: App, offer_id: str | None, **opts: Any) -> None:
     check its GPUs over SSH and print a ready-to-paste ssh command.
 
     The session is recorded before anything is created; a failed boot is destroyed and
-    never left running; Ctrl-C destroys what was created and exits 130.
+    never left running. Until the hand-off is printed, Ctrl-C, SIGTERM, SIGHUP (a closed
+    terminal) or a closed output pipe destroys what was created, confirms it is gone and
+    exits 128 + the signal (130 for Ctrl-C, 141 for a closed pipe).
     """
+    from gpushopper.core import interrupts
+
+    with interrupts.destroy_on_signals():
+        _provision(app, offer_id, **opts)
+
+
+def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
     from gpushopper.core.inventory import split_offer_id
     from gpushopper.core.provisioner import ProvisionRequest
 
@@ -235,18 +246,21 @@ def provision(app: App, offer_id: str | None, **opts: Any) -> None:
             err=True,
         )
 
-    def _terminate(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, _terminate)
-    try:
-        session = provisioner.provision(req, candidates)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    from gpushopper.cli.output import flush_output
     from gpushopper.core.sessions import public_view
 
-    view = public_view(session, app.clock())
-    if opts["as_json"]:
-        emit_json(view)
-    else:
-        print_session(view)
+    session: dict[str, Any] | None = None
+    try:
+        session = provisioner.provision(req, candidates)
+        view = public_view(session, app.clock())
+        if opts["as_json"]:
+            emit_json(view)
+        else:
+            print_session(view)
+        flush_output()
+    except KeyboardInterrupt as exc:
+        if session is None:
+            raise  # nothing is running: every attempt cleaned up after itself
+        # The hand-off reached no one (a signal or a closed pipe while printing it): the
+        # new session is destroyed too, rather than left running unseen.
+        raise provisioner.undo(session, exc) from None

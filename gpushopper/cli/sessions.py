@@ -10,7 +10,7 @@ import click
 
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.output import emit_json, info, json_option, print_table
-from gpushopper.cli.params import DURATION
+from gpushopper.cli.params import HOURS
 from gpushopper.core.errors import SshError, UsageError
 from gpushopper.core.units import format_duration, iso, parse_iso
 
@@ -20,7 +20,7 @@ def _views(app: App, show_all: bool, consumer: str | None) -> list[dict[str, Any
 
     now = app.clock()
     out = []
-    for record in app.store.sessions().values():
+    for record in app.sessions().values():
         if not show_all and record.get("status") in DONE:
             continue
         if consumer and record.get("consumer") != consumer:
@@ -169,10 +169,10 @@ def shutdown(app: App, session_id: str, as_json: bool) -> None:
 @click.argument("session_id")
 @click.option(
     "--hours",
-    type=DURATION,
+    type=HOURS,
     required=True,
     metavar="DURATION",
-    help="Add this much time, e.g. 30m or 2h.",
+    help="Add this much time, e.g. 30m, 2h or 1 (hours).",
 )
 @click.option("--override", is_flag=True, help="Allow going past the hard maximum (recorded).")
 @json_option

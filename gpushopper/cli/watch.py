@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
+import select
 import signal
-import threading
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +13,7 @@ import click
 
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.params import DURATION
-from gpushopper.core.errors import GpuShopperError, StateError
-from gpushopper.core.sessions import LIVE
+from gpushopper.core.errors import StateError
 from gpushopper.core.units import iso
 
 
@@ -30,13 +29,17 @@ class PidLock:
 
         from gpushopper.state.fs import LinkRefused, open_nofollow, private_dir
 
-        private_dir(self.path.parent)
         try:
+            private_dir(self.path.parent)
             fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         except LinkRefused:
             raise StateError(
                 f"pidfile {self.path} is a symbolic link; gpu-shopper does not follow links "
                 "in its own folders (another user may have planted it): move it away"
+            ) from None
+        except OSError as exc:
+            raise StateError(
+                f"cannot write the watch pidfile {self.path}: {exc.strerror}"
             ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -58,71 +61,6 @@ class PidLock:
             finally:
                 os.close(self.fd)
                 self.fd = None
-
-
-class Metrics:
-    """Prometheus text format for node_exporter's textfile collector, written atomically."""
-
-    def __init__(self, path: Path | None) -> None:
-        self.path = path
-        self.actions: dict[str, int] = {}
-        self.last_success: float | None = None
-        self.ticks_failed = 0
-
-    def count(self, kind: str) -> None:
-        self.actions[kind] = self.actions.get(kind, 0) + 1
-
-    def write(self, app: App, orphans: int) -> None:
-        if self.path is None:
-            return
-        from gpushopper.state.atomic import atomic_write_text
-
-        by_status: dict[str, int] = {}
-        rate = 0.0
-        try:
-            sessions = app.store.sessions()
-        except GpuShopperError:
-            sessions = {}
-        for record in sessions.values():
-            status = record.get("status") or "unknown"
-            by_status[status] = by_status.get(status, 0) + 1
-            if status in LIVE and record.get("price_per_hour"):
-                rate += float(record["price_per_hour"])
-        lines = [
-            "# HELP gpu_shopper_sessions Sessions in the state file by status.",
-            "# TYPE gpu_shopper_sessions gauge",
-        ]
-        for status in (
-            "creating",
-            "provisioning",
-            "verifying",
-            "running",
-            "ending",
-            "ended",
-            "failed",
-        ):
-            lines.append(f'gpu_shopper_sessions{{status="{status}"}} {by_status.get(status, 0)}')
-        lines += [
-            "# HELP gpu_shopper_cost_rate_usd_per_hour Sum of the hourly prices of live sessions.",
-            "# TYPE gpu_shopper_cost_rate_usd_per_hour gauge",
-            f"gpu_shopper_cost_rate_usd_per_hour {rate:.6f}",
-            "# HELP gpu_shopper_orphans Instances of ours with no live session, seen on the last tick.",
-            "# TYPE gpu_shopper_orphans gauge",
-            f"gpu_shopper_orphans {orphans}",
-            "# HELP gpu_shopper_actions_total Actions carried out, by kind.",
-            "# TYPE gpu_shopper_actions_total counter",
-        ]
-        for kind in sorted(self.actions):
-            lines.append(f'gpu_shopper_actions_total{{action="{kind}"}} {self.actions[kind]}')
-        lines += [
-            "# HELP gpu_shopper_failed_ticks_total Ticks with a provider or state error.",
-            "# TYPE gpu_shopper_failed_ticks_total counter",
-            f"gpu_shopper_failed_ticks_total {self.ticks_failed}",
-            "# HELP gpu_shopper_last_successful_tick_timestamp_seconds When a tick last completed cleanly.",
-            "# TYPE gpu_shopper_last_successful_tick_timestamp_seconds gauge",
-            f"gpu_shopper_last_successful_tick_timestamp_seconds {self.last_success or 0:.3f}",
-        ]
-        atomic_write_text(self.path, "\n".join(lines) + "\n", mode=0o644, make_parents=False)
 
 
 def _line(app: App, outcome: Any) -> str:
@@ -157,11 +95,15 @@ def _line(app: App, outcome: Any) -> str:
     metavar="DURATION",
     help="Time between passes.",
 )
-@click.option("--once", is_flag=True, help="Run one pass and exit (no destroy-on-exit).")
+@click.option(
+    "--once",
+    is_flag=True,
+    help="Run one pass and exit (no destroy-on-exit); exit 1 if anything was not seen.",
+)
 @click.option(
     "--keep-on-exit",
     is_flag=True,
-    help="On SIGTERM/SIGINT leave sessions running and print their deadlines.",
+    help="On Ctrl-C/SIGTERM/SIGHUP leave sessions running and print their deadlines.",
 )
 @click.option(
     "--metrics-file",
@@ -181,14 +123,17 @@ def watch(
     metrics_file: str | None,
     include_foreign: bool,
 ) -> int:
-    """Enforce reservations and the hard maximum, destroy orphans, and on SIGTERM/SIGINT
-    destroy every guarded session (unless --keep-on-exit).
+    """Enforce reservations and the hard maximum, destroy orphans, and on Ctrl-C, SIGTERM
+    or SIGHUP destroy every guarded session (unless --keep-on-exit); it says so at start.
 
     Logs one line per action to stderr. Provider and network errors are logged and
-    retried on the next pass, never fatal. Only one watch runs per home folder.
+    retried on the next pass, never fatal. Only one watch runs per home folder. Refuses to
+    start with no provider credentials (exit 2). --once exits 1 when any provider could not
+    be listed or any session could not be enforced; a stop exits 128 + the signal.
     """
-    from gpushopper.core.alerts import Alerter
-    from gpushopper.core.enforcer import Enforcer, policy_from_settings
+    from gpushopper.core.enforcer import Enforcer
+    from gpushopper.core.errors import NoProviderConfigured
+    from gpushopper.core.interrupts import KEEP_IGNORED, silence_std_streams
 
     if metrics_file and not Path(metrics_file).expanduser().parent.is_dir():
         from gpushopper.core.errors import UsageError
@@ -198,21 +143,94 @@ def watch(
             f"{Path(metrics_file).expanduser().parent} (it is not created for you)"
         )
 
+    # A self-pipe, not a threading.Event: a signal handler that takes a lock the interrupted
+    # code holds deadlocks, and os.write never does. Opened once the pidfile is ours.
+    wake_r = wake_w = -1
+    received: list[int] = []
+
+    def request_stop(signum: int) -> None:
+        received.append(signum)
+        try:
+            os.write(wake_w, b"!")
+        except OSError:
+            pass  # the pipe is full: a wake-up is pending already
+
+    def wait(seconds: float) -> bool:
+        """Sleep up to ``seconds``; True (at once) when a stop was requested."""
+        if not received:
+            select.select([wake_r], [], [], max(0.0, seconds))
+        return bool(received)
+
     def emit(message: str) -> None:
         from gpushopper.core.redact import redact
 
-        click.echo(redact(message), err=True)  # the watch log is kept: never a secret in it
+        try:
+            click.echo(redact(message), err=True)  # the watch log is kept: never a secret in it
+        except OSError:  # the log reader went away (| head): a stop, like SIGPIPE
+            silence_std_streams()
+            request_stop(signal.SIGPIPE)
 
+    enforcer = Enforcer(
+        store=app.store,
+        provider_factory=app.provider,
+        providers=list(app.settings.get("defaults.providers")),
+        clock=app.clock,
+        sleep=app.sleep,
+        mono=app.mono,
+        ssh_config_path=app.paths.ssh_config_file,
+        log=emit,
+    )
+    if not enforcer.configured():
+        raise NoProviderConfigured()  # guarding nothing is not guarding: exit 2
     lock = PidLock(app.paths.pid_file)
     lock.acquire()
-    stop = threading.Event()
-    received: list[int] = []
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    previous: dict[int, Any] = {}
+    try:
+        for sig in (int(signal.SIGTERM), int(signal.SIGINT), int(signal.SIGHUP)):
+            if signal.getsignal(sig) is signal.SIG_IGN and sig in KEEP_IGNORED:
+                continue  # nohup: the user asked to outlive the terminal
+            # Only noted: a second Ctrl-C during the shutdown destroys cannot cut them short.
+            previous[sig] = signal.signal(sig, lambda signum, frame: request_stop(signum))
+        return _run(
+            app,
+            enforcer,
+            emit=emit,
+            wait=wait,
+            received=received,
+            interval=interval,
+            once=once,
+            keep_on_exit=keep_on_exit,
+            metrics_file=metrics_file,
+            include_foreign=include_foreign,
+        )
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        lock.release()
+        os.close(wake_r)
+        os.close(wake_w)
 
-    def on_signal(signum: int, frame: Any) -> None:
-        received.append(signum)
-        stop.set()
 
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+def _run(
+    app: App,
+    enforcer: Any,
+    *,
+    emit: Callable[[str], None],
+    wait: Callable[[float], bool],
+    received: list[int],
+    interval: float,
+    once: bool,
+    keep_on_exit: bool,
+    metrics_file: str | None,
+    include_foreign: bool,
+) -> int:
+    """The daemon proper, with the pidfile held and the signals routed to ``wait``."""
+    from gpushopper.core.alerts import Alerter
+    from gpushopper.core.enforcer import policy_from_settings
+    from gpushopper.core.watcher import Metrics, Watcher
+
     alerter = Alerter(app.settings.get("alerts.webhook_url"), emit)
     metrics = Metrics(Path(metrics_file) if metrics_file else None)
 
@@ -234,67 +252,21 @@ def watch(
             },
         )
 
-    enforcer = Enforcer(
-        store=app.store,
-        provider_factory=app.provider,
-        providers=list(app.settings.get("defaults.providers")),
+    enforcer.on_outcome = on_outcome
+    watcher = Watcher(
+        enforcer=enforcer,
+        policy=policy_from_settings(app.settings, include_foreign),
+        interval_s=interval,
         clock=app.clock,
-        sleep=app.sleep,
-        mono=app.mono,
-        ssh_config_path=app.paths.ssh_config_file,
-        on_outcome=on_outcome,
+        emit=emit,
+        wait=wait,
+        metrics=metrics,
+        keep_on_exit=keep_on_exit,
     )
-    emit(f"{iso(app.clock())} watch started pid={os.getpid()} interval={interval:g}s")
-    if not enforcer.configured():
-        emit(f"{iso(app.clock())} warning: no provider has credentials; nothing can be watched")
-    policy = policy_from_settings(app.settings, include_foreign)
-    try:
-        while True:
-            tick_started = time.monotonic()
-            try:
-                report = enforcer.tick(policy)
-                for name, message in report.provider_errors.items():
-                    emit(
-                        f"{iso(app.clock())} error provider={name}: {message} (retrying next pass)"
-                    )
-                orphans = sum(1 for o in report.outcomes if o.action.kind == "destroy_orphan")
-                if report.ok:
-                    metrics.last_success = time.time()
-                else:
-                    metrics.ticks_failed += 1
-                metrics.write(app, orphans)
-            except GpuShopperError as exc:
-                metrics.ticks_failed += 1
-                emit(f"{iso(app.clock())} error: {exc} (retrying next pass)")
-            except Exception as exc:  # the daemon must outlive surprises
-                metrics.ticks_failed += 1
-                emit(f"{iso(app.clock())} error: {type(exc).__name__}: {exc} (retrying next pass)")
-            # A fixed schedule: the pass's own work counts against the interval.
-            if once or stop.wait(max(0.0, interval - (time.monotonic() - tick_started))):
-                break
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        try:
-            if received:
-                name = signal.Signals(received[0]).name
-                if keep_on_exit:
-                    emit(f"{iso(app.clock())} {name}: leaving sessions running (--keep-on-exit)")
-                    for session_id, record in sorted(app.store.sessions().items()):
-                        if record.get("status") in LIVE:
-                            emit(
-                                f"  session={session_id} reservation_ends_at={record.get('reservation_ends_at')} "
-                                f"hard_max_at={record.get('hard_max_at')}"
-                            )
-                else:
-                    emit(f"{iso(app.clock())} {name}: destroying every guarded session before exit")
-                    outcomes = enforcer.end_all(f"watch stopped by {name}")
-                    left = [o for o in outcomes if o.result == "failed"]
-                    if left:
-                        emit(
-                            f"{iso(app.clock())} {len(left)} sessions could not be destroyed: run cleanup-orphans"
-                        )
-                        return 1
-        finally:
-            lock.release()
-    return 0
+    watcher.announce(os.getpid(), once)
+    ok = watcher.run(once=once)
+    if received and once:
+        return 128 + received[0]  # --once never destroys on exit; the pass finished first
+    if received:
+        return watcher.shutdown(received[0])
+    return 0 if ok else 1

@@ -1,4 +1,11 @@
-"""Carry out lifecycle actions: the I/O half of ``watch`` and ``cleanup-orphans``."""
+"""Carry out lifecycle actions: the I/O half of ``watch`` and ``cleanup-orphans``.
+
+Blind is never clear: a provider that cannot be listed (or answers a listing that does not
+hold together), a provider with live sessions but no credentials, and a session record
+that cannot be enforced all make the pass not ``ok``. Nothing is concluded from what a
+failed listing does not show, and a session is closed as gone only once the provider
+answers that its instance is gone (not merely absent from a list).
+"""
 
 from __future__ import annotations
 
@@ -9,22 +16,33 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gpushopper.core.errors import GpuShopperError, MissingCredentials
+from gpushopper.core.errors import (
+    GpuShopperError,
+    MissingCredentials,
+    StateWriteError,
+    Unavailable,
+)
 from gpushopper.core.lifecycle import (
+    BOOTING,
     DESTROY_ORPHAN,
     DESTROY_SESSION,
     MARK_ENDED,
+    REPORT_BAD_RECORD,
     REPORT_FOREIGN,
+    REPORT_MALFORMED,
     WARN,
     Action,
     Policy,
     plan,
 )
 from gpushopper.core.models import Instance
-from gpushopper.core.provisioner import destroy_and_confirm
-from gpushopper.core.sessions import close_record, refresh_ssh_config
-from gpushopper.core.teardown import end_session
+from gpushopper.core.owner import GONE, owner_state
+from gpushopper.core.sessions import LIVE, close_record, refresh_ssh_config, split_records
+from gpushopper.core.teardown import destroy_and_confirm, end_session
 from gpushopper.core.units import iso
+
+REPORTS = (REPORT_FOREIGN, REPORT_MALFORMED, REPORT_BAD_RECORD)
+FAILED = ("failed", "unrecorded")  # outcomes that make a pass not ok
 
 DESTROY_WORKERS = 8
 
@@ -32,7 +50,9 @@ DESTROY_WORKERS = 8
 @dataclass
 class Outcome:
     action: Action
-    result: str  # destroyed | marked_ended | warned | left | failed
+    # destroyed | marked_ended | warned | left | failed | unrecorded (destroyed and
+    # confirmed gone, but the state file could not be written)
+    result: str
     error: str | None = None
 
 
@@ -43,7 +63,29 @@ class TickReport:
     providers_listed: list[str] = field(default_factory=list)
     instances: dict[str, list[Instance]] = field(default_factory=dict)
     install_id: str | None = None
+    bad_records: dict[str, str] = field(default_factory=dict)  # session id -> why skipped
+    listed_at: dict[str, float] = field(default_factory=dict)  # provider -> epoch of its list
     ok: bool = True
+
+
+def consistent(name: str, listed: list[Instance]) -> list[Instance]:
+    """A listing, each real id once; one that names an id twice with different labels
+    does not hold together (a foreign instance once came back under our label) and is
+    not believed."""
+    by_id: dict[str, Instance] = {}
+    out: list[Instance] = []
+    for inst in listed:
+        first = by_id.get(inst.instance_id)
+        if first is None:
+            by_id[inst.instance_id] = inst
+            out.append(inst)
+        elif first.label != inst.label:
+            raise Unavailable(
+                name,
+                f"the instance list names instance {inst.instance_id} twice, labelled "
+                f"{first.label!r} and {inst.label!r}; not believed",
+            )
+    return out
 
 
 class Enforcer:
@@ -88,11 +130,14 @@ class Enforcer:
         return names
 
     def gather(self, report: TickReport) -> dict[str, list[Instance]]:
+        """Each configured provider's listing; a failed or inconsistent one is left out
+        (so nothing is concluded from it) and recorded as an error."""
         instances: dict[str, list[Instance]] = {}
         for name in self.configured():
             try:
-                instances[name] = self.client(name).list_instances()
+                instances[name] = consistent(name, self.client(name).list_instances())
                 report.providers_listed.append(name)
+                report.listed_at[name] = self.clock().timestamp()
             except GpuShopperError as exc:
                 report.provider_errors[name] = str(exc)
                 report.ok = False
@@ -108,7 +153,26 @@ class Enforcer:
         state = self.store.read() if self.store.exists() else {"sessions": {}}
         report.install_id = state.get("install_id")
         policy = replace(policy, install_id=report.install_id)
-        return plan(state["sessions"], instances, self.clock(), policy)
+        good, report.bad_records = split_records(state["sessions"])
+        if report.bad_records:
+            report.ok = False
+        # Live sessions at a provider this pass could not even ask: blind, not clear.
+        configured = set(self.configured())
+        unseen: dict[str, int] = {}
+        for record in good.values():
+            if record.get("status") in LIVE and record["provider"] not in configured:
+                unseen[record["provider"]] = unseen.get(record["provider"], 0) + 1
+        for name, count in sorted(unseen.items()):
+            report.provider_errors.setdefault(
+                name, f"no credentials, so {count} live session(s) there cannot be checked"
+            )
+            report.ok = False
+        gone_owners = {
+            session_id
+            for session_id, record in good.items()
+            if record.get("status") in BOOTING and owner_state(record.get("owner")) == GONE
+        }
+        return plan(state["sessions"], instances, self.clock(), policy, gone_owners)
 
     def execute(self, action: Action, *, destroy: bool = True) -> Outcome:
         try:
@@ -116,11 +180,19 @@ class Enforcer:
                 if action.session_id:
                     self.store.update_session(action.session_id, warned_at=iso(self.clock()))
                 outcome = Outcome(action, "warned")
-            elif action.kind == REPORT_FOREIGN or not destroy:
+            elif action.kind in REPORTS or not destroy:
                 outcome = Outcome(action, "left")
             elif action.kind == MARK_ENDED:
-                self._mark_ended(action)
-                outcome = Outcome(action, "marked_ended")
+                if self._confirmed_gone(action):
+                    self._mark_ended(action)
+                    outcome = Outcome(action, "marked_ended")
+                else:
+                    outcome = Outcome(
+                        action,
+                        "failed",
+                        f"the list left instance {action.instance_id} out, but the provider "
+                        "still has it: a partial listing; nothing closed",
+                    )
             elif action.kind == DESTROY_SESSION:
                 assert action.session_id
                 end_session(
@@ -132,25 +204,38 @@ class Enforcer:
                     ssh_config_path=self.ssh_config_path,
                     sleep=self.sleep,
                     mono=self.mono,
+                    log=self.log,
                 )
                 outcome = Outcome(action, "destroyed")
             elif action.kind == DESTROY_ORPHAN:
-                assert action.instance_id
+                assert action.instance_id and action.label
+                # Known only from a listing: destroyed only if it carries that label now.
                 destroy_and_confirm(
                     self.client(action.provider),
                     action.instance_id,
+                    label=action.label,
                     sleep=self.sleep,
                     mono=self.mono,
                 )
                 outcome = Outcome(action, "destroyed")
             else:
                 outcome = Outcome(action, "left")
+        except StateWriteError as exc:
+            # end_session raises it only after the destroy: say what did happen.
+            destroyed = action.kind == DESTROY_SESSION
+            outcome = Outcome(action, "unrecorded" if destroyed else "failed", str(exc))
         except GpuShopperError as exc:
             outcome = Outcome(action, "failed", str(exc))
         except Exception as exc:  # a bug in one action must not stop the others in a pass
             outcome = Outcome(action, "failed", f"{type(exc).__name__}: {exc}")
         self.on_outcome(outcome)
         return outcome
+
+    def _confirmed_gone(self, action: Action) -> bool:
+        """Absent from a list is not gone: the provider must answer for the instance."""
+        if not action.instance_id:
+            return True  # never created as far as we know; the policy waited out the create
+        return self.client(action.provider).get_instance(action.instance_id) is None
 
     def _mark_ended(self, action: Action) -> None:
         assert action.session_id
@@ -178,7 +263,7 @@ class Enforcer:
             return report
         for outcome in self.execute_all(actions, destroy=destroy):
             report.outcomes.append(outcome)
-            if outcome.result == "failed":
+            if outcome.result in FAILED:
                 report.ok = False
         return report
 
@@ -201,10 +286,9 @@ class Enforcer:
 
     def end_all(self, reason: str) -> list[Outcome]:
         """Destroy every live session (watch's shutdown rule), confirming each is gone."""
-        from gpushopper.core.sessions import LIVE
-
         outcomes: list[Action] = []
-        for session_id, record in sorted(self.store.sessions().items()):
+        good, _ = split_records(self.store.sessions())
+        for session_id, record in sorted(good.items()):
             if record.get("status") not in LIVE:
                 continue
             action = Action(

@@ -100,6 +100,16 @@ class StateError(GpuShopperError):
     type = "state"
 
 
+class StateWriteError(StateError):
+    """The state file could not be written (disk full, read-only home): exit 1."""
+
+
+class NotOurs(ProviderError):
+    """An instance does not carry the label that would make it ours: never destroyed."""
+
+    type = "not_ours"
+
+
 class SshError(GpuShopperError):
     type = "ssh"
 
@@ -112,7 +122,13 @@ class NeedsAttention(GpuShopperError):
 
 
 class Interrupted(GpuShopperError):
-    """Ctrl-C, after cleanup: exit 130."""
+    """Interrupted by signal N (or a closed pipe, 13), after cleanup: exit 128 + N
+    (130 for Ctrl-C)."""
 
     exit_code = 130
     type = "interrupted"
+
+    def __init__(self, message: str, signum: int = 2) -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum

@@ -105,6 +105,19 @@ class JournaledProvider:
 
         return call
 
+    def note(self, op: str, **fields: Any) -> None:
+        """Record an outcome that is not a provider call (say, a state file that could not
+        be written after a destroy), when the journal can be written at all."""
+        self._record(
+            {
+                "time": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
+                "pid": os.getpid(),
+                "provider": getattr(self._inner, "NAME", "?"),
+                "op": op,
+                **fields,
+            }
+        )
+
     def _record(self, event: dict[str, Any]) -> None:
         try:
             append(self._path, event)

@@ -1,7 +1,8 @@
 """The safety policy as a pure function: (sessions, provider instances, now) -> actions.
 
 No I/O here: ``watch`` and ``cleanup-orphans`` carry the actions out, so every branch is
-tested with a fake clock and plain lists.
+tested with a fake clock and plain lists. What needs I/O to know (is a booting session's
+owner process still alive?) comes in as an argument.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gpushopper.core.models import Instance
-from gpushopper.core.sessions import LIVE, parse_label
+from gpushopper.core.sessions import LIVE, looks_like_ours, parse_label, split_records
 from gpushopper.core.units import parse_iso
 
 # action kinds
@@ -20,6 +21,8 @@ DESTROY_SESSION = "destroy_session"
 MARK_ENDED = "mark_ended"
 DESTROY_ORPHAN = "destroy_orphan"
 REPORT_FOREIGN = "report_foreign"
+REPORT_MALFORMED = "report_malformed"  # a gpu-shopper label not of our shape: never destroyed
+REPORT_BAD_RECORD = "report_bad_record"  # a session record that cannot be enforced: skipped
 
 BOOTING = ("creating", "provisioning", "verifying")
 
@@ -53,24 +56,45 @@ def _age(record: dict[str, Any], now: datetime) -> float | None:
 
 
 def plan(
-    sessions: dict[str, dict[str, Any]],
+    sessions: dict[str, Any],
     instances: dict[str, list[Instance]],
     now: datetime,
     policy: Policy,
+    gone_owners: frozenset[str] | set[str] = frozenset(),
 ) -> list[Action]:
     """What to do now.
 
     ``instances`` holds, per provider, the full list the provider just returned; a provider
-    missing from it could not be listed, so nothing is concluded from absence there.
+    missing from it could not be listed, so nothing is concluded from absence there (and a
+    session missing from a list is only a candidate for MARK_ENDED: the enforcer closes it
+    once the provider confirms the instance itself is gone). ``gone_owners`` names the
+    booting sessions whose owner process is known to be dead. A record that cannot be
+    enforced is reported and skipped, and the instances it may hold are left alone.
     """
     actions: list[Action] = []
     claimed: set[tuple[str, str]] = set()
+    good, bad = split_records(sessions)
+    # A broken record's instances are neither enforced nor orphans: left alone, reported.
+    held_by_bad: set[str] = set(bad)
+    held_ids: set[str] = set()
+    for session_id, why in sorted(bad.items()):
+        raw = sessions.get(session_id)
+        if isinstance(raw, dict):
+            if isinstance(raw.get("label"), str):
+                owner = parse_label(raw["label"])
+                if owner:
+                    held_by_bad.add(owner[1])
+            if isinstance(raw.get("instance_id"), (str, int)):
+                held_ids.add(str(raw["instance_id"]))
+        actions.append(
+            Action(REPORT_BAD_RECORD, "bad_record", "?", session_id=session_id, detail=why)
+        )
     by_label: dict[str, dict[str, Any]] = {}
-    for record in sessions.values():
+    for record in good.values():
         if record.get("label"):
             by_label[record["label"]] = record
 
-    for session_id, record in sorted(sessions.items()):
+    for session_id, record in sorted(good.items()):
         provider = record.get("provider") or "?"
         listed = instances.get(provider)
         match = None
@@ -134,6 +158,16 @@ def plan(
                         detail=f"still {status} after {int(age)}s",
                     )
                 )
+            elif session_id in gone_owners:
+                pid = (record.get("owner") or {}).get("pid")
+                actions.append(
+                    Action(
+                        DESTROY_SESSION,
+                        "owner_gone",
+                        **base,
+                        detail=f"still {status}, and its provision (pid {pid}) is gone",
+                    )
+                )
             continue
         if ends is not None and now >= ends:
             actions.append(
@@ -155,27 +189,40 @@ def plan(
                     )
                 )
 
-    # Instances nobody live claims.
+    # Instances nobody live claims (each real id once, however often a listing repeats it).
     for provider, listed in sorted(instances.items()):
+        seen: set[str] = set()
         for inst in listed:
-            if (provider, inst.instance_id) in claimed:
+            if (provider, inst.instance_id) in claimed or inst.instance_id in seen:
                 continue
-            owner = parse_label(inst.label)
-            if owner is None:
-                continue  # not ours: never touched
-            install, session_id = owner
+            seen.add(inst.instance_id)
             base = {
                 "provider": provider,
-                "session_id": session_id,
                 "instance_id": inst.instance_id,
                 "label": inst.label,
                 "age_seconds": (now.timestamp() - inst.started_at) if inst.started_at else None,
                 "price_per_hour": inst.price_per_hour,
             }
+            owner = parse_label(inst.label)
+            if owner is None:
+                if looks_like_ours(inst.label):
+                    actions.append(
+                        Action(
+                            REPORT_MALFORMED,
+                            "malformed_label",
+                            **base,
+                            detail="a gpu-shopper label not of this tool's shape; never destroyed",
+                        )
+                    )
+                continue  # not ours: never touched
+            install, session_id = owner
+            base["session_id"] = session_id
             if policy.install_id is None or install != policy.install_id:
                 kind = DESTROY_ORPHAN if policy.include_foreign else REPORT_FOREIGN
                 actions.append(Action(kind, "foreign", **base, detail=f"install id {install}"))
                 continue
+            if session_id in held_by_bad or inst.instance_id in held_ids:
+                continue  # its record is broken (reported above): leave it be
             owner_record = by_label.get(inst.label or "")
             if owner_record is None:
                 actions.append(

@@ -1,13 +1,16 @@
 """Offer -> instance -> running -> verified over SSH -> handed off, never leaking one.
 
-Intent before action: the session (status ``creating``, label, key path) is saved before
-the provider is asked to create anything. A create that errors is followed by a lookup by
-label, never a second create. Every failure after the instance exists destroys it and
-waits until the provider confirms it is gone.
+Intent before action: the session (status ``creating``, label, key path, owner process) is
+saved before the provider is asked to create anything. A create that errors is followed by
+a lookup by label, never a second create, and a create answer is trusted only when the
+instance it names carries our label. Every failure after the create (a failed boot, a
+signal, a closed output pipe, a crash) destroys what was created through
+``core/teardown.py``, confirms it is gone, records it, and only then says so.
 """
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -15,29 +18,40 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from gpushopper.core import interrupts
 from gpushopper.core.errors import (
     GpuShopperError,
     Interrupted,
     NotFound,
-    ProviderError,
     SshError,
-    Unavailable,
+    StateError,
     UsageError,
 )
 from gpushopper.core.inventory import machine_key, search, split_offer_id
 from gpushopper.core.models import Instance, LaunchSpec, Offer, OfferQuery, Template, gpu_matches
 from gpushopper.core.redact import clip
+from gpushopper.core.owner import current_owner
 from gpushopper.core.sessions import close_record, make_label, refresh_ssh_config
+from gpushopper.core.teardown import (
+    LABEL_WAIT_S,
+    destroy_and_confirm,
+    find_by_label,
+    note_in_journal,
+    wait_for_label,
+)
 from gpushopper.core.units import format_duration, iso, parse_iso
 
 SUPPRESS_AFTER = 2  # failures before an offer/machine is suppressed
 SUPPRESS_FOR = timedelta(hours=1)
 FORGET_AFTER = timedelta(hours=24)
-DESTROY_CONFIRM_S = 120.0
 
 
 class BootFailed(GpuShopperError):
     """One attempt failed; its instance (if any) is already destroyed."""
+
+    def __init__(self, message: str, *, cleaned_up: bool = False) -> None:
+        super().__init__(message)
+        self.cleaned_up = cleaned_up  # the cleanup ran already: do not run it twice
 
 
 class ProvisionFailed(GpuShopperError):
@@ -88,50 +102,24 @@ def record_failure(store: Any, offer: Offer, reason: str, now: datetime) -> None
             health[key] = entry
 
 
-def find_by_label(provider: Any, label: str) -> Instance | None:
-    for instance in provider.list_instances():
-        if instance.label == label:
-            return instance
-    return None
+@dataclass
+class Cleanup:
+    """What the cleanup of one attempt did; said only once it is done."""
 
+    instance_id: str | None
+    destroyed: bool = False
+    error: str | None = None  # why the destroy could not be confirmed
+    state_error: str | None = None  # why the outcome could not be written down
 
-def destroy_and_confirm(
-    provider: Any,
-    instance_id: str,
-    *,
-    sleep: Callable[[float], None] = time.sleep,
-    mono: Callable[[], float] = time.monotonic,
-    timeout_s: float = DESTROY_CONFIRM_S,
-) -> None:
-    """Destroy, then poll until the provider no longer has the instance (re-destroying
-    once half-way). Raises ProviderError if it is still there at the end."""
-    for attempt in range(3):
-        try:
-            provider.destroy_instance(instance_id)
-            break
-        except Unavailable:
-            if attempt == 2:
-                raise
-            sleep(1.0 + attempt)
-    deadline = mono() + timeout_s
-    delay = 0.5
-    reissued = False
-    while True:
-        instance = provider.get_instance(instance_id)
-        if instance is None:
-            return
-        remaining = deadline - mono()
-        if remaining <= 0:
-            raise ProviderError(
-                provider.NAME,
-                f"instance {instance_id} still exists after destroy ({instance.raw_status}); "
-                "run 'gpu-shopper cleanup-orphans --yes'",
+    def summary(self) -> str:
+        if self.instance_id is None:
+            return "no instance had been created"
+        if self.error:
+            return (
+                f"destroying instance {self.instance_id} was NOT confirmed ({self.error}); "
+                "run 'gpu-shopper cleanup-orphans --yes'"
             )
-        if not reissued and remaining < timeout_s / 2:
-            provider.destroy_instance(instance_id)
-            reissued = True
-        sleep(min(delay, max(remaining, 0.05)))
-        delay = min(delay * 2, 10.0)
+        return f"instance {self.instance_id} destroyed (the provider confirms it is gone)"
 
 
 def _check_ssh_details(instance: Instance, user: str) -> None:
@@ -256,14 +244,14 @@ class Provisioner:
                 continue
             tried += 1
             if tried > 1:
-                self.log(f"Trying the next offer: {candidate.offer.id}")
+                self._say(f"Trying the next offer: {candidate.offer.id}")
             try:
                 return self.attempt(req, candidate)
             except BootFailed as exc:
                 failures.append(f"{candidate.offer.id}: {exc}")
                 if key:
                     failed_machines.add(key)
-                self.log(f"Attempt {tried} failed: {exc}")
+                self._say(f"Attempt {tried} failed: {exc}")
         summary = "; ".join(failures) or "no usable offer"
         raise ProvisionFailed(f"provisioning failed after {tried} attempt(s): {summary}")
 
@@ -306,6 +294,7 @@ class Provisioner:
             "instance_id": None,
             "label": label,
             "install_id": install_id,
+            "owner": current_owner(),  # watch/cleanup-orphans destroy it if we die meanwhile
             "gpu_name": offer.gpu_name,
             "num_gpus": offer.num_gpus,
             "vram_gb": offer.vram_gb,
@@ -340,7 +329,6 @@ class Provisioner:
         }
         onstart = self.deadline_script(provider, record) if self.deadline_script else None
         record["deadline_on_instance"] = bool(onstart)
-        self.store.put_session(record)  # intent before action
         spec = LaunchSpec(
             offer=offer,
             label=label,
@@ -351,121 +339,231 @@ class Provisioner:
             onstart=onstart,
             ssh_user=record["ssh"]["user"],
         )
-        self.log(
-            f"Renting {offer.id} ({offer.gpu_name} x{offer.num_gpus}, "
-            f"${offer.price_per_hour or 0:.3f}/h) as session {session_id}"
-        )
         instance_id: str | None = None
-        started = self.mono()
+        create_sent = False  # from here on an instance may exist: look for it by label
+        looked_up = False  # ...unless that lookup was done already
         try:
-            instance_id = provider.create_instance(spec)
-        except KeyboardInterrupt:
-            self._abort(
-                provider, offer, session_id, None, "interrupted (Ctrl-C)", record_health=False
+            self.store.put_session(record)  # intent before action
+            self._say(
+                f"Renting {offer.id} ({offer.gpu_name} x{offer.num_gpus}, "
+                f"${offer.price_per_hour or 0:.3f}/h) as session {session_id}"
             )
-            raise Interrupted(f"interrupted; session {session_id} cleaned up") from None
-        except GpuShopperError as exc:
-            found = self._lookup_after_failed_create(provider, label)
-            if found is None:
-                reason = f"create failed: {exc}"
-                self._finish(session_id, "failed", reason)
-                record_failure(self.store, offer, reason, self.clock())
-                raise BootFailed(reason) from None
-            instance_id = found.instance_id
-            self.log(
-                f"The create call failed ({exc}) but instance {instance_id} exists; adopting it"
-            )
-        except BaseException as exc:
-            # A bug after a create that went through: find it by label and destroy it.
-            self._abort(provider, offer, session_id, None, f"crashed: {type(exc).__name__}: {exc}")
-            raise
-        try:
-            timings["create_call_s"] = round(self.mono() - started, 3)
-            self._update(
-                session_id, instance_id=instance_id, status="provisioning", timings=timings
-            )
-            if self.on_rented is not None:  # inside the guard: a crash here still destroys
-                try:
-                    self.on_rented(offer)
-                except (OSError, ValueError) as exc:  # a cache hint: never a reason to stop
-                    self.log(f"Note: could not mark {offer.id} taken in the offer cache: {exc}")
-            provider.attach_ssh_key(instance_id, public_key)
-            instance = self._wait_running(provider, instance_id, req.timeout_s, started)
-            _check_ssh_details(instance, record["ssh"]["user"])
-            timings["time_to_running_s"] = round(self.mono() - started, 3)
-            ssh = dict(record["ssh"], host=instance.ssh_host, port=instance.ssh_port)
-            self._update(
-                session_id,
-                status="verifying",
-                ssh=ssh,
-                timings=timings,
-                billing_started_at=iso(self.clock()),
-            )
-            verification = None
-            if req.verify:
-                verification, host_key, fp = self._verify(
-                    instance, ssh["user"], key_path, offer, template, req, started
+            started = self.mono()
+            try:
+                create_sent = True
+                answered = provider.create_instance(spec)
+            except GpuShopperError as exc:
+                # It may have been created all the same: look it up by label, never create twice.
+                found = wait_for_label(
+                    provider, label, sleep=self.sleep, mono=self.mono, log=self._say
                 )
-                ssh.update(host=instance.ssh_host, port=instance.ssh_port, host_key=host_key)
-                self._write_known_hosts(Path(ssh["known_hosts"]), instance, host_key)
-                record["host_key_fingerprint"] = fp
-            timings["time_to_ssh_s"] = round(self.mono() - started, 3)
-            self._still_running(provider, instance_id)
-            ready = self.clock()
-            created = parse_iso(record["created_at"]) or ready
-            hard = parse_iso(record["hard_max_at"]) or ready
-            ends = ready + timedelta(seconds=req.hours_s)
-            final = self._update(
-                session_id,
-                status="running",
-                ready_at=iso(ready),
-                reservation_ends_at=iso(ends if req.override else min(ends, hard)),
-                ssh=ssh,
-                timings=timings,
-                verification=verification,
-                host_key_fingerprint=record.get("host_key_fingerprint"),
+                looked_up = True
+                if found is None:
+                    reason = f"create failed: {exc}"
+                    self._finish(session_id, "failed", reason)
+                    self._record_failure(offer, reason)
+                    raise BootFailed(reason, cleaned_up=True) from None
+                instance_id = found.instance_id
+                self._say(
+                    f"The create call failed ({exc}) but instance {instance_id} exists; adopting it"
+                )
+            else:
+                timings["create_call_s"] = round(self.mono() - started, 3)
+                instance_id = self._trusted_id(provider, answered, label)
+                looked_up = instance_id is None
+                if instance_id is None:
+                    raise BootFailed(
+                        f"the create answer named instance {answered}, which does not carry "
+                        f"this session's label, and no instance with the label appeared within "
+                        f"{format_duration(LABEL_WAIT_S)}"
+                    )
+            timings.setdefault("create_call_s", round(self.mono() - started, 3))
+            return self._boot(req, candidate, record, instance_id, key_path, public_key, started)
+        except BootFailed as exc:
+            if exc.cleaned_up:
+                raise
+            cleanup = self._abort(
+                provider, offer, record, instance_id, str(exc), lookup=create_sent and not looked_up
             )
-            self._refresh_ssh_config()
-            self.log(
-                f"Session {session_id} is ready ({format_duration((ready - created).total_seconds())} to boot)"
+            raise BootFailed(self._with_cleanup(str(exc), cleanup), cleaned_up=True) from None
+        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP, a closed output pipe
+            signum = getattr(exc, "signum", signal.SIGINT)
+            name = interrupts.signal_name(signum)
+            cleanup = self._abort(
+                provider,
+                offer,
+                record,
+                instance_id,
+                f"interrupted by {name}",
+                record_health=False,
+                lookup=create_sent and not looked_up,
             )
-            return final
-        except KeyboardInterrupt:
+            message = f"interrupted by {name}; {cleanup.summary()}; session {session_id} failed"
+            if cleanup.error:
+                raise ProvisionFailed(message) from None
+            raise Interrupted(message, signum) from None
+        except (GpuShopperError, OSError) as exc:
+            cleanup = self._abort(
+                provider,
+                offer,
+                record,
+                instance_id,
+                f"boot failed: {exc}",
+                lookup=create_sent and not looked_up,
+            )
+            raise BootFailed(self._with_cleanup(str(exc), cleanup), cleaned_up=True) from None
+        except BaseException as exc:
+            # A bug (here or in an adapter): whatever was created is destroyed all the same.
             self._abort(
                 provider,
                 offer,
-                session_id,
+                record,
                 instance_id,
-                "interrupted (Ctrl-C)",
-                record_health=False,
-            )
-            raise Interrupted(
-                f"interrupted; session {session_id} cleaned up"
-                + (f" (instance {instance_id} destroyed)" if instance_id else "")
-            ) from None
-        except (GpuShopperError, OSError) as exc:
-            reason = str(exc) if isinstance(exc, BootFailed) else f"boot failed: {exc}"
-            self._abort(provider, offer, session_id, instance_id, reason)
-            raise BootFailed(str(exc)) from None
-        except BaseException as exc:
-            self._abort(
-                provider, offer, session_id, instance_id, f"crashed: {type(exc).__name__}: {exc}"
+                f"crashed: {type(exc).__name__}: {exc}",
+                lookup=create_sent and not looked_up,
             )
             raise
 
-    # -- steps ------------------------------------------------------------------------------
-    def _lookup_after_failed_create(self, provider: Any, label: str) -> Instance | None:
-        for attempt in range(3):
+    @staticmethod
+    def _with_cleanup(message: str, cleanup: Cleanup) -> str:
+        if cleanup.error:
+            return f"{message}; {cleanup.summary()}"
+        return message
+
+    def _trusted_id(self, provider: Any, answered: str, label: str) -> str | None:
+        """The id the create answered, once the instance it names carries our label.
+
+        A wrong id there once left the real instance running until a later sweep (and the
+        named one, someone else's, adopted): otherwise the id of the instance that does
+        carry the label, waiting for the listing to show it. None when none appears."""
+        deadline = self.mono() + LABEL_WAIT_S
+        delay = 0.5
+        while True:
+            try:
+                named = provider.get_instance(answered)
+            except GpuShopperError as exc:
+                self._say(f"Checking instance {answered} failed: {exc}")
+                named = None
+            if named is not None and named.label == label:
+                return answered
             try:
                 found = find_by_label(provider, label)
             except GpuShopperError as exc:
-                self.log(f"Looking the instance up by label failed: {exc}")
+                self._say(f"Looking the instance up by label failed: {exc}")
                 found = None
             if found is not None:
-                return found
-            if attempt < 2:
-                self.sleep(1.0)
-        return None
+                if found.instance_id != answered:
+                    self._say(
+                        f"The create answer named instance {answered}, but the one carrying "
+                        f"this session's label is {found.instance_id}; using that one"
+                    )
+                return found.instance_id
+            remaining = deadline - self.mono()
+            if remaining <= 0:
+                return None
+            self.sleep(min(delay, remaining))
+            delay = min(delay * 2, 8.0)
+
+    def _boot(
+        self,
+        req: ProvisionRequest,
+        candidate: Candidate,
+        record: dict[str, Any],
+        instance_id: str,
+        key_path: Path,
+        public_key: str,
+        started: float,
+    ) -> dict[str, Any]:
+        """From a trusted instance id to a verified, running session."""
+        provider, offer, template = candidate.provider, candidate.offer, candidate.template
+        session_id = record["id"]
+        timings = record["timings"]
+        self._update(session_id, instance_id=instance_id, status="provisioning", timings=timings)
+        if self.on_rented is not None:  # inside the guard: a crash here still destroys
+            try:
+                self.on_rented(offer)
+            except (OSError, ValueError) as exc:  # a cache hint: never a reason to stop
+                self._say(f"Note: could not mark {offer.id} taken in the offer cache: {exc}")
+        provider.attach_ssh_key(instance_id, public_key)
+        instance = self._wait_running(provider, instance_id, req.timeout_s, started)
+        _check_ssh_details(instance, record["ssh"]["user"])
+        timings["time_to_running_s"] = round(self.mono() - started, 3)
+        ssh = dict(record["ssh"], host=instance.ssh_host, port=instance.ssh_port)
+        self._update(
+            session_id,
+            status="verifying",
+            ssh=ssh,
+            timings=timings,
+            # The provider charges from "running", not from when our checks pass.
+            billing_started_at=iso(self.clock()),
+        )
+        verification = None
+        if req.verify:
+            verification, host_key, fp = self._verify(
+                instance, ssh["user"], key_path, offer, template, req, started
+            )
+            ssh.update(host=instance.ssh_host, port=instance.ssh_port, host_key=host_key)
+            self._write_known_hosts(Path(ssh["known_hosts"]), instance, host_key)
+            record["host_key_fingerprint"] = fp
+        timings["time_to_ssh_s"] = round(self.mono() - started, 3)
+        self._still_running(provider, instance_id)
+        ready = self.clock()
+        created = parse_iso(record["created_at"]) or ready
+        hard = parse_iso(record["hard_max_at"]) or ready
+        ends = ready + timedelta(seconds=req.hours_s)
+        final = self._update(
+            session_id,
+            status="running",
+            ready_at=iso(ready),
+            reservation_ends_at=iso(ends if req.override else min(ends, hard)),
+            ssh=ssh,
+            timings=timings,
+            verification=verification,
+            host_key_fingerprint=record.get("host_key_fingerprint"),
+        )
+        self._refresh_ssh_config()
+        self._say(
+            f"Session {session_id} is ready ({format_duration((ready - created).total_seconds())} to boot)"
+        )
+        return final
+
+    def undo(self, session: dict[str, Any], exc: BaseException) -> GpuShopperError:
+        """The hand-off reached no one (a signal or a closed pipe while the result was
+        printed): destroy the new session too, and return the error to exit with."""
+        from gpushopper.core.teardown import end_session
+
+        signum = getattr(exc, "signum", signal.SIGINT)
+        name = interrupts.signal_name(signum)
+        with interrupts.deferred():
+            try:
+                end_session(
+                    self.store,
+                    self.provider_factory,
+                    session["id"],
+                    f"interrupted by {name} before the hand-off",
+                    clock=self.clock,
+                    ssh_config_path=self.ssh_config_path,
+                    sleep=self.sleep,
+                    mono=self.mono,
+                )
+            except GpuShopperError as error:
+                return ProvisionFailed(
+                    f"interrupted by {name}; destroying instance {session.get('instance_id')} "
+                    f"was NOT confirmed ({error}); run 'gpu-shopper cleanup-orphans --yes'"
+                )
+        return Interrupted(
+            f"interrupted by {name}; instance {session.get('instance_id')} destroyed (the "
+            f"provider confirms it is gone); session {session['id']} ended",
+            signum,
+        )
+
+    # -- steps ------------------------------------------------------------------------------
+    def _say(self, message: str) -> None:
+        """Progress for people; a closed pipe here is an interruption, never a failed boot."""
+        try:
+            self.log(message)
+        except OSError as exc:
+            interrupts.output_lost(exc)
 
     def _wait_running(
         self, provider: Any, instance_id: str, timeout_s: float, started: float
@@ -477,7 +575,7 @@ class Provisioner:
             try:
                 instance = provider.get_instance(instance_id)
             except GpuShopperError as exc:  # a flaky poll is not a failed boot
-                self.log(f"Polling {instance_id} failed: {exc}")
+                self._say(f"Polling {instance_id} failed: {exc}")
                 instance = Instance(
                     provider.NAME, instance_id, None, "unknown", raw_status="poll failed"
                 )
@@ -487,7 +585,7 @@ class Provisioner:
             if seen != last:
                 # Heavy images pull for minutes: say what the provider reports as it changes.
                 elapsed = format_duration(self.mono() - started)
-                self.log(f"Instance {instance_id}: {seen} ({elapsed} since create)")
+                self._say(f"Instance {instance_id}: {seen} ({elapsed} since create)")
             last = seen
             if instance.status == "running" and instance.ssh_host and instance.ssh_port:
                 return instance
@@ -509,7 +607,7 @@ class Provisioner:
         try:
             instance = provider.get_instance(instance_id)
         except GpuShopperError as exc:
-            self.log(f"Final status check of {instance_id} failed: {exc}")
+            self._say(f"Final status check of {instance_id} failed: {exc}")
             return
         if instance is None:
             raise BootFailed(f"instance {instance_id} disappeared at the provider")
@@ -531,7 +629,7 @@ class Provisioner:
         from gpushopper.remote import ssh
 
         assert instance.ssh_host and instance.ssh_port
-        self.log(f"Checking the machine over SSH ({user}@{instance.ssh_host}:{instance.ssh_port})")
+        self._say(f"Checking the machine over SSH ({user}@{instance.ssh_host}:{instance.ssh_port})")
         try:
             conn = ssh.connect(
                 instance.ssh_host,
@@ -551,7 +649,7 @@ class Provisioner:
         finally:
             conn.close()
         if conn.endpoint and conn.endpoint != (instance.ssh_host, instance.ssh_port):
-            self.log(
+            self._say(
                 f"SSH answers on {conn.endpoint[0]}:{conn.endpoint[1]} (the proxy), not the direct port"
             )
             instance.ssh_host, instance.ssh_port = conn.endpoint
@@ -587,53 +685,93 @@ class Provisioner:
         )
         atomic_write_text(path, f"{host} {host_key}\n", mode=0o600)
 
-    def _finish(self, session_id: str, status: str, reason: str, **extra: Any) -> None:
-        with self.store.transaction() as state:
-            record = state["sessions"].get(session_id)
-            if record is None:
-                return
-            record.update(extra)
-            close_record(record, status, reason, self.clock())
+    def _finish(self, session_id: str, status: str, reason: str, **extra: Any) -> str | None:
+        """Close the session record; returns why it could not be written (never raises:
+        a full disk must not stand between a failure and its cleanup)."""
+        try:
+            with self.store.transaction() as state:
+                record = state["sessions"].get(session_id)
+                if record is None:
+                    return None
+                record.update(extra)
+                close_record(record, status, reason, self.clock())
+        except StateError as exc:
+            return str(exc)
         self._refresh_ssh_config()
+        return None
+
+    def _record_failure(self, offer: Offer, reason: str) -> None:
+        try:
+            record_failure(self.store, offer, reason, self.clock())
+        except StateError as exc:
+            self._say(f"Could not record the failure in offer health: {exc}")
 
     def _abort(
         self,
         provider: Any,
         offer: Offer,
-        session_id: str,
+        record: dict[str, Any],
         instance_id: str | None,
         reason: str,
+        *,
         record_health: bool = True,
-    ) -> None:
-        """Destroy what this attempt created and record the outcome truthfully."""
-        if instance_id is None:
-            session = self.store.get_session(session_id) or {}
-            found = (
-                self._lookup_after_failed_create(provider, session.get("label", ""))
-                if session
-                else None
-            )
-            instance_id = found.instance_id if found else None
-            if instance_id:
-                self.store.update_session(session_id, instance_id=instance_id)
-        if instance_id is not None:
-            self.log(f"Destroying instance {instance_id} ({reason})")
-            try:
-                destroy_and_confirm(provider, instance_id, sleep=self.sleep, mono=self.mono)
-            except (GpuShopperError, KeyboardInterrupt) as exc:
+        lookup: bool = False,
+    ) -> Cleanup:
+        """Destroy what this attempt created, confirm it is gone, record that, and only
+        then say so. Signals are held meanwhile (a second Ctrl-C cannot cut the destroy
+        short) and nothing is printed before the destroy (a full or closed pipe cannot
+        stand in its way)."""
+        session_id, label = record["id"], record["label"]
+        with interrupts.deferred():
+            cleanup = Cleanup(instance_id)
+            if instance_id is None and lookup:
+                # The create may have gone through: wait for the listing to show the label.
+                found = wait_for_label(provider, label, sleep=self.sleep, mono=self.mono)
+                cleanup.instance_id = found.instance_id if found else None
+            if cleanup.instance_id is not None:
+                try:
+                    destroy_and_confirm(
+                        provider,
+                        cleanup.instance_id,
+                        label=label,
+                        allow_unlabelled=True,
+                        sleep=self.sleep,
+                        mono=self.mono,
+                    )
+                    cleanup.destroyed = True
+                except GpuShopperError as exc:
+                    cleanup.error = str(exc)
+            extra: dict[str, Any] = {}
+            if cleanup.instance_id is not None:
+                extra["instance_id"] = cleanup.instance_id
+            if cleanup.error:
                 # Keep it live in the state so watch/cleanup-orphans finish the job.
-                self._finish(
+                extra["error"] = cleanup.error
+                cleanup.state_error = self._finish(
                     session_id,
                     "ending",
-                    f"{reason}; destroy not confirmed: {exc}",
-                    error=str(exc),
+                    f"{reason}; destroy not confirmed: {cleanup.error}",
+                    **extra,
                 )
-                if record_health:
-                    record_failure(self.store, offer, reason, self.clock())
-                return
-        self._finish(session_id, "failed", reason)
-        if record_health:
-            record_failure(self.store, offer, reason, self.clock())
+            else:
+                cleanup.state_error = self._finish(session_id, "failed", reason, **extra)
+            if record_health:
+                self._record_failure(offer, reason)
+            if cleanup.state_error:
+                note_in_journal(
+                    provider,
+                    "state_write_failed",
+                    session=session_id,
+                    instance_id=cleanup.instance_id,
+                    wanted="ending" if cleanup.error else "failed",
+                    error=cleanup.state_error,
+                )
+            # Only now, with the destroy confirmed (or not) and recorded, tell the user.
+            if cleanup.instance_id is not None:
+                self._say(f"Session {session_id} ({reason}): {cleanup.summary()}")
+            if cleanup.state_error:
+                self._say(f"Could not record it in the state file: {cleanup.state_error}")
+        return cleanup
 
     def _refresh_ssh_config(self) -> None:
-        refresh_ssh_config(self.ssh_config_path, self.store, self.log)
+        refresh_ssh_config(self.ssh_config_path, self.store, self._say)

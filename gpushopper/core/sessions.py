@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from gpushopper.core.errors import GpuShopperError
 from gpushopper.core.units import iso, parse_iso
 
 LIVE = ("creating", "provisioning", "verifying", "running", "ending")
@@ -36,18 +37,96 @@ SESSION_KEYS = (
 )
 
 
+LABEL_PREFIX = "gpu-shopper:"
+# Our own shapes (state/store.py makes them): 8 hex digits of install id, 6 of session id.
+INSTALL_ID_RE = re.compile(r"[0-9a-f]{8}")
+SESSION_ID_RE = re.compile(r"[0-9a-f]{6}")
+_LABEL_RE = re.compile(r"gpu-shopper:([0-9a-f]{8}):([0-9a-f]{6})")
+
+
 def make_label(install_id: str, session_id: str) -> str:
-    return f"gpu-shopper:{install_id}:{session_id}"
+    return f"{LABEL_PREFIX}{install_id}:{session_id}"
 
 
 def parse_label(label: str | None) -> tuple[str, str] | None:
-    """(install id, session id) from one of our labels, else None."""
-    if not label or not label.startswith("gpu-shopper:"):
+    """(install id, session id) when ``label`` is exactly one of ours, else None.
+
+    Both ids must have the shape this tool makes, so a label such as
+    ``gpu-shopper:<our id>:$(touch x)`` is never taken as ours (never destroyed) and
+    nothing read from a label can carry shell syntax anywhere.
+    """
+    if not isinstance(label, str):
         return None
-    parts = label.split(":")
-    if len(parts) != 3 or not parts[1] or not parts[2]:
-        return None
-    return parts[1], parts[2]
+    match = _LABEL_RE.fullmatch(label)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def looks_like_ours(label: str | None) -> bool:
+    """A gpu-shopper label, well-formed or not (reported, never destroyed when malformed)."""
+    return isinstance(label, str) and label.startswith(LABEL_PREFIX)
+
+
+# -- records that cannot be trusted --------------------------------------------------------
+STATUSES = LIVE + DONE
+TIME_FIELDS = (
+    "created_at",
+    "ready_at",
+    "billing_started_at",
+    "reservation_ends_at",
+    "hard_max_at",
+    "ended_at",
+    "warned_at",
+)
+
+
+def record_problem(record: Any) -> str | None:
+    """Why a session record cannot be enforced as it stands, or None when it can."""
+    if not isinstance(record, dict):
+        return f"is {'null' if record is None else type(record).__name__}, not a session object"
+    status = record.get("status")
+    if status not in STATUSES:
+        return f"has an unknown status {status!r}"
+    if not isinstance(record.get("provider"), str) or not record["provider"]:
+        return f"names no provider ({record.get('provider')!r})"
+    for name in TIME_FIELDS:
+        value = record.get(name)
+        if value is None:
+            continue
+        try:
+            if not isinstance(value, str):
+                raise ValueError
+            parse_iso(value)
+        except ValueError:
+            return f"{name} {value!r} is not a time"
+    instance_id = record.get("instance_id")
+    if instance_id is not None and (
+        isinstance(instance_id, bool) or not isinstance(instance_id, (str, int))
+    ):
+        return f"instance_id {instance_id!r} is not an id"
+    for name in ("label", "consumer"):
+        if record.get(name) is not None and not isinstance(record[name], str):
+            return f"{name} {record[name]!r} is not text"
+    price = record.get("price_per_hour")
+    if price is not None and (isinstance(price, bool) or not isinstance(price, (int, float))):
+        return f"price_per_hour {price!r} is not a number"
+    if record.get("ssh") is not None and not isinstance(record["ssh"], dict):
+        return "ssh is not an object"
+    return None
+
+
+def split_records(
+    sessions: dict[str, Any],
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """(records that can be enforced, {session id: why not} for the others)."""
+    good: dict[str, dict[str, Any]] = {}
+    bad: dict[str, str] = {}
+    for session_id, record in sessions.items():
+        why = record_problem(record)
+        if why is None:
+            good[session_id] = record
+        else:
+            bad[session_id] = why
+    return good, bad
 
 
 def accrued_cost(record: dict[str, Any], now: datetime) -> float:
@@ -119,6 +198,7 @@ def public_view(record: dict[str, Any], now: datetime) -> dict[str, Any]:
         "error",
         "billing_started_at",
         "deadline_on_instance",
+        "owner",
     ):
         if extra in record:
             out[extra] = record[extra]
@@ -133,9 +213,12 @@ def render_ssh_config(records: dict[str, dict[str, Any]]) -> str:
     from gpushopper.core.validate import ssh_record_problem
 
     lines = ["# Written by gpu-shopper; Include this file from ~/.ssh/config.", ""]
-    for session_id in sorted(records):
-        record = records[session_id]
+    good, _ = split_records(records)
+    for session_id in sorted(good):
+        record = good[session_id]
         ssh = record.get("ssh") or {}
+        if not SESSION_ID_RE.fullmatch(str(session_id)):
+            continue  # a hand-edited id never becomes a Host line
         if record.get("status") not in LIVE or not ssh.get("host"):
             continue
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", session_id) or ssh_record_problem(ssh):
@@ -172,9 +255,9 @@ def refresh_ssh_config(
         return
     try:
         write_ssh_config(path, store.sessions())
-    except OSError as exc:
+    except (OSError, GpuShopperError) as exc:
         if log is not None:
-            log(f"Could not update {path}: {exc.strerror}")
+            log(f"Could not update {path}: {getattr(exc, 'strerror', None) or exc}")
 
 
 def stamp(now: datetime) -> str:

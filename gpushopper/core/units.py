@@ -2,45 +2,58 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import datetime, timedelta, timezone
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)\s*([dhms])", re.IGNORECASE)
 _UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+UNIT_HINT = "give a unit: 30s, 15m, 2h"
+MAX_DURATION_S = 365 * 86400.0  # past this a "duration" is a typo (1e9 hours), not a plan
 
 
-def parse_duration(text: str | int | float) -> float:
-    """Parse ``90s``, ``45m``, ``2h``, ``1h30m`` (or a bare number of hours) into seconds.
+def parse_duration(
+    text: str | int | float, *, bare_unit: str | None = None, allow_zero: bool = False
+) -> float:
+    """Parse ``90s``, ``45m``, ``2h``, ``1h30m`` into seconds.
 
-    Raises ValueError with a readable message for anything else.
+    A bare number is taken only where the unit is the setting's own name (``--hours 3``:
+    pass ``bare_unit="h"``); anywhere else it is refused, because ``--interval 30`` once
+    meant 30 hours. nan, inf, negative values, zero (unless ``allow_zero``) and anything
+    past a year are refused. Raises ValueError with a one-line message.
     """
     if isinstance(text, bool):
-        raise ValueError(f"not a duration: {text!r}")
-    if isinstance(text, (int, float)):
-        if text < 0:
-            raise ValueError(f"duration must not be negative: {text}")
-        return float(text) * 3600
+        raise ValueError(f"{text!r} is not a duration ({UNIT_HINT})")
     raw = str(text).strip()
     if not raw:
-        raise ValueError("empty duration")
+        raise ValueError(f"empty duration ({UNIT_HINT})")
     try:
-        hours = float(raw)
+        number = float(raw)
     except ValueError:
-        pass
+        number = None
+    if number is not None:
+        if not math.isfinite(number):
+            raise ValueError(f"{raw!r} is not a duration ({UNIT_HINT})")
+        if bare_unit is None:
+            raise ValueError(f"{raw!r} has no unit; {UNIT_HINT}")
+        total = number * _UNIT_SECONDS[bare_unit]
     else:
-        if hours < 0:
-            raise ValueError(f"duration must not be negative: {raw}")
-        return hours * 3600
-    pos = 0
-    total = 0.0
-    compact = raw.replace(" ", "")
-    for match in _DURATION_RE.finditer(compact):
-        if match.start() != pos:
-            break
-        total += float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
-        pos = match.end()
-    if pos != len(compact) or pos == 0:
-        raise ValueError(f"not a duration: {raw!r} (use e.g. 90s, 45m, 2h, 1h30m)")
+        pos = 0
+        total = 0.0
+        compact = raw.replace(" ", "")
+        for match in _DURATION_RE.finditer(compact):
+            if match.start() != pos:
+                break
+            total += float(match.group(1)) * _UNIT_SECONDS[match.group(2).lower()]
+            pos = match.end()
+        if pos != len(compact) or pos == 0:
+            raise ValueError(f"{raw!r} is not a duration ({UNIT_HINT})")
+    if total < 0:
+        raise ValueError(f"{raw!r} is negative; a duration must be longer than zero")
+    if total == 0 and not allow_zero:
+        raise ValueError(f"{raw!r} is zero; a duration must be longer than zero")
+    if total > MAX_DURATION_S:
+        raise ValueError(f"{raw!r} is longer than a year; {UNIT_HINT}")
     return total
 
 

@@ -322,19 +322,27 @@ def parse_instance(raw: dict[str, Any]) -> Instance:
 
 
 def parse_instance_list(data: Any) -> list[Instance]:
-    """Tolerate the three list shapes seen: documented, flat array, nested attributes."""
-    rows: Any = []
-    if isinstance(data, dict):
-        inner = data.get("data", data)
-        if isinstance(inner, list):
-            rows = inner
-        elif isinstance(inner, dict):
-            rows = inner.get("instances")
-            if rows is None and isinstance(inner.get("attributes"), dict):
-                rows = inner["attributes"].get("instances")
-    elif isinstance(data, list):
-        rows = data
-    return [parse_instance(r) for r in rows or [] if isinstance(r, dict) and r.get("id")]
+    """The three documented list shapes (``{"data": {"instances": [...]}}``, a flat
+    ``{"data": [...]}``, nested ``data.attributes.instances``), believed only when
+    well-formed: any other answer (``{}``, ``[]``, ``null``, rows without an id) raises
+    Unavailable instead of reading as "no instances"."""
+    rows: Any = None
+    inner = data.get("data") if isinstance(data, dict) else None
+    if isinstance(inner, list):
+        rows = inner
+    elif isinstance(inner, dict):
+        rows = inner.get("instances")
+        if rows is None and isinstance(inner.get("attributes"), dict):
+            rows = inner["attributes"].get("instances")
+    if not isinstance(rows, list):
+        shown = "null" if data is None else repr(data)[:80]
+        raise Unavailable(NAME, f"instance list answered in an unknown shape: {shown}")
+    out = []
+    for row in rows:
+        if not isinstance(row, dict) or not row.get("id"):
+            raise Unavailable(NAME, f"instance list has a row without an id: {repr(row)[:80]}")
+        out.append(parse_instance(row))
+    return out
 
 
 def cloud_init_for(spec: LaunchSpec, users: tuple[str, ...] = ("root", "user")) -> dict[str, Any]:
@@ -506,15 +514,25 @@ class TensorDock:
         return str(instance_id)
 
     def get_instance(self, instance_id: str) -> Instance | None:
+        """The instance, or None when TensorDock answers 404 (or reports it deleted).
+        An answer that is not an instance is an error, never "gone"."""
         try:
             data = self.http.request("GET", f"/instances/{instance_id}")
         except NotFound:
             return None
-        if not isinstance(data, dict):
-            return None
+        obj = data.get("data", data) if isinstance(data, dict) else None
+        if not isinstance(obj, dict) or not (
+            obj.get("status") or obj.get("id") or isinstance(obj.get("attributes"), dict)
+        ):
+            shown = "null" if data is None else repr(data)[:80]
+            raise Unavailable(NAME, f"instance {instance_id} answered {shown}")
         inst = parse_instance(data)
         if inst.instance_id in ("None", ""):
             inst.instance_id = instance_id
+        elif inst.instance_id != str(instance_id):
+            raise Unavailable(
+                NAME, f"asked for instance {instance_id}, the answer is {inst.instance_id}"
+            )
         if inst.status == "exited" and (inst.raw_status or "").lower() in ("deleted", "terminated"):
             return None
         return inst

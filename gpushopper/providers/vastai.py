@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from gpushopper.core.errors import AuthFailed, NotFound, ProviderError, RateLimited
+from gpushopper.core.errors import AuthFailed, NotFound, ProviderError, RateLimited, Unavailable
 from gpushopper.core.models import (
     Instance,
     LaunchSpec,
@@ -327,6 +327,12 @@ def env_from_docker_flags(text: str | None) -> dict[str, str]:
     return out
 
 
+def _shape(value: Any) -> str:
+    """A short description of an unexpected answer, for error messages."""
+    text = "null" if value is None else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 # -- the client ------------------------------------------------------------------------------
 class VastAI:
     """Vast.ai over HTTP. Construct with :meth:`from_settings`."""
@@ -544,16 +550,37 @@ class VastAI:
         )
 
     def get_instance(self, instance_id: str) -> Instance | None:
+        """The instance, or None when Vast.ai answers that it does not exist
+        (``{"instances": null}``). Any other shape is an error, never "gone"."""
         data = self.http.request(
             "GET", self._v0(f"/instances/{instance_id}/"), params={"owner": "me"}
         )
-        raw = data.get("instances") if isinstance(data, dict) else None
+        if not isinstance(data, dict) or "instances" not in data:
+            raise Unavailable(
+                NAME,
+                f"instance {instance_id} answered without an 'instances' field: {_shape(data)}",
+            )
+        raw = data["instances"]
         if isinstance(raw, list):  # tolerate a list-shaped answer
+            if len(raw) > 1:
+                raise Unavailable(NAME, f"instance {instance_id} answered {len(raw)} instances")
             raw = raw[0] if raw else None
-        return parse_instance(raw) if isinstance(raw, dict) else None
+        if raw is None:
+            return None
+        if not isinstance(raw, dict) or raw.get("id") is None:
+            raise Unavailable(NAME, f"instance {instance_id} answered {_shape(raw)}")
+        if str(raw["id"]) != str(instance_id):
+            raise Unavailable(
+                NAME, f"asked for instance {instance_id}, the answer is instance {raw['id']}"
+            )
+        return parse_instance(raw)
 
     def list_instances(self) -> list[Instance]:
-        """Every instance on the account (``/api/v1/instances/``, 25 a page)."""
+        """Every instance on the account (``/api/v1/instances/``, 25 a page).
+
+        Believed only when every page is well-formed: a page that is not an object with an
+        ``instances`` list of rows that each have an id (``{}``, ``[]``, ``null``, ...) is
+        an error, never "no instances" (that once closed every running session)."""
         out: list[Instance] = []
         token: str | None = None
         seen: set[str] = set()
@@ -565,11 +592,25 @@ class VastAI:
             }
             if token:
                 params["after_token"] = token
-            data = self.http.request("GET", "/api/v1/instances/", params=params) or {}
-            out.extend(
-                parse_instance(r) for r in data.get("instances") or [] if isinstance(r, dict)
-            )
-            token = next_page_token(data.get("next_token"), seen)
+            data = self.http.request("GET", "/api/v1/instances/", params=params)
+            rows = data.get("instances") if isinstance(data, dict) else None
+            if not isinstance(rows, list):
+                raise Unavailable(
+                    NAME, f"instance list answered without an 'instances' list: {_shape(data)}"
+                )
+            for row in rows:
+                if not isinstance(row, dict) or row.get("id") in (None, ""):
+                    raise Unavailable(NAME, f"instance list has a row without an id: {_shape(row)}")
+                out.append(parse_instance(row))
+            found = data.get("instances_found")
+            if isinstance(found, int) and not isinstance(found, bool) and found != len(rows):
+                raise Unavailable(
+                    NAME, f"instance list page says {found} instances but holds {len(rows)}"
+                )
+            raw_token = data.get("next_token")
+            if raw_token is not None and not isinstance(raw_token, str):
+                raise Unavailable(NAME, f"instance list has a next_token of {_shape(raw_token)}")
+            token = next_page_token(raw_token, seen)
             if token is None:
                 return out
         raise ProviderError(

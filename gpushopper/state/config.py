@@ -19,7 +19,7 @@ from typing import Any
 
 from gpushopper.core.errors import ConfigError
 from gpushopper.core.redact import mask, register_secret
-from gpushopper.core.units import parse_duration
+from gpushopper.core.units import UNIT_HINT, parse_duration
 from gpushopper.state.atomic import atomic_write_text
 from gpushopper.state.paths import Paths, vastai_cli_key_file
 
@@ -29,7 +29,7 @@ CONFIG_LOCK_TIMEOUT_S = 30.0
 @dataclass(frozen=True)
 class Setting:
     key: str
-    kind: str  # str | int | float | bool | list | duration | secret | path | url
+    kind: str  # str | int | float | bool | list | duration | duration_or_zero | secret | path | url
     default: Any = None
     env: tuple[str, ...] = ()
     help: str = ""
@@ -130,7 +130,11 @@ SETTINGS: dict[str, Setting] = {
         Setting("defaults.providers", "list", ["vastai", "tensordock"], (), "providers to shop"),
         Setting("defaults.consumer", "str", None, (), "who the rental is for (cost reports)"),
         Setting(
-            "defaults.cache_ttl", "duration", "60s", (), "how long inventory answers are reused"
+            "defaults.cache_ttl",
+            "duration_or_zero",
+            "60s",
+            (),
+            "how long inventory answers are reused",
         ),
         Setting(
             "defaults.http_timeout",
@@ -150,11 +154,15 @@ SETTINGS: dict[str, Setting] = {
         Setting("safety.hard_max_hours", "float", 12.0, (), "hard maximum per session, hours"),
         Setting("safety.provision_timeout", "duration", "15m", (), "boot timeout"),
         Setting(
-            "safety.warn_before", "duration", "10m", (), "warn this long before a reservation ends"
+            "safety.warn_before",
+            "duration_or_zero",
+            "10m",
+            (),
+            "warn this long before a reservation ends",
         ),
         Setting(
             "safety.deadline_grace",
-            "duration",
+            "duration_or_zero",
             "15m",
             (),
             "on-instance switch fires this long after the reservation",
@@ -169,6 +177,8 @@ SETTINGS: dict[str, Setting] = {
         ),
     ]
 }
+
+DURATION_KINDS = ("duration", "duration_or_zero")
 
 # Options a [profiles.NAME] table may hold, with their types.
 PROFILE_KEYS: dict[str, str] = {
@@ -261,12 +271,13 @@ def check_range(option: str, kind: str, value: Any, where: str) -> None:
                 )
             elif high is not None and value > high:
                 problem = f"must be at most {_number_text(high)}, not {_number_text(value)}"
-    elif kind == "duration":
-        seconds = parse_duration(value)
-        if not math.isfinite(seconds) or seconds < 0:
-            problem = f"{value!r} is not a finite duration"
-        elif seconds == 0 and option not in ZERO_DURATIONS:
-            problem = f"{value!r} must be longer than zero"
+    elif kind in DURATION_KINDS:
+        try:  # units required; nan, inf, negative and (mostly) zero refused
+            parse_duration(
+                value, allow_zero=kind == "duration_or_zero" or option in ZERO_DURATIONS
+            )
+        except ValueError as exc:
+            problem = str(exc)
     elif kind == "list" and option in CHOICES:
         unknown = [v for v in value if v not in CHOICES[option]]
         if unknown:
@@ -350,10 +361,11 @@ def coerce(kind: str, value: Any, key: str) -> Any:
             if isinstance(value, list) and all(isinstance(v, str) for v in value):
                 return list(value)
             raise ValueError("expected a comma-separated list")
-        if kind == "duration":
-            if isinstance(value, bool):
-                raise ValueError("expected a duration")
-            parse_duration(value)
+        if kind in DURATION_KINDS:
+            # A bare number is refused: "900" once meant 900 hours.
+            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+                raise ValueError(f"expected a duration such as 15m ({UNIT_HINT})")
+            parse_duration(value, allow_zero=kind == "duration_or_zero")
             return value
     except ValueError as exc:
         detail = str(exc)
@@ -488,8 +500,8 @@ class Settings:
         if setting.masked and typed:
             register_secret(typed)
         check_range(key, setting.kind, typed, where)
-        if setting.kind == "duration" and typed is not None:
-            return parse_duration(typed)
+        if setting.kind in DURATION_KINDS and typed is not None:
+            return parse_duration(typed, allow_zero=setting.kind == "duration_or_zero")
         if setting.kind == "path" and typed:
             return str(Path(typed).expanduser())
         return typed
@@ -546,7 +558,7 @@ class Settings:
                 raise ConfigError(f"profiles.{name}.{key} is not a known profile option")
             typed = coerce(kind, value, f"profiles.{name}.{key}")
             check_range(key, kind, typed, f"profiles.{name}.{key}")
-            out[key] = parse_duration(typed) if kind == "duration" else typed
+            out[key] = parse_duration(typed) if kind in DURATION_KINDS else typed
         return out
 
     # -- writing --------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from gpushopper.core.errors import StateError
+from gpushopper.core.errors import StateError, StateWriteError
 from gpushopper.core.redact import redact_tree
 from gpushopper.state.atomic import atomic_write_text
 from gpushopper.state.fs import (
@@ -129,11 +129,12 @@ class StateStore:
             version = data["schema_version"]
         data.setdefault("sessions", {})
         data.setdefault("offer_health", {})
-        sessions = data["sessions"]
-        if not isinstance(sessions, dict) or not all(
-            isinstance(k, str) and isinstance(v, dict) for k, v in sessions.items()
-        ):
-            raise _Damaged("'sessions' is not an object of session records")
+        if not isinstance(data["sessions"], dict):
+            # Never read as "no sessions": every instance of ours would look like an orphan.
+            # (One bad record inside is reported and skipped by the readers instead.)
+            raise _Damaged(
+                f"'sessions' is {type(data['sessions']).__name__}, not an object of records"
+            )
         if not isinstance(data["offer_health"], dict):
             raise _Damaged("'offer_health' is not an object")
         install = data.get("install_id")
@@ -151,13 +152,19 @@ class StateStore:
         return os.path.lexists(self.path)
 
     # -- writing --------------------------------------------------------------------------
+    def _write_failed(self, exc: OSError) -> StateWriteError:
+        return StateWriteError(
+            f"cannot write state file {self.path}: {exc.strerror or exc}"
+            + (f" ({exc.filename})" if exc.filename and str(exc.filename) != str(self.path) else "")
+        )
+
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         from filelock import Timeout
 
+        stack = contextlib.ExitStack()
         try:
-            with file_lock(self.lock_path, self.lock_timeout):
-                yield
+            stack.enter_context(file_lock(self.lock_path, self.lock_timeout))
         except Timeout:
             raise StateError(
                 f"state file {self.path} is locked by another gpu-shopper process "
@@ -165,6 +172,10 @@ class StateStore:
             ) from None
         except LinkRefused as exc:
             raise StateError(str(exc.strerror)) from None
+        except OSError as exc:  # read-only home, full disk: typed, so destroys go on
+            raise self._write_failed(exc) from None
+        with stack:
+            yield
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[dict[str, Any]]:
@@ -177,8 +188,11 @@ class StateStore:
             data["schema_version"] = SCHEMA_VERSION
             # Reasons and errors recorded here come from exceptions: never a secret in them.
             text = json.dumps(redact_tree(data), indent=2, sort_keys=True)
-            # Under the lock no other writer is mid-write: every leftover temporary is stale.
-            atomic_write_text(self.path, text + "\n", stale_after=0)
+            try:
+                # Under the lock no other writer is mid-write: every leftover temporary is stale.
+                atomic_write_text(self.path, text + "\n", stale_after=0)
+            except OSError as exc:
+                raise self._write_failed(exc) from None
 
     def install_id(self) -> str:
         """The random id of this installation, made (and saved) on first use only.

@@ -1,0 +1,340 @@
+#!/usr/bin/env python3
+"""Plausible one-line bugs in the safety code, each of which some test must catch.
+
+Each mutant is applied to a copy of the repository (never to the working tree), then the
+tests that guard that rule run against the copy (PYTHONPATH points subprocesses at it too).
+A mutant is "killed" when those tests fail. Prints one line per mutant and exits 1 if any
+survived.
+
+Run: .venv/bin/python scripts/mutants.py [--baseline] [NAME-SUBSTRING ...]
+(--baseline runs each mutant's tests on the unmutated copy: they must all pass.)
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Mutant:
+    name: str
+    path: str
+    edits: list[tuple[str, str]]  # (old, new), each old must occur exactly once
+    tests: list[str]
+
+
+MUTANTS = [
+    # -- the ten the issue lists -----------------------------------------------------------------
+    Mutant(
+        "extend allows a few minutes past the hard maximum",
+        "gpushopper/cli/sessions.py",
+        [("    if new_end > hard:\n", "    if new_end > hard + timedelta(minutes=5):\n")],
+        [
+            "tests/test_provision.py::test_extend_is_allowed_to_the_hard_maximum_exactly_and_not_a_second_past"
+        ],
+    ),
+    Mutant(
+        "a pass skips every action when one provider fails to list",
+        "gpushopper/core/enforcer.py",
+        [
+            (
+                "            return report\n        for outcome in self.execute_all(",
+                "            return report\n        if report.provider_errors:\n            return report\n        for outcome in self.execute_all(",
+            )
+        ],
+        ["tests/test_enforcer.py", "tests/test_watch_loop.py"],
+    ),
+    Mutant(
+        "end_session swallows a failed destroy and marks the session ended",
+        "gpushopper/core/teardown.py",
+        [
+            (
+                '        write(error=f"destroy failed: {exc}")\n        raise\n',
+                '        write(error=f"destroy failed: {exc}")\n',
+            )
+        ],
+        ["tests/test_teardown.py"],
+    ),
+    Mutant(
+        "destroy_and_confirm returns while the instance still exists",
+        "gpushopper/core/teardown.py",
+        [
+            (
+                "        if instance is None:\n            return True\n",
+                '        if instance is None or instance.status != "running":\n            return True\n',
+            )
+        ],
+        ["tests/test_teardown.py"],
+    ),
+    Mutant(
+        "the label lookup after a failed create tries once",
+        "gpushopper/core/teardown.py",
+        [("    timeout_s: float = LABEL_WAIT_S,\n", "    timeout_s: float = 0.0,\n")],
+        ["tests/test_teardown.py", "tests/test_provisioner_faults.py"],
+    ),
+    Mutant(
+        "watch reaps instances labelled by another install",
+        "gpushopper/core/lifecycle.py",
+        [
+            (
+                "            if policy.install_id is None or install != policy.install_id:\n",
+                "            if policy.install_id is None:\n",
+            )
+        ],
+        ["tests/test_enforcer.py", "tests/test_watch_loop.py"],
+    ),
+    Mutant(
+        "billing starts when the instance is ready, not when the provider charges",
+        "gpushopper/core/provisioner.py",
+        [
+            ("            billing_started_at=iso(self.clock()),\n", ""),
+            (
+                "            ready_at=iso(ready),\n",
+                "            ready_at=iso(ready),\n            billing_started_at=iso(ready),\n",
+            ),
+        ],
+        ["tests/test_provisioner_faults.py"],
+    ),
+    Mutant(
+        "update_session reads and writes in separate transactions",
+        "gpushopper/state/store.py",
+        [
+            (
+                "            record.update(changes)\n            return dict(record)\n",
+                "            record = dict(record)\n        record.update(changes)\n"
+                "        with self.transaction() as state:\n"
+                "            state['sessions'][session_id] = record\n            return dict(record)\n",
+            )
+        ],
+        ["tests/test_store.py"],
+    ),
+    Mutant(
+        "redact replaces only the first occurrence",
+        "gpushopper/core/redact.py",
+        [
+            (
+                "text = text.replace(secret, mask(secret))",
+                "text = text.replace(secret, mask(secret), 1)",
+            )
+        ],
+        ["tests/test_redact.py", "tests/test_journal.py"],
+    ),
+    Mutant(
+        "the journal writes without redaction",
+        "gpushopper/core/journal.py",
+        [
+            (
+                '    line = redact(json.dumps(event, default=str, sort_keys=True)) + "\\n"',
+                '    line = json.dumps(event, default=str, sort_keys=True) + "\\n"',
+            )
+        ],
+        ["tests/test_journal.py"],
+    ),
+    # -- the rest of the safety rules ----------------------------------------------------------------
+    Mutant(
+        "the owner check never finds an owner gone",
+        "gpushopper/core/enforcer.py",
+        [
+            (
+                'owner_state(record.get("owner")) == GONE',
+                'owner_state(record.get("owner")) == "never"',
+            )
+        ],
+        ["tests/test_enforcer.py"],
+    ),
+    Mutant(
+        "a Vast.ai listing of {} reads as no instances",
+        "gpushopper/providers/vastai.py",
+        [
+            (
+                '            rows = data.get("instances") if isinstance(data, dict) else None\n',
+                '            rows = (data.get("instances") if isinstance(data, dict) else None) or []\n',
+            )
+        ],
+        ["tests/test_providers_vastai.py"],
+    ),
+    Mutant(
+        "a TensorDock listing of {} reads as no instances",
+        "gpushopper/providers/tensordock.py",
+        [
+            (
+                "    if not isinstance(rows, list):\n        shown",
+                "    rows = rows or []\n    if not isinstance(rows, list):\n        shown",
+            )
+        ],
+        ["tests/test_providers_tensordock.py"],
+    ),
+    Mutant(
+        "a session missing from a list is closed without asking the provider",
+        "gpushopper/core/enforcer.py",
+        [("                if self._confirmed_gone(action):\n", "                if True:\n")],
+        ["tests/test_enforcer.py", "tests/test_watch_loop.py"],
+    ),
+    Mutant(
+        "an orphan is destroyed without checking its label",
+        "gpushopper/core/enforcer.py",
+        [
+            (
+                "                    action.instance_id,\n                    label=action.label,\n",
+                "                    action.instance_id,\n",
+            )
+        ],
+        ["tests/test_enforcer.py"],
+    ),
+    Mutant(
+        "any session id shape passes for ours",
+        "gpushopper/core/sessions.py",
+        [
+            (
+                '_LABEL_RE = re.compile(r"gpu-shopper:([0-9a-f]{8}):([0-9a-f]{6})")',
+                '_LABEL_RE = re.compile(r"gpu-shopper:([^:]+):([^:]+)")',
+            )
+        ],
+        ["tests/test_lifecycle.py"],
+    ),
+    Mutant(
+        "a second signal cuts the cleanup short",
+        "gpushopper/core/interrupts.py",
+        [("    if _guard.raised or _guard.deferring:\n", "    if _guard.deferring:\n")],
+        ["tests/test_interrupts.py", "tests/test_provisioner_faults.py"],
+    ),
+    Mutant(
+        "a signal during a failed boot's destroy interrupts it",
+        "gpushopper/core/interrupts.py",
+        [("    if _guard.raised or _guard.deferring:\n", "    if _guard.raised:\n")],
+        ["tests/test_interrupts.py", "tests/test_provisioner_faults.py"],
+    ),
+    Mutant(
+        "SIGHUP is not handled",
+        "gpushopper/core/interrupts.py",
+        [
+            (
+                "HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)",
+                "HANDLED = (signal.SIGINT, signal.SIGTERM)",
+            )
+        ],
+        ["tests/test_interrupts.py"],
+    ),
+    Mutant(
+        "a closed pipe mid-boot counts as a failed boot",
+        "gpushopper/core/provisioner.py",
+        [
+            (
+                "        except OSError as exc:\n            interrupts.output_lost(exc)\n",
+                "        except OSError:\n            raise\n",
+            )
+        ],
+        ["tests/test_provisioner_faults.py"],
+    ),
+    Mutant(
+        "a full disk before the destroy stops it",
+        "gpushopper/core/teardown.py",
+        [
+            (
+                "        except StateWriteError as exc:\n            write_error = exc\n\n",
+                "        except StateWriteError:\n            raise\n\n",
+            )
+        ],
+        ["tests/test_teardown.py"],
+    ),
+    Mutant(
+        "cleanup-orphans says all clear while foreign labels run",
+        "gpushopper/cli/cleanup.py",
+        [
+            (
+                '    left = [r for r in rows if r["action"] == "left"]\n',
+                '    left = [r for r in rows if r["action"] == "left" and r["reason"] != "foreign"]\n',
+            )
+        ],
+        ["tests/test_watch.py::test_cleanup_orphans_works_with_no_state_file"],
+    ),
+    Mutant(
+        "watch --once says all clear when blind",
+        "gpushopper/cli/watch.py",
+        [("        return 0 if ok else 1\n", "        return 0\n")],
+        ["tests/test_accidents.py::test_item5_watch_once_exits_1_when_a_provider_cannot_be_listed"],
+    ),
+    Mutant(
+        "a bare number is hours again",
+        "gpushopper/core/units.py",
+        [
+            (
+                '        if bare_unit is None:\n            raise ValueError(f"{raw!r} has no unit; {UNIT_HINT}")\n',
+                '        if bare_unit is None:\n            bare_unit = "h"\n',
+            )
+        ],
+        ["tests/test_durations.py"],
+    ),
+]
+
+
+def copy_tree(dest: Path) -> None:
+    for name in ("gpushopper", "tests", "benchmarks"):
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", dest / "pyproject.toml")
+
+
+def apply(dest: Path, mutant: Mutant) -> None:
+    path = dest / mutant.path
+    text = path.read_text()
+    for old, new in mutant.edits:
+        count = text.count(old)
+        if count != 1:
+            raise SystemExit(f"{mutant.name}: {old!r} occurs {count} times in {mutant.path}")
+        text = text.replace(old, new)
+    path.write_text(text)
+
+
+def run(mutant: Mutant, baseline: bool = False) -> tuple[bool, float, str]:
+    with tempfile.TemporaryDirectory(prefix="gs-mutant-") as tmp:
+        dest = Path(tmp)
+        copy_tree(dest)
+        if not baseline:
+            apply(dest, mutant)
+        env = {**os.environ, "PYTHONPATH": str(dest), "PYTHONDONTWRITEBYTECODE": "1"}
+        started = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *mutant.tests],
+            cwd=dest,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        took = time.monotonic() - started
+        failed = [line for line in proc.stdout.splitlines() if line.startswith("FAILED")]
+        return proc.returncode != 0, took, (failed[0] if failed else proc.stdout.strip()[-120:])
+
+
+def main() -> int:
+    args = sys.argv[1:]
+    baseline = "--baseline" in args
+    wanted = [w.lower() for w in args if w != "--baseline"]
+    chosen = [m for m in MUTANTS if not wanted or any(w in m.name.lower() for w in wanted)]
+    if baseline:
+        broken = 0
+        for mutant in chosen:
+            failed, took, detail = run(mutant, baseline=True)
+            broken += failed
+            print(f"{'FAILS' if failed else 'passes'} {took:5.1f}s  {mutant.name}", flush=True)
+        return 1 if broken else 0
+    survived = 0
+    for mutant in chosen:
+        killed, took, detail = run(mutant)
+        survived += not killed
+        verdict = "killed  " if killed else "SURVIVED"
+        print(f"{verdict} {took:5.1f}s  {mutant.name}\n          {detail}", flush=True)
+    print(f"{len(chosen) - survived} of {len(chosen)} mutants killed")
+    return 1 if survived else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

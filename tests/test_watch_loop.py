@@ -1,0 +1,267 @@
+"""watch's loop on an injected clock: the schedule, failing passes, the shutdown rule.
+No wall-clock sleeps: ``wait`` advances a fake clock and says when to stop."""
+
+from __future__ import annotations
+
+import signal
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from gpushopper.core.enforcer import Enforcer
+from gpushopper.core.errors import MissingCredentials
+from gpushopper.core.lifecycle import Policy
+from gpushopper.core.units import iso, parse_iso
+from gpushopper.core.watcher import Metrics, Watcher
+from gpushopper.state.store import StateStore
+from tests.fakes.provider import FakeProvider
+
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+ME = "aaaa1111"
+
+
+class Clock:
+    """Wall time, monotonic time and the daemon's wait, all on one fake timeline."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self.stop_after: float | None = None
+        self.waits: list[float] = []
+
+    def now(self) -> datetime:
+        return T0 + timedelta(seconds=self.t)
+
+    def mono(self) -> float:
+        return self.t
+
+    def sleep(self, seconds: float) -> None:
+        self.t += max(0.0, seconds)
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep, unless a stop comes first: then return True at the stop time."""
+        self.waits.append(seconds)
+        if self.stop_after is not None and self.t + seconds >= self.stop_after:
+            self.t = max(self.t, self.stop_after)
+            return True
+        self.t += seconds
+        return False
+
+
+def label(sid: str, install: str = ME) -> str:
+    return f"gpu-shopper:{install}:{sid}"
+
+
+def session(sid, instance_id, provider="vastai", ends_s=7200.0, **extra):
+    return {
+        "id": sid,
+        "status": "running",
+        "provider": provider,
+        "instance_id": instance_id,
+        "label": label(sid),
+        "created_at": iso(T0),
+        "billing_started_at": iso(T0),
+        "reservation_ends_at": iso(T0 + timedelta(seconds=ends_s)),
+        "hard_max_at": iso(T0 + timedelta(hours=12)),
+        "price_per_hour": 0.5,
+        **extra,
+    }
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = StateStore(tmp_path / "state.json")
+    with s.transaction() as state:
+        state["install_id"] = ME
+    return s
+
+
+def put(store, *records):
+    with store.transaction() as state:
+        for r in records:
+            state["sessions"][r["id"]] = r
+
+
+def rig(store, clock, *providers, keep_on_exit=False, interval=30.0, metrics=None):
+    lines: list[str] = []
+    by_name = {p.NAME: p for p in providers}
+
+    def provider_factory(name):
+        if name not in by_name:
+            raise MissingCredentials(name, "not in this test")
+        return by_name[name]
+
+    enforcer = Enforcer(
+        store=store,
+        provider_factory=provider_factory,
+        providers=["vastai", "tensordock"],
+        clock=clock.now,
+        sleep=clock.sleep,
+        mono=clock.mono,
+        on_outcome=lambda o: lines.append(
+            f"{clock.t:g} {o.action.kind} {o.action.reason} {o.result}"
+        ),
+    )
+    watcher = Watcher(
+        enforcer=enforcer,
+        policy=Policy(install_id=None, warn_before_s=600, provision_timeout_s=900),
+        interval_s=interval,
+        clock=clock.now,
+        emit=lines.append,
+        mono=clock.mono,
+        wait=clock.wait,
+        wall=lambda: 1e9 + clock.t,
+        metrics=metrics,
+        keep_on_exit=keep_on_exit,
+    )
+    return watcher, lines
+
+
+def test_passes_run_on_a_fixed_schedule_and_a_deadline_is_met_within_one_interval(store):
+    clock = Clock()
+    provider = FakeProvider()
+    provider.on_get = lambda iid: clock.sleep(0.5)  # every provider call costs time
+    iid = provider.add(label("a00001"))
+    put(store, session("a00001", iid, ends_s=95))
+    clock.stop_after = 200
+    watcher, lines = rig(store, clock, provider)
+    assert watcher.run() is True
+    assert watcher.passes == 7  # t = 0, 30, ..., 180
+    destroyed = [line for line in lines if "destroy_session reservation_ended destroyed" in line]
+    assert len(destroyed) == 1
+    at = float(destroyed[0].split()[0])
+    assert 95 <= at <= 95 + 30 + 2  # the first pass after the deadline
+    ended = parse_iso(store.get_session("a00001")["ended_at"])
+    assert ended is not None and (ended - T0).total_seconds() <= 95 + 30 + 2
+    # the pass's own work counts against the interval: waits shrink by what a pass took
+    assert any(w < 30 for w in clock.waits) and all(w <= 30 for w in clock.waits)
+
+
+def test_a_provider_failing_to_list_never_stops_the_others_expiries(store):
+    clock = Clock()
+    broken = FakeProvider("vastai", listing="malformed")
+    healthy = FakeProvider("tensordock")
+    v, t = broken.add(label("a00001")), healthy.add(label("a00002"))
+    put(store, session("a00001", v, ends_s=4000), session("a00002", t, "tensordock", ends_s=45))
+    clock.stop_after = 100
+    metrics = Metrics(None)
+    watcher, lines = rig(store, clock, broken, healthy, metrics=metrics)
+    assert watcher.run() is False  # blind on vastai: the last pass was not clean
+    assert healthy.live() == set()
+    assert store.get_session("a00002")["status"] == "ended"
+    assert store.get_session("a00001")["status"] == "running"
+    assert any("error provider=vastai" in line for line in lines)
+    assert metrics.ticks_failed == watcher.passes
+    assert set(metrics.listed_at) == {"tensordock"} and metrics.last_success is None
+
+
+def test_a_pass_that_raises_is_logged_and_the_loop_goes_on(store, monkeypatch):
+    clock = Clock()
+    provider = FakeProvider()
+    clock.stop_after = 100  # passes at t = 0, 30, 60, 90
+    watcher, lines = rig(store, clock, provider)
+    calls = {"n": 0}
+    real = watcher.enforcer.tick
+
+    def flaky(policy):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("surprise")
+        return real(policy)
+
+    monkeypatch.setattr(watcher.enforcer, "tick", flaky)
+    watcher.run()
+    assert calls["n"] == 4
+    assert any("error: RuntimeError: surprise (retrying next pass)" in line for line in lines)
+
+
+def test_foreign_and_malformed_labels_are_never_reaped_however_long_it_runs(store):
+    clock = Clock()
+    provider = FakeProvider()
+    foreign = provider.add(label("c00001", install="bbbb2222"))
+    odd = provider.add(f"gpu-shopper:{ME}:$(touch x)")
+    orphan = provider.add(label("c00002"))
+    clock.stop_after = 300
+    watcher, _ = rig(store, clock, provider)
+    watcher.run()
+    assert provider.live() == {foreign, odd}
+    assert orphan not in provider.live()
+
+
+def test_a_partial_listing_never_closes_a_running_session(store):
+    clock = Clock()
+    provider = FakeProvider(listing="partial", partial_drops={label("a00001")})
+    iid = provider.add(label("a00001"))
+    put(store, session("a00001", iid))
+    clock.stop_after = 120
+    watcher, _ = rig(store, clock, provider)
+    assert watcher.run() is False
+    assert store.get_session("a00001")["status"] == "running"
+    assert provider.live() == {iid}
+
+
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_stopping_destroys_every_guarded_session_and_exits_128_plus_n(store, signum, code):
+    clock = Clock()
+    provider = FakeProvider(linger=2)
+    ids = [provider.add(label(f"a0000{i}")) for i in range(3)]
+    put(store, *(session(f"a0000{i}", iid) for i, iid in enumerate(ids)))
+    watcher, lines = rig(store, clock, provider)
+    watcher.announce(pid=1, once=False)
+    assert any("stopping destroys the 3 guarded sessions" in line for line in lines)
+    clock.stop_after = 45
+    watcher.run()
+    assert provider.live() == set(ids)  # nothing was due
+    assert watcher.shutdown(signum) == code
+    assert provider.live() == set()
+    assert {r["status"] for r in store.sessions().values()} == {"ended"}
+
+
+def test_keep_on_exit_leaves_them_and_says_so_at_start(store):
+    clock = Clock()
+    provider = FakeProvider()
+    iid = provider.add(label("a00001"))
+    put(store, session("a00001", iid))
+    watcher, lines = rig(store, clock, provider, keep_on_exit=True)
+    watcher.announce(pid=1, once=False)
+    assert any("stopping leaves the 1 guarded session" in line for line in lines)
+    assert watcher.shutdown(signal.SIGINT) == 130
+    assert provider.live() == {iid}
+    assert any("session=a00001 reservation_ends_at=" in line for line in lines)
+
+
+def test_a_shutdown_that_cannot_destroy_exits_1(store):
+    from tests.fakes.provider import FOREVER
+
+    clock = Clock()
+    provider = FakeProvider(destroy_failures=FOREVER)
+    iid = provider.add(label("a00001"))
+    put(store, session("a00001", iid))
+    watcher, lines = rig(store, clock, provider)
+    assert watcher.shutdown(signal.SIGTERM) == 1
+    assert provider.live() == {iid}
+    assert any("could not be destroyed" in line for line in lines)
+
+
+def test_once_is_one_pass(store):
+    clock = Clock()
+    provider = FakeProvider()
+    watcher, _ = rig(store, clock, provider)
+    assert watcher.run(once=True) is True
+    assert watcher.passes == 1 and clock.waits == []
+
+
+def test_metrics_carry_the_last_successful_list_per_provider(store, tmp_path):
+    clock = Clock()
+    vast, td = FakeProvider("vastai"), FakeProvider("tensordock")
+    metrics = Metrics(tmp_path / "m.prom")
+    clock.stop_after = 60
+    watcher, _ = rig(store, clock, vast, td, metrics=metrics)
+    watcher.run()
+    td.listing = "malformed"
+    clock.stop_after = 120
+    watcher.run()
+    text = (tmp_path / "m.prom").read_text()
+    # the last pass (t=90) listed vastai; tensordock was last listed whole at t=30
+    assert f'{{provider="vastai"}} {T0.timestamp() + 90:.3f}' in text
+    assert f'{{provider="tensordock"}} {T0.timestamp() + 30:.3f}' in text
+    assert "gpu_shopper_failed_ticks_total 2" in text
