@@ -154,7 +154,7 @@ def test_unlocked_writes_keep_a_fresh_temporary_but_remove_old_ones(tmp_path):
         json.dumps({"schema_version": True}),
         json.dumps({"sessions": [{"id": ["not", "hashable"]}]}),
         json.dumps({"sessions": [7, "x", {"id": "a"}], "offer_health": []}),
-        json.dumps({"schema_version": 1, "sessions": {"a": 3}}),
+        json.dumps({"schema_version": 1, "sessions": 3}),
         json.dumps({"schema_version": 1, "sessions": [], "install_id": 5}),
         "[" * 100_000 + "]" * 100_000,
         '{"a":' * 50_000 + "1" + "}" * 50_000,
@@ -164,13 +164,15 @@ def test_unlocked_writes_keep_a_fresh_temporary_but_remove_old_ones(tmp_path):
         "bool",
         "v0-bad-id",
         "v0-health-list",
-        "session-int",
+        "sessions-int",
         "id-int",
         "deep-list",
         "deep-obj",
     ],
 )
 def test_damaged_state_is_the_clear_backup_error(gs, isolated_home, content):
+    # One bad record inside a good ``sessions`` object is not damage: it is reported and
+    # skipped so every other session is still enforced (test_accidents covers that).
     path = isolated_home / "state.json"
     path.write_text(content)
     result = gs("sessions list --json")

@@ -540,18 +540,9 @@ def _placeholder_arguments(path: str) -> list[str]:
     }.get(path, [])
 
 
-ISSUE_8 = pytest.mark.xfail(
-    reason="duration values (nan, inf, 1e9) are issue 8's parser; passes once it lands",
-    strict=False,
-)
-
-
 @pytest.mark.parametrize(
     "path, target, _flag",
-    [
-        pytest.param(*case, marks=ISSUE_8) if case[:2] == ("provision", "--hours") else case
-        for case in OPTION_CASES
-    ],
+    OPTION_CASES,
     ids=lambda v: str(v),
 )
 def test_garbage_option_values_are_usage_errors_never_crashes(vast, gs, path, target, _flag):

@@ -45,7 +45,7 @@ def test_bad_users_are_refused(user):
 def _record(**ssh):
     base = {"host": "127.0.0.1", "port": 22, "user": "root", "key_path": "/k", "known_hosts": "/kh"}
     base.update(ssh)
-    return {"status": "running", "ssh": base}
+    return {"status": "running", "provider": "vastai", "ssh": base}
 
 
 def test_ssh_config_never_carries_a_hostile_value():

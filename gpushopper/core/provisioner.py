@@ -29,8 +29,8 @@ from gpushopper.core.errors import (
 )
 from gpushopper.core.inventory import machine_key, search, split_offer_id
 from gpushopper.core.models import Instance, LaunchSpec, Offer, OfferQuery, Template, gpu_matches
-from gpushopper.core.redact import clip
 from gpushopper.core.owner import current_owner
+from gpushopper.core.redact import clip
 from gpushopper.core.sessions import close_record, make_label, refresh_ssh_config
 from gpushopper.core.teardown import (
     LABEL_WAIT_S,

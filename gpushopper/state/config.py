@@ -273,9 +273,7 @@ def check_range(option: str, kind: str, value: Any, where: str) -> None:
                 problem = f"must be at most {_number_text(high)}, not {_number_text(value)}"
     elif kind in DURATION_KINDS:
         try:  # units required; nan, inf, negative and (mostly) zero refused
-            parse_duration(
-                value, allow_zero=kind == "duration_or_zero" or option in ZERO_DURATIONS
-            )
+            parse_duration(value, allow_zero=kind == "duration_or_zero" or option in ZERO_DURATIONS)
         except ValueError as exc:
             problem = str(exc)
     elif kind == "list" and option in CHOICES:
