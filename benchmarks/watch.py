@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _util import gpu_shopper_cmd  # noqa: E402
 
-from gpushopper.core.sessions import make_label  # noqa: E402
-from gpushopper.core.units import iso, parse_duration, parse_iso  # noqa: E402
+from gpushopper.model.session import make_label  # noqa: E402
+from gpushopper.model.units import iso, parse_duration, parse_iso  # noqa: E402
 from gpushopper.state.store import StateStore  # noqa: E402
 from tests.fakes.tensordock import TensorDockEmulator  # noqa: E402
 from tests.fakes.vastai import VastEmulator  # noqa: E402

@@ -119,7 +119,7 @@ MUTANTS = [
     ),
     Mutant(
         "redact replaces only the first occurrence",
-        "gpushopper/core/redact.py",
+        "gpushopper/model/redact.py",
         [
             (
                 "text = text.replace(secret, mask(secret))",
@@ -265,7 +265,7 @@ MUTANTS = [
     ),
     Mutant(
         "a bare number is hours again",
-        "gpushopper/core/units.py",
+        "gpushopper/model/units.py",
         [
             (
                 '        if bare_unit is None:\n            raise ValueError(f"{raw!r} has no unit; {UNIT_HINT}")\n',

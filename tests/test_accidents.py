@@ -416,7 +416,7 @@ def test_item10_the_hint_names_the_units(gs):
 def test_item10_hours_is_its_own_unit(vast, gs):
     session = gs("provision --provider vastai --gpu 4090 --hours 3 --yes --json").json()
     ready = time.time()
-    from gpushopper.core.units import parse_iso
+    from gpushopper.model.units import parse_iso
 
     ends = parse_iso(session["reservation_ends_at"]).timestamp()
     assert abs(ends - ready - 3 * 3600) < 120

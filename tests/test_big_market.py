@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from gpushopper.core.models import OfferQuery, rank_offers
+from gpushopper.model.models import OfferQuery, rank_offers
 from gpushopper.providers.tensordock import parse_hostnodes
 from gpushopper.providers.vastai import parse_offer
 from tests.fakes.tensordock import TensorDockEmulator
@@ -144,7 +144,7 @@ def test_tensordock_finds_every_match_too(big_tensordock, gs, monkeypatch, flags
 def test_limit_is_still_the_best_n_when_the_best_offers_are_suppressed(
     on_big_vast, gs, isolated_home
 ):
-    from gpushopper.core.units import iso
+    from gpushopper.model.units import iso
     from gpushopper.state.paths import resolve_paths
     from gpushopper.state.store import StateStore
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gpushopper.core.errors import ConfigError
+from gpushopper.model.errors import ConfigError
 from gpushopper.state.config import Settings
 from gpushopper.state.paths import resolve_paths
 

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from gpushopper.core.costs import month_cost
-from gpushopper.core.units import iso
+from gpushopper.model.units import iso
 from gpushopper.state.store import StateStore
 
 T0 = datetime(2026, 10, 31, 23, 0, tzinfo=timezone.utc)

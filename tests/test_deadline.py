@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from gpushopper.core import deadline
-from gpushopper.core.units import iso, parse_iso, utcnow
+from gpushopper.model.units import iso, parse_iso, utcnow
 from gpushopper.state.store import StateStore
 from tests.waiting import wait_for
 

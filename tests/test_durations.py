@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpushopper.core.units import UNIT_HINT, parse_duration
+from gpushopper.model.units import UNIT_HINT, parse_duration
 
 
 @pytest.mark.parametrize(

@@ -7,10 +7,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from gpushopper.core.enforcer import Enforcer, TickReport
-from gpushopper.core.errors import MissingCredentials
 from gpushopper.core.lifecycle import DESTROY_ORPHAN, Action, Policy
-from gpushopper.core.models import Instance
-from gpushopper.core.units import iso
+from gpushopper.model.errors import MissingCredentials
+from gpushopper.model.models import Instance
+from gpushopper.model.units import iso
 from gpushopper.state.store import StateStore
 from tests.fakes.provider import FakeProvider, factory
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpushopper.core.models import canonical_gpu, gpu_form_factor, gpu_matches
+from gpushopper.model.models import canonical_gpu, gpu_form_factor, gpu_matches
 
 
 @pytest.mark.parametrize(

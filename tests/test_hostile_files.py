@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gpushopper.core.errors import StateError
+from gpushopper.model.errors import StateError
 from gpushopper.state.atomic import atomic_write_text
 from gpushopper.state.store import StateStore
 

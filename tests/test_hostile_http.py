@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from gpushopper.core.errors import ProviderError, Unavailable
+from gpushopper.model.errors import ProviderError, Unavailable
 from gpushopper.providers.base import HttpClient
 
 

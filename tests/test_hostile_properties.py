@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gpushopper.core.errors import ProviderError
+from gpushopper.model.errors import ProviderError
 
 RUNS: Counter[str] = Counter()
 
@@ -289,7 +289,7 @@ QUICK = settings(
 
 
 def _parsers() -> dict[str, Any]:
-    from gpushopper.core.models import OfferQuery
+    from gpushopper.model.models import OfferQuery
     from gpushopper.providers import base, common, tensordock, vastai
 
     query = OfferQuery()

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 import pytest
 
-from gpushopper.core.redact import clip, redact, register_secret
+from gpushopper.model.redact import clip, redact, register_secret
 from tests.fakes.scripted_http import ScriptedServer
 
 KEY = "k3y-Secret-0123456789abcdefXYZ"

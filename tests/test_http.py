@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gpushopper.core.errors import AuthFailed, NotFound, ProviderError, RateLimited, Unavailable
+from gpushopper.model.errors import AuthFailed, NotFound, ProviderError, RateLimited, Unavailable
 from gpushopper.providers.base import HttpClient
 from tests.fakes.scripted_http import ScriptedServer
 

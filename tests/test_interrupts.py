@@ -84,7 +84,7 @@ def test_the_sigpipe_signal_itself_stays_ignored():
 
 
 def test_interrupted_exits_128_plus_the_signal():
-    from gpushopper.core.errors import Interrupted
+    from gpushopper.model.errors import Interrupted
 
     assert Interrupted("x", signal.SIGHUP).exit_code == 129
     assert Interrupted("x").exit_code == 130

@@ -11,10 +11,10 @@ from typing import Any
 
 import pytest
 
-from gpushopper.core.errors import MissingCredentials, Unavailable
 from gpushopper.core.inventory import OfferCache, rank, search
-from gpushopper.core.models import OFFER_KEYS, Offer, OfferQuery, canonical_gpu
-from gpushopper.core.units import iso
+from gpushopper.model.errors import MissingCredentials, Unavailable
+from gpushopper.model.models import OFFER_KEYS, Offer, OfferQuery, canonical_gpu
+from gpushopper.model.units import iso
 from gpushopper.state.paths import resolve_paths
 from gpushopper.state.store import StateStore
 

@@ -41,7 +41,7 @@ def test_a_secret_in_a_journaled_error_is_masked_every_time(tmp_path):
     import pytest
 
     from gpushopper.core.journal import JournaledProvider
-    from gpushopper.core.redact import register_secret
+    from gpushopper.model.redact import register_secret
 
     secret = "td-token-9f8e7d6c5b4a"
     register_secret(secret)

@@ -17,8 +17,8 @@ from gpushopper.core.lifecycle import (
     Policy,
     plan,
 )
-from gpushopper.core.models import Instance
-from gpushopper.core.units import iso
+from gpushopper.model.models import Instance
+from gpushopper.model.units import iso
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 ME = "aaaa1111"
@@ -216,7 +216,7 @@ def test_a_gpu_shopper_label_not_of_our_shape_is_reported_never_destroyed(label)
 
 
 def test_parse_label_takes_only_our_exact_shape():
-    from gpushopper.core.sessions import make_label, parse_label
+    from gpushopper.model.session import make_label, parse_label
 
     assert parse_label(make_label(ME, "0a1b2c")) == (ME, "0a1b2c")
     assert parse_label(f"gpu-shopper:{ME}:$(rm -rf ~)") is None

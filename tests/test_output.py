@@ -9,7 +9,7 @@ import click
 import pytest
 
 from gpushopper.cli import COMMANDS, cli
-from gpushopper.core.errors import (
+from gpushopper.model.errors import (
     AuthFailed,
     ConfigError,
     NeedsAttention,

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from gpushopper.core.errors import AuthFailed, NotFound, ProviderError, RateLimited
-from gpushopper.core.models import OfferQuery
+from gpushopper.model.errors import AuthFailed, NotFound, ProviderError, RateLimited
+from gpushopper.model.models import OfferQuery
 from gpushopper.providers.tensordock import (
     TensorDock,
     classify,
@@ -324,7 +324,7 @@ def test_os_images_are_the_templates():
     ],
 )
 def test_a_malformed_instance_list_is_an_error_never_no_instances(data):
-    from gpushopper.core.errors import Unavailable
+    from gpushopper.model.errors import Unavailable
     from gpushopper.providers.tensordock import parse_instance_list
 
     with pytest.raises(Unavailable, match="instance list"):
@@ -346,7 +346,7 @@ def test_an_empty_well_formed_list_is_believed(emu):
 
 @pytest.mark.parametrize("body", [{}, "[]", "null", {"data": "x"}])
 def test_a_malformed_show_is_an_error_never_gone(emu, body):
-    from gpushopper.core.errors import Unavailable
+    from gpushopper.model.errors import Unavailable
 
     rec = emu.create_instance_directly(name="x")
     emu.fail_next("GET", rf"/instances/{rec['id']}$", status=200, body=body)

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from gpushopper.core.errors import AuthFailed, ProviderError, RateLimited
-from gpushopper.core.models import OfferQuery
+from gpushopper.model.errors import AuthFailed, ProviderError, RateLimited
+from gpushopper.model.models import OfferQuery
 from gpushopper.providers.vastai import (
     VastAI,
     build_search,
@@ -433,7 +433,7 @@ def test_rounding_in_our_vram_figures_cannot_hide_the_best_offer(emu):
     ],
 )
 def test_a_malformed_instance_list_is_an_error_never_no_instances(emu, body):
-    from gpushopper.core.errors import Unavailable
+    from gpushopper.model.errors import Unavailable
 
     emu.create_instance_directly(label="gpu-shopper:aaaa1111:a00001")
     emu.fail_next("GET", r"/api/v1/instances", status=200, body=body)
@@ -450,7 +450,7 @@ def test_an_empty_well_formed_list_is_believed(emu):
     "body", [{}, [], {"instances": "x"}, {"instances": {"label": "no id"}}, {"success": True}]
 )
 def test_a_malformed_show_is_an_error_never_gone(emu, body):
-    from gpushopper.core.errors import Unavailable
+    from gpushopper.model.errors import Unavailable
 
     inst = emu.create_instance_directly(label="x")
     emu.fail_next("GET", rf"/api/v0/instances/{inst['id']}/", status=200, body=body)
@@ -467,7 +467,7 @@ def test_gone_is_the_documented_null_and_nothing_else(emu):
 
 
 def test_a_show_answering_another_instance_is_an_error(emu):
-    from gpushopper.core.errors import Unavailable
+    from gpushopper.model.errors import Unavailable
 
     a = emu.create_instance_directly(label="a")
     b = emu.create_instance_directly(label="b")

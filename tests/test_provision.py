@@ -566,7 +566,7 @@ def test_no_matching_offer_exits_1_before_creating_anything(vast, gs, isolated_h
 def test_extend_is_allowed_to_the_hard_maximum_exactly_and_not_a_second_past(gs, isolated_home):
     from datetime import timedelta
 
-    from gpushopper.core.units import iso, utcnow
+    from gpushopper.model.units import iso, utcnow
 
     store = StateStore(isolated_home / "state.json")
     ends = utcnow() + timedelta(hours=1)

@@ -12,8 +12,6 @@ from typing import Any
 import pytest
 
 from gpushopper.core import interrupts
-from gpushopper.core.errors import Interrupted, StateWriteError
-from gpushopper.core.models import Offer, OfferQuery
 from gpushopper.core.provisioner import (
     BootFailed,
     Candidate,
@@ -21,7 +19,9 @@ from gpushopper.core.provisioner import (
     ProvisionFailed,
     ProvisionRequest,
 )
-from gpushopper.core.units import parse_iso
+from gpushopper.model.errors import Interrupted, StateWriteError
+from gpushopper.model.models import Offer, OfferQuery
+from gpushopper.model.units import parse_iso
 from gpushopper.state.store import StateStore
 from tests.conftest import FakeTime
 from tests.fakes.provider import FOREVER, FakeProvider, factory

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gpushopper.core.redact import mask, redact, register_secret
+from gpushopper.model.redact import mask, redact, register_secret
 
 
 def test_every_occurrence_is_hidden():

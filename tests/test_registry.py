@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gpushopper.core.errors import MissingCredentials
+from gpushopper.model.errors import MissingCredentials
 from gpushopper.providers.base import REGISTRY, Provider, provider_class, provider_names
 from gpushopper.state.config import Settings
 from gpushopper.state.paths import resolve_paths

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gpushopper.core.errors import StateError
+from gpushopper.model.errors import StateError
 from gpushopper.state.store import SCHEMA_VERSION, StateStore
 
 
@@ -213,7 +213,7 @@ def test_concurrent_updates_of_one_session_lose_nothing(tmp_path):
 def test_a_state_file_that_cannot_be_written_is_a_typed_error(tmp_path, monkeypatch):
     import errno
 
-    from gpushopper.core.errors import StateWriteError
+    from gpushopper.model.errors import StateWriteError
     from gpushopper.state import store as store_module
 
     def full(*args, **kwargs):

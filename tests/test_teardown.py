@@ -9,8 +9,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from gpushopper.core import teardown
-from gpushopper.core.errors import NotOurs, ProviderError, StateWriteError, Unavailable
-from gpushopper.core.units import iso
+from gpushopper.model.errors import NotOurs, ProviderError, StateWriteError, Unavailable
+from gpushopper.model.units import iso
 from gpushopper.state.store import StateStore
 from tests.conftest import FakeTime
 from tests.fakes.provider import FOREVER, FakeProvider, factory
@@ -230,7 +230,7 @@ def test_a_state_file_that_cannot_be_written_never_stops_the_destroy(store, cloc
 
 
 def test_get_session_or_fail_names_a_broken_record(store):
-    from gpushopper.core.errors import StateError
+    from gpushopper.model.errors import StateError
 
     with store.transaction() as state:
         state["sessions"]["a00001"] = "a string"

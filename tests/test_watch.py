@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gpushopper.core.units import parse_iso
+from gpushopper.model.units import parse_iso
 from gpushopper.state.store import StateStore
 from tests.waiting import default_signals, wait_for
 

@@ -9,10 +9,10 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from gpushopper.core.enforcer import Enforcer
-from gpushopper.core.errors import MissingCredentials
 from gpushopper.core.lifecycle import Policy
-from gpushopper.core.units import iso, parse_iso
 from gpushopper.core.watcher import Metrics, Watcher
+from gpushopper.model.errors import MissingCredentials
+from gpushopper.model.units import iso, parse_iso
 from gpushopper.state.store import StateStore
 from tests.fakes.provider import FakeProvider
 

@@ -109,8 +109,8 @@ class App:
 
     def provider(self, name: str) -> Any:
         """A configured provider client; raises MissingCredentials when it has none."""
-        from gpushopper.core.errors import StateError
         from gpushopper.core.journal import JournaledProvider
+        from gpushopper.model.errors import StateError
         from gpushopper.providers.base import provider_class
         from gpushopper.state.fs import LinkRefused, refuse_link
 
@@ -130,7 +130,7 @@ def _clock_from_env(environ: dict[str, str]) -> Callable[[], datetime]:
     ``GPU_SHOPPER_CLOCK_OFFSET`` (a duration such as ``13h``) moves "now" forward, so a
     12-hour limit can be tested without waiting 12 hours.
     """
-    from gpushopper.core.units import add_seconds, parse_duration, utcnow
+    from gpushopper.model.units import add_seconds, parse_duration, utcnow
 
     offset_text = environ.get("GPU_SHOPPER_CLOCK_OFFSET")
     if not offset_text:

@@ -71,7 +71,7 @@ def cleanup_orphans(app: App, yes: bool, include_foreign: bool, as_json: bool) -
         log=info,
     )
     if not enforcer.configured():
-        from gpushopper.core.errors import NoProviderConfigured
+        from gpushopper.model.errors import NoProviderConfigured
 
         raise NoProviderConfigured()
     report = TickReport()

@@ -83,7 +83,7 @@ def config_set(app: App, key: str, value: str | None, as_json: bool) -> None:
     echo for keys). Either way a key never appears on the command line, where every local
     user can read it (/proc/PID/cmdline).
     """
-    from gpushopper.core.errors import UsageError
+    from gpushopper.model.errors import UsageError
     from gpushopper.state.config import SETTINGS, mask_setting
 
     spec = SETTINGS.get(key)

@@ -41,8 +41,8 @@ def costs(
     if ctx.invoked_subcommand is not None:
         return
     from gpushopper.core.costs import parse_since, session_cost_rows
-    from gpushopper.core.errors import UsageError
-    from gpushopper.core.units import parse_iso
+    from gpushopper.model.errors import UsageError
+    from gpushopper.model.units import parse_iso
 
     start = parse_since(since) if since else None
     records = list(app.sessions().values())

@@ -9,7 +9,7 @@ import click
 
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.output import emit_json, json_option, print_table
-from gpushopper.core.errors import GpuShopperError, MissingCredentials
+from gpushopper.model.errors import GpuShopperError, MissingCredentials
 
 
 def _check(name: str, status: str, detail: str) -> dict[str, str]:

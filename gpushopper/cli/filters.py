@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from gpushopper.core.errors import UsageError
-from gpushopper.core.models import OfferQuery
+from gpushopper.model.errors import UsageError
+from gpushopper.model.models import OfferQuery
 
 PROVIDERS = ("vastai", "tensordock")
 
@@ -213,7 +213,7 @@ def build_query(
 
 def unknown_gpu_hint(name: str) -> str | None:
     """For a GPU name no provider's model list knows: which known models are close."""
-    from gpushopper.core.models import close_gpu_names, known_gpu
+    from gpushopper.model.models import close_gpu_names, known_gpu
     from gpushopper.providers.vastai import GPU_NAMES
 
     if known_gpu(name, GPU_NAMES):

@@ -17,7 +17,7 @@ from gpushopper.cli.filters import (
     resolve_template,
 )
 from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table, warn
-from gpushopper.core.errors import NotFound
+from gpushopper.model.errors import NotFound
 
 
 def _money(value: float | None) -> str | None:

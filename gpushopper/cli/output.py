@@ -10,8 +10,8 @@ from typing import Any
 
 import click
 
-from gpushopper.core.errors import GpuShopperError
-from gpushopper.core.redact import redact
+from gpushopper.model.errors import GpuShopperError
+from gpushopper.model.redact import redact
 
 _mode = {"json": False, "verbose": False}
 
@@ -65,7 +65,7 @@ def emit_json(data: Any) -> None:
     if text is None or redact(text) != text:
         import json
 
-        from gpushopper.core.redact import redact_tree
+        from gpushopper.model.redact import redact_tree
 
         # Redact the values, not the text: the document stays valid JSON whatever a secret
         # is. The fast path above is taken only when no secret appears in any form.

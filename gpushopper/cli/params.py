@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from gpushopper.core.units import parse_duration
+from gpushopper.model.units import parse_duration
 
 
 class DurationType(click.ParamType):

@@ -19,8 +19,8 @@ from gpushopper.cli.filters import (
 )
 from gpushopper.cli.output import emit_json, info, json_option, print_kv
 from gpushopper.cli.params import DURATION, HOURS
-from gpushopper.core.errors import UsageError
-from gpushopper.core.units import format_duration, iso
+from gpushopper.model.errors import UsageError
+from gpushopper.model.units import format_duration, iso
 
 
 def make_provisioner(app: App) -> Any:

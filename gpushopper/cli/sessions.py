@@ -11,12 +11,13 @@ import click
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.output import emit_json, info, json_option, print_table
 from gpushopper.cli.params import HOURS
-from gpushopper.core.errors import SshError, UsageError
-from gpushopper.core.units import format_duration, iso, parse_iso
+from gpushopper.model.errors import SshError, UsageError
+from gpushopper.model.units import format_duration, iso, parse_iso
 
 
 def _views(app: App, show_all: bool, consumer: str | None) -> list[dict[str, Any]]:
-    from gpushopper.core.sessions import DONE, public_view
+    from gpushopper.core.sessions import public_view
+    from gpushopper.model.session import DONE
 
     now = app.clock()
     out = []
@@ -179,8 +180,9 @@ def shutdown(app: App, session_id: str, as_json: bool) -> None:
 @pass_app
 def sessions_extend(app: App, session_id: str, hours: float, override: bool, as_json: bool) -> None:
     """Push the reservation end out; refused past the 12-hour hard maximum without --override."""
-    from gpushopper.core.sessions import LIVE, public_view
+    from gpushopper.core.sessions import public_view
     from gpushopper.core.teardown import get_session_or_fail
+    from gpushopper.model.session import LIVE
 
     record = get_session_or_fail(app.store, session_id)
     if record.get("status") not in LIVE:

@@ -9,7 +9,7 @@ import click
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.filters import PROVIDERS
 from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table, warn
-from gpushopper.core.errors import (
+from gpushopper.model.errors import (
     GpuShopperError,
     MissingCredentials,
     NoProviderConfigured,
@@ -117,7 +117,7 @@ def templates_show(app: App, ident: str, providers: tuple[str, ...], as_json: bo
 @pass_app
 def offer_health(app: App, as_json: bool) -> None:
     """Boot failures recorded per offer and machine, and which are suppressed."""
-    from gpushopper.core.units import parse_iso
+    from gpushopper.model.units import parse_iso
 
     now = app.clock()
     rows = []

@@ -10,7 +10,7 @@ import click
 
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.output import emit_json, info, json_option, print_table
-from gpushopper.core.errors import SshError
+from gpushopper.model.errors import SshError
 
 
 def _connect(app: App, session_id: str) -> Any:
@@ -56,7 +56,7 @@ def transfer_upload(
     app: App, session_id: str, paths: tuple[str, ...], recursive: bool, as_json: bool
 ) -> None:
     """Upload LOCAL files (or folders with --recursive) to REMOTE on the instance."""
-    from gpushopper.core.errors import UsageError
+    from gpushopper.model.errors import UsageError
     from gpushopper.remote.transfer import check_path, upload
 
     if len(paths) < 2:
@@ -89,7 +89,7 @@ def transfer_download(
     app: App, session_id: str, paths: tuple[str, ...], recursive: bool, as_json: bool
 ) -> None:
     """Download REMOTE files (or folders with --recursive) from the instance to LOCAL."""
-    from gpushopper.core.errors import UsageError
+    from gpushopper.model.errors import UsageError
     from gpushopper.remote.transfer import check_path, download
 
     if len(paths) < 2:

@@ -13,8 +13,8 @@ import click
 
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.params import DURATION
-from gpushopper.core.errors import StateError
-from gpushopper.core.units import iso
+from gpushopper.model.errors import StateError
+from gpushopper.model.units import iso
 
 
 class PidLock:
@@ -132,11 +132,11 @@ def watch(
     be listed or any session could not be enforced; a stop exits 128 + the signal.
     """
     from gpushopper.core.enforcer import Enforcer
-    from gpushopper.core.errors import NoProviderConfigured
     from gpushopper.core.interrupts import KEEP_IGNORED, silence_std_streams
+    from gpushopper.model.errors import NoProviderConfigured
 
     if metrics_file and not Path(metrics_file).expanduser().parent.is_dir():
-        from gpushopper.core.errors import UsageError
+        from gpushopper.model.errors import UsageError
 
         raise UsageError(
             f"--metrics-file {metrics_file}: no such folder "
@@ -162,7 +162,7 @@ def watch(
         return bool(received)
 
     def emit(message: str) -> None:
-        from gpushopper.core.redact import redact
+        from gpushopper.model.redact import redact
 
         try:
             click.echo(redact(message), err=True)  # the watch log is kept: never a secret in it

@@ -25,7 +25,7 @@ class Alerter:
         try:
             import json
 
-            from gpushopper.core.redact import redact
+            from gpushopper.model.redact import redact
             from gpushopper.providers.http_deadline import DeadlineAdapter, deadline
 
             if self._session is None:

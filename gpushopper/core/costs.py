@@ -6,9 +6,9 @@ from collections.abc import Iterable
 from datetime import datetime, timezone
 from typing import Any
 
-from gpushopper.core.errors import UsageError
 from gpushopper.core.sessions import accrued_cost
-from gpushopper.core.units import parse_iso
+from gpushopper.model.errors import UsageError
+from gpushopper.model.units import parse_iso
 
 
 def parse_since(text: str) -> datetime:

@@ -50,9 +50,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from gpushopper.core.errors import ConfigError
-from gpushopper.core.redact import clip
-from gpushopper.core.units import iso, parse_iso
+from gpushopper.model.errors import ConfigError
+from gpushopper.model.redact import clip
+from gpushopper.model.units import iso, parse_iso
 
 VASTAI_DEADLINE_FILE = "/root/.gpu-shopper/deadline"
 TENSORDOCK_DEADLINE_FILE = "/var/lib/gpu-shopper/deadline"

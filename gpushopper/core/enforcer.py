@@ -16,12 +16,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gpushopper.core.errors import (
-    GpuShopperError,
-    MissingCredentials,
-    StateWriteError,
-    Unavailable,
-)
 from gpushopper.core.lifecycle import (
     BOOTING,
     DESTROY_ORPHAN,
@@ -35,11 +29,18 @@ from gpushopper.core.lifecycle import (
     Policy,
     plan,
 )
-from gpushopper.core.models import Instance
 from gpushopper.core.owner import GONE, owner_state
-from gpushopper.core.sessions import LIVE, close_record, refresh_ssh_config, split_records
+from gpushopper.core.sessions import close_record, refresh_ssh_config, split_records
 from gpushopper.core.teardown import destroy_and_confirm, end_session
-from gpushopper.core.units import iso
+from gpushopper.model.errors import (
+    GpuShopperError,
+    MissingCredentials,
+    StateWriteError,
+    Unavailable,
+)
+from gpushopper.model.models import Instance
+from gpushopper.model.session import LIVE
+from gpushopper.model.units import iso
 
 REPORTS = (REPORT_FOREIGN, REPORT_MALFORMED, REPORT_BAD_RECORD)
 FAILED = ("failed", "unrecorded")  # outcomes that make a pass not ok

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gpushopper.core.errors import (
+from gpushopper.model.errors import (
     GpuShopperError,
     MissingCredentials,
     NoProviderConfigured,
@@ -18,7 +18,7 @@ from gpushopper.core.errors import (
     Unavailable,
     UsageError,
 )
-from gpushopper.core.models import (
+from gpushopper.model.models import (
     RANK_KEYS,
     SORTS,
     Offer,
@@ -28,7 +28,7 @@ from gpushopper.core.models import (
     offer_matches,
     rank_offers,
 )
-from gpushopper.core.units import iso, parse_iso
+from gpushopper.model.units import iso, parse_iso
 
 RATE_LIMITED_TTL_S = 300.0  # after a 429, reuse answers for at least this long
 STALE_LIMIT_S = 3600.0  # a provider that is rate limiting may be answered from cache this old

@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from gpushopper.core.redact import clip, redact_tree
+from gpushopper.model.redact import clip, redact_tree
 
 MUTATIONS = ("create_instance", "destroy_instance", "attach_ssh_key")
 # What parsing a wrong-shaped answer raises (a list where an object was expected...).
@@ -68,7 +68,7 @@ class JournaledProvider:
             try:
                 return func(*args, **kwargs)
             except MALFORMED as exc:
-                from gpushopper.core.errors import ProviderError
+                from gpushopper.model.errors import ProviderError
 
                 raise ProviderError(
                     getattr(self._inner, "NAME", "?"),

@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from gpushopper.core.models import Instance
-from gpushopper.core.sessions import LIVE, looks_like_ours, parse_label, split_records
-from gpushopper.core.units import parse_iso
+from gpushopper.core.sessions import split_records
+from gpushopper.model.models import Instance
+from gpushopper.model.session import LIVE, looks_like_ours, parse_label
+from gpushopper.model.units import parse_iso
 
 # action kinds
 WARN = "warn"

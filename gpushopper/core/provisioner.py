@@ -19,19 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from gpushopper.core import interrupts
-from gpushopper.core.errors import (
-    GpuShopperError,
-    Interrupted,
-    NotFound,
-    SshError,
-    StateError,
-    UsageError,
-)
 from gpushopper.core.inventory import machine_key, search, split_offer_id
-from gpushopper.core.models import Instance, LaunchSpec, Offer, OfferQuery, Template, gpu_matches
 from gpushopper.core.owner import current_owner
-from gpushopper.core.redact import clip
-from gpushopper.core.sessions import close_record, make_label, refresh_ssh_config
+from gpushopper.core.sessions import close_record, refresh_ssh_config
 from gpushopper.core.teardown import (
     LABEL_WAIT_S,
     destroy_and_confirm,
@@ -39,7 +29,18 @@ from gpushopper.core.teardown import (
     note_in_journal,
     wait_for_label,
 )
-from gpushopper.core.units import format_duration, iso, parse_iso
+from gpushopper.model.errors import (
+    GpuShopperError,
+    Interrupted,
+    NotFound,
+    SshError,
+    StateError,
+    UsageError,
+)
+from gpushopper.model.models import Instance, LaunchSpec, Offer, OfferQuery, Template, gpu_matches
+from gpushopper.model.redact import clip
+from gpushopper.model.session import make_label
+from gpushopper.model.units import format_duration, iso, parse_iso
 
 SUPPRESS_AFTER = 2  # failures before an offer/machine is suppressed
 SUPPRESS_FOR = timedelta(hours=1)

@@ -9,11 +9,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gpushopper.core.errors import GpuShopperError
-from gpushopper.core.units import iso, parse_iso
+from gpushopper.model.errors import GpuShopperError
+from gpushopper.model.session import DONE, LIVE, SESSION_ID_RE, STATUSES
+from gpushopper.model.units import iso, parse_iso
 
-LIVE = ("creating", "provisioning", "verifying", "running", "ending")
-DONE = ("ended", "failed")
 SESSION_KEYS = (
     "id",
     "status",
@@ -37,37 +36,7 @@ SESSION_KEYS = (
 )
 
 
-LABEL_PREFIX = "gpu-shopper:"
-# Our own shapes (state/store.py makes them): 8 hex digits of install id, 6 of session id.
-INSTALL_ID_RE = re.compile(r"[0-9a-f]{8}")
-SESSION_ID_RE = re.compile(r"[0-9a-f]{6}")
-_LABEL_RE = re.compile(r"gpu-shopper:([0-9a-f]{8}):([0-9a-f]{6})")
-
-
-def make_label(install_id: str, session_id: str) -> str:
-    return f"{LABEL_PREFIX}{install_id}:{session_id}"
-
-
-def parse_label(label: str | None) -> tuple[str, str] | None:
-    """(install id, session id) when ``label`` is exactly one of ours, else None.
-
-    Both ids must have the shape this tool makes, so a label such as
-    ``gpu-shopper:<our id>:$(touch x)`` is never taken as ours (never destroyed) and
-    nothing read from a label can carry shell syntax anywhere.
-    """
-    if not isinstance(label, str):
-        return None
-    match = _LABEL_RE.fullmatch(label)
-    return (match.group(1), match.group(2)) if match else None
-
-
-def looks_like_ours(label: str | None) -> bool:
-    """A gpu-shopper label, well-formed or not (reported, never destroyed when malformed)."""
-    return isinstance(label, str) and label.startswith(LABEL_PREFIX)
-
-
 # -- records that cannot be trusted --------------------------------------------------------
-STATUSES = LIVE + DONE
 TIME_FIELDS = (
     "created_at",
     "ready_at",
@@ -258,7 +227,3 @@ def refresh_ssh_config(
     except (OSError, GpuShopperError) as exc:
         if log is not None:
             log(f"Could not update {path}: {getattr(exc, 'strerror', None) or exc}")
-
-
-def stamp(now: datetime) -> str:
-    return iso(now) or ""

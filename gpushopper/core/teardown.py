@@ -22,7 +22,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gpushopper.core.errors import (
+from gpushopper.core.sessions import close_record, record_problem, refresh_ssh_config
+from gpushopper.model.errors import (
     GpuShopperError,
     NotOurs,
     ProviderError,
@@ -31,8 +32,8 @@ from gpushopper.core.errors import (
     Unavailable,
     UsageError,
 )
-from gpushopper.core.models import Instance
-from gpushopper.core.sessions import DONE, close_record, record_problem, refresh_ssh_config
+from gpushopper.model.models import Instance
+from gpushopper.model.session import DONE
 
 DESTROY_CONFIRM_S = 120.0  # how long a destroy may take to be confirmed
 LABEL_WAIT_S = 30.0  # how long a new instance may take to show up in the provider's list

@@ -20,12 +20,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from gpushopper.core.errors import GpuShopperError
 from gpushopper.core.interrupts import signal_name
-from gpushopper.core.sessions import LIVE, split_records
-from gpushopper.core.units import format_duration, iso
-
-STATUSES = ("creating", "provisioning", "verifying", "running", "ending", "ended", "failed")
+from gpushopper.core.sessions import split_records
+from gpushopper.model.errors import GpuShopperError
+from gpushopper.model.session import LIVE, STATUSES
+from gpushopper.model.units import format_duration, iso
 
 
 def _sleep_then_go_on(seconds: float) -> bool:

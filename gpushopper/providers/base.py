@@ -17,19 +17,19 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
-from gpushopper.core.errors import (
+from gpushopper.model.errors import (
     AuthFailed,
     NotFound,
     ProviderError,
     RateLimited,
     Unavailable,
 )
-from gpushopper.core.redact import clip, redact, register_secret
+from gpushopper.model.redact import clip, redact, register_secret
 
 if TYPE_CHECKING:
     import requests
 
-    from gpushopper.core.models import Instance, LaunchSpec, Offer, OfferQuery, Template
+    from gpushopper.model.models import Instance, LaunchSpec, Offer, OfferQuery, Template
 
 
 class _LazyLog:
@@ -46,6 +46,15 @@ log = _LazyLog()
 RETRY_STATUSES = frozenset({429, 502, 503, 504})
 
 
+class SettingsReader(Protocol):
+    """What a provider reads its configuration through: dotted keys, already validated.
+
+    Providers never import ``state``; the CLI passes its ``Settings`` (or a test a dict's
+    ``get``-alike) through the registry."""
+
+    def get(self, key: str) -> Any: ...
+
+
 class Provider(Protocol):
     """What every provider adapter offers (see vastai.py and tensordock.py)."""
 
@@ -53,7 +62,7 @@ class Provider(Protocol):
     ssh_user: str
 
     @classmethod
-    def from_settings(cls, settings: Any) -> Provider: ...
+    def from_settings(cls, settings: SettingsReader) -> Provider: ...
 
     def check(self) -> str: ...
 

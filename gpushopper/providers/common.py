@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gpushopper.core.errors import MissingCredentials
+from gpushopper.model.errors import MissingCredentials
+
+if TYPE_CHECKING:
+    from gpushopper.providers.base import SettingsReader
 
 COUNTRY_CODES = {
     "united states": "US",
@@ -107,7 +110,7 @@ def integer(value: Any) -> int | None:
 
 def rows_of(data: Any, key: str, provider: str, what: str) -> list[dict[str, Any]]:
     """``data[key]`` as a list of objects; any other shape is the provider's error."""
-    from gpushopper.core.errors import ProviderError
+    from gpushopper.model.errors import ProviderError
 
     rows = data.get(key) if isinstance(data, dict) else None
     if rows is None and isinstance(data, dict) and key not in data:
@@ -125,7 +128,7 @@ def require(value: str | None, provider: str, hint: str) -> str:
     return value
 
 
-def http_settings(settings: Any) -> dict[str, Any]:
+def http_settings(settings: SettingsReader) -> dict[str, Any]:
     """The HTTP knobs every provider client takes from settings."""
     return {
         "timeout": settings.get("defaults.http_timeout"),

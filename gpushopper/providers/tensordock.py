@@ -11,16 +11,16 @@ import math
 import re
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gpushopper.core.errors import (
+from gpushopper.model.errors import (
     AuthFailed,
     NotFound,
     ProviderError,
     RateLimited,
     Unavailable,
 )
-from gpushopper.core.models import (
+from gpushopper.model.models import (
     RANK_KEYS,
     Instance,
     LaunchSpec,
@@ -30,7 +30,7 @@ from gpushopper.core.models import (
     offer_matches,
     rank_offers,
 )
-from gpushopper.providers.base import HttpClient, error_text
+from gpushopper.providers.base import HttpClient, SettingsReader, error_text
 from gpushopper.providers.common import (
     country_code,
     http_settings,
@@ -38,9 +38,6 @@ from gpushopper.providers.common import (
     num,
     require,
 )
-
-if TYPE_CHECKING:
-    from gpushopper.state.config import Settings
 
 NAME = "tensordock"
 MIN_STORAGE_GB = 100
@@ -399,7 +396,7 @@ class TensorDock:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> TensorDock:
+    def from_settings(cls, settings: SettingsReader) -> TensorDock:
         token = require(
             settings.get("tensordock.api_token"),
             NAME,

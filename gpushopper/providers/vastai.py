@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from gpushopper.core.errors import AuthFailed, NotFound, ProviderError, RateLimited, Unavailable
-from gpushopper.core.models import (
+from gpushopper.model.errors import AuthFailed, NotFound, ProviderError, RateLimited, Unavailable
+from gpushopper.model.models import (
     Instance,
     LaunchSpec,
     Offer,
@@ -22,7 +22,7 @@ from gpushopper.core.models import (
     primary_key,
     rank_offers,
 )
-from gpushopper.providers.base import HttpClient, dumps_query
+from gpushopper.providers.base import HttpClient, SettingsReader, dumps_query
 from gpushopper.providers.common import (
     country_code,
     http_settings,
@@ -31,9 +31,6 @@ from gpushopper.providers.common import (
     require,
     rows_of,
 )
-
-if TYPE_CHECKING:
-    from gpushopper.state.config import Settings
 
 NAME = "vastai"
 LIST_PAGE = 25
@@ -367,7 +364,7 @@ class VastAI:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> VastAI:
+    def from_settings(cls, settings: SettingsReader) -> VastAI:
         key = require(
             settings.get("vastai.api_key"),
             NAME,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from gpushopper.core.errors import UsageError
+from gpushopper.model.errors import UsageError
 
 
 def generate_session_key(keys_dir: Path, session_id: str, comment: str) -> tuple[Path, str]:

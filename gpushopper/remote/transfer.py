@@ -6,7 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gpushopper.core.errors import SshError, UsageError
+from gpushopper.model.errors import SshError, UsageError
 
 MAX_PATH = 4096
 MAX_NAME = 255

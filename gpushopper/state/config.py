@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gpushopper.core.errors import ConfigError
-from gpushopper.core.redact import mask, register_secret
-from gpushopper.core.units import UNIT_HINT, parse_duration
+from gpushopper.model.errors import ConfigError
+from gpushopper.model.redact import mask, register_secret
+from gpushopper.model.units import UNIT_HINT, parse_duration
 from gpushopper.state.atomic import atomic_write_text
 from gpushopper.state.paths import Paths, vastai_cli_key_file
 

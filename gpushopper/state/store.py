@@ -15,8 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from gpushopper.core.errors import StateError, StateWriteError
-from gpushopper.core.redact import redact_tree
+from gpushopper.model.errors import StateError, StateWriteError
+from gpushopper.model.redact import redact_tree
 from gpushopper.state.atomic import atomic_write_text
 from gpushopper.state.fs import (
     LinkRefused,

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gpushopper.core.errors import Unavailable
-from gpushopper.core.models import Instance, LaunchSpec
+from gpushopper.model.errors import Unavailable
+from gpushopper.model.models import Instance, LaunchSpec
 
 FOREVER = 1 << 30
 

@@ -14,7 +14,7 @@ class GpuShopperError(Exception):
         self.message = message
 
     def __str__(self) -> str:
-        from gpushopper.core.redact import redact
+        from gpushopper.model.redact import redact
 
         return redact(self.message)
 
