@@ -362,9 +362,8 @@ def test_default_deadline_files_without_the_test_override(monkeypatch):
     from gpushopper.cli import App
 
     monkeypatch.delenv("GPU_SHOPPER_DEADLINE_FILE")
-    assert deadline.VASTAI_DEADLINE_FILE == "/root/.gpu-shopper/deadline"
-    assert deadline.deadline_file_for(App(), "vastai") == deadline.VASTAI_DEADLINE_FILE
-    assert deadline.deadline_file_for(App(), "tensordock") == deadline.TENSORDOCK_DEADLINE_FILE
+    assert deadline.deadline_file_for(App(), "vastai") == "/root/.gpu-shopper/deadline"
+    assert deadline.deadline_file_for(App(), "tensordock") == "/var/lib/gpu-shopper/deadline"
 
 
 def test_unreadable_deadline_file_is_retried_quickly(tmp_path, runner):

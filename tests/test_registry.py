@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from gpushopper.model.errors import MissingCredentials
-from gpushopper.providers.base import REGISTRY, Provider, provider_class, provider_names
+from gpushopper.providers.base import Provider
+from gpushopper.providers.registry import REGISTRY, provider_class, provider_names
 from gpushopper.state.config import Settings
 from gpushopper.state.paths import resolve_paths
 
@@ -53,3 +54,47 @@ def test_unknown_provider_name():
     with pytest.raises(ValueError, match="unknown provider"):
         provider_class("aws")
     assert set(REGISTRY) == {"vastai", "tensordock"}
+
+
+def test_no_other_module_names_a_provider():
+    """Provider names are spelled once, in providers/registry.py (and each adapter's NAME)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "gpushopper"
+    allowed = {"providers/registry.py"} | {f"providers/{name}.py" for name in provider_names()}
+    # The ground floor cannot import the registry: OfferQuery's default is checked below.
+    allowed.add("model/models.py")
+    # The official Vast.ai CLI's own config folder (~/.config/vastai), not a provider list.
+    allowed.add("state/paths.py")
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        rel = path.relative_to(root).as_posix()
+        if rel in allowed:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Constant) and node.value in REGISTRY:
+                found.append(f"{rel}:{node.lineno} {node.value!r}")
+    assert found == []
+
+
+def test_offer_ids_are_parsed_by_the_registry():
+    from gpushopper.model.errors import UsageError
+    from gpushopper.providers.registry import split_offer_id
+
+    assert split_offer_id("vastai:12") == ("vastai", "12")
+    assert split_offer_id("tensordock:n-1:rtx4090") == ("tensordock", "n-1:rtx4090")
+    for bad, says in [
+        ("vastai:x", "not a Vast.ai offer id"),
+        ("tensordock:n1", "not a TensorDock offer id"),
+        ("aws:1", "expected vastai:<ask id> or tensordock:<hostnode id>:<gpu model>"),
+        ("  ", "the offer id is empty"),
+    ]:
+        with pytest.raises(UsageError, match=says):
+            split_offer_id(bad)
+
+
+def test_the_ground_floor_default_is_every_registered_provider():
+    from gpushopper.model.models import OfferQuery
+
+    assert OfferQuery().providers == provider_names()

@@ -111,7 +111,7 @@ class App:
         """A configured provider client; raises MissingCredentials when it has none."""
         from gpushopper.core.journal import JournaledProvider
         from gpushopper.model.errors import StateError
-        from gpushopper.providers.base import provider_class
+        from gpushopper.providers.registry import provider_class
         from gpushopper.state.fs import LinkRefused, refuse_link
 
         try:

@@ -7,8 +7,8 @@ from typing import Any
 import click
 
 from gpushopper.cli import App, pass_app
-from gpushopper.cli.filters import PROVIDERS
 from gpushopper.cli.output import emit_json, info, json_option, print_table
+from gpushopper.providers.registry import PROVIDERS
 
 
 @click.group(

@@ -17,7 +17,7 @@ def _check(name: str, status: str, detail: str) -> dict[str, str]:
 
 
 def run_checks(app: App) -> list[dict[str, str]]:
-    from gpushopper.providers.base import provider_names
+    from gpushopper.providers.registry import provider_names
     from gpushopper.state.config import SETTINGS
 
     checks: list[dict[str, str]] = []

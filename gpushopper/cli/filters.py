@@ -12,8 +12,7 @@ import click
 
 from gpushopper.model.errors import UsageError
 from gpushopper.model.models import OfferQuery
-
-PROVIDERS = ("vastai", "tensordock")
+from gpushopper.providers.registry import PROVIDERS
 
 
 class Finite(click.FloatRange):

@@ -171,7 +171,8 @@ def inventory(ctx: click.Context, app: App, **opts: Any) -> None:
 
 
 def _fetch_offer(app: App, offer_id: str, disk: int | None) -> Any:
-    from gpushopper.core.inventory import health_of, split_offer_id
+    from gpushopper.core.inventory import health_of
+    from gpushopper.providers.registry import split_offer_id
 
     provider_name, native = split_offer_id(offer_id)
     provider = app.provider(provider_name)

@@ -160,8 +160,8 @@ def provision(app: App, offer_id: str | None, **opts: Any) -> None:
 
 
 def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
-    from gpushopper.core.inventory import split_offer_id
     from gpushopper.core.provisioner import ProvisionRequest
+    from gpushopper.providers.registry import split_offer_id
 
     if offer_id is not None:
         split_offer_id(offer_id)  # "" (an unset $OFFER) must never mean "the best offer"

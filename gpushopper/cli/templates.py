@@ -7,7 +7,6 @@ from typing import Any
 import click
 
 from gpushopper.cli import App, pass_app
-from gpushopper.cli.filters import PROVIDERS
 from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table, warn
 from gpushopper.model.errors import (
     GpuShopperError,
@@ -15,6 +14,7 @@ from gpushopper.model.errors import (
     NoProviderConfigured,
     NotFound,
 )
+from gpushopper.providers.registry import PROVIDERS
 
 
 def _providers(app: App, chosen: tuple[str, ...]) -> list[Any]:

@@ -53,10 +53,8 @@ from typing import Any
 from gpushopper.model.errors import ConfigError
 from gpushopper.model.redact import clip
 from gpushopper.model.units import iso, parse_iso
+from gpushopper.providers.registry import deadline_hook
 
-VASTAI_DEADLINE_FILE = "/root/.gpu-shopper/deadline"
-TENSORDOCK_DEADLINE_FILE = "/var/lib/gpu-shopper/deadline"
-DEFAULT_FILES = {"vastai": VASTAI_DEADLINE_FILE, "tensordock": TENSORDOCK_DEADLINE_FILE}
 MARKER = "gs-deadline-watcher"  # in the watcher's argv: how a second start finds the first
 LOOP_MAX_S = 30  # the watcher re-reads the deadline file at least this often
 PUSH_TIMEOUT_S = 20.0  # connect budget for push_deadline (SSH)
@@ -101,9 +99,10 @@ def _grace_s(app: Any) -> float:
 
 def deadline_file_for(app: Any, provider_name: str) -> str | None:
     """Where the deadline file lives on an instance of ``provider_name``."""
-    default = DEFAULT_FILES.get(provider_name)
-    if default is None:
+    hook = deadline_hook(provider_name)
+    if hook is None:
         return None
+    default = hook.default_file
     override = (getattr(app, "environ", None) or {}).get("GPU_SHOPPER_DEADLINE_FILE")
     return override or default
 
@@ -126,14 +125,15 @@ def render_script(
     relative_s: int,
     api_url: str | None = None,
 ) -> str:
-    """The POSIX sh snippet for ``provider_name`` ("vastai" or "tensordock")."""
-    if provider_name == "vastai":
+    """The POSIX sh snippet for ``provider_name`` (its registry entry names the style)."""
+    hook = deadline_hook(provider_name)
+    if hook is not None and hook.style == "destroy-by-api":
         if not api_url:
             raise ValueError("the Vast.ai snippet needs the API base URL")
         setup = _VAST_SETUP.format(api=shlex.quote(api_url.rstrip("/")))
         what, boot = "destroy this Vast.ai instance", ""
         acted = "destroying instance"
-    elif provider_name == "tensordock":
+    elif hook is not None and hook.style == "power-off":
         setup, what, boot, acted = _TD_SETUP, "power this VM off", _TD_BOOT, "powering off"
     else:
         raise ValueError(f"no on-instance deadline for provider {provider_name!r}")
@@ -171,9 +171,10 @@ def deadline_script_for(app: Any, provider: Any, record: dict[str, Any]) -> str 
         ends = parse_iso(record.get("reservation_ends_at"))
         reservation_s = (ends - created).total_seconds() if ends and created else 0.0
     relative = max(0, int(float(reservation_s) + grace))
+    hook = deadline_hook(str(name))
     api_url = None
-    if name == "vastai":
-        api_url = str(app.settings.get("vastai.api_url") or "https://console.vast.ai")
+    if hook is not None and hook.api_url_setting:
+        api_url = str(app.settings.get(hook.api_url_setting) or hook.api_url_default)
     script = render_script(
         str(name),
         path=path,
@@ -181,13 +182,13 @@ def deadline_script_for(app: Any, provider: Any, record: dict[str, Any]) -> str 
         relative_s=relative,
         api_url=api_url,
     )
-    if name == "vastai":
+    if hook is not None and hook.secret_setting:
         try:
-            key = app.settings.get("vastai.api_key")
+            key = app.settings.get(hook.secret_setting)
         except ConfigError:
             key = None
         if key and str(key) in script:  # e.g. a key pasted into the URL: never ship it
-            raise ConfigError("vastai.api_url must not contain the API key")
+            raise ConfigError(f"{hook.api_url_setting} must not contain the API key")
     record["deadline_file"] = path
     if created is not None:
         record["deadline_at"] = iso(min(created + timedelta(seconds=relative), hard))

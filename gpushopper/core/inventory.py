@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
@@ -67,28 +66,6 @@ class InventoryResult:
 
 
 # -- offer ids -------------------------------------------------------------------------------
-def split_offer_id(offer_id: str) -> tuple[str, str]:
-    """``vastai:123`` -> ("vastai", "123"); ``tensordock:<node>:<gpu>`` -> (..., "<node>:<gpu>")."""
-    if not offer_id.strip():
-        raise UsageError(
-            "the offer id is empty (an unset shell variable?); give one such as vastai:1234, "
-            "or leave it out to rent the best offer"
-        )
-    provider, sep, native = offer_id.partition(":")
-    if not sep or not native or provider not in ("vastai", "tensordock"):
-        raise UsageError(
-            f"not an offer id: {offer_id!r} (expected vastai:<ask id> or "
-            "tensordock:<hostnode id>:<gpu model>)"
-        )
-    if provider == "vastai" and not native.isdigit():
-        raise UsageError(f"not a Vast.ai offer id: {offer_id!r} (expected vastai:<number>)")
-    if provider == "tensordock" and not re.fullmatch(r"[A-Za-z0-9_-]+:[A-Za-z0-9_.-]+", native):
-        raise UsageError(
-            f"not a TensorDock offer id: {offer_id!r} (expected tensordock:<hostnode id>:<gpu model>)"
-        )
-    return provider, native
-
-
 # -- filtering and ranking ---------------------------------------------------------------------
 def matches(offer: Offer, query: OfferQuery) -> bool:
     """The query's filters applied on our side too (servers may ignore some)."""

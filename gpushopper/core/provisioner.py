@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from gpushopper.core import interrupts
-from gpushopper.core.inventory import machine_key, search, split_offer_id
+from gpushopper.core.inventory import machine_key, search
 from gpushopper.core.owner import current_owner
 from gpushopper.core.sessions import close_record, refresh_ssh_config
 from gpushopper.core.teardown import (
@@ -41,6 +41,7 @@ from gpushopper.model.models import Instance, LaunchSpec, Offer, OfferQuery, Tem
 from gpushopper.model.redact import clip
 from gpushopper.model.session import make_label
 from gpushopper.model.units import format_duration, iso, parse_iso
+from gpushopper.providers.registry import split_offer_id
 
 SUPPRESS_AFTER = 2  # failures before an offer/machine is suppressed
 SUPPRESS_FOR = timedelta(hours=1)

@@ -9,7 +9,6 @@ with every secret redacted.
 
 from __future__ import annotations
 
-import importlib
 import json
 import random
 import re
@@ -87,27 +86,6 @@ class Provider(Protocol):
     def list_instances(self) -> list[Instance]: ...
 
     def destroy_instance(self, instance_id: str) -> None: ...
-
-
-# name -> "module:Class"; imported only when that provider is used.
-REGISTRY: dict[str, str] = {
-    "vastai": "gpushopper.providers.vastai:VastAI",
-    "tensordock": "gpushopper.providers.tensordock:TensorDock",
-}
-
-
-def provider_names() -> list[str]:
-    return list(REGISTRY)
-
-
-def provider_class(name: str) -> Any:
-    """The provider class registered under ``name`` (imported lazily)."""
-    try:
-        target = REGISTRY[name]
-    except KeyError:
-        raise ValueError(f"unknown provider {name!r} (known: {', '.join(REGISTRY)})") from None
-    module_name, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module_name), attr)
 
 
 def parse_retry_after(value: str | None) -> float | None:

@@ -20,6 +20,7 @@ from typing import Any
 from gpushopper.model.errors import ConfigError
 from gpushopper.model.redact import mask, register_secret
 from gpushopper.model.units import UNIT_HINT, parse_duration
+from gpushopper.providers.registry import PROVIDERS
 from gpushopper.state.atomic import atomic_write_text
 from gpushopper.state.paths import Paths, vastai_cli_key_file
 
@@ -127,7 +128,7 @@ SETTINGS: dict[str, Setting] = {
         Setting("defaults.hours", "duration", "2h", (), "reservation length"),
         Setting("defaults.min_reliability", "float", 0.95, (), "reliability floor, 0-1"),
         Setting("defaults.max_price", "float", None, (), "price cap, USD/h"),
-        Setting("defaults.providers", "list", ["vastai", "tensordock"], (), "providers to shop"),
+        Setting("defaults.providers", "list", list(PROVIDERS), (), "providers to shop"),
         Setting("defaults.consumer", "str", None, (), "who the rental is for (cost reports)"),
         Setting(
             "defaults.cache_ttl",
@@ -242,8 +243,8 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
 # Durations that may be zero (everything else must be longer than zero).
 ZERO_DURATIONS = frozenset({"defaults.cache_ttl", "safety.warn_before"})
 CHOICES: dict[str, tuple[str, ...]] = {
-    "defaults.providers": ("vastai", "tensordock"),
-    "providers": ("vastai", "tensordock"),
+    "defaults.providers": PROVIDERS,
+    "providers": PROVIDERS,
     "sort": ("price", "reliability", "vram", "perf-per-dollar"),
 }
 _USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")

@@ -1,0 +1,115 @@
+"""The one list of providers: names, classes, offer ids and on-instance deadline hooks.
+
+Everything else derives from ``ENTRIES`` (the CLI's ``--provider`` choices, ``doctor``, offer
+id parsing, the deadline snippets); tests/test_registry.py fails when any other module spells
+a provider name. This module imports nothing heavy: the light commands load it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from gpushopper.model.errors import UsageError
+
+if TYPE_CHECKING:
+    from gpushopper.providers.base import Provider
+
+
+@dataclass(frozen=True)
+class DeadlineHook:
+    """How an instance of this provider enforces its own deadline (core/deadline.py)."""
+
+    style: str  # which snippet: "destroy-by-api" (calls the provider) or "power-off"
+    default_file: str  # where the deadline file lives on the instance
+    api_url_setting: str | None = None  # settings key of the API base the snippet calls
+    api_url_default: str | None = None
+    secret_setting: str | None = None  # a secret that must never appear in the snippet
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    target: str  # "module:Class", imported only when the provider is used
+    title: str  # the provider's own spelling, for messages
+    offer_form: str  # an offer id's shape, as a message shows it
+    native_form: str  # the shape named when this provider's id is malformed
+    native_ok: Callable[[str], bool]
+    deadline: DeadlineHook | None = None
+
+
+_TD_NATIVE = re.compile(r"[A-Za-z0-9_-]+:[A-Za-z0-9_.-]+")
+
+ENTRIES: tuple[Entry, ...] = (
+    Entry(
+        name="vastai",
+        target="gpushopper.providers.vastai:VastAI",
+        title="Vast.ai",
+        offer_form="vastai:<ask id>",
+        native_form="vastai:<number>",
+        native_ok=str.isdigit,
+        deadline=DeadlineHook(
+            style="destroy-by-api",
+            default_file="/root/.gpu-shopper/deadline",
+            api_url_setting="vastai.api_url",
+            api_url_default="https://console.vast.ai",
+            secret_setting="vastai.api_key",
+        ),
+    ),
+    Entry(
+        name="tensordock",
+        target="gpushopper.providers.tensordock:TensorDock",
+        title="TensorDock",
+        offer_form="tensordock:<hostnode id>:<gpu model>",
+        native_form="tensordock:<hostnode id>:<gpu model>",
+        native_ok=lambda native: _TD_NATIVE.fullmatch(native) is not None,
+        deadline=DeadlineHook(style="power-off", default_file="/var/lib/gpu-shopper/deadline"),
+    ),
+)
+BY_NAME: dict[str, Entry] = {entry.name: entry for entry in ENTRIES}
+PROVIDERS: tuple[str, ...] = tuple(BY_NAME)
+# name -> "module:Class"; imported only when that provider is used.
+REGISTRY: dict[str, str] = {entry.name: entry.target for entry in ENTRIES}
+
+
+def provider_names() -> list[str]:
+    return list(PROVIDERS)
+
+
+def provider_class(name: str) -> type[Provider]:
+    """The provider class registered under ``name`` (imported lazily)."""
+    try:
+        target = REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown provider {name!r} (known: {', '.join(REGISTRY)})") from None
+    module_name, _, attr = target.partition(":")
+    cls: type[Provider] = getattr(importlib.import_module(module_name), attr)
+    return cls
+
+
+def deadline_hook(name: str) -> DeadlineHook | None:
+    entry = BY_NAME.get(name)
+    return entry.deadline if entry is not None else None
+
+
+def split_offer_id(offer_id: str) -> tuple[str, str]:
+    """``vastai:123`` -> ("vastai", "123"); ``tensordock:<node>:<gpu>`` -> (..., "<node>:<gpu>")."""
+    if not offer_id.strip():
+        example = f"{ENTRIES[0].name}:1234"
+        raise UsageError(
+            f"the offer id is empty (an unset shell variable?); give one such as {example}, "
+            "or leave it out to rent the best offer"
+        )
+    provider, sep, native = offer_id.partition(":")
+    entry = BY_NAME.get(provider)
+    if not sep or not native or entry is None:
+        forms = " or ".join(e.offer_form for e in ENTRIES)
+        raise UsageError(f"not an offer id: {offer_id!r} (expected {forms})")
+    if not entry.native_ok(native):
+        raise UsageError(
+            f"not a {entry.title} offer id: {offer_id!r} (expected {entry.native_form})"
+        )
+    return provider, native
