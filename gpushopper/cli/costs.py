@@ -88,32 +88,12 @@ def costs(
 @pass_app
 def costs_summary(app: App, month: str | None, as_json: bool) -> None:
     """Spend in a month by provider and consumer, against safety.monthly_budget_usd."""
-    from gpushopper.core.costs import month_cost, parse_month
+    from gpushopper.core.costs import month_summary
 
-    now = app.clock()
-    start, end = parse_month(month or now.strftime("%Y-%m"))
-    by_provider: dict[str, float] = {}
-    by_consumer: dict[str, float] = {}
-    total = 0.0
-    for record in app.sessions().values():
-        cost = month_cost(record, start, end, now)
-        if cost <= 0:
-            continue
-        total += cost
-        by_provider[record.get("provider") or "?"] = (
-            by_provider.get(record.get("provider") or "?", 0.0) + cost
-        )
-        key = record.get("consumer") or "-"
-        by_consumer[key] = by_consumer.get(key, 0.0) + cost
     budget = app.settings.get("safety.monthly_budget_usd")
-    summary: dict[str, Any] = {
-        "month": start.strftime("%Y-%m"),
-        "total_usd": round(total, 6),
-        "by_provider": {k: round(v, 6) for k, v in sorted(by_provider.items())},
-        "by_consumer": {k: round(v, 6) for k, v in sorted(by_consumer.items())},
-        "budget_usd": budget,
-        "budget_used": round(total / budget, 4) if budget else None,
-    }
+    result = month_summary(app.sessions().values(), month, app.clock(), budget)
+    total = result.total
+    summary = result.to_json()
     if as_json:
         emit_json(summary)
         return

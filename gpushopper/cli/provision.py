@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from datetime import timedelta
 from typing import Any
 
 import click
@@ -19,8 +18,7 @@ from gpushopper.cli.filters import (
 )
 from gpushopper.cli.output import emit_json, info, json_option, print_kv
 from gpushopper.cli.params import DURATION, HOURS
-from gpushopper.model.errors import UsageError
-from gpushopper.model.units import format_duration, iso
+from gpushopper.model.units import format_duration
 
 
 def make_provisioner(app: App) -> Any:
@@ -74,18 +72,13 @@ def _warn_about_budget(app: App, projected: float) -> None:
     budget = app.settings.get("safety.monthly_budget_usd")
     if not budget:
         return
-    from gpushopper.core.costs import month_cost, parse_month
+    from gpushopper.core.costs import budget_warning
 
-    now = app.clock()
-    start, end = parse_month(now.strftime("%Y-%m"))
-    spent = sum(month_cost(r, start, end, now) for r in app.sessions().values())
-    if spent + projected > budget:
+    message = budget_warning(app.sessions().values(), projected, app.clock(), budget)
+    if message:
         from gpushopper.cli.output import warn
 
-        warn(
-            f"this month's spend ${spent:.2f} plus this rental's ${projected:.2f} would pass "
-            f"the ${budget:.2f} budget (safety.monthly_budget_usd)"
-        )
+        warn(message)
 
 
 @click.command(
@@ -160,6 +153,7 @@ def provision(app: App, offer_id: str | None, **opts: Any) -> None:
 
 
 def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
+    from gpushopper.core import rules
     from gpushopper.core.provisioner import ProvisionRequest
     from gpushopper.providers.registry import split_offer_id
 
@@ -169,11 +163,7 @@ def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
     query, profile = build_query(app, **filter_args(opts), sort=opts["sort"])
     hours = opts["hours"] or profile.get("hours") or settings.get("defaults.hours")
     hard_max_s = settings.get("safety.hard_max_hours") * 3600
-    if hours > hard_max_s and not opts["override"]:
-        raise UsageError(
-            f"--hours {format_duration(hours)} is past the {format_duration(hard_max_s)} hard maximum; "
-            "add --override to allow it (it is recorded)"
-        )
+    rules.check_hours(hours, hard_max_s, opts["override"])
     ssh_key = opts["ssh_key"] or profile.get("ssh_key") or settings.get("vastai.ssh_key_path")
     req = ProvisionRequest(
         query=query,
@@ -201,21 +191,17 @@ def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
     best = candidates[0].offer
     price = best.price_per_hour or 0.0
     if opts["dry_run"]:
-        now = app.clock()
-        plan = {
-            "dry_run": True,
-            "offer": best.to_json(),
-            "price_per_hour": best.price_per_hour,
-            "hours": round(hours / 3600, 4),
-            "reservation_ends_at": iso(now + timedelta(seconds=hours)),
-            "hard_max_at": iso(
-                now + timedelta(seconds=max(hard_max_s, hours if opts["override"] else 0))
-            ),
-            "projected_cost_usd": round(price * hours / 3600, 4),
-            "template": req.template,
-            "image": req.image,
-            "alternatives": [c.offer.id for c in candidates[1 : 1 + (req.auto_retry or 0) + 3]],
-        }
+        plan = rules.dry_run_plan(
+            best.to_json(),
+            best.price_per_hour,
+            now=app.clock(),
+            hours_s=hours,
+            hard_max_s=hard_max_s,
+            override=opts["override"],
+            template=req.template,
+            image=req.image,
+            alternatives=[c.offer.id for c in candidates[1 : 1 + (req.auto_retry or 0) + 3]],
+        )
         if opts["as_json"]:
             emit_json(plan)
         else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 from typing import Any
 
 import click
@@ -11,8 +10,8 @@ import click
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.output import emit_json, info, json_option, print_table
 from gpushopper.cli.params import HOURS
-from gpushopper.model.errors import SshError, UsageError
-from gpushopper.model.units import format_duration, iso, parse_iso
+from gpushopper.model.errors import SshError
+from gpushopper.model.units import format_duration, parse_iso
 
 
 def _views(app: App, show_all: bool, consumer: str | None) -> list[dict[str, Any]]:
@@ -180,32 +179,17 @@ def shutdown(app: App, session_id: str, as_json: bool) -> None:
 @pass_app
 def sessions_extend(app: App, session_id: str, hours: float, override: bool, as_json: bool) -> None:
     """Push the reservation end out; refused past the 12-hour hard maximum without --override."""
+    from gpushopper.core import rules
     from gpushopper.core.sessions import public_view
     from gpushopper.core.teardown import get_session_or_fail
-    from gpushopper.model.session import LIVE
 
     record = get_session_or_fail(app.store, session_id)
-    if record.get("status") not in LIVE:
-        raise UsageError(
-            f"session {session_id} is {record.get('status')}; only live sessions can be extended"
-        )
     now = app.clock()
-    current = parse_iso(record.get("reservation_ends_at")) or now
-    new_end = max(current, now) + timedelta(seconds=hours)
-    hard = parse_iso(record.get("hard_max_at")) or new_end
-    changes: dict[str, Any] = {"reservation_ends_at": iso(new_end)}
-    if new_end > hard:
-        if not override:
-            raise UsageError(
-                f"refused: the reservation would end at {iso(new_end)}, past the hard maximum "
-                f"{iso(hard)} ({app.settings.get('safety.hard_max_hours'):g}h from creation); "
-                "add --override to go past it"
-            )
-        overrides = list(record.get("overrides") or [])
-        overrides.append({"at": iso(now), "hard_max_at": iso(new_end), "via": "extend"})
-        changes.update(hard_max_at=iso(new_end), overrides=overrides)
-        info(f"Override recorded: hard maximum moved to {iso(new_end)}")
-    updated = app.store.update_session(session_id, **changes)
+    hard_max_hours = app.settings.get("safety.hard_max_hours")
+    extension = rules.extend(session_id, record, hours, now, hard_max_hours, override)
+    if extension.moved_hard_max_to:
+        info(f"Override recorded: hard maximum moved to {extension.moved_hard_max_to}")
+    updated = app.store.update_session(session_id, **extension.changes)
     from gpushopper.core.deadline import push_deadline
 
     push_deadline(app, updated, log=info)

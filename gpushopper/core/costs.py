@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
@@ -68,3 +69,60 @@ def month_cost(record: dict[str, Any], start: datetime, end: datetime, now: date
     finished = parse_iso(record.get("ended_at")) or now
     lo, hi = max(began, start), min(finished, end)
     return max(0.0, (hi - lo).total_seconds()) * float(price) / 3600
+
+
+@dataclass
+class MonthSummary:
+    month: str
+    total: float  # unrounded; the JSON view rounds it
+    by_provider: dict[str, float]
+    by_consumer: dict[str, float]
+    budget: float | None
+
+    def to_json(self) -> dict[str, Any]:
+        budget = self.budget
+        return {
+            "month": self.month,
+            "total_usd": round(self.total, 6),
+            "by_provider": {k: round(v, 6) for k, v in sorted(self.by_provider.items())},
+            "by_consumer": {k: round(v, 6) for k, v in sorted(self.by_consumer.items())},
+            "budget_usd": budget,
+            "budget_used": round(self.total / budget, 4) if budget else None,
+        }
+
+
+def month_summary(
+    records: Iterable[dict[str, Any]], month: str | None, now: datetime, budget: float | None
+) -> MonthSummary:
+    """Spend in ``month`` (YYYY-MM; default this month) by provider and consumer, against
+    ``budget``. The one place a month's spend is summed: ``costs summary`` shows it and
+    ``provision`` checks the budget with it (``budget_warning``)."""
+    start, end = parse_month(month or now.strftime("%Y-%m"))
+    by_provider: dict[str, float] = {}
+    by_consumer: dict[str, float] = {}
+    total = 0.0
+    for record in records:
+        cost = month_cost(record, start, end, now)
+        if cost <= 0:
+            continue
+        total += cost
+        name = record.get("provider") or "?"
+        by_provider[name] = by_provider.get(name, 0.0) + cost
+        key = record.get("consumer") or "-"
+        by_consumer[key] = by_consumer.get(key, 0.0) + cost
+    return MonthSummary(start.strftime("%Y-%m"), total, by_provider, by_consumer, budget)
+
+
+def budget_warning(
+    records: Iterable[dict[str, Any]], projected: float, now: datetime, budget: float | None
+) -> str | None:
+    """Why this rental would take the month past ``budget`` (a warning, never a refusal)."""
+    if not budget:
+        return None
+    spent = month_summary(records, None, now, budget).total
+    if spent + projected > budget:
+        return (
+            f"this month's spend ${spent:.2f} plus this rental's ${projected:.2f} would pass "
+            f"the ${budget:.2f} budget (safety.monthly_budget_usd)"
+        )
+    return None

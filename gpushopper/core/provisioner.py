@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from gpushopper.core import interrupts
+from gpushopper.core import interrupts, rules
 from gpushopper.core.inventory import machine_key, search
 from gpushopper.core.owner import current_owner
 from gpushopper.core.sessions import close_record, refresh_ssh_config
@@ -307,9 +307,9 @@ class Provisioner:
             "billing_started_at": None,
             "reservation_s": req.hours_s,
             "reservation_ends_at": iso(
-                min(reservation, hard_max) if not req.override else reservation
+                rules.reservation_end(now, req.hours_s, req.hard_max_s, req.override)
             ),
-            "hard_max_at": iso(max(hard_max, reservation) if req.override else hard_max),
+            "hard_max_at": iso(rules.hard_max_at(now, req.hours_s, req.hard_max_s, req.override)),
             "ended_at": None,
             "end_reason": None,
             "cost_usd": 0.0,

@@ -1,0 +1,106 @@
+"""The rental rules the commands apply, in one place, pure (the caller passes ``now``).
+
+The hard maximum (a reservation may not pass ``safety.hard_max_hours`` from creation
+without ``--override``, which is recorded), ``sessions extend``, and the dry-run plan.
+``core/provisioner.py`` uses ``hard_max_at`` for the record it writes, so the dry run and
+the rental agree by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from gpushopper.model.errors import UsageError
+from gpushopper.model.session import LIVE
+from gpushopper.model.units import format_duration, iso, parse_iso
+
+
+def check_hours(hours_s: float, hard_max_s: float, override: bool) -> None:
+    """Refuse a reservation longer than the hard maximum unless overridden."""
+    if hours_s > hard_max_s and not override:
+        raise UsageError(
+            f"--hours {format_duration(hours_s)} is past the {format_duration(hard_max_s)} "
+            "hard maximum; add --override to allow it (it is recorded)"
+        )
+
+
+def reservation_end(now: datetime, hours_s: float, hard_max_s: float, override: bool) -> datetime:
+    """When a reservation made ``now`` ends: never past the hard maximum unless overridden."""
+    reservation = now + timedelta(seconds=hours_s)
+    return reservation if override else min(reservation, now + timedelta(seconds=hard_max_s))
+
+
+def hard_max_at(now: datetime, hours_s: float, hard_max_s: float, override: bool) -> datetime:
+    """The hard maximum of a session created ``now``; an override moves it to the reservation."""
+    hard = now + timedelta(seconds=hard_max_s)
+    return max(hard, now + timedelta(seconds=hours_s)) if override else hard
+
+
+@dataclass
+class Extension:
+    changes: dict[str, Any]  # what to write on the session
+    moved_hard_max_to: str | None = None  # set when --override moved the hard maximum
+
+
+def extend(
+    session_id: str,
+    record: dict[str, Any],
+    by_s: float,
+    now: datetime,
+    hard_max_hours: float,
+    override: bool,
+) -> Extension:
+    """``sessions extend``: push the reservation end ``by_s`` past max(end, now).
+
+    Refused for a session that is not live, and past the hard maximum without ``override``
+    (the override is appended to the session's ``overrides``)."""
+    if record.get("status") not in LIVE:
+        raise UsageError(
+            f"session {session_id} is {record.get('status')}; only live sessions can be extended"
+        )
+    current = parse_iso(record.get("reservation_ends_at")) or now
+    new_end = max(current, now) + timedelta(seconds=by_s)
+    hard = parse_iso(record.get("hard_max_at")) or new_end
+    changes: dict[str, Any] = {"reservation_ends_at": iso(new_end)}
+    if new_end <= hard:
+        return Extension(changes)
+    if not override:
+        raise UsageError(
+            f"refused: the reservation would end at {iso(new_end)}, past the hard maximum "
+            f"{iso(hard)} ({hard_max_hours:g}h from creation); "
+            "add --override to go past it"
+        )
+    overrides = list(record.get("overrides") or [])
+    overrides.append({"at": iso(now), "hard_max_at": iso(new_end), "via": "extend"})
+    changes.update(hard_max_at=iso(new_end), overrides=overrides)
+    return Extension(changes, moved_hard_max_to=iso(new_end))
+
+
+def dry_run_plan(
+    offer_json: dict[str, Any],
+    price_per_hour: float | None,
+    *,
+    now: datetime,
+    hours_s: float,
+    hard_max_s: float,
+    override: bool,
+    template: str | None,
+    image: str | None,
+    alternatives: list[str],
+) -> dict[str, Any]:
+    """What ``provision --dry-run`` reports (CLI.md pins this shape)."""
+    price = price_per_hour or 0.0
+    return {
+        "dry_run": True,
+        "offer": offer_json,
+        "price_per_hour": price_per_hour,
+        "hours": round(hours_s / 3600, 4),
+        "reservation_ends_at": iso(now + timedelta(seconds=hours_s)),
+        "hard_max_at": iso(hard_max_at(now, hours_s, hard_max_s, override)),
+        "projected_cost_usd": round(price * hours_s / 3600, 4),
+        "template": template,
+        "image": image,
+        "alternatives": alternatives,
+    }
