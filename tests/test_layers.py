@@ -70,3 +70,34 @@ def test_the_checker_sees_lazy_imports(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text("def f():\n    from gpushopper.cli import output\n", encoding="utf-8")
     assert "gpushopper.cli" in imports_of(probe)
+
+
+SEAMS = {"provider", "store", "app", "settings", "enforcer", "policy", "inner"}
+
+
+def test_core_and_providers_type_their_collaborators():
+    """The seams between floors are typed (Provider, StateStore, SettingsReader, ...), never
+    ``Any``: mypy then checks every call across them. Untrusted JSON stays ``Any``."""
+    loose = []
+    for package in ("core", "providers"):
+        for path in modules(package):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    args = node.args.args + node.args.kwonlyargs
+                    loose += [
+                        f"{path.name}:{node.lineno} {node.name}({a.arg})"
+                        for a in args
+                        if a.arg in SEAMS
+                        and a.annotation is not None
+                        and "Any" in ast.unparse(a.annotation)
+                    ]
+                elif (
+                    isinstance(node, ast.AnnAssign)
+                    and isinstance(node.target, ast.Name)
+                    and node.target.id in SEAMS
+                    and "Any" in ast.unparse(node.annotation)
+                ):
+                    loose.append(f"{path.name}:{node.lineno} {node.target.id}")
+                if isinstance(node, ast.arg) and node.arg == "provider_factory":
+                    assert "Any" not in ast.unparse(node.annotation), path
+    assert loose == []

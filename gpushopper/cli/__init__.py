@@ -15,6 +15,7 @@ import click
 from gpushopper import __version__
 
 if TYPE_CHECKING:
+    from gpushopper.providers.base import Provider
     from gpushopper.state.config import Settings
     from gpushopper.state.paths import Paths
     from gpushopper.state.store import StateStore
@@ -107,7 +108,7 @@ class App:
             warn(f"session {session_id} in {self.paths.state_file} skipped: it {why}")
         return good
 
-    def provider(self, name: str) -> Any:
+    def provider(self, name: str) -> Provider:
         """A configured provider client; raises MissingCredentials when it has none."""
         from gpushopper.core.journal import JournaledProvider
         from gpushopper.model.errors import StateError
@@ -119,7 +120,7 @@ class App:
             refuse_link(self.paths.journal_file, "journal")
         except LinkRefused as exc:
             raise StateError(str(exc.strerror)) from None
-        return JournaledProvider(
+        return JournaledProvider.wrap(
             provider_class(name).from_settings(self.settings), self.paths.journal_file
         )
 

@@ -46,14 +46,18 @@ from __future__ import annotations
 import shlex
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gpushopper.model.errors import ConfigError
 from gpushopper.model.redact import clip
 from gpushopper.model.units import iso, parse_iso
 from gpushopper.providers.registry import deadline_hook
+
+if TYPE_CHECKING:
+    from gpushopper.providers.base import Provider, SettingsReader
+    from gpushopper.state.store import StateStore
 
 MARKER = "gs-deadline-watcher"  # in the watcher's argv: how a second start finds the first
 LOOP_MAX_S = 30  # the watcher re-reads the deadline file at least this often
@@ -93,11 +97,11 @@ B=${GS_BOOT_DIR-/var/lib/cloud/scripts/per-boot};B=${B:+$B/gpu-shopper-deadline}
 [ -d "${B%/*}" ]&&printf '#!/bin/sh\\nexec sh "%s.sh" "%s" start\\n' "$F" "$F" >"$B"&&chmod 755 "$B\""""
 
 
-def _grace_s(app: Any) -> float:
+def _grace_s(app: DeadlineHost) -> float:
     return float(app.settings.get("safety.deadline_grace"))
 
 
-def deadline_file_for(app: Any, provider_name: str) -> str | None:
+def deadline_file_for(app: object, provider_name: str) -> str | None:
     """Where the deadline file lives on an instance of ``provider_name``."""
     hook = deadline_hook(provider_name)
     if hook is None:
@@ -115,6 +119,19 @@ def deadline_epoch(record: dict[str, Any], grace_s: float) -> int | None:
     if not candidates:
         return None
     return int(min(candidates).timestamp())
+
+
+class DeadlineHost(Protocol):
+    """What the deadline needs from its caller: settings, the clock and the store (the CLI's
+    ``App`` has them; core never imports it). ``environ`` is read when present."""
+
+    @property
+    def settings(self) -> SettingsReader: ...
+
+    @property
+    def store(self) -> StateStore: ...
+
+    def clock(self) -> datetime: ...
 
 
 def render_script(
@@ -151,7 +168,9 @@ def render_script(
     )
 
 
-def deadline_script_for(app: Any, provider: Any, record: dict[str, Any]) -> str | None:
+def deadline_script_for(
+    app: DeadlineHost, provider: Provider, record: dict[str, Any]
+) -> str | None:
     """The snippet that gives a new instance its own deadline, or None for other providers.
 
     Called by the provisioner before create with the session ``record`` (it is saved right
@@ -209,7 +228,7 @@ def remote_write_command(path: str, epoch: int) -> str:
 
 
 def push_deadline(
-    app: Any, record: dict[str, Any], log: Callable[[str], None] | None = None
+    app: DeadlineHost, record: dict[str, Any], log: Callable[[str], None] | None = None
 ) -> None:
     """Move the on-instance deadline after ``sessions extend``; never raises.
 
@@ -275,7 +294,7 @@ def _push(ssh: dict[str, Any], path: str, epoch: int) -> None:
         )
 
 
-def _record(app: Any, session_id: Any, **changes: Any) -> None:
+def _record(app: DeadlineHost, session_id: Any, **changes: Any) -> None:
     if not session_id:
         return
     try:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpushopper.core.lifecycle import (
     BOOTING,
@@ -41,6 +41,11 @@ from gpushopper.model.errors import (
 from gpushopper.model.models import Instance
 from gpushopper.model.session import LIVE
 from gpushopper.model.units import iso
+
+if TYPE_CHECKING:
+    from gpushopper.providers.base import Provider, SettingsReader
+    from gpushopper.state.store import StateStore
+
 
 REPORTS = (REPORT_FOREIGN, REPORT_MALFORMED, REPORT_BAD_RECORD)
 FAILED = ("failed", "unrecorded")  # outcomes that make a pass not ok
@@ -93,8 +98,8 @@ class Enforcer:
     def __init__(
         self,
         *,
-        store: Any,
-        provider_factory: Callable[[str], Any],
+        store: StateStore,
+        provider_factory: Callable[[str], Provider],
         providers: list[str],
         clock: Callable[[], datetime],
         ssh_config_path: Path | None = None,
@@ -305,7 +310,7 @@ class Enforcer:
         return self.execute_all(outcomes)
 
 
-def policy_from_settings(settings: Any, include_foreign: bool = False) -> Policy:
+def policy_from_settings(settings: SettingsReader, include_foreign: bool = False) -> Policy:
     """The policy's timings from settings; the install id is filled in by ``evaluate``."""
     return Policy(
         install_id=None,

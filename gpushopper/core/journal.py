@@ -12,9 +12,12 @@ import os
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from gpushopper.model.redact import clip, redact_tree
+
+if TYPE_CHECKING:
+    from gpushopper.providers.base import Provider
 
 MUTATIONS = ("create_instance", "destroy_instance", "attach_ssh_key")
 # What parsing a wrong-shaped answer raises (a list where an object was expected...).
@@ -46,9 +49,16 @@ def append(path: Path, event: dict[str, Any]) -> None:
 class JournaledProvider:
     """Forwards everything to ``inner``; records each mutation and its outcome."""
 
-    def __init__(self, inner: Any, path: Path) -> None:
+    def __init__(self, inner: Provider, path: Path) -> None:
         self._inner = inner
         self._path = path
+
+    @classmethod
+    def wrap(cls, inner: Provider, path: Path) -> Provider:
+        """``inner`` behind the journal, typed as what it forwards to. The proxy answers
+        every attribute through ``__getattr__``, which a Protocol check cannot see: the
+        one cast of the provider seam, here."""
+        return cast("Provider", cls(inner, path))
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._inner, name)

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpushopper.core import interrupts, rules
 from gpushopper.core.inventory import machine_key, search
@@ -42,6 +42,11 @@ from gpushopper.model.redact import clip
 from gpushopper.model.session import make_label
 from gpushopper.model.units import format_duration, iso, parse_iso
 from gpushopper.providers.registry import split_offer_id
+
+if TYPE_CHECKING:
+    from gpushopper.providers.base import Provider
+    from gpushopper.state.store import StateStore
+
 
 SUPPRESS_AFTER = 2  # failures before an offer/machine is suppressed
 SUPPRESS_FOR = timedelta(hours=1)
@@ -79,12 +84,12 @@ class ProvisionRequest:
 
 @dataclass
 class Candidate:
-    provider: Any
+    provider: Provider
     offer: Offer
     template: Template | None
 
 
-def record_failure(store: Any, offer: Offer, reason: str, now: datetime) -> None:
+def record_failure(store: StateStore, offer: Offer, reason: str, now: datetime) -> None:
     """Remember a failed boot against the offer and its machine (suppressed when repeated)."""
     with store.transaction() as state:
         health = state.setdefault("offer_health", {})
@@ -143,16 +148,16 @@ class Provisioner:
     def __init__(
         self,
         *,
-        store: Any,
+        store: StateStore,
         keys_dir: Path,
         ssh_config_path: Path,
-        provider_factory: Callable[[str], Any],
+        provider_factory: Callable[[str], Provider],
         clock: Callable[[], datetime],
         mono: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         log: Callable[[str], None] = lambda message: None,
         health: dict[str, Any] | None = None,
-        deadline_script: Callable[[Any, dict[str, Any]], str | None] | None = None,
+        deadline_script: Callable[[Provider, dict[str, Any]], str | None] | None = None,
         on_rented: Callable[[Offer], None] | None = None,
     ) -> None:
         self.store = store
@@ -168,7 +173,7 @@ class Provisioner:
         self.on_rented = on_rented  # e.g. mark the offer taken in the offer cache
 
     # -- choosing ---------------------------------------------------------------------------
-    def _template_for(self, provider: Any, ident: str | None) -> Template | None:
+    def _template_for(self, provider: Provider, ident: str | None) -> Template | None:
         if not ident:
             return None
         return provider.get_template(ident)
@@ -191,9 +196,9 @@ class Provisioner:
         enough = None if req.preferred_gpus and not req.query.gpus else max(20, req.auto_retry + 4)
         query = replace(req.query, template=req.template, limit=enough)
         templates: dict[str, Template | None] = {}
-        providers: dict[str, Any] = {}
+        providers: dict[str, Provider] = {}
 
-        def resolver(provider: Any, ident: str) -> Template | None:
+        def resolver(provider: Provider, ident: str) -> Template | None:
             templates[provider.NAME] = provider.get_template(ident)
             return templates[provider.NAME]
 
@@ -432,7 +437,7 @@ class Provisioner:
             return f"{message}; {cleanup.summary()}"
         return message
 
-    def _trusted_id(self, provider: Any, answered: str, label: str) -> str | None:
+    def _trusted_id(self, provider: Provider, answered: str, label: str) -> str | None:
         """The id the create answered, once the instance it names carries our label.
 
         A wrong id there once left the real instance running until a later sweep (and the
@@ -568,7 +573,7 @@ class Provisioner:
             interrupts.output_lost(exc)
 
     def _wait_running(
-        self, provider: Any, instance_id: str, timeout_s: float, started: float
+        self, provider: Provider, instance_id: str, timeout_s: float, started: float
     ) -> Instance:
         deadline = started + timeout_s
         delay = 0.5
@@ -604,7 +609,7 @@ class Provisioner:
             self.sleep(min(delay, remaining))
             delay = min(delay * 1.5, 10.0)
 
-    def _still_running(self, provider: Any, instance_id: str) -> None:
+    def _still_running(self, provider: Provider, instance_id: str) -> None:
         """Hosts have stopped right after start: look once more before handing off."""
         try:
             instance = provider.get_instance(instance_id)
@@ -710,7 +715,7 @@ class Provisioner:
 
     def _abort(
         self,
-        provider: Any,
+        provider: Provider,
         offer: Offer,
         record: dict[str, Any],
         instance_id: str | None,

@@ -7,11 +7,15 @@ import shlex
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpushopper.model.errors import GpuShopperError
 from gpushopper.model.session import DONE, LIVE, SESSION_ID_RE, STATUSES
 from gpushopper.model.units import iso, parse_iso
+
+if TYPE_CHECKING:
+    from gpushopper.state.store import StateStore
+
 
 SESSION_KEYS = (
     "id",
@@ -217,7 +221,7 @@ def write_ssh_config(path: Path, records: dict[str, dict[str, Any]]) -> None:
 
 
 def refresh_ssh_config(
-    path: Path | None, store: Any, log: Callable[[str], None] | None = None
+    path: Path | None, store: StateStore, log: Callable[[str], None] | None = None
 ) -> None:
     """Rewrite our ssh_config from the state; a failure is reported, never raised."""
     if path is None:

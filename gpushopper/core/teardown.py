@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpushopper.core.sessions import close_record, record_problem, refresh_ssh_config
 from gpushopper.model.errors import (
@@ -35,11 +35,16 @@ from gpushopper.model.errors import (
 from gpushopper.model.models import Instance
 from gpushopper.model.session import DONE
 
+if TYPE_CHECKING:
+    from gpushopper.providers.base import Provider
+    from gpushopper.state.store import StateStore
+
+
 DESTROY_CONFIRM_S = 120.0  # how long a destroy may take to be confirmed
 LABEL_WAIT_S = 30.0  # how long a new instance may take to show up in the provider's list
 
 
-def get_session_or_fail(store: Any, session_id: str) -> dict[str, Any]:
+def get_session_or_fail(store: StateStore, session_id: str) -> dict[str, Any]:
     record = store.get_session(session_id)
     if record is None:
         raise UsageError(f"no session {session_id!r} (see 'gpu-shopper sessions list --all')")
@@ -57,7 +62,7 @@ def _id_order(instance: Instance) -> tuple[int, str]:
     return (int(text), text) if text.isdigit() else (1 << 62, text)
 
 
-def find_by_label(provider: Any, label: str | None) -> Instance | None:
+def find_by_label(provider: Provider, label: str | None) -> Instance | None:
     """The instance carrying ``label`` in the provider's listing (the lowest id of several)."""
     if not label:
         return None
@@ -66,7 +71,7 @@ def find_by_label(provider: Any, label: str | None) -> Instance | None:
 
 
 def wait_for_label(
-    provider: Any,
+    provider: Provider,
     label: str | None,
     *,
     sleep: Callable[[float], None] = time.sleep,
@@ -121,7 +126,7 @@ def _retry_unavailable(
 
 
 def destroy_and_confirm(
-    provider: Any,
+    provider: Provider,
     instance_id: str,
     *,
     label: str | None = None,
@@ -169,7 +174,7 @@ def destroy_and_confirm(
         delay = min(delay * 2, 10.0)
 
 
-def note_in_journal(provider: Any, op: str, **fields: Any) -> None:
+def note_in_journal(provider: Provider, op: str, **fields: Any) -> None:
     """Record an outcome in the audit journal, when the provider is journaled."""
     note = getattr(provider, "note", None)
     if callable(note):
@@ -180,8 +185,8 @@ def note_in_journal(provider: Any, op: str, **fields: Any) -> None:
 
 
 def end_session(
-    store: Any,
-    provider_factory: Callable[[str], Any],
+    store: StateStore,
+    provider_factory: Callable[[str], Provider],
     session_id: str,
     reason: str,
     *,

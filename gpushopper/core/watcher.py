@@ -18,13 +18,18 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpushopper.core.interrupts import signal_name
 from gpushopper.core.sessions import split_records
 from gpushopper.model.errors import GpuShopperError
 from gpushopper.model.session import LIVE, STATUSES
 from gpushopper.model.units import format_duration, iso
+
+if TYPE_CHECKING:
+    from gpushopper.core.enforcer import Enforcer
+    from gpushopper.core.lifecycle import Policy
+    from gpushopper.state.store import StateStore
 
 
 def _sleep_then_go_on(seconds: float) -> bool:
@@ -45,7 +50,7 @@ class Metrics:
     def count(self, kind: str) -> None:
         self.actions[kind] = self.actions.get(kind, 0) + 1
 
-    def write(self, store: Any, orphans: int) -> None:
+    def write(self, store: StateStore, orphans: int) -> None:
         if self.path is None:
             return
         from gpushopper.state.atomic import atomic_write_text
@@ -104,8 +109,8 @@ class Watcher:
     def __init__(
         self,
         *,
-        enforcer: Any,
-        policy: Any,
+        enforcer: Enforcer,
+        policy: Policy,
         interval_s: float,
         clock: Callable[[], datetime],
         emit: Callable[[str], None],
