@@ -47,18 +47,24 @@ class CliResult:
 
 
 @pytest.fixture
-def gs():
-    """Run ``gpu-shopper ARGS`` in-process through the real error handling."""
+def gs(request):
+    """Run ``gpu-shopper ARGS`` in-process through the real error handling.
+
+    A crash (an exception the tool would report as ``internal``) is re-raised: it fails the
+    test, rather than passing an assertion that expects exit 1 (the simonw/llm pattern).
+    A test of the crash path itself says so with ``@pytest.mark.internal_errors``."""
     from click.testing import CliRunner
 
     from gpushopper.cli import cli
     from gpushopper.cli.output import run
 
+    reraise = request.node.get_closest_marker("internal_errors") is None
+
     def invoke(args: str | Sequence[str], input: str | None = None) -> CliResult:
         argv = shlex.split(args) if isinstance(args, str) else list(args)
         runner = CliRunner()
         with runner.isolation(input=input) as streams:
-            code = run(cli, argv)
+            code = run(cli, argv, reraise_internal=reraise)
             out = streams[0].getvalue().decode()
             err = streams[1].getvalue().decode()
         return CliResult(code, out, err)

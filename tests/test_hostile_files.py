@@ -80,7 +80,7 @@ def test_a_state_without_install_id_takes_its_sessions_id_not_a_new_one(isolated
 
 
 def test_a_planted_pidfile_link_is_refused_and_its_target_untouched(isolated_home, tmp_path):
-    from gpushopper.cli.watch import PidLock
+    from gpushopper.state.pidlock import PidLock
 
     target = tmp_path / "bashrc"
     target.write_text("keep me\n")

@@ -179,6 +179,7 @@ def test_webhook_url_is_masked_in_list_get_and_set(gs, monkeypatch):
     assert "hooks.slack.com" in got.stdout
 
 
+@pytest.mark.internal_errors
 def test_a_crash_quoting_the_key_leaves_it_in_no_file(vast, gs, isolated_home, monkeypatch):
     """A bug whose message quotes the key (escaped, as repr does): state.json, the journal
     and the output get the mask only."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 
 def entries(home):
     path = home / "journal.jsonl"
@@ -60,6 +62,7 @@ def test_a_secret_in_a_journaled_error_is_masked_every_time(tmp_path):
     assert text.count("****5b4a") == 2
 
 
+@pytest.mark.internal_errors
 def test_an_api_key_in_an_adapter_error_never_reaches_the_journal(
     vast, gs, isolated_home, monkeypatch
 ):

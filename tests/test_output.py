@@ -34,6 +34,7 @@ def boom_command(monkeypatch):
     return holder
 
 
+@pytest.mark.internal_errors
 @pytest.mark.parametrize(
     "exc, code, etype",
     [
@@ -65,6 +66,7 @@ def test_without_json_stdout_stays_empty_on_error(gs, boom_command):
     assert result.stderr.strip() == "Error: tensordock: Hostnode unavailable"
 
 
+@pytest.mark.internal_errors
 def test_traceback_only_when_asked(gs, boom_command, monkeypatch):
     boom_command["exc"] = RuntimeError("surprise")
     assert "Traceback" not in gs("boom").stderr
@@ -74,6 +76,7 @@ def test_traceback_only_when_asked(gs, boom_command, monkeypatch):
     assert "Traceback" in gs("boom").stderr
 
 
+@pytest.mark.internal_errors
 def test_secret_in_exception_is_redacted(gs, boom_command, monkeypatch):
     monkeypatch.setenv("VASTAI_API_KEY", "leaky-key-0123456789")
     boom_command["exc"] = RuntimeError("request to /x?api_key=leaky-key-0123456789 failed")
@@ -154,3 +157,12 @@ def test_flat_rows_are_written_exactly_as_json_dumps_would():
         assert _flat_rows_json(rows) == json.dumps(rows, indent=2, ensure_ascii=False)
     for other in ([], [{}], {"a": 1}, [{"a": [1]}], [{"a": float("nan")}], [1, 2], [{"a": {}}]):
         assert _flat_rows_json(other) is None
+
+
+def test_a_crash_fails_the_test_instead_of_exiting_1(gs, boom_command):
+    """gs re-raises internal errors: an exit-1 assertion cannot pass on a bug."""
+    boom_command["exc"] = RuntimeError("a bug")
+    with pytest.raises(RuntimeError, match="a bug"):
+        gs("boom --json")
+    boom_command["exc"] = ProviderError("vastai", "no_such_ask")
+    assert gs("boom --json").exit_code == 1  # a provider's error is still exit 1

@@ -533,6 +533,7 @@ def test_done_on_a_failed_session_destroys_what_is_left_and_keeps_why_it_failed(
     assert vast.live_instances() == []
 
 
+@pytest.mark.internal_errors
 def test_a_crash_right_after_create_still_destroys_the_instance(
     vast, gs, isolated_home, monkeypatch
 ):

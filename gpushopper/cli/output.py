@@ -245,8 +245,13 @@ def setup_logging() -> None:
     root.propagate = False
 
 
-def run(cli: click.Command, argv: Sequence[str] | None = None) -> int:
-    """Run the Click tree; turn every outcome into an exit code (128 + N after signal N)."""
+def run(
+    cli: click.Command, argv: Sequence[str] | None = None, *, reraise_internal: bool = False
+) -> int:
+    """Run the Click tree; turn every outcome into an exit code (128 + N after signal N).
+
+    ``reraise_internal`` (tests) lets a bug propagate instead of becoming exit 1, so a test
+    that expects a provider's exit 1 cannot pass on a crash."""
     args = list(sys.argv[1:] if argv is None else argv)
     _mode["json"] = "--json" in args
     _mode["verbose"] = any(a in ("-v", "--verbose") for a in args[:3])
@@ -279,6 +284,8 @@ def run(cli: click.Command, argv: Sequence[str] | None = None) -> int:
         interrupts.silence_std_streams()
         return 128 + (interrupts.last_signal() or signal.SIGPIPE)
     except Exception as exc:  # the last line of defence: no traceback unless asked
+        if reraise_internal:
+            raise
         if debug_enabled():
             import traceback
 

@@ -13,69 +13,13 @@ import click
 
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.params import DURATION
-from gpushopper.model.errors import StateError
 from gpushopper.model.units import iso
 
 
-class PidLock:
-    """One watch per home folder: an exclusive lock on the pidfile for our lifetime."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.fd: int | None = None
-
-    def acquire(self) -> None:
-        import fcntl
-
-        from gpushopper.state.fs import LinkRefused, open_nofollow, private_dir
-
-        try:
-            private_dir(self.path.parent)
-            fd = open_nofollow(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        except LinkRefused:
-            raise StateError(
-                f"pidfile {self.path} is a symbolic link; gpu-shopper does not follow links "
-                "in its own folders (another user may have planted it): move it away"
-            ) from None
-        except OSError as exc:
-            raise StateError(
-                f"cannot write the watch pidfile {self.path}: {exc.strerror}"
-            ) from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise StateError(
-                f"another 'gpu-shopper watch' is running for this home (pid {holder}, pidfile {self.path})"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        os.fsync(fd)
-        self.fd = fd
-
-    def release(self) -> None:
-        if self.fd is not None:
-            try:
-                os.ftruncate(self.fd, 0)
-            finally:
-                os.close(self.fd)
-                self.fd = None
-
-
 def _line(app: App, outcome: Any) -> str:
-    action = outcome.action
-    parts = [
-        iso(app.clock()) or "",
-        action.kind if outcome.result != "failed" else f"{action.kind}_failed",
-        f"session={action.session_id or '-'}",
-        f"provider={action.provider}",
-        f"instance={action.instance_id or '-'}",
-        f"reason={action.reason}",
-        f"result={outcome.result}",
-    ]
-    detail = outcome.error or action.detail
-    return " ".join(parts) + (f": {detail}" if detail else "")
+    from gpushopper.core.watcher import outcome_line
+
+    return outcome_line(app.clock(), outcome)
 
 
 @click.command(
@@ -182,6 +126,8 @@ def watch(
     )
     if not enforcer.configured():
         raise NoProviderConfigured()  # guarding nothing is not guarding: exit 2
+    from gpushopper.state.pidlock import PidLock
+
     lock = PidLock(app.paths.pid_file)
     lock.acquire()
     wake_r, wake_w = os.pipe()

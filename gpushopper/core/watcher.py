@@ -27,7 +27,7 @@ from gpushopper.model.session import LIVE, STATUSES
 from gpushopper.model.units import format_duration, iso
 
 if TYPE_CHECKING:
-    from gpushopper.core.enforcer import Enforcer
+    from gpushopper.core.enforcer import Enforcer, Outcome
     from gpushopper.core.lifecycle import Policy
     from gpushopper.state.store import StateStore
 
@@ -220,3 +220,19 @@ class Watcher:
             return 1
         self._say(f"{name}: {len(outcomes)} sessions destroyed and confirmed gone")
         return 128 + signum
+
+
+def outcome_line(now: datetime, outcome: Outcome) -> str:
+    """One log line for an enforcer outcome (pure: the caller passes the time)."""
+    action = outcome.action
+    parts = [
+        iso(now) or "",
+        action.kind if outcome.result != "failed" else f"{action.kind}_failed",
+        f"session={action.session_id or '-'}",
+        f"provider={action.provider}",
+        f"instance={action.instance_id or '-'}",
+        f"reason={action.reason}",
+        f"result={outcome.result}",
+    ]
+    detail = outcome.error or action.detail
+    return " ".join(parts) + (f": {detail}" if detail else "")
