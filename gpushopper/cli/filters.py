@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from gpushopper.model.errors import UsageError
-from gpushopper.model.models import OfferQuery
+from gpushopper.model.models import SORTS, OfferQuery
 from gpushopper.providers.registry import PROVIDERS
 
 
@@ -36,9 +36,6 @@ def bounded(option: str, integer: bool = False) -> click.ParamType:
             min=None if low is None else int(low), max=None if high is None else int(high)
         )
     return Finite(min=low, max=high, min_open=open_low)
-
-
-SORTS = ("price", "reliability", "vram", "perf-per-dollar")
 
 
 def filter_options(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gpushopper.model.errors import ConfigError
+from gpushopper.model.models import SORTS
 from gpushopper.model.redact import mask, register_secret
 from gpushopper.model.units import UNIT_HINT, parse_duration
 from gpushopper.providers.registry import PROVIDERS
@@ -245,7 +246,7 @@ ZERO_DURATIONS = frozenset({"defaults.cache_ttl", "safety.warn_before"})
 CHOICES: dict[str, tuple[str, ...]] = {
     "defaults.providers": PROVIDERS,
     "providers": PROVIDERS,
-    "sort": ("price", "reliability", "vram", "perf-per-dollar"),
+    "sort": SORTS,
 }
 _USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
