@@ -209,14 +209,16 @@ def build_query(
 
 def unknown_gpu_hint(name: str) -> str | None:
     """For a GPU name no provider's model list knows: which known models are close."""
-    from gpushopper.model.models import close_gpu_names, known_gpu
+    from gpushopper.model.models import close_gpu_names, gpu_matches
     from gpushopper.providers.vastai import GPU_NAMES
 
-    if known_gpu(name, GPU_NAMES):
+    if name in GPU_NAMES or name.replace("_", " ") in GPU_NAMES:
+        return None  # Vast.ai's own spelling, the usual case: no loose matching needed
+    if any(gpu_matches(name, known) for known in GPU_NAMES):
         return None
     from gpushopper.providers.tensordock import GPU_MODELS, display_name
 
-    if known_gpu(name, GPU_MODELS):
+    if any(gpu_matches(name, known) for known in GPU_MODELS):
         return None
     names = [*GPU_NAMES, *(display_name(m) for m in GPU_MODELS)]
     close = close_gpu_names(name, names)

@@ -16,6 +16,7 @@ _lock = threading.Lock()
 _secrets: set[str] = set()
 _pattern: re.Pattern[str] | None = None
 _masks: dict[str, str] = {}
+_stale = False
 CASELESS_MIN = 12
 
 
@@ -40,7 +41,7 @@ def _forms(secret: str) -> set[str]:
 
 def register_secret(value: str | None) -> None:
     """Remember a secret so that :func:`redact` hides it everywhere, in every form."""
-    global _pattern
+    global _pattern, _stale
     if not value or len(value.strip()) < 4:
         return
     with _lock:
@@ -51,6 +52,13 @@ def register_secret(value: str | None) -> None:
         for form in _forms(value):
             _masks.setdefault(form, shown)
             _masks.setdefault(form.lower(), shown)
+        _stale = True  # compiled at the next redact: settings register several at once
+
+
+def _current_pattern() -> re.Pattern[str] | None:
+    """The one pattern over every form of every secret (call with ``_lock`` held)."""
+    global _pattern, _stale
+    if _stale:
         forms = sorted(_masks, key=len, reverse=True)
         # Any case for real keys; short values (tests, typos) match exactly, or every
         # "token" in every message would be masked.
@@ -59,6 +67,8 @@ def register_secret(value: str | None) -> None:
                 f"(?i:{re.escape(f)})" if len(f) >= CASELESS_MIN else re.escape(f) for f in forms
             )
         )
+        _stale = False
+    return _pattern
 
 
 def mask(value: str | None) -> str:
@@ -73,7 +83,7 @@ def redact(text: str) -> str:
     if not text:
         return text
     with _lock:
-        pattern, masks = _pattern, _masks
+        pattern, masks = _current_pattern(), _masks
     if pattern is None:
         return text
     return pattern.sub(

@@ -10,7 +10,6 @@ with every secret redacted.
 from __future__ import annotations
 
 import json
-import random
 import re
 import time
 from collections.abc import Callable, Iterable
@@ -195,6 +194,8 @@ class HttpClient:
 
     def _backoff(self, attempt: int) -> float:
         delay = min(self.backoff_max, self.backoff_base * (2**attempt))
+        import random  # only on a retry: importing it costs every start ~0.7 ms
+
         return delay * (0.8 + 0.4 * random.random())
 
     def request(

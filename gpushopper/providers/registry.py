@@ -10,8 +10,7 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from gpushopper.model.errors import UsageError
 
@@ -19,8 +18,7 @@ if TYPE_CHECKING:
     from gpushopper.providers.base import Provider
 
 
-@dataclass(frozen=True)
-class DeadlineHook:
+class DeadlineHook(NamedTuple):  # a NamedTuple: a frozen dataclass costs ~0.7 ms at import
     """How an instance of this provider enforces its own deadline (core/deadline.py)."""
 
     style: str  # which snippet: "destroy-by-api" (calls the provider) or "power-off"
@@ -30,8 +28,7 @@ class DeadlineHook:
     secret_setting: str | None = None  # a secret that must never appear in the snippet
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):  # a NamedTuple: a frozen dataclass costs ~0.7 ms at import
     name: str
     target: str  # "module:Class", imported only when the provider is used
     title: str  # the provider's own spelling, for messages

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 APP_NAME = "gpu-shopper"
 
 
-@dataclass(frozen=True)
-class Paths:
+class Paths(NamedTuple):  # a NamedTuple: a frozen dataclass costs ~0.7 ms at import
     config_dir: Path
     data_dir: Path
     cache_dir: Path
