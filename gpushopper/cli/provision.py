@@ -152,6 +152,45 @@ def provision(app: App, offer_id: str | None, **opts: Any) -> None:
         _provision(app, offer_id, **opts)
 
 
+def _explicit_timeout(
+    app: App, opts: dict[str, Any], profile: dict[str, Any]
+) -> tuple[float, str] | None:
+    """The boot timeout someone set (flag > profile > setting), with where; None if unset."""
+    if opts["timeout"]:
+        return float(opts["timeout"]), "--timeout flag"
+    if profile.get("timeout"):
+        return float(profile["timeout"]), "profile"
+    if app.settings.source("safety.provision_timeout") != "default":
+        return float(
+            app.settings.get("safety.provision_timeout")
+        ), "safety.provision_timeout setting"
+    return None
+
+
+def _timeouts(
+    app: App, req: Any, candidates: list[Any], explicit: tuple[float, str] | None
+) -> dict[str, Any]:
+    """The boot timeout per provider among the candidates, and why (core/stats.py)."""
+    from gpushopper.core import stats
+
+    records = list(app.store.sessions().values()) if explicit is None else []
+    first: dict[str, Any] = {}
+    for candidate in candidates:
+        first.setdefault(candidate.offer.provider, candidate)
+    # The same key a session records (core/stats.template_of): its template, else its image.
+    return {
+        name: stats.provision_timeout(
+            records,
+            name,
+            c.template.name if c.template else (req.image or "-"),
+            explicit=explicit,
+            default_s=req.timeout_s,
+            max_s=app.settings.get("safety.provision_timeout_max"),
+        )
+        for name, c in first.items()
+    }
+
+
 def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
     from gpushopper.core import rules
     from gpushopper.core.provisioner import ProvisionRequest
@@ -165,6 +204,8 @@ def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
     hard_max_s = settings.get("safety.hard_max_hours") * 3600
     rules.check_hours(hours, hard_max_s, opts["override"])
     ssh_key = opts["ssh_key"] or profile.get("ssh_key") or settings.get("vastai.ssh_key_path")
+    explicit = _explicit_timeout(app, opts, profile)
+    timeout_s = explicit[0] if explicit else settings.get("safety.provision_timeout")
     req = ProvisionRequest(
         query=query,
         offer_id=offer_id,
@@ -176,9 +217,7 @@ def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
         if opts["auto_retry"] is not None
         else profile.get("auto_retry", 0),
         ssh_key=ssh_key,
-        timeout_s=opts["timeout"]
-        or profile.get("timeout")
-        or settings.get("safety.provision_timeout"),
+        timeout_s=timeout_s,
         verify=not opts["no_verify"],
         override=opts["override"],
         hard_max_s=hard_max_s,
@@ -190,6 +229,9 @@ def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
         info(f"Note: {note}")
     best = candidates[0].offer
     price = best.price_per_hour or 0.0
+    choices = _timeouts(app, req, candidates, explicit)
+    req.timeout_by_provider = {name: choice.seconds for name, choice in choices.items()}
+    timeout = choices[best.provider]
     if opts["dry_run"]:
         plan = rules.dry_run_plan(
             best.to_json(),
@@ -202,6 +244,7 @@ def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
             image=req.image,
             alternatives=[c.offer.id for c in candidates[1 : 1 + (req.auto_retry or 0) + 3]],
         )
+        plan["timeout"] = timeout.to_json()
         if opts["as_json"]:
             emit_json(plan)
         else:
@@ -218,6 +261,7 @@ def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
                     ),
                     ("projected cost", f"${plan['projected_cost_usd']:.2f}"),
                     ("alternatives", ", ".join(plan["alternatives"]) or None),
+                    ("boot timeout", f"{format_duration(timeout.seconds)} ({timeout.reason})"),
                 ]
             )
             info("Dry run: nothing was created.")

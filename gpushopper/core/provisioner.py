@@ -80,6 +80,11 @@ class ProvisionRequest:
     override: bool = False
     hard_max_s: float = 12 * 3600.0
     preferred_gpus: list[str] = field(default_factory=list)
+    # Boot timeouts measured per provider (core/stats.py); ``timeout_s`` where none is.
+    timeout_by_provider: dict[str, float] = field(default_factory=dict)
+
+    def timeout_for(self, provider: str) -> float:
+        return self.timeout_by_provider.get(provider, self.timeout_s)
 
 
 @dataclass
@@ -492,7 +497,9 @@ class Provisioner:
             except (OSError, ValueError) as exc:  # a cache hint: never a reason to stop
                 self._say(f"Note: could not mark {offer.id} taken in the offer cache: {exc}")
         provider.attach_ssh_key(instance_id, public_key)
-        instance = self._wait_running(provider, instance_id, req.timeout_s, started)
+        instance = self._wait_running(
+            provider, instance_id, req.timeout_for(offer.provider), started
+        )
         _check_ssh_details(instance, record["ssh"]["user"])
         timings["time_to_running_s"] = round(self.mono() - started, 3)
         ssh = dict(record["ssh"], host=instance.ssh_host, port=instance.ssh_port)
@@ -644,7 +651,7 @@ class Provisioner:
                 user,
                 key_path,
                 alternatives=instance.extra.get("ssh_endpoints"),
-                deadline=started + req.timeout_s,
+                deadline=started + req.timeout_for(offer.provider),
                 clock=self.mono,
                 sleep=self.sleep,
             )

@@ -222,6 +222,7 @@ def end_session(
     write(status="ending", **({} if was_failed else {"end_reason": reason}))
     instance_id = record.get("instance_id")
     destroyed = False
+    destroy_started = mono()
     try:
         if not instance_id:
             found = find_by_label(provider, label)
@@ -263,6 +264,11 @@ def end_session(
                 keep_reason=was_failed,
             )
             current.pop("error", None)
+            if destroyed:  # destroy to gone, as the provider confirmed it (core/stats.py)
+                timings = current.get("timings")
+                timings = dict(timings) if isinstance(timings, dict) else {}
+                timings["destroy_to_gone_s"] = round(mono() - destroy_started, 3)
+                current["timings"] = timings
             result = dict(current)
     except StateWriteError as exc:
         write_error = exc

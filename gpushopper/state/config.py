@@ -153,7 +153,20 @@ SETTINGS: dict[str, Setting] = {
             "first retry delay, seconds (doubles each time)",
         ),
         Setting("safety.hard_max_hours", "float", 12.0, (), "hard maximum per session, hours"),
-        Setting("safety.provision_timeout", "duration", "15m", (), "boot timeout"),
+        Setting(
+            "safety.provision_timeout",
+            "duration",
+            "15m",
+            (),
+            "boot timeout; when set, it always wins over the measured one",
+        ),
+        Setting(
+            "safety.provision_timeout_max",
+            "duration",
+            "30m",
+            (),
+            "most a measured boot timeout may be (90th percentile of 5+ boots x 1.5)",
+        ),
         Setting(
             "safety.warn_before",
             "duration_or_zero",

@@ -1,0 +1,238 @@
+"""Lifecycle statistics from recorded sessions, and the provisioning timeout they set.
+
+Pure: every function takes session records (``state["sessions"].values()``) and returns
+plain data. ``sessions stats`` renders ``group_stats``; ``provision`` asks
+``provision_timeout`` which boot timeout to use and why.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# The phases a boot goes through, as the provisioner records them in ``timings`` (seconds
+# from the start of the create call), then the ones recorded later.
+PHASES: tuple[tuple[str, str], ...] = (
+    ("create_call_s", "create call"),
+    ("time_to_running_s", "time to running"),
+    ("time_to_ssh_s", "time to SSH"),
+    ("setup_s", "setup"),
+    ("destroy_to_gone_s", "destroy to gone"),
+)
+# A failed session failed at the first boot stage it has no timing for.
+STAGES: tuple[tuple[str, str], ...] = (
+    ("create", "create_call_s"),
+    ("running", "time_to_running_s"),
+    ("ssh", "time_to_ssh_s"),
+)
+MIN_BOOTS = 5  # recorded boots of a provider/template pair before they set its timeout
+TIMEOUT_FACTOR = 1.5
+TIMEOUT_FLOOR_S = 300.0
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    """The ``q`` quantile (0-1) by linear interpolation between closest ranks; None if empty."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q
+    low = math.floor(pos)
+    high = math.ceil(pos)
+    return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    number = float(value)
+    return number if math.isfinite(number) and number >= 0 else None
+
+
+def timing(record: Mapping[str, Any], key: str) -> float | None:
+    timings = record.get("timings")
+    return _num(timings.get(key)) if isinstance(timings, Mapping) else None
+
+
+def template_of(record: Mapping[str, Any]) -> str:
+    """The template (Vast.ai) or image (TensorDock) a session booted, or "-"."""
+    return str(record.get("template") or record.get("image") or "-")
+
+
+def failed_stage(record: Mapping[str, Any]) -> str | None:
+    """The boot stage a failed session failed at; None for one that did not fail."""
+    if record.get("status") != "failed":
+        return None
+    for stage, key in STAGES:
+        if timing(record, key) is None:
+            return stage
+    return "after boot"
+
+
+def booted(record: Mapping[str, Any]) -> float | None:
+    """Seconds from the create call to SSH for a session that came up, else None."""
+    return timing(record, "time_to_ssh_s")
+
+
+@dataclass(frozen=True)
+class Filters:
+    provider: str | None = None
+    template: str | None = None
+    gpu: str | None = None
+
+    def keep(self, record: Mapping[str, Any]) -> bool:
+        if self.provider and record.get("provider") != self.provider:
+            return False
+        if self.template and template_of(record).lower() != self.template.lower():
+            return False
+        if not self.gpu:
+            return True
+        gpu = str(record.get("gpu_name") or "").lower().replace(" ", "")
+        return self.gpu.lower().replace(" ", "") in gpu
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
+def group_stats(
+    records: Iterable[Mapping[str, Any]], filters: Filters | None = None
+) -> list[dict[str, Any]]:
+    """One row per (provider, template or image, GPU model): counts, failure rate by
+    stage, median and 90th percentile of each phase. Sorted by provider, template, GPU."""
+    filters = filters or Filters()
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for record in records:
+        if not isinstance(record, Mapping) or not filters.keep(record):
+            continue
+        if record.get("status") in ("creating", "provisioning", "verifying"):
+            continue  # still booting: neither a success nor a failure yet
+        group = (
+            str(record.get("provider") or "-"),
+            template_of(record),
+            str(record.get("gpu_name") or "-"),
+        )
+        groups.setdefault(group, []).append(record)
+    rows = []
+    for (provider, template, gpu), members in sorted(groups.items()):
+        failures: dict[str, int] = {stage: 0 for stage, _ in STAGES}
+        failures["after boot"] = 0
+        failed = 0
+        for record in members:
+            stage = failed_stage(record)
+            if stage is not None:
+                failed += 1
+                failures[stage] += 1
+        count = len(members)
+        phases: dict[str, dict[str, Any]] = {}
+        for key, _label in PHASES:
+            values = [v for v in (timing(r, key) for r in members) if v is not None]
+            phases[key] = {
+                "n": len(values),
+                "median_s": _round(percentile(values, 0.5)),
+                "p90_s": _round(percentile(values, 0.9)),
+            }
+        rows.append(
+            {
+                "provider": provider,
+                "template": template,
+                "gpu": gpu,
+                "count": count,
+                "failed": failed,
+                "failure_rate": round(failed / count, 3) if count else 0.0,
+                "failure_rate_by_stage": {
+                    stage: round(n / count, 3) for stage, n in failures.items()
+                },
+                "phases": phases,
+            }
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class TimeoutChoice:
+    seconds: float
+    source: str  # where it came from: the flag, profile or setting; "measured"; "default"
+    reason: str
+    provider: str = ""
+    template: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "seconds": self.seconds,
+            "source": self.source,
+            "reason": self.reason,
+            "provider": self.provider,
+            "template": self.template,
+        }
+
+
+def measured_timeout(
+    records: Iterable[Mapping[str, Any]], provider: str, template: str, max_s: float
+) -> tuple[float, int, float] | None:
+    """(timeout, boots, p90) from the recorded boots of this provider/template pair, once
+    there are at least MIN_BOOTS: p90 x 1.5, never below 5 minutes nor above ``max_s``."""
+    boots = [
+        b
+        for b in (
+            booted(r)
+            for r in records
+            if isinstance(r, Mapping)
+            and r.get("provider") == provider
+            and template_of(r) == template
+        )
+        if b is not None
+    ]
+    if len(boots) < MIN_BOOTS:
+        return None
+    p90 = percentile(boots, 0.9) or 0.0
+    value = min(max(p90 * TIMEOUT_FACTOR, TIMEOUT_FLOOR_S), max(max_s, TIMEOUT_FLOOR_S))
+    return round(value, 1), len(boots), p90
+
+
+def provision_timeout(
+    records: Iterable[Mapping[str, Any]],
+    provider: str,
+    template: str,
+    *,
+    explicit: tuple[float, str] | None,
+    default_s: float,
+    max_s: float,
+) -> TimeoutChoice:
+    """Which boot timeout a provision uses: an explicit one (flag, profile or setting)
+    always wins; then the measured one for this pair; then the default."""
+    from gpushopper.model.units import format_duration
+
+    records = list(records)
+    if explicit is not None:
+        seconds, source = explicit
+        return TimeoutChoice(seconds, source, f"set by the {source}", provider, template)
+    measured = measured_timeout(records, provider, template, max_s)
+    if measured is not None:
+        seconds, boots, p90 = measured
+        return TimeoutChoice(
+            seconds,
+            "measured",
+            f"{boots} recorded boots of {provider}/{template}: 90th percentile "
+            f"{format_duration(p90)} x {TIMEOUT_FACTOR:g}, within "
+            f"[{format_duration(TIMEOUT_FLOOR_S)}, {format_duration(max_s)}]",
+            provider,
+            template,
+        )
+    count = sum(
+        1
+        for r in records
+        if isinstance(r, Mapping)
+        and r.get("provider") == provider
+        and template_of(r) == template
+        and booted(r) is not None
+    )
+    return TimeoutChoice(
+        default_s,
+        "default",
+        f"the default: {count} recorded boots of {provider}/{template}, "
+        f"{MIN_BOOTS} needed to measure one",
+        provider,
+        template,
+    )

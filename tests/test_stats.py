@@ -1,0 +1,142 @@
+"""Lifecycle statistics (core/stats.py, `sessions stats`) and the boot timeouts they set."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gpushopper.core import stats
+from gpushopper.state.store import StateStore
+
+
+def record(
+    n: int,
+    *,
+    provider: str = "vastai",
+    template: str | None = "pytorch",
+    gpu: str = "RTX 4090",
+    status: str = "ended",
+    boot_s: float | None = 100.0,
+    **timings: float,
+) -> dict[str, Any]:
+    t: dict[str, float] = {"create_call_s": 1.0}
+    if boot_s is not None:
+        t.update(time_to_running_s=boot_s * 0.8, time_to_ssh_s=boot_s)
+    t.update(timings)
+    return {
+        "id": f"s{n:05d}",
+        "status": status,
+        "provider": provider,
+        "template": template,
+        "image": None,
+        "gpu_name": gpu,
+        "timings": t,
+    }
+
+
+# -- percentiles and the measured timeout ------------------------------------------------------
+def test_percentile_interpolates_between_ranks():
+    assert stats.percentile([], 0.9) is None
+    assert stats.percentile([5.0], 0.9) == 5.0
+    assert stats.percentile([float(v) for v in range(1, 11)], 0.5) == pytest.approx(5.5)
+    assert stats.percentile([float(v) for v in range(1, 11)], 0.9) == pytest.approx(9.1)
+
+
+def choose(records, explicit=None, max_s=1800.0):
+    return stats.provision_timeout(
+        records, "vastai", "pytorch", explicit=explicit, default_s=900.0, max_s=max_s
+    )
+
+
+def test_four_boots_keep_the_default_five_set_it():
+    boots = [record(i, boot_s=400.0 + i * 10) for i in range(4)]
+    assert choose(boots).source == "default"
+    assert choose(boots).seconds == 900.0
+    boots.append(record(9, boot_s=600.0))
+    chosen = choose(boots)
+    assert chosen.source == "measured"
+    p90 = stats.percentile([400.0, 410.0, 420.0, 430.0, 600.0], 0.9)
+    assert chosen.seconds == pytest.approx(round(p90 * 1.5, 1))
+    assert "5 recorded boots" in chosen.reason
+
+
+def test_only_boots_of_the_same_pair_count():
+    boots = [record(i, boot_s=400.0) for i in range(4)]
+    boots += [record(10, provider="tensordock", boot_s=400.0), record(11, template="other")]
+    boots += [record(12, status="failed", boot_s=None)]  # a failed boot measures nothing
+    assert choose(boots).source == "default"
+
+
+def test_measured_timeout_is_clamped_to_five_minutes_and_the_maximum():
+    fast = [record(i, boot_s=30.0) for i in range(5)]
+    assert choose(fast).seconds == 300.0
+    slow = [record(i, boot_s=3000.0) for i in range(5)]
+    assert choose(slow, max_s=1800.0).seconds == 1800.0
+
+
+def test_an_explicit_timeout_always_wins():
+    boots = [record(i, boot_s=600.0) for i in range(8)]
+    chosen = choose(boots, explicit=(120.0, "--timeout flag"))
+    assert (chosen.seconds, chosen.source) == (120.0, "--timeout flag")
+
+
+# -- provision: the measured timeout takes over after 5 boots, and is used -----------------------
+def seed(home: Path, records: list[dict[str, Any]]) -> None:
+    store = StateStore(home / "state.json")
+    for r in records:
+        store.put_session(r)
+
+
+def dry_run_timeout(gs, extra: str = "") -> dict[str, Any]:
+    result = gs(f"provision --provider vastai --gpu 4090 --dry-run --json {extra}")
+    assert result.exit_code == 0, result.stderr
+    return result.json()["timeout"]
+
+
+def test_dry_run_says_which_timeout_and_why(vast, gs, isolated_home, monkeypatch):
+    first = dry_run_timeout(gs)
+    assert first["source"] == "default"
+    assert first["seconds"] == 900
+    assert "0 recorded boots" in first["reason"]
+    pair = {"provider": first["provider"], "template": first["template"]}
+    seed(
+        isolated_home,
+        [
+            record(i, provider=pair["provider"], template=pair["template"], boot_s=400.0)
+            for i in range(4)
+        ],
+    )
+    assert dry_run_timeout(gs)["source"] == "default"
+    seed(
+        isolated_home,
+        [record(4, provider=pair["provider"], template=pair["template"], boot_s=400.0)],
+    )
+    measured = dry_run_timeout(gs)
+    assert measured["source"] == "measured"
+    assert measured["seconds"] == 600.0
+    text = gs("provision --provider vastai --gpu 4090 --dry-run")
+    assert "boot timeout" in text.stdout and "10m" in text.stdout
+    # an explicit flag, and an explicit setting, win over the measurement
+    assert dry_run_timeout(gs, "--timeout 7m")["seconds"] == 420
+    monkeypatch.setenv("GPU_SHOPPER_SAFETY_PROVISION_TIMEOUT", "20m")
+    chosen = dry_run_timeout(gs)
+    assert (chosen["seconds"], chosen["source"]) == (1200, "safety.provision_timeout setting")
+
+
+def test_a_real_boot_waits_the_measured_timeout(vast, gs, isolated_home, fake_time):
+    pair = dry_run_timeout(gs)
+    seed(
+        isolated_home,
+        [
+            record(i, provider=pair["provider"], template=pair["template"], boot_s=100.0)
+            for i in range(5)
+        ],
+    )
+    vast.boot = {"mode": "stuck_loading", "loading_after": 0.0, "running_after": 0.0}
+    result = gs("provision --provider vastai --gpu 4090 --yes")
+    assert result.exit_code == 1
+    assert "not running after 5m" in result.stderr  # p90 100s x 1.5 = 150s, floored at 5m
+    assert 300 <= fake_time.slept < 320
+    assert vast.live_instances() == []
