@@ -47,3 +47,38 @@ def test_orphan_json_has_every_contract_key(vast, gs, isolated_home):
 def test_error_object_shape(gs):
     data = gs("sessions show nope --json").json()
     assert set(data) == {"error"} and set(data["error"]) == {"type", "message"}
+
+
+STATS_KEYS = {
+    "provider", "template", "gpu", "count", "failed", "failure_rate", "failure_rate_by_stage",
+    "phases",
+}  # fmt: skip
+STATS_PHASES = {
+    "create_call_s",
+    "time_to_running_s",
+    "time_to_ssh_s",
+    "setup_s",
+    "destroy_to_gone_s",
+}
+TIMEOUT_KEYS = {"seconds", "source", "reason", "provider", "template"}
+
+
+def test_sessions_stats_json_shape(vast, gs):
+    session = gs("provision --provider vastai --gpu 4090 --yes --json").json()
+    assert gs(f"sessions done {session['id']} --json").exit_code == 0
+    (row,) = gs("sessions stats --json").json()
+    assert set(row) == STATS_KEYS
+    assert set(row["phases"]) == STATS_PHASES
+    assert set(row["failure_rate_by_stage"]) == {"create", "running", "ssh", "after boot"}
+    for phase in row["phases"].values():
+        assert set(phase) == {"n", "median_s", "p90_s"}
+    assert row["count"] == 1 and row["provider"] == "vastai"
+    assert row["phases"]["destroy_to_gone_s"]["n"] == 1  # sessions done recorded it
+    assert gs("sessions stats --provider tensordock --json").json() == []
+    assert gs("sessions stats --gpu a100 --json").json() == []
+    assert len(gs("sessions stats --gpu 4090 --json").json()) == 1
+
+
+def test_dry_run_timeout_shape(vast, gs):
+    plan = gs("provision --provider vastai --gpu 4090 --dry-run --json").json()
+    assert set(plan["timeout"]) == TIMEOUT_KEYS

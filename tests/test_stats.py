@@ -140,3 +140,35 @@ def test_a_real_boot_waits_the_measured_timeout(vast, gs, isolated_home, fake_ti
     assert "not running after 5m" in result.stderr  # p90 100s x 1.5 = 150s, floored at 5m
     assert 300 <= fake_time.slept < 320
     assert vast.live_instances() == []
+
+
+# -- sessions stats --------------------------------------------------------------------------
+def test_group_stats_counts_failures_by_stage_and_skips_booting():
+    records = [record(i, boot_s=100.0 + i) for i in range(3)]
+    records.append(record(10, status="failed", boot_s=None))  # created, never running
+    records.append({**record(11, status="failed", boot_s=None), "timings": {}})  # create failed
+    records.append(record(12, status="provisioning", boot_s=None))  # still booting
+    records.append(record(13, gpu="A100 SXM4", destroy_to_gone_s=4.0))
+    rows = stats.group_stats(records)
+    assert [(r["gpu"], r["count"]) for r in rows] == [("A100 SXM4", 1), ("RTX 4090", 5)]
+    row = rows[1]
+    assert row["failed"] == 2 and row["failure_rate"] == 0.4
+    assert row["failure_rate_by_stage"] == {
+        "create": 0.2,
+        "running": 0.2,
+        "ssh": 0.0,
+        "after boot": 0.0,
+    }
+    assert row["phases"]["time_to_ssh_s"] == {"n": 3, "median_s": 101.0, "p90_s": 101.8}
+    assert rows[0]["phases"]["destroy_to_gone_s"]["median_s"] == 4.0
+    assert stats.group_stats(records, stats.Filters(gpu="a100"))[0]["gpu"] == "A100 SXM4"
+    assert stats.group_stats(records, stats.Filters(template="nope")) == []
+
+
+def test_sessions_stats_table_and_bad_input(gs, isolated_home):
+    assert gs("sessions stats").stderr.strip() == "No recorded sessions."
+    seed(isolated_home, [record(i, boot_s=90.0) for i in range(3)])
+    text = gs("sessions stats").stdout
+    assert "RTX 4090" in text and "1m30s / 1m30s" in text
+    bad = gs("sessions stats --provider nowhere")
+    assert bad.exit_code == 2 and "Traceback" not in bad.stderr

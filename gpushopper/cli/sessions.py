@@ -12,6 +12,7 @@ from gpushopper.cli.output import emit_json, info, json_option, print_table
 from gpushopper.cli.params import HOURS
 from gpushopper.model.errors import SshError
 from gpushopper.model.units import format_duration, parse_iso
+from gpushopper.providers.registry import PROVIDERS
 
 
 def _views(app: App, show_all: bool, consumer: str | None) -> list[dict[str, Any]]:
@@ -95,6 +96,39 @@ def _list(app: App, show_all: bool, consumer: str | None, as_json: bool) -> None
 def sessions_list(app: App, show_all: bool, consumer: str | None, as_json: bool) -> None:
     """Live sessions (with --all, every session) with cost so far."""
     _list(app, show_all, consumer, as_json)
+
+
+@sessions.command(
+    "stats",
+    epilog="""Examples:
+
+\b
+  gpu-shopper sessions stats
+  gpu-shopper sessions stats --provider vastai --gpu 4090 --json
+""",
+)
+@click.option("--provider", type=click.Choice(PROVIDERS), help="Only this provider's sessions.")
+@click.option("--template", metavar="NAME", help="Only this template (or TensorDock image).")
+@click.option("--gpu", metavar="MODEL", help="Only this GPU model (loose: 4090, RTX 4090).")
+@json_option
+@pass_app
+def sessions_stats(
+    app: App, provider: str | None, template: str | None, gpu: str | None, as_json: bool
+) -> None:
+    """Boot and teardown times and failure rates from every recorded session.
+
+    Per provider, template (or image) and GPU model: count, failure rate by stage, median
+    and 90th percentile of the create call, time to running, time to SSH, setup, and
+    destroy to gone. Five recorded boots of a provider/template pair set its default
+    provisioning timeout (90th percentile x 1.5; see provision --dry-run).
+    """
+    from gpushopper.core import stats
+
+    rows = stats.group_stats(app.sessions().values(), stats.Filters(provider, template, gpu))
+    if as_json:
+        emit_json(rows)
+        return
+    print_table(stats.TABLE_COLUMNS, stats.table_rows(rows), empty="No recorded sessions.")
 
 
 @sessions.command("show", epilog="Example: gpu-shopper sessions show 3fa9c2 --json")

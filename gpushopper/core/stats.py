@@ -236,3 +236,52 @@ def provision_timeout(
         provider,
         template,
     )
+
+
+TABLE_COLUMNS: tuple[str, ...] = (
+    "PROVIDER",
+    "TEMPLATE/IMAGE",
+    "GPU",
+    "N",
+    "FAILED %",
+    "FAILED AT",
+    *(f"{label.upper()} p50/p90" for _key, label in PHASES),
+)
+
+
+def _pair(phase: Mapping[str, Any]) -> str:
+    from gpushopper.model.units import format_duration
+
+    if not phase.get("n"):
+        return "-"
+    return f"{format_duration(phase['median_s'])} / {format_duration(phase['p90_s'])}"
+
+
+def table_rows(rows: Iterable[Mapping[str, Any]]) -> list[tuple[str, ...]]:
+    """``group_stats`` rows as table cells (the CLI's table and docs/lifecycle.md)."""
+    out = []
+    for row in rows:
+        stages = ", ".join(
+            f"{stage} {rate * 100:.0f}%"
+            for stage, rate in row["failure_rate_by_stage"].items()
+            if rate
+        )
+        out.append(
+            (
+                row["provider"],
+                row["template"],
+                row["gpu"],
+                str(row["count"]),
+                f"{row['failure_rate'] * 100:.0f}",
+                stages or "-",
+                *(_pair(row["phases"][key]) for key, _label in PHASES),
+            )
+        )
+    return out
+
+
+def markdown_table(rows: Iterable[Mapping[str, Any]]) -> str:
+    cells = table_rows(rows)
+    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
+    lines += ["| " + " | ".join(row) + " |" for row in cells]
+    return "\n".join(lines) + "\n"
