@@ -95,6 +95,20 @@ def test_stuck_provisioning_destroyed_after_timeout(status):
     assert kinds(actions) == [(DESTROY_SESSION, "provision_timeout", "a00001")]
 
 
+def test_a_longer_boot_timeout_chosen_at_provision_is_waited_out():
+    # A measured (or --timeout) boot timeout of 25m: watch must not kill the boot at 16m.
+    record = session(status="provisioning", boot_timeout_s=1500.0)
+    listed = {"vastai": [inst(status="loading")]}
+    assert plan({"a00001": record}, listed, at(minutes=16), POLICY) == []
+    actions = plan({"a00001": record}, listed, at(minutes=26), POLICY)
+    assert kinds(actions) == [(DESTROY_SESSION, "provision_timeout", "a00001")]
+    # a shorter one never makes watch quicker than its own policy, nor does garbage count
+    for odd in (60.0, "25m", None, True, float("nan")):
+        record = session(status="provisioning", boot_timeout_s=odd)
+        assert plan({"a00001": record}, listed, at(minutes=14), POLICY) == []
+        assert plan({"a00001": record}, listed, at(minutes=16), POLICY) != []
+
+
 def test_creating_without_instance_found_by_label():
     record = session(status="creating", instance=None)
     actions = plan({"a00001": record}, {"vastai": [inst()]}, at(minutes=16), POLICY)

@@ -150,7 +150,7 @@ def plan(
             )
             continue
         if status in BOOTING:
-            if age > policy.provision_timeout_s:
+            if age > boot_limit(record, policy):
                 actions.append(
                     Action(
                         DESTROY_SESSION,
@@ -253,6 +253,16 @@ def plan(
     return actions
 
 
+def boot_limit(record: dict[str, Any], policy: Policy) -> float:
+    """How long a booting session may take before it counts as stuck: the policy's
+    timeout, or the longer one its provision chose (a measured or explicit --timeout; the
+    hard maximum still bounds it, checked first)."""
+    chosen = record.get("boot_timeout_s")
+    if isinstance(chosen, bool) or not isinstance(chosen, (int, float)) or chosen != chosen:
+        return policy.provision_timeout_s
+    return max(policy.provision_timeout_s, float(chosen))
+
+
 def _gone(status: Any, record: dict[str, Any], age: float, policy: Policy) -> bool:
     """May a live session whose instance the provider does not list be closed?"""
     if status in ("running", "ending"):
@@ -260,5 +270,5 @@ def _gone(status: Any, record: dict[str, Any], age: float, policy: Policy) -> bo
     if status not in BOOTING:
         return False
     if not record.get("instance_id"):
-        return age > policy.provision_timeout_s  # the create call may still be under way
+        return age > boot_limit(record, policy)  # the create call may still be under way
     return age > policy.gone_grace_s  # a fresh instance may lag in the provider's list

@@ -335,6 +335,7 @@ class Provisioner:
                 "known_hosts": str(self.keys_dir / session_id / "known_hosts"),
             },
             "timings": timings,
+            "boot_timeout_s": req.timeout_for(offer.provider),  # watch waits at least this
             "overrides": [{"at": iso(now), "hard_max_at": iso(reservation), "via": "provision"}]
             if req.override and reservation > hard_max
             else [],

@@ -2,12 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gpushopper.model.errors import MissingCredentials
 
 if TYPE_CHECKING:
     from gpushopper.providers.base import SettingsReader
+
+
+@dataclass(frozen=True)
+class ApiCall:
+    """One HTTP call an adapter makes: each adapter's ``API_CALLS`` lists every one.
+
+    ``path`` is the full path with ``:id`` for each variable part; tests/test_api_coverage.py
+    fails when the adapter sends a request not listed here, and docs/api-coverage.md is
+    generated from these tables (scripts/gen-docs)."""
+
+    method: str
+    path: str
+    purpose: str
+    commands: tuple[str, ...]
+    note: str = ""
+
 
 COUNTRY_CODES = {
     "united states": "US",

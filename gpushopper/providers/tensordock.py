@@ -32,6 +32,7 @@ from gpushopper.model.models import (
 )
 from gpushopper.providers.base import HttpClient, SettingsReader, error_text
 from gpushopper.providers.common import (
+    ApiCall,
     country_code,
     http_settings,
     integer,
@@ -40,6 +41,38 @@ from gpushopper.providers.common import (
 )
 
 NAME = "tensordock"
+API_PATH = "/api/v2"  # the adapter's paths are relative to the API base, which ends here
+_ENDS = ("sessions done", "shutdown", "watch", "cleanup-orphans", "provision (a failed boot)")
+# Every call this adapter makes (docs/api-coverage.md is generated from it).
+API_CALLS: tuple[ApiCall, ...] = (
+    ApiCall("GET", "/api/v2/locations", "check the token", ("doctor",)),
+    ApiCall(
+        "GET",
+        "/api/v2/hostnodes",
+        "every host node with its free GPUs and prices (filtered here)",
+        ("inventory", "provision", "templates catalog"),
+    ),
+    ApiCall("GET", "/api/v2/hostnodes/:id", "look one offer up", ("provision",)),
+    ApiCall(
+        "POST",
+        "/api/v2/instances",
+        "create a VM on a host node, with the SSH key and cloud-init",
+        ("provision",),
+    ),
+    ApiCall(
+        "GET",
+        "/api/v2/instances/:id",
+        "one VM: status, IP, port forwards",
+        ("provision", "sessions done", "watch", "cleanup-orphans"),
+    ),
+    ApiCall(
+        "GET",
+        "/api/v2/instances",
+        "every VM of the account",
+        ("watch", "cleanup-orphans", "sessions done", "provision"),
+    ),
+    ApiCall("DELETE", "/api/v2/instances/:id", "delete a VM (then confirmed gone)", _ENDS),
+)
 MIN_STORAGE_GB = 100
 
 # The GPU model slugs ("v0Name") the reference has seen (section 2.4).

@@ -24,6 +24,7 @@ from gpushopper.model.models import (
 )
 from gpushopper.providers.base import HttpClient, SettingsReader, dumps_query
 from gpushopper.providers.common import (
+    ApiCall,
     country_code,
     http_settings,
     integer,
@@ -33,6 +34,44 @@ from gpushopper.providers.common import (
 )
 
 NAME = "vastai"
+# Every call this adapter makes (docs/api-coverage.md is generated from it).
+_BOOT = ("provision",)
+_ENDS = ("sessions done", "shutdown", "watch", "cleanup-orphans", "provision (a failed boot)")
+API_CALLS: tuple[ApiCall, ...] = (
+    ApiCall("GET", "/api/v0/users/current/", "check the key; the account's name", ("doctor",)),
+    ApiCall(
+        "POST",
+        "/api/v0/bundles/",
+        "search offers with every filter, ordered server-side; look one offer up",
+        ("inventory", "provision", "templates catalog"),
+        "not in the Postman collection: the search the vastai CLI and console send "
+        "(PUT /api/v0/search/asks/ is its twin)",
+    ),
+    ApiCall("GET", "/api/v0/template/", "search templates; resolve one", ("templates", *_BOOT)),
+    ApiCall("PUT", "/api/v0/asks/:id/", "create an instance from an offer", _BOOT),
+    ApiCall("POST", "/api/v0/instances/:id/ssh/", "attach the session's SSH key", _BOOT),
+    ApiCall(
+        "GET",
+        "/api/v0/instances/:id/",
+        "one instance: status, SSH host and port",
+        ("provision", "sessions done", "watch", "cleanup-orphans"),
+    ),
+    ApiCall(
+        "GET",
+        "/api/v1/instances/",
+        "every instance of the account, paged",
+        ("watch", "cleanup-orphans", "sessions done", "provision"),
+        "not in the Postman collection: the paged listing (GET /api/v0/instances/ is its "
+        "unpaged twin)",
+    ),
+    ApiCall(
+        "DELETE",
+        "/api/v0/instances/:id/",
+        "destroy an instance (then confirmed gone)",
+        _ENDS,
+        "also sent from the instance itself by the on-instance deadline",
+    ),
+)
 LIST_PAGE = 25
 MAX_PAGES = 200  # 5000 instances: far past any account this tool serves
 MAX_ONSTART = 4096  # args + args_str + onstart, characters (create_instance.yaml)
