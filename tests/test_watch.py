@@ -110,7 +110,8 @@ def test_stuck_provisioning_instance_destroyed(vast, isolated_home, tmp_path):
     proc.wait(10)
     out = subprocess.run(
         [sys.executable, "-m", "gpushopper", "watch", "--once"],
-        env={**os.environ, "GPU_SHOPPER_CLOCK_OFFSET": "20m"},
+        # past the boot's own --timeout 1h (watch waits at least the timeout it chose)
+        env={**os.environ, "GPU_SHOPPER_CLOCK_OFFSET": "70m"},
         capture_output=True,
         text=True,
         timeout=60,
