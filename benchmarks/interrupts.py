@@ -40,10 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _util import gpu_shopper_cmd  # noqa: E402
 
+from gpushopper.sandbox.sshd import SshdPool, find_sshd  # noqa: E402
+from gpushopper.sandbox.tensordock import TensorDockEmulator  # noqa: E402
+from gpushopper.sandbox.vastai import VastEmulator  # noqa: E402
 from gpushopper.state.store import StateStore  # noqa: E402
-from tests.fakes.sshd import SshdPool, find_sshd  # noqa: E402
-from tests.fakes.tensordock import TensorDockEmulator  # noqa: E402
-from tests.fakes.vastai import VastEmulator  # noqa: E402
 from tests.waiting import default_signals  # noqa: E402
 
 KINDS = ("SIGHUP", "SIGINT", "SIGTERM", "SIGPIPE", "SIGKILL")

@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _util import gpu_shopper_cmd  # noqa: E402
 
-from tests.fakes.tensordock import TensorDockEmulator  # noqa: E402
-from tests.fakes.vastai import VastEmulator  # noqa: E402
+from gpushopper.sandbox.tensordock import TensorDockEmulator  # noqa: E402
+from gpushopper.sandbox.vastai import VastEmulator  # noqa: E402
 
 LATENCY_S = 0.3
 FANOUT_GOAL = 1.2

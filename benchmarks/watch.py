@@ -40,9 +40,9 @@ from _util import gpu_shopper_cmd  # noqa: E402
 
 from gpushopper.model.session import make_label  # noqa: E402
 from gpushopper.model.units import iso, parse_duration, parse_iso  # noqa: E402
+from gpushopper.sandbox.tensordock import TensorDockEmulator  # noqa: E402
+from gpushopper.sandbox.vastai import VastEmulator  # noqa: E402
 from gpushopper.state.store import StateStore  # noqa: E402
-from tests.fakes.tensordock import TensorDockEmulator  # noqa: E402
-from tests.fakes.vastai import VastEmulator  # noqa: E402
 
 CPU_GOAL_PCT = 1.0
 RSS_GOAL_MB = 80.0  # 10^6 bytes

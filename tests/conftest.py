@@ -73,8 +73,8 @@ def gs(request):
 
 
 # -- provider emulators wired to the real sshd pool and to the tool's settings -----------------
-from tests.fakes.sshd import sshd_pool  # noqa: E402,F401
-from tests.fakes.tensordock import TensorDockEmulator  # noqa: E402
+from gpushopper.sandbox.tensordock import TensorDockEmulator  # noqa: E402
+from tests.fakes.fixtures import sshd_pool, tensordock_emulator, vast_emulator  # noqa: E402,F401
 
 
 @pytest.fixture
@@ -97,7 +97,7 @@ def tensordock(monkeypatch: pytest.MonkeyPatch, sshd_pool, fast_http):  # noqa: 
     emu.stop()
 
 
-from tests.fakes.vastai import VastEmulator  # noqa: E402
+from gpushopper.sandbox.vastai import VastEmulator  # noqa: E402
 
 
 @pytest.fixture

@@ -14,8 +14,8 @@ import pytest
 from gpushopper.model.models import OfferQuery, rank_offers
 from gpushopper.providers.tensordock import parse_hostnodes
 from gpushopper.providers.vastai import parse_offer
-from tests.fakes.tensordock import TensorDockEmulator
-from tests.fakes.vastai import VastEmulator
+from gpushopper.sandbox.tensordock import TensorDockEmulator
+from gpushopper.sandbox.vastai import VastEmulator
 
 MARKET_SIZE = 20_000
 

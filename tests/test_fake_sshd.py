@@ -13,8 +13,7 @@ import paramiko
 import pytest
 from scp import SCPClient
 
-from tests.fakes import sshd as sshd_mod
-from tests.fakes.sshd import sshd_pool  # noqa: F401
+from gpushopper.sandbox import sshd as sshd_mod
 
 RTX_4090 = {
     "name": "NVIDIA GeForce RTX 4090",

@@ -1,4 +1,4 @@
-"""Tests of the TensorDock v2 emulator (tests/fakes/tensordock.py), over real loopback HTTP."""
+"""Tests of the TensorDock v2 emulator (gpushopper/sandbox/tensordock.py), over real loopback HTTP."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ from typing import Any
 import pytest
 import requests
 
-from tests.fakes.tensordock import (
+from gpushopper.sandbox.tensordock import (
     TensorDockEmulator,
     extract_public_keys,
-    tensordock_emulator,  # noqa: F401
 )
 
 TOKEN = "td-test-token"

@@ -1,4 +1,4 @@
-"""Tests of the Vast.ai emulator (tests/fakes/vastai.py), over real loopback HTTP."""
+"""Tests of the Vast.ai emulator (gpushopper/sandbox/vastai.py), over real loopback HTTP."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ from typing import Any
 import pytest
 import requests
 
-from tests.fakes.vastai import (
+from gpushopper.sandbox.vastai import (
     DEFAULT_API_KEY,
     VastEmulator,
     marketing_gpu_name,
-    vast_emulator,  # noqa: F401
 )
 
 AUTH_ERROR = {"success": False, "error": "auth_error", "msg": "Invalid user key"}

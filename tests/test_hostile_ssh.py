@@ -75,7 +75,7 @@ def test_provider_sending_a_hostile_ssh_host_is_a_failed_boot(
 ):
     """Over real HTTP from the emulator: the instance is destroyed, the offer charged with
     the failure, and nothing reaches ssh_config."""
-    from tests.fakes.vastai import VastEmulator
+    from gpushopper.sandbox.vastai import VastEmulator
 
     pwned = tmp_path / "pwned"
     real = VastEmulator._bring_up_ssh

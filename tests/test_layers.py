@@ -59,6 +59,14 @@ def under(name: str, *packages: str) -> bool:
         ("providers", lambda n: under(n, "gpushopper.state", "gpushopper.cli"), "no state"),
         ("state", lambda n: under(n, "gpushopper.cli", "gpushopper.core"), "no cli, core"),
         ("remote", lambda n: under(n, "gpushopper.cli", "gpushopper.core"), "no cli, core"),
+        (
+            "sandbox",
+            lambda n: (
+                (ours(n) and not under(n, "gpushopper.sandbox"))
+                or under(n, "requests", "rich", "click", "paramiko", "pytest")
+            ),
+            "stdlib only",
+        ),
     ],
 )
 def test_floor_imports(package, forbidden, rule):

@@ -20,7 +20,7 @@ from gpushopper.providers.tensordock import (
     price_of,
     vram_from_v0name,
 )
-from tests.fakes.tensordock import TensorDockEmulator
+from gpushopper.sandbox.tensordock import TensorDockEmulator
 
 # A GET /hostnodes answer with one H100 node, priced like the v2 docs' example (§2.1/2.2).
 HOSTNODES = json.loads(

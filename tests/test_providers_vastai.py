@@ -16,7 +16,7 @@ from gpushopper.providers.vastai import (
     parse_offer,
     parse_template,
 )
-from tests.fakes.vastai import VastEmulator
+from gpushopper.sandbox.vastai import VastEmulator
 
 # One bundles row as the API answers it (reference §2.3), trimmed to what matters.
 ROW = json.loads(

@@ -239,7 +239,7 @@ def test_sigkilled_provision_is_found_by_label(vast, isolated_home):
 
 
 def test_wrong_key_cannot_log_in(vast, gs, isolated_home, tmp_path):
-    from tests.fakes.sshd import make_keypair
+    from gpushopper.sandbox.sshd import make_keypair
 
     session = gs("provision --provider vastai --gpu 4090 --yes --json").json()
     other_key, _ = make_keypair(tmp_path / "other")
@@ -250,7 +250,7 @@ def test_wrong_key_cannot_log_in(vast, gs, isolated_home, tmp_path):
 
 
 def test_given_ssh_key_is_used_not_a_new_one(vast, gs, isolated_home, tmp_path):
-    from tests.fakes.sshd import make_keypair
+    from gpushopper.sandbox.sshd import make_keypair
 
     key, public = make_keypair(tmp_path / "mine")
     session = gs(f"provision --provider vastai --gpu 4090 --ssh-key {key} --yes --json").json()

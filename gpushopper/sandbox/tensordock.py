@@ -1,10 +1,10 @@
 """A loopback HTTP emulator of the TensorDock v2 ("Instances") API for the test suite.
 
-Follows /work/shared/reference/tensordock.md: base ``/api/v2``, Bearer auth, JSON:API-like
+Follows docs/reference/tensordock.md: base ``/api/v2``, Bearer auth, JSON:API-like
 envelopes, errors as ``{"error": ..., "status": ...}`` (sometimes inside an HTTP 200), GPU
 prices per GPU-hour and per-resource pricing per vCPU-hour / GB-hour.
 
-Stdlib only (the ``tensordock_emulator`` pytest fixture at the bottom is the one exception).
+Stdlib only (the ``tensordock_emulator`` pytest fixture lives in tests/conftest.py).
 It listens on 127.0.0.1 only, in a daemon thread; the status machine is computed lazily from
 an injectable ``clock`` (no background threads), so tests drive time with a fake clock.
 
@@ -38,12 +38,10 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 from urllib.parse import parse_qs, urlsplit
-
-import pytest
 
 API_PREFIX = "/api/v2"
 DEFAULT_TOKEN = "td-test-token"
@@ -357,7 +355,7 @@ class TensorDockEmulator:
             }
             if node["id"] in self.hostnodes:
                 raise ValueError(f"duplicate hostnode id {node['id']}")
-            self.hostnodes[node["id"]] = node
+            self.hostnodes[str(node["id"])] = node
             return node
 
     def seed_default(self) -> list[dict[str, Any]]:
@@ -810,7 +808,7 @@ class TensorDockEmulator:
         elif kind == "error200":
             self._send_json(h, 200, _err(fault["message"], fault["status"]), headers)
         elif fault["malformed"]:
-            body = b'{"data": {"instances": [{"type": "virtualmachine", "id": "'
+            body: Any = b'{"data": {"instances": [{"type": "virtualmachine", "id": "'
             self._send(h, fault["status"], body, "application/json", headers)
         elif isinstance(fault["body"], str):
             ctype = "text/html" if fault["body"].lstrip().startswith("<") else "text/plain"
@@ -955,15 +953,15 @@ class TensorDockEmulator:
         res = attrs.get("resources")
         if not isinstance(res, dict):
             raise _ApiError(400, "resources is required")
-        vcpu = res.get("vcpu_count")
+        vcpu: Any = res.get("vcpu_count")
         if not _is_int(vcpu) or vcpu < 1:
             raise _ApiError(400, "vcpu_count must be a positive integer")
         if vcpu % 2:
             raise _ApiError(400, "vCPU count must be even")
-        ram = res.get("ram_gb")
+        ram: Any = res.get("ram_gb")
         if not _is_num(ram) or ram <= 0:
             raise _ApiError(400, "RAM must be greater than 0 GB")
-        storage = res.get("storage_gb")
+        storage: Any = res.get("storage_gb")
         if not _is_num(storage):
             raise _ApiError(400, "storage_gb is required")
         if storage < MIN_STORAGE_GB:
@@ -973,7 +971,7 @@ class TensorDockEmulator:
             raise _ApiError(400, "resources.gpus must be an object keyed by GPU model (v0Name)")
         gpus: dict[str, int] = {}
         for v0, spec in gpus_raw.items():
-            count = spec.get("count") if isinstance(spec, dict) else None
+            count: Any = spec.get("count") if isinstance(spec, dict) else None
             if not _is_int(count) or count < 1:
                 raise _ApiError(400, f"GPU count for {v0} must be at least 1")
             gpus[v0] = count
@@ -1539,15 +1537,3 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_PATCH(self) -> None:
         self.emulator._handle(self, "PATCH")
-
-
-@pytest.fixture
-def tensordock_emulator() -> Iterator[TensorDockEmulator]:
-    """A started TensorDock v2 emulator seeded with ``seed_default()``; stopped at teardown."""
-    emu = TensorDockEmulator()
-    emu.seed_default()
-    emu.start()
-    try:
-        yield emu
-    finally:
-        emu.stop()

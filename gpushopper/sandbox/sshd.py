@@ -42,11 +42,8 @@ import sys
 import threading
 import time
 import weakref
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
-
-import pytest
 
 HOST = "127.0.0.1"
 SSHD_MISSING = "OpenSSH server (sshd) not found: install it with 'apt-get install openssh-server'"
@@ -843,15 +840,3 @@ def _descendants(root_pid: int) -> list[int]:
             out.append(child)
             stack.append(child)
     return out
-
-
-@pytest.fixture
-def sshd_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SshdPool]:
-    """A fresh SshdPool; every sshd it started is stopped at teardown."""
-    if find_sshd() is None:
-        pytest.fail(SSHD_MISSING, pytrace=False)
-    pool = SshdPool(tmp_path_factory.mktemp("sshd"))
-    try:
-        yield pool
-    finally:
-        pool.close()

@@ -1,6 +1,6 @@
 """Loopback HTTP emulator of the Vast.ai REST API, for tests and benchmarks.
 
-Follows /work/shared/reference/vastai.md (paths, units, envelopes, error shapes). Stdlib only:
+Follows docs/reference/vastai.md (paths, units, envelopes, error shapes). Stdlib only:
 a ``ThreadingHTTPServer`` bound to 127.0.0.1 on an ephemeral port, served from a daemon thread.
 Instance state is computed lazily from ``clock()`` at every request (no background threads), so a
 fake clock drives the whole lifecycle deterministically.
@@ -24,7 +24,7 @@ Public surface (see each docstring):
 * faults: ``fail_next``, ``rate_limit_next``, ``clear_faults``
 * inspection: ``offers``, ``templates``, ``instances``, ``live_instances()``, ``requests``,
   ``account_keys``, ``backend_errors``, ``refresh()``, ``force_status()``
-* pytest fixture ``vast_emulator``
+* the pytest fixture ``vast_emulator`` lives in tests/conftest.py
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ import socket
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -53,7 +53,6 @@ __all__ = [
     "SSHBackend",
     "VastEmulator",
     "marketing_gpu_name",
-    "vast_emulator",
 ]
 
 DEFAULT_API_KEY = "vast-test-key"
@@ -2119,26 +2118,3 @@ class VastEmulator:
         if len(self.account_keys) == before:
             return _error(404, "not_found", f"SSH key {kid} not found")
         return _json_reply(200, {"success": True})
-
-
-# --------------------------------------------------------------------------------------------
-# pytest fixture
-# --------------------------------------------------------------------------------------------
-
-try:
-    import pytest
-except ImportError:  # pragma: no cover - benchmarks may import the emulator without pytest
-    pytest = None  # type: ignore[assignment]
-
-if pytest is not None:
-
-    @pytest.fixture
-    def vast_emulator() -> Iterator[VastEmulator]:
-        """A started emulator with ``seed_default_offers()``; stopped at teardown."""
-        emu = VastEmulator()
-        emu.seed_default_offers()
-        emu.start()
-        try:
-            yield emu
-        finally:
-            emu.stop()
