@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "inventory": ("gpushopper.cli.inventory", "inventory", "Offers, cheapest reliable first."),
     "offer-health": ("gpushopper.cli.templates", "offer_health", "Boot failures per offer."),
     "provision": ("gpushopper.cli.provision", "provision", "Rent, verify, hand off SSH."),
+    "sandbox": ("gpushopper.cli.sandbox", "sandbox", "A practice market: no account, no money."),
     "sessions": ("gpushopper.cli.sessions", "sessions", "List, inspect, extend, end rentals."),
     "shutdown": ("gpushopper.cli.sessions", "shutdown", "Destroy a session's instance now."),
     "templates": ("gpushopper.cli.templates", "templates", "Launch templates and OS images."),
