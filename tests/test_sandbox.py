@@ -23,9 +23,7 @@ def test_start_exports_status_inventory_then_stop_leaves_nothing(tmp_path, isola
     started = _gs("sandbox start", env)
     try:
         assert started.returncode == 0, started.stderr
-        exported = dict(
-            shlex.split(line)[1].split("=", 1) for line in started.stdout.splitlines()
-        )
+        exported = dict(shlex.split(line)[1].split("=", 1) for line in started.stdout.splitlines())
         assert exported["GPU_SHOPPER_HOME"] == str(root / "home")
         assert exported["GPU_SHOPPER_SANDBOX"] == str(root)
         assert exported["VASTAI_API_URL"].startswith("http://127.0.0.1:")
