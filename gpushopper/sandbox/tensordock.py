@@ -103,7 +103,7 @@ _LOCATION_NS = uuid.UUID("6f1d0f4e-5d0a-4a57-9d55-7a1f3c2b9e10")
 
 
 class SSHBackend(Protocol):
-    """What the emulator needs from a pool of real sshd servers (see tests/fakes/sshd.py)."""
+    """What the emulator needs from a pool of real sshd servers (see gpushopper/sandbox/sshd.py)."""
 
     def start(
         self, instance_key: str, authorized_keys: list[str], gpu: dict[str, Any]
