@@ -30,6 +30,8 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("XDG_CONFIG_HOME", str(user_home / ".config"))
     # The fake instances are this machine: keep on-instance deadline files in the sandbox.
     monkeypatch.setenv("GPU_SHOPPER_DEADLINE_FILE", str(tmp_path / "instance-deadline"))
+    # ...and the jobs that `run` starts there.
+    monkeypatch.setenv("GPU_SHOPPER_JOBS_REMOTE_ROOT", str(tmp_path / "instance-jobs"))
     monkeypatch.chdir(work)
     return home
 

@@ -80,6 +80,8 @@ class ProvisionRequest:
     override: bool = False
     hard_max_s: float = 12 * 3600.0
     preferred_gpus: list[str] = field(default_factory=list)
+    min_disk_free_gb: float | None = None  # a job's upload must fit (preflight)
+    on_stage: Callable[[str], None] | None = None  # a job follows provisioning -> preflight
     # Boot timeouts measured per provider (core/stats.py); ``timeout_s`` where none is.
     timeout_by_provider: dict[str, float] = field(default_factory=dict)
 
@@ -257,6 +259,8 @@ class Provisioner:
             tried += 1
             if tried > 1:
                 self._say(f"Trying the next offer: {candidate.offer.id}")
+                if req.on_stage is not None:
+                    req.on_stage("provisioning")
             try:
                 return self.attempt(req, candidate)
             except BootFailed as exc:
@@ -514,6 +518,8 @@ class Provisioner:
         )
         verification = None
         if req.verify:
+            if req.on_stage is not None:
+                req.on_stage("preflight")
             verification, host_key, fp = self._verify(
                 instance, ssh["user"], key_path, offer, template, req, started
             )
@@ -683,6 +689,8 @@ class Provisioner:
             vram_gb=offer.vram_gb,
             min_cuda=min_cuda,
             driver_expected=driver_expected,
+            gpu_name=offer.gpu_name,
+            min_disk_free_gb=req.min_disk_free_gb,
         )
         found.problems = problems
         if problems:

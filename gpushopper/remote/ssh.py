@@ -176,13 +176,29 @@ def judge(
     vram_gb: float | None,
     min_cuda: float | None,
     driver_expected: bool = True,
+    gpu_name: str | None = None,
+    min_disk_free_gb: float | None = None,
 ) -> list[str]:
     """Reasons the machine falls short of what was rented (empty when it is fine)."""
     problems: list[str] = []
+    if (
+        min_disk_free_gb is not None
+        and found.disk_free_gb is not None
+        and found.disk_free_gb < min_disk_free_gb
+    ):
+        problems.append(
+            f"{found.disk_free_gb} GB free disk, the upload needs {min_disk_free_gb:.2f} GB"
+        )
     if not found.nvidia_smi:
         if driver_expected:
             problems.append("no NVIDIA driver (nvidia-smi not found or failing)")
         return problems
+    if gpu_name and found.gpu_names:
+        from gpushopper.core.models import gpu_matches
+
+        wrong = sorted({n for n in found.gpu_names if not gpu_matches(gpu_name, n)})
+        if wrong:
+            problems.append(f"GPU {', '.join(wrong)} visible, {gpu_name} rented")
     if num_gpus and found.gpu_count < num_gpus:
         problems.append(f"{found.gpu_count} GPUs visible, {num_gpus} rented")
     if vram_gb and found.vram_mib_min is not None and found.vram_mib_min / 1000 < vram_gb * 0.95:

@@ -1,0 +1,407 @@
+"""``gpu-shopper run`` and ``gpu-shopper jobs``: one job from start to finish."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from gpushopper.cli import App, pass_app
+from gpushopper.cli.filters import SORTS, bounded, build_query, filter_args, filter_options
+from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table
+from gpushopper.cli.params import DURATION, HOURS
+from gpushopper.core.errors import UsageError
+
+
+def _split_pair(raw: str, flag: str) -> tuple[str, str | None]:
+    from gpushopper.remote.transfer import check_path
+
+    left, sep, right = raw.partition(":")
+    check_path(left, flag)
+    if sep:
+        check_path(right, flag)
+    return left, (right if sep else None)
+
+
+def _spec(app: App, opts: dict[str, Any], command: tuple[str, ...]) -> Any:
+    from gpushopper.core.jobs import JobSpec
+    from gpushopper.remote.jobwrap import check_env_name
+
+    if not command:
+        raise UsageError("give the command to run after '--', e.g. -- python train.py")
+    workdir = opts["workdir"]
+    if workdir is not None and not Path(workdir).is_dir():
+        raise UsageError(f"--workdir {workdir}: no such folder")
+    uploads = []
+    for raw in opts["upload"]:
+        local, remote = _split_pair(raw, "--upload")
+        if not Path(local).expanduser().exists():
+            raise UsageError(f"--upload {local}: no such file or folder")
+        uploads.append((local, remote or Path(local).name))
+    downloads = [_split_pair(raw, "--download") for raw in opts["download"]]
+    env: dict[str, str] = {}
+    for raw in opts["env"]:
+        name, sep, value = raw.partition("=")
+        if not sep:
+            raise UsageError(f"--env {raw[:80]!r}: write it as NAME=VALUE")
+        check_env_name(name)
+        env[name] = value
+    secrets = []
+    for name in opts["secret_env"]:
+        check_env_name(name)
+        value = os.environ.get(name)
+        if not value:
+            raise UsageError(f"--secret-env {name}: {name} is not set in this environment")
+        env[name] = value
+        secrets.append(name)
+    return JobSpec(
+        command=list(command),
+        workdir=workdir,
+        excludes=list(opts["exclude"]),
+        uploads=uploads,
+        downloads=downloads,
+        env=env,
+        secret_names=secrets,
+        out_dir=opts["out"],
+        max_duration_s=opts["max_duration"],
+        stall_timeout_s=opts["stall_timeout"],
+        keep_on_failure_s=opts["keep_on_failure"],
+        detach=opts["detach"],
+        remote_root=app.environ.get("GPU_SHOPPER_JOBS_REMOTE_ROOT") or "gpu-shopper-jobs",
+    )
+
+
+def _emitter(as_json: bool) -> Any:
+    stream = sys.stderr if as_json else sys.stdout
+
+    def emit(data: bytes) -> None:
+        buffer = getattr(stream, "buffer", None)
+        if buffer is not None:
+            buffer.write(data)
+        else:
+            stream.write(data.decode(errors="replace"))
+        stream.flush()
+
+    return emit
+
+
+def _report(job: dict[str, Any], code: int, as_json: bool) -> int:
+    from gpushopper.core.jobs import public_job
+
+    view = public_job(job)
+    if as_json:
+        emit_json(view)
+    else:
+        pairs = [
+            ("job", view["id"]),
+            ("status", view["status"]),
+            ("exit code", view["exit_code"]),
+            ("session", view["session_id"]),
+            ("gpu", view["gpu_name"]),
+            ("cost", f"${view['cost_usd']:.4f}" if view.get("cost_usd") is not None else None),
+            ("outputs", job.get("out_dir")),
+            ("log", view["log_path"]),
+            ("destroyed", "yes (confirmed)" if view["teardown"].get("confirmed") else "NO"),
+        ]
+        for row in view["artifacts"][:20]:
+            pairs.append(
+                ("artifact", f"{row['local']} ({row['bytes']} bytes, {row['sha256'][:16]})")
+            )
+        if view.get("error"):
+            pairs.append(("error", view["error"]))
+        print_kv(pairs)
+    if code != 0 and view.get("error") and job.get("failure_stage") != "running":
+        info(f"Error: {view['error']}")
+    return code
+
+
+class _RunCommand(click.Command):
+    """Everything after the first ``--`` is COMMAND, never an option or the OFFER_ID."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            cut = args.index("--")
+            ctx.meta["gs_command"] = tuple(args[cut + 1 :])
+            args = args[:cut]
+        else:
+            ctx.meta["gs_command"] = ()
+        return super().parse_args(ctx, args)
+
+
+@click.command(
+    cls=_RunCommand,
+    epilog="""Examples:
+
+\b
+  gpu-shopper run --gpu 4090 --workdir . --max-duration 1h -- python train.py
+  gpu-shopper run --profile flux-lora --workdir examples/flux-lora --secret-env HF_TOKEN \\
+      --max-duration 2h -- python /app/ai-toolkit/run.py config.yaml
+""",
+)
+@click.argument("offer_id", required=False)
+@filter_options
+@click.option("--image", metavar="IMAGE", help="Container or OS image to boot.")
+@click.option("--workdir", metavar="DIR", help="Folder uploaded as the job's working directory.")
+@click.option("--exclude", multiple=True, metavar="GLOB", help="Leave matching files out.")
+@click.option("--upload", multiple=True, metavar="LOCAL[:REMOTE]", help="Extra file to upload.")
+@click.option("--download", multiple=True, metavar="REMOTE[:LOCAL]", help="Extra path to collect.")
+@click.option("--env", multiple=True, metavar="K=V", help="Environment for the command.")
+@click.option(
+    "--secret-env", multiple=True, metavar="NAME", help="Pass $NAME from here, via a 0600 file."
+)
+@click.option("--out", metavar="DIR", help="Where results land (default ./gpu-shopper-runs/JOB).")
+@click.option("--max-duration", type=DURATION, metavar="DUR", help="Stop the command after DUR.")
+@click.option("--stall-timeout", type=DURATION, metavar="DUR", help="Stop it after DUR silent.")
+@click.option("--hours", type=HOURS, metavar="DUR", help="Reservation (default max-duration+30m).")
+@click.option(
+    "--keep-on-failure", type=DURATION, metavar="DUR", help="On failure keep the instance DUR."
+)
+@click.option(
+    "--auto-retry", type=bounded("auto_retry", True), metavar="N", help="Offers to retry."
+)
+@click.option("--sort", type=click.Choice(SORTS), help="How to pick the best offer.")
+@click.option("--detach", is_flag=True, help="Start the command and return; see 'jobs attach'.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@pass_app
+def run(app: App, offer_id: str | None, **opts: Any) -> int:
+    """Rent, upload, run COMMAND detached on the instance, stream its output, bring the
+    results home and destroy the instance: on success, failure, timeout or a signal.
+
+    Exit status: the command's own code once it ran and the teardown is confirmed; 124 when
+    --max-duration or --stall-timeout stopped it; 1 when the tool failed before it ran;
+    3 when the teardown could not be confirmed; 128+N after signal N (collected, destroyed).
+    """
+    from gpushopper.core import interrupts
+
+    command = click.get_current_context().meta.get("gs_command", ())
+    with interrupts.destroy_on_signals():
+        return _run(app, offer_id, command, opts)
+
+
+def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[str, Any]) -> int:
+    from gpushopper.cli.provision import make_provisioner
+    from gpushopper.core.inventory import split_offer_id
+    from gpushopper.core.jobs import JobFailed, JobRunner, default_hours
+    from gpushopper.core.provisioner import ProvisionRequest
+    from gpushopper.core.units import format_duration
+    from gpushopper.remote.jobwrap import tree_bytes
+
+    if offer_id is not None:
+        split_offer_id(offer_id)
+    spec = _spec(app, opts, command)
+    settings = app.settings
+    query, profile = build_query(app, **filter_args(opts), sort=opts["sort"])
+    hard_max_s = settings.get("safety.hard_max_hours") * 3600
+    if opts["hours"] and opts["hours"] > hard_max_s:
+        raise UsageError(
+            f"--hours {format_duration(opts['hours'])} is past the "
+            f"{format_duration(hard_max_s)} hard maximum"
+        )
+    fallback = profile.get("hours") or settings.get("defaults.hours")
+    hours = opts["hours"] or default_hours(spec.max_duration_s, fallback, hard_max_s)
+    upload_bytes = sum(
+        tree_bytes(Path(p).expanduser(), spec.excludes)
+        for p in ([spec.workdir] if spec.workdir else []) + [u[0] for u in spec.uploads]
+    )
+    req = ProvisionRequest(
+        query=query,
+        offer_id=offer_id,
+        template=query.template,
+        image=opts["image"] or profile.get("image"),
+        hours_s=hours,
+        consumer=profile.get("consumer") or settings.get("defaults.consumer"),
+        auto_retry=opts["auto_retry"]
+        if opts["auto_retry"] is not None
+        else profile.get("auto_retry", 0),
+        ssh_key=profile.get("ssh_key") or settings.get("vastai.ssh_key_path"),
+        timeout_s=profile.get("timeout") or settings.get("safety.provision_timeout"),
+        hard_max_s=hard_max_s,
+        preferred_gpus=settings.get("vastai.preferred_gpus") or [],
+        min_disk_free_gb=round(upload_bytes * 1.05 / 1e9, 3) if upload_bytes else None,
+    )
+    runner = JobRunner(app, log=info, emit=_emitter(opts["as_json"]))
+    job = runner.create(spec)  # the record comes first
+    info(f"Job {job['id']}: {' '.join(spec.command)[:200]}")
+    provisioner = make_provisioner(app)
+
+    def provision(on_stage: Any) -> dict[str, Any]:
+        req.on_stage = on_stage
+        candidates, notes = provisioner.candidates(req)
+        for note in notes:
+            info(f"Note: {note}")
+        best = candidates[0].offer
+        interactive = sys.stdin.isatty() and sys.stderr.isatty() and not opts["as_json"]
+        if interactive and not opts["yes"]:
+            price = best.price_per_hour or 0.0
+            click.confirm(
+                f"Rent {best.id} ({best.gpu_name} x{best.num_gpus}) at ${price:.3f}/h "
+                f"for up to {format_duration(hours)} (about ${price * hours / 3600:.2f})?",
+                abort=True,
+                err=True,
+            )
+        return provisioner.provision(req, candidates)  # type: ignore[no-any-return]
+
+    try:
+        record, code = runner.run(spec, job, provision)
+    except JobFailed as exc:
+        _report(exc.job, exc.exit_code, opts["as_json"])
+        return exc.exit_code
+    if spec.detach and code == 0 and record.get("status") == "running":
+        if opts["as_json"]:
+            from gpushopper.core.jobs import public_job
+
+            emit_json(public_job(record))
+        else:
+            print_kv([("job", record["id"]), ("status", "running (detached)")])
+        return 0
+    return _report(record, code, opts["as_json"])
+
+
+# -- jobs ---------------------------------------------------------------------------------------
+@click.group(
+    invoke_without_command=True,
+    epilog="""Examples:
+
+\b
+  gpu-shopper jobs
+  gpu-shopper jobs show j1a2b3 --json
+  gpu-shopper jobs attach j1a2b3
+""",
+)
+@click.option("--all", "show_all", is_flag=True, help="Include finished jobs.")
+@json_option
+@click.pass_context
+def jobs(ctx: click.Context, show_all: bool, as_json: bool) -> None:
+    """Jobs started by 'gpu-shopper run': list, show, logs, attach, cancel."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(jobs_list, show_all=show_all, as_json=as_json)
+
+
+@jobs.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include finished jobs.")
+@json_option
+@pass_app
+def jobs_list(app: App, show_all: bool, as_json: bool) -> None:
+    """List jobs (live ones; --all for every one)."""
+    from gpushopper.core.jobs import FINAL, list_jobs, public_job
+
+    rows = [public_job(j) for j in list_jobs(app.store) if show_all or j.get("status") not in FINAL]
+    if as_json:
+        emit_json(rows)
+        return
+    print_table(
+        ["job", "status", "exit", "session", "gpu", "cost", "command"],
+        [
+            [
+                r["id"],
+                r["status"],
+                r["exit_code"],
+                r["session_id"],
+                r["gpu_name"],
+                f"${r['cost_usd']:.4f}" if r.get("cost_usd") is not None else "",
+                " ".join(r.get("command") or [])[:40],
+            ]
+            for r in rows
+        ],
+    )
+
+
+@jobs.command("show")
+@click.argument("job_id")
+@json_option
+@pass_app
+def jobs_show(app: App, job_id: str, as_json: bool) -> None:
+    """One job: status, stage, exit code, artifacts, timings."""
+    from gpushopper.core.jobs import get_job, public_job
+
+    view = public_job(get_job(app.store, job_id))
+    if as_json:
+        emit_json(view)
+    else:
+        print_kv([(k, v) for k, v in view.items() if not isinstance(v, (list, dict))])
+
+
+@jobs.command("logs")
+@click.argument("job_id")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing while the job runs.")
+@pass_app
+def jobs_logs(app: App, job_id: str, follow: bool) -> None:
+    """The command's output as brought home (secrets redacted)."""
+    from gpushopper.core.jobs import FINAL, get_job
+
+    job = get_job(app.store, job_id)
+    path = Path(job["log_path"])
+    offset = 0
+    while True:
+        if path.exists():
+            with path.open("rb") as handle:
+                handle.seek(offset)
+                data = handle.read()
+            offset += len(data)
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+        if not follow or get_job(app.store, job_id).get("status") in FINAL:
+            return
+        app.sleep(0.5)
+
+
+def _session_for(app: App, job: dict[str, Any]) -> dict[str, Any]:
+    from gpushopper.core.teardown import get_session_or_fail
+
+    if not job.get("session_id"):
+        raise UsageError(f"job {job['id']} has no session (it is {job.get('status')})")
+    return get_session_or_fail(app.store, job["session_id"])
+
+
+def _attach(runner: Any, spec: Any, job_id: str, session: Any, as_json: bool, cancel: bool) -> int:
+    from gpushopper.core import interrupts
+
+    with interrupts.destroy_on_signals():
+        if cancel:
+            record, code = runner.cancel(spec, job_id, session)
+        else:
+            record, code = runner.carry_on(spec, job_id, session, fresh=False)
+    return _report(record, code, as_json)
+
+
+@jobs.command("attach")
+@click.argument("job_id")
+@json_option
+@pass_app
+def jobs_attach(app: App, job_id: str, as_json: bool) -> int:
+    """Pick a job up again (after --detach): stream, collect, destroy."""
+    return _resume2(app, job_id, as_json, cancel=False)
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@json_option
+@pass_app
+def jobs_cancel(app: App, job_id: str, as_json: bool) -> int:
+    """Stop a job's command, collect what it wrote, destroy the instance."""
+    return _resume2(app, job_id, as_json, cancel=True)
+
+
+def _resume2(app: App, job_id: str, as_json: bool, cancel: bool) -> int:
+    from gpushopper.core.jobs import FINAL, JobRunner, JobSpec, get_job
+
+    job = get_job(app.store, job_id)
+    if job.get("status") in FINAL:
+        raise UsageError(f"job {job_id} is {job['status']} already")
+    session = _session_for(app, job)
+    spec = JobSpec(
+        command=job["command"],
+        downloads=[(r, loc) for r, loc in job.get("downloads") or []],
+        out_dir=job.get("out_dir"),
+        max_duration_s=job.get("max_duration_s"),
+        stall_timeout_s=job.get("stall_timeout_s"),
+        keep_on_failure_s=None if cancel else job.get("keep_on_failure_s"),
+        env={n: os.environ[n] for n in job.get("secret_names") or [] if os.environ.get(n)},
+        secret_names=list(job.get("secret_names") or []),
+    )
+    runner = JobRunner(app, log=info, emit=_emitter(as_json))
+    return _attach(runner, spec, job_id, session, as_json, cancel)

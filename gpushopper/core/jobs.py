@@ -1,0 +1,875 @@
+"""``run``: one job from start to finish, results brought home, nothing left behind.
+
+A job is a session with a job attached, so every safety layer of sessions (the ownership
+label, the on-instance deadline, ``watch``, ``cleanup-orphans``) covers it. On top:
+
+* **The record comes first**: the job is written to the state (``jobs``) before anything is
+  rented, and moves ``provisioning, preflight, uploading, running, collecting,
+  tearing_down`` to ``succeeded, failed, timed_out, stalled, cancelled, lost``.
+* **Preflight** is the provisioner's SSH check (GPU model, count, VRAM, CUDA) plus free disk
+  for the upload; a mismatch destroys the instance, is recorded against the offer, and
+  ``--auto-retry`` moves on. Capacity is retried; the command never is.
+* **Detached**: the command runs under ``remote/jobwrap.py``'s wrapper; the local side
+  streams the log by offset, reconnects with backoff, and asks the provider every minute.
+* **Watchdogs**: max-duration from the command's start, stall = no log growth; TERM to
+  the process group, a grace, then KILL.
+* **Results home on every outcome** once SSH worked; **then destroy** through
+  ``core/teardown.end_session`` (the one destroy path), unless ``--keep-on-failure``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from gpushopper.core import interrupts
+from gpushopper.core.errors import GpuShopperError, SshError, StateError, UsageError
+from gpushopper.core.owner import current_owner
+from gpushopper.core.redact import clip
+from gpushopper.core.units import iso
+
+STAGES = ("provisioning", "preflight", "uploading", "running", "collecting", "tearing_down")
+FINAL = ("succeeded", "failed", "timed_out", "stalled", "cancelled", "lost")
+TIMEOUT_EXIT = 124
+PROVIDER_CHECK_S = 60.0
+KILL_GRACE_S = 10.0
+RECONNECT_S = 300.0
+DOWNLOAD_ATTEMPTS = 3
+HOURS_MARGIN_S = 1800.0
+READ_CHUNK = 1 << 20
+
+
+@dataclass
+class JobSpec:
+    command: list[str]
+    workdir: str | None = None
+    excludes: list[str] = field(default_factory=list)
+    uploads: list[tuple[str, str]] = field(default_factory=list)  # (local, remote)
+    downloads: list[tuple[str, str | None]] = field(default_factory=list)  # (remote, local)
+    env: dict[str, str] = field(default_factory=dict)
+    secret_names: list[str] = field(default_factory=list)
+    out_dir: str | None = None
+    max_duration_s: float | None = None
+    stall_timeout_s: float | None = None
+    keep_on_failure_s: float | None = None
+    detach: bool = False
+    remote_root: str = "gpu-shopper-jobs"
+
+
+class Redactor:
+    """Replaces secret values in streamed output; holds back an incomplete line so a secret
+    split across two reads is still caught."""
+
+    def __init__(self, secrets: list[str]) -> None:
+        self.secrets = sorted({s.encode() for s in secrets if s}, key=len, reverse=True)
+        self.held = b""
+
+    def _clean(self, data: bytes) -> bytes:
+        for secret in self.secrets:
+            data = data.replace(secret, b"***")
+        return data
+
+    def feed(self, data: bytes) -> bytes:
+        if not self.secrets:
+            return data
+        data = self.held + data
+        cut = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+        longest = len(self.secrets[0])
+        if cut == 0 and len(data) > 65536:
+            cut = len(data) - longest
+        self.held = data[cut:]
+        return self._clean(data[:cut])
+
+    def flush(self) -> bytes:
+        data, self.held = self.held, b""
+        return self._clean(data)
+
+
+# -- the record -----------------------------------------------------------------------------
+def new_job_id(store: Any) -> str:
+    import secrets as _secrets
+
+    existing = store.read().get("jobs") or {}
+    while True:
+        candidate = "j" + _secrets.token_hex(3)
+        if candidate not in existing:
+            return candidate
+
+
+def get_job(store: Any, job_id: str) -> dict[str, Any]:
+    jobs = store.read().get("jobs") or {}
+    record = jobs.get(job_id)
+    if not isinstance(record, dict):
+        raise UsageError(f"no job {job_id!r} (see 'gpu-shopper jobs list --all')")
+    return dict(record)
+
+
+def list_jobs(store: Any) -> list[dict[str, Any]]:
+    jobs = store.read().get("jobs") or {}
+    return sorted(
+        (dict(j) for j in jobs.values() if isinstance(j, dict)),
+        key=lambda j: str(j.get("created_at") or ""),
+    )
+
+
+JOB_KEYS = (
+    "id",
+    "status",
+    "stage",
+    "exit_code",
+    "failure_stage",
+    "error",
+    "session_id",
+    "offer_id",
+    "gpu_name",
+    "price_per_hour",
+    "cost_usd",
+    "timings",
+    "artifacts",
+    "log_path",
+    "teardown",
+)
+
+
+def public_job(record: dict[str, Any]) -> dict[str, Any]:
+    out = {key: record.get(key) for key in JOB_KEYS}
+    out["timings"] = {
+        k: (record.get("timings") or {}).get(k)
+        for k in ("provision_s", "upload_s", "run_s", "download_s", "teardown_s")
+    }
+    out["artifacts"] = list(record.get("artifacts") or [])
+    out["teardown"] = dict(record.get("teardown") or {"confirmed": False, "at": None})
+    for key in ("command", "created_at", "ended_at", "out_dir", "detached"):
+        out[key] = record.get(key)
+    return out
+
+
+class Outcome:
+    def __init__(self) -> None:
+        self.status: str | None = None
+        self.exit_code: int | None = None
+        self.error: str | None = None
+        self.failure_stage: str | None = None
+        self.signum: int | None = None
+
+
+class JobRunner:
+    def __init__(
+        self,
+        app: Any,
+        *,
+        log: Callable[[str], None],
+        emit: Callable[[bytes], None],
+        poll_s: float = 0.25,
+    ) -> None:
+        self.app = app
+        self.store = app.store
+        self.mono = app.mono
+        self.sleep = app.sleep
+        self.clock = app.clock
+        self.log = log
+        self.emit = emit
+        self.poll_s = poll_s
+        self.conn: Any = None
+        self.sftp: Any = None
+        self.redactor = Redactor([])
+
+    # -- bookkeeping ------------------------------------------------------------------------
+    def _say(self, message: str) -> None:
+        try:
+            self.log(message)
+        except OSError as exc:
+            interrupts.output_lost(exc)
+
+    def _update(self, job_id: str, **changes: Any) -> dict[str, Any]:
+        """Write changes to the job; a state that cannot be written is said, never a reason
+        to stop a cleanup."""
+        try:
+            with self.store.transaction() as state:
+                record = state.setdefault("jobs", {}).setdefault(job_id, {"id": job_id})
+                timings = changes.pop("timings", None)
+                record.update(changes)
+                if timings:
+                    record["timings"] = {**(record.get("timings") or {}), **timings}
+                return dict(record)
+        except StateError as exc:
+            self._say(f"Could not record job {job_id} in the state file: {exc}")
+            return {"id": job_id, **changes}
+
+    def _stage(self, job_id: str, stage: str) -> None:
+        self.stage = stage
+        status = stage if stage in STAGES else stage
+        self._update(job_id, stage=stage, status=status)
+
+    def create(self, spec: JobSpec) -> dict[str, Any]:
+        job_id = new_job_id(self.store)
+        log_dir = self.app.paths.data_dir / "jobs" / job_id
+        out_dir = Path(spec.out_dir or Path("gpu-shopper-runs") / job_id).expanduser()
+        record = {
+            "id": job_id,
+            "status": "provisioning",
+            "stage": "provisioning",
+            "command": list(spec.command),
+            "workdir": str(Path(spec.workdir).resolve()) if spec.workdir else None,
+            "uploads": [list(u) for u in spec.uploads],
+            "downloads": [list(d) for d in spec.downloads],
+            "env_names": sorted(spec.env),
+            "secret_names": list(spec.secret_names),  # names only, never values
+            "out_dir": str(out_dir.resolve()),
+            "log_path": str(log_dir / "output.log"),
+            "remote_dir": f"{spec.remote_root.rstrip('/')}/{job_id}",
+            "owner": current_owner(),
+            "created_at": iso(self.clock()),
+            "max_duration_s": spec.max_duration_s,
+            "stall_timeout_s": spec.stall_timeout_s,
+            "keep_on_failure_s": spec.keep_on_failure_s,
+            "detached": spec.detach,
+            "session_id": None,
+            "exit_code": None,
+            "failure_stage": None,
+            "error": None,
+            "timings": {},
+            "artifacts": [],
+            "teardown": {"confirmed": False, "at": None},
+            "log_offset": 0,
+            "started": False,
+        }
+        with self.store.transaction() as state:  # intent before action: a full disk stops here
+            state.setdefault("jobs", {})[job_id] = record
+        return dict(record)
+
+    # -- the whole job ----------------------------------------------------------------------
+    def run(
+        self,
+        spec: JobSpec,
+        job: dict[str, Any],
+        provision: Callable[[Callable[[str], None]], dict[str, Any]],
+    ) -> tuple[dict[str, Any], int]:
+        """Provision (through ``provision``), then :meth:`carry_on`. Returns (job, exit)."""
+        job_id = job["id"]
+        self.stage = "provisioning"
+        started = self.mono()
+
+        def on_stage(stage: str) -> None:
+            self._stage(job_id, stage)
+
+        try:
+            session = provision(on_stage)
+        except KeyboardInterrupt:
+            self._update(
+                job_id,
+                status="cancelled",
+                failure_stage=self.stage,
+                error=f"interrupted by {interrupts.signal_name(interrupts.last_signal() or 2)}",
+                ended_at=iso(self.clock()),
+                timings={"provision_s": round(self.mono() - started, 3)},
+            )
+            raise
+        except GpuShopperError as exc:
+            done = self._update(
+                job_id,
+                status="cancelled" if exc.exit_code >= 128 else "failed",
+                failure_stage=self.stage,
+                error=clip(str(exc), 2000),
+                ended_at=iso(self.clock()),
+                timings={"provision_s": round(self.mono() - started, 3)},
+            )
+            raise JobFailed(done, exc) from None
+        self._update(
+            job_id,
+            session_id=session["id"],
+            offer_id=session.get("offer_id"),
+            gpu_name=session.get("gpu_name"),
+            price_per_hour=session.get("price_per_hour"),
+            timings={"provision_s": round(self.mono() - started, 3)},
+        )
+        with contextlib.suppress(StateError):
+            self.store.update_session(session["id"], job_id=job_id)
+        return self.carry_on(spec, job_id, session, fresh=True)
+
+    def carry_on(
+        self, spec: JobSpec, job_id: str, session: dict[str, Any], *, fresh: bool
+    ) -> tuple[dict[str, Any], int]:
+        """From a running session to a finished, torn-down job (or a detached one)."""
+        self.redactor = Redactor([spec.env[n] for n in spec.secret_names if n in spec.env])
+        job = get_job(self.store, job_id)
+        outcome = Outcome()
+        ssh_worked = False
+        started = bool(job.get("started"))
+        try:
+            self._connect(session)
+            ssh_worked = True
+            if fresh:
+                self._stage(job_id, "uploading")
+                t0 = self.mono()
+                self._upload(spec, job, session)
+                self._update(job_id, timings={"upload_s": round(self.mono() - t0, 3)})
+                self._start(job, session)
+                started = True
+                self._update(
+                    job_id,
+                    started=True,
+                    started_at=iso(self.clock()),
+                    status="running",
+                    stage="running",
+                )
+                self.stage = "running"
+                if spec.detach:
+                    self._say(
+                        f"Job {job_id} is running detached on session {session['id']}; "
+                        f"'gpu-shopper jobs attach {job_id}' streams it, collects and destroys"
+                    )
+                    self._close()
+                    return get_job(self.store, job_id), 0
+            self.stage = "running"
+            self._watch(job, session, outcome)
+        except KeyboardInterrupt as exc:
+            signum = getattr(exc, "signum", None) or interrupts.last_signal() or signal.SIGINT
+            outcome.status, outcome.signum = "cancelled", signum
+            outcome.error = f"interrupted by {interrupts.signal_name(signum)}"
+            outcome.failure_stage = self.stage
+        except GpuShopperError as exc:
+            outcome.status = "failed"
+            outcome.error = clip(str(exc), 2000)
+            outcome.failure_stage = self.stage
+        return self._finish(spec, job_id, session, outcome, ssh_worked, started)
+
+    def cancel(
+        self, spec: JobSpec, job_id: str, session: dict[str, Any]
+    ) -> tuple[dict[str, Any], int]:
+        """``jobs cancel``: stop the command, collect what it wrote, destroy."""
+        job = get_job(self.store, job_id)
+        outcome = Outcome()
+        outcome.status, outcome.error, outcome.failure_stage = "cancelled", "cancelled", "running"
+        ssh_worked = False
+        try:
+            self._connect(session, timeout_s=60.0)
+            ssh_worked = True
+            self._stop(job)
+            self._drain(
+                f"{job['remote_dir']}/ctl", Path(job["log_path"]), int(job.get("log_offset") or 0)
+            )
+        except GpuShopperError as exc:
+            self._say(f"Job {job_id}: {exc}")
+        record, code = self._finish(
+            spec, job_id, session, outcome, ssh_worked, bool(job.get("started"))
+        )
+        return record, 3 if code == 3 else 0
+
+    # -- SSH ---------------------------------------------------------------------------------
+    def _connect(self, session: dict[str, Any], timeout_s: float = 120.0) -> None:
+        from gpushopper.remote import ssh as remote
+
+        endpoint = session.get("ssh") or {}
+        if not endpoint.get("host") or not endpoint.get("port"):
+            raise SshError(f"session {session['id']} has no SSH endpoint")
+        self._close()
+        self.conn = remote.connect(
+            str(endpoint["host"]),
+            int(endpoint["port"]),
+            str(endpoint.get("user") or "root"),
+            Path(str(endpoint["key_path"])),
+            deadline=self.mono() + timeout_s,
+            clock=self.mono,
+            sleep=self.sleep,
+        )
+        self.sftp = self.conn.client.open_sftp()
+
+    def _close(self) -> None:
+        for thing in (self.sftp, self.conn):
+            if thing is not None:
+                with contextlib.suppress(Exception):
+                    thing.close()
+        self.sftp = self.conn = None
+
+    def _exec(self, command: str, timeout: float = 60.0) -> tuple[int, str, str]:
+        assert self.conn is not None
+        try:
+            return self.conn.run(command, timeout=timeout)  # type: ignore[no-any-return]
+        except (OSError, EOFError) as exc:
+            raise SshError(f"SSH command failed: {exc or type(exc).__name__}") from None
+        except Exception as exc:  # paramiko.SSHException
+            raise SshError(f"SSH command failed: {exc}") from None
+
+    def _put_text(self, path: str, text: str, mode: int) -> None:
+        assert self.sftp is not None
+        with self.sftp.open(path, "w") as handle:
+            self.sftp.chmod(path, mode)  # before a byte is written
+            handle.write(text.encode())
+
+    def _upload(self, spec: JobSpec, job: dict[str, Any], session: dict[str, Any]) -> None:
+        from gpushopper.remote import jobwrap
+
+        d = job["remote_dir"]
+        code, _, err = self._exec(
+            f"umask 077 && mkdir -p {_q(d)}/{jobwrap.CTL} {_q(d)}/{jobwrap.WORK}/out"
+        )
+        if code != 0:
+            raise SshError(f"could not make the job folder {d}: {clip(err.strip(), 200)}")
+        ssh = session["ssh"]
+        work = f"{d}/{jobwrap.WORK}"
+        if spec.workdir:
+            self._say(f"Uploading {spec.workdir} as the working directory")
+            jobwrap.upload_into(ssh, Path(spec.workdir), work, excludes=spec.excludes)
+        for local, remote in spec.uploads:
+            target = remote if remote.startswith("/") else f"{work}/{remote}"
+            self._say(f"Uploading {local} to {target}")
+            jobwrap.upload_tree(ssh, Path(local).expanduser(), target, excludes=spec.excludes)
+        env = dict(spec.env)
+        self._put_text(f"{d}/{jobwrap.CTL}/env", jobwrap.env_file(env), 0o600)
+        self._put_text(
+            f"{d}/{jobwrap.CTL}/run.sh", jobwrap.wrapper_script(job["id"], job["command"]), 0o700
+        )
+
+    def _start(self, job: dict[str, Any], session: dict[str, Any]) -> None:
+        from gpushopper.remote import jobwrap
+
+        code, out, err = self._exec(jobwrap.start_command(job["remote_dir"]))
+        if code != 0 or "started" not in out:
+            raise SshError(f"could not start the job: {clip((err or out).strip(), 200)}")
+        self._say(f"Job {job['id']} started: {' '.join(job['command'])[:200]}")
+
+    # -- running ------------------------------------------------------------------------------
+    def _read(self, path: str, offset: int) -> bytes:
+        assert self.sftp is not None
+        try:
+            with self.sftp.open(path, "r") as handle:
+                handle.seek(offset)
+                return bytes(handle.read(READ_CHUNK))
+        except FileNotFoundError:
+            return b""
+
+    def _status(self, path: str) -> int | None:
+        assert self.sftp is not None
+        try:
+            with self.sftp.open(path, "r") as handle:
+                text = handle.read(64).decode(errors="replace").strip()
+        except FileNotFoundError:
+            return None
+        try:
+            return int(text)
+        except ValueError:
+            return None
+
+    def _watch(self, job: dict[str, Any], session: dict[str, Any], outcome: Outcome) -> None:
+        """Stream the log until the command ends, a watchdog fires, or the instance is gone."""
+        from gpushopper.remote import jobwrap
+
+        job_id = job["id"]
+        ctl = f"{job['remote_dir']}/{jobwrap.CTL}"
+        local_log = Path(job["log_path"])
+        local_log.parent.mkdir(parents=True, exist_ok=True)
+        offset = int(job.get("log_offset") or 0)
+        if offset == 0 or not local_log.exists():
+            offset = 0
+            fd = os.open(local_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.close(fd)
+        max_s = job.get("max_duration_s")
+        stall_s = job.get("stall_timeout_s")
+        begun = self.mono()
+        if job.get("started_mono_offset_s"):
+            begun -= float(job["started_mono_offset_s"])
+        last_growth = self.mono()
+        last_check = self.mono()
+        saved_at = self.mono()
+        lost_since: float | None = None
+        delay = 1.0
+        while True:
+            try:
+                if self.sftp is None:
+                    self._connect(session, timeout_s=30.0)
+                    self._say(f"Job {job_id}: reconnected; the stream resumes at byte {offset}")
+                    delay = 1.0
+                    lost_since = None
+                chunk = self._read(f"{ctl}/log", offset)
+                code = self._status(f"{ctl}/status") if not chunk else None
+            except (OSError, EOFError, GpuShopperError, Exception) as exc:
+                if isinstance(exc, KeyboardInterrupt):
+                    raise
+                if lost_since is None:
+                    lost_since = self.mono()
+                    self._say(
+                        f"Job {job_id}: SSH dropped ({exc or type(exc).__name__}); reconnecting"
+                    )
+                self._close()
+                if self.mono() - lost_since > RECONNECT_S:
+                    if self._instance_gone(session, outcome):
+                        return
+                    raise SshError(
+                        f"SSH to the instance failed for {int(RECONNECT_S)}s: "
+                        f"{exc or type(exc).__name__}"
+                    ) from None
+                self.sleep(delay)
+                delay = min(delay * 2, 15.0)
+                chunk, code = b"", None
+            if chunk:
+                offset += len(chunk)
+                last_growth = self.mono()
+                self._mirror(local_log, chunk)
+                if self.mono() - saved_at > 5:
+                    self._update(job_id, log_offset=offset)
+                    saved_at = self.mono()
+            if code is not None:
+                offset = self._drain(ctl, local_log, offset)
+                outcome.status = "succeeded" if code == 0 else "failed"
+                outcome.exit_code = code
+                if code != 0:
+                    outcome.failure_stage = "running"
+                    outcome.error = f"the command exited {code}"
+                self._update(
+                    job_id, log_offset=offset, timings={"run_s": round(self.mono() - begun, 3)}
+                )
+                return
+            now = self.mono()
+            if max_s and now - begun >= max_s:
+                self._say(f"Job {job_id}: --max-duration {_dur(max_s)} reached; stopping it")
+                self._stop(job)
+                outcome.status, outcome.exit_code = "timed_out", TIMEOUT_EXIT
+                outcome.error = f"stopped by --max-duration {_dur(max_s)}"
+                outcome.failure_stage = "running"
+                self._update(job_id, timings={"run_s": round(self.mono() - begun, 3)})
+                self._drain(ctl, local_log, offset)
+                return
+            if stall_s and now - last_growth >= stall_s:
+                self._say(f"Job {job_id}: no output for {_dur(stall_s)}; stopping it")
+                self._stop(job)
+                outcome.status, outcome.exit_code = "stalled", TIMEOUT_EXIT
+                outcome.error = f"no output for {_dur(stall_s)} (--stall-timeout)"
+                outcome.failure_stage = "running"
+                self._update(job_id, timings={"run_s": round(self.mono() - begun, 3)})
+                self._drain(ctl, local_log, offset)
+                return
+            if now - last_check >= PROVIDER_CHECK_S:
+                last_check = now
+                if self._instance_gone(session, outcome):
+                    return
+            if len(chunk) < READ_CHUNK:
+                self.sleep(self.poll_s)
+
+    def _drain(self, ctl: str, local_log: Path, offset: int) -> int:
+        with contextlib.suppress(Exception):
+            while self.sftp is not None:
+                chunk = self._read(f"{ctl}/log", offset)
+                if not chunk:
+                    break
+                offset += len(chunk)
+                self._mirror(local_log, chunk)
+        rest = self.redactor.flush()
+        if rest:
+            self._out(local_log, rest)
+        return offset
+
+    def _mirror(self, local_log: Path, chunk: bytes) -> None:
+        clean = self.redactor.feed(chunk)
+        if clean:
+            self._out(local_log, clean)
+
+    def _out(self, local_log: Path, data: bytes) -> None:
+        with local_log.open("ab") as handle:
+            handle.write(data)
+        try:
+            self.emit(data)
+        except OSError as exc:
+            interrupts.output_lost(exc)
+
+    def _instance_gone(self, session: dict[str, Any], outcome: Outcome) -> bool:
+        provider = self.app.provider(session["provider"])
+        try:
+            instance = provider.get_instance(str(session["instance_id"]))
+        except GpuShopperError as exc:
+            self._say(f"Checking instance {session['instance_id']} failed: {exc}")
+            return False
+        if instance is not None and instance.status not in ("exited", "stopped"):
+            return False
+        seen = "gone" if instance is None else (instance.raw_status or instance.status)
+        outcome.status = "lost"
+        outcome.failure_stage = "running"
+        outcome.error = f"instance {session['instance_id']} is {seen} at the provider"
+        self._say(f"Job {session.get('job_id') or ''}: {outcome.error}; the job is lost")
+        self._close()
+        return True
+
+    def _stop(self, job: dict[str, Any], grace_s: float = KILL_GRACE_S) -> None:
+        """TERM to the command's process group, a grace, then KILL."""
+        from gpushopper.remote import jobwrap
+
+        if self.conn is None:
+            return
+        d = job["remote_dir"]
+        self._exec(jobwrap.kill_command(d, "TERM"))
+        deadline = self.mono() + grace_s
+        while self.mono() < deadline:
+            with contextlib.suppress(Exception):
+                if self._status(f"{d}/{jobwrap.CTL}/status") is not None:
+                    return
+            self.sleep(0.2)
+        self._exec(jobwrap.kill_command(d, "KILL"))
+        deadline = self.mono() + 5.0
+        while self.mono() < deadline:
+            with contextlib.suppress(Exception):
+                if self._status(f"{d}/{jobwrap.CTL}/status") is not None:
+                    return
+            self.sleep(0.2)
+
+    # -- the end ------------------------------------------------------------------------------
+    def _collect(
+        self, spec: JobSpec, job: dict[str, Any], session: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """Bring ``out/`` and every --download home: into a temporary folder, renamed only
+        when complete, retried, each file listed with its size and sha256."""
+        from gpushopper.remote import jobwrap
+
+        work = f"{job['remote_dir']}/{jobwrap.WORK}"
+        out_dir = Path(job["out_dir"])
+        wanted: list[tuple[str, Path]] = [("out", out_dir)]
+        for remote, local in spec.downloads:
+            target = Path(local).expanduser() if local else out_dir / Path(remote).name
+            wanted.append((remote, target))
+        present = self._present(work, [w[0] for w in wanted])
+        artifacts: list[dict[str, Any]] = []
+        problems: list[str] = []
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for remote, target in wanted:
+            if remote not in present:
+                if remote != "out":
+                    problems.append(f"{remote} does not exist on the instance")
+                continue
+            last: Exception | None = None
+            for attempt in range(DOWNLOAD_ATTEMPTS):
+                stage = target.parent / f".{target.name}.gs-partial-{job['id']}"
+                try:
+                    import shutil
+
+                    shutil.rmtree(stage, ignore_errors=True)
+                    parent = remote.rsplit("/", 1)[0] if "/" in remote.strip("/") else ""
+                    base = remote.rstrip("/").rsplit("/", 1)[-1]
+                    src_dir = (
+                        parent if remote.startswith("/") else f"{work}/{parent}".rstrip("/")
+                    ) or "/"
+                    jobwrap.download_tree(session["ssh"], src_dir, [base], stage)
+                    landed = stage / base
+                    self._place(landed, target)
+                    shutil.rmtree(stage, ignore_errors=True)
+                    artifacts += self._list(remote, target)
+                    last = None
+                    break
+                except (GpuShopperError, OSError) as exc:
+                    last = exc
+                    self._say(f"Downloading {remote} failed (attempt {attempt + 1}): {exc}")
+                    self.sleep(min(2.0 * (attempt + 1), 5.0))
+            if last is not None:
+                problems.append(f"{remote}: {last}")
+        if problems:
+            raise SshError("collecting results: " + "; ".join(problems))
+        return artifacts
+
+    def _present(self, work: str, names: list[str]) -> set[str]:
+        found = set()
+        for name in names:
+            path = name if name.startswith("/") else f"{work}/{name}"
+            try:
+                assert self.sftp is not None
+                self.sftp.stat(path)
+                found.add(name)
+            except FileNotFoundError:
+                continue
+        return found
+
+    @staticmethod
+    def _place(landed: Path, target: Path) -> None:
+        import shutil
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if landed.is_dir() and target.is_dir():
+            for child in landed.iterdir():  # merge into an existing out folder
+                dest = target / child.name
+                if dest.is_dir() and not dest.is_symlink():
+                    shutil.rmtree(dest)
+                elif dest.exists() or dest.is_symlink():
+                    dest.unlink()
+                os.replace(child, dest)
+            return
+        if target.is_dir() and not target.is_symlink():
+            shutil.rmtree(target)
+        os.replace(landed, target)
+
+    @staticmethod
+    def _list(remote: str, target: Path) -> list[dict[str, Any]]:
+        from gpushopper.remote.jobwrap import sha256_file
+
+        files = (
+            [target] if target.is_file() else sorted(p for p in target.rglob("*") if p.is_file())
+        )
+        rows = []
+        for path in files:
+            rel = path.relative_to(target).as_posix() if path != target else ""
+            rows.append(
+                {
+                    "remote": f"{remote.rstrip('/')}/{rel}" if rel else remote,
+                    "local": str(path),
+                    "bytes": path.stat().st_size,
+                    "sha256": sha256_file(path),
+                }
+            )
+        return rows
+
+    def _finish(
+        self,
+        spec: JobSpec,
+        job_id: str,
+        session: dict[str, Any],
+        outcome: Outcome,
+        ssh_worked: bool,
+        started: bool,
+    ) -> tuple[dict[str, Any], int]:
+        """Stop, collect, destroy (or keep), record; signals are held until it is done."""
+        from gpushopper.core.teardown import end_session
+
+        job = get_job(self.store, job_id)
+        with interrupts.deferred():
+            if outcome.status is None:
+                outcome.status = "failed"
+            if started and outcome.status in ("cancelled", "failed") and outcome.exit_code is None:
+                try:
+                    # A signal may have cut a call on the old connection short: a fresh one.
+                    self._connect(session, timeout_s=30.0)
+                    self._stop(job)
+                except Exception as exc:  # noqa: BLE001 - the destroy below still ends it
+                    self._say(f"Job {job_id}: could not stop the command: {exc}")
+            artifacts: list[dict[str, Any]] = []
+            if ssh_worked and outcome.status != "lost":
+                self._stage(job_id, "collecting")
+                t0 = self.mono()
+                try:
+                    if self.conn is None:
+                        self._connect(session, timeout_s=60.0)
+                    artifacts = self._collect(spec, job, session)
+                except (GpuShopperError, OSError) as exc:
+                    self._say(f"Job {job_id}: {exc}")
+                    if outcome.error is None:
+                        outcome.error = clip(str(exc), 2000)
+                    if outcome.status == "succeeded":
+                        outcome.status, outcome.failure_stage = "failed", "collecting"
+                self._update(
+                    job_id,
+                    artifacts=artifacts,
+                    timings={"download_s": round(self.mono() - t0, 3)},
+                )
+            self._close()
+            keep = spec.keep_on_failure_s and outcome.status not in ("succeeded", "lost")
+            teardown: dict[str, Any] = {"confirmed": False, "at": None}
+            code: int
+            if keep:
+                self._keep(session, float(spec.keep_on_failure_s or 0))
+                teardown["kept_until"] = iso(
+                    self.clock() + timedelta(seconds=float(spec.keep_on_failure_s or 0))
+                )
+                teardown_error = None
+            else:
+                self._stage(job_id, "tearing_down")
+                t0 = self.mono()
+                teardown_error = None
+                try:
+                    ended = end_session(
+                        self.store,
+                        self.app.provider,
+                        session["id"],
+                        f"job {job_id} {outcome.status}",
+                        clock=self.clock,
+                        ssh_config_path=self.app.paths.ssh_config_file,
+                        sleep=self.sleep,
+                        mono=self.mono,
+                    )
+                    teardown = {"confirmed": True, "at": ended.get("ended_at") or iso(self.clock())}
+                    cost = ended.get("cost_usd")
+                except GpuShopperError as exc:
+                    teardown_error = str(exc)
+                    cost = None
+                self._update(job_id, timings={"teardown_s": round(self.mono() - t0, 3)})
+                if cost is not None:
+                    self._update(job_id, cost_usd=cost)
+            if teardown_error is not None:
+                outcome.error = clip(
+                    f"{outcome.error + '; ' if outcome.error else ''}destroying the instance "
+                    f"was NOT confirmed ({teardown_error}); run 'gpu-shopper cleanup-orphans --yes'",
+                    2000,
+                )
+                code = 3
+            elif outcome.signum is not None:
+                code = 128 + outcome.signum
+            elif outcome.status in ("timed_out", "stalled"):
+                code = TIMEOUT_EXIT
+            elif outcome.exit_code is not None and outcome.status in ("succeeded", "failed"):
+                code = outcome.exit_code if outcome.failure_stage != "collecting" else 1
+            else:
+                code = 1
+            if not started and outcome.status == "failed" and code not in (3,):
+                code = 1
+            record = self._update(
+                job_id,
+                status=outcome.status,
+                stage=outcome.status,
+                exit_code=outcome.exit_code,
+                failure_stage=outcome.failure_stage,
+                error=outcome.error,
+                teardown=teardown,
+                ended_at=iso(self.clock()),
+            )
+        if keep:
+            self._say(
+                f"Job {job_id} {outcome.status}: instance kept for {_dur(spec.keep_on_failure_s or 0)} "
+                f"(--keep-on-failure): reservation and on-instance deadline moved to "
+                f"{teardown['kept_until']}; 'gpu-shopper sessions done {session['id']}' ends it"
+            )
+        return record, code
+
+    def _keep(self, session: dict[str, Any], keep_s: float) -> None:
+        from gpushopper.core.deadline import push_deadline
+
+        until = self.clock() + timedelta(seconds=keep_s)
+        try:
+            record = self.store.update_session(session["id"], reservation_ends_at=iso(until))
+        except StateError as exc:
+            self._say(f"Could not move the reservation: {exc}")
+            return
+        push_deadline(self.app, record, log=self._say)
+
+
+class JobFailed(GpuShopperError):
+    """The tool failed before the command ran; carries the job record."""
+
+    def __init__(self, job: dict[str, Any], cause: GpuShopperError) -> None:
+        super().__init__(str(cause))
+        self.job = job
+        self.cause = cause
+        self.exit_code = (
+            3 if cause.exit_code == 3 else (cause.exit_code if cause.exit_code >= 128 else 1)
+        )
+
+
+def _q(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+def _dur(seconds: float) -> str:
+    from gpushopper.core.units import format_duration
+
+    return format_duration(seconds)
+
+
+def default_hours(max_duration_s: float | None, fallback_s: float, hard_max_s: float) -> float:
+    """The reservation: max-duration plus a margin, never past the hard maximum."""
+    hours = max_duration_s + HOURS_MARGIN_S if max_duration_s else fallback_s
+    return min(hours, hard_max_s)
+
+
+_ = time  # keep the import for type checkers of injected clocks

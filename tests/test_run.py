@@ -1,0 +1,560 @@
+"""``gpu-shopper run`` end to end: the Vast.ai emulator, a real sshd, real remote processes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from gpushopper.state.store import StateStore
+
+
+def state(home: Path) -> dict:
+    return StateStore(home / "state.json").read()
+
+
+def make_workdir(root: Path) -> Path:
+    work = root / "job"
+    (work / "data").mkdir(parents=True)
+    (work / "data" / "in.txt").write_text("hello lora\n")
+    (work / ".git").mkdir()
+    (work / ".git" / "config").write_text("secret-ish git stuff\n")
+    (work / "skip.tmp").write_text("excluded\n")
+    return work
+
+
+def test_failing_job_exits_with_its_code_results_home_nothing_left(
+    gs, vast, tmp_path, isolated_home
+):
+    work = make_workdir(tmp_path)
+    out = tmp_path / "results"
+    script = (
+        "tr a-z A-Z < data/in.txt > out/upper.txt; "
+        "ls -a > out/listing.txt; echo progress line; exit 3"
+    )
+    result = gs(
+        [
+            "run",
+            "--provider",
+            "vastai",
+            "--gpu",
+            "4090",
+            "--workdir",
+            str(work),
+            "--exclude",
+            "*.tmp",
+            "--out",
+            str(out),
+            "--yes",
+            "--json",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]
+    )
+    assert result.exit_code == 3, result.stderr
+    doc = result.json()
+    assert doc["status"] == "failed"
+    assert doc["exit_code"] == 3
+    assert doc["failure_stage"] == "running"
+    assert doc["teardown"]["confirmed"] is True
+    upper = out / "upper.txt"
+    assert upper.read_text() == "HELLO LORA\n"
+    listing = (out / "listing.txt").read_text().split()
+    assert ".git" not in listing and "skip.tmp" not in listing and "data" in listing
+    rows = {Path(a["local"]).name: a for a in doc["artifacts"]}
+    assert rows["upper.txt"]["sha256"] == hashlib.sha256(upper.read_bytes()).hexdigest()
+    assert rows["upper.txt"]["bytes"] == upper.stat().st_size
+    assert vast.live_instances() == []
+    saved = state(isolated_home)
+    assert saved["sessions"][doc["session_id"]]["status"] == "ended"
+    assert saved["jobs"][doc["id"]]["status"] == "failed"
+    assert "progress line" in Path(doc["log_path"]).read_text()
+    for key in ("provision_s", "upload_s", "run_s", "download_s", "teardown_s"):
+        assert doc["timings"][key] is not None, key
+    assert doc["cost_usd"] is not None
+
+
+def test_success_streams_to_stdout_and_downloads(gs, vast, tmp_path):
+    work = make_workdir(tmp_path)
+    out = tmp_path / "results"
+    result = gs(
+        [
+            "run",
+            "--provider",
+            "vastai",
+            "--workdir",
+            str(work),
+            "--out",
+            str(out),
+            "--download",
+            "extra/model.bin",
+            "--download",
+            "data/in.txt:" + str(tmp_path / "copy.txt"),
+            "--env",
+            "GREETING=hi there",
+            "--yes",
+            "--",
+            "sh",
+            "-c",
+            "mkdir -p extra && head -c 100000 /dev/urandom > extra/model.bin; "
+            'echo "$GREETING from $GPU_SHOPPER_JOB"',
+        ]
+    )
+    assert result.exit_code == 0, result.stderr
+    assert "hi there from j" in result.stdout
+    assert (out / "model.bin").stat().st_size == 100000
+    assert (tmp_path / "copy.txt").read_text() == "hello lora\n"
+    assert not list(out.glob(".*gs-partial*"))
+    assert vast.live_instances() == []
+
+
+def test_max_duration_stops_the_command_exit_124(gs, vast, tmp_path, fake_time):
+    result = gs(
+        [
+            "run",
+            "--provider",
+            "vastai",
+            "--out",
+            str(tmp_path / "o"),
+            "--max-duration",
+            "5s",
+            "--yes",
+            "--json",
+            "--",
+            "sleep",
+            "60",
+        ]
+    )
+    assert result.exit_code == 124, result.stderr
+    doc = result.json()
+    assert doc["status"] == "timed_out"
+    assert doc["teardown"]["confirmed"] is True
+    assert vast.live_instances() == []
+    assert not _remote_running("sleep 60")
+
+
+def test_stall_timeout_stops_a_silent_command(gs, vast, tmp_path, fake_time):
+    result = gs(
+        [
+            "run",
+            "--provider",
+            "vastai",
+            "--out",
+            str(tmp_path / "o"),
+            "--stall-timeout",
+            "3s",
+            "--yes",
+            "--json",
+            "--",
+            "sh",
+            "-c",
+            "echo started; sleep 61",
+        ]
+    )
+    assert result.exit_code == 124, result.stderr
+    assert result.json()["status"] == "stalled"
+    assert vast.live_instances() == []
+    assert not _remote_running("sleep 61")
+
+
+def _remote_running(needle: str) -> bool:
+    """Is a process of the job's command group (the fake instance is this machine) alive?"""
+    import pathlib
+
+    root = pathlib.Path(os.environ["GPU_SHOPPER_JOBS_REMOTE_ROOT"])
+    groups = {int(p.read_text()) for p in root.glob("*/ctl/pid")}
+    for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # state, ppid, pgrp; a zombie (never reaped where pid 1 does not reap) is not running
+        if fields[0] != "Z" and int(fields[2]) in groups:
+            return True
+    return False
+
+
+def _when(predicate, then, timeout: float = 60.0) -> threading.Thread:
+    def body() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                then()
+                return
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=body, daemon=True)
+    thread.start()
+    return thread
+
+
+def _log_has(home: Path, text: str):
+    def check() -> bool:
+        for path in (home / "jobs").glob("*/output.log") if (home / "jobs").exists() else []:
+            if text in path.read_text(errors="replace"):
+                return True
+        return False
+
+    return check
+
+
+@pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGINT, signal.SIGTERM])
+def test_signal_mid_job_collects_destroys_and_exits_128_plus(
+    gs, vast, tmp_path, isolated_home, sig
+):
+    out = tmp_path / "o"
+    _when(_log_has(isolated_home, "halfway"), lambda: os.kill(os.getpid(), sig))
+    result = gs(
+        [
+            "run",
+            "--provider",
+            "vastai",
+            "--out",
+            str(out),
+            "--yes",
+            "--json",
+            "--",
+            "sh",
+            "-c",
+            "echo partial > out/partial.txt; echo halfway; sleep 62",
+        ]
+    )
+    assert result.exit_code == 128 + sig, result.stderr
+    doc = result.json()
+    assert doc["status"] == "cancelled"
+    assert (out / "partial.txt").read_text() == "partial\n"
+    assert doc["teardown"]["confirmed"] is True
+    assert vast.live_instances() == []
+    assert not _remote_running("sleep 62"), result.stderr
+
+
+def test_ssh_dropped_mid_job_carries_on_and_stream_resumes(
+    gs, vast, tmp_path, isolated_home, sshd_pool
+):
+    def drop() -> None:
+        # kill every per-connection sshd (not the listeners): our SSH connection dies
+        for inst in list(sshd_pool._instances.values()):
+            root = inst.process.pid
+            children = subprocess.run(
+                ["pgrep", "-P", str(root)], capture_output=True, text=True
+            ).stdout.split()
+            for pid in children:
+                os.kill(int(pid), signal.SIGKILL)
+
+    _when(_log_has(isolated_home, "tick 2"), drop)
+    result = gs(
+        [
+            "run",
+            "--provider",
+            "vastai",
+            "--out",
+            str(tmp_path / "o"),
+            "--yes",
+            "--",
+            "sh",
+            "-c",
+            "for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.5; done; echo done > out/d",
+        ]
+    )
+    assert result.exit_code == 0, result.stderr
+    for i in range(1, 7):
+        assert f"tick {i}" in result.stdout
+    assert "reconnect" in result.stderr
+    assert (tmp_path / "o" / "d").read_text() == "done\n"
+    assert vast.live_instances() == []
+
+
+def test_secret_reaches_the_command_and_nowhere_else(
+    gs, vast, tmp_path, isolated_home, monkeypatch
+):
+    secret = "hf_" + "S3cr3tValue9876543210"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    digest = hashlib.sha256(secret.encode()).hexdigest()
+    seen: list[str] = []
+
+    def snapshot() -> None:
+        seen.append(subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout)
+        (tmp_path / "looked").touch()
+
+    _when(_log_has(isolated_home, "checking"), snapshot)
+    out = tmp_path / "o"
+    result = gs(
+        [
+            "run",
+            "--provider",
+            "vastai",
+            "--out",
+            str(out),
+            "--secret-env",
+            "HF_TOKEN",
+            "--yes",
+            "--json",
+            "--",
+            "sh",
+            "-c",
+            f'echo checking; [ "$(printf %s "$HF_TOKEN" | sha256sum | cut -c1-64)" = {digest} ] '
+            "&& echo ok > out/check; "
+            # the command waits until the test has looked at ps (the fake instance is here)
+            f'echo "token is $HF_TOKEN"; while [ ! -e {tmp_path}/looked ]; do sleep 0.1; done',
+        ]
+    )
+    assert result.exit_code == 0, result.stderr
+    assert (out / "check").read_text() == "ok\n"
+    assert seen and all(secret not in text for text in seen)
+    assert secret not in result.stdout + result.stderr
+    roots = [isolated_home, out, tmp_path / "instance-jobs", tmp_path / "work"]
+    (remote_job,) = (tmp_path / "instance-jobs").iterdir()
+    assert not (remote_job / "ctl" / "env").exists()  # read once by the wrapper, then removed
+    for root in roots:
+        for path in root.rglob("*") if root.exists() else []:
+            # What the command itself printed stays on the instance, which is destroyed.
+            if path.is_file() and path != remote_job / "ctl" / "log":
+                assert secret.encode() not in path.read_bytes(), path
+    assert "token is ***" in Path(result.json()["log_path"]).read_text()
+
+
+def test_detach_then_attach(gs, vast, tmp_path):
+    out = tmp_path / "o"
+    started = gs(
+        [
+            "run",
+            "--provider",
+            "vastai",
+            "--out",
+            str(out),
+            "--detach",
+            "--yes",
+            "--json",
+            "--",
+            "sh",
+            "-c",
+            "sleep 1; echo later > out/later.txt; echo finished; exit 5",
+        ]
+    )
+    assert started.exit_code == 0, started.stderr
+    job = started.json()
+    assert job["status"] == "running"
+    assert len(vast.live_instances()) == 1
+    listed = gs("jobs --json").json()
+    assert [j["id"] for j in listed] == [job["id"]]
+    attached = gs(f"jobs attach {job['id']} --json")
+    assert attached.exit_code == 5, attached.stderr
+    assert (out / "later.txt").read_text() == "later\n"
+    assert vast.live_instances() == []
+    shown = gs(f"jobs show {job['id']} --json").json()
+    assert shown["status"] == "failed" and shown["exit_code"] == 5
+    logs = gs(f"jobs logs {job['id']}")
+    assert "finished" in logs.stdout
+
+
+def test_cancel_a_detached_job(gs, vast, tmp_path):
+    started = gs(
+        [
+            "run",
+            "--provider",
+            "vastai",
+            "--out",
+            str(tmp_path / "o"),
+            "--detach",
+            "--yes",
+            "--json",
+            "--",
+            "sh",
+            "-c",
+            "echo x > out/x; sleep 63",
+        ]
+    )
+    job = started.json()
+    time.sleep(0.5)
+    cancelled = gs(f"jobs cancel {job['id']} --json")
+    assert cancelled.exit_code == 0, cancelled.stderr
+    assert cancelled.json()["status"] == "cancelled"
+    assert vast.live_instances() == []
+    assert not _remote_running("sleep 63")
+
+
+def test_preflight_mismatch_fails_over(gs, vast, tmp_path, isolated_home):
+    vast.offers.clear()
+    bad = vast.add_offer(
+        gpu_name="RTX 4090", dph_base=0.20, real_gpu={"name": "NVIDIA GeForce RTX 3060"}
+    )
+    good = vast.add_offer(gpu_name="RTX 4090", dph_base=0.30)
+    result = gs(
+        [
+            "run",
+            "--provider",
+            "vastai",
+            "--gpu",
+            "4090",
+            "--auto-retry",
+            "1",
+            "--out",
+            str(tmp_path / "o"),
+            "--yes",
+            "--json",
+            "--",
+            "true",
+        ]
+    )
+    assert result.exit_code == 0, result.stderr
+    doc = result.json()
+    assert doc["offer_id"] == f"vastai:{good['id']}"
+    health = state(isolated_home)["offer_health"]
+    assert "not what was rented" in health[f"vastai:{bad['id']}"]["last_reason"]
+    assert vast.live_instances() == []
+
+
+def test_preflight_mismatch_without_retry_exits_1_naming_the_stage(gs, vast, tmp_path):
+    vast.offers.clear()
+    vast.add_offer(gpu_name="RTX 4090", dph_base=0.20, real_gpu={"count": 0, "memory_mib": 8000})
+    result = gs(
+        [
+            "run",
+            "--provider",
+            "vastai",
+            "--out",
+            str(tmp_path / "o"),
+            "--yes",
+            "--json",
+            "--",
+            "true",
+        ]
+    )
+    assert result.exit_code == 1, result.stderr
+    doc = result.json()
+    assert doc["failure_stage"] == "preflight"
+    assert doc["exit_code"] is None
+    assert vast.live_instances() == []
+
+
+def test_provider_exited_mid_job_is_lost_nothing_leaked(
+    gs, vast, tmp_path, isolated_home, fake_time
+):
+    def exit_it() -> None:
+        for inst in vast.live_instances():
+            vast.force_status(inst["id"], "exited")
+
+    _when(_log_has(isolated_home, "running now"), exit_it)
+    result = gs(
+        [
+            "run",
+            "--provider",
+            "vastai",
+            "--out",
+            str(tmp_path / "o"),
+            "--yes",
+            "--json",
+            "--",
+            "sh",
+            "-c",
+            "echo running now; sleep 64",
+        ]
+    )
+    doc = result.json()
+    assert doc["status"] == "lost", result.stderr
+    assert result.exit_code == 1
+    assert doc["teardown"]["confirmed"] is True
+    assert vast.live_instances() == []
+    subprocess.run(["pkill", "-f", "sleep 64"], check=False)
+
+
+def test_job_record_comes_first(gs, vast, tmp_path, isolated_home):
+    """A create that fails (and no instance appears): the job was on disk before, and now
+    says which stage failed; exit 1; nothing rented."""
+    vast.fail_next("PUT", r"/asks/", status=400, body={"error": "no_such_ask"}, times=50)
+    result = gs(
+        [
+            "run",
+            "--provider",
+            "vastai",
+            "--out",
+            str(tmp_path / "o"),
+            "--yes",
+            "--json",
+            "--",
+            "true",
+        ]
+    )
+    assert result.exit_code == 1, result.stderr
+    jobs = state(isolated_home).get("jobs") or {}
+    assert len(jobs) == 1
+    (job,) = jobs.values()
+    assert job["command"] == ["true"]
+    assert job["owner"]["pid"] == os.getpid()
+    assert job["status"] == "failed" and job["failure_stage"] == "provisioning"
+    assert result.json()["failure_stage"] == "provisioning"
+    assert vast.live_instances() == []
+
+
+def test_bad_input_exits_2(gs, vast, tmp_path):
+    assert gs("run --provider vastai --yes").exit_code == 2
+    assert gs("run --provider vastai --secret-env NOPE_NOT_SET --yes -- true").exit_code == 2
+    assert gs("run --provider vastai --env NOEQUALS --yes -- true").exit_code == 2
+    assert gs(f"run --provider vastai --workdir {tmp_path}/missing --yes -- true").exit_code == 2
+    assert gs("run --provider vastai --max-duration 5 --yes -- true").exit_code == 2
+    assert vast.live_instances() == []
+
+
+def test_keep_on_failure_keeps_the_instance_and_moves_the_deadline(
+    gs, vast, tmp_path, isolated_home
+):
+    result = gs(
+        [
+            "run",
+            "--provider",
+            "vastai",
+            "--out",
+            str(tmp_path / "o"),
+            "--keep-on-failure",
+            "10m",
+            "--yes",
+            "--json",
+            "--",
+            "sh",
+            "-c",
+            "exit 4",
+        ]
+    )
+    assert result.exit_code == 4, result.stderr
+    doc = result.json()
+    assert doc["teardown"]["confirmed"] is False
+    assert "kept" in result.stderr and "--keep-on-failure" in result.stderr
+    assert len(vast.live_instances()) == 1
+    session = state(isolated_home)["sessions"][doc["session_id"]]
+    from gpushopper.core.units import parse_iso
+
+    ends = parse_iso(session["reservation_ends_at"])
+    kept = parse_iso(doc["teardown"]["kept_until"])
+    assert ends is not None and kept is not None and abs((ends - kept).total_seconds()) < 5
+    assert session.get("deadline_pushed_at"), session.get("deadline_push_error")
+    assert gs(f"sessions done {doc['session_id']}").exit_code == 0
+    assert vast.live_instances() == []
+
+
+def test_keep_on_failure_is_not_used_on_success(gs, vast, tmp_path):
+    result = gs(
+        [
+            "run",
+            "--provider",
+            "vastai",
+            "--out",
+            str(tmp_path / "o"),
+            "--keep-on-failure",
+            "10m",
+            "--yes",
+            "--json",
+            "--",
+            "true",
+        ]
+    )
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["teardown"]["confirmed"] is True
+    assert vast.live_instances() == []
