@@ -636,36 +636,45 @@ class JobRunner:
         artifacts: list[dict[str, Any]] = []
         problems: list[str] = []
         out_dir.mkdir(parents=True, exist_ok=True)
+        # One scp per source folder (out/ and the --download paths beside it travel together).
+        groups: dict[str, list[tuple[str, str, Path]]] = {}
         for remote, target in wanted:
             if remote not in present:
                 if remote != "out":
                     problems.append(f"{remote} does not exist on the instance")
                 continue
+            parent = remote.rstrip("/").rsplit("/", 1)[0] if "/" in remote.strip("/") else ""
+            base = remote.rstrip("/").rsplit("/", 1)[-1]
+            src_dir = (parent if remote.startswith("/") else f"{work}/{parent}".rstrip("/")) or "/"
+            groups.setdefault(src_dir, []).append((remote, base, target))
+        import shutil
+
+        for number, (src_dir, items) in enumerate(groups.items()):
+            stage = out_dir.parent / f".{out_dir.name}.gs-partial-{job['id']}-{number}"
             last: Exception | None = None
             for attempt in range(DOWNLOAD_ATTEMPTS):
-                stage = target.parent / f".{target.name}.gs-partial-{job['id']}"
                 try:
-                    import shutil
-
                     shutil.rmtree(stage, ignore_errors=True)
-                    parent = remote.rsplit("/", 1)[0] if "/" in remote.strip("/") else ""
-                    base = remote.rstrip("/").rsplit("/", 1)[-1]
-                    src_dir = (
-                        parent if remote.startswith("/") else f"{work}/{parent}".rstrip("/")
-                    ) or "/"
-                    jobwrap.download_tree(session["ssh"], src_dir, [base], stage)
-                    landed = stage / base
-                    self._place(landed, target)
-                    shutil.rmtree(stage, ignore_errors=True)
-                    artifacts += self._list(remote, target)
+                    names = sorted({base for _, base, _ in items})
+                    hashes = jobwrap.download_tree(session["ssh"], src_dir, names, stage)
                     last = None
                     break
                 except (GpuShopperError, OSError) as exc:
                     last = exc
-                    self._say(f"Downloading {remote} failed (attempt {attempt + 1}): {exc}")
+                    self._say(f"Downloading from {src_dir} failed (attempt {attempt + 1}): {exc}")
                     self.sleep(min(2.0 * (attempt + 1), 5.0))
             if last is not None:
-                problems.append(f"{remote}: {last}")
+                problems += [f"{remote}: {last}" for remote, _, _ in items]
+                shutil.rmtree(stage, ignore_errors=True)
+                continue
+            for remote, base, target in items:  # complete: now, and only now, renamed
+                landed = stage / base
+                if not landed.exists():
+                    problems.append(f"{remote}: nothing arrived")
+                    continue
+                self._place(landed, target)
+                artifacts += self._list(remote, target, base, hashes)
+            shutil.rmtree(stage, ignore_errors=True)
         if problems:
             raise SshError("collecting results: " + "; ".join(problems))
         return artifacts
@@ -701,21 +710,25 @@ class JobRunner:
         os.replace(landed, target)
 
     @staticmethod
-    def _list(remote: str, target: Path) -> list[dict[str, Any]]:
-        from gpushopper.remote.jobwrap import sha256_file
-
-        files = (
-            [target] if target.is_file() else sorted(p for p in target.rglob("*") if p.is_file())
-        )
+    def _list(
+        remote: str, target: Path, base: str, hashes: dict[str, tuple[int, str]]
+    ) -> list[dict[str, Any]]:
+        """The files that arrived for one item, with the size and sha256 taken as they were
+        written (tar member ``base/rel`` landed at ``target/rel``)."""
         rows = []
-        for path in files:
-            rel = path.relative_to(target).as_posix() if path != target else ""
+        for name, (size, digest) in sorted(hashes.items()):
+            if name == base:
+                rel = ""
+            elif name.startswith(base + "/"):
+                rel = name[len(base) + 1 :]
+            else:
+                continue
             rows.append(
                 {
                     "remote": f"{remote.rstrip('/')}/{rel}" if rel else remote,
-                    "local": str(path),
-                    "bytes": path.stat().st_size,
-                    "sha256": sha256_file(path),
+                    "local": str(target / rel) if rel else str(target),
+                    "bytes": size,
+                    "sha256": digest,
                 }
             )
         return rows
