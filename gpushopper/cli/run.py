@@ -13,7 +13,7 @@ from gpushopper.cli import App, pass_app
 from gpushopper.cli.filters import SORTS, bounded, build_query, filter_args, filter_options
 from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table
 from gpushopper.cli.params import DURATION, HOURS
-from gpushopper.core.errors import UsageError
+from gpushopper.model.errors import UsageError
 
 
 def _split_pair(raw: str, flag: str) -> tuple[str, str | None]:
@@ -184,10 +184,11 @@ def run(app: App, offer_id: str | None, **opts: Any) -> int:
 
 def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[str, Any]) -> int:
     from gpushopper.cli.provision import make_provisioner
-    from gpushopper.core.inventory import split_offer_id
+    from gpushopper.core import rules
     from gpushopper.core.jobs import JobFailed, JobRunner, default_hours
     from gpushopper.core.provisioner import ProvisionRequest
-    from gpushopper.core.units import format_duration
+    from gpushopper.model.units import format_duration
+    from gpushopper.providers.registry import split_offer_id
     from gpushopper.remote.jobwrap import tree_bytes
 
     if offer_id is not None:
@@ -196,11 +197,8 @@ def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[st
     settings = app.settings
     query, profile = build_query(app, **filter_args(opts), sort=opts["sort"])
     hard_max_s = settings.get("safety.hard_max_hours") * 3600
-    if opts["hours"] and opts["hours"] > hard_max_s:
-        raise UsageError(
-            f"--hours {format_duration(opts['hours'])} is past the "
-            f"{format_duration(hard_max_s)} hard maximum"
-        )
+    if opts["hours"]:
+        rules.check_hours(opts["hours"], hard_max_s, False)
     fallback = profile.get("hours") or settings.get("defaults.hours")
     hours = opts["hours"] or default_hours(spec.max_duration_s, fallback, hard_max_s)
     upload_bytes = sum(

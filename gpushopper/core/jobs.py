@@ -25,15 +25,42 @@ import signal
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gpushopper.core import interrupts
-from gpushopper.core.errors import GpuShopperError, SshError, StateError, UsageError
 from gpushopper.core.owner import current_owner
-from gpushopper.core.redact import clip
-from gpushopper.core.units import iso
+from gpushopper.model.errors import GpuShopperError, SshError, StateError, UsageError
+from gpushopper.model.redact import clip
+from gpushopper.model.units import iso
+
+if TYPE_CHECKING:
+    from gpushopper.providers.base import Provider, SettingsReader
+    from gpushopper.state.paths import Paths
+    from gpushopper.state.store import StateStore
+
+
+class JobHost(Protocol):
+    """What a job needs from its caller (the CLI's ``App`` has it; core never imports it)."""
+
+    @property
+    def settings(self) -> SettingsReader: ...
+
+    @property
+    def store(self) -> StateStore: ...
+
+    @property
+    def paths(self) -> Paths: ...
+
+    def clock(self) -> datetime: ...
+
+    def mono(self) -> float: ...
+
+    def sleep(self, seconds: float) -> None: ...
+
+    def provider(self, name: str) -> Provider: ...
+
 
 STAGES = ("provisioning", "preflight", "uploading", "running", "collecting", "tearing_down")
 FINAL = ("succeeded", "failed", "timed_out", "stalled", "cancelled", "lost")
@@ -93,7 +120,7 @@ class Redactor:
 
 
 # -- the record -----------------------------------------------------------------------------
-def new_job_id(store: Any) -> str:
+def new_job_id(store: StateStore) -> str:
     import secrets as _secrets
 
     existing = store.read().get("jobs") or {}
@@ -103,7 +130,7 @@ def new_job_id(store: Any) -> str:
             return candidate
 
 
-def get_job(store: Any, job_id: str) -> dict[str, Any]:
+def get_job(store: StateStore, job_id: str) -> dict[str, Any]:
     jobs = store.read().get("jobs") or {}
     record = jobs.get(job_id)
     if not isinstance(record, dict):
@@ -111,7 +138,7 @@ def get_job(store: Any, job_id: str) -> dict[str, Any]:
     return dict(record)
 
 
-def list_jobs(store: Any) -> list[dict[str, Any]]:
+def list_jobs(store: StateStore) -> list[dict[str, Any]]:
     jobs = store.read().get("jobs") or {}
     return sorted(
         (dict(j) for j in jobs.values() if isinstance(j, dict)),
@@ -163,7 +190,7 @@ class Outcome:
 class JobRunner:
     def __init__(
         self,
-        app: Any,
+        app: JobHost,
         *,
         log: Callable[[str], None],
         emit: Callable[[bytes], None],
@@ -874,7 +901,7 @@ def _q(text: str) -> str:
 
 
 def _dur(seconds: float) -> str:
-    from gpushopper.core.units import format_duration
+    from gpushopper.model.units import format_duration
 
     return format_duration(seconds)
 

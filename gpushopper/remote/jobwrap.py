@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from gpushopper.core.errors import SshError, UsageError
+from gpushopper.model.errors import SshError, UsageError
 
 CTL = "ctl"
 WORK = "work"

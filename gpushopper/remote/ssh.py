@@ -194,7 +194,7 @@ def judge(
             problems.append("no NVIDIA driver (nvidia-smi not found or failing)")
         return problems
     if gpu_name and found.gpu_names:
-        from gpushopper.core.models import gpu_matches
+        from gpushopper.model.models import gpu_matches
 
         wrong = sorted({n for n in found.gpu_names if not gpu_matches(gpu_name, n)})
         if wrong:
