@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _util import gpu_shopper_cmd  # noqa: E402
 
-from tests.fakes.sshd import SshdPool, find_sshd  # noqa: E402
-from tests.fakes.vastai import VastEmulator  # noqa: E402
+from gpushopper.sandbox.sshd import SshdPool, find_sshd  # noqa: E402
+from gpushopper.sandbox.vastai import VastEmulator  # noqa: E402
 
 _SCRUB = ("VASTAI_", "VAST_API", "TENSORDOCK_", "GPU_SHOPPER_")
 
