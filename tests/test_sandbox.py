@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 from gpushopper.sandbox import server
 
@@ -16,8 +23,35 @@ def _gs(args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
 
 
-def test_start_exports_status_inventory_then_stop_leaves_nothing(tmp_path, isolated_home):
+@pytest.fixture
+def sandbox_dir(tmp_path: Path) -> Iterator[Path]:
+    """The folder a test's sandbox lives in; a server still holding it at teardown (a test
+    that failed before its stop, or a stop that failed) is killed, so none outlives pytest."""
     root = tmp_path / "sandbox"
+    yield root
+    pid = server.running_pid(root)
+    if pid is not None:
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while server.is_server(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+@pytest.fixture
+def sleeper() -> Iterator[subprocess.Popen[bytes]]:
+    """A live process that is not the sandbox server, though its argv names the module."""
+    code = "import time; print('up', flush=True); time.sleep(60)"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, server.SERVER_MODULE], stdout=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == b"up\n"
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_start_exports_status_inventory_then_stop_leaves_nothing(sandbox_dir, isolated_home):
+    root = sandbox_dir
     env = {k: v for k, v in os.environ.items() if not k.startswith(("VASTAI_", "TENSORDOCK_"))}
     env["GPU_SHOPPER_SANDBOX_DIR"] = str(root)
     started = _gs("sandbox start", env)
@@ -55,3 +89,44 @@ def test_stop_refuses_to_delete_a_folder_that_is_not_a_sandbox(tmp_path, gs, mon
     assert result.exit_code == 0
     assert (root / "precious.txt").read_text() == "keep me"
     assert "not a sandbox folder" in result.stderr
+
+
+def test_stop_never_signals_a_process_that_does_not_hold_the_pid_file(
+    tmp_path, gs, sleeper, monkeypatch
+):
+    root = tmp_path / "sandbox"
+    server.prepare_root(root)  # left by a server that was SIGKILLed (or a reboot)
+    (root / server.PID_FILE).write_text(f"{sleeper.pid}\n")
+    assert server.running_pid(root) is None
+    monkeypatch.setenv("GPU_SHOPPER_SANDBOX_DIR", str(root))
+    result = gs("sandbox stop --json")
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["stopped"] is False and not root.exists()
+    with pytest.raises(subprocess.TimeoutExpired):  # a SIGTERM would end it well within 1s
+        sleeper.wait(timeout=1)
+
+
+@pytest.mark.parametrize("text", ["-1", "0", "1", " ", "12x", "SELF"])
+def test_a_held_pid_file_with_a_pid_kill_would_misread_names_no_server(tmp_path, text):
+    root = tmp_path / "sandbox"
+    server.prepare_root(root)
+    fd = os.open(root / server.PID_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, (str(os.getpid()) if text == "SELF" else text).encode())
+        assert server.running_pid(root) is None  # kill(-1) or kill(0) would hit every process
+    finally:
+        os.close(fd)
+
+
+def test_a_held_pid_file_names_its_server(tmp_path, sleeper):
+    root = tmp_path / "sandbox"
+    server.prepare_root(root)
+    fd = os.open(root / server.PID_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(fd, f"{sleeper.pid}\n".encode())
+        assert server.running_pid(root) == sleeper.pid
+    finally:
+        os.close(fd)
+    assert server.running_pid(root) is None  # the lock went with its holder

@@ -98,7 +98,8 @@ def start(app: App, faults: bool) -> None:
             raise SandboxError(f"cannot use {root}: {exc}") from None
         _spawn(root, faults)
     data = server.read_info(root)
-    assert data is not None
+    if data is None:  # a server holds the folder but has not said where it listens yet
+        raise SandboxError(f"the sandbox in {root} is starting: try again in a moment")
     if pid is not None:
         info(f"sandbox already running (pid {data['pid']}), folder {root}")
     else:
@@ -190,15 +191,25 @@ def stop(app: App, as_json: bool) -> None:
 
     Prints the ``unset`` lines (``eval "$(gpu-shopper sandbox stop)"``)."""
     root = sandbox_root(app.environ)
-    pid = server.running_pid(root)
-    if pid is not None:
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT_S
-        while server.is_server(pid) and time.monotonic() < deadline:
+    fd = server.open_pid_file(root)
+    pid = server.holder(fd) if fd is not None else None
+    try:
+        if fd is not None and pid is not None:
+            os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + STOP_TIMEOUT_S
+            # Our descriptor keeps the pid file's lock in view even once the server unlinks
+            # the file: it is free exactly when the server process has ended.
+            while server.held(fd) and time.monotonic() < deadline:
+                _reap(pid)
+                time.sleep(0.05)  # a real process exiting: no injected clock applies
+            if server.held(fd):
+                raise SandboxError(
+                    f"sandbox server {pid} did not stop within {STOP_TIMEOUT_S:.0f}s"
+                )
             _reap(pid)
-            time.sleep(0.05)  # a real process exiting: no injected clock applies
-        if server.is_server(pid):
-            raise SandboxError(f"sandbox server {pid} did not stop within {STOP_TIMEOUT_S:.0f}s")
+    finally:
+        if fd is not None:
+            os.close(fd)
     removed = False
     if (root / server.MARKER).is_file():
         import shutil

@@ -1,7 +1,7 @@
 """The practice market: the Vast.ai and TensorDock emulators on 127.0.0.1, in one detached
 process, with its own folder (``root``) that holds everything it makes.
 
-``root`` holds ``sandbox.pid`` (the server's pid), ``sandbox.json`` (written once both
+``root`` holds ``sandbox.pid`` (the server's pid, locked while it lives), ``sandbox.json`` (written once both
 markets listen: urls, keys, ssh user; the file ``gpu-shopper sandbox start`` waits for),
 ``sandbox.log``, ``sshd/`` (one real OpenSSH sshd per instance when sshd is installed) and
 ``home/`` (the ``GPU_SHOPPER_HOME`` the tool uses while pointed at the sandbox, so real state
@@ -64,15 +64,48 @@ def read_info(root: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def read_pid(root: Path) -> int | None:
+def held(fd: int) -> bool:
+    """True while some live process holds the server's exclusive lock on this pid file.
+
+    The lock goes with the server's life (the kernel drops it when the process exits, however
+    it exits), so a pid file left by a SIGKILL or a reboot never names a live server."""
+    import fcntl
+
     try:
-        return int((root / PID_FILE).read_text().strip())
-    except (OSError, ValueError):
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    return False
+
+
+def open_pid_file(root: Path) -> int | None:
+    """A read-only descriptor on ``root``'s pid file (for ``holder``/``held``), or None."""
+    try:
+        return os.open(root / PID_FILE, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except OSError:
         return None
+
+
+def holder(fd: int) -> int | None:
+    """The pid of the live sandbox server that holds this pid file, else None.
+
+    Three proofs before a pid may be signalled: the lock is held (the writer is alive), the
+    pid is a plain positive number (never 0 or -1, which ``kill`` reads as a whole process
+    group or every process), and, where /proc exists, its command line is the server's."""
+    if not held(fd):
+        return None
+    text = os.pread(fd, 32, 0).decode(errors="replace").strip()
+    if not text.isdigit() or int(text) <= 1:
+        return None
+    pid = int(text)
+    return pid if pid != os.getpid() and is_server(pid) else None
 
 
 def is_server(pid: int) -> bool:
     """True when ``pid`` is alive and is a sandbox server (its command line says so)."""
+    if pid <= 1:
+        return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
     except OSError:
@@ -80,13 +113,33 @@ def is_server(pid: int) -> bool:
             os.kill(pid, 0)
         except OSError:
             return False
-        return True  # no /proc: trust the pid file
+        return True  # no /proc: the pid file's lock (``holder``) is the proof
     return SERVER_MODULE.encode() in cmdline
 
 
 def running_pid(root: Path) -> int | None:
-    pid = read_pid(root)
-    return pid if pid is not None and is_server(pid) else None
+    fd = open_pid_file(root)
+    if fd is None:
+        return None
+    try:
+        return holder(fd)
+    finally:
+        os.close(fd)
+
+
+def _lock_pid_file(root: Path) -> int:
+    """Take the pid file's exclusive lock for this process's lifetime and write our pid."""
+    import fcntl
+
+    fd = os.open(root / PID_FILE, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(f"another sandbox server is running in {root}") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    os.fsync(fd)
+    return fd  # never closed: the kernel releases the lock when this process ends
 
 
 def exports(root: Path, info: dict[str, Any]) -> list[tuple[str, str]]:
@@ -128,7 +181,7 @@ def serve(root: Path, faults: bool) -> int:
     from gpushopper.sandbox.vastai import VastEmulator
 
     prepare_root(root)
-    _write_atomic(root / PID_FILE, f"{os.getpid()}\n")
+    _lock_pid_file(root)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
