@@ -177,8 +177,7 @@ def environment() -> str:
     notes = {
         "vastai.max_price": "**A price cap, not a bid**: offers above it are never rented. "
         "gpu-shopper rents on-demand only; there are no interruptible (bid) rentals yet.",
-        "safety.provision_timeout": "When set (anywhere but the default), it always wins "
-        "over the measured timeout; see docs/lifecycle.md.",
+        "safety.provision_timeout": "`provision --dry-run` says which timeout it uses and why.",
     }
     lines = [
         HEADER,

@@ -258,7 +258,7 @@ def _pair(phase: Mapping[str, Any]) -> str:
 
 
 def table_rows(rows: Iterable[Mapping[str, Any]]) -> list[tuple[str, ...]]:
-    """``group_stats`` rows as table cells (the CLI's table and docs/lifecycle.md)."""
+    """``group_stats`` rows as the cells of ``sessions stats``'s table."""
     out = []
     for row in rows:
         stages = ", ".join(
@@ -278,10 +278,3 @@ def table_rows(rows: Iterable[Mapping[str, Any]]) -> list[tuple[str, ...]]:
             )
         )
     return out
-
-
-def markdown_table(rows: Iterable[Mapping[str, Any]]) -> str:
-    cells = table_rows(rows)
-    lines = ["| " + " | ".join(TABLE_COLUMNS) + " |", "|" + "---|" * len(TABLE_COLUMNS)]
-    lines += ["| " + " | ".join(row) + " |" for row in cells]
-    return "\n".join(lines) + "\n"
