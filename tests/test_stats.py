@@ -172,3 +172,27 @@ def test_sessions_stats_table_and_bad_input(gs, isolated_home):
     assert "RTX 4090" in text and "1m30s / 1m30s" in text
     bad = gs("sessions stats --provider nowhere")
     assert bad.exit_code == 2 and "Traceback" not in bad.stderr
+
+
+GARBAGE_TIMINGS: list[Any] = ["100", float("nan"), float("inf"), -5.0, True, None, [1], {}]
+
+
+def test_garbage_timings_measure_nothing_and_crash_nothing():
+    """A hand-edited or damaged record: no timing that is not a finite, non-negative number
+    counts, and no record that is not a mapping breaks the table."""
+    good = [record(i, boot_s=400.0) for i in range(4)]
+    bad = [
+        {**record(100 + i, boot_s=None), "timings": {"create_call_s": v, "time_to_ssh_s": v}}
+        for i, v in enumerate(GARBAGE_TIMINGS)
+    ]
+    bad += [{**record(200), "timings": "100"}, {**record(201), "timings": None}]
+    weird: list[Any] = [None, "s00001", 7, {"status": ["x"], "provider": {"a": 1}, "timings": []}]
+    records = good + bad + weird
+    assert choose(records).source == "default"  # 4 real boots: garbage makes no fifth
+    assert choose([*records, record(9, boot_s=400.0)]).seconds == 600.0  # 400s x 1.5
+    rows = stats.group_stats(records)
+    (row,) = [r for r in rows if r["provider"] == "vastai" and r["gpu"] == "RTX 4090"]
+    assert row["count"] == 4 + len(bad)
+    for key, _label in stats.PHASES:
+        assert row["phases"][key]["n"] in (0, 4), key
+    assert stats.table_rows(rows)  # renders
