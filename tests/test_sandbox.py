@@ -130,3 +130,14 @@ def test_a_held_pid_file_names_its_server(tmp_path, sleeper):
     finally:
         os.close(fd)
     assert server.running_pid(root) is None  # the lock went with its holder
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["sessions", "list", "--json"], ["costs", "--json"]])
+def test_ordinary_commands_never_load_the_sandbox(argv, isolated_home):
+    code = (
+        "import sys; from gpushopper.cli import cli; from gpushopper.cli.output import run\n"
+        f"try:\n    run(cli, {argv!r})\nfinally:\n"
+        "    print('LOADED:' + ','.join(m for m in sys.modules if m.startswith('gpushopper.sandbox')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip().splitlines()[-1] == "LOADED:", out.stdout + out.stderr
