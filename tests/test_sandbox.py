@@ -141,3 +141,26 @@ def test_ordinary_commands_never_load_the_sandbox(argv, isolated_home):
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip().splitlines()[-1] == "LOADED:", out.stdout + out.stderr
+
+
+def test_stop_ends_the_sshd_of_a_server_that_was_killed(tmp_path, gs, monkeypatch):
+    from gpushopper.sandbox.sshd import SshdPool, find_sshd, make_keypair
+
+    if find_sshd() is None:
+        pytest.skip("no sshd")
+    root = tmp_path / "sandbox"
+    server.prepare_root(root)
+    pool = SshdPool(root / "sshd")  # as the server's pool; the server "dies" without close()
+    other = SshdPool(tmp_path / "elsewhere")  # not this sandbox's: left alone
+    try:
+        _private, public = make_keypair(tmp_path / "k")
+        pool.start("i-1", [public])
+        other.start("i-2", [public])
+        ours, theirs = pool.instance("i-1").process, other.instance("i-2").process
+        monkeypatch.setenv("GPU_SHOPPER_SANDBOX_DIR", str(root))
+        assert gs("sandbox stop").exit_code == 0
+        assert ours.wait(timeout=10) is not None and not root.exists()
+        assert theirs.poll() is None
+    finally:
+        pool.close()
+        other.close()

@@ -214,6 +214,9 @@ def stop(app: App, as_json: bool) -> None:
     if (root / server.MARKER).is_file():
         import shutil
 
+        from gpushopper.sandbox.sshd import kill_strays
+
+        kill_strays(root / "sshd")  # a server that was SIGKILLed left its instances' sshd
         shutil.rmtree(root)
         removed = True
     elif root.exists():

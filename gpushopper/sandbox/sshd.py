@@ -815,6 +815,44 @@ def _terminate_all(instances: dict[str, SshdInstance], lock: threading.RLock) ->
             SshdPool._terminate(inst.process)
 
 
+def kill_strays(base_dir: pathlib.Path | str) -> list[int]:
+    """Stop every sshd a pool in ``base_dir`` started that outlived it (its server was
+    SIGKILLed, so ``close`` never ran), with its per-connection children; return their pids.
+
+    A process qualifies only by its command line (or the title sshd gives itself): ``-f``
+    naming an ``sshd_config`` inside ``base_dir`` (Linux /proc; elsewhere nothing is found,
+    so nothing is signalled)."""
+    prefix = str(pathlib.Path(base_dir).resolve()) + os.sep
+    proc_dir = pathlib.Path("/proc")
+    found: list[int] = []
+    if not proc_dir.is_dir():
+        return found
+    for entry in proc_dir.iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:  # sshd retitles itself: "sshd: /usr/sbin/sshd -D -e -f PATH [listener] ..."
+            argv = (
+                (entry / "cmdline")
+                .read_bytes()
+                .replace(b"\0", b" ")
+                .decode(errors="replace")
+                .split()
+            )
+        except OSError:
+            continue
+        for flag, value in zip(argv, argv[1:], strict=False):
+            if flag == "-f" and value.startswith(prefix) and value.endswith("/sshd_config"):
+                found.append(int(entry.name))
+                break
+    for pid in found:
+        for target in [pid, *_descendants(pid)]:
+            try:
+                os.kill(target, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+    return found
+
+
 def _descendants(root_pid: int) -> list[int]:
     """PIDs of every live descendant of ``root_pid`` (Linux /proc; empty elsewhere)."""
     children: dict[int, list[int]] = {}
