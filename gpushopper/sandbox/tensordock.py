@@ -1,10 +1,11 @@
 """A loopback HTTP emulator of the TensorDock v2 ("Instances") API for the test suite.
 
-Follows docs/reference/tensordock.md: base ``/api/v2``, Bearer auth, JSON:API-like
-envelopes, errors as ``{"error": ..., "status": ...}`` (sometimes inside an HTTP 200), GPU
-prices per GPU-hour and per-resource pricing per vCPU-hour / GB-hour.
+Follows shared/reference/tensordock.md (the project's notes, beside the repository): base
+``/api/v2``, Bearer auth, JSON:API-like envelopes, errors as ``{"error": ..., "status": ...}``
+(sometimes inside an HTTP 200), GPU prices per GPU-hour and per-resource pricing per
+vCPU-hour / GB-hour.
 
-Stdlib only (the ``tensordock_emulator`` pytest fixture lives in tests/conftest.py).
+Stdlib only (the ``tensordock_emulator`` pytest fixture lives in tests/fakes/fixtures.py).
 It listens on 127.0.0.1 only, in a daemon thread; the status machine is computed lazily from
 an injectable ``clock`` (no background threads), so tests drive time with a fake clock.
 

@@ -1,6 +1,6 @@
 """Loopback HTTP emulator of the Vast.ai REST API, for tests and benchmarks.
 
-Follows docs/reference/vastai.md (paths, units, envelopes, error shapes). Stdlib only:
+Follows shared/reference/vastai.md (paths, units, envelopes, error shapes). Stdlib only:
 a ``ThreadingHTTPServer`` bound to 127.0.0.1 on an ephemeral port, served from a daemon thread.
 Instance state is computed lazily from ``clock()`` at every request (no background threads), so a
 fake clock drives the whole lifecycle deterministically.
@@ -24,7 +24,7 @@ Public surface (see each docstring):
 * faults: ``fail_next``, ``rate_limit_next``, ``clear_faults``
 * inspection: ``offers``, ``templates``, ``instances``, ``live_instances()``, ``requests``,
   ``account_keys``, ``backend_errors``, ``refresh()``, ``force_status()``
-* the pytest fixture ``vast_emulator`` lives in tests/conftest.py
+* the pytest fixture ``vast_emulator`` lives in tests/fakes/fixtures.py
 """
 
 from __future__ import annotations
