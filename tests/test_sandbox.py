@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -106,29 +107,30 @@ def test_stop_never_signals_a_process_that_does_not_hold_the_pid_file(
         sleeper.wait(timeout=1)
 
 
-@pytest.mark.parametrize("text", ["-1", "0", "1", " ", "12x", "SELF"])
-def test_a_held_pid_file_with_a_pid_kill_would_misread_names_no_server(tmp_path, text):
-    root = tmp_path / "sandbox"
+@contextlib.contextmanager
+def held_pid_file(root: Path, text: str) -> Iterator[None]:
+    """This process holds ``root``'s pid file lock, as a live server would, with ``text``."""
     server.prepare_root(root)
     fd = os.open(root / server.PID_FILE, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.write(fd, (str(os.getpid()) if text == "SELF" else text).encode())
-        assert server.running_pid(root) is None  # kill(-1) or kill(0) would hit every process
+        os.write(fd, text.encode())
+        yield
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("text", ["-1", "0", "1", " ", "12x", "SELF"])
+def test_a_held_pid_file_with_a_pid_kill_would_misread_names_no_server(tmp_path, text):
+    root = tmp_path / "sandbox"
+    with held_pid_file(root, str(os.getpid()) if text == "SELF" else text):
+        assert server.running_pid(root) is None  # kill(-1) or kill(0) would hit every process
 
 
 def test_a_held_pid_file_names_its_server(tmp_path, sleeper):
     root = tmp_path / "sandbox"
-    server.prepare_root(root)
-    fd = os.open(root / server.PID_FILE, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.write(fd, f"{sleeper.pid}\n".encode())
+    with held_pid_file(root, f"{sleeper.pid}\n"):
         assert server.running_pid(root) == sleeper.pid
-    finally:
-        os.close(fd)
     assert server.running_pid(root) is None  # the lock went with its holder
 
 
