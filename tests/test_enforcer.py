@@ -140,6 +140,26 @@ def test_one_provider_failing_to_list_never_holds_back_the_others_deadlines(stor
     assert report.listed_at.keys() == {"tensordock"}
 
 
+class BuggyLister(FakeProvider):
+    def list_instances(self) -> list[Instance]:
+        raise KeyError("id")  # an adapter bug on a malformed answer, not a GpuShopperError
+
+
+def test_one_provider_whose_listing_blows_up_never_holds_back_the_others_deadlines(store):
+    broken = BuggyLister("vastai")
+    healthy = FakeProvider("tensordock")
+    v = broken.add(label("a00001"))
+    t = healthy.add(label("a00002"))
+    orphan = broken.add(label("b00009"))
+    put(store, record("a00001", v), record("a00002", t, provider="tensordock"))
+    report = enforcer(store, broken, healthy, now=T0 + timedelta(hours=3)).tick(POLICY)
+    assert not report.ok and report.provider_errors == {"vastai": "KeyError: 'id'"}
+    assert healthy.live() == set() and store.get_session("a00002")["status"] == "ended"
+    # the expired session is still destroyed by its record; the unlisted orphan is not touched
+    assert broken.live() == {orphan}
+    assert store.get_session("a00001")["end_reason"] == "reservation_ended"
+
+
 def test_instances_of_another_install_are_never_reaped(store):
     provider = FakeProvider()
     foreign = provider.add(label("c00001", install="bbbb2222"))

@@ -147,6 +147,9 @@ class Enforcer:
             except GpuShopperError as exc:
                 report.provider_errors[name] = str(exc)
                 report.ok = False
+            except Exception as exc:  # an adapter's bug must not blind the other providers
+                report.provider_errors[name] = f"{type(exc).__name__}: {exc}"
+                report.ok = False
         return instances
 
     def evaluate(self, policy: Policy, report: TickReport) -> list[Action]:
