@@ -107,6 +107,18 @@ def test_a_longer_boot_timeout_chosen_at_provision_is_waited_out():
         record = session(status="provisioning", boot_timeout_s=odd)
         assert plan({"a00001": record}, listed, at(minutes=14), POLICY) == []
         assert plan({"a00001": record}, listed, at(minutes=16), POLICY) != []
+    # nor can a huge one switch the sweep off: past the hard maximum it is stuck, even
+    # for a record without hard_max_at (the hard-max rule itself cannot fire there)
+    for huge in (1e12, float("inf")):
+        record = session(status="provisioning", boot_timeout_s=huge)
+        del record["hard_max_at"]
+        assert plan({"a00001": record}, listed, at(hours=11, minutes=59), POLICY) == []
+        actions = plan({"a00001": record}, listed, at(hours=12, minutes=1), POLICY)
+        assert kinds(actions) == [(DESTROY_SESSION, "provision_timeout", "a00001")]
+        young = session(status="creating", instance=None, boot_timeout_s=huge)
+        assert kinds(plan({"a00001": young}, {"vastai": []}, at(hours=12, minutes=1), POLICY)) == [
+            (MARK_ENDED, "instance_gone", "a00001")
+        ]
 
 
 def test_creating_without_instance_found_by_label():

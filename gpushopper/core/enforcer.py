@@ -320,4 +320,5 @@ def policy_from_settings(settings: SettingsReader, include_foreign: bool = False
         warn_before_s=settings.get("safety.warn_before"),
         provision_timeout_s=settings.get("safety.provision_timeout"),
         include_foreign=include_foreign,
+        hard_max_s=settings.get("safety.hard_max_hours") * 3600.0,
     )

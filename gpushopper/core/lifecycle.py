@@ -35,6 +35,7 @@ class Policy:
     provision_timeout_s: float = 900.0
     include_foreign: bool = False
     gone_grace_s: float = 120.0  # a booting instance may lag in the provider's list
+    hard_max_s: float = 12 * 3600.0  # no boot may be waited out longer (safety.hard_max_hours)
 
 
 @dataclass
@@ -255,12 +256,13 @@ def plan(
 
 def boot_limit(record: dict[str, Any], policy: Policy) -> float:
     """How long a booting session may take before it counts as stuck: the policy's
-    timeout, or the longer one its provision chose (a measured or explicit --timeout; the
-    hard maximum still bounds it, checked first)."""
+    timeout, or the longer one its provision chose (a measured or explicit --timeout),
+    never past the hard maximum: a huge value in the state (or a record without
+    ``hard_max_at``) must not switch the stuck-boot sweep off."""
     chosen = record.get("boot_timeout_s")
     if isinstance(chosen, bool) or not isinstance(chosen, (int, float)) or chosen != chosen:
         return policy.provision_timeout_s
-    return max(policy.provision_timeout_s, float(chosen))
+    return max(policy.provision_timeout_s, min(float(chosen), policy.hard_max_s))
 
 
 def _gone(status: Any, record: dict[str, Any], age: float, policy: Policy) -> bool:
