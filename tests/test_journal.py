@@ -62,6 +62,24 @@ def test_a_secret_in_a_journaled_error_is_masked_every_time(tmp_path):
     assert text.count("****5b4a") == 2
 
 
+def test_a_note_is_redacted_as_it_is_written(tmp_path):
+    """``note`` fields reach the file unclipped: the line itself must be redacted."""
+    from gpushopper.core.journal import JournaledProvider
+    from gpushopper.model.redact import register_secret
+
+    secret = "vk-note-key-0a1b2c3d4e5f"
+    register_secret(secret)
+
+    class Quiet:
+        NAME = "vastai"
+
+    JournaledProvider(Quiet(), tmp_path / "journal.jsonl").note(
+        "state_write_failed", error=f"cannot write {secret}", **{secret: secret}
+    )
+    text = (tmp_path / "journal.jsonl").read_text()
+    assert secret not in text and text.count("****4e5f") == 3
+
+
 @pytest.mark.internal_errors
 def test_an_api_key_in_an_adapter_error_never_reaches_the_journal(
     vast, gs, isolated_home, monkeypatch
