@@ -160,6 +160,26 @@ def test_one_provider_whose_listing_blows_up_never_holds_back_the_others_deadlin
     assert store.get_session("a00001")["end_reason"] == "reservation_ended"
 
 
+def test_a_destroy_the_state_cannot_record_is_unrecorded_and_the_pass_not_ok(store, monkeypatch):
+    from gpushopper.model.errors import StateWriteError
+
+    provider = FakeProvider()
+    iid = provider.add(label("a00001"))
+    put(store, record("a00001", iid))
+
+    def full(*args, **kwargs):
+        raise StateWriteError("cannot write state file: No space left on device")
+
+    monkeypatch.setattr(store, "update_session", full)
+    monkeypatch.setattr(store, "transaction", full)
+    report = enforcer(store, provider, now=T0 + timedelta(hours=3)).tick(POLICY)
+    assert provider.live() == set()  # the full disk never stood in the destroy's way
+    assert [(o.action.kind, o.result) for o in report.outcomes] == [
+        ("destroy_session", "unrecorded")
+    ]
+    assert not report.ok
+
+
 def test_instances_of_another_install_are_never_reaped(store):
     provider = FakeProvider()
     foreign = provider.add(label("c00001", install="bbbb2222"))
@@ -171,9 +191,11 @@ def test_instances_of_another_install_are_never_reaped(store):
     assert ("report_foreign", "left") in [(o.action.kind, o.result) for o in report.outcomes]
 
 
-def test_an_orphan_is_destroyed_only_if_it_still_carries_our_label(store):
+@pytest.mark.parametrize("real_label", ["someone-elses-job", None])
+def test_an_orphan_is_destroyed_only_if_it_still_carries_our_label(store, real_label):
+    # None: an unlabelled instance (no session's create made it) is not ours either
     provider = FakeProvider()
-    foreign = provider.add("someone-elses-job")
+    foreign = provider.add(real_label)
     # the listing claims the foreign id carries our label (a provider glitch)
     provider.duplicates = [Instance("vastai", foreign, label("c00003"), "running")]
     provider.instances[foreign].unlisted_for = 5  # only the lying row is listed

@@ -202,6 +202,30 @@ def test_end_session_leaves_a_foreign_id_on_record_alone_and_destroys_ours(store
     assert record["status"] == "ended"
 
 
+def test_end_session_destroys_the_unlabelled_instance_its_own_create_recorded(store, clock):
+    provider = FakeProvider()
+    iid = provider.add(None)  # a provider that dropped the label: the id came from our create
+    put_session(store, iid)
+    assert end(store, provider, clock)["status"] == "ended"
+    assert provider.live() == set()
+
+
+def test_end_session_past_a_foreign_id_destroys_only_what_carries_the_label(store, clock):
+    from gpushopper.model.models import Instance
+
+    provider = FakeProvider()
+    foreign = provider.add("someone-elses-job")
+    unlabelled = provider.add(None)
+    # the listing claims the unlabelled one carries our label; fetched, it carries none
+    provider.duplicates = [Instance("vastai", unlabelled, LABEL, "running")]
+    provider.instances[unlabelled].unlisted_for = 5
+    put_session(store, foreign)
+    with pytest.raises(NotOurs):
+        end(store, provider, clock, log=lambda message: None)
+    assert provider.live() == {foreign, unlabelled}
+    assert store.get_session("a00001")["status"] == "ending"
+
+
 def test_end_session_finds_the_instance_by_label_when_none_was_recorded(store, clock):
     provider = FakeProvider()
     iid = provider.add(LABEL)
