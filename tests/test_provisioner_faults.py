@@ -127,6 +127,23 @@ def test_a_create_answer_never_matched_fails_and_leaves_nothing_it_knows_of(tmp_
     assert rig.only_session()["label"].startswith("gpu-shopper:")
 
 
+def test_a_session_another_process_ended_mid_boot_is_never_brought_back(tmp_path):
+    # watch (its hard maximum, say) is ending the booting session while provision polls
+    provider = FakeProvider(boot_polls=3)
+    rig = Rig(tmp_path, provider)
+
+    def watch_ends_it(instance_id: str) -> None:
+        (sid,) = rig.store.read()["sessions"]
+        rig.store.update_session(sid, status="ending", end_reason="hard_max")
+
+    gets_then(provider, 2, watch_ends_it)
+    with pytest.raises(ProvisionFailed, match="ended by another process"):
+        rig.run()
+    assert provider.live() == set()  # destroyed, not handed off as a running session
+    assert rig.only_session()["status"] == "failed"
+    assert "ended by another process" in rig.only_session()["end_reason"]
+
+
 # -- billing ---------------------------------------------------------------------------------------
 def test_billing_starts_when_the_provider_reports_running_not_when_the_checks_pass(tmp_path):
     provider = FakeProvider(boot_polls=2)
