@@ -50,3 +50,14 @@ def test_another_host_or_a_reboot():
 def test_nothing_is_concluded_from_a_missing_or_odd_owner():
     for owner in (None, {}, {"pid": "12"}, {"pid": True}, {"pid": -4}, "me"):
         assert owner_state(owner) == UNKNOWN
+
+
+def test_an_owner_in_another_pid_namespace_is_never_called_gone():
+    """A provision in a container beside watch's (same host name, same boot id): its pid
+    is not one watch can look up, so a missing pid proves nothing."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()  # a pid that no longer exists here
+    owner = {**current_owner(), "pid": child.pid}
+    assert owner_state(owner) == GONE  # in our own namespace it is provably gone
+    assert owner_state({**owner, "pid_ns": "pid:[1]"}) == UNKNOWN
+    assert owner_state({**owner, "pid_ns": None}) == GONE  # records from before keep working

@@ -5,8 +5,9 @@ boot id and the process start time (``/proc/<pid>/stat`` field 22, clock ticks s
 A SIGKILLed ``provision`` leaves such a session behind; ``watch`` and ``cleanup-orphans``
 on the same host see that its owner is gone and destroy the instance on their next pass
 instead of waiting for the provisioning timeout. A pid reused by another process does not
-pass for the owner: its start time differs. On another host nothing can be told, and the
-provisioning timeout decides as before.
+pass for the owner: its start time differs. On another host, or in another pid namespace
+of this one (a container beside ours shares the host name and boot id, but not the pids),
+nothing can be told, and the provisioning timeout decides as before.
 """
 
 from __future__ import annotations
@@ -33,6 +34,14 @@ def boot_id() -> str | None:
     return text or None
 
 
+def pid_namespace() -> str | None:
+    """Which pid namespace this process sees pids in (``pid:[4026531836]``), or None."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
+
+
 def _stat(pid: int) -> tuple[str, str] | None:
     """(state letter, start time) of ``pid`` from /proc, or None without /proc or process."""
     text = _read(f"/proc/{pid}/stat")
@@ -57,6 +66,7 @@ def current_owner() -> dict[str, Any]:
         "pid": pid,
         "host": socket.gethostname(),
         "boot_id": boot_id(),
+        "pid_ns": pid_namespace(),
         "started": process_start(pid),
     }
 
@@ -70,6 +80,8 @@ def owner_state(owner: Any) -> str:
         return UNKNOWN
     if owner.get("host") != socket.gethostname():
         return UNKNOWN
+    if owner.get("pid_ns") and owner["pid_ns"] != pid_namespace():
+        return UNKNOWN  # its pid means nothing here (another container on this host)
     recorded_boot = owner.get("boot_id")
     if recorded_boot and boot_id() and recorded_boot != boot_id():
         return GONE  # this machine rebooted since: no process of then survives
