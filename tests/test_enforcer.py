@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
 import pytest
 
@@ -11,45 +11,14 @@ from gpushopper.core.lifecycle import DESTROY_ORPHAN, Action, Policy
 from gpushopper.model.errors import MissingCredentials
 from gpushopper.model.models import Instance
 from gpushopper.model.units import iso
-from gpushopper.state.store import StateStore
 from tests.fakes.provider import FakeProvider, factory
-
-T0 = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
-ME = "aaaa1111"
-
-
-def label(sid: str, install: str = ME) -> str:
-    return f"gpu-shopper:{install}:{sid}"
-
-
-def record(sid: str, instance_id: str | None, provider: str = "vastai", **extra):
-    return {
-        "id": sid,
-        "status": "running",
-        "provider": provider,
-        "instance_id": instance_id,
-        "label": label(sid),
-        "created_at": iso(T0),
-        "billing_started_at": iso(T0),
-        "reservation_ends_at": iso(T0 + timedelta(hours=2)),
-        "hard_max_at": iso(T0 + timedelta(hours=12)),
-        "price_per_hour": 0.5,
-        **extra,
-    }
+from tests.fakes.records import T0, label, new_store, put
+from tests.fakes.records import running as record
 
 
 @pytest.fixture
 def store(tmp_path):
-    s = StateStore(tmp_path / "state.json")
-    with s.transaction() as state:
-        state["install_id"] = ME
-    return s
-
-
-def put(store, *records):
-    with store.transaction() as state:
-        for r in records:
-            state["sessions"][r["id"]] = r
+    return new_store(tmp_path)
 
 
 def enforcer(store, *providers, now=T0 + timedelta(minutes=5), names=None, outcomes=None):

@@ -4,7 +4,7 @@ No wall-clock sleeps: ``wait`` advances a fake clock and says when to stop."""
 from __future__ import annotations
 
 import signal
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 import pytest
 
@@ -12,12 +12,10 @@ from gpushopper.core.enforcer import Enforcer
 from gpushopper.core.lifecycle import Policy
 from gpushopper.core.watcher import Metrics, Watcher
 from gpushopper.model.errors import MissingCredentials
-from gpushopper.model.units import iso, parse_iso
-from gpushopper.state.store import StateStore
+from gpushopper.model.units import parse_iso
 from tests.fakes.provider import FakeProvider
-
-T0 = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
-ME = "aaaa1111"
+from tests.fakes.records import ME, T0, label, new_store, put
+from tests.fakes.records import running as session
 
 
 class Clock:
@@ -47,38 +45,9 @@ class Clock:
         return False
 
 
-def label(sid: str, install: str = ME) -> str:
-    return f"gpu-shopper:{install}:{sid}"
-
-
-def session(sid, instance_id, provider="vastai", ends_s=7200.0, **extra):
-    return {
-        "id": sid,
-        "status": "running",
-        "provider": provider,
-        "instance_id": instance_id,
-        "label": label(sid),
-        "created_at": iso(T0),
-        "billing_started_at": iso(T0),
-        "reservation_ends_at": iso(T0 + timedelta(seconds=ends_s)),
-        "hard_max_at": iso(T0 + timedelta(hours=12)),
-        "price_per_hour": 0.5,
-        **extra,
-    }
-
-
 @pytest.fixture
 def store(tmp_path):
-    s = StateStore(tmp_path / "state.json")
-    with s.transaction() as state:
-        state["install_id"] = ME
-    return s
-
-
-def put(store, *records):
-    with store.transaction() as state:
-        for r in records:
-            state["sessions"][r["id"]] = r
+    return new_store(tmp_path)
 
 
 def rig(store, clock, *providers, keep_on_exit=False, interval=30.0, metrics=None):
