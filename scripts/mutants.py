@@ -286,6 +286,46 @@ MUTANTS = [
         ["tests/test_enforcer.py"],
     ),
     Mutant(
+        "the owner check reads a pid from another pid namespace as gone",
+        "gpushopper/core/owner.py",
+        [
+            (
+                "        return UNKNOWN  # its pid means nothing here",
+                "        pass  # its pid means nothing here",
+            )
+        ],
+        ["tests/test_owner.py"],
+    ),
+    Mutant(
+        "a boot carries on over a session another process is ending",
+        "gpushopper/core/provisioner.py",
+        [
+            (
+                '            if record is None or record.get("status") in ("ending", "ended"):',
+                "            if record is None:",
+            )
+        ],
+        ["tests/test_provisioner_faults.py"],
+    ),
+    Mutant(
+        "an orphan that carries no label passes for ours",
+        "gpushopper/core/enforcer.py",
+        [
+            (
+                "                    label=action.label,\n                    sleep=self.sleep,",
+                "                    label=action.label,\n                    allow_unlabelled=True,\n"
+                "                    sleep=self.sleep,",
+            )
+        ],
+        ["tests/test_enforcer.py"],
+    ),
+    Mutant(
+        "a destroy the state cannot record counts as recorded",
+        "gpushopper/core/enforcer.py",
+        [('FAILED = ("failed", "unrecorded")', 'FAILED = ("failed",)')],
+        ["tests/test_enforcer.py"],
+    ),
+    Mutant(
         "a bare number is hours again",
         "gpushopper/model/units.py",
         [
