@@ -311,6 +311,20 @@ def test_item7_doctor_fails_on_an_unwritable_home(gs, monkeypatch, tmp_path):
     assert checks["home writable"]["status"] == "fail"
 
 
+def test_item7_doctor_makes_a_missing_home_private(gs, monkeypatch, tmp_path):
+    """doctor may be the first command run: the folder it makes is 0700 like every other."""
+    import stat
+
+    home = tmp_path / "fresh" / "home"
+    monkeypatch.setenv("GPU_SHOPPER_HOME", str(home))
+    old = os.umask(0o022)
+    try:
+        gs("doctor --json")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(home.stat().st_mode) == 0o700
+
+
 # -- 8. ids and labels are checked, not trusted ------------------------------------------------
 def test_item8_a_create_answer_naming_a_foreign_instance_is_not_trusted(
     vast, gs, isolated_home, monkeypatch

@@ -104,9 +104,11 @@ def _writable_check(app: App) -> dict[str, str]:
     import os
     import tempfile
 
+    from gpushopper.state.fs import private_dir
+
     folder = app.paths.data_dir
     try:
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(folder)  # 0700, as every command makes it: doctor may be the first
         fd, probe = tempfile.mkstemp(prefix=".doctor-", dir=folder)
         try:
             os.write(fd, b"gpu-shopper doctor write probe\n")
