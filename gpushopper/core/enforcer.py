@@ -252,10 +252,9 @@ class Enforcer:
             record = state["sessions"].get(action.session_id)
             if record is None:
                 return
-            booting = record.get("status") in ("creating", "provisioning", "verifying")
             close_record(
                 record,
-                "failed" if booting else "ended",
+                "failed" if record.get("status") in BOOTING else "ended",
                 "instance gone at the provider",
                 self.clock(),
                 keep_reason=True,
