@@ -463,7 +463,104 @@ def test_provider_exited_mid_job_is_lost_nothing_leaked(
     assert result.exit_code == 1
     assert doc["teardown"]["confirmed"] is True
     assert vast.live_instances() == []
-    subprocess.run(["pkill", "-f", "sleep 64"], check=False)
+    _kill_job_groups()
+
+
+def _kill_job_groups() -> None:
+    """End what a lost job left running on the fake instance (this machine), by the process
+    groups its wrapper recorded: never by name, which could hit another run's processes."""
+    root = Path(os.environ["GPU_SHOPPER_JOBS_REMOTE_ROOT"])
+    for pid_file in root.glob("*/ctl/pid"):
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
+
+
+def test_provider_check_during_a_job_finds_an_exited_instance_while_ssh_still_works(
+    gs, vast, tmp_path, isolated_home, fake_time, monkeypatch
+):
+    """The once-a-minute provider check on its own: SSH stays up (so the reconnect path never
+    asks), the provider reports the instance exited; the job is lost within a minute of the
+    fake clock, long before --max-duration, and the instance is torn down."""
+    import dataclasses
+
+    from gpushopper.core.jobs import PROVIDER_CHECK_S
+    from gpushopper.providers.vastai import VastAI
+
+    real_get = VastAI.get_instance
+    flipped: list[float] = []
+
+    def get_instance(self, instance_id):
+        inst = real_get(self, instance_id)
+        if inst is not None and flipped and inst.status == "running":
+            return dataclasses.replace(inst, status="exited", raw_status="exited")
+        return inst
+
+    monkeypatch.setattr(VastAI, "get_instance", get_instance)
+    _when(_log_has(isolated_home, "running now"), lambda: flipped.append(fake_time.now))
+    result = gs(
+        [
+            "run",
+            "--provider",
+            "vastai",
+            "--out",
+            str(tmp_path / "o"),
+            "--max-duration",
+            "5m",
+            "--yes",
+            "--json",
+            "--",
+            "sh",
+            "-c",
+            "echo running now; sleep 66",
+        ]
+    )
+    _kill_job_groups()
+    doc = result.json()
+    assert doc["status"] == "lost", result.stderr
+    assert "exited at the provider" in doc["error"]
+    assert "reconnect" not in result.stderr  # found by the check, not by a dropped SSH
+    assert flipped and fake_time.now - flipped[0] < 2 * PROVIDER_CHECK_S + 30
+    assert result.exit_code == 1
+    assert doc["teardown"]["confirmed"] is True
+    assert vast.live_instances() == []
+
+
+def test_broken_stdout_pipe_mid_job_stops_collects_destroys_exits_141(
+    vast, isolated_home, tmp_path
+):
+    """``run ... | head -1``: the next write to stdout fails; the job is cancelled as by
+    SIGPIPE, the command stopped, what it wrote brought home, the instance destroyed."""
+    import sys
+
+    out = tmp_path / "o"
+    err = (tmp_path / "run.err").open("w")
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "gpushopper", "run", "--provider", "vastai"),
+            *("--out", str(out), "--yes", "--"),
+            *("sh", "-c", "echo partial > out/partial.txt; while :; do echo tick; sleep 0.1; done"),
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=err,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"tick\n"  # what `| head -1` shows
+        proc.stdout.close()  # and then head exits
+        assert proc.wait(120) == 141, (tmp_path / "run.err").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    (job,) = state(isolated_home)["jobs"].values()
+    assert job["status"] == "cancelled" and "SIGPIPE" in job["error"]
+    assert job["teardown"]["confirmed"] is True
+    assert (out / "partial.txt").read_text() == "partial\n"
+    assert vast.live_instances() == []
+    assert not _remote_running("while :"), (tmp_path / "run.err").read_text()
 
 
 def test_job_record_comes_first(gs, vast, tmp_path, isolated_home):
