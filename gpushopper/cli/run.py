@@ -183,7 +183,7 @@ def run(app: App, offer_id: str | None, **opts: Any) -> int:
 
 
 def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[str, Any]) -> int:
-    from gpushopper.cli.provision import make_provisioner
+    from gpushopper.cli.provision import _explicit_timeout, _timeouts, make_provisioner
     from gpushopper.core import rules
     from gpushopper.core.jobs import JobFailed, JobRunner, default_hours
     from gpushopper.core.provisioner import ProvisionRequest
@@ -205,6 +205,8 @@ def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[st
         tree_bytes(Path(p).expanduser(), spec.excludes)
         for p in ([spec.workdir] if spec.workdir else []) + [u[0] for u in spec.uploads]
     )
+    # The boot timeout as 'provision' picks it: profile or setting, else measured per provider.
+    explicit = _explicit_timeout(app, {"timeout": None}, profile)
     req = ProvisionRequest(
         query=query,
         offer_id=offer_id,
@@ -216,7 +218,7 @@ def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[st
         if opts["auto_retry"] is not None
         else profile.get("auto_retry", 0),
         ssh_key=profile.get("ssh_key") or settings.get("vastai.ssh_key_path"),
-        timeout_s=profile.get("timeout") or settings.get("safety.provision_timeout"),
+        timeout_s=explicit[0] if explicit else settings.get("safety.provision_timeout"),
         hard_max_s=hard_max_s,
         preferred_gpus=settings.get("vastai.preferred_gpus") or [],
         min_disk_free_gb=round(upload_bytes * 1.05 / 1e9, 3) if upload_bytes else None,
@@ -231,6 +233,8 @@ def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[st
         candidates, notes = provisioner.candidates(req)
         for note in notes:
             info(f"Note: {note}")
+        choices = _timeouts(app, req, candidates, explicit)
+        req.timeout_by_provider = {name: choice.seconds for name, choice in choices.items()}
         best = candidates[0].offer
         interactive = sys.stdin.isatty() and sys.stderr.isatty() and not opts["as_json"]
         if interactive and not opts["yes"]:
