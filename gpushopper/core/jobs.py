@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -232,8 +231,7 @@ class JobRunner:
 
     def _stage(self, job_id: str, stage: str) -> None:
         self.stage = stage
-        status = stage if stage in STAGES else stage
-        self._update(job_id, stage=stage, status=status)
+        self._update(job_id, stage=stage, status=stage)
 
     def create(self, spec: JobSpec) -> dict[str, Any]:
         job_id = new_job_id(self.store)
@@ -517,9 +515,7 @@ class JobRunner:
                     lost_since = None
                 chunk = self._read(f"{ctl}/log", offset)
                 code = self._status(f"{ctl}/status") if not chunk else None
-            except (OSError, EOFError, GpuShopperError, Exception) as exc:
-                if isinstance(exc, KeyboardInterrupt):
-                    raise
+            except Exception as exc:  # noqa: BLE001 - a failed read is a dropped SSH; signals pass
                 if lost_since is None:
                     lost_since = self.mono()
                     self._say(
@@ -555,21 +551,18 @@ class JobRunner:
                 )
                 return
             now = self.mono()
+            fired = None  # (status, what is said, the recorded error)
             if max_s and now - begun >= max_s:
-                self._say(f"Job {job_id}: --max-duration {_dur(max_s)} reached; stopping it")
+                limit = f"--max-duration {_dur(max_s)}"
+                fired = ("timed_out", f"{limit} reached", f"stopped by {limit}")
+            elif stall_s and now - last_growth >= stall_s:
+                silent = f"no output for {_dur(stall_s)}"
+                fired = ("stalled", silent, f"{silent} (--stall-timeout)")
+            if fired is not None:
+                self._say(f"Job {job_id}: {fired[1]}; stopping it")
                 self._stop(job)
-                outcome.status, outcome.exit_code = "timed_out", TIMEOUT_EXIT
-                outcome.error = f"stopped by --max-duration {_dur(max_s)}"
-                outcome.failure_stage = "running"
-                self._update(job_id, timings={"run_s": round(self.mono() - begun, 3)})
-                self._drain(ctl, local_log, offset)
-                return
-            if stall_s and now - last_growth >= stall_s:
-                self._say(f"Job {job_id}: no output for {_dur(stall_s)}; stopping it")
-                self._stop(job)
-                outcome.status, outcome.exit_code = "stalled", TIMEOUT_EXIT
-                outcome.error = f"no output for {_dur(stall_s)} (--stall-timeout)"
-                outcome.failure_stage = "running"
+                outcome.status, outcome.exit_code = fired[0], TIMEOUT_EXIT
+                outcome.error, outcome.failure_stage = fired[2], "running"
                 self._update(job_id, timings={"run_s": round(self.mono() - begun, 3)})
                 self._drain(ctl, local_log, offset)
                 return
@@ -630,20 +623,14 @@ class JobRunner:
         if self.conn is None:
             return
         d = job["remote_dir"]
-        self._exec(jobwrap.kill_command(d, "TERM"))
-        deadline = self.mono() + grace_s
-        while self.mono() < deadline:
-            with contextlib.suppress(Exception):
-                if self._status(f"{d}/{jobwrap.CTL}/status") is not None:
-                    return
-            self.sleep(0.2)
-        self._exec(jobwrap.kill_command(d, "KILL"))
-        deadline = self.mono() + 5.0
-        while self.mono() < deadline:
-            with contextlib.suppress(Exception):
-                if self._status(f"{d}/{jobwrap.CTL}/status") is not None:
-                    return
-            self.sleep(0.2)
+        for sig, wait_s in (("TERM", grace_s), ("KILL", 5.0)):
+            self._exec(jobwrap.kill_command(d, sig))
+            deadline = self.mono() + wait_s
+            while self.mono() < deadline:
+                with contextlib.suppress(Exception):
+                    if self._status(f"{d}/{jobwrap.CTL}/status") is not None:
+                        return
+                self.sleep(0.2)
 
     # -- the end ------------------------------------------------------------------------------
     def _collect(
@@ -850,7 +837,7 @@ class JobRunner:
                 code = outcome.exit_code if outcome.failure_stage != "collecting" else 1
             else:
                 code = 1
-            if not started and outcome.status == "failed" and code not in (3,):
+            if not started and outcome.status == "failed" and code != 3:
                 code = 1
             record = self._update(
                 job_id,
@@ -910,6 +897,3 @@ def default_hours(max_duration_s: float | None, fallback_s: float, hard_max_s: f
     """The reservation: max-duration plus a margin, never past the hard maximum."""
     hours = max_duration_s + HOURS_MARGIN_S if max_duration_s else fallback_s
     return min(hours, hard_max_s)
-
-
-_ = time  # keep the import for type checkers of injected clocks
