@@ -359,24 +359,13 @@ def _session_for(app: App, job: dict[str, Any]) -> dict[str, Any]:
     return get_session_or_fail(app.store, job["session_id"])
 
 
-def _attach(runner: Any, spec: Any, job_id: str, session: Any, as_json: bool, cancel: bool) -> int:
-    from gpushopper.core import interrupts
-
-    with interrupts.destroy_on_signals():
-        if cancel:
-            record, code = runner.cancel(spec, job_id, session)
-        else:
-            record, code = runner.carry_on(spec, job_id, session, fresh=False)
-    return _report(record, code, as_json)
-
-
 @jobs.command("attach")
 @click.argument("job_id")
 @json_option
 @pass_app
 def jobs_attach(app: App, job_id: str, as_json: bool) -> int:
     """Pick a job up again (after --detach): stream, collect, destroy."""
-    return _resume2(app, job_id, as_json, cancel=False)
+    return _resume(app, job_id, as_json, cancel=False)
 
 
 @jobs.command("cancel")
@@ -385,10 +374,12 @@ def jobs_attach(app: App, job_id: str, as_json: bool) -> int:
 @pass_app
 def jobs_cancel(app: App, job_id: str, as_json: bool) -> int:
     """Stop a job's command, collect what it wrote, destroy the instance."""
-    return _resume2(app, job_id, as_json, cancel=True)
+    return _resume(app, job_id, as_json, cancel=True)
 
 
-def _resume2(app: App, job_id: str, as_json: bool, cancel: bool) -> int:
+def _resume(app: App, job_id: str, as_json: bool, cancel: bool) -> int:
+    """attach and cancel: pick a live job up from its record, then finish or cancel it."""
+    from gpushopper.core import interrupts
     from gpushopper.core.jobs import FINAL, JobRunner, JobSpec, get_job
 
     job = get_job(app.store, job_id)
@@ -406,4 +397,9 @@ def _resume2(app: App, job_id: str, as_json: bool, cancel: bool) -> int:
         secret_names=list(job.get("secret_names") or []),
     )
     runner = JobRunner(app, log=info, emit=_emitter(as_json))
-    return _attach(runner, spec, job_id, session, as_json, cancel)
+    with interrupts.destroy_on_signals():
+        if cancel:
+            record, code = runner.cancel(spec, job_id, session)
+        else:
+            record, code = runner.carry_on(spec, job_id, session, fresh=False)
+    return _report(record, code, as_json)
