@@ -679,3 +679,33 @@ def test_run_waits_the_measured_boot_timeout_as_provision_does(
     assert result.json()["failure_stage"] == "provisioning"
     assert 300 <= fake_time.slept < 320
     assert vast.live_instances() == []
+
+
+def test_attach_refuses_a_machine_with_another_host_key_and_still_destroys(
+    gs, vast, tmp_path, isolated_home, fake_time
+):
+    """The job's own SSH (paramiko) holds the instance to the host key the provision
+    verified: another key at that endpoint gets no command; the instance is destroyed."""
+    started = gs(
+        [
+            *("run", "--provider", "vastai", "--out", str(tmp_path / "o"), "--detach"),
+            *("--yes", "--json", "--", "sh", "-c", "echo hi; sleep 2"),
+        ]
+    )
+    assert started.exit_code == 0, started.stderr
+    job = started.json()
+    store = StateStore(isolated_home / "state.json")
+    with store.transaction() as saved:
+        ssh = saved["sessions"][job["session_id"]]["ssh"]
+        assert ssh["host_key"].startswith("ssh-")
+        ssh["host_key"] = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOtherKeyOtherKeyOtherKeyOtherKey00"
+    attached = gs(f"jobs attach {job['id']} --json")
+    _kill_job_groups()
+    assert attached.exit_code == 1, attached.stderr
+    assert "host key" in attached.stderr
+    doc = attached.json()
+    assert doc["status"] == "failed" and "host key" in doc["error"]
+    assert doc["teardown"]["confirmed"] is True
+    log = Path(doc["log_path"])
+    assert not log.exists() or "hi" not in log.read_text()  # nothing was read from it
+    assert vast.live_instances() == []

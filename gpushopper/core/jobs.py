@@ -206,6 +206,7 @@ class JobRunner:
         self.conn: Any = None
         self.sftp: Any = None
         self.redactor = Redactor([])
+        self.stage = "provisioning"
 
     # -- bookkeeping ------------------------------------------------------------------------
     def _say(self, message: str) -> None:
@@ -328,6 +329,8 @@ class JobRunner:
         outcome = Outcome()
         ssh_worked = False
         started = bool(job.get("started"))
+        if not fresh:
+            self.stage = "running"  # attach: a first connect that fails is a running failure
         try:
             self._connect(session)
             ssh_worked = True
@@ -405,6 +408,17 @@ class JobRunner:
             clock=self.mono,
             sleep=self.sleep,
         )
+        # The host key the provision verified (trust on first use): a machine that answers at
+        # this endpoint with another key gets no secrets and no commands.
+        recorded = endpoint.get("host_key")
+        if recorded:
+            key = self.conn.host_key()
+            if f"{key.get_name()} {key.get_base64()}" != recorded:
+                self._close()
+                raise SshError(
+                    f"the host key of {endpoint['host']}:{endpoint['port']} is not the one "
+                    f"recorded for session {session['id']}: refusing to use it"
+                )
         self.sftp = self.conn.client.open_sftp()
 
     def _close(self) -> None:
