@@ -29,6 +29,13 @@ def make_workdir(root: Path) -> Path:
     return work
 
 
+def run_job(gs, out, *command: str, opts: list[str] | tuple[str, ...] = (), as_json: bool = True):
+    """``gpu-shopper run --provider vastai --out OUT [OPTS] --yes [--json] -- COMMAND``."""
+    json_flag = ["--json"] if as_json else []
+    argv = ["run", "--provider", "vastai", "--out", str(out), *opts, "--yes", *json_flag]
+    return gs([*argv, "--", *command])
+
+
 def test_failing_job_exits_with_its_code_results_home_nothing_left(
     gs, vast, tmp_path, isolated_home
 ):
@@ -38,26 +45,13 @@ def test_failing_job_exits_with_its_code_results_home_nothing_left(
         "tr a-z A-Z < data/in.txt > out/upper.txt; "
         "ls -a > out/listing.txt; echo progress line; exit 3"
     )
-    result = gs(
-        [
-            "run",
-            "--provider",
-            "vastai",
-            "--gpu",
-            "4090",
-            "--workdir",
-            str(work),
-            "--exclude",
-            "*.tmp",
-            "--out",
-            str(out),
-            "--yes",
-            "--json",
-            "--",
-            "sh",
-            "-c",
-            script,
-        ]
+    result = run_job(
+        gs,
+        out,
+        "sh",
+        "-c",
+        script,
+        opts=["--gpu", "4090", "--workdir", str(work), "--exclude", "*.tmp"],
     )
     assert result.exit_code == 3, result.stderr
     doc = result.json()
@@ -117,22 +111,7 @@ def test_success_streams_to_stdout_and_downloads(gs, vast, tmp_path):
 
 
 def test_max_duration_stops_the_command_exit_124(gs, vast, tmp_path, fake_time):
-    result = gs(
-        [
-            "run",
-            "--provider",
-            "vastai",
-            "--out",
-            str(tmp_path / "o"),
-            "--max-duration",
-            "5s",
-            "--yes",
-            "--json",
-            "--",
-            "sleep",
-            "60",
-        ]
-    )
+    result = run_job(gs, tmp_path / "o", "sleep", "60", opts=["--max-duration", "5s"])
     assert result.exit_code == 124, result.stderr
     doc = result.json()
     assert doc["status"] == "timed_out"
@@ -142,22 +121,8 @@ def test_max_duration_stops_the_command_exit_124(gs, vast, tmp_path, fake_time):
 
 
 def test_stall_timeout_stops_a_silent_command(gs, vast, tmp_path, fake_time):
-    result = gs(
-        [
-            "run",
-            "--provider",
-            "vastai",
-            "--out",
-            str(tmp_path / "o"),
-            "--stall-timeout",
-            "3s",
-            "--yes",
-            "--json",
-            "--",
-            "sh",
-            "-c",
-            "echo started; sleep 61",
-        ]
+    result = run_job(
+        gs, tmp_path / "o", "sh", "-c", "echo started; sleep 61", opts=["--stall-timeout", "3s"]
     )
     assert result.exit_code == 124, result.stderr
     assert result.json()["status"] == "stalled"
@@ -212,21 +177,7 @@ def test_signal_mid_job_collects_destroys_and_exits_128_plus(
 ):
     out = tmp_path / "o"
     _when(_log_has(isolated_home, "halfway"), lambda: os.kill(os.getpid(), sig))
-    result = gs(
-        [
-            "run",
-            "--provider",
-            "vastai",
-            "--out",
-            str(out),
-            "--yes",
-            "--json",
-            "--",
-            "sh",
-            "-c",
-            "echo partial > out/partial.txt; echo halfway; sleep 62",
-        ]
-    )
+    result = run_job(gs, out, "sh", "-c", "echo partial > out/partial.txt; echo halfway; sleep 62")
     assert result.exit_code == 128 + sig, result.stderr
     doc = result.json()
     assert doc["status"] == "cancelled"
@@ -250,19 +201,13 @@ def test_ssh_dropped_mid_job_carries_on_and_stream_resumes(
                 os.kill(int(pid), signal.SIGKILL)
 
     _when(_log_has(isolated_home, "tick 2"), drop)
-    result = gs(
-        [
-            "run",
-            "--provider",
-            "vastai",
-            "--out",
-            str(tmp_path / "o"),
-            "--yes",
-            "--",
-            "sh",
-            "-c",
-            "for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.5; done; echo done > out/d",
-        ]
+    result = run_job(
+        gs,
+        tmp_path / "o",
+        "sh",
+        "-c",
+        "for i in 1 2 3 4 5 6; do echo tick $i; sleep 0.5; done; echo done > out/d",
+        as_json=False,
     )
     assert result.exit_code == 0, result.stderr
     for i in range(1, 7):
@@ -323,21 +268,13 @@ def test_secret_reaches_the_command_and_nowhere_else(
 
 def test_detach_then_attach(gs, vast, tmp_path):
     out = tmp_path / "o"
-    started = gs(
-        [
-            "run",
-            "--provider",
-            "vastai",
-            "--out",
-            str(out),
-            "--detach",
-            "--yes",
-            "--json",
-            "--",
-            "sh",
-            "-c",
-            "sleep 1; echo later > out/later.txt; echo finished; exit 5",
-        ]
+    started = run_job(
+        gs,
+        out,
+        "sh",
+        "-c",
+        "sleep 1; echo later > out/later.txt; echo finished; exit 5",
+        opts=["--detach"],
     )
     assert started.exit_code == 0, started.stderr
     job = started.json()
@@ -356,22 +293,7 @@ def test_detach_then_attach(gs, vast, tmp_path):
 
 
 def test_cancel_a_detached_job(gs, vast, tmp_path):
-    started = gs(
-        [
-            "run",
-            "--provider",
-            "vastai",
-            "--out",
-            str(tmp_path / "o"),
-            "--detach",
-            "--yes",
-            "--json",
-            "--",
-            "sh",
-            "-c",
-            "echo x > out/x; sleep 63",
-        ]
-    )
+    started = run_job(gs, tmp_path / "o", "sh", "-c", "echo x > out/x; sleep 63", opts=["--detach"])
     job = started.json()
     time.sleep(0.5)
     cancelled = gs(f"jobs cancel {job['id']} --json")
@@ -387,23 +309,7 @@ def test_preflight_mismatch_fails_over(gs, vast, tmp_path, isolated_home):
         gpu_name="RTX 4090", dph_base=0.20, real_gpu={"name": "NVIDIA GeForce RTX 3060"}
     )
     good = vast.add_offer(gpu_name="RTX 4090", dph_base=0.30)
-    result = gs(
-        [
-            "run",
-            "--provider",
-            "vastai",
-            "--gpu",
-            "4090",
-            "--auto-retry",
-            "1",
-            "--out",
-            str(tmp_path / "o"),
-            "--yes",
-            "--json",
-            "--",
-            "true",
-        ]
-    )
+    result = run_job(gs, tmp_path / "o", "true", opts=["--gpu", "4090", "--auto-retry", "1"])
     assert result.exit_code == 0, result.stderr
     doc = result.json()
     assert doc["offer_id"] == f"vastai:{good['id']}"
@@ -415,19 +321,7 @@ def test_preflight_mismatch_fails_over(gs, vast, tmp_path, isolated_home):
 def test_preflight_mismatch_without_retry_exits_1_naming_the_stage(gs, vast, tmp_path):
     vast.offers.clear()
     vast.add_offer(gpu_name="RTX 4090", dph_base=0.20, real_gpu={"count": 0, "memory_mib": 8000})
-    result = gs(
-        [
-            "run",
-            "--provider",
-            "vastai",
-            "--out",
-            str(tmp_path / "o"),
-            "--yes",
-            "--json",
-            "--",
-            "true",
-        ]
-    )
+    result = run_job(gs, tmp_path / "o", "true")
     assert result.exit_code == 1, result.stderr
     doc = result.json()
     assert doc["failure_stage"] == "preflight"
@@ -443,21 +337,7 @@ def test_provider_exited_mid_job_is_lost_nothing_leaked(
             vast.force_status(inst["id"], "exited")
 
     _when(_log_has(isolated_home, "running now"), exit_it)
-    result = gs(
-        [
-            "run",
-            "--provider",
-            "vastai",
-            "--out",
-            str(tmp_path / "o"),
-            "--yes",
-            "--json",
-            "--",
-            "sh",
-            "-c",
-            "echo running now; sleep 64",
-        ]
-    )
+    result = run_job(gs, tmp_path / "o", "sh", "-c", "echo running now; sleep 64")
     doc = result.json()
     assert doc["status"] == "lost", result.stderr
     assert result.exit_code == 1
@@ -499,22 +379,8 @@ def test_provider_check_during_a_job_finds_an_exited_instance_while_ssh_still_wo
 
     monkeypatch.setattr(VastAI, "get_instance", get_instance)
     _when(_log_has(isolated_home, "running now"), lambda: flipped.append(fake_time.now))
-    result = gs(
-        [
-            "run",
-            "--provider",
-            "vastai",
-            "--out",
-            str(tmp_path / "o"),
-            "--max-duration",
-            "5m",
-            "--yes",
-            "--json",
-            "--",
-            "sh",
-            "-c",
-            "echo running now; sleep 66",
-        ]
+    result = run_job(
+        gs, tmp_path / "o", "sh", "-c", "echo running now; sleep 66", opts=["--max-duration", "5m"]
     )
     _kill_job_groups()
     doc = result.json()
@@ -567,19 +433,7 @@ def test_job_record_comes_first(gs, vast, tmp_path, isolated_home):
     """A create that fails (and no instance appears): the job was on disk before, and now
     says which stage failed; exit 1; nothing rented."""
     vast.fail_next("PUT", r"/asks/", status=400, body={"error": "no_such_ask"}, times=50)
-    result = gs(
-        [
-            "run",
-            "--provider",
-            "vastai",
-            "--out",
-            str(tmp_path / "o"),
-            "--yes",
-            "--json",
-            "--",
-            "true",
-        ]
-    )
+    result = run_job(gs, tmp_path / "o", "true")
     assert result.exit_code == 1, result.stderr
     jobs = state(isolated_home).get("jobs") or {}
     assert len(jobs) == 1
@@ -603,23 +457,7 @@ def test_bad_input_exits_2(gs, vast, tmp_path):
 def test_keep_on_failure_keeps_the_instance_and_moves_the_deadline(
     gs, vast, tmp_path, isolated_home
 ):
-    result = gs(
-        [
-            "run",
-            "--provider",
-            "vastai",
-            "--out",
-            str(tmp_path / "o"),
-            "--keep-on-failure",
-            "10m",
-            "--yes",
-            "--json",
-            "--",
-            "sh",
-            "-c",
-            "exit 4",
-        ]
-    )
+    result = run_job(gs, tmp_path / "o", "sh", "-c", "exit 4", opts=["--keep-on-failure", "10m"])
     assert result.exit_code == 4, result.stderr
     doc = result.json()
     assert doc["teardown"]["confirmed"] is False
@@ -637,21 +475,7 @@ def test_keep_on_failure_keeps_the_instance_and_moves_the_deadline(
 
 
 def test_keep_on_failure_is_not_used_on_success(gs, vast, tmp_path):
-    result = gs(
-        [
-            "run",
-            "--provider",
-            "vastai",
-            "--out",
-            str(tmp_path / "o"),
-            "--keep-on-failure",
-            "10m",
-            "--yes",
-            "--json",
-            "--",
-            "true",
-        ]
-    )
+    result = run_job(gs, tmp_path / "o", "true", opts=["--keep-on-failure", "10m"])
     assert result.exit_code == 0, result.stderr
     assert result.json()["teardown"]["confirmed"] is True
     assert vast.live_instances() == []
@@ -686,12 +510,7 @@ def test_attach_refuses_a_machine_with_another_host_key_and_still_destroys(
 ):
     """The job's own SSH (paramiko) holds the instance to the host key the provision
     verified: another key at that endpoint gets no command; the instance is destroyed."""
-    started = gs(
-        [
-            *("run", "--provider", "vastai", "--out", str(tmp_path / "o"), "--detach"),
-            *("--yes", "--json", "--", "sh", "-c", "echo hi; sleep 2"),
-        ]
-    )
+    started = run_job(gs, tmp_path / "o", "sh", "-c", "echo hi; sleep 2", opts=["--detach"])
     assert started.exit_code == 0, started.stderr
     job = started.json()
     store = StateStore(isolated_home / "state.json")
