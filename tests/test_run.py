@@ -528,3 +528,29 @@ def test_attach_refuses_a_machine_with_another_host_key_and_still_destroys(
     log = Path(doc["log_path"])
     assert not log.exists() or "hi" not in log.read_text()  # nothing was read from it
     assert vast.live_instances() == []
+
+
+def test_attach_never_starts_a_command_that_was_never_started(
+    gs, vast, tmp_path, isolated_home, fake_time
+):
+    """The run was killed between upload and start: attach finds no wrapper on the instance,
+    does not start (or wait on) the command, and destroys the instance."""
+    started = run_job(gs, tmp_path / "o", "true", opts=["--detach"])
+    job = started.json()
+    ctl = Path(os.environ["GPU_SHOPPER_JOBS_REMOTE_ROOT"]) / job["id"] / "ctl"
+    for _ in range(200):
+        if (ctl / "status").exists():
+            break
+        time.sleep(0.05)
+    for name in ("started", "status", "log", "pid"):
+        (ctl / name).unlink(missing_ok=True)  # as if the wrapper never ran
+    store = StateStore(isolated_home / "state.json")
+    with store.transaction() as saved:
+        saved["jobs"][job["id"]].update(started=False, status="uploading", max_duration_s=60.0)
+    attached = gs(f"jobs attach {job['id']} --json")
+    doc = attached.json()
+    assert attached.exit_code == 1, attached.stderr
+    assert doc["status"] == "failed" and "never started" in doc["error"]
+    assert not (ctl / "started").exists()
+    assert doc["teardown"]["confirmed"] is True
+    assert vast.live_instances() == []

@@ -334,6 +334,15 @@ class JobRunner:
         try:
             self._connect(session)
             ssh_worked = True
+            if not fresh and not started:
+                # The run that was starting it ended before it recorded the start: the
+                # instance knows. A command that never started is not started now (never twice).
+                started = self._wrapper_started(job)
+                if not started:
+                    raise GpuShopperError(
+                        f"job {job_id} never started on the instance (the run that was starting "
+                        "it ended first); it is not started now"
+                    )
             if fresh:
                 self._stage(job_id, "uploading")
                 t0 = self.mono()
@@ -476,6 +485,16 @@ class JobRunner:
         self._say(f"Job {job['id']} started: {' '.join(job['command'])[:200]}")
 
     # -- running ------------------------------------------------------------------------------
+    def _wrapper_started(self, job: dict[str, Any]) -> bool:
+        from gpushopper.remote import jobwrap
+
+        assert self.sftp is not None
+        try:
+            self.sftp.stat(f"{job['remote_dir']}/{jobwrap.CTL}/started")
+        except FileNotFoundError:
+            return False
+        return True
+
     def _read(self, path: str, offset: int) -> bytes:
         assert self.sftp is not None
         try:
