@@ -554,3 +554,21 @@ def test_attach_never_starts_a_command_that_was_never_started(
     assert not (ctl / "started").exists()
     assert doc["teardown"]["confirmed"] is True
     assert vast.live_instances() == []
+
+
+def test_a_destroy_that_is_never_confirmed_exits_3_and_says_so(
+    gs, vast, tmp_path, isolated_home, fake_time
+):
+    """Results come home, then the provider refuses every destroy: exit 3 (never the
+    command's 0), the job says the teardown is not confirmed and how to finish it."""
+    vast.fail_next("DELETE", r"/instances/", status=500, times=1000)
+    result = run_job(gs, tmp_path / "o", "sh", "-c", "echo done > out/d")
+    assert result.exit_code == 3, result.stderr
+    doc = result.json()
+    assert doc["teardown"]["confirmed"] is False
+    assert "NOT confirmed" in doc["error"] and "cleanup-orphans" in doc["error"]
+    assert (tmp_path / "o" / "d").read_text() == "done\n"
+    assert len(vast.live_instances()) == 1
+    vast.clear_faults()
+    assert gs(f"sessions done {doc['session_id']}").exit_code == 0
+    assert vast.live_instances() == []
