@@ -241,3 +241,39 @@ def test_metrics_file_does_not_create_parent_folders(gs, tmp_path):
     assert result.exit_code == 2, result.stderr
     assert "folder" in result.stderr
     assert not (tmp_path / "no").exists()
+
+
+@pytest.mark.parametrize("planted", ["answer", "taken.json", "vastai.rate-limited"])
+def test_offer_cache_files_are_read_without_following_a_planted_link(tmp_path, planted):
+    """A link planted in the offer cache is a miss, never read; the next write replaces
+    the link, not its target."""
+    from datetime import datetime, timezone
+
+    from gpushopper.core.inventory import OfferCache
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    cache = OfferCache(tmp_path / "cache", 60, lambda: now)
+    cache.put("vastai", "k", [])
+    assert stat.S_IMODE((tmp_path / "cache" / "offers").stat().st_mode) == 0o700
+    name = cache._path("vastai", "k").name if planted == "answer" else planted
+    # The planted target holds a valid answer (offer taken, rate limit now), so a read
+    # that follows the link would show.
+    target = tmp_path / "elsewhere.json"
+    good = (tmp_path / "cache" / "offers" / cache._path("vastai", "k").name).read_text()
+    target.write_text(
+        good if planted == "answer" else json.dumps({"vastai:1": "2026-01-02T00:00:00Z"})
+    )
+    before = target.read_text()
+    link = tmp_path / "cache" / "offers" / name
+    link.unlink(missing_ok=True)
+    link.symlink_to(target)
+    assert cache._read(link) is None
+    if planted == "answer":
+        assert cache.get("vastai", "k") is None
+        cache.put("vastai", "k", [])
+    elif planted == "taken.json":
+        cache.mark_taken("vastai:2")
+    else:
+        cache.note_rate_limited("vastai")
+    assert not link.is_symlink()
+    assert target.read_text() == before

@@ -28,6 +28,7 @@ from gpushopper.model.models import (
     rank_offers,
 )
 from gpushopper.model.units import iso, parse_iso
+from gpushopper.state.fs import read_bytes_nofollow
 
 RATE_LIMITED_TTL_S = 300.0  # after a 429, reuse answers for at least this long
 STALE_LIMIT_S = 3600.0  # a provider that is rate limiting may be answered from cache this old
@@ -145,9 +146,9 @@ class OfferCache:
 
     @staticmethod
     def _read(path: Path) -> Any:
+        """A cache file's JSON; None when missing, mangled or a link (never followed)."""
         try:
-            with open(path, "rb") as handle:
-                return json.loads(handle.read())
+            return json.loads(read_bytes_nofollow(path))
         except (OSError, ValueError):
             return None
 
@@ -191,7 +192,6 @@ class OfferCache:
     def put(self, provider: str, key: str, offers: list[Offer], complete: bool = True) -> None:
         from gpushopper.state.atomic import atomic_write_text
 
-        self.dir.mkdir(parents=True, exist_ok=True)
         # A shallow copy per offer: ``asdict`` deep-copies and costs 25x as much.
         data = {
             "key": key,
@@ -226,7 +226,6 @@ class OfferCache:
     def note_rate_limited(self, provider: str) -> None:
         from gpushopper.state.atomic import atomic_write_text
 
-        self.dir.mkdir(parents=True, exist_ok=True)
         path = self.dir / f"{provider}.rate-limited"
         atomic_write_text(path, json.dumps({"at": iso(self.now())}), mode=0o600)
 
@@ -245,7 +244,6 @@ class OfferCache:
         before now show it as ``taken`` until the provider is asked again."""
         from gpushopper.state.atomic import atomic_write_text
 
-        self.dir.mkdir(parents=True, exist_ok=True)
         now = self.now()
         data = self._read(self.dir / "taken.json")
         kept: dict[str, Any] = {
