@@ -360,3 +360,28 @@ def test_gone_is_a_404(emu):
     assert td.get_instance(rec["id"]) is not None
     td.destroy_instance(rec["id"])
     assert td.get_instance(rec["id"]) is None
+
+
+@pytest.mark.parametrize("bad", ["a/../b", "ab#cd", "x?y", 7.5, ["id"]], ids=repr)
+def test_an_instance_id_that_is_not_one_path_segment_is_an_error(emu, bad):
+    """As for Vast.ai: ``a/../b`` would be sent as ``b``, ``ab#cd`` as ``ab`` (a 404 read as
+    "already gone"). List rows, create answers and the ids asked about are checked first."""
+    from gpushopper.model.errors import Unavailable
+    from gpushopper.model.models import LaunchSpec
+
+    td = client(emu)
+    row = {"id": bad, "name": "gpu-shopper:aaaa1111:a00001", "status": "running"}
+    emu.fail_next("GET", r"/instances$", status=200, body={"data": {"instances": [row]}})
+    with pytest.raises(Unavailable, match="not an instance id"):
+        td.list_instances()
+    offer = td.search_offers(OfferQuery())[0]
+    emu.fail_next("POST", r"/instances$", status=200, body={"data": {"id": bad}})
+    spec = LaunchSpec(offer=offer, label="gpu-shopper:aaaa1111:a00001", public_key="k", disk_gb=10)
+    with pytest.raises(ProviderError, match="not an instance id"):
+        td.create_instance(spec)
+    if isinstance(bad, str):
+        seen = len(emu.requests)
+        for call in (td.get_instance, td.destroy_instance):
+            with pytest.raises(Unavailable, match="not an instance id"):
+                call(bad)
+        assert len(emu.requests) == seen  # refused before anything was sent

@@ -475,3 +475,36 @@ def test_a_show_answering_another_instance_is_an_error(emu):
     emu.fail_next("GET", rf"/api/v0/instances/{a['id']}/", status=200, body={"instances": row})
     with pytest.raises(Unavailable, match="the answer is instance"):
         client(emu).get_instance(str(a["id"]))
+
+
+# -- an instance id reaches URL paths: one plain segment or an error --------------------------
+BAD_IDS = ["5/../6", "ab#cd", "7?owner=me", " 5", "..", True, 5.0, {"id": 5}]
+
+
+@pytest.mark.parametrize("bad", BAD_IDS, ids=repr)
+def test_an_instance_id_that_is_not_one_path_segment_is_an_error(emu, bad):
+    """``5/../6`` would be sent as ``6`` (someone else's instance destroyed) and ``ab#cd``
+    as ``ab`` (a 404 read as "already gone"): list rows, create answers and the ids we are
+    asked to show or destroy are checked before any URL is built."""
+    from gpushopper.model.errors import Unavailable
+    from gpushopper.model.models import LaunchSpec
+
+    other = emu.create_instance_directly(label="someone else's")
+    c = client(emu)
+    row = {"id": bad, "label": "gpu-shopper:aaaa1111:a00001", "actual_status": "running"}
+    emu.fail_next("GET", r"/api/v1/instances", status=200, body={"instances": [row]})
+    with pytest.raises(Unavailable, match="not an instance id"):
+        c.list_instances()
+    if not isinstance(bad, str):
+        return
+    seen = len(emu.requests)
+    for call in (c.get_instance, c.destroy_instance):
+        with pytest.raises(Unavailable, match="not an instance id"):
+            call(bad)
+    assert len(emu.requests) == seen  # refused before anything was sent
+    offer = parse_offer(ROW)
+    emu.fail_next("PUT", r"/asks/", status=200, body={"success": True, "new_contract": bad})
+    spec = LaunchSpec(offer=offer, label="gpu-shopper:aaaa1111:a00001", public_key="k", disk_gb=10)
+    with pytest.raises(ProviderError, match="not an instance id"):
+        c.create_instance(spec)
+    assert c.get_instance(str(other["id"])) is not None  # still there

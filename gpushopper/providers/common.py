@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -137,6 +138,23 @@ def rows_of(data: Any, key: str, provider: str, what: str) -> list[dict[str, Any
             provider, f"{what} answered with a wrong shape (expected a '{key}' list)"
         )
     return [row for row in rows if isinstance(row, dict)]
+
+
+# An instance id goes into URL paths (show, destroy): one plain path segment, never one that
+# requests would rewrite ("5/../6" is sent as "6") or cut ("ab#cd" is sent as "ab", whose
+# 404 would read as "already gone").
+_INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+
+
+def checked_instance_id(value: Any, provider: str, what: str) -> str:
+    """``value`` as an instance id safe in a URL path; Unavailable when it is not one."""
+    from gpushopper.model.errors import Unavailable
+
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not _INSTANCE_ID.fullmatch(value):
+        raise Unavailable(provider, f"{what} is not an instance id: {repr(value)[:80]}")
+    return value
 
 
 def require(value: str | None, provider: str, hint: str) -> str:

@@ -33,6 +33,7 @@ from gpushopper.model.models import (
 from gpushopper.providers.base import HttpClient, SettingsReader, error_text
 from gpushopper.providers.common import (
     ApiCall,
+    checked_instance_id,
     country_code,
     http_settings,
     integer,
@@ -371,6 +372,7 @@ def parse_instance_list(data: Any) -> list[Instance]:
     for row in rows:
         if not isinstance(row, dict) or not row.get("id"):
             raise Unavailable(NAME, f"instance list has a row without an id: {repr(row)[:80]}")
+        checked_instance_id(row["id"], NAME, "an instance list row's id")
         out.append(parse_instance(row))
     return out
 
@@ -541,11 +543,12 @@ class TensorDock:
         instance_id = inner.get("id") if isinstance(inner, dict) else None
         if not instance_id:
             raise ProviderError(NAME, f"create answered without an instance id: {str(data)[:200]}")
-        return str(instance_id)
+        return checked_instance_id(instance_id, NAME, "the create answer's id")
 
     def get_instance(self, instance_id: str) -> Instance | None:
         """The instance, or None when TensorDock answers 404 (or reports it deleted).
         An answer that is not an instance is an error, never "gone"."""
+        checked_instance_id(instance_id, NAME, "the instance to look up")
         try:
             data = self.http.request("GET", f"/instances/{instance_id}")
         except NotFound:
@@ -571,6 +574,7 @@ class TensorDock:
         return parse_instance_list(self.http.request("GET", "/instances"))
 
     def destroy_instance(self, instance_id: str) -> None:
+        checked_instance_id(instance_id, NAME, "the instance to destroy")
         try:
             self.http.request("DELETE", f"/instances/{instance_id}")
         except NotFound:

@@ -25,6 +25,7 @@ from gpushopper.model.models import (
 from gpushopper.providers.base import HttpClient, SettingsReader, dumps_query
 from gpushopper.providers.common import (
     ApiCall,
+    checked_instance_id,
     country_code,
     http_settings,
     integer,
@@ -575,9 +576,10 @@ class VastAI:
         contract = data.get("new_contract") if isinstance(data, dict) else None
         if contract is None:
             raise ProviderError(NAME, f"create answered without new_contract: {str(data)[:200]}")
-        return str(contract)
+        return checked_instance_id(contract, NAME, "the create answer's new_contract")
 
     def attach_ssh_key(self, instance_id: str, public_key: str) -> None:
+        checked_instance_id(instance_id, NAME, "the instance to give a key")
         self.http.request(
             "POST",
             self._v0(f"/instances/{instance_id}/ssh/"),
@@ -588,6 +590,7 @@ class VastAI:
     def get_instance(self, instance_id: str) -> Instance | None:
         """The instance, or None when Vast.ai answers that it does not exist
         (``{"instances": null}``). Any other shape is an error, never "gone"."""
+        checked_instance_id(instance_id, NAME, "the instance to look up")
         data = self.http.request(
             "GET", self._v0(f"/instances/{instance_id}/"), params={"owner": "me"}
         )
@@ -637,6 +640,7 @@ class VastAI:
             for row in rows:
                 if not isinstance(row, dict) or row.get("id") in (None, ""):
                     raise Unavailable(NAME, f"instance list has a row without an id: {_shape(row)}")
+                checked_instance_id(row["id"], NAME, "an instance list row's id")
                 out.append(parse_instance(row))
             found = data.get("instances_found")
             if isinstance(found, int) and not isinstance(found, bool) and found != len(rows):
@@ -655,6 +659,7 @@ class VastAI:
 
     def destroy_instance(self, instance_id: str) -> None:
         """Destroy (never stop: stopped instances keep billing storage). Gone already is fine."""
+        checked_instance_id(instance_id, NAME, "the instance to destroy")
         try:
             self.http.request("DELETE", self._v0(f"/instances/{instance_id}/"), json_body={})
         except NotFound:
