@@ -22,3 +22,30 @@ def test_mask_shows_at_most_four_characters():
     assert mask("abcdefghij") == "****ghij"
     assert mask("abcd") == "****"
     assert mask(None) == ""
+
+
+def test_clip_redacts_before_it_cuts():
+    """Cut first and the secret's head no longer matches: it would leak, cut short."""
+    from gpushopper.model.redact import clip
+
+    register_secret("clip-secret-abcdefgh-5678")
+    text = "error: " + "clip-secret-abcdefgh-5678" + " and more"
+    for limit in range(len("error: ") + 5, len(text)):
+        assert "clip-secret-abcd" not in clip(text, limit), limit
+
+
+def test_the_fast_json_path_for_flat_rows_is_redacted_too(capsys):
+    """``emit_json`` writes lists of flat rows (offers, orphans) without json's encoder: a
+    secret in a row, raw or in the escaped form JSON gives it, is masked all the same and
+    the document stays valid JSON."""
+    import json
+
+    from gpushopper.cli.output import emit_json
+
+    for secret in ("rows-secret-abcdefgh-4321", 'rows"sec\\ret-abcdefgh-8765'):
+        register_secret(secret)
+        rows = [{"id": "vastai:1", "note": f"key {secret} here", "n": 1}, {"id": "x", "n": 2}]
+        emit_json(rows)
+        out = capsys.readouterr().out
+        assert secret not in out and json.dumps(secret)[1:-1] not in out
+        assert json.loads(out)[0]["note"] == f"key {mask(secret)} here"
