@@ -290,7 +290,7 @@ def test_bad_token_is_an_auth_failure(emu):
 
 
 def test_os_images_are_the_templates():
-    td = TensorDock("token", "http://127.0.0.1:9")  # no HTTP needed
+    td = TensorDock("images-test-token-1234", "http://127.0.0.1:9")  # no HTTP needed
     slugs = [t.id for t in td.list_templates()]
     assert "ubuntu2404_ml_pytorch" in slugs and "ubuntu2404" in slugs
     bare = td.get_template("ubuntu2404")
