@@ -1118,3 +1118,17 @@ def test_asking_for_more_stops_at_a_bound_with_a_provider_that_never_runs_out(mo
     )
     assert result.offers == []
     assert provider.asked == [3, 12, 48, 192, 768, 3072]
+
+
+@pytest.mark.parametrize("native", ["None", "12/../13", "7#x", ""])
+def test_an_offer_whose_id_provision_would_refuse_is_never_shown(native):
+    """A row's id reaches the create call's URL (``/asks/<id>/``): one that is not the
+    provider's offer id shape is dropped, as ``provision <id>`` would refuse it."""
+
+    class One:
+        def search_offers(self, query, limit=None):
+            return [offer("vastai", native, 0.1), offer("vastai", "5", 0.2)]
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    got = search(OfferQuery(providers=["vastai"]), lambda name: One(), now=lambda: now)
+    assert [o.id for o in got.offers] == ["vastai:5"]

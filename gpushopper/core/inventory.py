@@ -28,6 +28,7 @@ from gpushopper.model.models import (
     rank_offers,
 )
 from gpushopper.model.units import iso, parse_iso
+from gpushopper.providers.registry import offer_id_ok
 from gpushopper.state.fs import read_bytes_nofollow
 
 RATE_LIMITED_TTL_S = 300.0  # after a 429, reuse answers for at least this long
@@ -337,8 +338,9 @@ def search(
     want = None if not query.limit else query.limit + _suppressed(health, stamp)
 
     def keep(offer: Offer, asked: OfferQuery) -> bool:
-        """Our own filter (a guard: servers may ignore some) and the health check."""
-        if not matches(offer, asked):
+        """Our own filter (a guard: servers may ignore some), an id ``provision`` takes
+        (it reaches the create call's URL) and the health check."""
+        if not matches(offer, asked) or not offer_id_ok(offer.id, offer.provider):
             return False
         if offer.health != "taken":
             offer.health = health_of(offer, health, stamp)

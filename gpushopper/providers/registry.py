@@ -110,3 +110,11 @@ def split_offer_id(offer_id: str) -> tuple[str, str]:
             f"not a {entry.title} offer id: {offer_id!r} (expected {entry.native_form})"
         )
     return provider, native
+
+
+def offer_id_ok(offer_id: str, provider: str) -> bool:
+    """Is ``offer_id`` one ``provider`` could be asked to rent (split_offer_id's rules)?"""
+    try:
+        return split_offer_id(offer_id)[0] == provider
+    except UsageError:
+        return False
