@@ -1132,3 +1132,13 @@ def test_an_offer_whose_id_provision_would_refuse_is_never_shown(native):
     now = datetime(2026, 1, 1, tzinfo=timezone.utc)
     got = search(OfferQuery(providers=["vastai"]), lambda name: One(), now=lambda: now)
     assert [o.id for o in got.offers] == ["vastai:5"]
+
+
+def test_a_cache_file_holding_another_querys_answer_is_a_miss(tmp_path):
+    """The file name is a 64-bit hash of the query: on a collision (or a file copied
+    across) the key stored inside decides, never the name."""
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    cache = OfferCache(tmp_path, 60, lambda: now)
+    cache.put("vastai", "gpu=4090", [offer("vastai", "1", 0.5)])
+    cache._path("vastai", "gpu=4090").replace(cache._path("vastai", "gpu=H100"))
+    assert cache.get("vastai", "gpu=H100") is None
