@@ -389,22 +389,31 @@ def _assert_clean(result: Any, allowed: tuple[int, ...], as_json: bool = True) -
         assert errors == [], result.stderr
 
 
-@pytest.mark.parametrize("method, path, command", ANSWER_TARGETS)
-def test_garbage_answers_are_provider_errors_never_crashes(vast, gs, method, path, command):
+def _garbage_reaches(
+    emulator: Any, gs: Any, method: str, path: str, command: str, bodies: Any, label: str
+) -> None:
+    """Every body drawn from ``bodies``, answered with HTTP 200 to ``method path``, ends
+    ``command`` cleanly; and at least one of them reached it (a non-zero exit)."""
+
     @settings(QUICK, max_examples=40)
-    @given(JSONISH)
+    @given(bodies)
     def check(body: Any) -> None:
-        RUNS[f"answer:{command.split(' --')[0]}"] += 1
-        vast.clear_faults()
-        vast.fail_next(method, path, status=200, body=body, times=50)
+        RUNS[f"answer:{label}{command.split(' --')[0]}"] += 1
+        emulator.clear_faults()
+        emulator.fail_next(method, path, status=200, body=body, times=50)
         result = gs(command)
-        vast.clear_faults()
+        emulator.clear_faults()
         _assert_clean(result, (0, 1, 3))
         codes.add(result.exit_code)
 
     codes: set[int] = set()
     check()
     assert codes - {0}, "the garbage never reached the command: is the fault path right?"
+
+
+@pytest.mark.parametrize("method, path, command", ANSWER_TARGETS)
+def test_garbage_answers_are_provider_errors_never_crashes(vast, gs, method, path, command):
+    _garbage_reaches(vast, gs, method, path, command, JSONISH, "")
 
 
 TD_TARGETS = [
@@ -424,21 +433,7 @@ def test_garbage_tensordock_answers_are_provider_errors(
     tensordock, gs, monkeypatch, method, path, command, sample
 ):
     monkeypatch.delenv("VASTAI_API_KEY", raising=False)
-
-    @settings(QUICK, max_examples=40)
-    @given(shaped(sample))
-    def check(body: Any) -> None:
-        RUNS[f"answer:tensordock {command.split(' --')[0]}"] += 1
-        tensordock.clear_faults()
-        tensordock.fail_next(method, path, status=200, body=body, times=50)
-        result = gs(command)
-        tensordock.clear_faults()
-        _assert_clean(result, (0, 1, 3))
-        codes.add(result.exit_code)
-
-    codes: set[int] = set()
-    check()
-    assert codes - {0}, "the garbage never reached the command: is the fault path right?"
+    _garbage_reaches(tensordock, gs, method, path, command, shaped(sample), "tensordock ")
 
 
 # -- every command's options -----------------------------------------------------------------
