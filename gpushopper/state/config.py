@@ -253,8 +253,6 @@ RANGES: dict[str, tuple[float | None, float | None, bool]] = {
     "limit": (1, 100_000, False),
     "auto_retry": (0, 100, False),
 }
-# Durations that may be zero (everything else must be longer than zero).
-ZERO_DURATIONS = frozenset({"defaults.cache_ttl", "safety.warn_before"})
 CHOICES: dict[str, tuple[str, ...]] = {
     "defaults.providers": PROVIDERS,
     "providers": PROVIDERS,
@@ -286,8 +284,8 @@ def check_range(option: str, kind: str, value: Any, where: str) -> None:
             elif high is not None and value > high:
                 problem = f"must be at most {_number_text(high)}, not {_number_text(value)}"
     elif kind in DURATION_KINDS:
-        try:  # units required; nan, inf, negative and (mostly) zero refused
-            parse_duration(value, allow_zero=kind == "duration_or_zero" or option in ZERO_DURATIONS)
+        try:  # units required; nan, inf, negative and (for most) zero refused
+            parse_duration(value, allow_zero=kind == "duration_or_zero")
         except ValueError as exc:
             problem = str(exc)
     elif kind == "list" and option in CHOICES:
