@@ -129,14 +129,20 @@ def test_heavy_modules_not_imported_for_light_commands(argv, isolated_home):
     assert out.stdout.strip().splitlines()[-1] == "LOADED:", out.stderr
 
 
-def test_heavy_modules_not_imported_for_help():
+def test_a_cached_inventory_json_loads_no_http_nor_table_library(vast, gs, isolated_home):
+    """The cache hit answers without a request: it must not pay for requests or rich."""
+    assert gs("inventory --json --provider vastai").exit_code == 0  # fills the cache
+    asked = len(vast.requests)
+    argv = ["inventory", "--json", "--provider", "vastai"]
     code = (
         "import sys; from gpushopper.cli import cli; "
-        "from gpushopper.cli.output import run; run(cli, ['--help']); "
-        "print('LOADED:' + ','.join(m for m in ('requests','rich','paramiko') if m in sys.modules))"
+        f"from gpushopper.cli.output import run; code = run(cli, {argv!r}); "
+        "print('LOADED:' + ','.join(m for m in ('requests','rich','paramiko') if m in sys.modules)"
+        " + f' {code}')"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.stdout.strip().splitlines()[-1] == "LOADED:"
+    assert out.stdout.strip().splitlines()[-1] == "LOADED: 0", out.stderr
+    assert len(vast.requests) == asked
 
 
 def test_flat_rows_are_written_exactly_as_json_dumps_would():
