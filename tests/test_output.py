@@ -172,3 +172,20 @@ def test_a_crash_fails_the_test_instead_of_exiting_1(gs, boom_command):
         gs("boom --json")
     boom_command["exc"] = ProviderError("vastai", "no_such_ask")
     assert gs("boom --json").exit_code == 1  # a provider's error is still exit 1
+
+
+def test_provider_text_is_shown_never_obeyed(capsys):
+    """A provider's strings reach tables, key-value lines and messages: rich markup is
+    text (``[/]`` crashed every table) and terminal control sequences are made visible."""
+    from gpushopper.cli.output import info, print_kv, print_table, warn
+
+    hostile = "RTX [/] [bold]4090[/bold] \x1b]0;owned\x07 \x1b[2J\r"
+    print_table(["GPU", "#"], [(hostile, 1)])
+    print_kv([("gpu_name", hostile)])
+    info(hostile)
+    warn(hostile)
+    out, err = capsys.readouterr()
+    for text in (out, err):
+        assert "\x1b" not in text and "\x07" not in text and "\r" not in text
+    assert out.count("RTX [/] [bold]4090[/bold] ?]0;owned? ?[2J?") == 2
+    assert err.count("RTX [/] [bold]4090[/bold] ?]0;owned? ?[2J?") == 2

@@ -4,6 +4,7 @@ and the mapping from errors to a one-line message and an exit code (see CLI.md).
 from __future__ import annotations
 
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -152,6 +153,17 @@ def console(stderr: bool = False) -> Any:
     )
 
 
+# Terminal control characters (ESC starts colour, cursor and title sequences): a provider's
+# text is shown with each as "?", never obeyed by the terminal.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def shown(value: Any) -> str:
+    """A value as text for people: redacted, control characters other than tab and
+    newline shown as ``?``."""
+    return _CONTROL.sub("?", redact(str(value)))
+
+
 def print_table(
     columns: Sequence[str],
     rows: Sequence[Sequence[Any]],
@@ -165,13 +177,14 @@ def print_table(
         return
     from rich import box
     from rich.table import Table
+    from rich.text import Text  # not markup: "[/]" in a provider's text once crashed the table
 
     table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
     for column in columns:
         justify = "right" if column.endswith(("$/h", "GB", "#", "%", "USD", "$")) else "left"
         table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for row in rows:
-        table.add_row(*("-" if cell is None else redact(str(cell)) for cell in row))
+        table.add_row(*(Text("-" if cell is None else shown(cell)) for cell in row))
     _guarded(lambda: console().print(table))
 
 
@@ -180,18 +193,18 @@ def print_kv(pairs: Sequence[tuple[str, Any]]) -> None:
     width = max((len(k) for k, _ in pairs), default=0)
     lines = []
     for key, value in pairs:
-        shown = "-" if value is None or value == "" else value
-        lines.append(redact(f"{key.ljust(width)}  {shown}"))
+        value_text = "-" if value is None or value == "" else value
+        lines.append(f"{key.ljust(width)}  {shown(value_text)}")
     _guarded(lambda: click.echo("\n".join(lines)))
 
 
 def info(message: str) -> None:
     """Progress and notes: stderr, so stdout stays clean for JSON and pipes."""
-    _guarded(lambda: click.echo(redact(message), err=True))
+    _guarded(lambda: click.echo(shown(message), err=True))
 
 
 def warn(message: str) -> None:
-    _guarded(lambda: click.echo(redact(f"Warning: {message}"), err=True))
+    _guarded(lambda: click.echo(shown(f"Warning: {message}"), err=True))
 
 
 # -- errors --------------------------------------------------------------------------------
@@ -202,7 +215,7 @@ def _one_line(message: str) -> str:
 def fail(error_type: str, message: str, exit_code: int) -> int:
     """Report an error: one line on stderr, and the JSON error object with ``--json``."""
     _register_known_secrets()
-    message = redact(_one_line(message))
+    message = shown(_one_line(message))
     try:
         if json_requested():
             emit_json({"error": {"type": error_type, "message": message}})
