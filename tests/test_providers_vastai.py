@@ -508,3 +508,13 @@ def test_an_instance_id_that_is_not_one_path_segment_is_an_error(emu, bad):
     with pytest.raises(ProviderError, match="not an instance id"):
         c.create_instance(spec)
     assert c.get_instance(str(other["id"])) is not None  # still there
+
+
+def test_a_template_env_that_is_not_shell_words_is_a_provider_error():
+    """The env string is the template's (the provider's) text: an unclosed quote was a
+    ValueError, an internal crash in the middle of provisioning."""
+    from gpushopper.providers.vastai import env_from_docker_flags
+
+    assert env_from_docker_flags('-e A=1 -e "B=two words"') == {"A": "1", "B": "two words"}
+    with pytest.raises(ProviderError, match="cannot be read"):
+        env_from_docker_flags('-e "A=1')

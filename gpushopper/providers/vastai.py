@@ -348,7 +348,12 @@ def env_from_docker_flags(text: str | None) -> dict[str, str]:
     out: dict[str, str] = {}
     if not text:
         return out
-    tokens = shlex.split(text)
+    try:
+        tokens = shlex.split(text)
+    except ValueError as exc:  # the template's own text: a typed error, never a crash
+        raise ProviderError(
+            NAME, f"the template's env {text!r:.80} cannot be read: {exc}"
+        ) from None
     i = 0
     while i < len(tokens):
         tok = tokens[i]
