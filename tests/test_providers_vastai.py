@@ -518,3 +518,18 @@ def test_a_template_env_that_is_not_shell_words_is_a_provider_error():
     assert env_from_docker_flags('-e A=1 -e "B=two words"') == {"A": "1", "B": "two words"}
     with pytest.raises(ProviderError, match="cannot be read"):
         env_from_docker_flags('-e "A=1')
+
+
+def test_text_fields_of_another_type_are_none_never_lists_in_the_json():
+    """CLI.md: ``gpu_name`` is a string or null; a list or an object from the server must
+    not reach ``inventory --json``, the session record or the health keys."""
+    odd = parse_offer(
+        {**ROW, "gpu_name": ["RTX 4090"], "driver_version": {"v": 1}, "machine_id": [1]}
+    )
+    assert (odd.gpu_name, odd.driver_version, odd.machine_id) == (None, None, None)
+    same = parse_offer(ROW)
+    assert (same.gpu_name, same.driver_version, same.machine_id) == (
+        "RTX 4090",
+        "570.124.04",
+        "15501",
+    )

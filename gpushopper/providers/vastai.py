@@ -238,11 +238,10 @@ def parse_offer(raw: dict[str, Any]) -> Offer:
     cores = num(raw.get("cpu_cores_effective"))
     if cores is None:
         cores = num(raw.get("cpu_cores"))
-    driver = raw.get("driver_version")
     return Offer(
         id=f"{NAME}:{raw.get('id')}",
         provider=NAME,
-        gpu_name=raw.get("gpu_name") or None,
+        gpu_name=_text(raw.get("gpu_name")),
         num_gpus=integer(raw.get("num_gpus")),
         vram_gb=round(gpu_ram_mb / 1000, 1) if gpu_ram_mb is not None else None,
         price_per_hour=round(price, 6) if price is not None else None,
@@ -255,8 +254,8 @@ def parse_offer(raw: dict[str, Any]) -> Offer:
         location=geo if isinstance(geo, str) and geo else None,
         inet_down_mbps=num(raw.get("inet_down")),
         verified=verified,
-        machine_id=str(raw["machine_id"]) if raw.get("machine_id") is not None else None,
-        driver_version=str(driver) if driver else None,
+        machine_id=_text(raw.get("machine_id")),
+        driver_version=_text(raw.get("driver_version")),
         dlperf=dlperf,
         total_flops=flops,
         perf_per_dollar=perf,
