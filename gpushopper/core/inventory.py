@@ -67,11 +67,11 @@ class InventoryResult:
         raise Unavailable("all providers", "; ".join(self.errors.values()))
 
 
-# -- offer ids -------------------------------------------------------------------------------
 # -- filtering and ranking ---------------------------------------------------------------------
-def matches(offer: Offer, query: OfferQuery) -> bool:
-    """The query's filters applied on our side too (servers may ignore some)."""
-    return offer_matches(offer, query)
+def usable(offer: Offer, query: OfferQuery) -> bool:
+    """The query's filters applied on our side too (servers may ignore some), and an id
+    ``provision`` takes (it reaches the create call's URL)."""
+    return offer_matches(offer, query) and offer_id_ok(offer.id, offer.provider)
 
 
 def rank(offers: list[Offer], sort: str) -> list[Offer]:
@@ -338,9 +338,8 @@ def search(
     want = None if not query.limit else query.limit + _suppressed(health, stamp)
 
     def keep(offer: Offer, asked: OfferQuery) -> bool:
-        """Our own filter (a guard: servers may ignore some), an id ``provision`` takes
-        (it reaches the create call's URL) and the health check."""
-        if not matches(offer, asked) or not offer_id_ok(offer.id, offer.provider):
+        """Our own checks (:func:`usable`) and the health check."""
+        if not usable(offer, asked):
             return False
         if offer.health != "taken":
             offer.health = health_of(offer, health, stamp)
@@ -353,7 +352,7 @@ def search(
         """Does this answer hold the best ``query.limit`` of every match?"""
         if answer.complete or not query.limit:
             return answer.complete
-        kept = sum(1 for o in answer.offers if matches(o, asked) and not _hidden(o))
+        kept = sum(1 for o in answer.offers if usable(o, asked) and not _hidden(o))
         return kept >= query.limit
 
     def _hidden(offer: Offer) -> bool:
