@@ -36,6 +36,11 @@ class Paths(NamedTuple):  # a NamedTuple: a frozen dataclass costs ~0.7 ms at im
         return self.data_dir / "ssh_config"
 
     @property
+    def bench_file(self) -> Path:
+        """Benchmark results, runs and schedules (``state/benchstore.py``)."""
+        return self.data_dir / "benchmarks.json"
+
+    @property
     def pid_file(self) -> Path:
         return self.data_dir / "watch.pid"
 

@@ -66,6 +66,12 @@ class _Damaged(Exception):
 class StateStore:
     """Locked, atomically written JSON state."""
 
+    what = "state file"
+    schema_version = SCHEMA_VERSION
+
+    def _empty(self) -> dict[str, Any]:
+        return empty_state()
+
     def __init__(self, path: Path, lock_timeout: float = LOCK_TIMEOUT_S) -> None:
         self.path = path
         self.lock_path = path.with_name(path.name + ".lock")
@@ -85,18 +91,20 @@ class StateStore:
         """The one error for a state file we cannot trust: never reset, always backed up."""
         backup = self._backup_corrupt(raw)
         return StateError(
-            f"state file {self.path} is damaged ({why}); it was left untouched and "
+            f"{self.what} {self.path} is damaged ({why}); it was left untouched and "
             f"copied to {backup}. Repair or move it away, then run the command again"
         )
 
     def _load(self) -> dict[str, Any] | None:
         try:
-            refuse_link(self.path, "state file")
+            refuse_link(self.path, self.what)
             raw = read_bytes_nofollow(self.path)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise StateError(f"cannot read state file {self.path}: {exc.strerror or exc}") from None
+            raise StateError(
+                f"cannot read {self.what} {self.path}: {exc.strerror or exc}"
+            ) from None
         try:
             data = json.loads(raw.decode("utf-8"))
         except RecursionError:
@@ -145,7 +153,7 @@ class StateStore:
     def read(self) -> dict[str, Any]:
         """A snapshot of the state (an empty one, unsaved, if there is no file yet)."""
         data = self._load()
-        return data if data is not None else empty_state()
+        return data if data is not None else self._empty()
 
     def exists(self) -> bool:
         """Whether anything is at the state path (a dangling link counts: it is refused)."""
@@ -154,7 +162,7 @@ class StateStore:
     # -- writing --------------------------------------------------------------------------
     def _write_failed(self, exc: OSError) -> StateWriteError:
         return StateWriteError(
-            f"cannot write state file {self.path}: {exc.strerror or exc}"
+            f"cannot write {self.what} {self.path}: {exc.strerror or exc}"
             + (f" ({exc.filename})" if exc.filename and str(exc.filename) != str(self.path) else "")
         )
 
@@ -167,7 +175,7 @@ class StateStore:
             stack.enter_context(file_lock(self.lock_path, self.lock_timeout))
         except Timeout:
             raise StateError(
-                f"state file {self.path} is locked by another gpu-shopper process "
+                f"{self.what} {self.path} is locked by another gpu-shopper process "
                 f"(waited {self.lock_timeout:.0f}s); try again"
             ) from None
         except LinkRefused as exc:
@@ -183,9 +191,9 @@ class StateStore:
         with self.lock():
             data = self._load()
             if data is None:
-                data = empty_state()
+                data = self._empty()
             yield data
-            data["schema_version"] = SCHEMA_VERSION
+            data["schema_version"] = self.schema_version
             # Reasons and errors recorded here come from exceptions: never a secret in them.
             text = json.dumps(redact_tree(data), indent=2, sort_keys=True)
             try:
