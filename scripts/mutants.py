@@ -86,8 +86,8 @@ MUTANTS = [
         "gpushopper/core/lifecycle.py",
         [
             (
-                "            if policy.install_id is None or install != policy.install_id:\n",
-                "            if policy.install_id is None:\n",
+                "    if policy.install_id is None or install != policy.install_id:\n",
+                "    if policy.install_id is None:\n",
             )
         ],
         ["tests/test_enforcer.py", "tests/test_watch_loop.py"],

@@ -73,10 +73,40 @@ def plan(
     booting sessions whose owner process is known to be dead. A record that cannot be
     enforced is reported and skipped, and the instances it may hold are left alone.
     """
-    actions: list[Action] = []
-    claimed: set[tuple[str, str]] = set()
     good, bad = split_records(sessions)
     # A broken record's instances are neither enforced nor orphans: left alone, reported.
+    actions, held_by_bad, held_ids = _bad_records(sessions, bad)
+    claimed: set[tuple[str, str]] = set()
+    for session_id, record in sorted(good.items()):
+        provider = record.get("provider") or "?"
+        listed = instances.get(provider)
+        match = _find_instance(record, listed)
+        if record.get("status") not in LIVE:
+            continue
+        if match is not None:
+            claimed.add((provider, match.instance_id))  # only live sessions claim instances
+        action = _session_action(session_id, record, listed, match, now, policy, gone_owners)
+        if action is not None:
+            actions.append(action)
+    by_label = {r["label"]: r for r in good.values() if r.get("label")}
+    # Instances nobody live claims (each real id once, however often a listing repeats it).
+    for provider, listed in sorted(instances.items()):
+        seen: set[str] = set()
+        for inst in listed:
+            if (provider, inst.instance_id) in claimed or inst.instance_id in seen:
+                continue
+            seen.add(inst.instance_id)
+            action = _unclaimed_action(provider, inst, now, policy, by_label, held_by_bad, held_ids)
+            if action is not None:
+                actions.append(action)
+    return actions
+
+
+def _bad_records(
+    sessions: dict[str, Any], bad: dict[str, str]
+) -> tuple[list[Action], set[str], set[str]]:
+    """One report per broken record, and the session and instance ids it may hold."""
+    actions: list[Action] = []
     held_by_bad: set[str] = set(bad)
     held_ids: set[str] = set()
     for session_id, why in sorted(bad.items()):
@@ -91,167 +121,139 @@ def plan(
         actions.append(
             Action(REPORT_BAD_RECORD, "bad_record", "?", session_id=session_id, detail=why)
         )
-    by_label: dict[str, dict[str, Any]] = {}
-    for record in good.values():
-        if record.get("label"):
-            by_label[record["label"]] = record
+    return actions, held_by_bad, held_ids
 
-    for session_id, record in sorted(good.items()):
-        provider = record.get("provider") or "?"
-        listed = instances.get(provider)
-        match = None
-        if listed is not None:
-            for inst in listed:
-                if (
-                    record.get("instance_id") and inst.instance_id == str(record["instance_id"])
-                ) or (record.get("label") and inst.label == record["label"]):
-                    match = inst
-                    break
-        status = record.get("status")
-        if status not in LIVE:
-            continue
-        if match is not None:
-            claimed.add((provider, match.instance_id))  # only live sessions claim instances
-        instance_id = match.instance_id if match else record.get("instance_id")
-        base: dict[str, Any] = {
-            "provider": provider,
-            "session_id": session_id,
-            "instance_id": str(instance_id) if instance_id else None,
-            "label": record.get("label"),
-            "age_seconds": _age(record, now),
-            "price_per_hour": record.get("price_per_hour"),
-        }
-        age = base["age_seconds"] or 0.0
-        hard = parse_iso(record.get("hard_max_at"))
-        ends = parse_iso(record.get("reservation_ends_at"))
 
-        if listed is not None and match is None and _gone(status, record, age, policy):
-            actions.append(
-                Action(MARK_ENDED, "instance_gone", **base, detail="not at the provider any more")
-            )
-            continue
-        if status == "ending":
-            actions.append(
-                Action(
-                    DESTROY_SESSION,
-                    "ending_incomplete",
-                    **base,
-                    detail="an earlier destroy did not finish",
-                )
-            )
-            continue
-        if hard is not None and now >= hard:
-            actions.append(
-                Action(
-                    DESTROY_SESSION,
-                    "hard_max",
-                    **base,
-                    detail=f"hard maximum {record.get('hard_max_at')} reached",
-                )
-            )
-            continue
-        if status in BOOTING:
-            if age > boot_limit(record, policy):
-                actions.append(
-                    Action(
-                        DESTROY_SESSION,
-                        "provision_timeout",
-                        **base,
-                        detail=f"still {status} after {int(age)}s",
-                    )
-                )
-            elif session_id in gone_owners:
-                pid = (record.get("owner") or {}).get("pid")
-                actions.append(
-                    Action(
-                        DESTROY_SESSION,
-                        "owner_gone",
-                        **base,
-                        detail=f"still {status}, and its provision (pid {pid}) is gone",
-                    )
-                )
-            continue
-        if ends is not None and now >= ends:
-            actions.append(
-                Action(
-                    DESTROY_SESSION,
-                    "reservation_ended",
-                    **base,
-                    detail=f"reservation ended {record.get('reservation_ends_at')}",
-                )
-            )
-            continue
-        if ends is not None and now >= ends - timedelta(seconds=policy.warn_before_s):
-            warned = parse_iso(record.get("warned_at"))
-            if warned is None or warned < ends - timedelta(seconds=policy.warn_before_s):
-                left = int((ends - now).total_seconds())
-                actions.append(
-                    Action(
-                        WARN, "reservation_ending", **base, detail=f"{left}s left; extend or finish"
-                    )
-                )
+def _find_instance(record: dict[str, Any], listed: list[Instance] | None) -> Instance | None:
+    """The listed instance a record names, by instance id or by label."""
+    for inst in listed or ():
+        if (record.get("instance_id") and inst.instance_id == str(record["instance_id"])) or (
+            record.get("label") and inst.label == record["label"]
+        ):
+            return inst
+    return None
 
-    # Instances nobody live claims (each real id once, however often a listing repeats it).
-    for provider, listed in sorted(instances.items()):
-        seen: set[str] = set()
-        for inst in listed:
-            if (provider, inst.instance_id) in claimed or inst.instance_id in seen:
-                continue
-            seen.add(inst.instance_id)
-            base = {
-                "provider": provider,
-                "instance_id": inst.instance_id,
-                "label": inst.label,
-                "age_seconds": (now.timestamp() - inst.started_at) if inst.started_at else None,
-                "price_per_hour": inst.price_per_hour,
-            }
-            owner = parse_label(inst.label)
-            if owner is None:
-                if looks_like_ours(inst.label):
-                    actions.append(
-                        Action(
-                            REPORT_MALFORMED,
-                            "malformed_label",
-                            **base,
-                            detail="a gpu-shopper label not of this tool's shape; never destroyed",
-                        )
-                    )
-                continue  # not ours: never touched
-            install, session_id = owner
-            base["session_id"] = session_id
-            if policy.install_id is None or install != policy.install_id:
-                kind = DESTROY_ORPHAN if policy.include_foreign else REPORT_FOREIGN
-                actions.append(Action(kind, "foreign", **base, detail=f"install id {install}"))
-                continue
-            if session_id in held_by_bad or inst.instance_id in held_ids:
-                continue  # its record is broken (reported above): leave it be
-            owner_record = by_label.get(inst.label or "")
-            if owner_record is None:
-                actions.append(
-                    Action(
-                        DESTROY_ORPHAN, "unknown_to_state", **base, detail="no session records it"
-                    )
-                )
-            elif owner_record.get("status") in LIVE:
-                # The live session already holds another instance: this one is a duplicate.
-                actions.append(
-                    Action(
-                        DESTROY_ORPHAN,
-                        "duplicate",
-                        **base,
-                        detail="a second instance of a live session",
-                    )
-                )
-            else:
-                actions.append(
-                    Action(
-                        DESTROY_ORPHAN,
-                        "session_ended",
-                        **base,
-                        detail=f"session is {owner_record.get('status')}",
-                    )
-                )
-    return actions
+
+def _session_action(
+    session_id: str,
+    record: dict[str, Any],
+    listed: list[Instance] | None,
+    match: Instance | None,
+    now: datetime,
+    policy: Policy,
+    gone_owners: frozenset[str] | set[str],
+) -> Action | None:
+    """The one rule (first that applies) for a live session, or None while it is fine."""
+    status = record.get("status")
+    provider = record.get("provider") or "?"
+    instance_id = match.instance_id if match else record.get("instance_id")
+    base: dict[str, Any] = {
+        "provider": provider,
+        "session_id": session_id,
+        "instance_id": str(instance_id) if instance_id else None,
+        "label": record.get("label"),
+        "age_seconds": _age(record, now),
+        "price_per_hour": record.get("price_per_hour"),
+    }
+    age = base["age_seconds"] or 0.0
+    hard = parse_iso(record.get("hard_max_at"))
+    ends = parse_iso(record.get("reservation_ends_at"))
+
+    if listed is not None and match is None and _gone(status, record, age, policy):
+        return Action(MARK_ENDED, "instance_gone", **base, detail="not at the provider any more")
+    if status == "ending":
+        return Action(
+            DESTROY_SESSION, "ending_incomplete", **base, detail="an earlier destroy did not finish"
+        )
+    if hard is not None and now >= hard:
+        return Action(
+            DESTROY_SESSION,
+            "hard_max",
+            **base,
+            detail=f"hard maximum {record.get('hard_max_at')} reached",
+        )
+    if status in BOOTING:
+        if age > boot_limit(record, policy):
+            return Action(
+                DESTROY_SESSION,
+                "provision_timeout",
+                **base,
+                detail=f"still {status} after {int(age)}s",
+            )
+        if session_id in gone_owners:
+            pid = (record.get("owner") or {}).get("pid")
+            return Action(
+                DESTROY_SESSION,
+                "owner_gone",
+                **base,
+                detail=f"still {status}, and its provision (pid {pid}) is gone",
+            )
+        return None
+    if ends is not None and now >= ends:
+        return Action(
+            DESTROY_SESSION,
+            "reservation_ended",
+            **base,
+            detail=f"reservation ended {record.get('reservation_ends_at')}",
+        )
+    if ends is not None and now >= ends - timedelta(seconds=policy.warn_before_s):
+        warned = parse_iso(record.get("warned_at"))
+        if warned is None or warned < ends - timedelta(seconds=policy.warn_before_s):
+            left = int((ends - now).total_seconds())
+            return Action(
+                WARN, "reservation_ending", **base, detail=f"{left}s left; extend or finish"
+            )
+    return None
+
+
+def _unclaimed_action(
+    provider: str,
+    inst: Instance,
+    now: datetime,
+    policy: Policy,
+    by_label: dict[str, dict[str, Any]],
+    held_by_bad: set[str],
+    held_ids: set[str],
+) -> Action | None:
+    """What to do with an instance no live session claims (None: not ours, or held)."""
+    base: dict[str, Any] = {
+        "provider": provider,
+        "instance_id": inst.instance_id,
+        "label": inst.label,
+        "age_seconds": (now.timestamp() - inst.started_at) if inst.started_at else None,
+        "price_per_hour": inst.price_per_hour,
+    }
+    owner = parse_label(inst.label)
+    if owner is None:
+        if looks_like_ours(inst.label):
+            return Action(
+                REPORT_MALFORMED,
+                "malformed_label",
+                **base,
+                detail="a gpu-shopper label not of this tool's shape; never destroyed",
+            )
+        return None  # not ours: never touched
+    install, session_id = owner
+    base["session_id"] = session_id
+    if policy.install_id is None or install != policy.install_id:
+        kind = DESTROY_ORPHAN if policy.include_foreign else REPORT_FOREIGN
+        return Action(kind, "foreign", **base, detail=f"install id {install}")
+    if session_id in held_by_bad or inst.instance_id in held_ids:
+        return None  # its record is broken (reported by _bad_records): leave it be
+    owner_record = by_label.get(inst.label or "")
+    if owner_record is None:
+        return Action(DESTROY_ORPHAN, "unknown_to_state", **base, detail="no session records it")
+    if owner_record.get("status") in LIVE:
+        # The live session already holds another instance: this one is a duplicate.
+        return Action(
+            DESTROY_ORPHAN, "duplicate", **base, detail="a second instance of a live session"
+        )
+    return Action(
+        DESTROY_ORPHAN,
+        "session_ended",
+        **base,
+        detail=f"session is {owner_record.get('status')}",
+    )
 
 
 def boot_limit(record: dict[str, Any], policy: Policy) -> float:
