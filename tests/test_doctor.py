@@ -26,6 +26,7 @@ def test_doctor_reports_unreachable_and_bad_key(gs, vast, tensordock, monkeypatc
     monkeypatch.setenv("VASTAI_API_KEY", "not-the-right-key-1234")
     monkeypatch.setenv("TENSORDOCK_API_URL", "http://127.0.0.1:9/api/v2")
     monkeypatch.setenv("GPU_SHOPPER_DEFAULTS_HTTP_RETRIES", "1")
+    monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: whole cells, one line each
     result = gs("doctor --json")
     assert result.exit_code == 1
     checks = {c["check"]: c for c in result.json()["checks"]}

@@ -140,17 +140,27 @@ def test_providers_are_asked_once_each(market, gs):
     assert (searches(vast), hostnode_lists(tensordock)) == (1, 1)
 
 
-def test_table_shows_whole_offer_ids_without_colour(market, gs):
+def test_table_shows_short_offer_ids_without_colour(market, gs, monkeypatch):
     vast, tensordock = market
+    monkeypatch.setenv("COLUMNS", "120")
     result = gs("inventory --gpu 4090 --limit 5")
     assert result.exit_code == 0, result.stderr
     assert "\x1b[" not in result.stdout
     header = result.stdout.splitlines()[0].split()
     assert header[:5] == ["OFFER", "GPU", "#", "VRAM", "GB"]
     assert "$/h" in header
-    assert td_id(tensordock, "Dallas", "geforcertx4090-pcie-24gb") in result.stdout
+    # A TensorDock id is shown as a unique prefix, a Vast.ai ask (a number) whole.
+    full = td_id(tensordock, "Dallas", "geforcertx4090-pcie-24gb")
+    assert full not in result.stdout
+    assert full[: len("tensordock:") + 8] in result.stdout
     assert "vastai:1000002" in result.stdout
     assert result.stderr == ""
+    # ...and the prefix is taken back wherever an offer id is
+    short = next(w for w in result.stdout.split() if full.startswith(w) and len(w) > 12)
+    shown = gs(f"inventory show {short} --json")
+    assert shown.exit_code == 0, shown.stderr
+    assert shown.json()["id"] == full
+    assert [o["id"] for o in gs("inventory --gpu 4090 --limit 5 --json").json()].count(full) == 1
 
 
 def test_no_match_is_a_note_not_an_error(market, gs):
@@ -674,7 +684,8 @@ def test_offer_health_is_empty_for_now(gs):
     assert table.exit_code == 0 and "No failures recorded" in table.stderr
 
 
-def test_offer_health_reads_what_provisioning_records(gs):
+def test_offer_health_reads_what_provisioning_records(gs, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: whole cells, one line each
     record_health(
         {
             "vastai:1000002": failure(),
@@ -740,7 +751,8 @@ def test_show_a_malformed_id_exits_2(market, gs, bad):
 
 
 # -- templates ----------------------------------------------------------------------------------
-def test_compatible_templates_follow_the_cuda_requirement(market, gs):
+def test_compatible_templates_follow_the_cuda_requirement(market, gs, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: whole cells, one line each
     older = {t["name"] for t in gs("inventory compatible-templates vastai:1000003 --json").json()}
     assert older == {"PyTorch (Vast)", "NVIDIA CUDA"}  # CUDA 12.4: not the 12.8 toolkit
     newer = {t["name"] for t in gs("inventory compatible-templates vastai:1000002 --json").json()}
@@ -761,7 +773,8 @@ def test_compatible_templates_with_unknown_cuda_lists_what_was_not_checked(marke
     assert "nvidia_driver" in images["ubuntu2404"]["unchecked"][0]
 
 
-def test_templates_from_both_providers(market, gs):
+def test_templates_from_both_providers(market, gs, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: whole cells, one line each
     rows = gs("templates --json").json()
     by_provider: dict[str, set[str]] = {}
     for row in rows:

@@ -8,6 +8,7 @@ import click
 
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.output import emit_json, info, json_option, print_table
+from gpushopper.cli.params import SESSION_ID
 from gpushopper.providers.registry import PROVIDERS
 
 
@@ -21,7 +22,7 @@ from gpushopper.providers.registry import PROVIDERS
   gpu-shopper costs summary --month 2026-11
 """,
 )
-@click.option("--session", "session_id", metavar="ID", help="Only this session.")
+@click.option("--session", "session_id", type=SESSION_ID, metavar="ID", help="Only this session.")
 @click.option("--consumer", metavar="NAME", help="Only this consumer.")
 @click.option("--provider", type=click.Choice(PROVIDERS), help="Only this provider.")
 @click.option("--since", metavar="DATE", help="Sessions created on or after DATE (YYYY-MM-DD).")
@@ -77,9 +78,8 @@ def costs(
             for r in rows
         ],
         empty="No sessions match.",
+        total=("total", "", "", "", "", "", "", f"{total:.4f}"),
     )
-    if rows:
-        info(f"Total: ${total:.4f}")
 
 
 @costs.command("summary", epilog="Example: gpu-shopper costs summary --month 2026-11 --json")

@@ -137,19 +137,37 @@ def _color_ok(stream: Any) -> bool:
     return bool(isatty and isatty())
 
 
-def console(stderr: bool = False) -> Any:
-    """A rich Console that follows the terminal (no colour off a TTY or with NO_COLOR)."""
+def terminal_width(stream: Any = None) -> int:
+    """The width tables are laid out for: ``COLUMNS`` when set, else the width of the
+    terminal behind stdout, stderr or stdin (``| less`` still has one), else 80."""
+    text = os.environ.get("COLUMNS", "").strip()
+    if text.isdigit() and int(text) > 0:
+        return int(text)
+    for candidate in (stream or sys.stdout, sys.stderr, sys.stdin):
+        try:
+            columns = os.get_terminal_size(candidate.fileno()).columns
+        except (AttributeError, OSError, ValueError):
+            continue
+        if columns > 0:
+            return columns
+    return 80
+
+
+def console(stderr: bool = False, file: Any = None) -> Any:
+    """A rich Console that follows the terminal (no colour off a TTY or with NO_COLOR) and
+    is as wide as :func:`terminal_width` says, piped or not."""
     from rich.console import Console
 
     stream = sys.stderr if stderr else sys.stdout
     color = _color_ok(stream)
     return Console(
-        file=stream,
+        file=file or stream,
         no_color=not color,
         color_system="auto" if color else None,
+        force_terminal=color,
         highlight=False,
         soft_wrap=False,
-        width=None if color else 200,
+        width=terminal_width(stream),
     )
 
 
@@ -164,14 +182,90 @@ def shown(value: Any) -> str:
     return _CONTROL.sub("?", redact(str(value)))
 
 
+def number_text(value: float) -> str:
+    """A float as people read it: ``0.383``, ``24.6``, ``12``; a tiny one keeps its digits
+    (``0.000049``), never ``0.38333333333333336`` or ``4.9e-05``."""
+    if value != value or value in (float("inf"), float("-inf")):
+        return str(value)
+    places = 3 if value == 0 or abs(value) >= 0.001 else 6
+    text = f"{value:.{places}f}"
+    if "." in text:
+        text = text.rstrip("0").rstrip(".")
+    return "0" if text in ("-0", "") else text
+
+
+def cell_text(value: Any) -> str:
+    """One value of a table or ``key: value`` line, never a Python repr: ``None`` is
+    ``-``, booleans are yes/no, numbers as :func:`number_text`, lists joined with ", "."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return number_text(value)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else value
+        return ", ".join(cell_text(item) for item in items) or "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={cell_text(v)}" for k, v in value.items()) or "-"
+    return str(value)
+
+
+GAP = 2  # between two columns: the right padding and the (blank) rule of SIMPLE_HEAD
+
+
+def column_widths(
+    headers: Sequence[str], cells: Sequence[Sequence[str]], words: Sequence[bool], width: int
+) -> list[int]:
+    """Each column's width so the table fits ``width``: every column as wide as its
+    widest cell while that fits; else headers of several words wrap, then columns of
+    several words narrow (widest first) down to their longest word, so ids and numbers
+    stay whole; only when even that is too wide are the widest columns cut (ellipsis),
+    the first column (the row's id) last."""
+
+    def longest(texts: Sequence[str], split: bool) -> int:
+        parts = [p for t in texts for p in (t.split() if split else t.splitlines())]
+        return max((len(p) for p in parts), default=1)
+
+    natural = [max(len(h), longest(c, False)) for h, c in zip(headers, cells, strict=True)]
+    # A header of several words may wrap ("DISK / GB"); a cell of one word never does.
+    least = [
+        max(longest([h], True), longest(c, not w))
+        for h, c, w in zip(headers, cells, words, strict=True)
+    ]
+    room = max(len(headers), width - GAP * (len(headers) - 1))
+    cell_widths = [longest(c, False) for c in cells]
+    headers_wrapped = [max(a, b) for a, b in zip(least, cell_widths, strict=True)]
+    out = list(natural)
+    # First headers wrap ("DISK / GB"), then cells at their spaces, then the cut: of the
+    # other columns before the first (the id a row is known by).
+    cut_others = [out[0]] + [1] * (len(out) - 1)
+    for floor in (headers_wrapped, least, cut_others, [1] * len(out)):
+        while sum(out) > room:
+            shrinkable = [i for i in range(len(out)) if out[i] > floor[i]]
+            if not shrinkable:
+                break
+            widest = max(shrinkable, key=lambda i: out[i])
+            out[widest] -= 1
+    return out
+
+
+# Padding at a line's end, before any closing colour codes.
+_TRAILING = re.compile(r"[ \t]+((?:\x1b\[[0-9;]*m)*)$", re.MULTILINE)
+
+
 def print_table(
     columns: Sequence[str],
     rows: Sequence[Sequence[Any]],
     *,
     title: str | None = None,
     empty: str = "Nothing to show.",
+    total: Sequence[Any] | None = None,
 ) -> None:
-    """A table on stdout for people; ``None`` shows as ``-``."""
+    """A table on stdout for people, as wide as the terminal (:func:`terminal_width`),
+    with no trailing spaces. A column whose cells are single words (ids, numbers,
+    states) is never broken inside a word; columns of several words wrap at spaces.
+    ``total`` is a last row under the others (a sum), aligned with their columns."""
     if not rows:
         info(empty)
         return
@@ -179,13 +273,42 @@ def print_table(
     from rich.table import Table
     from rich.text import Text  # not markup: "[/]" in a provider's text once crashed the table
 
-    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for column in columns:
+    texts = [[shown(cell_text(cell)) for cell in row] for row in rows]
+    totals = None if total is None else [shown(cell_text(cell)) for cell in total]
+    cells = [
+        [row[i] for row in texts] + ([totals[i]] if totals else []) for i in range(len(columns))
+    ]
+    words = [all(" " not in c and "\n" not in c for c in column) for column in cells]
+    widths = column_widths(columns, cells, words, terminal_width(sys.stdout))
+    table = Table(
+        title=title,
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+        show_footer=totals is not None,
+    )
+    for index, column in enumerate(columns):
         justify = "right" if column.endswith(("$/h", "GB", "#", "%", "USD", "$")) else "left"
-        table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
-    for row in rows:
-        table.add_row(*(Text("-" if cell is None else shown(cell)) for cell in row))
-    _guarded(lambda: console().print(table))
+        table.add_column(
+            column,
+            footer=Text(totals[index]) if totals else "",
+            justify=justify,  # type: ignore[arg-type]
+            width=widths[index],
+            overflow="ellipsis" if words[index] else "fold",
+        )
+    for row in texts:
+        table.add_row(*(Text(cell) for cell in row))
+
+    def write() -> None:
+        out = console()
+        with out.capture() as captured:
+            out.print(table)
+        text = _TRAILING.sub(r"\1", captured.get())
+        sys.stdout.write(text.rstrip("\n") + "\n")
+        sys.stdout.flush()
+
+    _guarded(write)
 
 
 def print_kv(pairs: Sequence[tuple[str, Any]]) -> None:
@@ -193,8 +316,8 @@ def print_kv(pairs: Sequence[tuple[str, Any]]) -> None:
     width = max((len(k) for k, _ in pairs), default=0)
     lines = []
     for key, value in pairs:
-        value_text = "-" if value is None or value == "" else value
-        lines.append(f"{key.ljust(width)}  {shown(value_text)}")
+        value_text = "-" if value == "" else cell_text(value)
+        lines.append(f"{key.ljust(width)}  {shown(value_text)}".rstrip())
     _guarded(lambda: click.echo("\n".join(lines)))
 
 

@@ -9,7 +9,7 @@ import click
 
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.output import emit_json, info, json_option, print_table
-from gpushopper.cli.params import HOURS
+from gpushopper.cli.params import HOURS, SESSION_ID
 from gpushopper.model.errors import SshError
 from gpushopper.model.units import format_duration, parse_iso
 from gpushopper.providers.registry import PROVIDERS
@@ -67,7 +67,7 @@ def _list(app: App, show_all: bool, consumer: str | None, as_json: bool) -> None
         emit_json(views)
         return
     print_table(
-        ["SESSION", "STATUS", "PROVIDER", "GPU", "$/h", "COST $", "ENDS IN", "CONSUMER", "SSH"],
+        ["SESSION", "STATUS", "PROVIDER", "GPU", "$/h", "COST $", "ENDS IN", "CONSUMER", "SSH TO"],
         [
             (
                 v["id"],
@@ -78,7 +78,7 @@ def _list(app: App, show_all: bool, consumer: str | None, as_json: bool) -> None
                 f"{v.get('cost_usd') or 0:.4f}",
                 _ends_in(v, app),
                 v.get("consumer"),
-                f"ssh gpu-{v['id']}"
+                f"gpu-{v['id']}"  # the Host of our ssh_config: `ssh gpu-<id>`
                 if (v.get("ssh") or {}).get("command") and v["status"] == "running"
                 else None,
             )
@@ -132,7 +132,7 @@ def sessions_stats(
 
 
 @sessions.command("show", epilog="Example: gpu-shopper sessions show 3fa9c2 --json")
-@click.argument("session_id")
+@click.argument("session_id", type=SESSION_ID)
 @json_option
 @pass_app
 def sessions_show(app: App, session_id: str, as_json: bool) -> None:
@@ -173,7 +173,7 @@ def _end(app: App, session_id: str, reason: str, as_json: bool) -> None:
 
 
 @sessions.command("done", epilog="Example: gpu-shopper sessions done 3fa9c2")
-@click.argument("session_id")
+@click.argument("session_id", type=SESSION_ID)
 @json_option
 @pass_app
 def sessions_done(app: App, session_id: str, as_json: bool) -> None:
@@ -182,7 +182,7 @@ def sessions_done(app: App, session_id: str, as_json: bool) -> None:
 
 
 @sessions.command("delete", epilog="Example: gpu-shopper sessions delete 3fa9c2")
-@click.argument("session_id")
+@click.argument("session_id", type=SESSION_ID)
 @json_option
 @pass_app
 def sessions_delete(app: App, session_id: str, as_json: bool) -> None:
@@ -191,7 +191,7 @@ def sessions_delete(app: App, session_id: str, as_json: bool) -> None:
 
 
 @click.command("shutdown", epilog="Example: gpu-shopper shutdown 3fa9c2 --json")
-@click.argument("session_id")
+@click.argument("session_id", type=SESSION_ID)
 @json_option
 @pass_app
 def shutdown(app: App, session_id: str, as_json: bool) -> None:
@@ -200,7 +200,7 @@ def shutdown(app: App, session_id: str, as_json: bool) -> None:
 
 
 @sessions.command("extend", epilog="Example: gpu-shopper sessions extend 3fa9c2 --hours 1h")
-@click.argument("session_id")
+@click.argument("session_id", type=SESSION_ID)
 @click.option(
     "--hours",
     type=HOURS,
@@ -237,7 +237,7 @@ def sessions_extend(app: App, session_id: str, hours: float, override: bool, as_
 
 
 @sessions.command("diagnostics", epilog="Example: gpu-shopper sessions diagnostics 3fa9c2 --json")
-@click.argument("session_id")
+@click.argument("session_id", type=SESSION_ID)
 @json_option
 @pass_app
 def sessions_diagnostics(app: App, session_id: str, as_json: bool) -> None:
@@ -284,7 +284,7 @@ def sessions_diagnostics(app: App, session_id: str, as_json: bool) -> None:
     context_settings={"ignore_unknown_options": True},
     epilog="Examples: gpu-shopper sessions ssh 3fa9c2    gpu-shopper sessions ssh 3fa9c2 -- nvidia-smi",
 )
-@click.argument("session_id")
+@click.argument("session_id", type=SESSION_ID)
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @pass_app
 def sessions_ssh(app: App, session_id: str, command: tuple[str, ...]) -> None:
