@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import click
@@ -17,6 +18,7 @@ from gpushopper.cli.filters import (
     resolve_template,
 )
 from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table, warn
+from gpushopper.cli.params import OFFER_ID
 from gpushopper.model.errors import NotFound
 
 
@@ -24,12 +26,16 @@ def _money(value: float | None) -> str | None:
     return None if value is None else f"{value:.3f}"
 
 
-def offer_rows(offers: list[Any]) -> list[tuple[Any, ...]]:
+def offer_rows(offers: list[Any], known: Sequence[str] = ()) -> list[tuple[Any, ...]]:
+    from gpushopper.providers.registry import short_offer_ids
+
+    # A unique prefix of a long id (TensorDock's), as `inventory show` and `provision` take it.
+    short = short_offer_ids([o.id for o in offers], known)
     rows = []
     for o in offers:
         rows.append(
             (
-                o.id,  # whole: it is what `inventory show` and `provision` take
+                short[o.id],
                 o.gpu_name,
                 o.num_gpus,
                 o.vram_gb,
@@ -167,7 +173,9 @@ def inventory(ctx: click.Context, app: App, **opts: Any) -> None:
     if opts["as_json"]:
         emit_json([o.to_json() for o in result.offers])
         return
-    print_table(OFFER_COLUMNS, offer_rows(result.offers), empty="No offers match.")
+    cache = offer_cache(app)
+    known = [k for name in {o.provider for o in result.offers} for k in cache.known_ids(name)]
+    print_table(OFFER_COLUMNS, offer_rows(result.offers, known), empty="No offers match.")
 
 
 def _fetch_offer(app: App, offer_id: str, disk: int | None) -> Any:
@@ -185,7 +193,7 @@ def _fetch_offer(app: App, offer_id: str, disk: int | None) -> Any:
 
 
 @inventory.command("show", epilog="Example: gpu-shopper inventory show vastai:1000001 --json")
-@click.argument("offer_id")
+@click.argument("offer_id", type=OFFER_ID)
 @click.option(
     "--disk", type=bounded("disk_gb", True), metavar="GB", help="Price for this much disk."
 )
@@ -250,7 +258,7 @@ def _check_requirements(offer: Any, requirements: dict[str, Any]) -> tuple[bool,
     "compatible-templates",
     epilog="Example: gpu-shopper inventory compatible-templates vastai:1000001",
 )
-@click.argument("offer_id")
+@click.argument("offer_id", type=OFFER_ID)
 @json_option
 @pass_app
 def inventory_compatible_templates(app: App, offer_id: str, as_json: bool) -> None:

@@ -16,8 +16,8 @@ from gpushopper.cli.filters import (
     filter_options,
     offer_cache,
 )
-from gpushopper.cli.output import emit_json, info, json_option, print_kv
-from gpushopper.cli.params import DURATION, HOURS
+from gpushopper.cli.output import emit_json, info, json_option, print_kv, warn
+from gpushopper.cli.params import DURATION, HOURS, OFFER_ID
 from gpushopper.model.units import format_duration
 
 
@@ -90,7 +90,7 @@ def _warn_about_budget(app: App, projected: float) -> None:
   gpu-shopper provision --gpu 4090 --max-price 0.5 --auto-retry 2 --dry-run
 """,
 )
-@click.argument("offer_id", required=False)
+@click.argument("offer_id", type=OFFER_ID, required=False)
 @filter_options
 @click.option(
     "--image", metavar="IMAGE", help="Container (Vast.ai) or OS image (TensorDock) to boot."
@@ -193,7 +193,7 @@ def _timeouts(
 
 def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
     from gpushopper.core import rules
-    from gpushopper.core.provisioner import ProvisionRequest
+    from gpushopper.core.provisioner import ProvisionRequest, below_reliability_floor
     from gpushopper.providers.registry import split_offer_id
 
     if offer_id is not None:
@@ -227,6 +227,9 @@ def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
     candidates, notes = provisioner.candidates(req)
     for note in notes:
         info(f"Note: {note}")
+    floor_warning = below_reliability_floor(req, candidates[0].offer)
+    if floor_warning:
+        warn(floor_warning)
     best = candidates[0].offer
     price = best.price_per_hour or 0.0
     choices = _timeouts(app, req, candidates, explicit)

@@ -11,8 +11,8 @@ import click
 
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.filters import SORTS, bounded, build_query, filter_args, filter_options
-from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table
-from gpushopper.cli.params import DURATION, HOURS
+from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table, warn
+from gpushopper.cli.params import DURATION, HOURS, JOB_ID, OFFER_ID
 from gpushopper.model.errors import UsageError
 
 
@@ -141,7 +141,7 @@ class _RunCommand(click.Command):
       --max-duration 2h -- python /app/ai-toolkit/run.py config.yaml
 """,
 )
-@click.argument("offer_id", required=False)
+@click.argument("offer_id", type=OFFER_ID, required=False)
 @filter_options
 @click.option("--image", metavar="IMAGE", help="Container or OS image to boot.")
 @click.option("--workdir", metavar="DIR", help="Folder uploaded as the job's working directory.")
@@ -186,7 +186,7 @@ def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[st
     from gpushopper.cli.provision import _explicit_timeout, _timeouts, make_provisioner
     from gpushopper.core import rules
     from gpushopper.core.jobs import JobFailed, JobRunner, default_hours
-    from gpushopper.core.provisioner import ProvisionRequest
+    from gpushopper.core.provisioner import ProvisionRequest, below_reliability_floor
     from gpushopper.model.units import format_duration
     from gpushopper.providers.registry import split_offer_id
     from gpushopper.remote.jobwrap import tree_bytes
@@ -233,6 +233,9 @@ def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[st
         candidates, notes = provisioner.candidates(req)
         for note in notes:
             info(f"Note: {note}")
+        floor_warning = below_reliability_floor(req, candidates[0].offer)
+        if floor_warning:
+            warn(floor_warning)
         choices = _timeouts(app, req, candidates, explicit)
         req.timeout_by_provider = {name: choice.seconds for name, choice in choices.items()}
         best = candidates[0].offer
@@ -313,7 +316,7 @@ def jobs_list(app: App, show_all: bool, as_json: bool) -> None:
 
 
 @jobs.command("show")
-@click.argument("job_id")
+@click.argument("job_id", type=JOB_ID)
 @json_option
 @pass_app
 def jobs_show(app: App, job_id: str, as_json: bool) -> None:
@@ -328,7 +331,7 @@ def jobs_show(app: App, job_id: str, as_json: bool) -> None:
 
 
 @jobs.command("logs")
-@click.argument("job_id")
+@click.argument("job_id", type=JOB_ID)
 @click.option("--follow", "-f", is_flag=True, help="Keep printing while the job runs.")
 @pass_app
 def jobs_logs(app: App, job_id: str, follow: bool) -> None:
@@ -360,7 +363,7 @@ def _session_for(app: App, job: dict[str, Any]) -> dict[str, Any]:
 
 
 @jobs.command("attach")
-@click.argument("job_id")
+@click.argument("job_id", type=JOB_ID)
 @json_option
 @pass_app
 def jobs_attach(app: App, job_id: str, as_json: bool) -> int:
@@ -369,7 +372,7 @@ def jobs_attach(app: App, job_id: str, as_json: bool) -> int:
 
 
 @jobs.command("cancel")
-@click.argument("job_id")
+@click.argument("job_id", type=JOB_ID)
 @json_option
 @pass_app
 def jobs_cancel(app: App, job_id: str, as_json: bool) -> int:

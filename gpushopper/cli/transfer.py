@@ -10,6 +10,7 @@ import click
 
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.output import emit_json, info, json_option, print_table
+from gpushopper.cli.params import SESSION_ID
 from gpushopper.model.errors import SshError
 
 
@@ -47,7 +48,7 @@ def transfer() -> None:
 @transfer.command(
     "upload", epilog="Example: gpu-shopper transfer upload 3fa9c2 train.yaml /workspace/"
 )
-@click.argument("session_id")
+@click.argument("session_id", type=SESSION_ID)
 @click.argument("paths", nargs=-1, required=True, metavar="LOCAL... REMOTE")
 @click.option("--recursive", "-r", is_flag=True, help="Copy folders.")
 @json_option
@@ -80,7 +81,7 @@ def transfer_upload(
 @transfer.command(
     "download", epilog="Example: gpu-shopper transfer download 3fa9c2 /workspace/out . -r"
 )
-@click.argument("session_id")
+@click.argument("session_id", type=SESSION_ID)
 @click.argument("paths", nargs=-1, required=True, metavar="REMOTE... LOCAL")
 @click.option("--recursive", "-r", is_flag=True, help="Copy folders.")
 @json_option

@@ -224,6 +224,25 @@ class OfferCache:
             if path != str(keep) and (i >= MAX_CACHED_QUERIES or mtime < oldest):
                 Path(path).unlink(missing_ok=True)
 
+    def known_ids(self, provider: str) -> list[str]:
+        """Ids of the offers ``provider`` listed in every cached answer (what short ids in
+        tables are unique among, and what a typed prefix is matched against)."""
+        import os
+
+        ids: list[str] = []
+        try:
+            with os.scandir(self.dir) as it:
+                names = [e.path for e in it if e.name.startswith(f"{provider}-")]
+        except OSError:
+            return ids
+        for path in names:
+            data = self._read(Path(path))
+            offers = data.get("offers") if isinstance(data, dict) else None
+            for offer in offers if isinstance(offers, list) else []:
+                if isinstance(offer, dict) and isinstance(offer.get("id"), str):
+                    ids.append(offer["id"])
+        return ids
+
     def note_rate_limited(self, provider: str) -> None:
         from gpushopper.state.atomic import atomic_write_text
 

@@ -129,6 +129,18 @@ def new_job_id(store: StateStore) -> str:
             return candidate
 
 
+def resolve_job_id(store: StateStore, given: str) -> str:
+    """The job id ``given`` names: the id itself or a unique prefix of one (exit 2 when
+    it names none or several)."""
+    from gpushopper.model.ids import match_prefix
+
+    jobs = store.read().get("jobs") or {}
+    found = match_prefix(given, jobs if isinstance(jobs, dict) else {}, "job")
+    if found is None:
+        raise UsageError(f"no job {given!r} (see 'gpu-shopper jobs list --all')")
+    return found
+
+
 def get_job(store: StateStore, job_id: str) -> dict[str, Any]:
     jobs = store.read().get("jobs") or {}
     record = jobs.get(job_id)

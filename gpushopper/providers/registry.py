@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from gpushopper.model.errors import UsageError
@@ -36,6 +36,9 @@ class Entry(NamedTuple):  # a NamedTuple: a frozen dataclass costs ~0.7 ms at im
     native_form: str  # the shape named when this provider's id is malformed
     native_ok: Callable[[str], bool]
     deadline: DeadlineHook | None = None
+    # Long ids (a TensorDock hostnode uuid) are shown and taken as unique prefixes; a
+    # Vast.ai ask is a short number, and a shorter number is another ask.
+    short_native: int | None = None
 
 
 _TD_NATIVE = re.compile(r"[A-Za-z0-9_-]+:[A-Za-z0-9_.-]+")
@@ -64,6 +67,7 @@ ENTRIES: tuple[Entry, ...] = (
         native_form="tensordock:<hostnode id>:<gpu model>",
         native_ok=lambda native: _TD_NATIVE.fullmatch(native) is not None,
         deadline=DeadlineHook(style="power-off", default_file="/var/lib/gpu-shopper/deadline"),
+        short_native=8,
     ),
 )
 BY_NAME: dict[str, Entry] = {entry.name: entry for entry in ENTRIES}
@@ -110,6 +114,38 @@ def split_offer_id(offer_id: str) -> tuple[str, str]:
             f"not a {entry.title} offer id: {offer_id!r} (expected {entry.native_form})"
         )
     return provider, native
+
+
+def short_offer_ids(offer_ids: Sequence[str], known: Sequence[str] = ()) -> dict[str, str]:
+    """Each offer id -> how a table shows it: a unique prefix for providers whose ids are
+    long (at least the provider name and ``short_native`` characters), else the whole id."""
+    from gpushopper.model.ids import short_ids
+
+    out = {offer_id: offer_id for offer_id in offer_ids}
+    for entry in ENTRIES:
+        if entry.short_native is None:
+            continue
+        mine = [o for o in offer_ids if o.startswith(entry.name + ":")]
+        if mine:
+            others = [k for k in known if k.startswith(entry.name + ":")]
+            out.update(short_ids(mine, others, minimum=len(entry.name) + 1 + entry.short_native))
+    return out
+
+
+def resolve_offer_id(offer_id: str, known: Callable[[str], list[str]]) -> str:
+    """The offer id ``offer_id`` names: the id itself, or (for providers with long ids)
+    the one id among ``known(provider)`` (offers recently listed) it is a prefix of.
+    Malformed or unknown short forms are UsageError; a prefix of several, AmbiguousId."""
+    from gpushopper.model.ids import match_prefix
+
+    provider, sep, native = offer_id.partition(":")
+    entry = BY_NAME.get(provider)
+    if entry is not None and sep and native and entry.short_native is not None:
+        found = match_prefix(offer_id, known(provider), "offer", floor=len(provider) + 1)
+        if found is not None:
+            return found
+    split_offer_id(offer_id)
+    return offer_id
 
 
 def offer_id_ok(offer_id: str, provider: str) -> bool:
