@@ -589,3 +589,15 @@ def test_extend_is_allowed_to_the_hard_maximum_exactly_and_not_a_second_past(gs,
     assert exact.exit_code == 0, exact.stderr
     assert exact.json()["reservation_ends_at"] == iso(hard)
     assert gs("sessions extend b0b0b0 --hours 1s").exit_code == 2  # now at the maximum
+
+
+def test_an_explicit_offer_below_the_reliability_floor_is_rented_with_a_warning(vast, gs):
+    shaky = vast.add_offer(gpu_name="RTX 4090", dph_base=0.2, reliability=0.80)
+    result = gs(f"provision vastai:{shaky['id']} --hours 1h --yes --json")
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["offer_id"] == f"vastai:{shaky['id']}"
+    warning = [line for line in result.stderr.splitlines() if line.startswith("Warning:")]
+    assert len(warning) == 1 and "0.800, below the floor 0.95" in warning[0]
+    # a reliable offer named by id rents without one
+    steady = gs("provision vastai:1000001 --hours 1h --yes --json")
+    assert steady.exit_code == 0 and "Warning:" not in steady.stderr

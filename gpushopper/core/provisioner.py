@@ -96,6 +96,21 @@ class Candidate:
     template: Template | None
 
 
+def below_reliability_floor(req: ProvisionRequest, offer: Offer) -> str | None:
+    """A warning when an offer asked for by id is less reliable than the floor a search
+    would have applied (it is rented as asked: the id was explicit), else None."""
+    floor = req.query.min_reliability
+    if req.offer_id is None or floor is None:
+        return None
+    if offer.reliability is not None and offer.reliability >= floor:
+        return None
+    shown = "unknown" if offer.reliability is None else f"{offer.reliability:.3f}"
+    return (
+        f"{offer.id} has reliability {shown}, below the floor {floor:g} "
+        "(--min-reliability / defaults.min_reliability); renting it because it was named"
+    )
+
+
 def record_failure(store: StateStore, offer: Offer, reason: str, now: datetime) -> None:
     """Remember a failed boot against the offer and its machine (suppressed when repeated)."""
     with store.transaction() as state:
