@@ -70,3 +70,20 @@ def test_no_key_material_in_transfer_output(gs, running, tmp_path):
     out = gs(["transfer", "upload", running["id"], str(src), str(tmp_path) + "/copy.txt"])
     private = Path(running["ssh"]["key_path"]).read_text().splitlines()[1]
     assert private not in out.stdout + out.stderr
+
+
+def test_recursive_download_into_a_new_folder_reports_where_it_landed(gs, running, tmp_path):
+    remote = tmp_path / "rdir"
+    remote.mkdir()
+    (remote / "x.bin").write_bytes(b"\0" * 1234)
+    new = tmp_path / "dl1"  # does not exist: scp -r makes it the copy of rdir
+    result = gs(["transfer", "download", running["id"], str(remote), str(new), "-r", "--json"])
+    assert result.exit_code == 0, result.stderr
+    assert (new / "x.bin").stat().st_size == 1234
+    assert not (new / "rdir").exists()
+    assert result.json() == [{"from": f"{running['id']}:{remote}", "to": str(new), "bytes": 1234}]
+    # into a folder that exists, the folder keeps its name (scp -r again)
+    again = gs(["transfer", "download", running["id"], str(remote), str(new), "-r", "--json"])
+    assert again.json()[0]["to"] == str(new / "rdir")
+    assert again.json()[0]["bytes"] == 1234
+    assert (new / "rdir" / "x.bin").stat().st_size == 1234

@@ -93,14 +93,23 @@ def download(
     try:
         with SCPClient(conn.client.get_transport(), progress=_progress(report)) as scp:
             for remote in remote_paths:
+                # scp's rule, decided before the copy: into a folder that exists the path
+                # keeps its name; otherwise it becomes LOCAL (a folder's contents land in
+                # LOCAL itself, which scp creates).
+                into_folder = target.is_dir()
                 scp.get(remote, local_path=str(target), recursive=recursive)
-                landed = target / Path(remote).name if target.is_dir() else target
-                size = (
-                    landed.stat().st_size
-                    if landed.is_file()
-                    else sum(p.stat().st_size for p in landed.rglob("*") if p.is_file())
-                )
+                landed = target / Path(remote.rstrip("/")).name if into_folder else target
+                size = _size(landed)
                 done.append({"remote": remote, "local": str(landed), "bytes": size})
     except SCPException as exc:
         raise SshError(f"download failed: {exc}") from None
     return done
+
+
+def _size(path: Path) -> int:
+    """Bytes in a file, or in every file under a folder (links not followed)."""
+    if path.is_symlink() or not path.exists():
+        return 0
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.lstat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
