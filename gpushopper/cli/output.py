@@ -250,8 +250,13 @@ def column_widths(
     return out
 
 
-# Padding at a line's end, before any closing colour codes.
-_TRAILING = re.compile(r"[ \t]+((?:\x1b\[[0-9;]*m)*)$", re.MULTILINE)
+# A line's end made of padding and colour codes: the codes stay, the spaces go.
+_TRAILING = re.compile(r"(?:[ \t]|\x1b\[[0-9;]*m)+$", re.MULTILINE)
+_SGR = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def _strip_trailing(text: str) -> str:
+    return _TRAILING.sub(lambda m: "".join(_SGR.findall(m.group(0))), text)
 
 
 def print_table(
@@ -304,7 +309,7 @@ def print_table(
         out = console()
         with out.capture() as captured:
             out.print(table)
-        text = _TRAILING.sub(r"\1", captured.get())
+        text = _strip_trailing(captured.get())
         sys.stdout.write(text.rstrip("\n") + "\n")
         sys.stdout.flush()
 
