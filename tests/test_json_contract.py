@@ -5,8 +5,9 @@ from __future__ import annotations
 SESSION_KEYS = {
     "id", "status", "provider", "offer_id", "instance_id", "label", "gpu_name", "num_gpus",
     "price_per_hour", "consumer", "created_at", "ready_at", "reservation_ends_at", "hard_max_at",
-    "ended_at", "end_reason", "cost_usd", "ssh", "timings",
+    "ended_at", "end_reason", "cost_usd", "ssh", "timings", "image", "disk_gb", "ports",
 }  # fmt: skip
+PORT_KEYS = {"internal", "external", "protocol"}
 SSH_KEYS = {"host", "port", "user", "key_path", "command"}
 ORPHAN_KEYS = {
     "provider",
@@ -27,6 +28,8 @@ def test_session_json_has_every_contract_key(vast, gs):
     assert session["status"] in STATUSES
     assert {"create_call_s", "time_to_running_s", "time_to_ssh_s"} <= set(session["timings"])
     assert session["created_at"].endswith("Z")
+    assert isinstance(session["ports"], list)
+    assert all(set(p) == PORT_KEYS for p in session["ports"])
     listed = gs("sessions list --json").json()
     assert isinstance(listed, list) and set(listed[0]) >= SESSION_KEYS
     ended = gs(f"sessions done {session['id']} --json").json()

@@ -601,3 +601,45 @@ def test_an_explicit_offer_below_the_reliability_floor_is_rented_with_a_warning(
     # a reliable offer named by id rents without one
     steady = gs("provision vastai:1000001 --hours 1h --yes --json")
     assert steady.exit_code == 0 and "Warning:" not in steady.stderr
+
+
+def test_the_session_records_what_was_rented(vast, tensordock, gs, isolated_home):
+    # Vast.ai: the template's image as the instance reports it (image_uuid), the disk it
+    # allocated and the port the Ostris template opens (8675), with a tunnel hint.
+    result = gs(
+        "provision --provider vastai --gpu 4090 --template 'Ostris AI Toolkit' --hours 1h "
+        "--min-cuda 12.8 --yes --json"
+    )
+    assert result.exit_code == 0, result.stderr
+    session = result.json()
+    (instance,) = vast.live_instances()
+    assert session["image"] == instance["image_uuid"]
+    assert session["image"].startswith("vastai/ostris-ai-toolkit:")  # the tag it booted
+    assert session["disk_gb"] == instance["disk_space"]
+    external = int(instance["ports"]["8675/tcp"][0]["HostPort"])
+    assert session["ports"] == [{"internal": 8675, "external": external, "protocol": "tcp"}]
+    shown = gs(f"sessions show {session['id']}").stdout
+    assert f"8675/tcp open on {external}" in shown
+    assert f"ssh -N -L 8675:localhost:8675 gpu-{session['id']}" in shown
+    # TensorDock: the disk it bills, not the disk asked for; the image it was given
+    tensordock.min_storage_gb = 100
+    td = gs("provision --provider tensordock --gpu 4090 --hours 1h --disk 32 --yes --json").json()
+    assert td["disk_gb"] == 100 and td["disk_gb_requested"] == 32
+    assert td["image"] == "ubuntu2404_ml_pytorch" and td["ports"] == []
+    assert "100 GB (asked for 32)" in gs(f"sessions show {td['id']}").stdout
+
+
+def test_provider_values_are_validated_before_they_are_recorded():
+    from gpushopper.model.models import Instance
+
+    odd = Instance(
+        "vastai", "1", None, "running",
+        image="evil\nProxyCommand x", disk_gb=float("nan"),
+        ports=[{"internal": 8675, "external": "40000; rm", "protocol": "tcp"},
+               {"internal": 0, "external": 1, "protocol": "tcp"}, "22"],
+    )  # fmt: skip
+    assert (odd.image, odd.disk_gb, odd.ports) == (None, None, [])
+    fine = Instance("vastai", "1", None, "running", image="vastai/base-image:@vastai-automatic-tag",
+                    disk_gb=32, ports=[{"internal": 8675, "external": 40001, "protocol": "tcp"}])  # fmt: skip
+    assert fine.image == "vastai/base-image:@vastai-automatic-tag" and fine.disk_gb == 32.0
+    assert fine.ports == [{"internal": 8675, "external": 40001, "protocol": "tcp"}]

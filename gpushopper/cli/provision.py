@@ -59,11 +59,32 @@ def print_session(view: dict[str, Any]) -> None:
     ]
     if view.get("ended_at"):
         pairs.append(("ended", f"{view['ended_at']} ({view.get('end_reason')})"))
+    if view.get("provider_status"):
+        pairs.append(("provider says", view["provider_status"]))
+    pairs.append(("image", view.get("image")))
+    disk, asked = view.get("disk_gb"), view.get("disk_gb_requested")
+    if isinstance(disk, (int, float)) and not isinstance(disk, bool):
+        more = (
+            f" (asked for {asked:g})" if isinstance(asked, (int, float)) and asked != disk else ""
+        )
+        pairs.append(("disk", f"{disk:g} GB{more}"))
+    ports = [p for p in view.get("ports") or [] if isinstance(p, dict)]
+    for port in ports:
+        pairs.append(
+            (
+                "port",
+                f"{port.get('internal')}/{port.get('protocol')} open on {port.get('external')}",
+            )
+        )
     if ssh.get("command"):
         pairs.append(("ssh", ssh["command"]))
         pairs.append(
             ("or", f"ssh gpu-{view['id']}  (after 'gpu-shopper doctor' shows the Include line)")
         )
+        for port in ports:
+            if port.get("protocol") == "tcp":
+                inner = port.get("internal")
+                pairs.append(("tunnel", f"ssh -N -L {inner}:localhost:{inner} gpu-{view['id']}"))
     print_kv(pairs)
 
 

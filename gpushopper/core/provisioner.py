@@ -96,6 +96,20 @@ class Candidate:
     template: Template | None
 
 
+def rented(instance: Instance, record: dict[str, Any], provider: Any) -> dict[str, Any]:
+    """What the provider says was rented, for the session record (each value validated
+    by Instance): the image booted, the disk it bills (beside the disk asked for) and the
+    ports it opened. A provider that does not report the image booted the one asked for,
+    else its configured default (TensorDock's ``image`` setting)."""
+    default = getattr(provider, "image", None)
+    image = instance.image or record.get("image") or (default if isinstance(default, str) else None)
+    out: dict[str, Any] = {"image": image, "ports": list(instance.ports)}
+    if instance.disk_gb is not None:
+        out["disk_gb"] = instance.disk_gb
+        out["disk_gb_requested"] = record.get("disk_gb_requested", record.get("disk_gb"))
+    return out
+
+
 def below_reliability_floor(req: ProvisionRequest, offer: Offer) -> str | None:
     """A warning when an offer asked for by id is less reliable than the floor a search
     would have applied (it is rented as asked: the id was explicit), else None."""
@@ -528,6 +542,7 @@ class Provisioner:
             status="verifying",
             ssh=ssh,
             timings=timings,
+            **rented(instance, record, provider),
             # The provider charges from "running", not from when our checks pass.
             billing_started_at=iso(self.clock()),
         )

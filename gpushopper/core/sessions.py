@@ -37,6 +37,9 @@ SESSION_KEYS = (
     "cost_usd",
     "ssh",
     "timings",
+    "image",
+    "disk_gb",
+    "ports",
 )
 
 
@@ -170,6 +173,10 @@ def public_view(record: dict[str, Any], now: datetime) -> dict[str, Any]:
         ssh.setdefault(key, None)
     out["ssh"] = ssh
     out["timings"] = dict(record.get("timings") or {})
+    ports = record.get("ports")
+    out["ports"] = (
+        [dict(p) for p in ports if isinstance(p, dict)] if isinstance(ports, list) else []
+    )
     if record.get("status") not in DONE:
         out["cost_usd"] = round(accrued_cost(record, now), 6)
     for extra in (
@@ -177,6 +184,8 @@ def public_view(record: dict[str, Any], now: datetime) -> dict[str, Any]:
         "image",
         "template",
         "disk_gb",
+        "disk_gb_requested",
+        "provider_status",
         "host_key_fingerprint",
         "verification",
         "overrides",

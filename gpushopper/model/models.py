@@ -140,6 +140,10 @@ class Instance:
     num_gpus: int | None = None
     started_at: float | None = None  # epoch seconds, when the provider says
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    image: str | None = None  # the image it booted, as the provider names it
+    disk_gb: float | None = None  # the disk it got (and bills), as the provider says
+    # Ports opened to the outside: {"internal": 8675, "external": 40321, "protocol": "tcp"}
+    ports: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # What the provider sent, typed once here: a label of True or a list of hosts is
@@ -153,6 +157,26 @@ class Instance:
         for name in ("raw_status", "gpu_name"):
             if not isinstance(getattr(self, name), (str, type(None))):
                 setattr(self, name, str(getattr(self, name)))
+        # Recorded in the session and shown: only a plain image name, a sane size, ports.
+        if not (isinstance(self.image, str) and _IMAGE_RE.fullmatch(self.image)):
+            self.image = None
+        disk = self.disk_gb
+        if isinstance(disk, bool) or not isinstance(disk, (int, float)) or not 0 < disk < 1e6:
+            self.disk_gb = None
+        else:
+            self.disk_gb = float(disk)
+        self.ports = [
+            p for p in (self.ports if isinstance(self.ports, list) else []) if _port_ok(p)
+        ]
+
+
+_IMAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,199}")
+
+
+def _port_ok(port: Any) -> bool:
+    if not isinstance(port, dict) or port.get("protocol") not in ("tcp", "udp"):
+        return False
+    return all(type(port.get(k)) is int and 0 < port[k] < 65536 for k in ("internal", "external"))
 
 
 @dataclass

@@ -349,6 +349,17 @@ def parse_instance(raw: dict[str, Any]) -> Instance:
         gpu_name=gpu_name,
         num_gpus=gpu_count,
         extra={"hostnode_id": merged.get("hostnode_id")},
+        image=merged.get("image"),
+        disk_gb=num(resources.get("storage_gb")),
+        ports=[
+            {
+                "internal": integer(f.get("internal_port")),
+                "external": integer(f.get("external_port")),
+                "protocol": "tcp",
+            }
+            for f in (forwards if isinstance(forwards, list) else [])
+            if isinstance(f, dict) and integer(f.get("internal_port")) != 22
+        ],
     )
 
 

@@ -337,7 +337,29 @@ def parse_instance(raw: dict[str, Any]) -> Instance:
             "intended_status": raw.get("intended_status"),
             "ssh_endpoints": endpoints,
         },
+        image=raw.get("image_uuid"),
+        disk_gb=num(raw.get("disk_space")),
+        ports=_open_ports(ports or {}),
     )
+
+
+def _open_ports(ports: dict[str, Any]) -> list[dict[str, Any]]:
+    """``{"8675/tcp": [{"HostIp": ..., "HostPort": "40321"}]}`` as mappings, SSH's aside
+    (Instance drops any that is not two ports and a protocol)."""
+    out = []
+    for key, binds in ports.items():
+        inner, _, protocol = str(key).partition("/")
+        if inner == "22" or not isinstance(binds, list) or not binds:
+            continue
+        first = binds[0] if isinstance(binds[0], dict) else {}
+        out.append(
+            {
+                "internal": integer(inner),
+                "external": integer(first.get("HostPort")),
+                "protocol": protocol or "tcp",
+            }
+        )
+    return out
 
 
 def env_from_docker_flags(text: str | None) -> dict[str, str]:

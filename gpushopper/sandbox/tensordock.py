@@ -182,6 +182,9 @@ class TensorDockEmulator:
         self.create_error_after_create = False
         self.destroy_fail_times = 0
         self.drop_ssh_key_field = False
+        # The disk a VM gets (and is billed) at least, whatever was asked: the field has seen
+        # 100 GB given for 32 asked. None: what was asked.
+        self.min_storage_gb: int | None = None
         self.latency = 0.0
         self.rate_limit_per_minute: int | None = None  # None: no enforcement, no headers
 
@@ -1066,7 +1069,7 @@ class TensorDockEmulator:
             resources={
                 "vcpu_count": vcpu,
                 "ram_gb": ram,
-                "storage_gb": storage,
+                "storage_gb": max(storage, self.min_storage_gb or 0),
                 "gpus": {v0: {"count": c} for v0, c in gpus.items()},
             },
             authorized_keys=keys,

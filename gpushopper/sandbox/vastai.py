@@ -1399,6 +1399,13 @@ class VastEmulator:
         rec["ssh_port"] = int(port)
         rec["public_ipaddr"] = host
         rec["ports"] = {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]}
+        # Each "-p EXT:INT" of the env opens INT on a random external port (§ Ports).
+        for key, _ in rec.get("env") or []:
+            flag, _, mapping = str(key).partition(" ")
+            inner = mapping.rpartition(":")[2].partition("/")[0]
+            if flag == "-p" and inner.isdigit() and f"{inner}/tcp" not in rec["ports"]:
+                outer = 20000 + (iid * 131 + int(inner)) % 40000
+                rec["ports"][f"{inner}/tcp"] = [{"HostIp": "0.0.0.0", "HostPort": str(outer)}]
         rec["machine_dir_ssh_port"] = int(port)
         meta.ssh_up = True
         return True
