@@ -85,3 +85,18 @@ def test_sessions_stats_json_shape(vast, gs):
 def test_dry_run_timeout_shape(vast, gs):
     plan = gs("provision --provider vastai --gpu 4090 --dry-run --json").json()
     assert set(plan["timeout"]) == TIMEOUT_KEYS
+
+
+REFRESH_KEYS = {"provider_status", "provider_detail"}
+PROVIDER_STATUSES = {"creating", "loading", "running", "stopped", "exited", "failed", "unknown",
+                     "gone", "unreachable"}  # fmt: skip
+
+
+def test_refreshed_sessions_say_what_the_provider_says(vast, gs):
+    session = gs("provision --provider vastai --gpu 4090 --yes --json").json()
+    assert not REFRESH_KEYS & set(session)  # only when asked
+    (listed,) = gs("sessions list --refresh --json").json()
+    assert set(listed) >= SESSION_KEYS | REFRESH_KEYS
+    assert listed["provider_status"] in PROVIDER_STATUSES
+    shown = gs(f"sessions show {session['id']} --refresh --json").json()
+    assert shown["provider_status"] == "running" and isinstance(shown["provider_detail"], str)

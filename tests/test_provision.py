@@ -643,3 +643,31 @@ def test_provider_values_are_validated_before_they_are_recorded():
                     disk_gb=32, ports=[{"internal": 8675, "external": 40001, "protocol": "tcp"}])  # fmt: skip
     assert fine.image == "vastai/base-image:@vastai-automatic-tag" and fine.disk_gb == 32.0
     assert fine.ports == [{"internal": 8675, "external": 40001, "protocol": "tcp"}]
+
+
+def test_sessions_refresh_marks_what_the_provider_says(vast, tensordock, gs, monkeypatch):
+    exited = gs("provision --provider vastai --gpu 4090 --hours 1h --yes --json").json()
+    vanished = gs("provision --provider vastai --gpu 4090 --hours 1h --yes --json").json()
+    td = gs("provision --provider tensordock --gpu 4090 --hours 1h --yes --json").json()
+    vast.force_status(int(exited["instance_id"]), "exited")
+    vast._meta[int(vanished["instance_id"])].destroyed = True  # gone behind our back
+    monkeypatch.setenv("TENSORDOCK_API_URL", "http://127.0.0.1:9/api/v2")  # cannot be asked
+    monkeypatch.setenv("GPU_SHOPPER_DEFAULTS_HTTP_RETRIES", "1")
+    # without --refresh nothing leaves this machine, and nothing is marked
+    assert all("provider_status" not in v for v in gs("sessions list --json").json())
+    result = gs("sessions list --refresh --json")
+    assert result.exit_code == 0, result.stderr
+    said = {v["id"]: v["provider_status"] for v in result.json()}
+    assert said == {exited["id"]: "exited", vanished["id"]: "gone", td["id"]: "unreachable"}
+    assert {v["status"] for v in result.json()} == {"running"}  # the record is not rewritten
+    assert f"session {exited['id']} is running here but vastai says exited" in result.stderr
+    assert f"session {vanished['id']} is running here but vastai says gone" in result.stderr
+    assert f"session {td['id']}: tensordock could not be asked" in result.stderr
+    monkeypatch.setenv("COLUMNS", "100")
+    table = gs("sessions --refresh").stdout
+    assert "PROVIDER" in table and "SAYS" in table
+    rows = {line.split()[0]: line.split()[-1] for line in table.splitlines()[3:]}
+    assert rows[exited["id"]] == "exited" and rows[vanished["id"]] == "gone"
+    shown = gs(f"sessions show {exited['id'][:4]} --refresh --json").json()
+    assert shown["provider_status"] == "exited" and shown["status"] == "running"
+    assert "provider says" in gs(f"sessions show {exited['id']} --refresh").stdout

@@ -14,8 +14,15 @@ from gpushopper.model.errors import SshError
 from gpushopper.model.units import format_duration, parse_iso
 from gpushopper.providers.registry import PROVIDERS
 
+REFRESH_HELP = (
+    "Also ask each provider about the instance (PROVIDER SAYS: running, exited, gone, "
+    "unreachable...)."
+)
 
-def _views(app: App, show_all: bool, consumer: str | None) -> list[dict[str, Any]]:
+
+def _views(
+    app: App, show_all: bool, consumer: str | None, refresh: bool = False
+) -> list[dict[str, Any]]:
     from gpushopper.core.sessions import public_view
     from gpushopper.model.session import DONE
 
@@ -26,8 +33,29 @@ def _views(app: App, show_all: bool, consumer: str | None) -> list[dict[str, Any
             continue
         if consumer and record.get("consumer") != consumer:
             continue
-        out.append(public_view(record, now))
+        view = public_view(record, now)
+        if refresh:
+            _refresh(app, record, view)
+        out.append(view)
     return sorted(out, key=lambda v: v.get("created_at") or "")
+
+
+def _refresh(app: App, record: dict[str, Any], view: dict[str, Any]) -> None:
+    """Ask the provider about the session's instance; say on stderr where it disagrees
+    with what we recorded, or could not be asked."""
+    from gpushopper.cli.output import warn
+    from gpushopper.core.sessions import observe
+
+    seen = observe(record, app.provider)
+    view.update(seen)
+    said, sid = seen.get("provider_status"), view["id"]
+    if said == "unreachable":
+        warn(f"session {sid}: {view['provider']} could not be asked: {seen['provider_detail']}")
+    elif said in ("gone", "exited", "stopped") and view["status"] in ("running", "verifying"):
+        warn(
+            f"session {sid} is {view['status']} here but {view['provider']} says {said}"
+            f" ({seen['provider_detail']}); 'gpu-shopper sessions done {sid}' ends it"
+        )
 
 
 def _ends_in(view: dict[str, Any], app: App) -> str | None:
@@ -50,24 +78,34 @@ def _ends_in(view: dict[str, Any], app: App) -> str | None:
 )
 @click.option("--all", "show_all", is_flag=True, help="Include ended and failed sessions.")
 @click.option("--consumer", metavar="NAME", help="Only sessions for this consumer.")
+@click.option("--refresh", is_flag=True, help=REFRESH_HELP)
 @json_option
 @pass_app
 @click.pass_context
 def sessions(
-    ctx: click.Context, app: App, show_all: bool, consumer: str | None, as_json: bool
+    ctx: click.Context,
+    app: App,
+    show_all: bool,
+    consumer: str | None,
+    refresh: bool,
+    as_json: bool,
 ) -> None:
     """Rentals this machine made: list, inspect, extend, end."""
     if ctx.invoked_subcommand is None:
-        _list(app, show_all, consumer, as_json)
+        _list(app, show_all, consumer, as_json, refresh)
 
 
-def _list(app: App, show_all: bool, consumer: str | None, as_json: bool) -> None:
-    views = _views(app, show_all, consumer)
+def _list(
+    app: App, show_all: bool, consumer: str | None, as_json: bool, refresh: bool = False
+) -> None:
+    views = _views(app, show_all, consumer, refresh)
     if as_json:
         emit_json(views)
         return
+    columns = ["SESSION", "STATUS", "PROVIDER", "GPU", "$/h", "COST $", "ENDS IN", "CONSUMER"]
+    columns += ["SSH TO"] + (["PROVIDER SAYS"] if refresh else [])
     print_table(
-        ["SESSION", "STATUS", "PROVIDER", "GPU", "$/h", "COST $", "ENDS IN", "CONSUMER", "SSH TO"],
+        columns,
         [
             (
                 v["id"],
@@ -82,20 +120,36 @@ def _list(app: App, show_all: bool, consumer: str | None, as_json: bool) -> None
                 if (v.get("ssh") or {}).get("command") and v["status"] == "running"
                 else None,
             )
+            + ((v.get("provider_status"),) if refresh else ())
             for v in views
         ],
         empty="No sessions." if show_all else "No live sessions (--all shows ended ones).",
     )
 
 
-@sessions.command("list", epilog="Example: gpu-shopper sessions list --all")
+@sessions.command(
+    "list",
+    epilog="""Examples:
+
+\b
+  gpu-shopper sessions list --all
+  gpu-shopper sessions list --refresh --json | jq '.[] | {id, status, provider_status}'
+""",
+)
 @click.option("--all", "show_all", is_flag=True, help="Include ended and failed sessions.")
 @click.option("--consumer", metavar="NAME", help="Only sessions for this consumer.")
+@click.option("--refresh", is_flag=True, help=REFRESH_HELP)
 @json_option
 @pass_app
-def sessions_list(app: App, show_all: bool, consumer: str | None, as_json: bool) -> None:
-    """Live sessions (with --all, every session) with cost so far."""
-    _list(app, show_all, consumer, as_json)
+def sessions_list(
+    app: App, show_all: bool, consumer: str | None, refresh: bool, as_json: bool
+) -> None:
+    """Live sessions (with --all, every session) with cost so far.
+
+    With --refresh each provider is asked about its instances too: one that exited or
+    vanished is marked (and named on stderr); a provider that cannot be reached is said
+    so, never taken for "gone". Without it nothing leaves this machine."""
+    _list(app, show_all, consumer, as_json, refresh)
 
 
 @sessions.command(
@@ -131,17 +185,32 @@ def sessions_stats(
     print_table(stats.TABLE_COLUMNS, stats.table_rows(rows), empty="No recorded sessions.")
 
 
-@sessions.command("show", epilog="Example: gpu-shopper sessions show 3fa9c2 --json")
+@sessions.command(
+    "show",
+    epilog="""Examples:
+
+\b
+  gpu-shopper sessions show 3fa9c2 --json
+  gpu-shopper sessions show 3fa --refresh
+""",
+)
 @click.argument("session_id", type=SESSION_ID)
+@click.option("--refresh", is_flag=True, help=REFRESH_HELP)
 @json_option
 @pass_app
-def sessions_show(app: App, session_id: str, as_json: bool) -> None:
-    """One session in full (never any key material)."""
+def sessions_show(app: App, session_id: str, refresh: bool, as_json: bool) -> None:
+    """One session in full (never any key material).
+
+    What was recorded; with --refresh also what the provider says of the instance now
+    (provider_status). SESSION_ID may be a unique prefix."""
     from gpushopper.cli.provision import print_session
     from gpushopper.core.sessions import public_view
     from gpushopper.core.teardown import get_session_or_fail
 
-    view = public_view(get_session_or_fail(app.store, session_id), app.clock())
+    record = get_session_or_fail(app.store, session_id)
+    view = public_view(record, app.clock())
+    if refresh:
+        _refresh(app, record, view)
     if as_json:
         emit_json(view)
     else:

@@ -186,6 +186,7 @@ def public_view(record: dict[str, Any], now: datetime) -> dict[str, Any]:
         "disk_gb",
         "disk_gb_requested",
         "provider_status",
+        "provider_detail",
         "host_key_fingerprint",
         "verification",
         "overrides",
@@ -198,6 +199,28 @@ def public_view(record: dict[str, Any], now: datetime) -> dict[str, Any]:
         if extra in record:
             out[extra] = record[extra]
     return out
+
+
+def observe(record: dict[str, Any], provider_factory: Callable[[str], Any]) -> dict[str, Any]:
+    """What the provider says of a session's instance now, beside what we recorded:
+    ``provider_status`` is the instance's status (running, loading, exited, stopped,
+    unknown...), ``gone`` when the provider answers it has no such instance, or
+    ``unreachable`` when it could not be asked (never taken as gone); ``provider_detail``
+    says more. Empty for an ended session or one with no instance yet."""
+    from gpushopper.model.redact import clip
+
+    instance_id = record.get("instance_id")
+    if record.get("status") == "ended" or instance_id in (None, ""):
+        return {}
+    try:
+        instance = provider_factory(record["provider"]).get_instance(str(instance_id))
+    except GpuShopperError as exc:
+        return {"provider_status": "unreachable", "provider_detail": clip(str(exc), 200)}
+    if instance is None:
+        return {"provider_status": "gone", "provider_detail": "the provider has no such instance"}
+    detail = instance.extra.get("status_msg") if isinstance(instance.extra, dict) else None
+    parts = [p for p in (instance.raw_status, detail) if isinstance(p, str) and p]
+    return {"provider_status": instance.status, "provider_detail": clip(": ".join(parts), 200)}
 
 
 def render_ssh_config(records: dict[str, dict[str, Any]]) -> str:
