@@ -165,7 +165,8 @@ def test_group_stats_counts_failures_by_stage_and_skips_booting():
     assert stats.group_stats(records, stats.Filters(template="nope")) == []
 
 
-def test_sessions_stats_table_and_bad_input(gs, isolated_home):
+def test_sessions_stats_table_and_bad_input(gs, isolated_home, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # a wide terminal: whole cells, one line each
     assert gs("sessions stats").stderr.strip() == "No recorded sessions."
     seed(isolated_home, [record(i, boot_s=90.0) for i in range(3)])
     text = gs("sessions stats").stdout

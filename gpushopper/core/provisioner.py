@@ -96,7 +96,7 @@ class Candidate:
     template: Template | None
 
 
-def rented(instance: Instance, record: dict[str, Any], provider: Any) -> dict[str, Any]:
+def rented(instance: Instance, record: dict[str, Any], provider: Provider) -> dict[str, Any]:
     """What the provider says was rented, for the session record (each value validated
     by Instance): the image booted, the disk it bills (beside the disk asked for) and the
     ports it opened. A provider that does not report the image booted the one asked for,

@@ -14,6 +14,7 @@ from gpushopper.model.session import DONE, LIVE, SESSION_ID_RE, STATUSES
 from gpushopper.model.units import iso, parse_iso
 
 if TYPE_CHECKING:
+    from gpushopper.providers.base import Provider
     from gpushopper.state.store import StateStore
 
 
@@ -201,7 +202,7 @@ def public_view(record: dict[str, Any], now: datetime) -> dict[str, Any]:
     return out
 
 
-def observe(record: dict[str, Any], provider_factory: Callable[[str], Any]) -> dict[str, Any]:
+def observe(record: dict[str, Any], provider_factory: Callable[[str], Provider]) -> dict[str, Any]:
     """What the provider says of a session's instance now, beside what we recorded:
     ``provider_status`` is the instance's status (running, loading, exited, stopped,
     unknown...), ``gone`` when the provider answers it has no such instance, or
