@@ -220,3 +220,25 @@ def test_session_and_job_prefixes_everywhere(gs, isolated_home):
     assert gs("jobs show j0a0a --json").json()["id"] == "j0a0a0a"
     job = gs("jobs show j0a0")
     assert job.exit_code == 2 and "j0a0a0a, j0a0b0b" in job.stderr
+
+
+def test_columns_is_honoured_both_ways(td_session, gs, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "60")
+    check_fits(gs("sessions").stdout, 60)
+    check_fits(gs("inventory --gpu 4090").stdout, 60)
+    monkeypatch.setenv("COLUMNS", "250")
+    wide = gs("config list").stdout
+    assert max(len(line) for line in wide.splitlines()) > 80  # not folded to 80 regardless
+    check_fits(wide, 250)
+
+
+def test_too_narrow_cuts_an_id_on_its_line_never_folds_it(capsys, monkeypatch):
+    from gpushopper.cli.output import print_table
+
+    monkeypatch.setenv("COLUMNS", "20")
+    ident = "tensordock:0123456789abcdef0123"
+    print_table(["OFFER", "GPU"], [(ident, "RTX 4090")])
+    lines = check_fits(capsys.readouterr().out, 20)
+    (row,) = [line for line in lines if line.startswith("tensordock")]
+    assert "…" in row  # cut with an ellipsis on one line...
+    assert not any(line.strip().startswith(("01", "ab", "23")) for line in lines)  # ...not folded
