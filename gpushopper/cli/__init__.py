@@ -157,11 +157,12 @@ pass_app = click.make_pass_decorator(App, ensure=True)
 def cli(ctx: click.Context, verbose: bool) -> None:
     """Shop Vast.ai and TensorDock for the best reliable GPU, rent it, hand off SSH,
     track the cost, and leave nothing running."""
-    from gpushopper.cli.output import set_verbose, setup_logging
+    from gpushopper.cli.output import sandbox_banner, set_verbose, setup_logging
 
     if verbose:
         set_verbose(True)
     setup_logging()
+    sandbox_banner()
     ctx.obj = App()
 
 

@@ -96,7 +96,63 @@ def run_checks(app: App) -> list[dict[str, str]]:
         )
     )
     checks.append(_ssh_include_check(app))
+    checks.append(_safety_net_check(app))
     return checks
+
+
+CRON_SWEEP_WORDS = ("cleanup-orphans", "watch --once")
+CRONTAB_TIMEOUT_S = 5.0
+
+
+def _crontab_lines() -> list[str] | None:
+    """This user's crontab lines that run a gpu-shopper sweep; None when ``crontab -l``
+    cannot be asked (no cron installed, no crontab, not allowed, too slow)."""
+    import subprocess
+
+    crontab = shutil.which("crontab")
+    if crontab is None:
+        return None
+    try:
+        out = subprocess.run(  # noqa: S603 - a fixed argv
+            [crontab, "-l"],
+            capture_output=True,
+            text=True,
+            timeout=CRONTAB_TIMEOUT_S,
+            stdin=subprocess.DEVNULL,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return []  # "no crontab for USER"
+    return [
+        line.strip()
+        for line in out.stdout.splitlines()
+        if not line.lstrip().startswith("#") and any(w in line for w in CRON_SWEEP_WORDS)
+    ]
+
+
+def _safety_net_check(app: App) -> dict[str, str]:
+    """Is anything here enforcing deadlines: a running ``watch`` or a cron sweep?"""
+    from gpushopper.cli.watch import START_WATCH_HINT, watch_holder
+
+    pid = watch_holder(app)
+    if pid is not None:
+        return _check(
+            "safety net", "ok", f"watch is running for this home (pid {pid or 'starting'})"
+        )
+    lines = _crontab_lines()
+    if lines:
+        return _check("safety net", "ok", f"cron sweep: {lines[0][:160]}")
+    cron = (
+        "crontab -l is not available here"
+        if lines is None
+        else "no crontab line runs cleanup-orphans or watch --once"
+    )
+    return _check(
+        "safety net",
+        "warn",
+        f"watch is not running for this home and {cron}; {START_WATCH_HINT}",
+    )
 
 
 def _writable_check(app: App) -> dict[str, str]:

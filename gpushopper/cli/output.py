@@ -15,6 +15,10 @@ from gpushopper.model.errors import GpuShopperError
 from gpushopper.model.redact import redact
 
 _mode = {"json": False, "verbose": False}
+# click >= 8.2 raises this for a group given no arguments (8.1 printed the help and exited 0).
+_NO_ARGS_IS_HELP: type[Exception] = getattr(
+    click.exceptions, "NoArgsIsHelpError", type("_NeverRaised", (Exception,), {})
+)
 
 
 def json_requested() -> bool:
@@ -60,8 +64,46 @@ def _guarded(write: Callable[[], None]) -> None:
         output_lost(exc)
 
 
+# -- the sandbox -----------------------------------------------------------------------------
+# `eval "$(gpu-shopper sandbox start)"` exports GPU_SHOPPER_SANDBOX (the sandbox folder) with
+# the provider URLs and keys; while it is set, everything printed says SANDBOX, so simulated
+# prices are never mistaken for real ones. Read from the environment only: nothing of
+# gpushopper.sandbox loads for it.
+SANDBOX_ENV = "GPU_SHOPPER_SANDBOX"
+
+
+def sandbox_active() -> bool:
+    """Is this command pointed at the practice market (``sandbox start``'s exports)?"""
+    return bool(os.environ.get(SANDBOX_ENV, "").strip())
+
+
+def sandbox_banner() -> None:
+    """The one stderr line a command run against the sandbox starts with."""
+    if sandbox_active():
+        _guarded(
+            lambda: click.echo(
+                "SANDBOX: simulated market on 127.0.0.1, prices and instances are not real "
+                "('gpu-shopper sandbox stop' ends it)",
+                err=True,
+            )
+        )
+
+
+def _mark_sandbox(data: Any) -> Any:
+    """``"sandbox": true`` on the document (an object), or on each object of a list; the
+    caller's data is never changed. Outside the sandbox the data goes out as it is."""
+    if not sandbox_active():
+        return data
+    if isinstance(data, dict):
+        return {**data, "sandbox": True}
+    if isinstance(data, list):
+        return [{**row, "sandbox": True} if isinstance(row, dict) else row for row in data]
+    return data
+
+
 def emit_json(data: Any) -> None:
-    """Write ``data`` as the single JSON document on stdout."""
+    """Write ``data`` as the single JSON document on stdout (marked in the sandbox)."""
+    data = _mark_sandbox(data)
     text = _flat_rows_json(data)
     if text is None or redact(text) != text:
         import json
@@ -406,6 +448,12 @@ def run(
     except click.exceptions.Abort as exc:
         # Click turns a KeyboardInterrupt (ours carry the signal) into Abort.
         return _interrupted(getattr(exc.__cause__, "signum", None))
+    except _NO_ARGS_IS_HELP as exc:
+        # A bare `gpu-shopper` or group (`config`, `transfer`): the help, as asked, exit 0.
+        help_ctx = getattr(exc, "ctx", None)
+        help_text = help_ctx.get_help() if help_ctx is not None else ""
+        _guarded(lambda: click.echo(help_text))
+        return 0
     except click.UsageError as exc:
         hint = ""
         if exc.ctx is not None:

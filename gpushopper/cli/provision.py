@@ -173,6 +173,20 @@ def provision(app: App, offer_id: str | None, **opts: Any) -> None:
         _provision(app, offer_id, **opts)
 
 
+def prompting() -> bool:
+    """May we ask? Only when a person is at both ends (stdin and stderr are terminals)."""
+    return sys.stdin.isatty() and sys.stderr.isatty()
+
+
+def confirm_rent(question: str, *, as_json: bool, yes: bool) -> bool:
+    """Ask before renting, on a terminal without --yes or --json; False when the answer is
+    no (not an error: nothing was rented). Ctrl-C or end of input at the prompt is an
+    interruption, as anywhere."""
+    if yes or as_json or not prompting():
+        return True
+    return click.confirm(question, default=False, err=True)
+
+
 def _explicit_timeout(
     app: App, opts: dict[str, Any], profile: dict[str, Any]
 ) -> tuple[float, str] | None:
@@ -291,14 +305,14 @@ def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
             info("Dry run: nothing was created.")
         return
     _warn_about_budget(app, price * hours / 3600)
-    interactive = sys.stdin.isatty() and sys.stderr.isatty() and not opts["as_json"]
-    if interactive and not opts["yes"]:
-        click.confirm(
-            f"Rent {best.id} ({best.gpu_name} x{best.num_gpus}) at ${price:.3f}/h "
-            f"for {format_duration(hours)} (about ${price * hours / 3600:.2f})?",
-            abort=True,
-            err=True,
-        )
+    if not confirm_rent(
+        f"Rent {best.id} ({best.gpu_name} x{best.num_gpus}) at ${price:.3f}/h "
+        f"for {format_duration(hours)} (about ${price * hours / 3600:.2f})?",
+        as_json=opts["as_json"],
+        yes=opts["yes"],
+    ):
+        info("Nothing rented.")
+        return
 
     from gpushopper.cli.output import flush_output
     from gpushopper.core.sessions import public_view
@@ -318,3 +332,6 @@ def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
         # The hand-off reached no one (a signal or a closed pipe while printing it): the
         # new session is destroyed too, rather than left running unseen.
         raise provisioner.undo(session, exc) from None
+    from gpushopper.cli.watch import watch_note
+
+    info(watch_note(app))

@@ -13,7 +13,7 @@ from gpushopper.cli import App, pass_app
 from gpushopper.cli.filters import SORTS, bounded, build_query, filter_args, filter_options
 from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table, warn
 from gpushopper.cli.params import DURATION, HOURS, JOB_ID, OFFER_ID
-from gpushopper.model.errors import UsageError
+from gpushopper.model.errors import Declined, UsageError
 
 
 def _split_pair(raw: str, flag: str) -> tuple[str, str | None]:
@@ -183,7 +183,12 @@ def run(app: App, offer_id: str | None, **opts: Any) -> int:
 
 
 def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[str, Any]) -> int:
-    from gpushopper.cli.provision import _explicit_timeout, _timeouts, make_provisioner
+    from gpushopper.cli.provision import (
+        _explicit_timeout,
+        _timeouts,
+        confirm_rent,
+        make_provisioner,
+    )
     from gpushopper.core import rules
     from gpushopper.core.jobs import JobFailed, JobRunner, default_hours
     from gpushopper.core.provisioner import ProvisionRequest, below_reliability_floor
@@ -239,20 +244,22 @@ def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[st
         choices = _timeouts(app, req, candidates, explicit)
         req.timeout_by_provider = {name: choice.seconds for name, choice in choices.items()}
         best = candidates[0].offer
-        interactive = sys.stdin.isatty() and sys.stderr.isatty() and not opts["as_json"]
-        if interactive and not opts["yes"]:
-            price = best.price_per_hour or 0.0
-            click.confirm(
-                f"Rent {best.id} ({best.gpu_name} x{best.num_gpus}) at ${price:.3f}/h "
-                f"for up to {format_duration(hours)} (about ${price * hours / 3600:.2f})?",
-                abort=True,
-                err=True,
-            )
+        price = best.price_per_hour or 0.0
+        if not confirm_rent(
+            f"Rent {best.id} ({best.gpu_name} x{best.num_gpus}) at ${price:.3f}/h "
+            f"for up to {format_duration(hours)} (about ${price * hours / 3600:.2f})?",
+            as_json=opts["as_json"],
+            yes=opts["yes"],
+        ):
+            raise Declined("declined at the prompt: nothing rented")
         return provisioner.provision(req, candidates)  # type: ignore[no-any-return]
 
     try:
         record, code = runner.run(spec, job, provision)
     except JobFailed as exc:
+        if isinstance(exc.cause, Declined):  # "n" at the prompt: not an error
+            info("Nothing rented.")
+            return 0
         _report(exc.job, exc.exit_code, opts["as_json"])
         return exc.exit_code
     if spec.detach and code == 0 and record.get("status") == "running":

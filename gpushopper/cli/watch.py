@@ -16,6 +16,30 @@ from gpushopper.cli.params import DURATION
 from gpushopper.model.units import iso
 
 
+def watch_holder(app: App) -> int | None:
+    """The pid of the ``watch`` running for this home now (0: one is starting), or None."""
+    from gpushopper.state.pidlock import holder
+
+    return holder(app.paths.pid_file)
+
+
+START_WATCH_HINT = (
+    "start it: 'gpu-shopper watch' in another terminal, or install the systemd user unit "
+    "or the cleanup-orphans cron line (README, 'Running the safety net')"
+)
+
+
+def watch_note(app: App) -> str:
+    """One line for the end of a rental: is anything here enforcing its deadlines?"""
+    pid = watch_holder(app)
+    if pid is not None:
+        return f"watch is running for this home (pid {pid or 'starting'}): it enforces this session's deadlines"
+    return (
+        f"watch is not running for this home ({app.paths.data_dir}); only the on-instance "
+        f"deadline ends this rental if you forget it: {START_WATCH_HINT}"
+    )
+
+
 def _line(app: App, outcome: Any) -> str:
     from gpushopper.core.watcher import outcome_line
 

@@ -313,7 +313,7 @@ class JobRunner:
         except GpuShopperError as exc:
             done = self._update(
                 job_id,
-                status="cancelled" if exc.exit_code >= 128 else "failed",
+                status="cancelled" if exc.exit_code >= 128 or exc.exit_code == 0 else "failed",
                 failure_stage=self.stage,
                 error=clip(str(exc), 2000),
                 ended_at=iso(self.clock()),
@@ -922,7 +922,9 @@ class JobFailed(GpuShopperError):
         self.job = job
         self.cause = cause
         self.exit_code = (
-            3 if cause.exit_code == 3 else (cause.exit_code if cause.exit_code >= 128 else 1)
+            cause.exit_code
+            if cause.exit_code in (0, 3) or cause.exit_code >= 128
+            else 1  # a declined prompt is 0, not a failure
         )
 
 

@@ -114,6 +114,13 @@ class SshError(GpuShopperError):
     type = "ssh"
 
 
+class Declined(GpuShopperError):
+    """The person answered no at a prompt: nothing was done, and that is not a failure."""
+
+    exit_code = 0
+    type = "declined"
+
+
 class NeedsAttention(GpuShopperError):
     """Nothing failed, but a person should look (e.g. orphans left alone): exit 3."""
 

@@ -52,3 +52,32 @@ class PidLock:
             finally:
                 os.close(self.fd)
                 self.fd = None
+
+
+def holder(path: Path) -> int | None:
+    """The pid of the ``watch`` holding ``path``'s lock now (0 while its pid is not written
+    yet), or None when none does.
+
+    Asked with a shared, non-blocking lock on a descriptor of our own: it fails exactly
+    while a watch holds its exclusive one (in this process too: flock locks belong to the
+    open file, not the process). Never creates the file and never follows a link."""
+    import errno
+    import fcntl
+
+    from gpushopper.state.fs import open_nofollow
+
+    try:
+        fd = open_nofollow(path, os.O_RDONLY)
+    except OSError:
+        return None  # no pidfile (or a link, which acquire refuses): no watch holds it
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                return None
+            text = os.read(fd, 64).decode(errors="replace").strip()
+            return int(text) if text.isdigit() and int(text) > 0 else 0
+        return None
+    finally:
+        os.close(fd)
