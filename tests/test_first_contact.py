@@ -230,3 +230,77 @@ def test_doctor_warns_without_watch_or_cron_and_never_fails_on_it(
     assert checks["safety net"]["status"] == "warn"
     assert says in checks["safety net"]["detail"]
     assert "gpu-shopper watch" in checks["safety net"]["detail"]
+
+
+# -- exit codes agree: an unknown or ended session, offer or template is bad input (2) ------
+SESSION_COMMANDS = [
+    "sessions show {id}",
+    "sessions done {id}",
+    "sessions delete {id}",
+    "shutdown {id}",
+    "sessions extend {id} --hours 1h",
+    "sessions diagnostics {id}",
+    "sessions ssh {id} -- true",
+    "transfer upload {id} {file} /tmp/",
+    "transfer download {id} /etc/hostname {dir}",
+    "costs --session {id}",
+]
+# An ended session is still a record to show, cost or end again (ending is idempotent);
+# every command that needs a live one refuses it like an unknown one.
+ENDED_IS_FINE = {"sessions show", "sessions done", "sessions delete", "shutdown", "costs"}
+
+
+def _argv(template: str, session_id: str, tmp_path) -> list[str]:
+    src = tmp_path / "f.txt"
+    src.write_text("x")
+    import shlex
+
+    return [part.format(id=session_id, file=src, dir=tmp_path) for part in shlex.split(template)]
+
+
+@pytest.mark.parametrize("template", SESSION_COMMANDS)
+def test_an_unknown_session_is_exit_2_for_every_command(gs, tmp_path, template):
+    result = gs(_argv(template, "abc123", tmp_path) + ["--json"] * ("ssh" not in template))
+    assert result.exit_code == 2, (template, result.stderr)
+    assert "no session 'abc123'" in result.stderr
+    if "ssh" not in template:
+        assert result.json()["error"]["type"] == "not_found"
+
+
+@pytest.fixture
+def ended_session(gs, vast) -> str:
+    session = gs("provision --provider vastai --gpu 4090 --hours 1h --yes --json").json()
+    assert gs(f"sessions done {session['id']}").exit_code == 0
+    return session["id"]
+
+
+def test_an_ended_session_is_exit_2_for_every_command_that_needs_a_live_one(
+    gs, ended_session, tmp_path
+):
+    for template in SESSION_COMMANDS:
+        result = gs(_argv(template, ended_session, tmp_path))
+        name = template.split(" {id}")[0].replace(" --session", "")
+        if name in ENDED_IS_FINE:
+            assert result.exit_code == 0, (template, result.stderr)
+        else:
+            assert result.exit_code == 2, (template, result.stderr)
+            assert f"session {ended_session} is ended" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        "inventory show vastai:4040404",
+        "inventory compatible-templates vastai:4040404",
+        "provision vastai:4040404 --yes",
+        "templates show 'No Such Template'",
+        "provision --provider vastai --template 'No Such Template' --yes",
+        "provision vastai:1000001 --template 'No Such Template' --yes",
+    ],
+)
+def test_an_unknown_offer_or_template_is_exit_2(gs, vast, args):
+    result = gs(args + " --json")
+    assert result.exit_code == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and result.json()["error"]["type"] in ("not_found", "usage")
+    assert vast.live_instances() == []

@@ -733,12 +733,12 @@ def test_show_marks_health(market, gs):
     assert gs("inventory show vastai:1000002 --json").json()["health"] == "suppressed"
 
 
-def test_show_an_offer_that_is_gone_exits_1(market, gs):
+def test_show_an_offer_that_is_gone_exits_2(market, gs):
     result = gs("inventory show vastai:4040404")
-    assert result.exit_code == 1
+    assert result.exit_code == 2  # bad input, like an unknown session
     assert "vastai:4040404" in one_error_line(result.stderr)
     result = gs("inventory show tensordock:no-such-node:geforcertx4090-pcie-24gb")
-    assert result.exit_code == 1
+    assert result.exit_code == 2
 
 
 @pytest.mark.parametrize(
@@ -816,7 +816,7 @@ def test_templates_show_by_name_hash_or_image(market, gs):
     table = gs("templates show 'Ostris AI Toolkit'")
     assert "vastai/ostris-ai-toolkit" in table.stdout
     missing = gs("templates show 'No Such Template'")
-    assert missing.exit_code == 1
+    assert missing.exit_code == 2  # bad input, like an unknown session
     assert "No Such Template" in one_error_line(missing.stderr)
 
 

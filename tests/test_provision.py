@@ -484,6 +484,18 @@ def test_sessions_ssh_execs_openssh_with_the_session_key(vast, gs, isolated_home
     )
     assert out.returncode == 0, out.stderr
     assert "GPU 0:" in out.stdout
+    # After "--" every word is the remote command's, --json and -v included (issue 14).
+    flags = subprocess.run(
+        [sys.executable, "-m", "gpushopper", "sessions", "ssh", session["id"]]
+        + ["--", "echo", "--json", "-v"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+    assert flags.returncode == 0, flags.stderr
+    assert flags.stdout == "--json -v\n"
     gs(f"sessions done {session['id']}")
     gone = subprocess.run(
         [sys.executable, "-m", "gpushopper", "sessions", "ssh", session["id"]],
@@ -491,9 +503,12 @@ def test_sessions_ssh_execs_openssh_with_the_session_key(vast, gs, isolated_home
         text=True,
         timeout=30,
     )
-    assert gone.returncode == 1
+    assert gone.returncode == 2  # bad input, as an unknown session (issue 14)
+    # ...and a --json meant for the remote command never turns our error into JSON.
+    remote_json = gs(["sessions", "ssh", session["id"], "--", "tool", "--json"])
+    assert remote_json.exit_code == 2 and remote_json.stdout == ""
     assert "is ended" in gone.stderr and "Connection refused" not in gone.stderr
-    assert gs(f"sessions diagnostics {session['id']}").exit_code == 1
+    assert gs(f"sessions diagnostics {session['id']}").exit_code == 2
 
 
 def test_progress_and_budget_warning_go_to_stderr(vast, gs, monkeypatch):

@@ -61,7 +61,7 @@ def test_transfer_errors(gs, running, tmp_path):
     assert missing.exit_code == 1 and missing.stderr.startswith("Error: ")
     gs(f"sessions done {running['id']}")
     ended = gs(["transfer", "download", running["id"], "/etc/hostname", str(tmp_path)])
-    assert ended.exit_code == 1 and "only running sessions" in ended.stderr
+    assert ended.exit_code == 2 and "only running sessions" in ended.stderr
 
 
 def test_no_key_material_in_transfer_output(gs, running, tmp_path):

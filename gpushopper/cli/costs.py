@@ -42,7 +42,7 @@ def costs(
     if ctx.invoked_subcommand is not None:
         return
     from gpushopper.core.costs import parse_since, session_cost_rows
-    from gpushopper.model.errors import UsageError
+    from gpushopper.model.errors import NoSuchItem
     from gpushopper.model.units import parse_iso
 
     start = parse_since(since) if since else None
@@ -50,7 +50,7 @@ def costs(
     if session_id:
         records = [r for r in records if r.get("id") == session_id]
         if not records:
-            raise UsageError(f"no session {session_id!r} (see 'gpu-shopper sessions list --all')")
+            raise NoSuchItem(f"no session {session_id!r} (see 'gpu-shopper sessions list --all')")
     if consumer:
         records = [r for r in records if r.get("consumer") == consumer]
     if provider:

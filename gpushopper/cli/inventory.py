@@ -19,7 +19,6 @@ from gpushopper.cli.filters import (
 )
 from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table, warn
 from gpushopper.cli.params import OFFER_ID
-from gpushopper.model.errors import NotFound
 
 
 def _money(value: float | None) -> str | None:
@@ -179,15 +178,13 @@ def inventory(ctx: click.Context, app: App, **opts: Any) -> None:
 
 
 def _fetch_offer(app: App, offer_id: str, disk: int | None) -> Any:
-    from gpushopper.core.inventory import health_of
+    from gpushopper.core.inventory import get_offer_or_fail, health_of
     from gpushopper.providers.registry import split_offer_id
 
     provider_name, native = split_offer_id(offer_id)
     provider = app.provider(provider_name)
     disk_gb = float(disk or app.settings.get("defaults.disk_gb"))
-    offer = provider.get_offer(native, disk_gb)
-    if offer is None:
-        raise NotFound(provider_name, f"offer {offer_id} is not available any more")
+    offer = get_offer_or_fail(provider, offer_id, native, disk_gb)
     offer.health = health_of(offer, app.store.read().get("offer_health", {}), app.clock())
     return provider, offer
 

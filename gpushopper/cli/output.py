@@ -436,8 +436,11 @@ def run(
     ``reraise_internal`` (tests) lets a bug propagate instead of becoming exit 1, so a test
     that expects a provider's exit 1 cannot pass on a crash."""
     args = list(sys.argv[1:] if argv is None else argv)
-    _mode["json"] = "--json" in args
-    _mode["verbose"] = any(a in ("-v", "--verbose") for a in args[:3])
+    # Ours are the arguments before a "--"; after it they belong to a remote command
+    # (`sessions ssh ID -- tool --json`, `run -- python x.py --json`).
+    ours = args[: args.index("--")] if "--" in args else args
+    _mode["json"] = "--json" in ours
+    _mode["verbose"] = any(a in ("-v", "--verbose") for a in ours[:3])
     loaded = sys.modules.get("gpushopper.core.interrupts")
     if loaded is not None:  # an earlier command in this process (tests): forget its signal
         loaded.reset()

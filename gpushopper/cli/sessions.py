@@ -315,15 +315,13 @@ def sessions_diagnostics(app: App, session_id: str, as_json: bool) -> None:
     from pathlib import Path
 
     from gpushopper.cli.output import print_kv
-    from gpushopper.core.teardown import get_session_or_fail
+    from gpushopper.core.teardown import live_session_or_fail
     from gpushopper.remote import ssh as remote
 
-    record = get_session_or_fail(app.store, session_id)
+    record = live_session_or_fail(
+        app.store, session_id, ("running", "verifying"), "there is nothing to inspect"
+    )
     info_ = record.get("ssh") or {}
-    if record.get("status") not in ("running", "verifying"):
-        raise SshError(
-            f"session {session_id} is {record.get('status')}; there is nothing to inspect"
-        )
     if not info_.get("host"):
         raise SshError(
             f"session {session_id} has no SSH endpoint yet (status {record.get('status')})"
@@ -362,13 +360,11 @@ def sessions_ssh(app: App, session_id: str, command: tuple[str, ...]) -> None:
     import shutil
 
     from gpushopper.core.sessions import ssh_command
-    from gpushopper.core.teardown import get_session_or_fail
+    from gpushopper.core.teardown import live_session_or_fail
 
-    record = get_session_or_fail(app.store, session_id)
-    if record.get("status") not in ("running", "verifying"):
-        raise SshError(
-            f"session {session_id} is {record.get('status')}; there is nothing to SSH into"
-        )
+    record = live_session_or_fail(
+        app.store, session_id, ("running", "verifying"), "there is nothing to SSH into"
+    )
     line = ssh_command(record)
     if not line:
         raise SshError(f"session {session_id} has no SSH endpoint (status {record.get('status')})")

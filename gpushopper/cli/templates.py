@@ -12,7 +12,7 @@ from gpushopper.model.errors import (
     GpuShopperError,
     MissingCredentials,
     NoProviderConfigured,
-    NotFound,
+    NoSuchItem,
 )
 from gpushopper.providers.registry import PROVIDERS
 
@@ -109,7 +109,7 @@ def templates_show(app: App, ident: str, providers: tuple[str, ...], as_json: bo
             else:
                 print_kv(list(template.to_json().items()))
             return
-    raise NotFound("templates", f"no template {ident!r} (try 'gpu-shopper templates --name ...')")
+    raise NoSuchItem(f"no template {ident!r} (try 'gpu-shopper templates --name ...')")
 
 
 @click.command("offer-health", epilog="Example: gpu-shopper offer-health --json")

@@ -15,15 +15,15 @@ from gpushopper.model.errors import SshError
 
 
 def _connect(app: App, session_id: str) -> Any:
-    from gpushopper.core.teardown import get_session_or_fail
+    from gpushopper.core.teardown import live_session_or_fail
     from gpushopper.remote import ssh
 
-    record = get_session_or_fail(app.store, session_id)
+    record = live_session_or_fail(
+        app.store, session_id, ("running",), "only running sessions take transfers"
+    )
     endpoint = record.get("ssh") or {}
-    if record.get("status") != "running" or not endpoint.get("host"):
-        raise SshError(
-            f"session {session_id} is {record.get('status')}; only running sessions take transfers"
-        )
+    if not endpoint.get("host"):
+        raise SshError(f"session {session_id} has no SSH endpoint (status running)")
     return ssh.connect(
         endpoint["host"],
         int(endpoint["port"]),

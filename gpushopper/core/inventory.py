@@ -13,6 +13,8 @@ from gpushopper.model.errors import (
     GpuShopperError,
     MissingCredentials,
     NoProviderConfigured,
+    NoSuchItem,
+    NotFound,
     RateLimited,
     Unavailable,
     UsageError,
@@ -480,3 +482,18 @@ def _fan_out(
             finally:
                 progress.stop()
         return {name: future.result() for future, name in futures.items()}
+
+
+def get_offer_or_fail(provider: Any, offer_id: str, native: str, disk_gb: float) -> Offer:
+    """The offer, fetched again. One that does not exist or is gone (rented by someone
+    else, withdrawn; the provider's 404 included) is bad input, exit 2, like an unknown
+    session: the id given is no longer one that can be rented."""
+    try:
+        offer = provider.get_offer(native, disk_gb)
+    except NotFound:
+        offer = None
+    if offer is None:
+        raise NoSuchItem(
+            f"offer {offer_id} is not available any more (see 'gpu-shopper inventory --refresh')"
+        )
+    return offer

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from gpushopper.core import interrupts
 from gpushopper.core.owner import current_owner
-from gpushopper.model.errors import GpuShopperError, SshError, StateError, UsageError
+from gpushopper.model.errors import GpuShopperError, NoSuchItem, SshError, StateError
 from gpushopper.model.redact import clip
 from gpushopper.model.units import iso
 
@@ -145,7 +145,7 @@ def get_job(store: StateStore, job_id: str) -> dict[str, Any]:
     jobs = store.read().get("jobs") or {}
     record = jobs.get(job_id)
     if not isinstance(record, dict):
-        raise UsageError(f"no job {job_id!r} (see 'gpu-shopper jobs list --all')")
+        raise NoSuchItem(f"no job {job_id!r} (see 'gpu-shopper jobs list --all')")
     return dict(record)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpushopper.core import interrupts, rules
-from gpushopper.core.inventory import machine_key, search
+from gpushopper.core.inventory import get_offer_or_fail, machine_key, search
 from gpushopper.core.owner import current_owner
 from gpushopper.core.sessions import close_record, refresh_ssh_config
 from gpushopper.core.teardown import (
@@ -32,10 +32,9 @@ from gpushopper.core.teardown import (
 from gpushopper.model.errors import (
     GpuShopperError,
     Interrupted,
-    NotFound,
+    NoSuchItem,
     SshError,
     StateError,
-    UsageError,
 )
 from gpushopper.model.models import Instance, LaunchSpec, Offer, OfferQuery, Template, gpu_matches
 from gpushopper.model.redact import clip
@@ -222,10 +221,8 @@ class Provisioner:
             provider = self.provider_factory(name)
             template = self._template_for(provider, req.template)
             if req.template and template is None:
-                raise UsageError(f"{name} has no template {req.template!r}")
-            offer = provider.get_offer(native, req.query.disk_gb)
-            if offer is None:
-                raise NotFound(name, f"offer {req.offer_id} is not available any more")
+                raise NoSuchItem(f"{name} has no template {req.template!r}")
+            offer = get_offer_or_fail(provider, req.offer_id, native, req.query.disk_gb)
             return [Candidate(provider, offer, template)], notes
         # The best few of all matches are enough to try in turn (and to show alternatives);
         # preferred GPUs re-order the whole market, so then every match is asked for.

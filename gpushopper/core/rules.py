@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from gpushopper.model.errors import UsageError
+from gpushopper.model.errors import NoSuchItem, UsageError
 from gpushopper.model.session import LIVE
 from gpushopper.model.units import format_duration, iso, parse_iso
 
@@ -57,7 +57,7 @@ def extend(
     Refused for a session that is not live, and past the hard maximum without ``override``
     (the override is appended to the session's ``overrides``)."""
     if record.get("status") not in LIVE:
-        raise UsageError(
+        raise NoSuchItem(
             f"session {session_id} is {record.get('status')}; only live sessions can be extended"
         )
     current = parse_iso(record.get("reservation_ends_at")) or now

@@ -25,12 +25,12 @@ from typing import TYPE_CHECKING, Any
 from gpushopper.core.sessions import close_record, record_problem, refresh_ssh_config
 from gpushopper.model.errors import (
     GpuShopperError,
+    NoSuchItem,
     NotOurs,
     ProviderError,
     StateError,
     StateWriteError,
     Unavailable,
-    UsageError,
 )
 from gpushopper.model.models import Instance
 from gpushopper.model.session import DONE
@@ -47,12 +47,27 @@ LABEL_WAIT_S = 30.0  # how long a new instance may take to show up in the provid
 def get_session_or_fail(store: StateStore, session_id: str) -> dict[str, Any]:
     record = store.get_session(session_id)
     if record is None:
-        raise UsageError(f"no session {session_id!r} (see 'gpu-shopper sessions list --all')")
+        raise NoSuchItem(f"no session {session_id!r} (see 'gpu-shopper sessions list --all')")
     why = record_problem(record)
     if why is not None:
         raise StateError(
             f"session {session_id} in {getattr(store, 'path', 'the state file')} {why}; "
             "repair or remove that record"
+        )
+    return record
+
+
+def live_session_or_fail(
+    store: StateStore, session_id: str, statuses: tuple[str, ...], needs: str
+) -> dict[str, Any]:
+    """The session, when its status is one of ``statuses``. An ended (or failed, or still
+    creating) session is bad input for a command that needs a live one: exit 2, the same
+    code as an unknown session, for every command."""
+    record = get_session_or_fail(store, session_id)
+    status = record.get("status")
+    if status not in statuses:
+        raise NoSuchItem(
+            f"session {session_id} is {status}; {needs} (see 'gpu-shopper sessions list')"
         )
     return record
 

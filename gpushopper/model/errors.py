@@ -26,6 +26,13 @@ class UsageError(GpuShopperError):
     type = "usage"
 
 
+class NoSuchItem(UsageError):
+    """A session, job, offer or template the user named that does not exist (or no longer
+    can be used): bad input, exit 2, whichever command was given it."""
+
+    type = "not_found"
+
+
 class ConfigError(GpuShopperError):
     """A setting is unknown, of the wrong type or missing: exit 2."""
 
