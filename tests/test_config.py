@@ -179,3 +179,83 @@ def test_provider_auth_error_never_shows_the_key(gs, vast, monkeypatch):
     assert "Invalid user key" in result.stderr
     assert result.json()["error"]["type"] == "auth"  # the provider's own typed error
     assert "wrong-key-but-secret-7777" not in result.stdout + result.stderr
+
+
+# -- issue 14: get shows the source, profiles are listed, set warns about the environment ----
+def test_config_get_prints_the_value_on_stdout_and_its_source_on_stderr(gs, monkeypatch):
+    result = gs("config get defaults.hours")
+    assert result.stdout == "2h\n" and "from default" in result.stderr
+    monkeypatch.setenv("GPU_SHOPPER_DEFAULTS_HOURS", "3h")
+    result = gs("config get defaults.hours")
+    assert result.stdout == "3h\n"
+    assert "environment variable GPU_SHOPPER_DEFAULTS_HOURS" in result.stderr
+    assert gs("config get defaults.hours --json").json() == {
+        "key": "defaults.hours",
+        "value": "3h",
+        "source": "env:GPU_SHOPPER_DEFAULTS_HOURS",
+    }
+
+
+def test_config_list_and_get_show_profiles_the_built_in_one_included(gs):
+    assert gs("config set profiles.flux-lora.disk_gb 80").exit_code == 0
+    assert gs("config set profiles.big.min_vram_gb 48").exit_code == 0
+    rows = {r["key"]: r for r in gs("config list --json").json()}
+    assert rows["profiles.flux-lora.template"] == {
+        "key": "profiles.flux-lora.template",
+        "value": "Ostris AI Toolkit",
+        "source": "built-in",
+        "secret": False,
+    }
+    assert rows["profiles.flux-lora.disk_gb"]["value"] == 80
+    assert rows["profiles.flux-lora.disk_gb"]["source"] == "file"
+    assert rows["profiles.big.min_vram_gb"]["value"] == 48
+    assert "profiles.flux-lora.min_vram_gb" in gs("config list").stdout
+    every = gs("config get 'profiles.flux-lora.*' --json").json()
+    assert {r["key"] for r in every} == {
+        "profiles.flux-lora." + k
+        for k in ("min_vram_gb", "disk_gb", "min_reliability", "template", "timeout")
+    }
+    assert gs("config get profiles.flux-lora --json").json() == every
+    one = gs("config get profiles.flux-lora.disk_gb")
+    assert one.stdout == "80\n" and str(gs("config path").stdout.strip()) in one.stderr
+    short = gs("config get profiles.flux-lora.disk --json").json()  # a unique prefix, read-only
+    assert short == {"key": "profiles.flux-lora.disk_gb", "value": 80, "source": "file"}
+    unset = gs("config get profiles.flux-lora.gpu --json").json()
+    assert unset == {"key": "profiles.flux-lora.gpu", "value": None, "source": "default"}
+    assert gs("config get 'safety.*' --json").json()[0]["key"].startswith("safety.")
+
+
+@pytest.mark.parametrize(
+    "key, says",
+    [
+        ("profiles.nope.disk_gb", "unknown profile 'nope'"),
+        ("profiles.flux-lora.min", "did you mean profiles.flux-lora.min_cuda or"),
+        ("profiles.flux-lora.colour", "known: "),
+        ("'nothing.*'", "no setting matches"),
+    ],
+)
+def test_config_get_of_an_unknown_profile_or_option_is_exit_2(gs, key, says):
+    result = gs(f"config get {key}")
+    assert result.exit_code == 2 and says in result.stderr
+
+
+def test_config_set_warns_when_the_environment_overrides_it(gs, monkeypatch, isolated_home):
+    monkeypatch.setenv("GPU_SHOPPER_DEFAULTS_DISK_GB", "50")
+    result = gs("config set defaults.disk_gb 80")
+    assert result.exit_code == 0
+    assert "Warning: environment variable GPU_SHOPPER_DEFAULTS_DISK_GB overrides" in result.stderr
+    assert "80" in (isolated_home / "config.toml").read_text()
+    monkeypatch.setenv("VASTAI_API_KEY", "env-key-secret-1111")
+    secret = gs("config set vastai.api_key file-key-secret-2222")
+    assert "environment variable VASTAI_API_KEY overrides" in secret.stderr
+    assert "secret-1111" not in secret.stderr and "secret-2222" not in secret.stderr
+    monkeypatch.delenv("GPU_SHOPPER_DEFAULTS_DISK_GB")
+    assert "Warning" not in gs("config set defaults.disk_gb 81").stderr
+
+
+def test_help_names_the_configured_hard_maximum(gs, monkeypatch):
+    assert "12h hard maximum" in gs("sessions extend --help").stdout
+    monkeypatch.setenv("GPU_SHOPPER_SAFETY_HARD_MAX_HOURS", "6")
+    assert "6h hard maximum" in gs("sessions extend --help").stdout
+    assert "6h hard" in gs("sessions --help").stdout
+    assert "12-hour" not in gs("sessions extend --help").stdout

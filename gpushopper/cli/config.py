@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from gpushopper.cli import App, pass_app
-from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table
+from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table, warn
 
 
 def _show(value: Any) -> str:
@@ -31,33 +31,66 @@ def config() -> None:
 @json_option
 @pass_app
 def config_list(app: App, as_json: bool) -> None:
-    """Every setting, its value (secrets masked) and where it came from."""
-    rows = app.settings.listing()
+    """Every setting and profile option (the built-in flux-lora included), its value
+    (secrets masked) and where it came from."""
+    _print_rows(app.settings.listing(), as_json)
+
+
+@config.command(
+    "get",
+    epilog="""Examples:
+
+\b
+  gpu-shopper config get defaults.hours
+  gpu-shopper config get profiles.flux-lora.disk_gb
+  gpu-shopper config get 'profiles.flux-lora.*'      (every option of the profile)
+  gpu-shopper config get 'safety.*' --json""",
+)
+@click.argument("key")
+@json_option
+@pass_app
+def config_get(app: App, key: str, as_json: bool) -> None:
+    """One setting's value (secrets masked) on stdout, and where it came from on stderr.
+
+    KEY may be a pattern ('safety.*'), or a profile ('profiles.flux-lora'): every match is
+    shown as 'config list' shows it. Profiles include the built-in flux-lora.
+    """
+    from gpushopper.model.errors import ConfigError
+    from gpushopper.state.config import describe_source, mask_setting
+
+    settings = app.settings
+    pattern = key + ".*" if key.startswith("profiles.") and key.count(".") == 1 else key
+    if any(c in pattern for c in "*?["):
+        from fnmatch import fnmatchcase
+
+        rows = [r for r in settings.listing() if fnmatchcase(r["key"], pattern)]
+        if not rows:
+            raise ConfigError(f"no setting matches {key!r} (see 'gpu-shopper config list')")
+        _print_rows(rows, as_json)
+        return
+    if key.startswith("profiles."):
+        row = settings.profile_option(key)
+        key, value, source = row["key"], row["value"], row["source"]
+    else:
+        spec = settings.spec(key)
+        value, source = settings.raw(key)
+        settings.get(key)  # validates type and range, registers secrets
+        if spec.masked and value:
+            value = mask_setting(spec, str(value))
+    if as_json:
+        emit_json({"key": key, "value": value, "source": source})
+    else:
+        click.echo(_show(value))
+        info(f"({key} from {describe_source(source, app.paths)})")
+
+
+def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
     if as_json:
         emit_json(rows)
         return
     print_table(
         ["KEY", "VALUE", "SOURCE"], [(r["key"], _show(r["value"]), r["source"]) for r in rows]
     )
-
-
-@config.command("get", epilog="Example: gpu-shopper config get defaults.hours")
-@click.argument("key")
-@json_option
-@pass_app
-def config_get(app: App, key: str, as_json: bool) -> None:
-    """One setting's value (secrets masked) and source."""
-    from gpushopper.state.config import mask_setting
-
-    spec = app.settings.spec(key)
-    value, source = app.settings.raw(key)
-    app.settings.get(key)  # validates type and range, registers secrets
-    if spec.masked and value:
-        value = mask_setting(spec, str(value))
-    if as_json:
-        emit_json({"key": key, "value": value, "source": source})
-    else:
-        click.echo(_show(value))
 
 
 @config.command(
@@ -101,10 +134,26 @@ def config_set(app: App, key: str, value: str | None, as_json: bool) -> None:
         value = value.strip()
     stored = app.settings.set(key, value)
     shown = mask_setting(spec, str(stored)) if spec is not None and masked and stored else stored
+    _warn_if_overridden(app, key)
     if as_json:
         emit_json({"key": key, "value": shown, "file": str(app.paths.config_file)})
     else:
         info(f"Set {key} = {_show(shown)} in {app.paths.config_file}")
+
+
+def _warn_if_overridden(app: App, key: str) -> None:
+    """The value just written is not the one in force while the environment (or .env)
+    sets this key: say so, naming the variable, never its value."""
+    if key.startswith("profiles."):
+        return
+    from gpushopper.state.config import Settings, describe_source
+
+    _, source = Settings(paths=app.paths, environ=app.environ).raw(key)
+    if source.startswith(("env:", ".env:")):
+        warn(
+            f"{describe_source(source, app.paths)} overrides {key}: the value just set "
+            "applies only once it is unset"
+        )
 
 
 @config.command("unset", epilog="Example: gpu-shopper config unset vastai.max_price")

@@ -68,3 +68,38 @@ class IdType(click.ParamType):
 SESSION_ID = IdType("session")
 JOB_ID = IdType("job")
 OFFER_ID = IdType("offer")
+HARD_MAX = "{hard_max}"
+
+
+def configured_hard_max() -> str:
+    """``safety.hard_max_hours`` as this home has it (``12 h`` by default), for help texts."""
+    try:
+        from gpushopper.model.units import format_duration
+        from gpushopper.state.config import Settings
+        from gpushopper.state.paths import resolve_paths
+
+        hours = Settings(paths=resolve_paths()).get("safety.hard_max_hours")
+        return f"{format_duration(float(hours) * 3600)} hard maximum (safety.hard_max_hours)"
+    except Exception:  # noqa: BLE001 - a help text never fails on a broken setting
+        return "hard maximum (safety.hard_max_hours)"
+
+
+class ConfiguredHelp(click.Command):
+    """A command whose help names the configured hard maximum where it says {hard_max}."""
+
+    def _filled(self) -> str | None:
+        return self.help.replace(HARD_MAX, configured_hard_max()) if self.help else self.help
+
+    def format_help_text(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        original, self.help = self.help, self._filled()
+        try:
+            super().format_help_text(ctx, formatter)
+        finally:
+            self.help = original
+
+    def get_short_help_str(self, limit: int = 45) -> str:
+        original, self.help = self.help, self._filled()
+        try:
+            return super().get_short_help_str(limit)
+        finally:
+            self.help = original

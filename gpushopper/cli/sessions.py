@@ -9,7 +9,7 @@ import click
 
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.output import emit_json, info, json_option, print_table
-from gpushopper.cli.params import HOURS, SESSION_ID
+from gpushopper.cli.params import HOURS, SESSION_ID, ConfiguredHelp
 from gpushopper.model.errors import SshError
 from gpushopper.model.units import format_duration, parse_iso
 from gpushopper.providers.registry import PROVIDERS
@@ -268,7 +268,9 @@ def shutdown(app: App, session_id: str, as_json: bool) -> None:
     _end(app, session_id, "shutdown", as_json)
 
 
-@sessions.command("extend", epilog="Example: gpu-shopper sessions extend 3fa9c2 --hours 1h")
+@sessions.command(
+    "extend", cls=ConfiguredHelp, epilog="Example: gpu-shopper sessions extend 3fa9c2 --hours 1h"
+)
 @click.argument("session_id", type=SESSION_ID)
 @click.option(
     "--hours",
@@ -281,7 +283,7 @@ def shutdown(app: App, session_id: str, as_json: bool) -> None:
 @json_option
 @pass_app
 def sessions_extend(app: App, session_id: str, hours: float, override: bool, as_json: bool) -> None:
-    """Push the reservation end out; refused past the 12-hour hard maximum without --override."""
+    """Push the reservation end out; refused past the {hard_max} without --override."""
     from gpushopper.core import rules
     from gpushopper.core.sessions import public_view
     from gpushopper.core.teardown import get_session_or_fail

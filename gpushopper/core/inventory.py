@@ -311,6 +311,7 @@ def _suppressed(health: dict[str, Any], now: datetime) -> int:
 
 
 if TYPE_CHECKING:  # a Protocol class costs import time; only the type checker needs it
+    from gpushopper.providers.base import Provider
 
     class Progress(Protocol):
         """What ``search`` reports to while providers are slow (the CLI draws a status
@@ -484,7 +485,7 @@ def _fan_out(
         return {name: future.result() for future, name in futures.items()}
 
 
-def get_offer_or_fail(provider: Any, offer_id: str, native: str, disk_gb: float) -> Offer:
+def get_offer_or_fail(provider: Provider, offer_id: str, native: str, disk_gb: float) -> Offer:
     """The offer, fetched again. One that does not exist or is gone (rented by someone
     else, withdrawn; the provider's 404 included) is bad input, exit 2, like an unknown
     session: the id given is no longer one that can be rented."""

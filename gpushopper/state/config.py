@@ -390,6 +390,13 @@ def _parse_typed(kind: str, raw: str, key: str) -> Any:
     return coerce(kind, raw, key)
 
 
+def describe_source(source: str, paths: Paths) -> str:
+    """Where a value came from, in words (``config get``)."""
+    if source == "built-in":
+        return "built-in profile"
+    return _describe(source, paths)
+
+
 def _describe(source: str, paths: Paths) -> str:
     if source.startswith(("env:", ".env:")):
         kind, _, name = source.partition(":")
@@ -545,7 +552,67 @@ class Settings:
             if setting.masked and value:
                 value = mask_setting(setting, str(value))
             rows.append({"key": key, "value": value, "source": source, "secret": setting.secret})
+        for name in self.profile_names():
+            rows.extend(self.profile_rows(name))
         return rows
+
+    def profile_names(self) -> list[str]:
+        profiles = self.file_data().get("profiles", {})
+        return sorted(set(BUILTIN_PROFILES) | set(profiles if isinstance(profiles, dict) else {}))
+
+    def profile_rows(self, name: str) -> list[dict[str, Any]]:
+        """One profile's options as ``config list`` rows: each value as configured, from
+        the config file or ``built-in`` (the shipped profiles, such as ``flux-lora``)."""
+        profiles = self.file_data().get("profiles", {})
+        mine = profiles.get(name) if isinstance(profiles, dict) else None
+        mine = mine if isinstance(mine, dict) else {}
+        if name not in BUILTIN_PROFILES and not mine and name not in self.profile_names():
+            raise ConfigError(
+                f"unknown profile {name!r} (known: {', '.join(self.profile_names())})"
+            )
+        values = {
+            **{k: (v, "built-in") for k, v in BUILTIN_PROFILES.get(name, {}).items()},
+            **{k: (v, "file") for k, v in mine.items()},
+        }
+        rows = []
+        for key in sorted(values):
+            value, source = values[key]
+            full = f"profiles.{name}.{key}"
+            try:
+                kind = PROFILE_KEYS.get(key)
+                if kind is None:
+                    raise ConfigError(f"{full} is not a known profile option")
+                check_range(key, kind, coerce(kind, value, full), full)
+            except ConfigError:
+                value, source = "(invalid)", "?"
+            rows.append({"key": full, "value": value, "source": source, "secret": False})
+        return rows
+
+    def profile_option(self, key: str) -> dict[str, Any]:
+        """``profiles.NAME.OPTION`` as one row (value ``None``, source ``default`` when the
+        profile leaves it unset); an unknown profile or option is a ConfigError."""
+        parts = key.split(".")
+        if len(parts) != 3 or not parts[1]:
+            raise ConfigError(f"profile settings look like profiles.NAME.OPTION, not {key!r}")
+        option = parts[2]
+        starts = [k for k in PROFILE_KEYS if k.startswith(option)] if option else []
+        if option not in PROFILE_KEYS and len(starts) == 1:  # read-only: `disk` is disk_gb
+            option = starts[0]
+            key = f"profiles.{parts[1]}.{option}"
+        if option not in PROFILE_KEYS:
+            close = sorted(starts) or [k for k in sorted(PROFILE_KEYS) if option in k]
+            hint = (
+                "did you mean " + " or ".join(f"profiles.{parts[1]}.{k}" for k in close) + "?"
+                if close
+                else "known: " + ", ".join(sorted(PROFILE_KEYS))
+            )
+            raise ConfigError(f"unknown profile option {option!r} in {key!r} ({hint})")
+        for row in self.profile_rows(parts[1]):
+            if row["key"] == key:
+                if row["source"] == "?":
+                    self.profile(parts[1])  # raises, naming what is wrong
+                return row
+        return {"key": key, "value": None, "source": "default", "secret": False}
 
     def profile(self, name: str) -> dict[str, Any]:
         """A profile from the config file, falling back to the built-in ones."""
