@@ -30,7 +30,7 @@ from gpushopper.model.models import (
     rank_offers,
 )
 from gpushopper.model.units import iso, parse_iso
-from gpushopper.providers.registry import offer_id_ok
+from gpushopper.providers.registry import no_template, offer_id_ok
 from gpushopper.state.fs import read_bytes_nofollow
 
 RATE_LIMITED_TTL_S = 300.0  # after a 429, reuse answers for at least this long
@@ -404,7 +404,7 @@ def search(
             except GpuShopperError as exc:
                 return Answer(name, error=exc)
             if template is None:
-                return Answer(name, skipped=f"{name}: no template {query.template!r}")
+                return Answer(name, skipped=no_template(name, query.template))
             if template.min_cuda is not None and (query.min_cuda or 0) < template.min_cuda:
                 queries[name] = replace(query, min_cuda=template.min_cuda)
         asked = queries[name]

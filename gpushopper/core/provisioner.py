@@ -40,7 +40,7 @@ from gpushopper.model.models import Instance, LaunchSpec, Offer, OfferQuery, Tem
 from gpushopper.model.redact import clip
 from gpushopper.model.session import make_label
 from gpushopper.model.units import format_duration, iso, parse_iso
-from gpushopper.providers.registry import split_offer_id
+from gpushopper.providers.registry import no_template, split_offer_id
 
 if TYPE_CHECKING:
     from gpushopper.providers.base import Provider
@@ -221,7 +221,7 @@ class Provisioner:
             provider = self.provider_factory(name)
             template = self._template_for(provider, req.template)
             if req.template and template is None:
-                raise NoSuchItem(f"{name} has no template {req.template!r}")
+                raise NoSuchItem(no_template(name, req.template))
             offer = get_offer_or_fail(provider, req.offer_id, native, req.query.disk_gb)
             return [Candidate(provider, offer, template)], notes
         # The best few of all matches are enough to try in turn (and to show alternatives);

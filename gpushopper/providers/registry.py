@@ -39,6 +39,7 @@ class Entry(NamedTuple):  # a NamedTuple: a frozen dataclass costs ~0.7 ms at im
     # Long ids (a TensorDock hostnode uuid) are shown and taken as unique prefixes; a
     # Vast.ai ask is a short number, and a shorter number is another ask.
     short_native: int | None = None
+    templates_hint: str = ""  # what --template names here, for a template it lacks
 
 
 _TD_NATIVE = re.compile(r"[A-Za-z0-9_-]+:[A-Za-z0-9_.-]+")
@@ -58,6 +59,7 @@ ENTRIES: tuple[Entry, ...] = (
             api_url_default="https://console.vast.ai",
             secret_setting="vastai.api_key",
         ),
+        templates_hint="see 'gpu-shopper templates --provider vastai --name ...'",
     ),
     Entry(
         name="tensordock",
@@ -68,6 +70,10 @@ ENTRIES: tuple[Entry, ...] = (
         native_ok=lambda native: _TD_NATIVE.fullmatch(native) is not None,
         deadline=DeadlineHook(style="power-off", default_file="/var/lib/gpu-shopper/deadline"),
         short_native=8,
+        templates_hint=(
+            "TensorDock has OS images, not templates: 'gpu-shopper templates --provider "
+            "tensordock' lists them, e.g. --template ubuntu2404_ml_pytorch"
+        ),
     ),
 )
 BY_NAME: dict[str, Entry] = {entry.name: entry for entry in ENTRIES}
@@ -89,6 +95,13 @@ def provider_class(name: str) -> type[Provider]:
     module_name, _, attr = target.partition(":")
     cls: type[Provider] = getattr(importlib.import_module(module_name), attr)
     return cls
+
+
+def no_template(name: str, ident: str) -> str:
+    """``<provider>: no template '<ident>' (what this provider's templates are)``."""
+    entry = BY_NAME.get(name)
+    hint = f" ({entry.templates_hint})" if entry is not None and entry.templates_hint else ""
+    return f"{name}: no template {ident!r}{hint}"
 
 
 def deadline_hook(name: str) -> DeadlineHook | None:
