@@ -143,11 +143,11 @@ class _Normalizer:
     def __call__(self, text: str) -> str:
         text = text.replace(str(self.base / "sandbox"), SANDBOX_SHOWN)
         for real, shown in self.sessions.items():  # the whole id, or a prefix of it
-            text = re.sub(
-                rf"\b{real[:4]}[0-9a-f]{{0,2}}\b",
-                lambda m, shown=shown: shown[: len(m.group(0))],
-                text,
-            )
+
+            def stand_in(match: re.Match[str], shown: str = shown) -> str:
+                return shown[: len(match.group(0))]
+
+            text = re.sub(rf"\b{real[:4]}[0-9a-f]{{0,2}}\b", stand_in, text)
         text = _TIME.sub(self.time, text)
         text = _UUID.sub(self.uuid, text)
         for pattern, shown in STAND_INS:
@@ -185,7 +185,9 @@ def generate() -> str:
                 argv = argv.format(id=session)
                 result = _run(argv, env)
                 if result.returncode != 0:
-                    raise SystemExit(f"gen-tour: 'gpu-shopper {argv}' exited {result.returncode}:\n{result.stdout}")
+                    raise SystemExit(
+                        f"gen-tour: 'gpu-shopper {argv}' exited {result.returncode}:\n{result.stdout}"
+                    )
                 output = result.stdout
                 if argv == "sandbox start":
                     exports = [line for line in output.splitlines() if line.startswith("export ")]
