@@ -304,3 +304,16 @@ def test_an_unknown_offer_or_template_is_exit_2(gs, vast, args):
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
     assert len(errors) == 1 and result.json()["error"]["type"] in ("not_found", "usage")
     assert vast.live_instances() == []
+
+
+def test_a_provider_that_answers_404_for_an_offer_is_bad_input_too():
+    from gpushopper.core.inventory import get_offer_or_fail
+    from gpushopper.model.errors import NoSuchItem, NotFound
+
+    class Gone:
+        def get_offer(self, native: str, disk_gb: float):
+            raise NotFound("vastai", "error 404: no_such_ask")
+
+    with pytest.raises(NoSuchItem, match="vastai:7 is not available any more") as caught:
+        get_offer_or_fail(Gone(), "vastai:7", "7", 32.0)  # type: ignore[arg-type]
+    assert caught.value.exit_code == 2
