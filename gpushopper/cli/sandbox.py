@@ -19,7 +19,7 @@ from typing import Any
 import click
 
 from gpushopper.cli import App, pass_app
-from gpushopper.cli.output import emit_json, info, json_option, print_kv, warn
+from gpushopper.cli.output import emit_json, info, json_option, print_kv, sandbox_active, warn
 from gpushopper.model.errors import GpuShopperError
 from gpushopper.sandbox import server
 
@@ -106,7 +106,8 @@ def start(app: App, faults: bool) -> None:
         info(f"sandbox started (pid {data['pid']}), folder {root}")
     if not data.get("ssh"):
         warn(server.NO_SSHD)
-    info("SANDBOX: simulated prices, nothing is real; 'gpu-shopper sandbox stop' ends it all")
+    if not sandbox_active():  # a shell already pointed here had the banner line just now
+        info("SANDBOX: simulated prices, nothing is real; 'gpu-shopper sandbox stop' ends it all")
     click.echo(_export_text(root, data), nl=False)
 
 
