@@ -137,7 +137,7 @@ def resolve_job_id(store: StateStore, given: str) -> str:
     jobs = store.read().get("jobs") or {}
     found = match_prefix(given, jobs if isinstance(jobs, dict) else {}, "job")
     if found is None:
-        raise UsageError(f"no job {given!r} (see 'gpu-shopper jobs list --all')")
+        raise NoSuchItem(f"no job {given!r} (see 'gpu-shopper jobs list --all')")
     return found
 
 

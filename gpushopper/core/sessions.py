@@ -46,14 +46,14 @@ SESSION_KEYS = (
 
 def resolve_session_id(store: StateStore, given: str) -> str:
     """The session id ``given`` names: the id itself, or a unique prefix of one
-    (:func:`gpushopper.model.ids.match_prefix`). Unknown: UsageError (exit 2); a prefix
+    (:func:`gpushopper.model.ids.match_prefix`). Unknown: NoSuchItem (exit 2, not_found); a prefix
     of several: AmbiguousId (exit 2, naming them)."""
-    from gpushopper.model.errors import UsageError
+    from gpushopper.model.errors import NoSuchItem
     from gpushopper.model.ids import match_prefix
 
     found = match_prefix(given, store.read()["sessions"], "session")
     if found is None:
-        raise UsageError(f"no session {given!r} (see 'gpu-shopper sessions list --all')")
+        raise NoSuchItem(f"no session {given!r} (see 'gpu-shopper sessions list --all')")
     return found
 
 
