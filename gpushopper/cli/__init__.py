@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 # name -> (module, attribute, one-line help). Modules load only when their command runs,
 # so `gpu-shopper --help` stays fast.
 COMMANDS: dict[str, tuple[str, str, str]] = {
+    "benchmark": ("gpushopper.cli.benchmark", "benchmark", "Measure GPUs; rank by cost per work."),
     "cleanup-orphans": ("gpushopper.cli.cleanup", "cleanup_orphans", "Find and destroy strays."),
     "config": ("gpushopper.cli.config", "config", "Show and change settings."),
     "costs": ("gpushopper.cli.costs", "costs", "What rentals cost, per session and month."),
