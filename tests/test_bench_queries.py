@@ -9,7 +9,7 @@ import pytest
 
 from gpushopper.core.bench.queries import estimate_offers
 from gpushopper.model.models import Offer
-from gpushopper.state.benchstore import BenchStore
+from gpushopper.state.benchstore import ROW_KEYS, BenchStore, ResultTable, result_row
 from tests.bench_helpers import result, submit
 
 
@@ -227,7 +227,8 @@ NOW = datetime(2026, 12, 1, tzinfo=timezone.utc)
 
 
 def stored_result(value, *, gpu, provider="vastai", machine=None, created="2026-11-30T00:00:00Z"):
-    return {
+    """A result's flat row, as BenchStore.rows() gives it."""
+    record = {
         "workload": "mm",
         "workload_name": "mm",
         "workload_version": None,
@@ -238,8 +239,8 @@ def stored_result(value, *, gpu, provider="vastai", machine=None, created="2026-
         "offer": {"provider": provider, "machine_id": machine, "gpu_name": gpu},
         "valid": True,
         "created_at": created,
-        "id": f"r-{value:06.0f}",
     }
+    return dict(zip(ROW_KEYS, result_row(f"r-{value:06.0f}", record), strict=True))
 
 
 def test_estimate_prefers_machine_then_gpu_provider_then_gpu_model():
@@ -255,7 +256,7 @@ def test_estimate_prefers_machine_then_gpu_provider_then_gpu_model():
         Offer("vastai:3", "vastai", "H100 SXM", 1, price_per_hour=2.0, machine_id="m9"),
         Offer("vastai:4", "vastai", "RTX 3090", 1, price_per_hour=0.1, machine_id="m8"),
     ]
-    assert estimate_offers(offers, records, "mm", NOW) == 3
+    assert estimate_offers(offers, ResultTable.of_rows(records), "mm", NOW) == 3
     by_id = {o.id: o for o in offers}
     assert (by_id["vastai:1"].perf_source, by_id["vastai:1"].perf_estimate) == ("machine", 300)
     # m3's result is 61 days old: not the machine's, but still counted for the model

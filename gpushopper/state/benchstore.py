@@ -4,6 +4,12 @@ The same discipline as the state file (``StateStore``): a file lock shared by ev
 process, atomic fsynced replaces, a damaged file reported and backed up, never reset.
 A separate file so that 10,000 stored results never slow a session command down.
 
+Next to it, ``benchmarks.index.json``: one flat row per result (what the queries rank by),
+rewritten under the lock after every write and tagged with the identity (inode, size,
+mtime) of the file it was made from. Queries read only the index (a tenth of the size);
+an index that does not match the file, or is unreadable, is rebuilt from the file, so it
+can never be the one source of any figure.
+
 Layout (``schema_version`` 1)::
 
     {"schema_version": 1,
@@ -14,17 +20,95 @@ Layout (``schema_version`` 1)::
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 from typing import Any
 
 from gpushopper.state.store import StateStore, _Damaged
 
 BENCH_SCHEMA_VERSION = 1
 SECTIONS = ("results", "runs", "schedules")
+INDEX_VERSION = 1
+# The flat row of a result the queries use: (key, where in the record). Values that are not
+# plain JSON scalars become None.
+ROW_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("id", ("id",)),
+    ("workload", ("workload",)),
+    ("workload_name", ("workload_name",)),
+    ("workload_version", ("workload_version",)),
+    ("metric", ("metric",)),
+    ("value", ("value",)),
+    ("unit", ("unit",)),
+    ("higher_is_better", ("higher_is_better",)),
+    ("valid", ("valid",)),
+    ("gpu_name", ("offer", "gpu_name")),
+    ("gpu_count", ("offer", "gpu_count")),
+    ("provider", ("offer", "provider")),
+    ("offer_id", ("offer", "offer_id")),
+    ("machine_id", ("offer", "machine_id")),
+    ("price_per_hour", ("offer", "price_per_hour")),
+    ("measured_gpu", ("hardware", "gpu_name")),
+    ("measured_count", ("hardware", "gpu_count")),
+    ("device", ("hardware", "device")),
+    ("peak_vram_mb", ("extra_metrics", "peak_vram_mb")),
+    ("cost_usd", ("cost_usd",)),
+    ("source", ("source",)),
+    ("run_id", ("run_id",)),
+    ("created_at", ("created_at",)),
+)
+ROW_KEYS = tuple(key for key, _ in ROW_FIELDS)
+_SCALARS = (str, int, float, bool)
+
+
+def result_row(key: str, record: dict[str, Any]) -> list[Any]:
+    """A result's flat row, in ROW_KEYS order (its id is the key it is stored under)."""
+    row: list[Any] = []
+    for name, path in ROW_FIELDS:
+        value: Any = record
+        for step in path:
+            value = value.get(step) if isinstance(value, dict) else None
+        if name == "id":
+            value = key
+        row.append(value if isinstance(value, _SCALARS) else None)
+    return row
 
 
 def empty_bench() -> dict[str, Any]:
     return {"schema_version": BENCH_SCHEMA_VERSION, **{name: {} for name in SECTIONS}}
+
+
+class ResultTable:
+    """Results as columns: ``col(KEY)`` is one list per ROW_KEYS key, parsed on first use;
+    a column that is not a list of ``n`` plain values reads as all None."""
+
+    def __init__(self, raw_columns: list[bytes], n: int) -> None:
+        self.n = n
+        self._raw = dict(zip(ROW_KEYS, raw_columns, strict=True))
+        self._parsed: dict[str, list[Any]] = {}
+
+    def col(self, key: str) -> list[Any]:
+        column = self._parsed.get(key)
+        if column is None:
+            try:
+                column = json.loads(self._raw[key])
+            except ValueError:
+                column = None
+            if not isinstance(column, list) or len(column) != self.n:
+                column = [None] * self.n
+            self._parsed[key] = column
+        return column
+
+    def row(self, i: int) -> dict[str, Any]:
+        out = {key: self.col(key)[i] for key in ROW_KEYS}
+        return {k: (v if isinstance(v, _SCALARS) else None) for k, v in out.items()}
+
+    @classmethod
+    def of_rows(cls, rows: list[dict[str, Any]]) -> ResultTable:
+        """A table of flat-row dicts (tests, small callers)."""
+        table = cls([b"[]"] * len(ROW_KEYS), len(rows))
+        table._parsed = {key: [row.get(key) for row in rows] for key in ROW_KEYS}
+        return table
 
 
 class BenchStore(StateStore):
@@ -52,6 +136,75 @@ class BenchStore(StateStore):
             if not isinstance(data[name], dict):
                 raise _Damaged(f"{name!r} is {type(data[name]).__name__}, not an object")
         return data
+
+    # -- the query index ----------------------------------------------------------------------
+    @property
+    def index_path(self) -> Path:
+        return self.path.with_name(self.path.stem + ".index.json")
+
+    def _identity(self) -> list[int] | None:
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return [st.st_ino, st.st_size, st.st_mtime_ns]
+
+    def _index_text(self, data: dict[str, Any], identity: list[int] | None) -> str:
+        """The index: a header line, then one JSON array per ROW_KEYS column, one a line
+        (a query parses only the columns it reads)."""
+        rows = [
+            result_row(key, record)
+            for key, record in data["results"].items()
+            if isinstance(record, dict)
+        ]
+        header = {"version": INDEX_VERSION, "of": identity, "keys": list(ROW_KEYS), "n": len(rows)}
+        lines = [json.dumps(header, separators=(",", ":"))]
+        for i in range(len(ROW_KEYS)):
+            lines.append(json.dumps([row[i] for row in rows], separators=(",", ":")))
+        return "\n".join(lines) + "\n"
+
+    def _written(self, data: dict[str, Any]) -> None:
+        from gpushopper.state.atomic import atomic_write_text
+
+        atomic_write_text(self.index_path, self._index_text(data, self._identity()), stale_after=0)
+
+    def table(self) -> ResultTable:
+        """Every result's flat row (ROW_KEYS) as columns, from the index when it matches
+        the file; else rebuilt from the file (and the index rewritten, best effort)."""
+        from gpushopper.state.fs import read_bytes_nofollow
+
+        identity = self._identity()
+        if identity is None:
+            return ResultTable([b"[]"] * len(ROW_KEYS), 0)
+        try:
+            lines = read_bytes_nofollow(self.index_path).split(b"\n")
+            header = json.loads(lines[0])
+            if (
+                isinstance(header, dict)
+                and header.get("version") == INDEX_VERSION
+                and header.get("of") == identity
+                and header.get("keys") == list(ROW_KEYS)
+                and type(header.get("n")) is int
+                and len(lines) >= len(ROW_KEYS) + 1
+            ):
+                return ResultTable(lines[1 : len(ROW_KEYS) + 1], header["n"])
+        except (OSError, ValueError):
+            pass  # missing, stale, damaged or a link: the file itself decides
+        data = self.read()  # a damaged benchmark file is reported here, never hidden
+        text = self._index_text(data, identity)
+        try:
+            from gpushopper.state.atomic import atomic_write_text
+
+            atomic_write_text(self.index_path, text)
+        except OSError:
+            pass  # a read-only home: the next reader rebuilds it again
+        lines = text.encode().split(b"\n")
+        return ResultTable(lines[1 : len(ROW_KEYS) + 1], json.loads(lines[0])["n"])
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Every result's flat row as a dict (for a few results; queries use table())."""
+        table = self.table()
+        return [table.row(i) for i in range(table.n)]
 
     def install_id(self) -> str:  # pragma: no cover - the state file owns the install id
         raise NotImplementedError("the install id lives in the state file")

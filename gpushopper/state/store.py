@@ -195,12 +195,17 @@ class StateStore:
             yield data
             data["schema_version"] = self.schema_version
             # Reasons and errors recorded here come from exceptions: never a secret in them.
-            text = json.dumps(redact_tree(data), indent=2, sort_keys=True)
+            clean = redact_tree(data)
+            text = json.dumps(clean, indent=2, sort_keys=True)
             try:
                 # Under the lock no other writer is mid-write: every leftover temporary is stale.
                 atomic_write_text(self.path, text + "\n", stale_after=0)
+                self._written(clean)
             except OSError as exc:
                 raise self._write_failed(exc) from None
+
+    def _written(self, data: dict[str, Any]) -> None:
+        """After each write, still under the lock: a subclass may keep derived files."""
 
     def install_id(self) -> str:
         """The random id of this installation, made (and saved) on first use only.

@@ -2,105 +2,142 @@
 which is fastest, how they compare, what to rent; and a performance estimate per offer for
 ``inventory --sort perf-per-dollar --workload``.
 
-Every ranking recomputes cost per unit from the offer's price and the value (a stored
-figure is never trusted); invalid results and results without a price are left out.
+Everything here reads results as columns (``BenchStore.table()``: the flat row of each
+result, keys ``state/benchstore.ROW_KEYS``, from the benchmark file's index) and turns only
+the rows it prints into dicts, so 10,000 results answer in milliseconds. Every ranking
+recomputes cost per unit from the price and the value (a stored figure is never trusted);
+invalid results are left out, and results without a price rank last on cost.
 """
 
 from __future__ import annotations
 
 import math
-import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from gpushopper.core.bench.records import cost_per_unit, split_workload
 from gpushopper.model.errors import UsageError
-from gpushopper.model.models import Offer, canonical_gpu
-from gpushopper.model.units import parse_iso
+
+if TYPE_CHECKING:
+    from gpushopper.model.models import Offer
+    from gpushopper.state.benchstore import ResultTable
 
 MACHINE_WINDOW = timedelta(days=30)
+_FLOATS = (int, float)
 
 
 def _number(value: Any) -> bool:
-    return type(value) in (int, float) and math.isfinite(value)
+    return type(value) in _FLOATS and math.isfinite(value)
 
 
-def rankable(record: dict[str, Any]) -> bool:
-    """Sound enough to rank: valid, a positive finite value, a real boolean direction."""
-    return (
-        record.get("valid") is True
-        and _number(record.get("value"))
-        and record["value"] > 0
-        and type(record.get("higher_is_better")) is bool
-    )
+def _median(values: list[float]) -> float | None:
+    """statistics.median without its import (it costs more than a query over 10,000)."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    mid = len(ordered) // 2
+    return ordered[mid] if len(ordered) % 2 else (ordered[mid - 1] + ordered[mid]) / 2
 
 
-def price_of(record: dict[str, Any]) -> float | None:
-    offer = record.get("offer")
-    price: Any = offer.get("price_per_hour") if isinstance(offer, dict) else None
-    return float(price) if _number(price) and price >= 0 else None
+class _Cols:
+    """The columns a query reads, with the row accessors every question shares."""
 
+    def __init__(self, table: ResultTable) -> None:
+        self.table = table  # the measured GPU's columns are parsed only when needed
+        col = table.col
+        self.value = col("value")
+        self.hib = col("higher_is_better")
+        self.valid = col("valid")
+        self.metric = col("metric")
+        self.price_col = col("price_per_hour")
+        self.gpu_col = col("gpu_name")
+        self.count_col = col("gpu_count")
+        self.provider_col = col("provider")
 
-def gpu_of(record: dict[str, Any]) -> str | None:
-    """The advertised GPU (what one rents), else the measured one."""
-    for block in ("offer", "hardware"):
-        part = record.get(block)
-        name = part.get("gpu_name") if isinstance(part, dict) else None
+    def price(self, i: int) -> float | None:
+        price = self.price_col[i]
+        return float(price) if _number(price) and price >= 0 else None
+
+    def prices(self, rows: list[int]) -> list[float | None]:
+        col = self.price_col
+        return [
+            float(p) if type(p) in _FLOATS and math.isfinite(p) and p >= 0 else None
+            for p in (col[i] for i in rows)
+        ]
+
+    def gpu(self, i: int) -> str | None:
+        """The advertised GPU (what one rents), else the measured one."""
+        name = self.gpu_col[i]
         if isinstance(name, str) and name:
             return name
-    return None
+        name = self.table.col("measured_gpu")[i]
+        return name if isinstance(name, str) and name else None
 
-
-def count_of(record: dict[str, Any]) -> int:
-    for block in ("offer", "hardware"):
-        part = record.get(block)
-        count = part.get("gpu_count") if isinstance(part, dict) else None
+    def count(self, i: int) -> int:
+        count = self.count_col[i]
         if type(count) is int and count > 0:
             return count
-    return 1
+        count = self.table.col("measured_count")[i]
+        return count if type(count) is int and count > 0 else 1
 
+    def provider(self, i: int) -> str | None:
+        provider = self.provider_col[i]
+        return provider if isinstance(provider, str) else None
 
-def provider_of(record: dict[str, Any]) -> str | None:
-    offer = record.get("offer")
-    provider = offer.get("provider") if isinstance(offer, dict) else None
-    return provider if isinstance(provider, str) else None
-
-
-def _text(record: dict[str, Any], key: str) -> str:
-    value = record.get(key)
-    return value if isinstance(value, str) else ""
+    def rankable(self, i: int) -> bool:
+        """Sound enough to rank: valid, a positive finite value, a real boolean direction."""
+        value = self.value[i]
+        return (
+            self.valid[i] is True
+            and type(self.hib[i]) is bool
+            and type(value) in _FLOATS
+            and math.isfinite(value)
+            and value > 0
+        )
 
 
 # -- selecting ------------------------------------------------------------------------------------
 def select(
-    records: Iterable[dict[str, Any]],
+    table: ResultTable,
     workload: str | None = None,
     gpus: Iterable[str] = (),
     providers: Iterable[str] = (),
-) -> list[dict[str, Any]]:
-    """Results of ``workload`` (``NAME@V`` exactly; a bare ``NAME``: its newest version
-    present), on any of ``gpus`` and ``providers``, newest first."""
+    newest_first: bool = True,
+) -> list[int]:
+    """Row numbers of ``workload``'s results (``NAME@V`` exactly; a bare ``NAME``: its
+    newest version present), on any of ``gpus`` and ``providers``, newest first."""
     from gpushopper.model.models import gpu_matches
 
     gpus, providers = list(gpus), list(providers)
-    picked = list(records)
+    picked = list(range(table.n))
     if workload is not None:
         name, version = split_workload(workload)
         if version is not None:
-            picked = [r for r in picked if r.get("workload") == workload]
+            full = table.col("workload")
+            picked = [i for i in picked if full[i] == workload]
         else:
-            mine = [r for r in picked if r.get("workload_name", r.get("workload")) == name]
-            versions = [v for v in (r.get("workload_version") for r in mine) if type(v) is int]
-            newest = max(versions, default=None)
-            picked = [r for r in mine if r.get("workload_version") == newest]
+            names, full = table.col("workload_name"), table.col("workload")
+            versions = table.col("workload_version")
+            mine = [i for i in picked if names[i] == name or (names[i] is None and full[i] == name)]
+            present = [versions[i] for i in mine if type(versions[i]) is int]
+            newest = max(present, default=None)
+            picked = [i for i in mine if versions[i] == newest]
     if gpus:
-        picked = [r for r in picked if any(gpu_matches(g, gpu_of(r) or "") for g in gpus)]
+        cols = _Cols(table)
+        picked = [i for i in picked if any(gpu_matches(g, cols.gpu(i) or "") for g in gpus)]
     if providers:
-        picked = [r for r in picked if provider_of(r) in providers]
-    picked.sort(key=lambda r: (_text(r, "created_at"), _text(r, "id")), reverse=True)
+        provider = table.col("provider")
+        picked = [i for i in picked if provider[i] in providers]
+    if newest_first:
+        created = _created(table)
+        picked.sort(key=created.__getitem__, reverse=True)
     return picked
+
+
+def _created(table: ResultTable) -> list[str]:
+    return [c if isinstance(c, str) else "" for c in table.col("created_at")]
 
 
 def resolve_id(ids: Iterable[str], wanted: str, what: str) -> str:
@@ -112,147 +149,195 @@ def resolve_id(ids: Iterable[str], wanted: str, what: str) -> str:
     if len(found) == 1:
         return found[0]
     if found:
-        raise UsageError(
-            f"{wanted!r} matches {len(found)} {what}s ({', '.join(sorted(found)[:5])}...)"
-        )
+        listed = ", ".join(sorted(found)[:5])
+        raise UsageError(f"{wanted!r} matches {len(found)} {what}s ({listed}...)")
     raise UsageError(f"no {what} {wanted!r} (see 'gpu-shopper benchmark list')")
 
 
 # -- one workload's figures ---------------------------------------------------------------------
 @dataclass
 class Ranked:
-    """One workload's rankable results, and what was left out."""
+    """One workload's rankable results (row numbers into ``cols``), and what was left out."""
 
     workload: str
     metric: str | None
     unit: str | None
     higher_is_better: bool
-    results: list[dict[str, Any]]
+    rows: list[int]
+    cols: _Cols
     notes: list[str] = field(default_factory=list)
 
 
-def ranked_results(records: Iterable[dict[str, Any]], workload: str) -> Ranked:
+def ranked_results(table: ResultTable, workload: str) -> Ranked:
     """The valid results of ``workload`` for its main metric (that of its newest result)."""
-    chosen = select(records, workload)
+    chosen = select(table, workload, newest_first=False)
     if not chosen:
         raise UsageError(
             f"no stored results for workload {workload!r} (see 'gpu-shopper benchmark list')"
         )
-    good = [r for r in chosen if rankable(r)]
+    cols = _Cols(table)
+    value, hib_col, valid = cols.value, cols.hib, cols.valid
+    good = [  # cols.rankable(i), in one pass
+        i
+        for i in chosen
+        if valid[i] is True
+        and type(hib_col[i]) is bool
+        and type(value[i]) in _FLOATS
+        and math.isfinite(value[i])
+        and value[i] > 0
+    ]
     notes = []
     if len(good) < len(chosen):
         notes.append(f"{len(chosen) - len(good)} invalid results left out")
     if not good:
         raise UsageError(f"every stored result for workload {workload!r} is invalid")
-    metric = good[0].get("metric")
-    same = [r for r in good if r.get("metric") == metric]
+    created = _created(table)
+    newest = max(good, key=created.__getitem__)
+    metric, hib = cols.metric[newest], cols.hib[newest]
+    same = [i for i in good if cols.metric[i] == metric and cols.hib[i] is hib]
     if len(same) < len(good):
         notes.append(f"{len(good) - len(same)} results of another metric than {metric} left out")
+    unit = table.col("unit")[same[0]]
     return Ranked(
         workload=workload,
-        metric=metric,
-        unit=same[0].get("unit"),
-        higher_is_better=same[0]["higher_is_better"],
-        results=same,
+        metric=metric if isinstance(metric, str) else None,
+        unit=unit if isinstance(unit, str) else None,
+        higher_is_better=hib,
+        rows=same,
+        cols=cols,
         notes=notes,
     )
 
 
-def _row(record: dict[str, Any], live: dict[tuple[str, int], Offer] | None) -> dict[str, Any]:
-    price = price_of(record)
-    offer: dict[str, Any] = record["offer"] if isinstance(record.get("offer"), dict) else {}
-    row = {
-        "result_id": record.get("id"),
-        "workload": record.get("workload"),
-        "gpu_name": gpu_of(record),
-        "gpu_count": count_of(record),
-        "provider": provider_of(record),
-        "offer_id": offer.get("offer_id"),
-        "metric": record.get("metric"),
-        "value": record["value"],
-        "unit": record.get("unit"),
-        "higher_is_better": record["higher_is_better"],
-        "price_per_hour": price,
-        "cost_per_unit": cost_per_unit(price, record["value"], record["higher_is_better"]),
-        "created_at": record.get("created_at"),
-    }
-    row.update(_live_fields(live or {}, row["gpu_name"], row["gpu_count"], row))
-    return row
+Live: TypeAlias = "dict[tuple[str, int], Offer]"
 
 
 def _live_fields(
-    live: dict[tuple[str, int], Offer], gpu: str | None, count: int, row: dict[str, Any]
+    live: Live, gpu: str | None, count: int, value: float, hib: bool
 ) -> dict[str, Any]:
-    offer = live.get((canonical_gpu(gpu), count)) if gpu else None
+    offer = None
+    if live and gpu:
+        from gpushopper.model.models import canonical_gpu
+
+        offer = live.get((canonical_gpu(gpu), count))
     price = offer.price_per_hour if offer is not None else None
     return {
         "live_offer_id": offer.id if offer is not None else None,
         "live_price_per_hour": price,
-        "live_cost_per_unit": cost_per_unit(price, row["value"], row["higher_is_better"]),
+        "live_cost_per_unit": cost_per_unit(price, value, hib),
     }
 
 
-def _last(value: Any) -> float:
+def _result_row(ranked: Ranked, i: int, live: Live | None) -> dict[str, Any]:
+    cols, col = ranked.cols, ranked.cols.table.col
+    value, hib, price = cols.value[i], ranked.higher_is_better, cols.price(i)
+    gpu, count = cols.gpu(i), cols.count(i)
+    row = {
+        "result_id": col("id")[i],
+        "workload": col("workload")[i],
+        "gpu_name": gpu,
+        "gpu_count": count,
+        "provider": cols.provider(i),
+        "offer_id": col("offer_id")[i],
+        "metric": ranked.metric,
+        "value": value,
+        "unit": ranked.unit,
+        "higher_is_better": hib,
+        "price_per_hour": price,
+        "cost_per_unit": cost_per_unit(price, value, hib),
+        "created_at": col("created_at")[i],
+    }
+    row.update(_live_fields(live or {}, gpu, count, value, hib))
+    return {
+        k: (v if v is None or isinstance(v, (str, int, float)) else None) for k, v in row.items()
+    }
+
+
+def _last(value: float | None) -> float:
     return value if value is not None else math.inf
 
 
-def cheapest(
-    ranked: Ranked, live: dict[tuple[str, int], Offer] | None = None
-) -> list[dict[str, Any]]:
+def _costs(ranked: Ranked, live: Live | None) -> list[float]:
+    """Each ranked row's cost per unit (live where asked), inf when unknown (the values
+    are positive and finite: ranked_results kept only those)."""
+    from gpushopper.model.models import canonical_gpu
+
+    cols, rows = ranked.cols, ranked.rows
+    if live is None:
+        prices = cols.prices(rows)
+    else:
+        prices = []
+        for i in rows:
+            gpu = cols.gpu(i)
+            offer = live.get((canonical_gpu(gpu), cols.count(i))) if gpu else None
+            prices.append(offer.price_per_hour if offer is not None else None)
+    values = [cols.value[i] for i in rows]
+    inf = math.inf
+    if ranked.higher_is_better:
+        return [inf if p is None else p / v for p, v in zip(prices, values, strict=True)]
+    return [inf if p is None else p * v for p, v in zip(prices, values, strict=True)]
+
+
+def cheapest(ranked: Ranked, live: Live | None = None, limit: int | None = None) -> list[dict]:
     """Results by cost per unit of work, cheapest first (re-priced with ``live`` offers
     when given); results without a price come last."""
-    rows = [_row(r, live) for r in ranked.results]
-    key = "live_cost_per_unit" if live is not None else "cost_per_unit"
-    rows.sort(key=lambda r: (_last(r[key]), _last(r["cost_per_unit"]), r["result_id"] or ""))
-    return rows
+    costs = _costs(ranked, live)
+    if live is not None:  # ties on the live price: the cheaper when measured first
+        recorded = _costs(ranked, None)
+        order = sorted(range(len(ranked.rows)), key=lambda k: (costs[k], recorded[k]))
+    else:
+        order = sorted(range(len(ranked.rows)), key=costs.__getitem__)
+    picked = order[:limit] if limit else order
+    return [_result_row(ranked, ranked.rows[k], live) for k in picked]
 
 
-def best(ranked: Ranked, live: dict[tuple[str, int], Offer] | None = None) -> list[dict[str, Any]]:
+def best(ranked: Ranked, live: Live | None = None, limit: int | None = None) -> list[dict]:
     """Results by value, best first (highest, or lowest for lower-is-better metrics)."""
     sign = -1 if ranked.higher_is_better else 1
-    rows = [_row(r, live) for r in ranked.results]
-    rows.sort(key=lambda r: (sign * r["value"], _last(r["cost_per_unit"]), r["result_id"] or ""))
-    return rows
+    value = ranked.cols.value
+    keys = [
+        (sign * value[i], cost) for i, cost in zip(ranked.rows, _costs(ranked, None), strict=True)
+    ]
+    order = sorted(range(len(ranked.rows)), key=keys.__getitem__)
+    picked = order[:limit] if limit else order
+    return [_result_row(ranked, ranked.rows[k], live) for k in picked]
 
 
-def _groups(ranked: Ranked) -> dict[tuple[str, int], list[dict[str, Any]]]:
-    groups: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for record in ranked.results:
-        gpu = gpu_of(record)
+def _groups(ranked: Ranked) -> dict[tuple[str, int], list[int]]:
+    """Rows per (GPU model, count); the most common spelling of a model names it."""
+    from gpushopper.model.models import canonical_gpu
+
+    cols = ranked.cols
+    gpus, counts = cols.gpu_col, cols.count_col
+    spelled: dict[tuple[str, int], list[int]] = {}
+    for i in ranked.rows:
+        gpu, count = gpus[i], counts[i]
+        if not (isinstance(gpu, str) and gpu and type(count) is int and count > 0):
+            gpu, count = cols.gpu(i), cols.count(i)  # the measured GPU, or a default count
         if gpu:
-            groups.setdefault((gpu, count_of(record)), []).append(record)
-    # One spelling per model: the most common one names the group.
-    merged: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    by_key: dict[tuple[str, int], tuple[str, int]] = {}
-    for (gpu, count), items in sorted(groups.items(), key=lambda kv: -len(kv[1])):
-        key = (canonical_gpu(gpu), count)
-        name = by_key.setdefault(key, (gpu, count))
+            spelled.setdefault((gpu, count), []).append(i)
+    merged: dict[tuple[str, int], list[int]] = {}
+    named: dict[tuple[str, int], tuple[str, int]] = {}
+    for (gpu, count), items in sorted(spelled.items(), key=lambda kv: (-len(kv[1]), kv[0])):
+        name = named.setdefault((canonical_gpu(gpu), count), (gpu, count))
         merged.setdefault(name, []).extend(items)
     return merged
 
 
-def _median(values: list[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
 def recommendations(
-    ranked: Ranked, live: dict[tuple[str, int], Offer] | None = None
-) -> list[dict[str, Any]]:
+    ranked: Ranked, live: Live | None = None, limit: int | None = None
+) -> list[dict]:
     """One row per GPU model and count: median value, n, cost per unit at the median
     recorded price (and at the cheapest live offer), peak VRAM used; cheapest first."""
+    cols, hib = ranked.cols, ranked.higher_is_better
+    peak_col = cols.table.col("peak_vram_mb")
     rows = []
-    hib = ranked.higher_is_better
     for (gpu, count), items in _groups(ranked).items():
-        value = _median([r["value"] for r in items])
-        prices = [p for p in (price_of(r) for r in items) if p is not None]
-        price = _median(prices)
-        peaks = [
-            r["extra_metrics"]["peak_vram_mb"]
-            for r in items
-            if isinstance(r.get("extra_metrics"), dict)
-            and _number(r["extra_metrics"].get("peak_vram_mb"))
-        ]
-        row = {
+        value = _median([cols.value[i] for i in items])
+        assert value is not None  # every group has a row
+        price = _median([p for p in cols.prices(items) if p is not None])
+        peaks = [peak_col[i] for i in items if _number(peak_col[i])]
+        row: dict[str, Any] = {
             "gpu_name": gpu,
             "gpu_count": count,
             "n": len(items),
@@ -263,37 +348,34 @@ def recommendations(
             "median_price_per_hour": price,
             "cost_per_unit": cost_per_unit(price, value, hib),
             "peak_vram_mb": max(peaks) if peaks else None,
-            "providers": sorted({p for p in (provider_of(r) for r in items) if p}),
+            "providers": sorted({p for p in (cols.provider(i) for i in items) if p}),
         }
-        row.update(_live_fields(live or {}, gpu, count, {"value": value, "higher_is_better": hib}))
+        row.update(_live_fields(live or {}, gpu, count, value, hib))
         rows.append(row)
     key = "live_cost_per_unit" if live is not None else "cost_per_unit"
     rows.sort(key=lambda r: (_last(r[key]), _last(r["cost_per_unit"]), r["gpu_name"]))
-    return rows
+    return rows[:limit] if limit else rows
 
 
-def compare(
-    ranked: Ranked, live: dict[tuple[str, int], Offer] | None = None
-) -> list[dict[str, Any]]:
+def compare(ranked: Ranked, live: Live | None = None, limit: int | None = None) -> list[dict]:
     """Each GPU model against the best: ``perf_ratio`` (1.0 = the best median value; 0.5 =
     half as good) and ``cost_ratio`` (1.0 = the lowest cost per unit; 2.0 = twice as dear)."""
     rows = recommendations(ranked, live)
-    values = [r["median_value"] for r in rows]
     if not rows:
         return rows
-    top = max(values) if ranked.higher_is_better else min(values)
+    values = [r["median_value"] for r in rows]
+    hib = ranked.higher_is_better
+    top = max(values) if hib else min(values)
     key = "live_cost_per_unit" if live is not None else "cost_per_unit"
     costs = [r[key] for r in rows if r[key] is not None]
-    cheapest_cost = min(costs) if costs else None
+    lowest = min(costs) if costs else None
     for row in rows:
         v = row["median_value"]
-        row["perf_ratio"] = round(v / top if ranked.higher_is_better else top / v, 4)
+        row["perf_ratio"] = round(v / top if hib else top / v, 4)
         cost = row[key]
-        row["cost_ratio"] = (
-            round(cost / cheapest_cost, 4) if cost is not None and cheapest_cost else None
-        )
+        row["cost_ratio"] = round(cost / lowest, 4) if cost is not None and lowest else None
     rows.sort(key=lambda r: (-r["perf_ratio"], _last(r["cost_ratio"]), r["gpu_name"]))
-    return rows
+    return rows[:limit] if limit else rows
 
 
 def live_models(ranked: Ranked) -> list[tuple[str, int]]:
@@ -301,9 +383,11 @@ def live_models(ranked: Ranked) -> list[tuple[str, int]]:
     return sorted(_groups(ranked))
 
 
-def cheapest_live(offers: Iterable[Offer]) -> dict[tuple[str, int], Offer]:
+def cheapest_live(offers: Iterable[Offer]) -> Live:
     """The cheapest offer per (canonical GPU model, GPU count)."""
-    out: dict[tuple[str, int], Offer] = {}
+    from gpushopper.model.models import canonical_gpu
+
+    out: Live = {}
     for offer in offers:
         if not offer.gpu_name or offer.price_per_hour is None:
             continue
@@ -315,44 +399,46 @@ def cheapest_live(offers: Iterable[Offer]) -> dict[tuple[str, int], Offer]:
 
 
 # -- inventory: a performance estimate for each offer ---------------------------------------------
-def estimate_offers(
-    offers: list[Offer], records: Iterable[dict[str, Any]], workload: str, now: datetime
-) -> int:
+def estimate_offers(offers: list[Offer], table: ResultTable, workload: str, now: datetime) -> int:
     """Give each offer ``perf_estimate`` / ``perf_source`` / ``cost_per_unit`` and a
     ``perf_per_dollar`` (work per dollar: larger is better) from ``workload``'s valid results,
     in order: a result on the same machine within 30 days (``machine``), the median of the
     same GPU model on the same provider (``gpu_provider``), the median of that GPU model
     (``gpu_model``). Offers with none get ``None`` and so rank last. Returns how many got one.
     """
+    from gpushopper.model.models import canonical_gpu
+    from gpushopper.model.units import parse_iso
+
     try:
-        ranked = ranked_results(records, workload)
+        ranked: Ranked | None = ranked_results(table, workload)
     except UsageError:
         ranked = None
-    machine: dict[tuple[str, str], dict[str, Any]] = {}
+    machine: dict[tuple[str, str], float] = {}
     by_provider: dict[tuple[str, str], list[float]] = {}
     by_model: dict[str, list[float]] = {}
+    hib = True
     if ranked is not None:
+        cols, hib = ranked.cols, ranked.higher_is_better
+        machines, created = table.col("machine_id"), _created(table)
         cutoff = now - MACHINE_WINDOW
-        for record in ranked.results:  # newest first: the first per machine is its latest
-            gpu = gpu_of(record)
+        newest_first = sorted(ranked.rows, key=created.__getitem__, reverse=True)
+        for i in newest_first:  # the first per machine is its latest
+            gpu = cols.gpu(i)
             if not gpu:
                 continue
-            model = canonical_gpu(gpu)
-            provider = provider_of(record) or ""
-            by_model.setdefault(model, []).append(record["value"])
-            by_provider.setdefault((model, provider), []).append(record["value"])
-            offer = record.get("offer") or {}
-            machine_id = offer.get("machine_id") if isinstance(offer, dict) else None
+            model, provider, figure = canonical_gpu(gpu), cols.provider(i) or "", cols.value[i]
+            by_model.setdefault(model, []).append(figure)
+            by_provider.setdefault((model, provider), []).append(figure)
+            machine_id = machines[i]
             if isinstance(machine_id, str) and machine_id and (provider, machine_id) not in machine:
                 try:
-                    when = parse_iso(record.get("created_at"))
-                except (TypeError, ValueError):
+                    when = parse_iso(created[i]) if created[i] else None
+                except ValueError:
                     when = None
                 if when is not None and when >= cutoff:
-                    machine[(provider, machine_id)] = record
-    medians_p = {k: statistics.median(v) for k, v in by_provider.items()}
-    medians_m = {k: statistics.median(v) for k, v in by_model.items()}
-    hib = ranked.higher_is_better if ranked is not None else True
+                    machine[(provider, machine_id)] = figure
+    medians_p = {k: _median(v) for k, v in by_provider.items()}
+    medians_m = {k: _median(v) for k, v in by_model.items()}
     estimated = 0
     for offer in offers:
         value: float | None = None
@@ -360,7 +446,7 @@ def estimate_offers(
         kind = canonical_gpu(offer.gpu_name) if offer.gpu_name else None
         hit = machine.get((offer.provider, offer.machine_id)) if offer.machine_id else None
         if hit is not None:
-            value, source = hit["value"], "machine"
+            value, source = hit, "machine"
         elif kind is not None and (kind, offer.provider) in medians_p:
             value, source = medians_p[(kind, offer.provider)], "gpu_provider"
         elif kind is not None and kind in medians_m:
@@ -369,7 +455,7 @@ def estimate_offers(
         offer.perf_estimate = value
         offer.perf_source = source if cost is not None else None
         offer.cost_per_unit = cost
-        offer.perf_per_dollar = (1.0 / cost if cost else None) if cost is not None else None
+        offer.perf_per_dollar = 1.0 / cost if cost else None
         if cost is not None:
             estimated += 1
     return estimated
