@@ -61,6 +61,9 @@ PINNED_OFFER_KEYS = [
     "total_flops",
     "perf_per_dollar",
     "max_disk_gb",
+    "perf_estimate",
+    "perf_source",
+    "cost_per_unit",
 ]
 BUNDLES = "/api/v0/bundles/"
 

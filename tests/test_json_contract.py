@@ -100,3 +100,73 @@ def test_refreshed_sessions_say_what_the_provider_says(vast, gs):
     assert listed["provider_status"] in PROVIDER_STATUSES
     shown = gs(f"sessions show {session['id']} --refresh --json").json()
     assert shown["provider_status"] == "running" and isinstance(shown["provider_detail"], str)
+# -- benchmark (issue 13) -------------------------------------------------------------------------
+BENCH_RESULT_KEYS = {
+    "id", "workload", "workload_name", "workload_version", "metric", "value", "unit",
+    "higher_is_better", "extra_metrics", "hardware", "offer", "timings", "cost_usd",
+    "cost_per_unit", "valid", "invalid_reasons", "run_id", "entry", "job_id", "session_id",
+    "source", "created_at",
+}  # fmt: skip
+BENCH_LIST_KEYS = {
+    "id", "workload", "workload_name", "workload_version", "metric", "value", "unit",
+    "higher_is_better", "valid", "gpu_name", "gpu_count", "provider", "offer_id", "machine_id",
+    "price_per_hour", "measured_gpu", "measured_count", "device", "peak_vram_mb", "cost_usd",
+    "source", "run_id", "created_at", "cost_per_unit",
+}  # fmt: skip
+BENCH_HARDWARE_KEYS = {"gpu_name", "gpu_count", "vram_mb", "driver", "cuda", "device"}
+BENCH_OFFER_KEYS = {
+    "provider", "offer_id", "machine_id", "gpu_name", "gpu_count", "price_per_hour", "dlperf",
+}  # fmt: skip
+BENCH_ROW_KEYS = {
+    "result_id", "workload", "gpu_name", "gpu_count", "provider", "offer_id", "metric", "value",
+    "unit", "higher_is_better", "price_per_hour", "cost_per_unit", "created_at",
+    "live_offer_id", "live_price_per_hour", "live_cost_per_unit",
+}  # fmt: skip
+BENCH_GROUP_KEYS = {
+    "gpu_name", "gpu_count", "n", "metric", "median_value", "unit", "higher_is_better",
+    "median_price_per_hour", "cost_per_unit", "peak_vram_mb", "providers",
+    "live_offer_id", "live_price_per_hour", "live_cost_per_unit",
+}  # fmt: skip
+SCHEDULE_KEYS = {
+    "name", "cron", "max_budget", "args", "enabled", "created_at", "updated_at",
+    "last_fired_at", "last_run_id", "next_due_at",
+}  # fmt: skip
+FIRING_KEYS = {"schedule", "due_at", "fired_at", "run_id", "exit_code", "status", "message"}
+
+
+def test_benchmark_json_shapes(gs, tmp_path, monkeypatch):
+    import json
+
+    from gpushopper.cli import benchmark
+    from gpushopper.core.bench.schedules import RunOutcome
+
+    path = tmp_path / "r.json"
+    record = {
+        "workload": "mm", "metric": "tflops", "value": 10.0, "unit": "TFLOPS",
+        "higher_is_better": True,
+        "offer": {"provider": "vastai", "gpu_name": "RTX 4090", "price_per_hour": 0.4},
+    }  # fmt: skip
+    path.write_text(json.dumps(record))
+    (stored,) = gs(f"benchmark submit {path} --json").json()
+    assert set(stored) == BENCH_RESULT_KEYS
+    assert set(stored["hardware"]) == BENCH_HARDWARE_KEYS
+    assert set(stored["offer"]) == BENCH_OFFER_KEYS
+    (listed,) = gs("benchmark list --json").json()
+    assert set(listed) == BENCH_LIST_KEYS
+    assert set(gs(f"benchmark show {stored['id']} --json").json()) == BENCH_RESULT_KEYS
+    for question in ("cheapest", "best"):
+        (row,) = gs(f"benchmark {question} --workload mm --json").json()
+        assert set(row) == BENCH_ROW_KEYS
+    (group,) = gs("benchmark recommendations --workload mm --json").json()
+    assert set(group) == BENCH_GROUP_KEYS
+    (compared,) = gs("benchmark compare --workload mm --json").json()
+    assert set(compared) == BENCH_GROUP_KEYS | {"perf_ratio", "cost_ratio"}
+
+    add = "benchmark schedule add s --cron '* * * * *' --max-budget 1 --json -- --workload mm"
+    assert set(gs(add).json()) == SCHEDULE_KEYS
+    (listed_schedule,) = gs("benchmark schedule list --json").json()
+    assert set(listed_schedule) == SCHEDULE_KEYS
+    monkeypatch.setattr(benchmark, "RUNNER", lambda args, name: RunOutcome(0, {"id": "b-123456"}))
+    monkeypatch.setenv("GPU_SHOPPER_CLOCK_OFFSET", "2m")
+    (firing,) = gs("benchmark schedule run-due --json").json()
+    assert set(firing) == FIRING_KEYS

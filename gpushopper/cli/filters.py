@@ -167,8 +167,19 @@ def build_query(
     profile: str | None = None,
     sort: str | None = None,
     limit: int | None = None,
+    workload: str | None = None,
 ) -> tuple[OfferQuery, dict[str, Any]]:
     """The OfferQuery for these flags, and the profile that was applied (may be empty)."""
+    if workload is not None:
+        from gpushopper.core.bench.records import split_workload
+
+        split_workload(workload)
+        if sort not in (None, "perf-per-dollar"):
+            raise UsageError(
+                f"--workload ranks by measured price-performance: use it with --sort "
+                f"perf-per-dollar, not --sort {sort}"
+            )
+        sort = "perf-per-dollar"
     settings = app.settings
     prof = settings.profile(profile) if profile else {}
     for code in countries:
@@ -195,6 +206,7 @@ def build_query(
         sort=_pick(sort, prof, "sort", "price"),
         limit=_pick(limit, prof, "limit", None),
         template=_pick(template, prof, "template", None),
+        workload=workload,
     )
     if query.sort not in SORTS:
         raise UsageError(f"unknown sort {query.sort!r} (choose from {', '.join(SORTS)})")
@@ -224,6 +236,30 @@ def unknown_gpu_hint(name: str) -> str | None:
     close = close_gpu_names(name, names)
     guess = f"did you mean {' or '.join(close)}?" if close else "check the spelling"
     return f"Note: no provider lists a GPU called {name!r} ({guess}); asking for it as written"
+
+
+def workload_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    """``--workload NAME``: with ``--sort perf-per-dollar``, rank by benchmark results."""
+    return click.option(
+        "--workload",
+        metavar="NAME",
+        help="Rank by this benchmark workload's measured cost per unit of work "
+        "(implies --sort perf-per-dollar; see 'gpu-shopper benchmark').",
+    )(func)
+
+
+def bench_estimator(app: Any) -> Callable[[list[Any], str], int]:
+    """The offer estimator of ``--workload``: the benchmark file is read only when a
+    search asks for a workload (plain ``inventory`` never opens it)."""
+
+    def estimate(offers: list[Any], workload: str) -> int:
+        from gpushopper.core.bench.queries import estimate_offers
+        from gpushopper.state.benchstore import BenchStore
+
+        table = BenchStore(app.paths.bench_file).table()
+        return estimate_offers(offers, table, workload, app.clock())
+
+    return estimate
 
 
 def offer_cache(app: Any) -> Any:

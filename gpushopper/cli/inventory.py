@@ -10,12 +10,14 @@ import click
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.filters import (
     SORTS,
+    bench_estimator,
     bounded,
     build_query,
     filter_args,
     filter_options,
     offer_cache,
     resolve_template,
+    workload_option,
 )
 from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table, warn
 from gpushopper.cli.params import OFFER_ID
@@ -123,6 +125,7 @@ def run_search(
         now=app.clock,
         template_resolver=resolve_template,
         progress=status_line(as_json),
+        estimate=bench_estimator(app) if query.workload else None,
     )
     result.raise_if_nobody_answered(query.providers)
     return result
@@ -134,12 +137,14 @@ def run_search(
 
 \b
   gpu-shopper inventory --gpu 4090 --max-price 0.6
+  gpu-shopper inventory --sort perf-per-dollar --workload gpu-matmul@1
   gpu-shopper inventory --profile flux-lora --limit 5
   gpu-shopper inventory --min-vram 48 --country US --country CA --json | jq '.[0].id'
 """,
 )
 @filter_options
 @click.option("--sort", type=click.Choice(SORTS), help="Ranking (default: price, cheapest first).")
+@workload_option
 @click.option("--limit", type=bounded("limit", True), metavar="N", help="Show at most N offers.")
 @click.option("--refresh", is_flag=True, help="Ask the providers again instead of using the cache.")
 @click.option(
@@ -156,7 +161,9 @@ def inventory(ctx: click.Context, app: App, **opts: Any) -> None:
     """
     if ctx.invoked_subcommand is not None:
         return
-    query, _ = build_query(app, **filter_args(opts), sort=opts["sort"], limit=opts["limit"])
+    query, _ = build_query(
+        app, **filter_args(opts), sort=opts["sort"], limit=opts["limit"], workload=opts["workload"]
+    )
     result = run_search(
         app,
         query,
@@ -174,7 +181,20 @@ def inventory(ctx: click.Context, app: App, **opts: Any) -> None:
         return
     cache = offer_cache(app)
     known = [k for name in {o.provider for o in result.offers} for k in cache.known_ids(name)]
+    if query.workload:
+        rows = [
+            (*row, _figure(o.perf_estimate), _figure(o.cost_per_unit), o.perf_source)
+            for row, o in zip(offer_rows(result.offers, known), result.offers, strict=True)
+        ]
+        print_table(
+            [*OFFER_COLUMNS, "PERF", "$/H PER UNIT", "FROM"], rows, empty="No offers match."
+        )
+        return
     print_table(OFFER_COLUMNS, offer_rows(result.offers, known), empty="No offers match.")
+
+
+def _figure(value: float | None) -> str | None:
+    return None if value is None else f"{value:.4g}"
 
 
 def _fetch_offer(app: App, offer_id: str, disk: int | None) -> Any:

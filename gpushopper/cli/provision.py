@@ -10,11 +10,13 @@ import click
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.filters import (
     SORTS,
+    bench_estimator,
     bounded,
     build_query,
     filter_args,
     filter_options,
     offer_cache,
+    workload_option,
 )
 from gpushopper.cli.output import emit_json, info, json_option, print_kv, warn
 from gpushopper.cli.params import DURATION, HOURS, OFFER_ID
@@ -37,6 +39,7 @@ def make_provisioner(app: App) -> Any:
         health=app.store.read().get("offer_health", {}),
         deadline_script=lambda provider, record: deadline_script_for(app, provider, record),
         on_rented=lambda offer: offer_cache(app).mark_taken(offer.id),
+        estimate=bench_estimator(app),
     )
 
 
@@ -147,6 +150,7 @@ def _warn_about_budget(app: App, projected: float) -> None:
 @click.option(
     "--sort", type=click.Choice(SORTS), help="How to pick the best offer (default price)."
 )
+@workload_option
 @click.option(
     "--override", is_flag=True, help="Allow a reservation past the hard maximum (recorded)."
 )
@@ -234,7 +238,9 @@ def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
     if offer_id is not None:
         split_offer_id(offer_id)  # "" (an unset $OFFER) must never mean "the best offer"
     settings = app.settings
-    query, profile = build_query(app, **filter_args(opts), sort=opts["sort"])
+    query, profile = build_query(
+        app, **filter_args(opts), sort=opts["sort"], workload=opts["workload"]
+    )
     hours = opts["hours"] or profile.get("hours") or settings.get("defaults.hours")
     hard_max_s = settings.get("safety.hard_max_hours") * 3600
     rules.check_hours(hours, hard_max_s, opts["override"])

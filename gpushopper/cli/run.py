@@ -10,7 +10,14 @@ from typing import Any
 import click
 
 from gpushopper.cli import App, pass_app
-from gpushopper.cli.filters import SORTS, bounded, build_query, filter_args, filter_options
+from gpushopper.cli.filters import (
+    SORTS,
+    bounded,
+    build_query,
+    filter_args,
+    filter_options,
+    workload_option,
+)
 from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table, warn
 from gpushopper.cli.params import DURATION, HOURS, JOB_ID, OFFER_ID
 from gpushopper.model.errors import Declined, UsageError
@@ -163,6 +170,7 @@ class _RunCommand(click.Command):
     "--auto-retry", type=bounded("auto_retry", True), metavar="N", help="Offers to retry."
 )
 @click.option("--sort", type=click.Choice(SORTS), help="How to pick the best offer.")
+@workload_option
 @click.option("--detach", is_flag=True, help="Start the command and return; see 'jobs attach'.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
 @json_option
@@ -200,7 +208,9 @@ def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[st
         split_offer_id(offer_id)
     spec = _spec(app, opts, command)
     settings = app.settings
-    query, profile = build_query(app, **filter_args(opts), sort=opts["sort"])
+    query, profile = build_query(
+        app, **filter_args(opts), sort=opts["sort"], workload=opts["workload"]
+    )
     hard_max_s = settings.get("safety.hard_max_hours") * 3600
     if opts["hours"]:
         rules.check_hours(opts["hours"], hard_max_s, False)

@@ -322,6 +322,10 @@ if TYPE_CHECKING:  # a Protocol class costs import time; only the type checker n
         def stop(self) -> None: ...
 
 
+# (offers, workload) -> how many got an estimate; sets Offer.perf_* (core/bench/queries.py)
+Estimator = Callable[[list[Offer], str], int]
+
+
 def search(
     query: OfferQuery,
     provider_factory: ProviderFactory,
@@ -334,6 +338,7 @@ def search(
     template_resolver: Callable[[Any, str], Template | None] | None = None,
     progress: Progress | None = None,
     progress_after_s: float = 1.0,
+    estimate: Estimator | None = None,
 ) -> InventoryResult:
     """Ask every provider in ``query.providers`` concurrently and merge the answers.
 
@@ -342,9 +347,18 @@ def search(
     all matches, not of a page. A provider without credentials is skipped; one that fails
     is reported in ``errors`` while the others' offers are still returned. ``progress``
     hears which providers are still being asked once ``progress_after_s`` has passed.
+
+    With ``query.workload`` every match is asked for (in price order: the providers know
+    nothing of our measurements) and ``estimate`` gives each offer its measured
+    price-performance before the ranking and the cut.
     """
     if query.sort not in RANK_KEYS:
         raise UsageError(f"unknown sort {query.sort!r} (choose from {', '.join(SORTS)})")
+    asked_for = query
+    if query.workload:
+        if estimate is None:
+            raise UsageError("--workload ranks by benchmark results, which this command lacks")
+        query = replace(query, sort="price", limit=None)
     result = InventoryResult(offers=[])
     health = health or {}
     stamp = now()
@@ -457,6 +471,13 @@ def search(
             continue
         result.cached[name] = answer.cached
         merged.extend(o for o in answer.offers or [] if keep(o, queries[name]))
+    if asked_for.workload and estimate is not None:
+        if merged and not estimate(merged, asked_for.workload):
+            result.notes.append(
+                f"no valid benchmark result of workload {asked_for.workload!r} matches these "
+                "offers; they are in price order"
+            )
+        query = asked_for
     ranked = rank(merged, query.sort)
     result.offers = ranked[: query.limit] if query.limit else ranked
     return result

@@ -194,6 +194,7 @@ class Provisioner:
         health: dict[str, Any] | None = None,
         deadline_script: Callable[[Provider, dict[str, Any]], str | None] | None = None,
         on_rented: Callable[[Offer], None] | None = None,
+        estimate: Callable[[list[Offer], str], int] | None = None,
     ) -> None:
         self.store = store
         self.keys_dir = keys_dir
@@ -206,6 +207,7 @@ class Provisioner:
         self.health = health or {}
         self.deadline_script = deadline_script
         self.on_rented = on_rented  # e.g. mark the offer taken in the offer cache
+        self.estimate = estimate  # measured price-performance for query.workload
 
     # -- choosing ---------------------------------------------------------------------------
     def _template_for(self, provider: Provider, ident: str | None) -> Template | None:
@@ -247,6 +249,7 @@ class Provisioner:
             health=self.health,
             now=self.clock,
             template_resolver=resolver,
+            estimate=self.estimate,
         )
         result.raise_if_nobody_answered(query.providers)
         notes += [f"skipped {why}" for why in result.skipped.values()]

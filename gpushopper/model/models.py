@@ -54,6 +54,12 @@ class Offer:
     total_flops: float | None = None
     perf_per_dollar: float | None = None
     max_disk_gb: float | None = None
+    # With ``--sort perf-per-dollar --workload NAME``: the measured figure this offer is
+    # expected to reach, where it comes from (machine, gpu_provider, gpu_model) and its
+    # cost per unit of work; ``perf_per_dollar`` then is work per dollar. Else None.
+    perf_estimate: float | None = None
+    perf_source: str | None = None
+    cost_per_unit: float | None = None
     # provider-specific facts needed to rent this exact offer (not part of the JSON contract)
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -83,6 +89,7 @@ class OfferQuery:
     sort: str = "price"
     limit: int | None = None
     template: str | None = None
+    workload: str | None = None  # rank by measured cost per unit of this benchmark workload
 
     def cache_key(self, provider: str) -> str:
         parts = {
