@@ -16,11 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gpushopper.core.bench import cron
 from gpushopper.model.errors import StateError, UsageError
 from gpushopper.model.units import iso, parse_iso
+
+if TYPE_CHECKING:
+    from gpushopper.state.benchstore import BenchStore
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 MAX_BUDGET = 10_000.0  # USD per run
@@ -78,7 +81,7 @@ def check_args(args: list[str]) -> list[str]:
 
 
 def add(
-    store: Any, name: str, expr: str, max_budget: float, args: list[str], now: datetime
+    store: BenchStore, name: str, expr: str, max_budget: float, args: list[str], now: datetime
 ) -> dict[str, Any]:
     """Store a new schedule (enabled); refuse a name already taken."""
     check_name(name)
@@ -102,7 +105,7 @@ def add(
 
 
 def update(
-    store: Any,
+    store: BenchStore,
     name: str,
     now: datetime,
     *,
@@ -135,7 +138,7 @@ def update(
         return dict(record)
 
 
-def delete(store: Any, name: str) -> None:
+def delete(store: BenchStore, name: str) -> None:
     if not store.delete("schedules", name):
         raise UsageError(f"no schedule {name!r} (see 'gpu-shopper benchmark schedule list')")
 
@@ -159,7 +162,7 @@ def view(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def run_due(
-    store: Any,
+    store: BenchStore,
     lock_path: Path,
     now: Callable[[], datetime],
     runner: Runner,
@@ -184,7 +187,7 @@ def run_due(
 
 
 def _fire(
-    store: Any, now: Callable[[], datetime], runner: Runner, log: Callable[[str], None]
+    store: BenchStore, now: Callable[[], datetime], runner: Runner, log: Callable[[str], None]
 ) -> list[dict[str, Any]]:
     stamp = now()
     claimed: list[dict[str, Any]] = []
