@@ -16,7 +16,7 @@ from gpushopper.cli import App, pass_app
 from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table
 
 PROVIDER_NAMES = ("vastai", "tensordock")  # providers/registry.PROVIDERS, without its import
-LIST_LIMIT = 20  # table rows by default (a rich table of 100 rows costs 40 ms more)
+LIST_LIMIT = 20  # rows by default, table and --json alike (--limit 0: all)
 MAX_SUBMIT_BYTES = 256 * 1024 * 1024
 
 
@@ -111,13 +111,7 @@ def _cut_note(shown: int, total: int, what: str) -> None:
     type=click.Choice(PROVIDER_NAMES),
     help="Only this provider (repeatable).",
 )
-@click.option(
-    "--limit",
-    type=click.IntRange(min=0),
-    metavar="N",
-    help=f"Show at most N results, newest first (table default {LIST_LIMIT}, --json: all; "
-    "0 = all).",
-)
+@_limit_option(LIST_LIMIT, "results, newest first")
 @json_option
 @pass_app
 def list_results(
@@ -125,7 +119,7 @@ def list_results(
     workload: str | None,
     gpus: tuple[str, ...],
     providers: tuple[str, ...],
-    limit: int | None,
+    limit: int,
     as_json: bool,
 ) -> None:
     """Stored results, newest first, invalid ones included (VALID no).
@@ -137,8 +131,6 @@ def list_results(
 
     table = _store(app).table()
     picked = select(table, workload, gpus, providers)
-    if limit is None:
-        limit = 0 if as_json else LIST_LIMIT
     shown = [table.row(i) for i in (picked[:limit] if limit else picked)]
     rows = [_with_cost(r, r["price_per_hour"]) for r in shown]
     if as_json:

@@ -29,7 +29,7 @@ from gpushopper.state.store import StateStore, _Damaged
 
 BENCH_SCHEMA_VERSION = 1
 SECTIONS = ("results", "runs", "schedules")
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 # The flat row of a result the queries use: (key, where in the record). Values that are not
 # plain JSON scalars become None.
 ROW_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -79,12 +79,17 @@ def empty_bench() -> dict[str, Any]:
 
 
 class ResultTable:
-    """Results as columns: ``col(KEY)`` is one list per ROW_KEYS key, parsed on first use;
-    a column that is not a list of ``n`` plain values reads as all None."""
+    """Results as columns: ``col(KEY)`` is one list per ROW_KEYS key, parsed on first use
+    (a column that is not a list of ``n`` values reads as all None); ``row(i)`` parses
+    only result ``i``'s own line."""
 
-    def __init__(self, raw_columns: list[bytes], n: int) -> None:
+    def __init__(
+        self, raw_columns: list[bytes], n: int, rows: tuple[bytes, int, bytes] | None = None
+    ) -> None:
         self.n = n
         self._raw = dict(zip(ROW_KEYS, raw_columns, strict=True))
+        self._rows = rows  # (the index, where its row lines start, their offsets as JSON)
+        self._offsets: list[Any] | None = None
         self._parsed: dict[str, list[Any]] = {}
 
     def col(self, key: str) -> list[Any]:
@@ -99,9 +104,35 @@ class ResultTable:
             self._parsed[key] = column
         return column
 
+    def _line(self, i: int) -> Any:
+        """Result ``i``'s own row line, parsed; None when the index has no sound one."""
+        if self._rows is None:
+            return None
+        raw, start, offsets_raw = self._rows
+        if self._offsets is None:
+            try:
+                offsets = json.loads(offsets_raw)
+            except ValueError:
+                offsets = None
+            ok = isinstance(offsets, list) and len(offsets) == self.n
+            self._offsets = offsets if ok else [None] * self.n
+        offset = self._offsets[i]
+        if type(offset) is not int or offset < 0:
+            return None
+        end = raw.find(b"\n", start + offset)
+        try:
+            return json.loads(raw[start + offset : end if end >= 0 else len(raw)])
+        except ValueError:
+            return None
+
     def row(self, i: int) -> dict[str, Any]:
-        out = {key: self.col(key)[i] for key in ROW_KEYS}
-        return {k: (v if isinstance(v, _SCALARS) else None) for k, v in out.items()}
+        values = self._line(i)
+        if not isinstance(values, list) or len(values) != len(ROW_KEYS):
+            values = [self.col(key)[i] for key in ROW_KEYS]
+        return {
+            k: (v if isinstance(v, _SCALARS) else None)
+            for k, v in zip(ROW_KEYS, values, strict=True)
+        }
 
     @classmethod
     def of_rows(cls, rows: list[dict[str, Any]]) -> ResultTable:
@@ -109,6 +140,29 @@ class ResultTable:
         table = cls([b"[]"] * len(ROW_KEYS), len(rows))
         table._parsed = {key: [row.get(key) for row in rows] for key in ROW_KEYS}
         return table
+
+
+def _parse_index(raw: bytes, identity: list[int] | None) -> ResultTable | None:
+    """The table in an index made from the file with ``identity``; None when the index
+    is of another file, version or layout. Raises ValueError when it is cut short."""
+    spans = []
+    pos = 0
+    for _ in range(len(ROW_KEYS) + 2):  # the header, the columns, the offsets
+        end = raw.index(b"\n", pos)
+        spans.append((pos, end))
+        pos = end + 1
+    header = json.loads(raw[spans[0][0] : spans[0][1]])
+    if not (
+        isinstance(header, dict)
+        and header.get("version") == INDEX_VERSION
+        and header.get("of") == identity
+        and header.get("keys") == list(ROW_KEYS)
+        and type(header.get("n")) is int
+    ):
+        return None
+    columns = [raw[a:b] for a, b in spans[1:-1]]
+    offsets = raw[spans[-1][0] : spans[-1][1]]
+    return ResultTable(columns, header["n"], (raw, pos, offsets))
 
 
 class BenchStore(StateStore):
@@ -150,8 +204,9 @@ class BenchStore(StateStore):
         return [st.st_ino, st.st_size, st.st_mtime_ns]
 
     def _index_text(self, data: dict[str, Any], identity: list[int] | None) -> str:
-        """The index: a header line, then one JSON array per ROW_KEYS column, one a line
-        (a query parses only the columns it reads)."""
+        """The index: a header line, one JSON array per ROW_KEYS column, one a line (a
+        query parses only the columns it ranks by), then each result's row on its own line
+        (only the rows shown are parsed), found by the offsets line before them."""
         rows = [
             result_row(key, record)
             for key, record in data["results"].items()
@@ -161,7 +216,13 @@ class BenchStore(StateStore):
         lines = [json.dumps(header, separators=(",", ":"))]
         for i in range(len(ROW_KEYS)):
             lines.append(json.dumps([row[i] for row in rows], separators=(",", ":")))
-        return "\n".join(lines) + "\n"
+        row_lines = [json.dumps(row, separators=(",", ":")) for row in rows]  # ASCII only
+        offsets, at = [], 0
+        for line in row_lines:
+            offsets.append(at)
+            at += len(line) + 1
+        lines.append(json.dumps(offsets, separators=(",", ":")))
+        return "\n".join([*lines, *row_lines]) + "\n"
 
     def _written(self, data: dict[str, Any]) -> None:
         from gpushopper.state.atomic import atomic_write_text
@@ -177,17 +238,9 @@ class BenchStore(StateStore):
         if identity is None:
             return ResultTable([b"[]"] * len(ROW_KEYS), 0)
         try:
-            lines = read_bytes_nofollow(self.index_path).split(b"\n")
-            header = json.loads(lines[0])
-            if (
-                isinstance(header, dict)
-                and header.get("version") == INDEX_VERSION
-                and header.get("of") == identity
-                and header.get("keys") == list(ROW_KEYS)
-                and type(header.get("n")) is int
-                and len(lines) >= len(ROW_KEYS) + 1
-            ):
-                return ResultTable(lines[1 : len(ROW_KEYS) + 1], header["n"])
+            table = _parse_index(read_bytes_nofollow(self.index_path), identity)
+            if table is not None:
+                return table
         except (OSError, ValueError):
             pass  # missing, stale, damaged or a link: the file itself decides
         data = self.read()  # a damaged benchmark file is reported here, never hidden
@@ -198,8 +251,9 @@ class BenchStore(StateStore):
             atomic_write_text(self.index_path, text)
         except OSError:
             pass  # a read-only home: the next reader rebuilds it again
-        lines = text.encode().split(b"\n")
-        return ResultTable(lines[1 : len(ROW_KEYS) + 1], json.loads(lines[0])["n"])
+        table = _parse_index(text.encode(), identity)
+        assert table is not None  # made just now
+        return table
 
     def rows(self) -> list[dict[str, Any]]:
         """Every result's flat row as a dict (for a few results; queries use table())."""

@@ -12,9 +12,10 @@ invalid results are left out, and results without a price rank last on cost.
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from collections.abc import Iterable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, TypeAlias
 
 from gpushopper.core.bench.records import cost_per_unit, split_workload
@@ -45,16 +46,28 @@ class _Cols:
     """The columns a query reads, with the row accessors every question shares."""
 
     def __init__(self, table: ResultTable) -> None:
-        self.table = table  # the measured GPU's columns are parsed only when needed
+        self.table = table  # other columns are parsed on first use
         col = table.col
         self.value = col("value")
         self.hib = col("higher_is_better")
         self.valid = col("valid")
         self.metric = col("metric")
-        self.price_col = col("price_per_hour")
-        self.gpu_col = col("gpu_name")
-        self.count_col = col("gpu_count")
-        self.provider_col = col("provider")
+
+    @cached_property
+    def price_col(self) -> list[Any]:
+        return self.table.col("price_per_hour")
+
+    @cached_property
+    def gpu_col(self) -> list[Any]:
+        return self.table.col("gpu_name")
+
+    @cached_property
+    def count_col(self) -> list[Any]:
+        return self.table.col("gpu_count")
+
+    @cached_property
+    def provider_col(self) -> list[Any]:
+        return self.table.col("provider")
 
     def price(self, i: int) -> float | None:
         price = self.price_col[i]
@@ -86,17 +99,6 @@ class _Cols:
         provider = self.provider_col[i]
         return provider if isinstance(provider, str) else None
 
-    def rankable(self, i: int) -> bool:
-        """Sound enough to rank: valid, a positive finite value, a real boolean direction."""
-        value = self.value[i]
-        return (
-            self.valid[i] is True
-            and type(self.hib[i]) is bool
-            and type(value) in _FLOATS
-            and math.isfinite(value)
-            and value > 0
-        )
-
 
 # -- selecting ------------------------------------------------------------------------------------
 def select(
@@ -108,8 +110,6 @@ def select(
 ) -> list[int]:
     """Row numbers of ``workload``'s results (``NAME@V`` exactly; a bare ``NAME``: its
     newest version present), on any of ``gpus`` and ``providers``, newest first."""
-    from gpushopper.model.models import gpu_matches
-
     gpus, providers = list(gpus), list(providers)
     picked = list(range(table.n))
     if workload is not None:
@@ -125,8 +125,12 @@ def select(
             newest = max(present, default=None)
             picked = [i for i in mine if versions[i] == newest]
     if gpus:
+        from gpushopper.model.models import gpu_matches
+
         cols = _Cols(table)
-        picked = [i for i in picked if any(gpu_matches(g, cols.gpu(i) or "") for g in gpus)]
+        seen = {cols.gpu(i) or "" for i in picked}  # a dozen names, not 10,000 rows
+        wanted = {n for n in seen if any(gpu_matches(g, n) for g in gpus)}
+        picked = [i for i in picked if (cols.gpu(i) or "") in wanted]
     if providers:
         provider = table.col("provider")
         picked = [i for i in picked if provider[i] in providers]
@@ -155,21 +159,33 @@ def resolve_id(ids: Iterable[str], wanted: str, what: str) -> str:
 
 
 # -- one workload's figures ---------------------------------------------------------------------
-@dataclass
 class Ranked:
-    """One workload's rankable results (row numbers into ``cols``), and what was left out."""
+    """One workload's rankable results (row numbers into ``cols``), and what was left out.
+    (A plain class: the dataclasses import costs more than a query.)"""
 
-    workload: str
-    metric: str | None
-    unit: str | None
-    higher_is_better: bool
-    rows: list[int]
-    cols: _Cols
-    notes: list[str] = field(default_factory=list)
+    def __init__(
+        self,
+        *,
+        workload: str,
+        metric: str | None,
+        unit: str | None,
+        higher_is_better: bool,
+        rows: list[int],
+        cols: _Cols,
+        notes: list[str],
+    ) -> None:
+        self.workload = workload
+        self.metric = metric
+        self.unit = unit
+        self.higher_is_better = higher_is_better
+        self.rows = rows
+        self.cols = cols
+        self.notes = notes
 
 
 def ranked_results(table: ResultTable, workload: str) -> Ranked:
-    """The valid results of ``workload`` for its main metric (that of its newest result)."""
+    """The valid results of ``workload`` for its main metric (that of the last result
+    stored)."""
     chosen = select(table, workload, newest_first=False)
     if not chosen:
         raise UsageError(
@@ -177,7 +193,7 @@ def ranked_results(table: ResultTable, workload: str) -> Ranked:
         )
     cols = _Cols(table)
     value, hib_col, valid = cols.value, cols.hib, cols.valid
-    good = [  # cols.rankable(i), in one pass
+    good = [  # sound enough to rank: valid, a real direction, a positive finite value
         i
         for i in chosen
         if valid[i] is True
@@ -191,8 +207,7 @@ def ranked_results(table: ResultTable, workload: str) -> Ranked:
         notes.append(f"{len(chosen) - len(good)} invalid results left out")
     if not good:
         raise UsageError(f"every stored result for workload {workload!r} is invalid")
-    created = _created(table)
-    newest = max(good, key=created.__getitem__)
+    newest = good[-1]  # the latest stored (rows are in the order results were stored)
     metric, hib = cols.metric[newest], cols.hib[newest]
     same = [i for i in good if cols.metric[i] == metric and cols.hib[i] is hib]
     if len(same) < len(good):
@@ -229,23 +244,28 @@ def _live_fields(
 
 
 def _result_row(ranked: Ranked, i: int, live: Live | None) -> dict[str, Any]:
-    cols, col = ranked.cols, ranked.cols.table.col
+    """One result as the questions print it: the figures from the ranked columns, the
+    rest from its own row."""
+    cols, facts = ranked.cols, ranked.cols.table.row(i)
     value, hib, price = cols.value[i], ranked.higher_is_better, cols.price(i)
-    gpu, count = cols.gpu(i), cols.count(i)
+    gpu = facts["gpu_name"] or facts["measured_gpu"] or None
+    count = next(
+        (c for c in (facts["gpu_count"], facts["measured_count"]) if type(c) is int and c > 0), 1
+    )
     row = {
-        "result_id": col("id")[i],
-        "workload": col("workload")[i],
+        "result_id": facts["id"],
+        "workload": facts["workload"],
         "gpu_name": gpu,
         "gpu_count": count,
-        "provider": cols.provider(i),
-        "offer_id": col("offer_id")[i],
+        "provider": facts["provider"],
+        "offer_id": facts["offer_id"],
         "metric": ranked.metric,
         "value": value,
         "unit": ranked.unit,
         "higher_is_better": hib,
         "price_per_hour": price,
         "cost_per_unit": cost_per_unit(price, value, hib),
-        "created_at": col("created_at")[i],
+        "created_at": facts["created_at"],
     }
     row.update(_live_fields(live or {}, gpu, count, value, hib))
     return {
@@ -260,12 +280,12 @@ def _last(value: float | None) -> float:
 def _costs(ranked: Ranked, live: Live | None) -> list[float]:
     """Each ranked row's cost per unit (live where asked), inf when unknown (the values
     are positive and finite: ranked_results kept only those)."""
-    from gpushopper.model.models import canonical_gpu
-
     cols, rows = ranked.cols, ranked.rows
     if live is None:
         prices = cols.prices(rows)
     else:
+        from gpushopper.model.models import canonical_gpu
+
         prices = []
         for i in rows:
             gpu = cols.gpu(i)
@@ -309,13 +329,18 @@ def _groups(ranked: Ranked) -> dict[tuple[str, int], list[int]]:
 
     cols = ranked.cols
     gpus, counts = cols.gpu_col, cols.count_col
-    spelled: dict[tuple[str, int], list[int]] = {}
+    raw: dict[tuple[Any, Any], list[int]] = defaultdict(list)
     for i in ranked.rows:
-        gpu, count = gpus[i], counts[i]
-        if not (isinstance(gpu, str) and gpu and type(count) is int and count > 0):
-            gpu, count = cols.gpu(i), cols.count(i)  # the measured GPU, or a default count
-        if gpu:
-            spelled.setdefault((gpu, count), []).append(i)
+        raw[(gpus[i], counts[i])].append(i)
+    spelled: dict[tuple[str, int], list[int]] = defaultdict(list)
+    for (gpu, count), items in raw.items():
+        if isinstance(gpu, str) and gpu and type(count) is int and count > 0:
+            spelled[(gpu, count)].extend(items)
+            continue
+        for i in items:  # the measured GPU, or a default count
+            measured = cols.gpu(i)
+            if measured:
+                spelled[(measured, cols.count(i))].append(i)
     merged: dict[tuple[str, int], list[int]] = {}
     named: dict[tuple[str, int], tuple[str, int]] = {}
     for (gpu, count), items in sorted(spelled.items(), key=lambda kv: (-len(kv[1]), kv[0])):
@@ -330,7 +355,7 @@ def recommendations(
     """One row per GPU model and count: median value, n, cost per unit at the median
     recorded price (and at the cheapest live offer), peak VRAM used; cheapest first."""
     cols, hib = ranked.cols, ranked.higher_is_better
-    peak_col = cols.table.col("peak_vram_mb")
+    peak_col, provider_col = cols.table.col("peak_vram_mb"), cols.provider_col
     rows = []
     for (gpu, count), items in _groups(ranked).items():
         value = _median([cols.value[i] for i in items])
@@ -348,7 +373,9 @@ def recommendations(
             "median_price_per_hour": price,
             "cost_per_unit": cost_per_unit(price, value, hib),
             "peak_vram_mb": max(peaks) if peaks else None,
-            "providers": sorted({p for p in (cols.provider(i) for i in items) if p}),
+            "providers": sorted(
+                {p for p in map(provider_col.__getitem__, items) if isinstance(p, str)}
+            ),
         }
         row.update(_live_fields(live or {}, gpu, count, value, hib))
         rows.append(row)
