@@ -102,6 +102,9 @@ def test_a_workload_nobody_measured_keeps_price_order_with_a_note(gs, vast):
 def test_plain_inventory_never_opens_the_benchmark_file(gs, vast, isolated_home: Path):
     (isolated_home / "benchmarks.json").write_text("{damaged")
     assert gs("inventory --provider vastai --json").exit_code == 0
+    assert gs("inventory --provider vastai --sort perf-per-dollar --json").exit_code == 0
+    plan = gs("provision --provider vastai --gpu 4090 --dry-run --json")  # its search too
+    assert plan.exit_code == 0, plan.stderr
     out = gs("inventory --provider vastai --workload mm --json")
     assert out.exit_code == 1 and "benchmark file" in out.json()["error"]["message"]
 

@@ -35,6 +35,22 @@ def test_cheapest_names_the_cheaper_offer_and_list_holds_both_with_cost(gs, tmp_
     assert sorted(r["cost_per_unit"] for r in listed) == pytest.approx([0.004, 0.012])
 
 
+def test_a_dear_fast_gpu_beats_a_cheap_slow_one_per_unit_of_work(gs, tmp_path):
+    submit(
+        gs,
+        tmp_path,
+        [
+            result(10.0, gpu="RTX 3090", price=0.20),  # 0.02 $/h per TFLOPS
+            result(1000.0, gpu="H100 SXM", price=2.00),  # 0.002 $/h per TFLOPS
+        ],
+    )
+    rows = gs("benchmark cheapest --workload mm --json").json()
+    assert [r["gpu_name"] for r in rows] == ["H100 SXM", "RTX 3090"]
+    assert [r["cost_per_unit"] for r in rows] == pytest.approx([0.002, 0.02])
+    recs = gs("benchmark recommendations --workload mm --json").json()
+    assert [r["gpu_name"] for r in recs] == ["H100 SXM", "RTX 3090"]
+
+
 def test_lower_is_better_costs_price_times_value(gs, tmp_path):
     # seconds per step: 2 s at 1 $/h (2) beats 1 s at 3 $/h (3), though it is slower
     submit(
