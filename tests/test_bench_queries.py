@@ -281,3 +281,27 @@ def test_estimate_prefers_machine_then_gpu_provider_then_gpu_model():
     assert by_id["vastai:4"].perf_source is None and by_id["vastai:4"].perf_per_dollar is None
     assert by_id["vastai:1"].cost_per_unit == pytest.approx(0.001)
     assert by_id["vastai:1"].perf_per_dollar == pytest.approx(1000)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["benchmark", "list", "--json"],
+        ["benchmark", "cheapest", "--workload", "mm", "--json"],
+        ["benchmark", "best", "--workload", "mm", "--json"],
+        ["benchmark", "schedule", "list", "--json"],
+    ],
+)
+def test_queries_load_no_heavy_module(gs, tmp_path, argv):
+    import subprocess
+    import sys
+
+    submit(gs, tmp_path, [result(1.0), result(2.0, gpu="A100")])
+    heavy = ("requests", "rich", "paramiko", "gpushopper.model.models", "gpushopper.providers")
+    code = (
+        "import sys; from gpushopper.cli import cli; "
+        f"from gpushopper.cli.output import run; code = run(cli, {argv!r}); "
+        f"print('LOADED:' + ','.join(m for m in {heavy!r} if m in sys.modules) + f' {{code}}')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-1] == "LOADED: 0", out.stderr

@@ -15,7 +15,6 @@ import click
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table
 
-PROVIDER_NAMES = ("vastai", "tensordock")  # providers/registry.PROVIDERS, without its import
 LIST_LIMIT = 20  # rows by default, table and --json alike (--limit 0: all)
 MAX_SUBMIT_BYTES = 256 * 1024 * 1024
 
@@ -108,7 +107,7 @@ def _cut_note(shown: int, total: int, what: str) -> None:
     "--provider",
     "providers",
     multiple=True,
-    type=click.Choice(PROVIDER_NAMES),
+    metavar="NAME",
     help="Only this provider (repeatable).",
 )
 @_limit_option(LIST_LIMIT, "results, newest first")
@@ -129,6 +128,13 @@ def list_results(
     """
     from gpushopper.core.bench.queries import select
 
+    if providers:  # checked here: the registry is not loaded for a plain list
+        from gpushopper.model.errors import UsageError
+        from gpushopper.providers.registry import PROVIDERS
+
+        for name in providers:
+            if name not in PROVIDERS:
+                raise UsageError(f"unknown provider {name!r} (choose from {', '.join(PROVIDERS)})")
     table = _store(app).table()
     picked = select(table, workload, gpus, providers)
     shown = [table.row(i) for i in (picked[:limit] if limit else picked)]
