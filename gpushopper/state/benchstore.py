@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from gpushopper.state.store import StateStore, _Damaged
 
 BENCH_SCHEMA_VERSION = 1
 SECTIONS = ("results", "runs", "schedules")
-INDEX_VERSION = 2
+INDEX_VERSION = 4
 # The flat row of a result the queries use: (key, where in the record). Values that are not
 # plain JSON scalars become None.
 ROW_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
@@ -79,26 +80,32 @@ def empty_bench() -> dict[str, Any]:
 
 
 class ResultTable:
-    """Results as columns: ``col(KEY)`` is one list per ROW_KEYS key, parsed on first use
-    (a column that is not a list of ``n`` values reads as all None); ``row(i)`` parses
-    only result ``i``'s own line."""
+    """Results as columns: ``col(KEY)`` is one list per ROW_KEYS key, read and parsed on
+    first use (a column that is not a list of ``n`` values reads as all None); ``row(i)``
+    reads only result ``i``'s own line.
+
+    ``read(start, length)`` returns bytes of the index body; ``layout`` says where each
+    column, the row offsets and the row lines are in it.
+    """
 
     def __init__(
-        self, raw_columns: list[bytes], n: int, rows: tuple[bytes, int, bytes] | None = None
+        self, n: int, read: Callable[[int, int], bytes] | None = None, layout: Any = None
     ) -> None:
         self.n = n
-        self._raw = dict(zip(ROW_KEYS, raw_columns, strict=True))
-        self._rows = rows  # (the index, where its row lines start, their offsets as JSON)
+        self._read = read
+        self._layout = layout
         self._offsets: list[Any] | None = None
         self._parsed: dict[str, list[Any]] = {}
 
     def col(self, key: str) -> list[Any]:
         column = self._parsed.get(key)
         if column is None:
-            try:
-                column = json.loads(self._raw[key])
-            except ValueError:
-                column = None
+            if self._read is not None:
+                start, length = self._layout["columns"][ROW_KEYS.index(key)]
+                try:
+                    column = json.loads(self._read(start, length))
+                except ValueError:
+                    column = None
             if not isinstance(column, list) or len(column) != self.n:
                 column = [None] * self.n
             self._parsed[key] = column
@@ -106,22 +113,21 @@ class ResultTable:
 
     def _line(self, i: int) -> Any:
         """Result ``i``'s own row line, parsed; None when the index has no sound one."""
-        if self._rows is None:
+        if self._read is None:
             return None
-        raw, start, offsets_raw = self._rows
         if self._offsets is None:
+            start, length = self._layout["offsets"]
             try:
-                offsets = json.loads(offsets_raw)
+                offsets = json.loads(self._read(start, length))
             except ValueError:
                 offsets = None
-            ok = isinstance(offsets, list) and len(offsets) == self.n
-            self._offsets = offsets if ok else [None] * self.n
-        offset = self._offsets[i]
-        if type(offset) is not int or offset < 0:
+            ok = isinstance(offsets, list) and len(offsets) == self.n + 1
+            self._offsets = offsets if ok else [None] * (self.n + 1)
+        begin, end = self._offsets[i], self._offsets[i + 1]
+        if type(begin) is not int or type(end) is not int or not 0 <= begin < end:
             return None
-        end = raw.find(b"\n", start + offset)
         try:
-            return json.loads(raw[start + offset : end if end >= 0 else len(raw)])
+            return json.loads(self._read(self._layout["rows"] + begin, end - begin - 1))
         except ValueError:
             return None
 
@@ -137,32 +143,47 @@ class ResultTable:
     @classmethod
     def of_rows(cls, rows: list[dict[str, Any]]) -> ResultTable:
         """A table of flat-row dicts (tests, small callers)."""
-        table = cls([b"[]"] * len(ROW_KEYS), len(rows))
+        table = cls(len(rows))
         table._parsed = {key: [row.get(key) for row in rows] for key in ROW_KEYS}
         return table
 
 
-def _parse_index(raw: bytes, identity: list[int] | None) -> ResultTable | None:
-    """The table in an index made from the file with ``identity``; None when the index
-    is of another file, version or layout. Raises ValueError when it is cut short."""
-    spans = []
-    pos = 0
-    for _ in range(len(ROW_KEYS) + 2):  # the header, the columns, the offsets
-        end = raw.index(b"\n", pos)
-        spans.append((pos, end))
-        pos = end + 1
-    header = json.loads(raw[spans[0][0] : spans[0][1]])
+def _spans_ok(value: Any, count: int) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == count
+        and all(
+            isinstance(pair, list)
+            and len(pair) == 2
+            and all(type(x) is int and x >= 0 for x in pair)
+            for pair in value
+        )
+    )
+
+
+def _layout_of(header: Any, identity: list[int] | None, body_size: int) -> Any:
+    """The header's layout when the index is of this file, this version and complete."""
     if not (
         isinstance(header, dict)
         and header.get("version") == INDEX_VERSION
         and header.get("of") == identity
         and header.get("keys") == list(ROW_KEYS)
         and type(header.get("n")) is int
+        and header.get("size") == body_size
+        and _spans_ok(header.get("columns"), len(ROW_KEYS))
+        and _spans_ok([header.get("offsets")], 1)
+        and type(header.get("rows")) is int
     ):
         return None
-    columns = [raw[a:b] for a, b in spans[1:-1]]
-    offsets = raw[spans[-1][0] : spans[-1][1]]
-    return ResultTable(columns, header["n"], (raw, pos, offsets))
+    return header
+
+
+def _table_of_text(text: str, identity: list[int] | None) -> ResultTable:
+    head, _, body = text.partition("\n")
+    data = body.encode()
+    layout = _layout_of(json.loads(head), identity, len(data))
+    assert layout is not None  # made just now
+    return ResultTable(layout["n"], lambda start, length: data[start : start + length], layout)
 
 
 class BenchStore(StateStore):
@@ -204,25 +225,40 @@ class BenchStore(StateStore):
         return [st.st_ino, st.st_size, st.st_mtime_ns]
 
     def _index_text(self, data: dict[str, Any], identity: list[int] | None) -> str:
-        """The index: a header line, one JSON array per ROW_KEYS column, one a line (a
-        query parses only the columns it ranks by), then each result's row on its own line
-        (only the rows shown are parsed), found by the offsets line before them."""
+        """The index: a header line with the layout, then one JSON array per ROW_KEYS
+        column (a query reads and parses only the columns it ranks by), the row offsets,
+        and each result's row on its own line (only the rows shown are read)."""
         rows = [
             result_row(key, record)
             for key, record in data["results"].items()
             if isinstance(record, dict)
         ]
-        header = {"version": INDEX_VERSION, "of": identity, "keys": list(ROW_KEYS), "n": len(rows)}
-        lines = [json.dumps(header, separators=(",", ":"))]
-        for i in range(len(ROW_KEYS)):
-            lines.append(json.dumps([row[i] for row in rows], separators=(",", ":")))
-        row_lines = [json.dumps(row, separators=(",", ":")) for row in rows]  # ASCII only
-        offsets, at = [], 0
+        compact = (",", ":")  # and ASCII only: a character is a byte
+        columns = [
+            json.dumps([row[i] for row in rows], separators=compact) for i in range(len(ROW_KEYS))
+        ]
+        row_lines = [json.dumps(row, separators=compact) for row in rows]
+        offsets, at = [0], 0
         for line in row_lines:
-            offsets.append(at)
             at += len(line) + 1
-        lines.append(json.dumps(offsets, separators=(",", ":")))
-        return "\n".join([*lines, *row_lines]) + "\n"
+            offsets.append(at)
+        offsets_line = json.dumps(offsets, separators=compact)
+        spans, pos = [], 0
+        for line in [*columns, offsets_line]:
+            spans.append([pos, len(line)])
+            pos += len(line) + 1
+        body = "\n".join([*columns, offsets_line, *row_lines]) + "\n"
+        header = {
+            "version": INDEX_VERSION,
+            "of": identity,
+            "keys": list(ROW_KEYS),
+            "n": len(rows),
+            "size": len(body),
+            "columns": spans[:-1],
+            "offsets": spans[-1],
+            "rows": pos,
+        }
+        return json.dumps(header, separators=compact) + "\n" + body
 
     def _written(self, data: dict[str, Any]) -> None:
         from gpushopper.state.atomic import atomic_write_text
@@ -232,13 +268,11 @@ class BenchStore(StateStore):
     def table(self) -> ResultTable:
         """Every result's flat row (ROW_KEYS) as columns, from the index when it matches
         the file; else rebuilt from the file (and the index rewritten, best effort)."""
-        from gpushopper.state.fs import read_bytes_nofollow
-
         identity = self._identity()
         if identity is None:
-            return ResultTable([b"[]"] * len(ROW_KEYS), 0)
+            return ResultTable(0)
         try:
-            table = _parse_index(read_bytes_nofollow(self.index_path), identity)
+            table = self._open_index(identity)
             if table is not None:
                 return table
         except (OSError, ValueError):
@@ -251,8 +285,33 @@ class BenchStore(StateStore):
             atomic_write_text(self.index_path, text)
         except OSError:
             pass  # a read-only home: the next reader rebuilds it again
-        table = _parse_index(text.encode(), identity)
-        assert table is not None  # made just now
+        return _table_of_text(text, identity)
+
+    def _open_index(self, identity: list[int]) -> ResultTable | None:
+        """The index, opened for reading by parts (None when it is not this file's)."""
+        import weakref
+
+        from gpushopper.state.fs import open_nofollow
+
+        fd = open_nofollow(self.index_path, os.O_RDONLY)
+        try:
+            size = os.fstat(fd).st_size
+            head = os.pread(fd, 1 << 16, 0)
+            end = head.index(b"\n")
+            layout = _layout_of(json.loads(head[:end]), identity, size - end - 1)
+        except BaseException:
+            os.close(fd)
+            raise
+        if layout is None:
+            os.close(fd)
+            return None
+        base = end + 1
+
+        def read(start: int, length: int) -> bytes:
+            return os.pread(fd, length, base + start)
+
+        table = ResultTable(layout["n"], read, layout)
+        weakref.finalize(table, os.close, fd)
         return table
 
     def rows(self) -> list[dict[str, Any]]:

@@ -15,12 +15,17 @@ from typing import Any
 
 from gpushopper.model.errors import UsageError
 
-WORKLOAD_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:/+-]{0,79}")
-METRIC_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./%-]{0,63}")
-PROVIDER_RE = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
-RESULT_ID_RE = re.compile(r"r-[0-9a-f]{6,32}")
-RUN_ID_RE = re.compile(r"b-[0-9a-f]{6,32}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e]")
+# Patterns, compiled on first use (a query needs only the first; compiling all costs 1 ms).
+WORKLOAD_RE = r"[A-Za-z0-9][A-Za-z0-9._:/+-]{0,79}"
+METRIC_RE = r"[A-Za-z0-9][A-Za-z0-9_./%-]{0,63}"
+PROVIDER_RE = r"[a-z0-9][a-z0-9_-]{0,31}"
+RUN_ID_RE = r"b-[0-9a-f]{6,32}"
+_CONTROL = r"[\x00-\x1f\x7f-\x9f\u2028\u2029\u200b-\u200f\u202a-\u202e]"
+
+
+def _full(pattern: str, text: str) -> bool:
+    return re.fullmatch(pattern, text) is not None  # re caches compiled patterns
+
 
 SOURCES = ("run", "submit", "seed")
 DEVICES = ("gpu", "cpu")
@@ -54,7 +59,7 @@ def cost_per_unit(price_per_hour: Any, value: Any, higher_is_better: bool) -> fl
 def split_workload(workload: str) -> tuple[str, int | None]:
     """``gpu-matmul@1`` -> (``gpu-matmul``, 1); a custom ``NAME`` -> (NAME, None)."""
     name, at, version = workload.partition("@")
-    if not WORKLOAD_RE.fullmatch(name):
+    if not _full(WORKLOAD_RE, name):
         raise UsageError(
             f"workload name {workload[:60]!r} must be letters, digits and ._:/+- "
             "(at most 80), optionally followed by @VERSION"
@@ -84,7 +89,7 @@ class _Check:
         value = str(value)
         if not value.strip() or len(value) > max_len:
             raise self.fail(key, f"must be 1-{max_len} characters")
-        if _CONTROL.search(value):
+        if re.search(_CONTROL, value):
             raise self.fail(key, "must not hold control characters")
         return value
 
@@ -152,7 +157,7 @@ def validate_result(
     except UsageError as exc:
         raise check.fail("workload", str(exc)) from None
     metric = check.text("metric", raw["metric"], optional=False, max_len=64)
-    if not METRIC_RE.fullmatch(metric):
+    if not _full(METRIC_RE, metric):
         raise check.fail("metric", "must be letters, digits and _./%- (at most 64)")
     value = check.number(
         "value", raw["value"], low=0, high=MAX_VALUE, low_open=True, optional=False
@@ -165,7 +170,7 @@ def validate_result(
         raise check.fail("extra_metrics", f"at most {MAX_EXTRA} figures")
     extra = {}
     for key, figure in extra_in.items():
-        if not isinstance(key, str) or not METRIC_RE.fullmatch(key):
+        if not isinstance(key, str) or not _full(METRIC_RE, key):
             raise check.fail("extra_metrics", f"{str(key)[:40]!r} is not a metric name")
         extra[key] = check.number(f"extra_metrics.{key}", figure, low=-MAX_VALUE, high=MAX_VALUE)
 
@@ -188,7 +193,7 @@ def validate_result(
 
     of_in = check.obj("offer", raw.get("offer"), OFFER_KEYS)
     provider = check.text("offer.provider", of_in.get("provider"), max_len=32)
-    if provider is not None and not PROVIDER_RE.fullmatch(provider):
+    if provider is not None and not _full(PROVIDER_RE, provider):
         raise check.fail("offer.provider", "must be a provider name such as vastai")
     offer = {
         "provider": provider,
@@ -207,7 +212,7 @@ def validate_result(
     timings_in = check.obj("timings", raw.get("timings"), None)
     timings = {}
     for key, seconds in timings_in.items():
-        if not isinstance(key, str) or not METRIC_RE.fullmatch(key):
+        if not isinstance(key, str) or not _full(METRIC_RE, key):
             raise check.fail("timings", f"{str(key)[:40]!r} is not a timing name")
         timings[key] = check.number(f"timings.{key}", seconds, low=0, high=1e7)
 
@@ -225,7 +230,7 @@ def validate_result(
     if src not in SOURCES:
         raise check.fail("source", f"must be one of {', '.join(SOURCES)}")
     run_id = check.text("run_id", raw.get("run_id"), max_len=40)
-    if run_id is not None and not RUN_ID_RE.fullmatch(run_id):
+    if run_id is not None and not _full(RUN_ID_RE, run_id):
         raise check.fail("run_id", "must be a run id such as b-1a2b3c")
     created_text = raw.get("created_at")
     if created_text is None:
@@ -296,7 +301,7 @@ def from_seed(raw: dict[str, Any], *, where: str, now: datetime) -> dict[str, An
     results = check.obj("results", raw.get("results"), None)
     stats = check.obj("gpu_stats", raw.get("gpu_stats"), None)
     model_name = check.text("model.name", model.get("name"), optional=False, max_len=70)
-    if not WORKLOAD_RE.fullmatch(f"ollama/{model_name}"):
+    if not _full(WORKLOAD_RE, f"ollama/{model_name}"):
         raise check.fail("model.name", "must be letters, digits and ._:/+-")
     tps = check.number(
         "results.avg_tokens_per_second",
