@@ -74,10 +74,10 @@ class _Cols:
         return float(price) if _number(price) and price >= 0 else None
 
     def prices(self, rows: list[int]) -> list[float | None]:
-        col = self.price_col
+        isfinite = math.isfinite
         return [
-            float(p) if type(p) in _FLOATS and math.isfinite(p) and p >= 0 else None
-            for p in (col[i] for i in rows)
+            float(p) if type(p) in _FLOATS and isfinite(p) and p >= 0 else None
+            for p in map(self.price_col.__getitem__, rows)
         ]
 
     def gpu(self, i: int) -> str | None:
@@ -358,7 +358,7 @@ def recommendations(
     peak_col, provider_col = cols.table.col("peak_vram_mb"), cols.provider_col
     rows = []
     for (gpu, count), items in _groups(ranked).items():
-        value = _median([cols.value[i] for i in items])
+        value = _median(list(map(cols.value.__getitem__, items)))
         assert value is not None  # every group has a row
         price = _median([p for p in cols.prices(items) if p is not None])
         peaks = [peak_col[i] for i in items if _number(peak_col[i])]
@@ -374,7 +374,7 @@ def recommendations(
             "cost_per_unit": cost_per_unit(price, value, hib),
             "peak_vram_mb": max(peaks) if peaks else None,
             "providers": sorted(
-                {p for p in map(provider_col.__getitem__, items) if isinstance(p, str)}
+                p for p in set(map(provider_col.__getitem__, items)) if isinstance(p, str)
             ),
         }
         row.update(_live_fields(live or {}, gpu, count, value, hib))
