@@ -464,7 +464,7 @@ def recommendations(app: App, workload: str, live: bool, limit: int, as_json: bo
             _value(r, "median_value"),
             _money(r["median_price_per_hour"]),
             _num(r["cost_per_unit"]),
-            r["peak_vram_mb"],
+            None if r["peak_vram_mb"] is None else f"{r['peak_vram_mb']:.0f}",
         )
         if live:
             row += (_money(r["live_price_per_hour"]), _num(r["live_cost_per_unit"]))
