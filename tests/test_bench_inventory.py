@@ -72,7 +72,10 @@ def test_limit_cuts_after_the_measured_ranking(gs, measured):
     assert [o["id"] for o in top] == [o["id"] for o in full[:2]]
 
 
-def test_workload_alone_implies_the_sort_and_the_table_shows_the_estimate(gs, measured):
+def test_workload_alone_implies_the_sort_and_the_table_shows_the_estimate(
+    gs, measured, monkeypatch
+):
+    monkeypatch.setenv("COLUMNS", "200")  # 13 columns: one line per offer to look into
     ranked = offers(gs, "--workload mm")
     assert ranked[0]["gpu_name"] == "H100 SXM"
     table = gs("inventory --provider vastai --workload mm")

@@ -67,7 +67,8 @@ def test_lower_is_better_costs_price_times_value(gs, tmp_path):
     assert [r["gpu_name"] for r in fast] == ["H100 SXM", "RTX 4090"]
 
 
-def test_invalid_results_are_listed_but_never_ranked(gs, tmp_path):
+def test_invalid_results_are_listed_but_never_ranked(gs, tmp_path, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "200")  # one line per result to look into
     submit(
         gs,
         tmp_path,

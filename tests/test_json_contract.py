@@ -100,6 +100,8 @@ def test_refreshed_sessions_say_what_the_provider_says(vast, gs):
     assert listed["provider_status"] in PROVIDER_STATUSES
     shown = gs(f"sessions show {session['id']} --refresh --json").json()
     assert shown["provider_status"] == "running" and isinstance(shown["provider_detail"], str)
+
+
 # -- benchmark (issue 13) -------------------------------------------------------------------------
 BENCH_RESULT_KEYS = {
     "id", "workload", "workload_name", "workload_version", "metric", "value", "unit",
