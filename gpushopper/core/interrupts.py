@@ -110,6 +110,11 @@ def deferred() -> Iterator[None]:
         raise SignalReceived(_guard.first)
 
 
+def deferring() -> bool:
+    """A destroy is under way inside :func:`deferred` (in any thread): do not cut it short."""
+    return _guard.deferring > 0
+
+
 def silence_std_streams() -> None:
     """Point stdout and stderr at /dev/null so no later write (or exit flush) can fail."""
     try:

@@ -1,0 +1,298 @@
+"""``gpu-shopper benchmark run|status|cancel``: measure offers with a workload, on a budget.
+
+The ``benchmark`` group (``cli/benchmark.py``) adds these through ``COMMANDS``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+import click
+
+from gpushopper.cli import App, pass_app
+from gpushopper.cli.filters import SORTS, Finite, build_query, filter_args, filter_options
+from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table
+from gpushopper.cli.params import DURATION
+from gpushopper.model.errors import UsageError
+
+CANCEL_WAIT_S = 300.0
+
+
+class _ArgvCommand(click.Command):
+    """Keeps the argv as given (the run record stores it; a schedule replays it)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["gs_argv"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+def _bench(app: App) -> Any:
+    from gpushopper.state.benchstore import BenchStore
+
+    return BenchStore(app.paths.bench_file)
+
+
+def _money(value: Any) -> str:
+    return f"${value:.4f}" if isinstance(value, (int, float)) else ""
+
+
+def _render(run: dict[str, Any], as_json: bool, bench: Any = None) -> None:
+    if as_json:
+        emit_json(run)
+        return
+    results = bench.results() if bench is not None else {}
+    rows = []
+    for entry in run.get("entries") or []:
+        result = results.get(entry.get("result_id") or "") or {}
+        value = result.get("value")
+        shown_value = f"{value:.4g} {result.get('unit', '')}".strip() if value is not None else ""
+        rows.append(
+            [
+                entry.get("key"),
+                entry.get("status"),
+                entry.get("offer_id"),
+                len(entry.get("attempts") or []),
+                _money(sum(a.get("cost_usd") or 0.0 for a in entry.get("attempts") or [])),
+                shown_value,
+                entry.get("failure_stage") or "",
+                (entry.get("reason") or "")[:60],
+            ]
+        )
+    print_table(
+        ["entry", "status", "offer", "attempts", "cost", "value", "stage", "reason"], rows
+    )
+    budget = run.get("budget") or {}
+    print_kv(
+        [
+            ("run", run.get("id")),
+            ("workload", run.get("workload")),
+            ("status", run.get("status")),
+            ("spent", f"{_money(budget.get('spent'))} of ${budget.get('max', 0):.2f}"),
+            ("committed", _money(budget.get("committed"))),
+            ("created", run.get("created_at")),
+            ("finished", run.get("finished_at")),
+        ]
+    )
+
+
+@click.command(
+    "run",
+    cls=_ArgvCommand,
+    epilog="""Examples:
+
+\b
+  gpu-shopper benchmark run --workload gpu-matmul --gpu 4090 --gpu 3090 --max-budget 2
+  gpu-shopper benchmark run --workload my-step --command 'python step.py' \\
+      --workdir . --offer vastai:123 --offer vastai:456 --max-budget 1 --yes --json
+  gpu-shopper benchmark run --workload llm-throughput --gpu H100 --image vllm/vllm-openai \\
+      --param concurrency=16 --entry-timeout 45m --max-budget 5
+""",
+)
+@click.option("--workload", "workload_name", required=True, metavar="NAME", help=(
+    "gpu-matmul, transfer, cold-start, llm-throughput, flux-lora (optionally @1), "
+    "or your own NAME with --command."))  # fmt: skip
+@click.option("--command", "command_text", metavar="CMD", help="Custom workload's shell command.")
+@click.option("--offer", "offers", multiple=True, metavar="OFFER_ID", help="Exactly this offer.")
+@filter_options
+@click.option("--image", metavar="IMAGE", help="Container or OS image to boot.")
+@click.option("--workdir", metavar="DIR", help="Folder uploaded as the working directory.")
+@click.option("--param", "params", multiple=True, metavar="K=V", help="A workload setting.")
+@click.option(
+    "--secret-env", multiple=True, metavar="NAME", help="Pass $NAME from here, via a 0600 file."
+)
+@click.option(
+    "--max-budget",
+    type=Finite(min=0, max=100000, min_open=True),
+    metavar="USD",
+    required=True,
+    help="Spending cap for the run, failed attempts included.",
+)
+@click.option("--parallel", type=click.IntRange(1, 16), default=1, metavar="N", help="Entries at once.")
+@click.option(
+    "--entry-timeout",
+    type=DURATION,
+    default="30m",
+    metavar="DUR",
+    help="Longest one attempt's command may run (default 30m); budgets price x this.",
+)
+@click.option(
+    "--attempts", type=click.IntRange(1, 10), default=2, metavar="N", help="Offers per entry."
+)
+@click.option("--sort", type=click.Choice(SORTS), help="How to pick the best offer of a kind.")
+@click.option("--no-cache", is_flag=True, help="Measure again even with a recent valid result.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@pass_app
+def run(app: App, **opts: Any) -> int:
+    """Measure a workload on offers: one entry per --offer, or per GPU model x provider
+    (the best reliable offer of each); every attempt is an ordinary job, destroyed on
+    every outcome, and no attempt starts beyond --max-budget.
+
+    Exit status: 0 when every entry succeeded or was cached, 1 when any did not,
+    3 when a teardown could not be confirmed, 128+N after signal N (all destroyed).
+    """
+    from gpushopper.core import interrupts
+
+    argv = click.get_current_context().meta.get("gs_argv", [])
+    with interrupts.destroy_on_signals():
+        return _run(app, argv, opts)
+
+
+def _run(app: App, argv: list[str], opts: dict[str, Any]) -> int:
+    import shutil
+    import tempfile
+    from dataclasses import replace
+
+    from gpushopper.cli.provision import make_provisioner
+    from gpushopper.core.bench.runner import BenchRunner, RunOptions
+    from gpushopper.core.bench.workloads import resolve
+    from gpushopper.core.provisioner import ProvisionRequest
+    from gpushopper.providers.registry import split_offer_id
+    from gpushopper.remote.jobwrap import check_env_name
+
+    for offer_id in opts["offers"]:
+        split_offer_id(offer_id)
+    if opts["offers"] and opts["gpus"]:
+        raise UsageError("give --offer or --gpu, not both")
+    if opts["workdir"] is not None and not os.path.isdir(opts["workdir"]):
+        raise UsageError(f"--workdir {opts['workdir']}: no such folder")
+    secret_env: dict[str, str] = {}
+    for name in opts["secret_env"]:
+        check_env_name(name)
+        value = os.environ.get(name)
+        if not value:
+            raise UsageError(f"--secret-env {name}: {name} is not set in this environment")
+        secret_env[name] = value
+    if opts["workload_name"].partition("@")[0] == "flux-lora" and "HF_TOKEN" not in secret_env:
+        raise UsageError("flux-lora needs --secret-env HF_TOKEN (FLUX.1-dev is gated)")
+    settings = app.settings
+    query, profile = build_query(app, **filter_args(opts), sort=opts["sort"])
+    app.paths.data_dir.mkdir(parents=True, exist_ok=True)
+    scratch = tempfile.mkdtemp(prefix="bench-", dir=app.paths.data_dir)
+    try:
+        from pathlib import Path
+
+        workload = resolve(
+            opts["workload_name"],
+            opts["command_text"],
+            opts["params"],
+            workdir=opts["workdir"],
+            scratch=Path(scratch),
+        )
+        hard_max_s = settings.get("safety.hard_max_hours") * 3600
+        request = ProvisionRequest(
+            query=query,
+            template=query.template,
+            image=opts["image"] or profile.get("image"),
+            consumer=profile.get("consumer") or settings.get("defaults.consumer"),
+            ssh_key=profile.get("ssh_key") or settings.get("vastai.ssh_key_path"),
+            timeout_s=float(profile.get("timeout") or settings.get("safety.provision_timeout")),
+            hard_max_s=hard_max_s,
+        )
+        bench_opts = RunOptions(
+            workload=workload,
+            max_budget=float(opts["max_budget"]),
+            request=request,
+            offers=list(opts["offers"]),
+            gpus=list(query.gpus),
+            parallel=opts["parallel"],
+            entry_timeout_s=float(opts["entry_timeout"]),
+            attempts=opts["attempts"],
+            no_cache=opts["no_cache"],
+            secret_names=sorted(secret_env),
+            secret_env=secret_env,
+            args=argv,
+            remote_root=app.environ.get("GPU_SHOPPER_JOBS_REMOTE_ROOT") or "gpu-shopper-jobs",
+        )
+        bench = _bench(app)
+        runner = BenchRunner(app, bench, make_provisioner=make_provisioner, log=info)
+        record = runner.create(bench_opts)  # before anything is rented
+        info(f"Benchmark run {record['id']}: {workload.key}, budget ${bench_opts.max_budget:.2f}")
+        try:
+            runner.plan(replace(bench_opts))
+        except BaseException as exc:
+            with runner.lock:
+                runner.run["error"] = str(exc)[:500]
+            runner._conclude()
+            raise
+        interactive = sys.stdin.isatty() and sys.stderr.isatty() and not opts["as_json"]
+        if interactive and not opts["yes"]:
+            keys = [e.record["key"] for e in runner.entries if e.record["status"] == "pending"]
+            click.confirm(
+                f"Benchmark {len(keys)} entr{'y' if len(keys) == 1 else 'ies'} "
+                f"({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''}) for up to "
+                f"${bench_opts.max_budget:.2f}?",
+                abort=True,
+                err=True,
+            )
+        run_record, code = runner.execute(bench_opts)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    _render(run_record, opts["as_json"], bench)
+    return code
+
+
+@click.command("status")
+@click.argument("run_id", metavar="RUN")
+@json_option
+@pass_app
+def status(app: App, run_id: str, as_json: bool) -> None:
+    """One benchmark run: its entries, attempts, budget and status."""
+    from gpushopper.core.bench.runner import get_run
+
+    bench = _bench(app)
+    _render(get_run(bench, run_id), as_json, bench)
+
+
+@click.command("cancel")
+@click.argument("run_id", metavar="RUN")
+@json_option
+@pass_app
+def cancel(app: App, run_id: str, as_json: bool) -> int:
+    """Stop a benchmark run from another shell: its process tears every session down; when
+    that process is gone, this command destroys the run's sessions itself.
+
+    Exit status: 0 when the run is stopped (or was finished), 3 when a destroy could not
+    be confirmed.
+    """
+    from gpushopper.core import interrupts
+    from gpushopper.core.bench.runner import (
+        RUN_FINAL,
+        finish_abandoned,
+        get_run,
+        request_cancel,
+    )
+    from gpushopper.core.owner import ALIVE, GONE, owner_state
+
+    bench = _bench(app)
+    record = request_cancel(bench, run_id)
+    code = 0
+    if record.get("status") not in RUN_FINAL:
+        state = owner_state(record.get("owner"))
+        if state == ALIVE:
+            info(f"Asked process {record['owner'].get('pid')} to stop run {run_id}; waiting")
+            deadline = app.mono() + CANCEL_WAIT_S
+            while app.mono() < deadline:
+                record = get_run(bench, run_id)
+                if record.get("status") in RUN_FINAL:
+                    break
+                state = owner_state(record.get("owner"))
+                if state != ALIVE:
+                    break
+                app.sleep(0.5)
+        if record.get("status") not in RUN_FINAL and state == GONE:
+            info(f"The process of run {run_id} is gone: destroying its sessions")
+            with interrupts.destroy_on_signals():
+                record, problems = finish_abandoned(app, bench, run_id, info)
+            code = 3 if problems else 0
+        elif record.get("status") not in RUN_FINAL:
+            info(
+                f"Run {run_id} is asked to stop; its process ({state} from here) tears it down"
+            )
+    _render(record, as_json, bench)
+    return code
+
+
+COMMANDS = [run, status, cancel]

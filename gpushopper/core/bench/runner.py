@@ -1,0 +1,928 @@
+"""``benchmark run``: entries, attempts and a budget; every attempt an ordinary job.
+
+A run is a record in the benchmark file (``state/benchstore.py``), written before anything
+is rented and updated as entries progress. Each entry (one offer, or the best reliable
+offers of one GPU model on one provider) is measured by one or more attempts, and every
+attempt is a job of ``core/jobs.py``: a labelled session with a reservation and the
+on-instance deadline, destroyed through ``core/teardown.py`` on every outcome. So a dead
+laptop costs at most one reservation, and ``cleanup-orphans`` still finds what it left.
+
+What holds:
+
+* **Budget**: an attempt starts only while spent (every attempt, failed ones included) +
+  committed (price x entry timeout of the attempts running) + its own commitment stays
+  within ``--max-budget`` (:func:`budget_allows`).
+* **No second try of a failure**: an offer or machine that failed once is not tried again
+  in the run; an offer answering ``no_such_ask`` (taken since the search) is skipped
+  without using an attempt.
+* **The measured GPU is the advertised one**, or the result is invalid and the mismatch
+  goes to offer health (as preflight mismatches do).
+* **Stops**: the first SIGINT/SIGTERM/SIGHUP (``core/interrupts.py``) or a
+  ``cancel_requested`` set by ``benchmark cancel`` stops every attempt: each job tears its
+  session down as on Ctrl-C. Final statuses never change back.
+
+Entries run in threads (``--parallel``), each attempt with its own JobRunner. Signals reach
+the main thread only: it tells the workers through :class:`Stop`, which their sleeps (every
+wait of a job or a boot sleeps on the host's clock) turn into the same ``KeyboardInterrupt``
+a job handles on Ctrl-C, never inside a deferred destroy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gpushopper.core import interrupts
+from gpushopper.core.bench.workloads import (
+    ResultInvalid,
+    Workload,
+    cost_per_unit,
+    invalid_reasons,
+    read_outcome,
+)
+from gpushopper.core.owner import current_owner
+from gpushopper.model.errors import GpuShopperError, NotFound, StateError, UsageError
+from gpushopper.model.redact import clip
+from gpushopper.model.units import iso, parse_iso
+
+if TYPE_CHECKING:
+    from gpushopper.core.jobs import JobHost
+    from gpushopper.core.provisioner import Candidate, Provisioner, ProvisionRequest
+    from gpushopper.state.benchstore import BenchStore
+
+RUN_FINAL = ("completed", "partial", "failed", "cancelled", "interrupted")
+ENTRY_FINAL = ("succeeded", "failed", "cached", "skipped")
+CACHE_DAYS = 30
+CANCEL_POLL_S = 0.5
+# A job's stage -> the entry's failure stage.
+STAGE_OF_JOB = {
+    "provisioning": "provision",
+    "preflight": "verify",
+    "uploading": "setup",
+    "running": "measure",
+    "collecting": "collect",
+    "tearing_down": "teardown",
+}
+
+
+def budget_allows(max_budget: float, spent: float, committed: float, commitment: float) -> bool:
+    """A new attempt may start: what was spent, what running attempts may still cost, and
+    what this one may cost stay within the budget."""
+    return spent + committed + commitment <= max_budget + 1e-9
+
+
+@dataclass
+class RunOptions:
+    workload: Workload
+    max_budget: float
+    request: ProvisionRequest  # query, image, timeouts: as 'run' builds it
+    offers: list[str] = field(default_factory=list)
+    gpus: list[str] = field(default_factory=list)
+    parallel: int = 1
+    entry_timeout_s: float = 1800.0
+    attempts: int = 1
+    no_cache: bool = False
+    secret_names: list[str] = field(default_factory=list)
+    secret_env: dict[str, str] = field(default_factory=dict)
+    args: list[str] = field(default_factory=list)
+    schedule: str | None = None
+    remote_root: str = "gpu-shopper-jobs"
+
+
+class RunStopped(KeyboardInterrupt):
+    """Raised in a worker's sleep once the run is stopping (as SIGTERM for a cancel)."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(interrupts.signal_name(signum))
+        self.signum = signum
+
+
+class Stop:
+    """The run is stopping: by which signal, or by ``benchmark cancel``."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.cancelled = False
+        self._raised: set[int] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def stopping(self) -> bool:
+        return self.signum is not None or self.cancelled
+
+    def check(self) -> None:
+        """In a worker: raise RunStopped once per thread, never inside a deferred destroy."""
+        if self.signum is None and interrupts.last_signal() is not None:
+            self.signum = interrupts.last_signal()
+        if not self.stopping or interrupts.deferring():
+            return
+        ident = threading.get_ident()
+        with self._lock:
+            if ident in self._raised:
+                return
+            self._raised.add(ident)
+        raise RunStopped(self.signum or signal.SIGTERM)
+
+
+class _AttemptHost:
+    """The caller's host with a sleep that notices a stopping run."""
+
+    def __init__(self, host: Any, stop: Stop) -> None:
+        self._host = host
+        self._stop = stop
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._host, name)
+
+    def sleep(self, seconds: float) -> None:
+        self._stop.check()
+        self._host.sleep(seconds)
+
+
+@dataclass
+class _Entry:
+    record: dict[str, Any]
+    candidates: list[Candidate]
+    match_gpu: str | None = None  # cache by GPU model + provider (None: by the offer's machine)
+
+
+class BenchRunner:
+    def __init__(
+        self,
+        host: JobHost,
+        bench: BenchStore,
+        *,
+        make_provisioner: Callable[[Any], Provisioner],
+        log: Callable[[str], None],
+        wait: Callable[[float], None] = time.sleep,
+        real_mono: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.host = host
+        self.bench = bench
+        self.make_provisioner = make_provisioner
+        self.log = log
+        self.wait = wait  # the main loop's own pause (real time: workers do the work)
+        self.real_mono = real_mono
+        self.stop = Stop()
+        self.lock = threading.RLock()
+        self.run: dict[str, Any] = {}
+        self.entries: list[_Entry] = []
+        self.failed_offers: set[str] = set()
+        self.failed_machines: set[str] = set()
+        self.unconfirmed = False
+        self.commitments: dict[str, float] = {}
+
+    # -- the record ---------------------------------------------------------------------------
+    def create(self, opts: RunOptions) -> dict[str, Any]:
+        """The run record, saved before anything is rented (intent before action)."""
+        now = iso(self.host.clock())
+        with self.bench.transaction() as data:
+            existing = data["runs"]
+            while True:
+                run_id = self.bench_id()
+                if run_id not in existing:
+                    break
+            self.run = {
+                "id": run_id,
+                "workload": opts.workload.key,
+                "command": opts.workload.command_text,
+                "status": "pending",
+                "owner": current_owner(),
+                "created_at": now,
+                "updated_at": now,
+                "finished_at": None,
+                "cancel_requested": False,
+                "budget": {"max": opts.max_budget, "spent": 0.0, "committed": 0.0},
+                "args": list(opts.args),
+                "schedule": opts.schedule,
+                "parallel": opts.parallel,
+                "entry_timeout_s": opts.entry_timeout_s,
+                "attempts_per_entry": opts.attempts,
+                "entries": [],
+                "error": None,
+            }
+            existing[run_id] = self.run
+        return dict(self.run)
+
+    @staticmethod
+    def bench_id() -> str:
+        import os
+
+        return f"b-{os.urandom(3).hex()}"
+
+    def _save(self) -> None:
+        """Write the run; a cancel asked for by another process is kept, and a final status
+        written elsewhere (``benchmark cancel`` with the owner gone) never changes back."""
+        with self.lock:
+            self.run["updated_at"] = iso(self.host.clock())
+            self.run["budget"]["committed"] = round(sum(self.commitments.values()), 6)
+            try:
+                with self.bench.transaction() as data:
+                    stored = data["runs"].get(self.run["id"]) or {}
+                    if stored.get("cancel_requested"):
+                        self.run["cancel_requested"] = True
+                    if stored.get("status") in RUN_FINAL and self.run["status"] not in RUN_FINAL:
+                        self.run["status"] = stored["status"]
+                    data["runs"][self.run["id"]] = self.run
+            except StateError as exc:
+                self._say(f"Could not record benchmark run {self.run['id']}: {exc}")
+
+    def _say(self, message: str) -> None:
+        try:
+            self.log(message)
+        except OSError as exc:
+            interrupts.output_lost(exc)
+
+    # -- planning -----------------------------------------------------------------------------
+    def plan(self, opts: RunOptions) -> None:
+        """One entry per --offer, or per GPU model x provider among the matching offers."""
+        from gpushopper.core.provisioner import ProvisionFailed
+        from gpushopper.model.models import canonical_gpu
+
+        provisioner = self.make_provisioner(_AttemptHost(self.host, self.stop))
+        entries: list[_Entry] = []
+        seen: set[str] = set()
+        for offer_id in opts.offers:
+            if offer_id in seen:
+                continue
+            seen.add(offer_id)
+            req = replace(opts.request, offer_id=offer_id)
+            record = _entry_record(offer_id, None, offer_id.split(":", 1)[0], offer_id)
+            try:
+                candidates, _ = provisioner.candidates(req)
+            except (NotFound, ProvisionFailed) as exc:
+                _give_up(record, "failed", "find_offer", clip(str(exc), 300))
+                entries.append(_Entry(record, []))
+                continue
+            offer = candidates[0].offer
+            record["gpu_name"] = offer.gpu_name
+            entries.append(_Entry(record, candidates))
+        if not opts.offers:
+            for gpu in opts.gpus or [None]:
+                query = replace(opts.request.query, gpus=[gpu] if gpu else [])
+                req = replace(opts.request, query=query, offer_id=None, auto_retry=200)
+                try:
+                    candidates, notes = provisioner.candidates(req)
+                except ProvisionFailed as exc:
+                    record = _entry_record(f"{gpu or 'any'}/any", gpu, None, None)
+                    _give_up(record, "failed", "find_offer", clip(str(exc), 300))
+                    entries.append(_Entry(record, []))
+                    continue
+                for note in notes:
+                    self._say(f"Note: {note}")
+                groups: dict[tuple[str, str], _Entry] = {}
+                for candidate in candidates:
+                    offer = candidate.offer
+                    group = (canonical_gpu(offer.gpu_name or ""), offer.provider)
+                    if group not in groups:
+                        key = f"{offer.gpu_name}/{offer.provider}"
+                        if key in seen:
+                            continue
+                        seen.add(key)
+                        groups[group] = _Entry(
+                            _entry_record(key, offer.gpu_name, offer.provider, offer.id),
+                            [],
+                            match_gpu=offer.gpu_name,
+                        )
+                    groups[group].candidates.append(candidate)
+                entries.extend(groups.values())
+        with self.lock:
+            self.entries = entries
+            self.run["entries"] = [e.record for e in entries]
+        self._save()
+
+    # -- running ------------------------------------------------------------------------------
+    def execute(self, opts: RunOptions) -> tuple[dict[str, Any], int]:
+        """Run every entry (``--parallel`` at once); returns (the run, the exit status)."""
+        with self.lock:
+            self.run["status"] = "running"
+        self._save()
+        pending = deque(e for e in self.entries if e.record["status"] == "pending")
+        threads: dict[str, threading.Thread] = {}
+        last_poll = -1e9
+        while True:
+            try:
+                with interrupts.deferred():
+                    for key in [k for k, t in threads.items() if not t.is_alive()]:
+                        threads.pop(key).join()
+                    if self.real_mono() - last_poll >= CANCEL_POLL_S:
+                        last_poll = self.real_mono()
+                        self._poll_cancel()
+                    if interrupts.last_signal() is not None and self.stop.signum is None:
+                        self.stop.signum = interrupts.last_signal()
+                    while not self.stop.stopping and pending and len(threads) < opts.parallel:
+                        entry = pending[0]
+                        started = self._start(entry, opts, busy=bool(threads))
+                        if started is None:
+                            break  # waits for budget a running entry will give back
+                        pending.popleft()
+                        if started is not False:
+                            threads[entry.record["key"]] = started
+                    if not threads and (not pending or self.stop.stopping):
+                        break
+                self.wait(0.05)
+            except KeyboardInterrupt as exc:
+                self.stop.signum = getattr(exc, "signum", None) or signal.SIGINT
+        for entry in pending:
+            _give_up(entry.record, "skipped", None, "the run was stopped before it started")
+        return self._conclude()
+
+    def _poll_cancel(self) -> None:
+        try:
+            stored = self.bench.get("runs", self.run["id"]) or {}
+        except StateError:
+            return
+        if stored.get("cancel_requested") and not self.stop.cancelled:
+            self.stop.cancelled = True
+            with self.lock:
+                self.run["cancel_requested"] = True
+            self._say(f"Benchmark run {self.run['id']}: cancel requested; stopping every entry")
+
+    def _start(self, entry: _Entry, opts: RunOptions, busy: bool) -> threading.Thread | None | bool:
+        """Start the entry's first attempt in a thread; False when the entry ended without
+        one (cached, no offer left, over budget), None to wait for running entries."""
+        record = entry.record
+        cached = None if opts.no_cache else self._cached(entry, opts)
+        if cached is not None:
+            with self.lock:
+                record["status"] = "cached"
+                record["result_id"] = cached["id"]
+            self._say(f"{record['key']}: cached result {cached['id']} ({cached.get('created_at')})")
+            self._save()
+            return False
+        candidate = self._next_candidate(entry)
+        if candidate is None:
+            with self.lock:
+                _give_up(record, "skipped", "find_offer", "no offer left that did not fail")
+            self._save()
+            return False
+        commitment = _commitment(candidate, opts.entry_timeout_s)
+        if not self._reserve(record["key"], commitment):
+            if busy:
+                return None
+            with self.lock:
+                _give_up(record, "skipped", None, self._over_budget(commitment))
+            self._say(f"{record['key']}: not started: {record['reason']}")
+            self._save()
+            return False
+        with self.lock:
+            record["status"] = "running"
+        self._save()
+        thread = threading.Thread(
+            target=self._entry_thread,
+            args=(entry, opts, candidate),
+            name=f"bench-{record['key']}",
+            daemon=True,
+        )
+        thread.start()
+        return thread
+
+    def _over_budget(self, commitment: float) -> str:
+        budget = self.run["budget"]
+        return (
+            f"over budget: spent ${budget['spent']:.4f} + committed "
+            f"${sum(self.commitments.values()):.4f} + this entry ${commitment:.4f} "
+            f"> --max-budget ${budget['max']:.2f}"
+        )
+
+    def _reserve(self, key: str, commitment: float) -> bool:
+        with self.lock:
+            budget = self.run["budget"]
+            committed = sum(self.commitments.values())
+            if not budget_allows(budget["max"], budget["spent"], committed, commitment):
+                return False
+            self.commitments[key] = commitment
+            return True
+
+    def _release(self, key: str, cost: float) -> None:
+        with self.lock:
+            self.commitments.pop(key, None)
+            self.run["budget"]["spent"] = round(self.run["budget"]["spent"] + cost, 6)
+
+    def _next_candidate(self, entry: _Entry) -> Candidate | None:
+        from gpushopper.core.inventory import machine_key
+
+        with self.lock:
+            while entry.candidates:
+                candidate = entry.candidates[0]
+                key = machine_key(candidate.offer)
+                if candidate.offer.id in self.failed_offers or (
+                    key and key in self.failed_machines
+                ):
+                    entry.candidates.pop(0)
+                    continue
+                return candidate
+        return None
+
+    def _cached(self, entry: _Entry, opts: RunOptions) -> dict[str, Any] | None:
+        from gpushopper.model.models import canonical_gpu
+
+        if not entry.candidates:
+            return None
+        offer = entry.candidates[0].offer
+        horizon = self.host.clock() - timedelta(days=CACHE_DAYS)
+        best = None
+        for result in self.bench.results().values():
+            if result.get("workload") != opts.workload.key or result.get("valid") is not True:
+                continue
+            created = _when(result.get("created_at"))
+            if created is None or created < horizon:
+                continue
+            seen = result.get("offer") or {}
+            if seen.get("provider") != offer.provider:
+                continue
+            if entry.match_gpu is not None:
+                if canonical_gpu(str(seen.get("gpu_name") or "")) != canonical_gpu(
+                    entry.match_gpu
+                ):
+                    continue
+            elif not offer.machine_id or str(seen.get("machine_id")) != str(offer.machine_id):
+                continue
+            if best is None or str(result.get("created_at")) > str(best.get("created_at")):
+                best = result
+        return best
+
+    def _entry_thread(self, entry: _Entry, opts: RunOptions, candidate: Candidate) -> None:
+        record = entry.record
+        key = record["key"]
+        used = 0
+        try:
+            while True:
+                outcome = self._attempt(entry, opts, candidate)
+                if outcome == "skip":  # no_such_ask: the offer was taken, not an attempt
+                    pass
+                else:
+                    used += 1
+                if outcome in ("succeeded", "interrupted"):
+                    break
+                if used >= opts.attempts or self.stop.stopping:
+                    break
+                nxt = self._next_candidate(entry)
+                if nxt is None:
+                    break
+                commitment = _commitment(nxt, opts.entry_timeout_s)
+                if not self._reserve(key, commitment):
+                    with self.lock:
+                        record["reason"] = self._over_budget(commitment)
+                    break
+                candidate = nxt
+        except BaseException as exc:  # noqa: BLE001 - a bug must not leave the entry running
+            with self.lock:
+                record["reason"] = clip(f"crashed: {type(exc).__name__}: {exc}", 300)
+            if isinstance(exc, KeyboardInterrupt) and self.stop.signum is None:
+                self.stop.signum = getattr(exc, "signum", None) or signal.SIGINT
+        finally:
+            with self.lock:
+                self.commitments.pop(key, None)
+                if record["status"] not in ENTRY_FINAL:
+                    record["status"] = "failed"
+                    if record.get("failure_stage") is None:
+                        last = (record["attempts"] or [{}])[-1]
+                        record["failure_stage"] = last.get("stage") or "find_offer"
+                        record["reason"] = record.get("reason") or last.get("reason")
+            self._save()
+
+    def _attempt(self, entry: _Entry, opts: RunOptions, candidate: Candidate) -> str:
+        """One job on one offer: 'succeeded', 'failed', 'skip' (no_such_ask) or
+        'interrupted'. Whatever happens, its cost is recorded and its offer (and machine)
+        is never tried again in this run once it failed."""
+        from gpushopper.core.inventory import machine_key
+        from gpushopper.core.jobs import JobFailed, JobRunner, default_hours, get_job
+
+        record = entry.record
+        offer = candidate.offer
+        host = _AttemptHost(self.host, self.stop)
+        runner = JobRunner(host, log=self._say, emit=lambda data: None)
+        spec = self._spec(opts)
+        job = runner.create(spec)
+        attempt: dict[str, Any] = {
+            "offer_id": offer.id,
+            "machine_id": offer.machine_id,
+            "price_per_hour": offer.price_per_hour,
+            "session_id": None,
+            "job_id": job["id"],
+            "stage": "provision",
+            "reason": None,
+            "cost_usd": 0.0,
+            "result_id": None,
+            "started_at": iso(self.host.clock()),
+        }
+        with self.lock:
+            record["offer_id"] = offer.id
+            record["attempts"].append(attempt)
+        self._save()
+        self._say(
+            f"{record['key']}: attempt on {offer.id} ({offer.gpu_name}, "
+            f"${offer.price_per_hour or 0:.3f}/h) as job {job['id']}"
+        )
+        before = set(self.host.store.sessions())
+        hard_max = opts.request.hard_max_s
+        req = replace(
+            opts.request,
+            offer_id=None,
+            auto_retry=0,
+            hours_s=default_hours(opts.entry_timeout_s, opts.entry_timeout_s, hard_max),
+        )
+        provisioner = self.make_provisioner(host)
+
+        def provision(on_stage: Callable[[str], None]) -> dict[str, Any]:
+            req.on_stage = on_stage
+            return provisioner.provision(req, [candidate])  # type: ignore[no-any-return]
+
+        stopped: int | None = None
+        try:
+            done, code = runner.run(spec, job, provision)
+        except JobFailed as exc:
+            done, code = exc.job, exc.exit_code
+        except KeyboardInterrupt as exc:  # the job is recorded and torn down already
+            stopped = getattr(exc, "signum", None) or signal.SIGINT
+            done, code = get_job(self.host.store, job["id"]), 128 + stopped
+            if self.stop.signum is None and not self.stop.cancelled:
+                self.stop.signum = stopped
+        with contextlib.suppress(UsageError):
+            done = get_job(self.host.store, job["id"])
+        session = self._session_of(done, before, offer.id)
+        cost = self._cost(done, session, before, offer.id)
+        self._release(record["key"], cost)
+        teardown_ok = code != 3 and (
+            not done.get("session_id") or bool((done.get("teardown") or {}).get("confirmed"))
+        )
+        if not teardown_ok:
+            self.unconfirmed = True
+        attempt.update(
+            session_id=(session or {}).get("id") or done.get("session_id"),
+            cost_usd=round(cost, 6),
+            ended_at=iso(self.host.clock()),
+        )
+        status = done.get("status")
+        error = clip(str(done.get("error") or ""), 500) or None
+        stage = STAGE_OF_JOB.get(str(done.get("failure_stage")), "provision")
+        outcome = "failed"
+        if status == "cancelled" or stopped is not None or (code >= 128 and status != "succeeded"):
+            attempt.update(stage="interrupted", reason=error or "interrupted")
+            outcome = "interrupted"
+        elif status != "succeeded":
+            if stage == "provision" and error and "no_such_ask" in error:
+                attempt.update(stage="find_offer", reason="no_such_ask: the offer was taken")
+                outcome = "skip"
+            else:
+                attempt.update(stage=stage, reason=error or f"the job {status}")
+        else:
+            outcome = self._measured(entry, opts, candidate, done, session, attempt)
+        if not teardown_ok:
+            attempt["stage"] = "teardown"
+            attempt["reason"] = clip(str(done.get("error") or "teardown not confirmed"), 500)
+        if outcome != "succeeded":
+            with self.lock:
+                self.failed_offers.add(offer.id)
+                mkey = machine_key(offer)
+                if mkey and outcome != "skip":
+                    self.failed_machines.add(mkey)
+        with self.lock:
+            if outcome == "succeeded":
+                record.update(status="succeeded", failure_stage=None, reason=None)
+            elif outcome == "interrupted":
+                record.update(status="failed", failure_stage="interrupted", reason=attempt["reason"])
+            else:
+                record.update(failure_stage=attempt["stage"], reason=attempt["reason"])
+        self._save()
+        self._say(
+            f"{record['key']}: attempt on {offer.id} {outcome}"
+            + (f" at {attempt['stage']}: {attempt['reason']}" if outcome != "succeeded" else "")
+            + f" (cost ${cost:.4f})"
+        )
+        return outcome
+
+    def _spec(self, opts: RunOptions) -> Any:
+        from gpushopper.core.jobs import JobSpec
+
+        workload = opts.workload
+        env = dict(workload.env)
+        env.update(opts.secret_env)
+        return JobSpec(
+            command=workload.command(),
+            workdir=workload.workdir,
+            uploads=list(workload.uploads),
+            env=env,
+            secret_names=list(opts.secret_names),
+            out_dir=None,
+            max_duration_s=opts.entry_timeout_s,
+            remote_root=opts.remote_root,
+        )
+
+    def _session_of(
+        self, job: dict[str, Any], before: set[str], offer_id: str
+    ) -> dict[str, Any] | None:
+        sessions = self.host.store.sessions()
+        if job.get("session_id") and job["session_id"] in sessions:
+            return dict(sessions[job["session_id"]])
+        mine = [
+            s
+            for sid, s in sessions.items()
+            if sid not in before and s.get("offer_id") == offer_id
+        ]
+        return dict(mine[-1]) if mine else None
+
+    def _cost(
+        self, job: dict[str, Any], session: dict[str, Any] | None, before: set[str], offer_id: str
+    ) -> float:
+        """What the attempt's session(s) cost, by the second, failed boots included."""
+        from gpushopper.core.sessions import accrued_cost
+
+        now = self.host.clock()
+        sessions = self.host.store.sessions()
+        ids = {sid for sid, s in sessions.items() if sid not in before and s.get("offer_id") == offer_id}
+        if job.get("session_id"):
+            ids.add(job["session_id"])
+        total = 0.0
+        for sid in ids:
+            found = sessions.get(sid)
+            if isinstance(found, dict):
+                total += accrued_cost(found, now)
+        if not ids and isinstance(job.get("cost_usd"), (int, float)):
+            total = float(job["cost_usd"])
+        return total
+
+    def _measured(
+        self,
+        entry: _Entry,
+        opts: RunOptions,
+        candidate: Candidate,
+        job: dict[str, Any],
+        session: dict[str, Any] | None,
+        attempt: dict[str, Any],
+    ) -> str:
+        """Read, validate and store the result of a job that succeeded."""
+        from gpushopper.core.provisioner import record_failure
+
+        offer = candidate.offer
+        try:
+            found, hardware = read_outcome(opts.workload, Path(job["out_dir"]), job, session)
+        except (ResultInvalid, OSError) as exc:
+            attempt.update(stage="parse", reason=clip(str(exc), 300))
+            return "failed"
+        reasons = invalid_reasons(opts.workload, found, hardware, offer.gpu_name)
+        mismatch = [r for r in reasons if r.startswith("measured GPU")]
+        if mismatch:
+            try:
+                record_failure(self.host.store, offer, mismatch[0], self.host.clock())
+            except StateError as exc:
+                self._say(f"Could not record the mismatch in offer health: {exc}")
+        result = self._result_record(entry, opts, offer, found, hardware, job, session, attempt)
+        result["valid"] = not reasons
+        result["invalid_reasons"] = reasons
+        try:
+            with self.bench.transaction() as data:
+                while True:
+                    rid = f"r-{__import__('os').urandom(3).hex()}"
+                    if rid not in data["results"]:
+                        break
+                result["id"] = rid
+                data["results"][rid] = result
+        except StateError as exc:
+            attempt.update(stage="collect", reason=clip(f"could not store the result: {exc}", 300))
+            return "failed"
+        attempt["result_id"] = result["id"]
+        with self.lock:
+            entry.record["result_id"] = result["id"]
+        if mismatch:
+            attempt.update(stage="verify", reason=mismatch[0])
+            return "failed"
+        attempt.update(stage="done", reason=None if not reasons else "; ".join(reasons))
+        return "succeeded"
+
+    def _result_record(
+        self,
+        entry: _Entry,
+        opts: RunOptions,
+        offer: Any,
+        found: dict[str, Any],
+        hardware: dict[str, Any],
+        job: dict[str, Any],
+        session: dict[str, Any] | None,
+        attempt: dict[str, Any],
+    ) -> dict[str, Any]:
+        workload = opts.workload
+        price = offer.price_per_hour
+        extra = dict(found.get("extra_metrics") or {})
+        value = float(found["value"])
+        if price is not None and workload.name == "llm-throughput" and value > 0:
+            extra["usd_per_mtok"] = price / (value * 3600.0) * 1e6
+        if price is not None and workload.name == "flux-lora":
+            extra["usd_per_1000_steps"] = price * value * 1000.0 / 3600.0
+        timings = {
+            k: (job.get("timings") or {}).get(k)
+            for k in ("provision_s", "upload_s", "run_s", "download_s", "teardown_s")
+        }
+        return {
+            "id": None,
+            "workload": workload.key,
+            "workload_name": workload.name,
+            "workload_version": workload.version,
+            "metric": found["metric"],
+            "value": value,
+            "unit": found["unit"],
+            "higher_is_better": found["higher_is_better"],
+            "extra_metrics": extra,
+            "backend": found.get("backend"),
+            "hardware": {k: v for k, v in hardware.items() if k != "gpu_names"},
+            "offer": {
+                "provider": offer.provider,
+                "offer_id": offer.id,
+                "machine_id": offer.machine_id,
+                "gpu_name": offer.gpu_name,
+                "gpu_count": offer.num_gpus,
+                "price_per_hour": price,
+                "dlperf": getattr(offer, "dlperf", None),
+            },
+            "timings": timings,
+            "cost_usd": attempt["cost_usd"],
+            "cost_per_unit": cost_per_unit(price, value, bool(found["higher_is_better"])),
+            "valid": True,
+            "invalid_reasons": [],
+            "run_id": self.run["id"],
+            "entry": entry.record["key"],
+            "job_id": job.get("id"),
+            "session_id": (session or {}).get("id") or job.get("session_id"),
+            "source": "run",
+            "created_at": iso(self.host.clock()),
+        }
+
+    def _conclude(self) -> tuple[dict[str, Any], int]:
+        with self.lock:
+            statuses = [e.record["status"] for e in self.entries]
+            good = sum(s in ("succeeded", "cached") for s in statuses)
+            if self.stop.cancelled:
+                status = "cancelled"
+            elif self.stop.signum is not None:
+                status = "interrupted"
+            elif statuses and good == len(statuses):
+                status = "completed"
+            elif good:
+                status = "partial"
+            else:
+                status = "failed"
+            self.run["status"] = status
+            self.run["finished_at"] = iso(self.host.clock())
+        self._save()
+        run = dict(self.run)
+        if self.unconfirmed:
+            return run, 3
+        if self.stop.signum is not None:
+            return run, 128 + self.stop.signum
+        return run, 0 if status == "completed" else 1
+
+
+def _entry_record(
+    key: str, gpu_name: str | None, provider: str | None, offer_id: str | None
+) -> dict[str, Any]:
+    return {
+        "key": key,
+        "gpu_name": gpu_name,
+        "provider": provider,
+        "offer_id": offer_id,
+        "status": "pending",
+        "result_id": None,
+        "failure_stage": None,
+        "reason": None,
+        "attempts": [],
+    }
+
+
+def _give_up(record: dict[str, Any], status: str, stage: str | None, reason: str) -> None:
+    if record["status"] in ENTRY_FINAL:
+        return
+    record["status"] = status
+    record["failure_stage"] = stage
+    record["reason"] = reason
+
+
+def _commitment(candidate: Candidate, timeout_s: float) -> float:
+    return float(candidate.offer.price_per_hour or 0.0) * timeout_s / 3600.0
+
+
+def _when(text: Any) -> Any:
+    try:
+        return parse_iso(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
+
+
+# -- status and cancel (another process) -----------------------------------------------------
+def get_run(bench: BenchStore, run_id: str) -> dict[str, Any]:
+    found = bench.get("runs", run_id)
+    if found is None:
+        raise UsageError(f"no benchmark run {run_id!r} (see 'gpu-shopper benchmark list')")
+    return found
+
+
+def request_cancel(bench: BenchStore, run_id: str) -> dict[str, Any]:
+    """Set ``cancel_requested`` (the owning process polls it); a final run is left alone."""
+    with bench.transaction() as data:
+        run = data["runs"].get(run_id)
+        if not isinstance(run, dict):
+            raise UsageError(f"no benchmark run {run_id!r} (see 'gpu-shopper benchmark list')")
+        if run.get("status") not in RUN_FINAL:
+            run["cancel_requested"] = True
+        return dict(run)
+
+
+def sessions_of_run(store: Any, run: dict[str, Any]) -> list[dict[str, Any]]:
+    """The live sessions of a run: named by its attempts, or booted by its owner process."""
+    from gpushopper.model.session import DONE
+
+    named = {
+        a.get("session_id")
+        for e in run.get("entries") or []
+        for a in e.get("attempts") or []
+        if a.get("session_id")
+    }
+    jobs = {
+        a.get("job_id") for e in run.get("entries") or [] for a in e.get("attempts") or []
+    } - {None}
+    owner = run.get("owner") or {}
+    same_owner = ("pid", "host", "started", "boot_id")
+    out = []
+    for sid, session in store.sessions().items():
+        if session.get("status") in DONE and session.get("status") != "failed":
+            continue
+        if session.get("status") == "failed" and not session.get("error"):
+            continue  # failed and destroyed
+        theirs = session.get("owner") or {}
+        if (
+            sid in named
+            or session.get("job_id") in jobs
+            or (owner and all(theirs.get(k) == owner.get(k) for k in same_owner))
+        ):
+            out.append(dict(session))
+    return out
+
+
+def finish_abandoned(
+    host: JobHost, bench: BenchStore, run_id: str, log: Callable[[str], None]
+) -> tuple[dict[str, Any], list[str]]:
+    """``benchmark cancel`` with the owning process gone: destroy the run's sessions through
+    the one teardown path, close its jobs and entries, mark it cancelled. Returns the run
+    and the destroys that could not be confirmed."""
+    from gpushopper.core.jobs import FINAL as JOB_FINAL
+    from gpushopper.core.teardown import end_session
+
+    run = get_run(bench, run_id)
+    problems = []
+    for session in sessions_of_run(host.store, run):
+        try:
+            end_session(
+                host.store,
+                host.provider,
+                session["id"],
+                f"benchmark run {run_id} cancelled (its process is gone)",
+                clock=host.clock,
+                ssh_config_path=host.paths.ssh_config_file,
+                sleep=host.sleep,
+                mono=host.mono,
+            )
+            log(f"Session {session['id']}: instance {session.get('instance_id')} destroyed")
+        except GpuShopperError as exc:
+            problems.append(f"session {session['id']}: {exc}")
+    job_ids = {
+        a.get("job_id") for e in run.get("entries") or [] for a in e.get("attempts") or []
+    } - {None}
+    now = iso(host.clock())
+    with contextlib.suppress(StateError), host.store.transaction() as state:
+        for job_id in job_ids:
+            job = (state.get("jobs") or {}).get(job_id)
+            if isinstance(job, dict) and job.get("status") not in JOB_FINAL:
+                job.update(
+                    status="cancelled",
+                    stage="cancelled",
+                    error="benchmark run cancelled after its process was gone",
+                    ended_at=now,
+                )
+    with bench.transaction() as data:
+        stored = data["runs"].get(run_id) or run
+        if stored.get("status") not in RUN_FINAL:
+            for entry in stored.get("entries") or []:
+                if entry.get("status") == "running":
+                    entry.update(
+                        status="failed",
+                        failure_stage="interrupted",
+                        reason="its process was gone; cancelled",
+                    )
+                elif entry.get("status") == "pending":
+                    entry.update(status="skipped", reason="the run was cancelled")
+            stored.update(
+                status="cancelled", cancel_requested=True, finished_at=now, updated_at=now
+            )
+            if problems:
+                stored["error"] = clip("; ".join(problems), 1000)
+            data["runs"][run_id] = stored
+        run = dict(stored)
+    return run, problems
