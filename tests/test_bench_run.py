@@ -84,3 +84,224 @@ def test_custom_workload_on_two_offers_stores_both_with_their_cost(
     assert vast.live_instances() == []
     jobs = state(isolated_home)["jobs"]
     assert len(jobs) == 2 and all(j["teardown"]["confirmed"] for j in jobs.values())
+
+
+FAIL_ON_999 = (
+    "if nvidia-smi --query-gpu=driver_version --format=csv,noheader | grep -q 999; "
+    f"then echo broken here; exit 7; fi; {WRITE}"
+)
+
+
+def test_a_workload_failing_on_one_offer_is_partial_exit_1_not_retried_and_paid_for(
+    gs, vast, isolated_home
+):
+    bad, good = two_offers(vast)
+    vast.offers.pop(bad["id"])
+    bad = vast.add_offer(gpu_name="RTX 4090", dph_base=0.20, real_gpu={"driver_version": "999.1"})
+    result = bench_run(
+        gs,
+        "--workload",
+        "my-step",
+        "--command",
+        FAIL_ON_999,
+        "--offer",
+        f"vastai:{bad['id']}",
+        "--offer",
+        f"vastai:{good['id']}",
+        "--attempts",
+        "3",
+    )
+    assert result.exit_code == 1, result.stderr
+    run = result.json()
+    assert run["status"] == "partial"
+    failed, succeeded = run["entries"]
+    assert failed["status"] == "failed" and failed["failure_stage"] == "measure"
+    assert len(failed["attempts"]) == 1  # the offer that failed is not tried again
+    (attempt,) = failed["attempts"]
+    assert attempt["offer_id"] == f"vastai:{bad['id']}" and attempt["stage"] == "measure"
+    assert "exited 7" in attempt["reason"]
+    assert attempt["cost_usd"] > 0  # failed attempts are paid for, and counted
+    assert succeeded["status"] == "succeeded"
+    spent = attempt["cost_usd"] + succeeded["attempts"][0]["cost_usd"]
+    assert run["budget"]["spent"] == pytest.approx(spent)
+    assert len(bench(isolated_home).results()) == 1
+    assert vast.live_instances() == []
+
+
+def test_the_next_attempt_of_an_entry_goes_to_another_offer(gs, vast, isolated_home):
+    vast.offers.clear()
+    bad = vast.add_offer(gpu_name="RTX 4090", dph_base=0.20, real_gpu={"driver_version": "999.1"})
+    good = vast.add_offer(gpu_name="RTX 4090", dph_base=0.30)
+    result = bench_run(
+        gs, "--workload", "my-step", "--command", FAIL_ON_999, "--gpu", "4090", "--attempts", "2"
+    )
+    assert result.exit_code == 0, result.stderr
+    (entry,) = result.json()["entries"]
+    assert entry["key"] == "RTX 4090/vastai" and entry["status"] == "succeeded"
+    assert [a["offer_id"] for a in entry["attempts"]] == [
+        f"vastai:{bad['id']}",
+        f"vastai:{good['id']}",
+    ]
+    assert [a["stage"] for a in entry["attempts"]] == ["measure", "done"]
+    assert vast.live_instances() == []
+
+
+def test_no_such_ask_is_skipped_without_using_an_attempt(gs, vast, isolated_home):
+    taken, other = two_offers(vast)
+    vast.fail_next(
+        "PUT",
+        rf"/asks/{taken['id']}/",
+        status=404,
+        body={
+            "success": False,
+            "error": "no_such_ask",
+            "msg": f"error 404/3603: no_such_ask Instance type by id {taken['id']} is not available.",
+        },
+    )
+    result = bench_run(
+        gs, "--workload", "my-step", "--command", WRITE, "--gpu", "4090", "--attempts", "1"
+    )
+    assert result.exit_code == 0, result.stderr
+    (entry,) = result.json()["entries"]
+    assert entry["status"] == "succeeded"
+    first, second = entry["attempts"]
+    assert first["offer_id"] == f"vastai:{taken['id']}" and first["stage"] == "find_offer"
+    assert "no_such_ask" in first["reason"] and first["cost_usd"] == 0
+    assert second["offer_id"] == f"vastai:{other['id']}" and second["stage"] == "done"
+    assert vast.live_instances() == []
+
+
+def test_a_budget_that_allows_one_entry_never_starts_the_second(gs, vast, isolated_home):
+    vast.offers.clear()
+    # $10 a second: one minute commits $600; the first entry's real seconds spend the rest.
+    one = vast.add_offer(gpu_name="RTX 4090", dph_base=36000.0)
+    two = vast.add_offer(gpu_name="RTX 4090", dph_base=36000.0)
+    result = bench_run(
+        gs,
+        "--workload",
+        "my-step",
+        "--command",
+        f"sleep 0.3; {WRITE}",
+        "--offer",
+        f"vastai:{one['id']}",
+        "--offer",
+        f"vastai:{two['id']}",
+        "--entry-timeout",
+        "1m",
+        budget="600.5",
+    )
+    assert result.exit_code == 1, result.stderr
+    run = result.json()
+    first, second = run["entries"]
+    assert first["status"] == "succeeded" and first["attempts"][0]["cost_usd"] > 0.5
+    assert second["status"] == "skipped" and second["attempts"] == []
+    assert "over budget" in second["reason"]
+    assert len(vast.instances) == 1  # the second was never rented
+    assert vast.live_instances() == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_mid_run_destroys_every_session_and_exits_128_plus(
+    gs, vast, isolated_home, sig
+):
+    from tests.test_run import _remote_running
+
+    one, two = two_offers(vast)
+    _when(_log_has(isolated_home, "halfway"), lambda: os.kill(os.getpid(), sig))
+    result = bench_run(
+        gs,
+        "--workload",
+        "my-step",
+        "--command",
+        "echo halfway; sleep 62",
+        "--offer",
+        f"vastai:{one['id']}",
+        "--offer",
+        f"vastai:{two['id']}",
+        "--parallel",
+        "2",
+    )
+    assert result.exit_code == 128 + sig, result.stderr
+    run = result.json()
+    assert run["status"] == "interrupted"
+    assert all(e["status"] in ("failed", "skipped") for e in run["entries"])
+    assert any(e["failure_stage"] == "interrupted" for e in run["entries"])
+    assert vast.live_instances() == []
+    assert not _remote_running("sleep 62"), result.stderr
+    for job in state(isolated_home)["jobs"].values():
+        assert job["status"] in ("cancelled", "failed"), job
+
+
+def test_gpu_matmul_on_the_cpu_gives_a_positive_figure(gs, vast, isolated_home):
+    vast.offers.clear()
+    offer = vast.add_offer(gpu_name="RTX 4090", dph_base=0.25)
+    result = bench_run(
+        gs, "--workload", "gpu-matmul@1", "--offer", f"vastai:{offer['id']}", "--param",
+        "seconds=0.5",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    (found,) = bench(isolated_home).results().values()
+    assert found["workload"] == "gpu-matmul@1" and found["workload_version"] == 1
+    assert found["metric"].startswith("tflops_") and found["unit"] == "TFLOPS"
+    assert found["value"] > 0 and found["extra_metrics"]["membw_gbs"] > 0
+    assert found["hardware"]["device"] == "cpu"
+    print(f"gpu-matmul@1 on the CPU: {found['value']:.6f} TFLOPS ({found['backend']}), "
+          f"{found['extra_metrics']['membw_gbs']:.1f} GB/s")  # fmt: skip
+    assert vast.live_instances() == []
+
+
+def test_a_recent_valid_result_is_cached_unless_no_cache(gs, vast, isolated_home):
+    vast.offers.clear()
+    vast.add_offer(gpu_name="RTX 4090", dph_base=0.25)
+    args = ("--workload", "my-step", "--command", WRITE, "--gpu", "4090")
+    assert bench_run(gs, *args).exit_code == 0
+    rented = len(vast.instances)
+    again = bench_run(gs, *args)
+    assert again.exit_code == 0, again.stderr
+    (entry,) = again.json()["entries"]
+    assert entry["status"] == "cached" and entry["attempts"] == []
+    assert entry["result_id"] in bench(isolated_home).results()
+    assert len(vast.instances) == rented
+    fresh = bench_run(gs, *args, extra=("--no-cache",))
+    assert fresh.json()["entries"][0]["status"] == "succeeded"
+    assert len(bench(isolated_home).results()) == 2
+
+
+def test_a_measured_gpu_other_than_the_advertised_one_is_invalid_and_in_offer_health(
+    gs, vast, isolated_home, monkeypatch
+):
+    """Preflight let it through (here: its judgement is switched off), the measurement sees another
+    card: the result is stored invalid and the offer's health remembers it."""
+    monkeypatch.setattr("gpushopper.remote.ssh.judge", lambda found, **kw: [])
+    vast.offers.clear()
+    offer = vast.add_offer(
+        gpu_name="RTX 4090", dph_base=0.25, real_gpu={"name": "NVIDIA GeForce RTX 3060"}
+    )
+    result = bench_run(gs, "--workload", "my-step", "--command", WRITE, "--offer",
+                       f"vastai:{offer['id']}")  # fmt: skip
+    assert result.exit_code == 1, result.stderr
+    (entry,) = result.json()["entries"]
+    assert entry["status"] == "failed" and entry["failure_stage"] == "verify"
+    (found,) = bench(isolated_home).results().values()
+    assert found["valid"] is False
+    assert "measured GPU NVIDIA GeForce RTX 3060" in found["invalid_reasons"][0]
+    health = state(isolated_home)["offer_health"][f"vastai:{offer['id']}"]
+    assert "measured GPU" in health["last_reason"]
+    assert vast.live_instances() == []
+
+
+def test_bad_input_exits_2_and_rents_nothing(gs, vast, isolated_home):
+    base = ["benchmark", "run", "--yes", "--json"]
+    assert gs([*base, "--workload", "my-step", "--command", "true"]).exit_code == 2  # no budget
+    assert gs([*base, "--workload", "my-step", "--max-budget", "1"]).exit_code == 2  # no command
+    assert gs([*base, "--workload", "gpu-matmul@2", "--max-budget", "1"]).exit_code == 2
+    assert gs([*base, "--workload", "gpu-matmul", "--command", "x", "--max-budget", "1"]).exit_code == 2
+    assert gs([*base, "--workload", "bad name!", "--command", "x", "--max-budget", "1"]).exit_code == 2
+    assert gs([*base, "--workload", "gpu-matmul", "--param", "nope=1", "--max-budget", "1"]).exit_code == 2
+    assert gs([*base, "--workload", "transfer", "--param", "mb=-1", "--max-budget", "1"]).exit_code == 2
+    assert gs([*base, "--workload", "x", "--command", "t", "--max-budget", "nan"]).exit_code == 2
+    assert gs([*base, "--workload", "x", "--command", "t", "--max-budget", "1", "--offer", "bogus"]).exit_code == 2
+    assert gs([*base, "--workload", "flux-lora", "--max-budget", "1"]).exit_code == 2  # no HF_TOKEN
+    assert gs("benchmark status b-000000 --json").exit_code == 2
+    assert vast.instances == {} or vast.live_instances() == []
+    assert bench(isolated_home).runs() == {}
