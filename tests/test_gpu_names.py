@@ -92,6 +92,11 @@ def test_form_factor(name, form):
         ("RTX 4000 Ada", "rtx4000ada-pcie-20gb"),
         ("L40S", "l40s-pcie-48gb"),
         ("5090", "geforcertx5090-pcie-32gb"),
+        # what nvidia-smi prints (preflight and benchmark results compare it to the offer)
+        ("H100 SXM", "NVIDIA H100 80GB HBM3"),
+        ("H100", "NVIDIA H100 80GB HBM3"),
+        ("A100 PCIE", "NVIDIA A100 80GB PCIe"),
+        ("RTX 4090", "NVIDIA GeForce RTX 4090"),
     ],
 )
 def test_loose_matches(wanted, actual):

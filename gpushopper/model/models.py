@@ -216,6 +216,7 @@ def canonical_gpu(name: str) -> str:
     text = name.strip().lower()
     text = re.sub(r"-(pcie|sxm\d?|nvlink|pci)-\d+gb$", "", text)  # tensordock v0Name tail
     text = re.sub(r"\b\d+\s*gb\b", "", text)
+    text = re.sub(r"\bhbm\d?e?\b", "", text)  # nvidia-smi: "NVIDIA H100 80GB HBM3" is an H100
     text = text.replace("_", " ").replace("-", " ")
     text = _VENDOR_WORDS.sub(" ", text)
     text = re.sub(r"\s+", "", text)
