@@ -305,3 +305,93 @@ def test_bad_input_exits_2_and_rents_nothing(gs, vast, isolated_home):
     assert gs("benchmark status b-000000 --json").exit_code == 2
     assert vast.instances == {} or vast.live_instances() == []
     assert bench(isolated_home).runs() == {}
+
+
+def _spawn_run(tmp_path: Path, *args: str) -> subprocess.Popen:
+    err = (tmp_path / "bench.err").open("w")
+    return subprocess.Popen(
+        [sys.executable, "-m", "gpushopper", "benchmark", "run", *args, "--yes", "--json"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=err,
+    )
+
+
+def _wait_for(predicate, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting")
+
+
+def _the_run(home: Path) -> dict:
+    (run,) = bench(home).runs().values()
+    return run
+
+
+def test_cancel_from_another_process_stops_the_run_and_its_owner_tears_down(
+    gs, vast, isolated_home, tmp_path
+):
+    from tests.test_run import _remote_running
+
+    vast.offers.clear()
+    offer = vast.add_offer(gpu_name="RTX 4090", dph_base=0.25)
+    proc = _spawn_run(
+        tmp_path, "--workload", "my-step", "--command", "echo halfway; sleep 65",
+        "--offer", f"vastai:{offer['id']}", "--max-budget", "5",
+    )  # fmt: skip
+    try:
+        _wait_for(_log_has(isolated_home, "halfway"))
+        run_id = _the_run(isolated_home)["id"]
+        cancelled = gs(f"benchmark cancel {run_id} --json")
+        assert cancelled.exit_code == 0, cancelled.stderr
+        assert cancelled.json()["status"] == "cancelled"
+        assert proc.wait(60) == 1, (tmp_path / "bench.err").read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    run = _the_run(isolated_home)
+    assert run["status"] == "cancelled" and run["cancel_requested"] is True
+    (entry,) = run["entries"]
+    assert entry["status"] == "failed" and entry["failure_stage"] == "interrupted"
+    assert vast.live_instances() == []
+    assert not _remote_running("sleep 65")
+    shown = gs(f"benchmark status {run_id} --json").json()
+    assert shown["status"] == "cancelled"
+    again = gs(f"benchmark cancel {run_id} --json")  # finished: nothing to do, nothing changes
+    assert again.exit_code == 0 and again.json()["status"] == "cancelled"
+
+
+def test_cancel_with_the_owner_gone_destroys_the_sessions_itself(
+    gs, vast, isolated_home, tmp_path
+):
+    vast.offers.clear()
+    one = vast.add_offer(gpu_name="RTX 4090", dph_base=0.25)
+    two = vast.add_offer(gpu_name="RTX 4090", dph_base=0.30)
+    proc = _spawn_run(
+        tmp_path, "--workload", "my-step", "--command", "echo halfway; sleep 66",
+        "--offer", f"vastai:{one['id']}", "--offer", f"vastai:{two['id']}", "--max-budget", "5",
+    )  # fmt: skip
+    try:
+        _wait_for(_log_has(isolated_home, "halfway"))
+        proc.kill()  # SIGKILL: no cleanup of its own
+        proc.wait(10)
+        assert len(vast.live_instances()) == 1
+        run_id = _the_run(isolated_home)["id"]
+        cancelled = gs(f"benchmark cancel {run_id} --json")
+        assert cancelled.exit_code == 0, cancelled.stderr
+        run = cancelled.json()
+        assert run["status"] == "cancelled"
+        first, second = run["entries"]
+        assert first["status"] == "failed" and first["failure_stage"] == "interrupted"
+        assert second["status"] == "skipped"
+        assert vast.live_instances() == []
+        (job,) = state(isolated_home)["jobs"].values()
+        assert job["status"] == "cancelled"
+        sessions = state(isolated_home)["sessions"]
+        assert all(s["status"] in ("ended", "failed") for s in sessions.values())
+    finally:
+        _kill_job_groups()

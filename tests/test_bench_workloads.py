@@ -1,0 +1,348 @@
+"""Benchmark workloads: strict result parsing, the hardware record, the built-in scripts'
+arithmetic (llm-throughput against a tiny local OpenAI-compatible server, flux-lora's
+command and progress parsing), and transfer@1 / cold-start@1 end to end."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from gpushopper.core.bench import workloads
+from gpushopper.core.bench.runner import budget_allows
+from gpushopper.core.bench.workloads import ResultInvalid, parse_hardware, parse_result
+from gpushopper.model.errors import UsageError
+
+SCRIPTS = workloads.SCRIPTS
+REPO = Path(__file__).resolve().parents[1]
+
+
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(f"gs_bench_{name}", SCRIPTS / f"{name}.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- the budget rule ---------------------------------------------------------------------------
+def test_budget_counts_spent_committed_and_the_new_attempt():
+    assert budget_allows(1.0, 0.0, 0.0, 1.0)
+    assert not budget_allows(1.0, 0.01, 0.0, 1.0)  # failed attempts' money counts
+    assert not budget_allows(1.0, 0.0, 0.5, 0.6)  # so do running ones' commitments
+    assert budget_allows(1.0, 0.2, 0.3, 0.5)
+
+
+# -- the result file -----------------------------------------------------------------------------
+GOOD = {"metric": "steps_per_s", "value": 3, "unit": "steps/s", "higher_is_better": True}
+
+
+def test_a_good_result_parses():
+    found = parse_result(json.dumps(GOOD))
+    assert found["value"] == 3.0 and isinstance(found["value"], float)
+    assert found["extra_metrics"] == {} and found["device"] is None
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"value": "3"},
+        {"value": True},
+        {"value": 1e300 * 10},
+        {"value": None},
+        {"higher_is_better": "yes"},
+        {"higher_is_better": 1},
+        {"metric": ""},
+        {"metric": "x" * 65},
+        {"metric": "rm -rf /; echo"},
+        {"metric": "a\nb"},
+        {"unit": "\x1b[31mred"},
+        {"unit": "u" * 33},
+        {"surprise": 1},
+        {"extra_metrics": {"ok": "1"}},
+        {"extra_metrics": {"bad key": 1}},
+        {"extra_metrics": [1]},
+        {"device": "tpu"},
+        {"backend": "\x00"},
+    ],
+)
+def test_a_malformed_result_is_refused(change):
+    doc = {**GOOD, **change}
+    with pytest.raises(ResultInvalid):
+        parse_result(json.dumps(doc))
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "[]",
+        "not json",
+        '{"metric": "m", "value": NaN, "unit": "u", "higher_is_better": true}',
+        '{"metric": "m", "value": Infinity, "unit": "u", "higher_is_better": true}',
+        '{"metric": "m", "unit": "u", "higher_is_better": true}',
+        json.dumps({**GOOD, "backend": "b" * 100}),
+        " " * (70 * 1024),
+    ],
+)
+def test_what_is_not_one_plain_object_is_refused(text):
+    with pytest.raises(ResultInvalid):
+        parse_result(text)
+
+
+def test_hardware_from_nvidia_smi_and_without_it():
+    found = parse_hardware(
+        "NVIDIA H100 80GB HBM3, 81559 MiB, 550.54.15\nNVIDIA H100 80GB HBM3, 81559 MiB, 550.54.15\n",
+        "| NVIDIA-SMI 550.54.15    Driver Version: 550.54.15    CUDA Version: 12.4     |",
+    )
+    assert found["gpu_name"] == "NVIDIA H100 80GB HBM3" and found["gpu_count"] == 2
+    assert found["vram_mb"] == 81559 and found["driver"] == "550.54.15"
+    assert found["cuda"] == "12.4" and found["device"] == "gpu"
+    empty = parse_hardware(None, None)
+    assert {k: v for k, v in empty.items() if k not in ("gpu_names", "device")} == {
+        "gpu_name": None, "gpu_count": None, "vram_mb": None, "driver": None, "cuda": None,
+    }  # fmt: skip
+    assert empty["device"] == "cpu"
+
+
+def test_workload_names_and_versions():
+    assert workloads.split_name("gpu-matmul") == ("gpu-matmul", 1)
+    assert workloads.split_name("gpu-matmul@1") == ("gpu-matmul", 1)
+    assert workloads.split_name("my-step") == ("my-step", None)
+    for bad in ("gpu-matmul@2", "my-step@1", "-x", "a b", "x" * 65, ""):
+        with pytest.raises(UsageError):
+            workloads.split_name(bad)
+
+
+def test_cost_per_unit():
+    assert workloads.cost_per_unit(2.0, 4.0, True) == 0.5
+    assert workloads.cost_per_unit(2.0, 4.0, False) == 8.0
+    assert workloads.cost_per_unit(None, 4.0, True) is None
+    assert workloads.cost_per_unit(2.0, 0.0, True) is None
+
+
+# -- llm-throughput@1 ---------------------------------------------------------------------------
+def test_throughput_is_output_tokens_over_wall_time_not_the_mean_of_request_rates():
+    llm = script("llm")
+    records = [
+        {"ok": True, "output_tokens": 100, "ttft_s": 0.5},
+        {"ok": True, "output_tokens": 300, "ttft_s": 0.2},
+        {"ok": False, "output_tokens": 0, "ttft_s": None},
+        {"ok": True, "output_tokens": 200, "ttft_s": 0.9},
+    ]
+    found = llm.summarize(records, 10.0)
+    assert found["tokens_per_s"] == 60.0  # 600 tokens / 10 s
+    assert found["error_rate"] == 0.25 and found["errors"] == 1 and found["requests"] == 4
+    assert found["ttft_p50_s"] == 0.5 and found["ttft_max_s"] == 0.9
+
+
+class _FakeLLM(BaseHTTPRequestHandler):
+    tokens = 5
+    delay = 0.02
+    fail_every = 0  # every Nth completion answers 500
+    usage = True
+    count = 0
+    lock = threading.Lock()
+
+    def log_message(self, *args):  # quiet
+        pass
+
+    def do_GET(self):
+        body = json.dumps({"data": [{"id": "tiny-model"}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        length = int(self.headers.get("Content-Length") or 0)
+        request = json.loads(self.rfile.read(length))
+        assert request["stream"] is True and request["model"] == "tiny-model"
+        with _FakeLLM.lock:
+            _FakeLLM.count += 1
+            number = _FakeLLM.count
+        if self.fail_every and number % self.fail_every == 0:
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        time.sleep(self.delay * 5)  # the time to the first token
+        for i in range(self.tokens):
+            chunk = {"choices": [{"delta": {"content": f"t{i} "}}]}
+            self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+            self.wfile.flush()
+            time.sleep(self.delay)
+        if self.usage:
+            final = {"choices": [], "usage": {"completion_tokens": self.tokens}}
+            self.wfile.write(f"data: {json.dumps(final)}\n\n".encode())
+        self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+
+
+@pytest.fixture
+def fake_llm():
+    _FakeLLM.count, _FakeLLM.fail_every, _FakeLLM.usage = 0, 0, True
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeLLM)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
+    server.shutdown()
+    server.server_close()
+
+
+def _run_llm(tmp_path: Path, base_url: str, **settings: str) -> dict:
+    out = tmp_path / "out"
+    out.mkdir(exist_ok=True)
+    env = {
+        **os.environ,
+        "GPU_SHOPPER_RESULT": str(out / "r.json"),
+        "GS_LLM_BASE_URL": base_url,
+        "GS_LLM_CONCURRENCY": "4",
+        "GS_LLM_REQUESTS": "8",
+        "GS_LLM_MAX_TOKENS": "5",
+        "GS_LLM_WAIT_S": "10",
+        **settings,
+    }
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "llm.py")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return parse_result((out / "r.json").read_text())
+
+
+@pytest.mark.parametrize("usage", [True, False])
+def test_the_llm_script_against_a_tiny_streaming_server(tmp_path, fake_llm, usage):
+    _FakeLLM.usage = usage  # without usage the streamed content chunks are counted
+    found = _run_llm(tmp_path, fake_llm)
+    extra = found["extra_metrics"]
+    assert found["metric"] == "tokens_per_s" and found["higher_is_better"] is True
+    assert extra["output_tokens"] == 40 and extra["requests"] == 8 and extra["error_rate"] == 0
+    assert found["value"] == pytest.approx(extra["output_tokens"] / extra["wall_s"])
+    # TTFT comes from the first streamed token, not the whole answer
+    assert 0.09 <= extra["ttft_p50_s"] < extra["wall_s"] / 2
+    # two rounds of 4 concurrent requests, each about 0.2 s: the wall time, not a sum
+    assert extra["wall_s"] < 8 * 0.2
+
+
+def test_llm_errors_make_the_result_invalid(tmp_path, fake_llm):
+    _FakeLLM.fail_every = 4
+    found = _run_llm(tmp_path, fake_llm)
+    assert found["extra_metrics"]["error_rate"] == 0.25
+    wl = workloads.Workload("llm-throughput", 1, "")
+    hardware = parse_hardware("NVIDIA H100 80GB HBM3, 81559 MiB, 550.54.15", "")
+    reasons = workloads.invalid_reasons(wl, found, hardware, "H100")
+    assert reasons == ["error rate 25% (10% or more)"]
+
+
+# -- flux-lora@1 ---------------------------------------------------------------------------------
+def test_flux_config_and_progress_parsing():
+    flux = script("flux")
+    config = (REPO / "examples" / "flux-lora" / "config.yaml").read_text()
+    out = flux.bench_config(config, 7)
+    assert "        steps: 7" in out and "steps: 300" not in out
+    assert "save_every: 1000000" in out
+    log = (
+        "gs_flux_lora:   0%|          | 0/7 [00:00<?, ?it/s]\r"
+        "gs_flux_lora:  43%|####      | 3/7 [00:09<00:12,  3.10s/it, lr: 1.0e-04 loss: 4.1e-01]\r"
+        "gs_flux_lora: 100%|##########| 7/7 [00:21<00:00,  2.95s/it, lr: 1.0e-04 loss: 3.9e-01]\n"
+    )
+    assert flux.seconds_per_step(log) == (2.95, 7)
+    assert flux.seconds_per_step("step 2/7 [00:01<00:02, 1.25it/s]") == (0.8, 2)
+    assert flux.seconds_per_step("no progress here") is None
+    assert flux.command("/app/ai-toolkit", "c.yaml")[1:] == ["/app/ai-toolkit/run.py", "c.yaml"]
+
+
+def test_flux_workload_assembles_its_job(monkeypatch, tmp_path):
+    monkeypatch.chdir(REPO)
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    wl = workloads.resolve("flux-lora", None, ["steps=4"])
+    assert wl.key == "flux-lora@1" and wl.workdir == "examples/flux-lora"
+    assert wl.env["GS_FLUX_STEPS"] == "4" and wl.env["GS_FLUX_TOOLKIT"] == "/app/ai-toolkit"
+    assert wl.command()[:2] == ["sh", "-c"] and wl.command()[2].endswith("gs-bench/flux.py")
+    assert (str(SCRIPTS), "gs-bench") in wl.uploads
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(UsageError, match="config.yaml"):
+        workloads.resolve("flux-lora", None, [])
+
+
+def test_flux_script_end_to_end_with_a_stand_in_toolkit(tmp_path):
+    toolkit = tmp_path / "toolkit"
+    toolkit.mkdir()
+    (toolkit / "run.py").write_text(
+        "import sys\n"
+        "text = open(sys.argv[1]).read()\n"
+        "assert 'steps: 3' in text\n"
+        "for i in range(1, 4):\n"
+        "    sys.stdout.write(f'gs: {i}/3 [00:0{i}<00:00,  1.50s/it]\\r')\n"
+    )
+    work = tmp_path / "work"
+    (work / "out").mkdir(parents=True)
+    (work / "config.yaml").write_text((REPO / "examples/flux-lora/config.yaml").read_text())
+    env = {**os.environ, "GS_FLUX_STEPS": "3", "GS_FLUX_TOOLKIT": str(toolkit),
+           "GPU_SHOPPER_RESULT": str(work / "out" / "r.json")}  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "flux.py")], cwd=work, env=env, capture_output=True
+    )
+    assert proc.returncode == 0, proc.stdout
+    found = parse_result((work / "out" / "r.json").read_text())
+    assert found["metric"] == "s_per_step" and found["value"] == 1.5
+    assert found["higher_is_better"] is False
+    assert found["extra_metrics"] == {"steps_done": 3.0, "steps_wanted": 3.0}
+
+
+# -- gpu-matmul@1's script where it runs --------------------------------------------------------
+def test_matmul_script_gives_positive_figures_here(tmp_path):
+    env = {**os.environ, "GPU_SHOPPER_RESULT": str(tmp_path / "r.json"), "GS_BENCH_SECONDS": "0.3"}
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "matmul.py")], env=env, timeout=60)
+    assert proc.returncode == 0
+    found = parse_result((tmp_path / "r.json").read_text())
+    assert found["value"] > 0 and math.isfinite(found["value"])
+    assert found["device"] in ("cpu", "gpu")
+
+
+# -- transfer@1 and cold-start@1 from the job's own timings ---------------------------------------
+def test_transfer_and_cold_start_measure_from_the_job(gs, vast, isolated_home):
+    from gpushopper.state.benchstore import BenchStore
+
+    vast.offers.clear()
+    offer = vast.add_offer(gpu_name="RTX 4090", dph_base=0.25)
+    base = ["--offer", f"vastai:{offer['id']}", "--max-budget", "1", "--yes", "--json"]
+    moved = gs(["benchmark", "run", "--workload", "transfer", "--param", "mb=2", *base])
+    assert moved.exit_code == 0, moved.stderr
+    started = gs(["benchmark", "run", "--workload", "cold-start@1", *base])
+    assert started.exit_code == 0, started.stderr
+    found = {r["workload"]: r for r in BenchStore(isolated_home / "benchmarks.json").results().values()}
+    transfer = found["transfer@1"]
+    assert transfer["metric"] == "upload_mbs" and transfer["value"] > 0
+    assert transfer["extra_metrics"]["download_mbs"] > 0 and transfer["cost_usd"] > 0
+    (entry,) = moved.json()["entries"]
+    job_out = Path(state_job_out(isolated_home, entry["attempts"][0]["job_id"]))
+    assert not (job_out / "gs-payload.bin").exists()  # the payload does not stay on disk
+    cold = found["cold-start@1"]
+    assert cold["metric"] == "time_to_ready_s" and cold["value"] > 0
+    assert cold["higher_is_better"] is False
+    assert cold["extra_metrics"]["time_to_ssh_s"] > 0
+    assert vast.live_instances() == []
+
+
+def state_job_out(home: Path, job_id: str) -> str:
+    from gpushopper.state.store import StateStore
+
+    return StateStore(home / "state.json").read()["jobs"][job_id]["out_dir"]
