@@ -3,7 +3,6 @@ sshd, real remote processes (the fake instance is this machine)."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -41,9 +40,7 @@ def two_offers(vast, **second):
     return cheap, dear
 
 
-def test_custom_workload_on_two_offers_stores_both_with_their_cost(
-    gs, vast, isolated_home
-):
+def test_custom_workload_on_two_offers_stores_both_with_their_cost(gs, vast, isolated_home):
     cheap, dear = two_offers(vast)
     result = bench_run(
         gs,
@@ -72,9 +69,7 @@ def test_custom_workload_on_two_offers_stores_both_with_their_cost(
         assert found["valid"] is True, found["invalid_reasons"]
         assert found["cost_usd"] > 0
         assert found["offer"]["price_per_hour"] == pytest.approx(price, rel=0.2)
-        assert found["cost_per_unit"] == pytest.approx(
-            found["offer"]["price_per_hour"] / 12.5
-        )
+        assert found["cost_per_unit"] == pytest.approx(found["offer"]["price_per_hour"] / 12.5)
         assert found["hardware"]["gpu_name"] == "NVIDIA GeForce RTX 4090"
         assert found["hardware"]["vram_mb"] == 24564 and found["hardware"]["gpu_count"] == 1
         assert found["hardware"]["driver"] and found["hardware"]["cuda"]
@@ -201,9 +196,7 @@ def test_a_budget_that_allows_one_entry_never_starts_the_second(gs, vast, isolat
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
-def test_a_signal_mid_run_destroys_every_session_and_exits_128_plus(
-    gs, vast, isolated_home, sig
-):
+def test_a_signal_mid_run_destroys_every_session_and_exits_128_plus(gs, vast, isolated_home, sig):
     from tests.test_run import _remote_running
 
     one, two = two_offers(vast)
@@ -295,12 +288,28 @@ def test_bad_input_exits_2_and_rents_nothing(gs, vast, isolated_home):
     assert gs([*base, "--workload", "my-step", "--command", "true"]).exit_code == 2  # no budget
     assert gs([*base, "--workload", "my-step", "--max-budget", "1"]).exit_code == 2  # no command
     assert gs([*base, "--workload", "gpu-matmul@2", "--max-budget", "1"]).exit_code == 2
-    assert gs([*base, "--workload", "gpu-matmul", "--command", "x", "--max-budget", "1"]).exit_code == 2
-    assert gs([*base, "--workload", "bad name!", "--command", "x", "--max-budget", "1"]).exit_code == 2
-    assert gs([*base, "--workload", "gpu-matmul", "--param", "nope=1", "--max-budget", "1"]).exit_code == 2
-    assert gs([*base, "--workload", "transfer", "--param", "mb=-1", "--max-budget", "1"]).exit_code == 2
+    assert (
+        gs([*base, "--workload", "gpu-matmul", "--command", "x", "--max-budget", "1"]).exit_code
+        == 2
+    )
+    assert (
+        gs([*base, "--workload", "bad name!", "--command", "x", "--max-budget", "1"]).exit_code == 2
+    )
+    assert (
+        gs([*base, "--workload", "gpu-matmul", "--param", "nope=1", "--max-budget", "1"]).exit_code
+        == 2
+    )
+    assert (
+        gs([*base, "--workload", "transfer", "--param", "mb=-1", "--max-budget", "1"]).exit_code
+        == 2
+    )
     assert gs([*base, "--workload", "x", "--command", "t", "--max-budget", "nan"]).exit_code == 2
-    assert gs([*base, "--workload", "x", "--command", "t", "--max-budget", "1", "--offer", "bogus"]).exit_code == 2
+    assert (
+        gs(
+            [*base, "--workload", "x", "--command", "t", "--max-budget", "1", "--offer", "bogus"]
+        ).exit_code
+        == 2
+    )
     assert gs([*base, "--workload", "flux-lora", "--max-budget", "1"]).exit_code == 2  # no HF_TOKEN
     assert gs("benchmark status b-000000 --json").exit_code == 2
     assert vast.instances == {} or vast.live_instances() == []
@@ -365,9 +374,7 @@ def test_cancel_from_another_process_stops_the_run_and_its_owner_tears_down(
     assert again.exit_code == 0 and again.json()["status"] == "cancelled"
 
 
-def test_cancel_with_the_owner_gone_destroys_the_sessions_itself(
-    gs, vast, isolated_home, tmp_path
-):
+def test_cancel_with_the_owner_gone_destroys_the_sessions_itself(gs, vast, isolated_home, tmp_path):
     vast.offers.clear()
     one = vast.add_offer(gpu_name="RTX 4090", dph_base=0.25)
     two = vast.add_offer(gpu_name="RTX 4090", dph_base=0.30)

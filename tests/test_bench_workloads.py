@@ -328,7 +328,9 @@ def test_transfer_and_cold_start_measure_from_the_job(gs, vast, isolated_home):
     assert moved.exit_code == 0, moved.stderr
     started = gs(["benchmark", "run", "--workload", "cold-start@1", *base])
     assert started.exit_code == 0, started.stderr
-    found = {r["workload"]: r for r in BenchStore(isolated_home / "benchmarks.json").results().values()}
+    found = {
+        r["workload"]: r for r in BenchStore(isolated_home / "benchmarks.json").results().values()
+    }
     transfer = found["transfer@1"]
     assert transfer["metric"] == "upload_mbs" and transfer["value"] > 0
     assert transfer["extra_metrics"]["download_mbs"] > 0 and transfer["cost_usd"] > 0

@@ -103,6 +103,23 @@ def test_refreshed_sessions_say_what_the_provider_says(vast, gs):
 
 
 # -- benchmark (issue 13) -------------------------------------------------------------------------
+# -- benchmark run / status / cancel (bench-schema: the run and result records) -------------------
+BENCH_RUN_KEYS = {
+    "id", "workload", "command", "status", "owner", "created_at", "finished_at",
+    "cancel_requested", "budget", "args", "schedule", "entries",
+}  # fmt: skip
+BENCH_ENTRY_KEYS = {
+    "key", "gpu_name", "provider", "offer_id", "status", "result_id", "failure_stage", "attempts",
+}  # fmt: skip
+BENCH_ATTEMPT_KEYS = {
+    "offer_id",
+    "machine_id",
+    "session_id",
+    "job_id",
+    "stage",
+    "reason",
+    "cost_usd",
+}
 BENCH_RESULT_KEYS = {
     "id", "workload", "workload_name", "workload_version", "metric", "value", "unit",
     "higher_is_better", "extra_metrics", "hardware", "offer", "timings", "cost_usd",
@@ -172,3 +189,36 @@ def test_benchmark_json_shapes(gs, tmp_path, monkeypatch):
     monkeypatch.setenv("GPU_SHOPPER_CLOCK_OFFSET", "2m")
     (firing,) = gs("benchmark schedule run-due --json").json()
     assert set(firing) == FIRING_KEYS
+BENCH_TIMING_KEYS = {"provision_s", "upload_s", "run_s", "download_s", "teardown_s"}
+
+
+def test_benchmark_run_status_cancel_json_shapes(vast, gs, isolated_home):
+    from gpushopper.state.benchstore import BenchStore
+
+    run = gs(
+        [
+            "benchmark", "run", "--workload", "my-step", "--gpu", "4090", "--provider", "vastai",
+            "--command",
+            'echo \'{"metric": "m", "value": 2, "unit": "u", "higher_is_better": false}\' '
+            '> "$GPU_SHOPPER_RESULT"',
+            "--max-budget", "1", "--yes", "--json",
+        ]
+    ).json()  # fmt: skip
+    assert set(run) >= BENCH_RUN_KEYS
+    assert set(run["budget"]) == {"max", "spent", "committed"}
+    assert run["status"] == "completed" and run["args"][:2] == ["--workload", "my-step"]
+    (entry,) = run["entries"]
+    assert set(entry) >= BENCH_ENTRY_KEYS
+    (attempt,) = entry["attempts"]
+    assert set(attempt) >= BENCH_ATTEMPT_KEYS
+    (result,) = BenchStore(isolated_home / "benchmarks.json").results().values()
+    assert set(result) >= BENCH_RESULT_KEYS
+    assert set(result["hardware"]) == BENCH_HARDWARE_KEYS
+    assert set(result["offer"]) == BENCH_OFFER_KEYS
+    assert set(result["timings"]) == BENCH_TIMING_KEYS
+    assert result["id"].startswith("r-") and run["id"].startswith("b-")
+    assert result["cost_per_unit"] == result["offer"]["price_per_hour"] * 2
+    status = gs(f"benchmark status {run['id']} --json").json()
+    assert set(status) >= BENCH_RUN_KEYS and status["id"] == run["id"]
+    cancelled = gs(f"benchmark cancel {run['id']} --json").json()
+    assert set(cancelled) >= BENCH_RUN_KEYS and cancelled["status"] == "completed"  # final

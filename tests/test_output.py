@@ -189,3 +189,16 @@ def test_provider_text_is_shown_never_obeyed(capsys):
         assert "\x1b" not in text and "\x07" not in text and "\r" not in text
     assert out.count("RTX [/] [bold]4090[/bold] ?]0;owned? ?[2J?") == 2
     assert err.count("RTX [/] [bold]4090[/bold] ?]0;owned? ?[2J?") == 2
+
+
+def test_benchmark_status_loads_no_http_ssh_nor_table_library(gs, isolated_home):
+    """``benchmark status RUN --json`` reads one file: none of the heavy modules."""
+    argv = ["benchmark", "status", "b-000000", "--json"]
+    code = (
+        "import sys; from gpushopper.cli import cli; "
+        f"from gpushopper.cli.output import run; code = run(cli, {argv!r}); "
+        "print('LOADED:' + ','.join(m for m in ('requests','rich','paramiko') if m in sys.modules)"
+        " + f' {code}')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-1] == "LOADED: 2", out.stderr

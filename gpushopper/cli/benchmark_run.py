@@ -60,9 +60,7 @@ def _render(run: dict[str, Any], as_json: bool, bench: Any = None) -> None:
                 (entry.get("reason") or "")[:60],
             ]
         )
-    print_table(
-        ["entry", "status", "offer", "attempts", "cost", "value", "stage", "reason"], rows
-    )
+    print_table(["entry", "status", "offer", "attempts", "cost", "value", "stage", "reason"], rows)
     budget = run.get("budget") or {}
     print_kv(
         [
@@ -109,7 +107,9 @@ def _render(run: dict[str, Any], as_json: bool, bench: Any = None) -> None:
     required=True,
     help="Spending cap for the run, failed attempts included.",
 )
-@click.option("--parallel", type=click.IntRange(1, 16), default=1, metavar="N", help="Entries at once.")
+@click.option(
+    "--parallel", type=click.IntRange(1, 16), default=1, metavar="N", help="Entries at once."
+)
 @click.option(
     "--entry-timeout",
     type=DURATION,
@@ -288,9 +288,7 @@ def cancel(app: App, run_id: str, as_json: bool) -> int:
                 record, problems = finish_abandoned(app, bench, run_id, info)
             code = 3 if problems else 0
         elif record.get("status") not in RUN_FINAL:
-            info(
-                f"Run {run_id} is asked to stop; its process ({state} from here) tears it down"
-            )
+            info(f"Run {run_id} is asked to stop; its process ({state} from here) tears it down")
     _render(record, as_json, bench)
     return code
 

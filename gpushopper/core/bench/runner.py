@@ -266,7 +266,8 @@ class BenchRunner:
             record["gpu_name"] = offer.gpu_name
             entries.append(_Entry(record, candidates))
         if not opts.offers:
-            for gpu in opts.gpus or [None]:
+            wanted: list[str | None] = list(opts.gpus) or [None]
+            for gpu in wanted:
                 query = replace(opts.request.query, gpus=[gpu] if gpu else [])
                 req = replace(opts.request, query=query, offer_id=None, auto_retry=200)
                 try:
@@ -324,7 +325,7 @@ class BenchRunner:
                         if started is None:
                             break  # waits for budget a running entry will give back
                         pending.popleft()
-                        if started is not False:
+                        if isinstance(started, threading.Thread):
                             threads[entry.record["key"]] = started
                     if not threads and (not pending or self.stop.stopping):
                         break
@@ -440,9 +441,7 @@ class BenchRunner:
             if seen.get("provider") != offer.provider:
                 continue
             if entry.match_gpu is not None:
-                if canonical_gpu(str(seen.get("gpu_name") or "")) != canonical_gpu(
-                    entry.match_gpu
-                ):
+                if canonical_gpu(str(seen.get("gpu_name") or "")) != canonical_gpu(entry.match_gpu):
                     continue
             elif not offer.machine_id or str(seen.get("machine_id")) != str(offer.machine_id):
                 continue
@@ -483,7 +482,9 @@ class BenchRunner:
             with self.lock:
                 self.commitments.pop(key, None)
                 if record["status"] not in ENTRY_FINAL:
-                    record["status"] = "failed"
+                    # Only offers taken since the search (no_such_ask): nothing was measured.
+                    taken = all(a.get("stage") == "find_offer" for a in record["attempts"])
+                    record["status"] = "skipped" if taken else "failed"
                     if record.get("failure_stage") is None:
                         last = (record["attempts"] or [{}])[-1]
                         record["failure_stage"] = last.get("stage") or "find_offer"
@@ -590,7 +591,9 @@ class BenchRunner:
             if outcome == "succeeded":
                 record.update(status="succeeded", failure_stage=None, reason=None)
             elif outcome == "interrupted":
-                record.update(status="failed", failure_stage="interrupted", reason=attempt["reason"])
+                record.update(
+                    status="failed", failure_stage="interrupted", reason=attempt["reason"]
+                )
             else:
                 record.update(failure_stage=attempt["stage"], reason=attempt["reason"])
         self._save()
@@ -625,9 +628,7 @@ class BenchRunner:
         if job.get("session_id") and job["session_id"] in sessions:
             return dict(sessions[job["session_id"]])
         mine = [
-            s
-            for sid, s in sessions.items()
-            if sid not in before and s.get("offer_id") == offer_id
+            s for sid, s in sessions.items() if sid not in before and s.get("offer_id") == offer_id
         ]
         return dict(mine[-1]) if mine else None
 
@@ -639,7 +640,11 @@ class BenchRunner:
 
         now = self.host.clock()
         sessions = self.host.store.sessions()
-        ids = {sid for sid, s in sessions.items() if sid not in before and s.get("offer_id") == offer_id}
+        ids = {
+            sid
+            for sid, s in sessions.items()
+            if sid not in before and s.get("offer_id") == offer_id
+        }
         if job.get("session_id"):
             ids.add(job["session_id"])
         total = 0.0
@@ -845,9 +850,9 @@ def sessions_of_run(store: Any, run: dict[str, Any]) -> list[dict[str, Any]]:
         for a in e.get("attempts") or []
         if a.get("session_id")
     }
-    jobs = {
-        a.get("job_id") for e in run.get("entries") or [] for a in e.get("attempts") or []
-    } - {None}
+    jobs = {a.get("job_id") for e in run.get("entries") or [] for a in e.get("attempts") or []} - {
+        None
+    }
     owner = run.get("owner") or {}
     same_owner = ("pid", "host", "started", "boot_id")
     out = []

@@ -309,14 +309,12 @@ def read_outcome(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(the measurement, the hardware) of a job that ran; ResultInvalid when the workload's
     answer is missing or malformed."""
-    hardware = parse_hardware(
-        _read_small(out_dir / HARDWARE_FILE), _read_small(out_dir / SMI_FILE)
-    )
+    hardware = parse_hardware(_read_small(out_dir / HARDWARE_FILE), _read_small(out_dir / SMI_FILE))
     timings = job.get("timings") or {}
     if workload.name == "cold-start":
         boot = (session or {}).get("timings") or {}
         ready = timings.get("provision_s")
-        if not _number(ready):
+        if not isinstance(ready, (int, float)) or not _number(ready):
             raise ResultInvalid("the job recorded no provisioning time")
         extra = {
             k: float(boot[k])
@@ -327,6 +325,8 @@ def read_outcome(
     elif workload.name == "transfer":
         megabytes = float(workload.env.get("GS_BENCH_MB") or 0)
         up, down = timings.get("upload_s"), timings.get("download_s")
+        if not isinstance(up, (int, float)) or not isinstance(down, (int, float)):
+            raise ResultInvalid("the job recorded no transfer times")
         if not (_number(up) and _number(down)) or up <= 0 or down <= 0:
             raise ResultInvalid("the job recorded no transfer times")
         (out_dir / "gs-payload.bin").unlink(missing_ok=True)  # it made its trip
@@ -384,7 +384,9 @@ def invalid_reasons(
     return reasons
 
 
-def cost_per_unit(price_per_hour: float | None, value: float, higher_is_better: bool) -> float | None:
+def cost_per_unit(
+    price_per_hour: float | None, value: float, higher_is_better: bool
+) -> float | None:
     """higher_is_better: price / value (dollars per hour per unit of speed); else price x
     value (dollars-hours per unit of work)."""
     if price_per_hour is None:

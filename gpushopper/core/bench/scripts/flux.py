@@ -16,9 +16,9 @@ RATE = re.compile(r"(\d+)/(\d+) \[[^\]]*?([0-9.]+)\s*(s/it|it/s)")
 
 def bench_config(text, steps):
     """The example config with its step count replaced and checkpoints off."""
-    text = re.sub(r"(?m)^(\s*)steps:\s*\d+", lambda m: "%ssteps: %d" % (m.group(1), steps), text)
+    text = re.sub(r"(?m)^(\s*)steps:\s*\d+", lambda m: f"{m.group(1)}steps: {steps}", text)
     text = re.sub(
-        r"(?m)^(\s*)save_every:\s*\d+", lambda m: "%ssave_every: %d" % (m.group(1), 10**6), text
+        r"(?m)^(\s*)save_every:\s*\d+", lambda m: f"{m.group(1)}save_every: {10**6}", text
     )
     return text
 
@@ -55,7 +55,7 @@ def main():
     sys.stdout.write(log[-20000:])
     found = seconds_per_step(log)
     if proc.returncode != 0 or found is None:
-        print("ai-toolkit exited %d; no step timing found" % proc.returncode)
+        print(f"ai-toolkit exited {proc.returncode}; no step timing found")
         return proc.returncode or 1
     per_step, done = found
     result = {

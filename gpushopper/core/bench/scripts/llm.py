@@ -61,7 +61,7 @@ class Client:
             resp = conn.getresponse()
             body = resp.read()
             if resp.status != 200:
-                raise OSError("HTTP %d" % resp.status)
+                raise OSError(f"HTTP {resp.status}")
             return json.loads(body)
         finally:
             conn.close()
@@ -79,7 +79,7 @@ def wait_ready(client, wait_s):
 
 
 def one_request(client, model, prompt, max_tokens):
-    record = {"ok": False, "output_tokens": 0, "ttft_s": None}
+    record: dict = {"ok": False, "output_tokens": 0, "ttft_s": None}
     body = json.dumps(
         {
             "model": model,
@@ -100,7 +100,7 @@ def one_request(client, model, prompt, max_tokens):
             resp.read()
             return record
         chunks = 0
-        usage = None
+        usage: object = None
         finished = False
         for raw in resp:
             line = raw.strip()
@@ -155,8 +155,8 @@ def run(client, model, prompt, max_tokens, concurrency, total):
 def main():
     server = env("SERVER_CMD", "")
     if server:
-        log = open("out/gs-llm-server.log", "ab")
-        subprocess.Popen(shlex.split(server), stdout=log, stderr=log, start_new_session=True)
+        with open("out/gs-llm-server.log", "ab") as log:  # the server keeps its own copy
+            subprocess.Popen(shlex.split(server), stdout=log, stderr=log, start_new_session=True)
     client = Client(env("BASE_URL", "http://127.0.0.1:8000/v1"), float(env("TIMEOUT_S", "600")))
     models = wait_ready(client, float(env("WAIT_S", "900")))
     model = env("MODEL", "")
