@@ -402,3 +402,62 @@ def test_cancel_with_the_owner_gone_destroys_the_sessions_itself(gs, vast, isola
         assert all(s["status"] in ("ended", "failed") for s in sessions.values())
     finally:
         _kill_job_groups()
+
+
+def test_parallel_entries_wait_for_the_money_a_running_one_has_committed(gs, vast, isolated_home):
+    """--parallel 2, but the budget holds one entry's commitment at a time: the second
+    starts only once the first has ended (and given its commitment back)."""
+    one, two = two_offers(vast)
+    result = bench_run(
+        gs,
+        "--workload",
+        "my-step",
+        "--command",
+        f"sleep 0.5; {WRITE}",
+        "--offer",
+        f"vastai:{one['id']}",
+        "--offer",
+        f"vastai:{two['id']}",
+        "--parallel",
+        "2",
+        "--entry-timeout",
+        "1h",
+        budget="0.45",  # 0.2 + 0.4 committed together would be 0.6
+    )
+    assert result.exit_code == 0, result.stderr
+    first, second = (e["attempts"][0] for e in result.json()["entries"])
+    sessions = state(isolated_home)["sessions"]
+    assert sessions[second["session_id"]]["created_at"] >= sessions[first["session_id"]]["ended_at"]
+    assert vast.live_instances() == []
+
+
+def test_cancel_with_the_owner_killed_mid_boot_destroys_what_it_was_booting(
+    gs, vast, isolated_home, tmp_path
+):
+    """SIGKILLed while the instance is still loading: no attempt names the session yet;
+    it is the run's by its owner process, and cancel destroys it."""
+    vast.offers.clear()
+    offer = vast.add_offer(gpu_name="RTX 4090", dph_base=0.25, boot={"mode": "stuck_loading"})
+    proc = _spawn_run(
+        tmp_path, "--workload", "my-step", "--command", WRITE,
+        "--offer", f"vastai:{offer['id']}", "--max-budget", "5",
+    )  # fmt: skip
+
+    def booting() -> bool:
+        sessions = state(isolated_home).get("sessions") or {}
+        return any(s.get("instance_id") for s in sessions.values())
+
+    try:
+        _wait_for(booting)
+        proc.kill()
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(vast.live_instances()) == 1
+    run = _the_run(isolated_home)
+    assert run["entries"][0]["attempts"][0]["session_id"] is None
+    cancelled = gs(f"benchmark cancel {run['id']} --json")
+    assert cancelled.exit_code == 0, cancelled.stderr
+    assert cancelled.json()["status"] == "cancelled"
+    assert vast.live_instances() == []

@@ -536,7 +536,11 @@ class BenchRunner:
 
         def provision(on_stage: Callable[[str], None]) -> dict[str, Any]:
             req.on_stage = on_stage
-            return provisioner.provision(req, [candidate])  # type: ignore[no-any-return]
+            session: dict[str, Any] = provisioner.provision(req, [candidate])
+            with self.lock:
+                attempt["session_id"] = session["id"]
+            self._save()
+            return session
 
         stopped: int | None = None
         try:
