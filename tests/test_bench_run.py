@@ -457,7 +457,29 @@ def test_cancel_with_the_owner_killed_mid_boot_destroys_what_it_was_booting(
     assert len(vast.live_instances()) == 1
     run = _the_run(isolated_home)
     assert run["entries"][0]["attempts"][0]["session_id"] is None
+    shown = gs(f"benchmark status {run['id']}")  # the table, and a hint
+    assert shown.exit_code == 0 and "process of run" in shown.stderr and "running" in shown.stdout
     cancelled = gs(f"benchmark cancel {run['id']} --json")
     assert cancelled.exit_code == 0, cancelled.stderr
     assert cancelled.json()["status"] == "cancelled"
+    assert vast.live_instances() == []
+
+
+def test_a_destroy_never_confirmed_exits_3_and_a_command_exiting_3_does_not(
+    gs, vast, isolated_home, fake_time
+):
+    vast.offers.clear()
+    offer = vast.add_offer(gpu_name="RTX 4090", dph_base=0.25)
+    args = ("--workload", "my-step", "--offer", f"vastai:{offer['id']}", "--no-cache")
+    exits_3 = bench_run(gs, *args, "--command", "exit 3")
+    assert exits_3.exit_code == 1, exits_3.stderr  # the command's 3 is a failed measurement
+    assert exits_3.json()["entries"][0]["failure_stage"] == "measure"
+    vast.fail_next("DELETE", r"/instances/", status=500, times=1000)
+    result = bench_run(gs, *args, "--command", WRITE)
+    assert result.exit_code == 3, result.stderr
+    (attempt,) = result.json()["entries"][0]["attempts"]
+    assert attempt["stage"] == "teardown" and "NOT confirmed" in attempt["reason"]
+    assert len(vast.live_instances()) == 1
+    vast.clear_faults()
+    assert gs(f"sessions done {attempt['session_id']}").exit_code == 0
     assert vast.live_instances() == []

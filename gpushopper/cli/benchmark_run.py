@@ -240,10 +240,17 @@ def _run(app: App, argv: list[str], opts: dict[str, Any]) -> int:
 @pass_app
 def status(app: App, run_id: str, as_json: bool) -> None:
     """One benchmark run: its entries, attempts, budget and status."""
-    from gpushopper.core.bench.runner import get_run
+    from gpushopper.core.bench.runner import RUN_FINAL, get_run
+    from gpushopper.core.owner import GONE, owner_state
 
     bench = _bench(app)
-    _render(get_run(bench, run_id), as_json, bench)
+    record = get_run(bench, run_id)
+    if record.get("status") not in RUN_FINAL and owner_state(record.get("owner")) == GONE:
+        info(
+            f"Note: the process of run {run_id} is gone; 'gpu-shopper benchmark cancel "
+            f"{run_id}' destroys what it left running"
+        )
+    _render(record, as_json, bench)
 
 
 @click.command("cancel")

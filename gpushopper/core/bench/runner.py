@@ -555,11 +555,9 @@ class BenchRunner:
         with contextlib.suppress(UsageError):
             done = get_job(self.host.store, job["id"])
         session = self._session_of(done, before, offer.id)
-        cost = self._cost(done, session, before, offer.id)
+        cost = self._cost(done, before, offer.id)
         self._release(record["key"], cost)
-        teardown_ok = code != 3 and (
-            not done.get("session_id") or bool((done.get("teardown") or {}).get("confirmed"))
-        )
+        teardown_ok = self._all_gone(done, before, offer.id)
         if not teardown_ok:
             self.unconfirmed = True
         attempt.update(
@@ -636,13 +634,10 @@ class BenchRunner:
         ]
         return dict(mine[-1]) if mine else None
 
-    def _cost(
-        self, job: dict[str, Any], session: dict[str, Any] | None, before: set[str], offer_id: str
-    ) -> float:
-        """What the attempt's session(s) cost, by the second, failed boots included."""
-        from gpushopper.core.sessions import accrued_cost
-
-        now = self.host.clock()
+    def _attempt_sessions(
+        self, job: dict[str, Any], before: set[str], offer_id: str
+    ) -> dict[str, dict[str, Any]]:
+        """The sessions this attempt made: its job's, and any boot of its offer since."""
         sessions = self.host.store.sessions()
         ids = {
             sid
@@ -651,12 +646,27 @@ class BenchRunner:
         }
         if job.get("session_id"):
             ids.add(job["session_id"])
-        total = 0.0
-        for sid in ids:
-            found = sessions.get(sid)
-            if isinstance(found, dict):
-                total += accrued_cost(found, now)
-        if not ids and isinstance(job.get("cost_usd"), (int, float)):
+        return {sid: sessions[sid] for sid in ids if isinstance(sessions.get(sid), dict)}
+
+    def _all_gone(self, job: dict[str, Any], before: set[str], offer_id: str) -> bool:
+        """Every session of the attempt is destroyed, as the provider confirmed: ended, or
+        failed without a destroy error (a failed boot whose instance is gone)."""
+        for session in self._attempt_sessions(job, before, offer_id).values():
+            if session.get("status") == "ended":
+                continue
+            if session.get("status") == "failed" and not session.get("error"):
+                continue
+            return False
+        return True
+
+    def _cost(self, job: dict[str, Any], before: set[str], offer_id: str) -> float:
+        """What the attempt's session(s) cost, by the second, failed boots included."""
+        from gpushopper.core.sessions import accrued_cost
+
+        now = self.host.clock()
+        mine = self._attempt_sessions(job, before, offer_id)
+        total = sum(accrued_cost(found, now) for found in mine.values())
+        if not mine and isinstance(job.get("cost_usd"), (int, float)):
             total = float(job["cost_usd"])
         return total
 
