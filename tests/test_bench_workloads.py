@@ -348,3 +348,85 @@ def state_job_out(home: Path, job_id: str) -> str:
     from gpushopper.state.store import StateStore
 
     return StateStore(home / "state.json").read()["jobs"][job_id]["out_dir"]
+
+
+FAKE_TORCH = '''
+"""A stand-in for torch with CUDA (no GPU here): the script's torch path, on tiny arrays."""
+__version__ = "0.0-fake"
+float16, bfloat16, float32 = "float16", "bfloat16", "float32"
+
+
+class _T:
+    def __init__(self, n):
+        self.n = n
+
+    def __matmul__(self, other):
+        return _T(self.n)
+
+    def numel(self):
+        return self.n
+
+    def copy_(self, other):
+        return self
+
+
+class cuda:
+    @staticmethod
+    def is_available():
+        return True
+
+    @staticmethod
+    def synchronize():
+        pass
+
+
+def randn(*shape, device=None, dtype=None):
+    return _T(shape[0] * shape[1])
+
+
+def empty(n, device=None, dtype=None):
+    return _T(n)
+
+
+def empty_like(t):
+    return _T(t.n)
+'''
+
+
+def test_matmul_script_takes_the_torch_path_when_cuda_is_there(tmp_path):
+    (tmp_path / "torch.py").write_text(FAKE_TORCH)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path), "GS_BENCH_SECONDS": "0.1",
+           "GPU_SHOPPER_RESULT": str(tmp_path / "r.json")}  # fmt: skip
+    proc = subprocess.run([sys.executable, str(SCRIPTS / "matmul.py")], env=env, timeout=60)
+    assert proc.returncode == 0
+    found = parse_result((tmp_path / "r.json").read_text())
+    assert found["metric"] == "tflops_bf16" and found["device"] == "gpu"
+    assert set(found["extra_metrics"]) == {"tflops_fp16", "membw_gbs"}
+    assert found["backend"] == "torch 0.0-fake" and found["value"] > 0
+
+
+def test_a_final_run_status_written_elsewhere_never_changes_back(tmp_path):
+    """benchmark cancel (owner gone) wrote 'cancelled'; a late save of the owner keeps it,
+    and a cancel requested elsewhere is never un-requested."""
+    from types import SimpleNamespace
+
+    from gpushopper.core.bench.runner import BenchRunner, RunOptions, request_cancel
+    from gpushopper.model.units import utcnow
+    from gpushopper.state.benchstore import BenchStore
+
+    store = BenchStore(tmp_path / "benchmarks.json")
+    runner = BenchRunner(
+        SimpleNamespace(clock=utcnow), store, make_provisioner=lambda host: None, log=print
+    )
+    wl = workloads.Workload("my-step", None, "true")
+    run = runner.create(RunOptions(workload=wl, max_budget=1.0, request=None))  # type: ignore[arg-type]
+    assert store.get("runs", run["id"])["status"] == "pending"
+    request_cancel(store, run["id"])
+    with store.transaction() as data:
+        data["runs"][run["id"]]["status"] = "cancelled"
+    runner.run["status"] = "running"
+    runner._save()
+    saved = store.get("runs", run["id"])
+    assert saved["status"] == "cancelled" and saved["cancel_requested"] is True
+    done = request_cancel(store, run["id"])
+    assert done["status"] == "cancelled"
