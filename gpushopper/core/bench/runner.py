@@ -57,6 +57,7 @@ if TYPE_CHECKING:
     from gpushopper.core.jobs import JobHost
     from gpushopper.core.provisioner import Candidate, Provisioner, ProvisionRequest
     from gpushopper.state.benchstore import BenchStore
+    from gpushopper.state.store import StateStore
 
 RUN_FINAL = ("completed", "partial", "failed", "cancelled", "interrupted")
 ENTRY_FINAL = ("succeeded", "failed", "cached", "skipped")
@@ -854,7 +855,7 @@ def request_cancel(bench: BenchStore, run_id: str) -> dict[str, Any]:
         return dict(run)
 
 
-def sessions_of_run(store: Any, run: dict[str, Any]) -> list[dict[str, Any]]:
+def sessions_of_run(store: StateStore, run: dict[str, Any]) -> list[dict[str, Any]]:
     """The live sessions of a run: named by its attempts, or booted by its owner process."""
     from gpushopper.model.session import DONE
 
