@@ -336,6 +336,82 @@ MUTANTS = [
         ],
         ["tests/test_durations.py"],
     ),
+    # -- benchmark run (issue 13) ------------------------------------------------------------------
+    Mutant(
+        "benchmark budget forgets the money running entries have committed",
+        "gpushopper/core/bench/runner.py",
+        [
+            (
+                "    return spent + committed + commitment <= max_budget + 1e-9\n",
+                "    return spent + commitment <= max_budget + 1e-9\n",
+            )
+        ],
+        [
+            "tests/test_bench_run.py::test_parallel_entries_wait_for_the_money_a_running_one_has_committed"
+        ],
+    ),
+    Mutant(
+        "benchmark budget checks only what was spent, not the new entry's commitment",
+        "gpushopper/core/bench/runner.py",
+        [
+            (
+                "    return spent + committed + commitment <= max_budget + 1e-9\n",
+                "    return spent + committed <= max_budget + 1e-9\n",
+            )
+        ],
+        ["tests/test_bench_run.py::test_a_budget_that_allows_one_entry_never_starts_the_second"],
+    ),
+    Mutant(
+        "benchmark records no cost for failed attempts",
+        "gpushopper/core/bench/runner.py",
+        [("            cost_usd=round(cost, 6),\n", "            cost_usd=0.0,\n")],
+        [
+            "tests/test_bench_run.py::test_a_workload_failing_on_one_offer_is_partial_exit_1_not_retried_and_paid_for"
+        ],
+    ),
+    Mutant(
+        "benchmark retries an offer that answered no_such_ask",
+        "gpushopper/core/bench/runner.py",
+        [("                self.failed_offers.add(offer.id)\n", "                pass\n")],
+        ["tests/test_bench_run.py::test_no_such_ask_is_skipped_without_using_an_attempt"],
+    ),
+    Mutant(
+        "benchmark cancel with the owner gone destroys nothing",
+        "gpushopper/core/bench/runner.py",
+        [
+            (
+                "    for session in sessions_of_run(host.store, run):\n",
+                "    for session in sessions_of_run(host.store, run)[:0]:\n",
+            )
+        ],
+        ["tests/test_bench_run.py::test_cancel_with_the_owner_gone_destroys_the_sessions_itself"],
+    ),
+    Mutant(
+        "benchmark cancel misses a session its dead owner was still booting",
+        "gpushopper/core/bench/runner.py",
+        [
+            (
+                "            or (owner and all(theirs.get(k) == owner.get(k) for k in same_owner))\n",
+                "",
+            )
+        ],
+        [
+            "tests/test_bench_run.py::test_cancel_with_the_owner_killed_mid_boot_destroys_what_it_was_booting"
+        ],
+    ),
+    Mutant(
+        "benchmark calls an unconfirmed teardown confirmed",
+        "gpushopper/core/bench/runner.py",
+        [
+            (
+                "            return False\n        return True\n",
+                "            return True\n        return True\n",
+            )
+        ],
+        [
+            "tests/test_bench_run.py::test_a_destroy_never_confirmed_exits_3_and_a_command_exiting_3_does_not"
+        ],
+    ),
 ]
 
 

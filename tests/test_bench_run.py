@@ -141,7 +141,7 @@ def test_the_next_attempt_of_an_entry_goes_to_another_offer(gs, vast, isolated_h
     assert vast.live_instances() == []
 
 
-def test_no_such_ask_is_skipped_without_using_an_attempt(gs, vast, isolated_home):
+def test_no_such_ask_is_skipped_without_using_an_attempt(gs, vast, isolated_home, fake_time):
     taken, other = two_offers(vast)
     vast.fail_next(
         "PUT",
