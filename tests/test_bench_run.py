@@ -483,3 +483,23 @@ def test_a_destroy_never_confirmed_exits_3_and_a_command_exiting_3_does_not(
     vast.clear_faults()
     assert gs(f"sessions done {attempt['session_id']}").exit_code == 0
     assert vast.live_instances() == []
+
+
+def test_an_offer_that_is_gone_and_a_market_that_does_not_answer_are_recorded(
+    gs, vast, isolated_home
+):
+    gone = bench_run(gs, "--workload", "my-step", "--command", WRITE, "--offer", "vastai:999999")
+    assert gone.exit_code == 1, gone.stderr
+    run = gone.json()
+    assert run["status"] == "failed"
+    (entry,) = run["entries"]
+    assert entry["status"] == "failed" and entry["failure_stage"] == "find_offer"
+    assert entry["attempts"] == []
+    vast.fail_next("*", r"/bundles", status=500, times=100)
+    down = bench_run(gs, "--workload", "my-step", "--command", WRITE, "--gpu", "4090",
+                     "--provider", "vastai")  # fmt: skip
+    assert down.exit_code == 1, down.stderr
+    runs = sorted(bench(isolated_home).runs().values(), key=lambda r: r["created_at"])
+    assert [r["status"] for r in runs] == ["failed", "failed"]
+    assert "vastai" in runs[-1]["error"] and runs[-1]["finished_at"]
+    assert vast.instances == {}

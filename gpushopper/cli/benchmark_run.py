@@ -212,21 +212,19 @@ def _run(app: App, argv: list[str], opts: dict[str, Any]) -> int:
         info(f"Benchmark run {record['id']}: {workload.key}, budget ${bench_opts.max_budget:.2f}")
         try:
             runner.plan(replace(bench_opts))
-        except BaseException as exc:
-            with runner.lock:
-                runner.run["error"] = str(exc)[:500]
-            runner._conclude()
+            interactive = sys.stdin.isatty() and sys.stderr.isatty() and not opts["as_json"]
+            if interactive and not opts["yes"]:
+                keys = [e.record["key"] for e in runner.entries if e.record["status"] == "pending"]
+                click.confirm(
+                    f"Benchmark {len(keys)} entr{'y' if len(keys) == 1 else 'ies'} "
+                    f"({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''}) for up to "
+                    f"${bench_opts.max_budget:.2f}?",
+                    abort=True,
+                    err=True,
+                )
+        except BaseException as exc:  # nothing rented yet: the run ends here, recorded
+            runner.abandon(exc)
             raise
-        interactive = sys.stdin.isatty() and sys.stderr.isatty() and not opts["as_json"]
-        if interactive and not opts["yes"]:
-            keys = [e.record["key"] for e in runner.entries if e.record["status"] == "pending"]
-            click.confirm(
-                f"Benchmark {len(keys)} entr{'y' if len(keys) == 1 else 'ies'} "
-                f"({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''}) for up to "
-                f"${bench_opts.max_budget:.2f}?",
-                abort=True,
-                err=True,
-            )
         run_record, code = runner.execute(bench_opts)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

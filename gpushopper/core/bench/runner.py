@@ -62,7 +62,7 @@ if TYPE_CHECKING:
 RUN_FINAL = ("completed", "partial", "failed", "cancelled", "interrupted")
 ENTRY_FINAL = ("succeeded", "failed", "cached", "skipped")
 CACHE_DAYS = 30
-CANCEL_POLL_S = 0.5
+CANCEL_POLL_S = 1.0
 # A job's stage -> the entry's failure stage.
 STAGE_OF_JOB = {
     "provisioning": "provision",
@@ -112,12 +112,13 @@ class Stop:
     def __init__(self) -> None:
         self.signum: int | None = None
         self.cancelled = False
+        self.failed: str | None = None  # the run itself failed (a bug, an unconfirmed prompt)
         self._raised: set[int] = set()
         self._lock = threading.Lock()
 
     @property
     def stopping(self) -> bool:
-        return self.signum is not None or self.cancelled
+        return self.signum is not None or self.cancelled or self.failed is not None
 
     def check(self) -> None:
         """In a worker: raise RunStopped once per thread, never inside a deferred destroy."""
@@ -333,6 +334,14 @@ class BenchRunner:
                 self.wait(0.05)
             except KeyboardInterrupt as exc:
                 self.stop.signum = getattr(exc, "signum", None) or signal.SIGINT
+            except Exception as exc:  # a bug here: stop every entry (each tears down), then say
+                self.stop.failed = clip(f"{type(exc).__name__}: {exc}", 500)
+                for thread in threads.values():
+                    thread.join()
+                with self.lock:
+                    self.run["error"] = self.stop.failed
+                self._conclude()
+                raise
         for entry in pending:
             _give_up(entry.record, "skipped", None, "the run was stopped before it started")
         return self._conclude()
@@ -776,11 +785,31 @@ class BenchRunner:
             "created_at": iso(self.host.clock()),
         }
 
+    def abandon(self, exc: BaseException) -> None:
+        """The run ends before any entry started (planning failed, a signal, a 'no' at the
+        prompt): every entry is skipped and the run is final, saying why."""
+        if isinstance(exc, KeyboardInterrupt):
+            self.stop.signum = getattr(exc, "signum", None) or signal.SIGINT
+            why = f"interrupted by {interrupts.signal_name(self.stop.signum)}"
+        elif type(exc).__name__ == "Abort":  # click's: the prompt was answered no
+            self.stop.cancelled = True
+            why = "not confirmed"
+        else:
+            text = str(exc) if isinstance(exc, GpuShopperError) else f"{type(exc).__name__}: {exc}"
+            self.stop.failed = why = clip(text, 500)
+        with self.lock:
+            self.run["error"] = why
+            for entry in self.entries:
+                _give_up(entry.record, "skipped", None, why)
+        self._conclude()
+
     def _conclude(self) -> tuple[dict[str, Any], int]:
         with self.lock:
             statuses = [e.record["status"] for e in self.entries]
             good = sum(s in ("succeeded", "cached") for s in statuses)
-            if self.stop.cancelled:
+            if self.stop.failed is not None:
+                status = "failed"
+            elif self.stop.cancelled:
                 status = "cancelled"
             elif self.stop.signum is not None:
                 status = "interrupted"
