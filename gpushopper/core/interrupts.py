@@ -25,6 +25,7 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 from collections.abc import Iterator
 
 HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -56,6 +57,7 @@ class _Guard:
 
 
 _guard = _Guard()
+_count_lock = threading.Lock()
 
 
 def reset() -> None:
@@ -99,15 +101,22 @@ def destroy_on_signals() -> Iterator[None]:
 
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
-    """Signals that arrive inside are held until the block is done, then raised (once)."""
-    _guard.deferring += 1
+    """Signals that arrive inside are held until the block is done, then raised (once).
+
+    Threads may defer at once (``benchmark run --parallel``: each entry's destroy): the
+    count changes under a lock, so it never drifts. The signal handler only reads it."""
+    with _count_lock:
+        _guard.deferring += 1
+    leave = False
     try:
         yield
     finally:
-        _guard.deferring -= 1
-    if not _guard.deferring and _guard.first is not None and not _guard.raised:
-        _guard.raised = True
-        raise SignalReceived(_guard.first)
+        with _count_lock:
+            _guard.deferring -= 1
+            if not _guard.deferring and _guard.first is not None and not _guard.raised:
+                _guard.raised = leave = True
+    if leave:
+        raise SignalReceived(_guard.first or signal.SIGINT)
 
 
 def deferring() -> bool:
