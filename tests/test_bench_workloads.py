@@ -430,3 +430,30 @@ def test_a_final_run_status_written_elsewhere_never_changes_back(tmp_path):
     assert saved["status"] == "cancelled" and saved["cancel_requested"] is True
     done = request_cancel(store, run["id"])
     assert done["status"] == "cancelled"
+
+
+def test_llm_throughput_through_benchmark_run_with_dollars_per_million_tokens(
+    gs, vast, isolated_home, fake_llm
+):
+    """The whole path: the script uploaded, its settings through the job's env file, the
+    server (here: this test's, the fake instance being this machine) measured, $/M tokens."""
+    from gpushopper.state.benchstore import BenchStore
+
+    vast.offers.clear()
+    offer = vast.add_offer(gpu_name="RTX 4090", dph_base=0.25)
+    result = gs(
+        [
+            "benchmark", "run", "--workload", "llm-throughput@1", "--offer", f"vastai:{offer['id']}",
+            "--param", f"base_url={fake_llm}", "--param", "requests=4", "--param", "concurrency=2",
+            "--param", "max_tokens=5", "--param", "prompt=say 'hi' & \"bye\"",
+            "--max-budget", "1", "--yes", "--json",
+        ]
+    )  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    (found,) = BenchStore(isolated_home / "benchmarks.json").results().values()
+    extra = found["extra_metrics"]
+    assert found["metric"] == "tokens_per_s" and found["value"] > 0 and found["valid"] is True
+    assert extra["output_tokens"] == 20 and extra["error_rate"] == 0
+    price = found["offer"]["price_per_hour"]
+    assert extra["usd_per_mtok"] == pytest.approx(price / (found["value"] * 3600) * 1e6)
+    assert vast.live_instances() == []

@@ -85,6 +85,7 @@ def _render(run: dict[str, Any], as_json: bool, bench: Any = None) -> None:
   gpu-shopper benchmark run --workload my-step --command 'python step.py' \\
       --workdir . --offer vastai:123 --offer vastai:456 --max-budget 1 --yes --json
   gpu-shopper benchmark run --workload llm-throughput --gpu H100 --image vllm/vllm-openai \\
+      --param server_cmd='vllm serve Qwen/Qwen2.5-7B-Instruct --port 8000' \\
       --param concurrency=16 --entry-timeout 45m --max-budget 5
 """,
 )
@@ -96,7 +97,13 @@ def _render(run: dict[str, Any], as_json: bool, bench: Any = None) -> None:
 @filter_options
 @click.option("--image", metavar="IMAGE", help="Container or OS image to boot.")
 @click.option("--workdir", metavar="DIR", help="Folder uploaded as the working directory.")
-@click.option("--param", "params", multiple=True, metavar="K=V", help="A workload setting.")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="K=V",
+    help="A workload setting, e.g. mb=500 (transfer).",
+)
 @click.option(
     "--secret-env", multiple=True, metavar="NAME", help="Pass $NAME from here, via a 0600 file."
 )
@@ -118,7 +125,11 @@ def _render(run: dict[str, Any], as_json: bool, bench: Any = None) -> None:
     help="Longest one attempt's command may run (default 30m); budgets price x this.",
 )
 @click.option(
-    "--attempts", type=click.IntRange(1, 10), default=2, metavar="N", help="Offers per entry."
+    "--attempts",
+    type=click.IntRange(1, 10),
+    default=2,
+    metavar="N",
+    help="Offers tried per entry (default 2); a taken offer (no_such_ask) uses none.",
 )
 @click.option("--sort", type=click.Choice(SORTS), help="How to pick the best offer of a kind.")
 @click.option("--no-cache", is_flag=True, help="Measure again even with a recent valid result.")
