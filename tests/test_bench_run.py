@@ -503,3 +503,18 @@ def test_an_offer_that_is_gone_and_a_market_that_does_not_answer_are_recorded(
     assert [r["status"] for r in runs] == ["failed", "failed"]
     assert "vastai" in runs[-1]["error"] and runs[-1]["finished_at"]
     assert vast.instances == {}
+
+
+def test_gpu_models_on_both_providers_are_one_entry_each(gs, vast, tensordock, isolated_home):
+    """--gpu 4090 without --provider: one entry per provider that has it, each measured on
+    its best offer there, both destroyed."""
+    result = bench_run(gs, "--workload", "my-step", "--command", WRITE, "--gpu", "4090",
+                       "--parallel", "2")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    entries = result.json()["entries"]
+    assert sorted(e["provider"] for e in entries) == ["tensordock", "vastai"]
+    assert all(e["status"] == "succeeded" for e in entries)
+    results = bench(isolated_home).results().values()
+    assert {r["offer"]["provider"] for r in results} == {"tensordock", "vastai"}
+    assert vast.live_instances() == []
+    assert tensordock.live_instances() == []
