@@ -518,3 +518,15 @@ def test_gpu_models_on_both_providers_are_one_entry_each(gs, vast, tensordock, i
     assert {r["offer"]["provider"] for r in results} == {"tensordock", "vastai"}
     assert vast.live_instances() == []
     assert tensordock.live_instances() == []
+
+
+def test_a_tensordock_stock_out_is_a_taken_offer_too(gs, tensordock, isolated_home, fake_time):
+    tensordock.error_in_200_next("POST", r"/instances$", "No available nodes found", times=1)
+    result = bench_run(gs, "--workload", "my-step", "--command", WRITE, "--gpu", "4090",
+                       "--provider", "tensordock", "--attempts", "1")  # fmt: skip
+    assert result.exit_code == 0, result.stderr
+    (entry,) = result.json()["entries"]
+    first, second = entry["attempts"]
+    assert first["stage"] == "find_offer" and "No available nodes found" in first["reason"]
+    assert second["stage"] == "done" and second["offer_id"] != first["offer_id"]
+    assert tensordock.live_instances() == []

@@ -63,6 +63,9 @@ RUN_FINAL = ("completed", "partial", "failed", "cancelled", "interrupted")
 ENTRY_FINAL = ("succeeded", "failed", "cached", "skipped")
 CACHE_DAYS = 30
 CANCEL_POLL_S = 1.0
+# A create refused because the offer went since the search: Vast.ai's no_such_ask, and
+# TensorDock's stock-outs (field lessons). The offer is skipped without using an attempt.
+TAKEN_SIGNS = ("no_such_ask", "No available nodes found", "No available public IPs")
 # A job's stage -> the entry's failure stage.
 STAGE_OF_JOB = {
     "provisioning": "provision",
@@ -583,8 +586,9 @@ class BenchRunner:
             attempt.update(stage="interrupted", reason=error or "interrupted")
             outcome = "interrupted"
         elif status != "succeeded":
-            if stage == "provision" and error and "no_such_ask" in error:
-                attempt.update(stage="find_offer", reason="no_such_ask: the offer was taken")
+            sign = next((t for t in TAKEN_SIGNS if error and t in error), None)
+            if stage == "provision" and sign is not None:
+                attempt.update(stage="find_offer", reason=f"{sign}: the offer was taken")
                 outcome = "skip"
             else:
                 attempt.update(stage=stage, reason=error or f"the job {status}")
