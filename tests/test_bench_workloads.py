@@ -123,14 +123,6 @@ def test_workload_names_and_versions():
             workloads.split_name(bad)
 
 
-def test_cost_per_unit():
-    assert workloads.cost_per_unit(2.0, 4.0, True) == 0.5
-    assert workloads.cost_per_unit(2.0, 4.0, False) == 8.0
-    assert workloads.cost_per_unit(None, 4.0, True) is None
-    assert workloads.cost_per_unit(2.0, 0.0, True) is None
-
-
-# -- llm-throughput@1 ---------------------------------------------------------------------------
 def test_throughput_is_output_tokens_over_wall_time_not_the_mean_of_request_rates():
     llm = script("llm")
     records = [

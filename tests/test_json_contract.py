@@ -122,7 +122,7 @@ BENCH_ATTEMPT_KEYS = {
 }
 BENCH_RESULT_KEYS = {
     "id", "workload", "workload_name", "workload_version", "metric", "value", "unit",
-    "higher_is_better", "extra_metrics", "hardware", "offer", "timings", "cost_usd",
+    "higher_is_better", "extra_metrics", "backend", "hardware", "offer", "timings", "cost_usd",
     "cost_per_unit", "valid", "invalid_reasons", "run_id", "entry", "job_id", "session_id",
     "source", "created_at",
 }  # fmt: skip
@@ -189,6 +189,8 @@ def test_benchmark_json_shapes(gs, tmp_path, monkeypatch):
     monkeypatch.setenv("GPU_SHOPPER_CLOCK_OFFSET", "2m")
     (firing,) = gs("benchmark schedule run-due --json").json()
     assert set(firing) == FIRING_KEYS
+
+
 BENCH_TIMING_KEYS = {"provision_s", "upload_s", "run_s", "download_s", "teardown_s"}
 
 

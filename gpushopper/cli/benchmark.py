@@ -39,7 +39,26 @@ def _when(text: Any) -> str | None:
     return text[:16].replace("T", " ") if isinstance(text, str) else None
 
 
+class _BenchGroup(click.Group):
+    """``run``, ``status`` and ``cancel`` live in cli/benchmark_run.py, loaded only when one
+    of them (or the group's help) is asked for: a query never imports the provisioning side."""
+
+    RUN_SIDE = ("run", "status", "cancel")
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.RUN_SIDE})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None and cmd_name in self.RUN_SIDE:
+            from gpushopper.cli.benchmark_run import COMMANDS
+
+            command = next((c for c in COMMANDS if c.name == cmd_name), None)
+        return command
+
+
 @click.group(
+    cls=_BenchGroup,
     epilog="""Examples:
 
 \b
@@ -680,20 +699,3 @@ def schedule_run_due(app: App, as_json: bool) -> int:
         if firing["exit_code"] and firing["message"]:
             info(f"schedule {firing['schedule']}: {firing['message']}")
     return 1 if any(f["exit_code"] for f in firings) else 0
-
-
-def _add_run_commands() -> None:
-    """``run``, ``status`` and ``cancel`` from cli/benchmark_run.py, when it is there (a
-    failure inside it is a bug to see, not a reason to hide the commands)."""
-    try:
-        from gpushopper.cli.benchmark_run import COMMANDS
-    except ModuleNotFoundError as exc:
-        if exc.name != "gpushopper.cli.benchmark_run":
-            raise
-        return
-
-    for command in COMMANDS:
-        benchmark.add_command(command)
-
-
-_add_run_commands()

@@ -37,7 +37,7 @@ VERSION_MAX = 9999
 
 TOP_KEYS = {
     "id", "workload", "workload_name", "workload_version", "metric", "value", "unit",
-    "higher_is_better", "extra_metrics", "hardware", "offer", "timings", "cost_usd",
+    "higher_is_better", "extra_metrics", "backend", "hardware", "offer", "timings", "cost_usd",
     "cost_per_unit", "valid", "invalid_reasons", "run_id", "entry", "job_id", "session_id",
     "source", "created_at",
 }  # fmt: skip
@@ -253,6 +253,7 @@ def validate_result(
         "unit": unit,
         "higher_is_better": higher,
         "extra_metrics": extra,
+        "backend": check.text("backend", raw.get("backend"), max_len=40),
         "hardware": hardware,
         "offer": offer,
         "timings": timings,

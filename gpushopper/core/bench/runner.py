@@ -41,15 +41,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpushopper.core import interrupts
+from gpushopper.core.bench.records import assign_id, validate_result
 from gpushopper.core.bench.workloads import (
     ResultInvalid,
     Workload,
-    cost_per_unit,
     invalid_reasons,
     read_outcome,
 )
 from gpushopper.core.owner import current_owner
-from gpushopper.model.errors import GpuShopperError, NotFound, StateError, UsageError
+from gpushopper.model.errors import (
+    GpuShopperError,
+    NoSuchItem,
+    NotFound,
+    StateError,
+    UsageError,
+)
 from gpushopper.model.redact import clip
 from gpushopper.model.units import iso, parse_iso
 
@@ -263,7 +269,8 @@ class BenchRunner:
             record = _entry_record(offer_id, None, offer_id.split(":", 1)[0], offer_id)
             try:
                 candidates, _ = provisioner.candidates(req)
-            except (NotFound, ProvisionFailed) as exc:
+            except (NotFound, NoSuchItem, ProvisionFailed) as exc:
+                # One gone offer among several is that entry's failure, not the run's end.
                 _give_up(record, "failed", "find_offer", clip(str(exc), 300))
                 entries.append(_Entry(record, []))
                 continue
@@ -709,17 +716,19 @@ class BenchRunner:
                 record_failure(self.host.store, offer, mismatch[0], self.host.clock())
             except StateError as exc:
                 self._say(f"Could not record the mismatch in offer health: {exc}")
-        result = self._result_record(entry, opts, offer, found, hardware, job, session, attempt)
-        result["valid"] = not reasons
-        result["invalid_reasons"] = reasons
+        raw = self._result_record(entry, opts, offer, found, hardware, job, session, attempt)
+        raw["valid"] = not reasons
+        raw["invalid_reasons"] = reasons
+        try:
+            # The one validator `benchmark submit` uses: nothing unchecked reaches the file.
+            checked = validate_result(raw, where="result", now=self.host.clock(), source="run")
+        except UsageError as exc:
+            attempt.update(stage="parse", reason=clip(str(exc), 300))
+            return "failed"
         try:
             with self.bench.transaction() as data:
-                while True:
-                    rid = f"r-{__import__('os').urandom(3).hex()}"
-                    if rid not in data["results"]:
-                        break
-                result["id"] = rid
-                data["results"][rid] = result
+                result = assign_id(checked, data["results"])
+                data["results"][result["id"]] = result
         except StateError as exc:
             attempt.update(stage="collect", reason=clip(f"could not store the result: {exc}", 300))
             return "failed"
@@ -756,7 +765,6 @@ class BenchRunner:
             for k in ("provision_s", "upload_s", "run_s", "download_s", "teardown_s")
         }
         return {
-            "id": None,
             "workload": workload.key,
             "workload_name": workload.name,
             "workload_version": workload.version,
@@ -778,7 +786,6 @@ class BenchRunner:
             },
             "timings": timings,
             "cost_usd": attempt["cost_usd"],
-            "cost_per_unit": cost_per_unit(price, value, bool(found["higher_is_better"])),
             "valid": True,
             "invalid_reasons": [],
             "run_id": self.run["id"],

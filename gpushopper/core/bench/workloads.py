@@ -382,15 +382,3 @@ def invalid_reasons(
     if "steps_wanted" in extra and extra.get("steps_done", 0) < extra["steps_wanted"]:
         reasons.append("the measurement did not run its full length")
     return reasons
-
-
-def cost_per_unit(
-    price_per_hour: float | None, value: float, higher_is_better: bool
-) -> float | None:
-    """higher_is_better: price / value (dollars per hour per unit of speed); else price x
-    value (dollars-hours per unit of work)."""
-    if price_per_hour is None:
-        return None
-    if higher_is_better:
-        return price_per_hour / value if value > 0 else None
-    return price_per_hour * value
