@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from gpushopper.model.errors import SshError
 from gpushopper.state.store import StateStore
 
 
@@ -181,6 +182,7 @@ def test_signal_mid_job_collects_destroys_and_exits_128_plus(
     assert result.exit_code == 128 + sig, result.stderr
     doc = result.json()
     assert doc["status"] == "cancelled"
+    assert (out / "partial.txt").exists(), (doc.get("error"), result.stderr)
     assert (out / "partial.txt").read_text() == "partial\n"
     assert doc["teardown"]["confirmed"] is True
     assert vast.live_instances() == []
@@ -571,4 +573,117 @@ def test_a_destroy_that_is_never_confirmed_exits_3_and_says_so(
     assert len(vast.live_instances()) == 1
     vast.clear_faults()
     assert gs(f"sessions done {doc['session_id']}").exit_code == 0
+    assert vast.live_instances() == []
+
+
+def _digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_big_and_small_results_come_home_hashed_in_one_pass(gs, vast, tmp_path, monkeypatch):
+    """Big files (streamed, hashed as they land) and the small rest (one tar stream) of a
+    folder arrive whole, each listed with its real size and sha256; links inside are left
+    out, an empty folder comes too."""
+    from gpushopper.remote import jobwrap
+
+    monkeypatch.setattr(jobwrap, "STREAM_MIN_BYTES", 64 << 10)
+    out = tmp_path / "o"
+    script = (
+        "mkdir -p out/ckpt/deep out/empty extra && "
+        "head -c 300000 /dev/urandom > out/ckpt/lora.safetensors && "
+        "head -c 1000 /dev/urandom > out/ckpt/deep/small.bin && echo hi > 'out/a b.txt' && "
+        "ln -s /etc/passwd out/link && head -c 200000 /dev/urandom > extra/model.bin"
+    )
+    result = run_job(gs, out, "sh", "-c", script, opts=["--download", "extra/model.bin"])
+    assert result.exit_code == 0, result.stderr
+    doc = result.json()
+    rows = {Path(a["local"]).relative_to(out).as_posix(): a for a in doc["artifacts"]}
+    assert set(rows) == {"ckpt/lora.safetensors", "ckpt/deep/small.bin", "a b.txt", "model.bin"}
+    for rel, row in rows.items():
+        assert row["bytes"] == (out / rel).stat().st_size, rel
+        assert row["sha256"] == _digest(out / rel), rel
+    assert rows["ckpt/lora.safetensors"]["bytes"] == 300000
+    assert (out / "empty").is_dir() and not (out / "link").exists()
+    assert not list(tmp_path.glob(".*gs-partial*"))
+    assert vast.live_instances() == []
+
+
+def test_a_failed_download_is_retried_and_a_lasting_failure_leaves_no_half_file(
+    gs, vast, tmp_path, monkeypatch, fake_time
+):
+    from gpushopper.remote import jobwrap
+
+    monkeypatch.setattr(jobwrap, "STREAM_MIN_BYTES", 64 << 10)
+    real = jobwrap._stream_file
+    calls = {"n": 0, "fail": 1}
+
+    def flaky(ssh, remote_dir, rel, dest):
+        calls["n"] += 1
+        if calls["n"] <= calls["fail"]:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(b"half")  # what a dropped connection leaves in the stage
+            raise SshError("connection dropped")
+        return real(ssh, remote_dir, rel, dest)
+
+    monkeypatch.setattr(jobwrap, "_stream_file", flaky)
+    make = "head -c 100000 /dev/urandom > out/model.bin"
+    out = tmp_path / "o"
+    result = run_job(gs, out, "sh", "-c", make)
+    assert result.exit_code == 0, result.stderr
+    assert "attempt 1" in result.stderr and calls["n"] == 2
+    (row,) = result.json()["artifacts"]
+    assert row["bytes"] == 100000 and row["sha256"] == _digest(out / "model.bin")
+
+    calls.update(n=0, fail=99)
+    out2 = tmp_path / "o2"
+    result = run_job(gs, out2, "sh", "-c", make)
+    assert result.exit_code == 1, result.stderr
+    doc = result.json()
+    assert doc["status"] == "failed" and doc["failure_stage"] == "collecting"
+    assert "connection dropped" in doc["error"]
+    assert not (out2 / "model.bin").exists()  # never half a file under the final name
+    assert not list(tmp_path.glob(".*gs-partial*"))
+    assert doc["teardown"]["confirmed"] is True and vast.live_instances() == []
+
+
+def test_a_result_name_with_a_line_break_is_left_out_and_said(gs, vast, tmp_path):
+    out = tmp_path / "o"
+    result = run_job(
+        gs,
+        out,
+        "sh",
+        "-c",
+        "echo ok > out/good.txt; f=$(printf 'bad\\nname'); echo x > \"out/$f\"",
+        as_json=False,
+    )
+    assert result.exit_code == 0, result.stderr
+    assert (out / "good.txt").read_text() == "ok\n"
+    assert "control character" in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["good.txt"]
+
+
+def test_uploads_a_file_and_a_folder_where_asked(gs, vast, tmp_path):
+    """--upload LOCAL[:REMOTE]: a single file (mode bits kept) lands at a path relative to the
+    working directory, a folder at an absolute path; nothing staged is left beside them."""
+    tool = tmp_path / "tool.sh"
+    tool.write_text("#!/bin/sh\necho tool ran\n")
+    tool.chmod(0o755)
+    folder = tmp_path / "dataset"
+    (folder / "img").mkdir(parents=True)
+    (folder / "img" / "1.txt").write_text("caption one\n")
+    remote = tmp_path / "remote-data"  # the fake instance is this machine
+    out = tmp_path / "o"
+    result = run_job(
+        gs,
+        out,
+        "sh",
+        "-c",
+        f"bin/run-me > out/ran.txt && cat {remote}/img/1.txt >> out/ran.txt && ls -a bin >> out/ran.txt",
+        opts=["--upload", f"{tool}:bin/run-me", "--upload", f"{folder}:{remote}"],
+    )
+    assert result.exit_code == 0, result.stderr
+    lines = (out / "ran.txt").read_text().splitlines()
+    assert lines[:2] == ["tool ran", "caption one"]
+    assert not [n for n in lines[2:] if "gs-partial" in n]
+    assert not list(tmp_path.glob("remote-data.gs-partial*"))
     assert vast.live_instances() == []

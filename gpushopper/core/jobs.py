@@ -695,7 +695,7 @@ class JobRunner:
         artifacts: list[dict[str, Any]] = []
         problems: list[str] = []
         out_dir.mkdir(parents=True, exist_ok=True)
-        # One scp per source folder (out/ and the --download paths beside it travel together).
+        # One transfer per source folder (out/ and the --download paths beside it travel together).
         groups: dict[str, list[tuple[str, str, Path]]] = {}
         for remote, target in wanted:
             if remote not in present:
@@ -715,7 +715,11 @@ class JobRunner:
                 try:
                     shutil.rmtree(stage, ignore_errors=True)
                     names = sorted({base for _, base, _ in items})
-                    hashes = jobwrap.download_tree(session["ssh"], src_dir, names, stage)
+                    assert self.sftp is not None
+                    folders, files, skipped = jobwrap.plan_download(self.sftp, src_dir, names)
+                    for name in skipped:
+                        self._say(f"Left out {name}: its name has a control character")
+                    hashes = jobwrap.download_tree(session["ssh"], src_dir, folders, files, stage)
                     last = None
                     break
                 except (GpuShopperError, OSError) as exc:

@@ -12,12 +12,15 @@ directory the command runs in; its ``out/`` is brought home) and ``ctl/``:
   ``status`` atomically (write aside, rename).
 * ``log``, ``pid``, ``status``: what the local side reads by SFTP, by offset.
 
-Bulk bytes go through the OpenSSH client (``tar`` over ``ssh``), the same code path as
-``scp`` and as fast; the control channel is paramiko.
+Bulk bytes go through the OpenSSH client, as fast as ``scp``: uploads as ``tar`` over
+``ssh``; downloads as one ``cat`` per big file (hashed while it lands) and one ``tar``
+stream for the small rest. The control channel (and the listing of what to fetch) is
+paramiko.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shlex
@@ -116,15 +119,26 @@ def _tail(text: bytes) -> str:
 def upload_tree(
     ssh: dict[str, Any], local: Path, target: str, *, excludes: Iterable[str] = ()
 ) -> None:
-    """Copy the file or folder ``local`` to the path ``target`` on the instance (tar over
-    ssh into a staging folder beside it, then one rename: never half a file at ``target``)."""
+    """Copy the file or folder ``local`` to the path ``target`` on the instance (into a
+    staging folder beside it, then one rename: never half a file at ``target``). A folder
+    travels as a tar stream; a single file is ssh's own stdin (no tar, no local pipe: the
+    path scp takes), its mode bits kept."""
+    t = shlex.quote(target)
+    stage = shlex.quote(target + ".gs-partial")
+    name = shlex.quote(local.name)
+    if local.is_file() and not local.is_symlink():
+        mode = f"{local.stat().st_mode & 0o7777:o}"
+        remote = (
+            f"rm -rf {stage} && mkdir -p {stage} && cat > {stage}/{name} && "
+            f"chmod {mode} {stage}/{name} && "
+            f"rm -rf {t} && mv -f {stage}/{name} {t} && rmdir {stage}"
+        )
+        _send_file(local, [*ssh_argv(ssh), remote])
+        return
     tar = ["tar", "-C", str(local.parent), "-cf", "-"]
     for pattern in [".git", *excludes]:
         tar.append(f"--exclude={pattern}")
     tar += ["--", local.name]
-    t = shlex.quote(target)
-    stage = shlex.quote(target + ".gs-partial")
-    name = shlex.quote(local.name)
     remote = (
         f"rm -rf {stage} && mkdir -p {stage} && tar -C {stage} -xf - && "
         f"rm -rf {t} && mv -f {stage}/{name} {t} && rmdir {stage}"
@@ -144,42 +158,204 @@ def upload_into(
     _pipe(tar, [*ssh_argv(ssh), f"mkdir -p {d} && tar -C {d} -xf -"], "upload")
 
 
-def download_tree(
-    ssh: dict[str, Any], remote_dir: str, names: list[str], into: Path
-) -> dict[str, tuple[int, str]]:
-    """Copy ``names`` (relative to ``remote_dir``) into the local folder ``into`` with
-    OpenSSH's scp (SFTP protocol: measured twice as fast as a tar stream over an exec
-    channel on loopback), then hash what arrived: {path relative to ``into``: (bytes,
-    sha256)}. Only regular files count; scp itself refuses names that climb out."""
-    exe = shutil.which("scp")
-    if exe is None:
-        raise SshError("the OpenSSH client (scp) is not installed: install openssh-client")
-    into.mkdir(parents=True, exist_ok=True)
-    argv = ssh_argv(ssh)
-    options = argv[1:-1]
-    port_at = options.index("-p")
-    options[port_at] = "-P"  # scp takes the port as -P, ssh as -p
-    login = argv[-1]
-    sources = [f"{login}:{remote_dir.rstrip('/')}/{name}" for name in names]
-    proc = subprocess.run(
-        [exe, "-q", "-r", *options, *sources, str(into)],
-        stdin=subprocess.DEVNULL,
-        capture_output=True,
-        env=_env(),
-        check=False,
-    )
-    if proc.returncode != 0:
-        raise SshError(f"download failed: {_tail(proc.stderr)}")
-    found: dict[str, tuple[int, str]] = {}
-    for root, _dirs, files in os.walk(into):
-        for name in files:
-            path = Path(root) / name
-            if path.is_symlink() or not path.is_file():
+#: Regular files at least this big come home as their own stream, hashed while they land.
+STREAM_MIN_BYTES = 8 << 20
+
+
+def plan_download(
+    sftp: Any, remote_dir: str, names: list[str]
+) -> tuple[list[str], list[tuple[str, int]], list[str]]:
+    """What ``names`` (relative to ``remote_dir``) hold, listed over SFTP: (folders, regular
+    files with their sizes, names left out), paths relative to ``remote_dir``. A name itself
+    may be a link (followed, as scp does); inside folders links and special files are left
+    out, and so are names with a control character (said, not fatal). A path that climbs out
+    is refused: every path the instance sends is checked before it can name a local file."""
+    import stat as st
+
+    folders: list[str] = []
+    files: list[tuple[str, int]] = []
+    skipped: list[str] = []
+    base = remote_dir.rstrip("/") or "/"
+
+    def full(rel: str) -> str:
+        return f"{base}/{rel}" if base != "/" else f"/{rel}"
+
+    def walk(rel: str, depth: int) -> None:
+        if depth > 64:
+            raise SshError(f"download refused: {rel[:120]!r} is nested deeper than 64 folders")
+        folders.append(rel)
+        for entry in sftp.listdir_attr(full(rel)):
+            if any(ord(c) < 32 or ord(c) == 127 for c in entry.filename):
+                skipped.append(f"{rel}/{entry.filename!r}")
                 continue
-            rel = path.relative_to(into).as_posix()
-            _safe_member(rel)
-            found[rel] = (path.stat().st_size, sha256_file(path))
+            child = _safe_name(f"{rel}/{entry.filename}")
+            mode = entry.st_mode or 0
+            if st.S_ISDIR(mode):
+                walk(child, depth + 1)
+            elif st.S_ISREG(mode):
+                files.append((child, int(entry.st_size or 0)))
+
+    for name in names:
+        rel = _safe_name(name)
+        attrs = sftp.stat(full(rel))
+        if st.S_ISDIR(attrs.st_mode or 0):
+            walk(rel, 0)
+        elif st.S_ISREG(attrs.st_mode or 0):
+            files.append((rel, int(attrs.st_size or 0)))
+    return folders, files, skipped
+
+
+def download_tree(
+    ssh: dict[str, Any],
+    remote_dir: str,
+    folders: list[str],
+    files: list[tuple[str, int]],
+    into: Path,
+) -> dict[str, tuple[int, str]]:
+    """Copy ``folders`` and ``files`` (from ``plan_download``) into the local folder ``into``
+    and return {path relative to ``into``: (bytes, sha256)}, each digest taken in the same
+    pass as the bytes landed (no second read of what arrived).
+
+    Big files each travel as one ``cat`` over OpenSSH's ssh, straight into their file (as
+    fast as scp); the digest follows the file as it grows, which is exact because that
+    writer only appends. (scp's SFTP client may write blocks out of order, so it cannot be
+    followed.) The small rest travels as one tar stream, read and hashed here; only the
+    listed regular files are written, under names already checked."""
+    into.mkdir(parents=True, exist_ok=True)
+    for rel in sorted(folders):
+        (into / rel).mkdir(parents=True, exist_ok=True)
+    found: dict[str, tuple[int, str]] = {}
+    small = [(rel, size) for rel, size in files if size < STREAM_MIN_BYTES]
+    for rel, size in files:
+        if size >= STREAM_MIN_BYTES:
+            found[rel] = _stream_file(ssh, remote_dir, rel, into / rel)
+    if small:
+        found.update(_tar_files(ssh, remote_dir, [rel for rel, _ in small], into))
     return found
+
+
+def _remote_cd(remote_dir: str) -> str:
+    return f"cd {shlex.quote(remote_dir.rstrip('/') or '/')}"
+
+
+def _stream_file(ssh: dict[str, Any], remote_dir: str, rel: str, dest: Path) -> tuple[int, str]:
+    import tempfile
+    import time
+
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    command = f"{_remote_cd(remote_dir)} && exec cat -- {shlex.quote('./' + rel)}"
+    digest = hashlib.sha256()
+    seen = 0
+    with tempfile.TemporaryFile() as errors, dest.open("wb") as sink:
+        proc = subprocess.Popen(
+            [*ssh_argv(ssh), command],
+            stdin=subprocess.DEVNULL,
+            stdout=sink,
+            stderr=errors,
+            env=_env(),
+        )
+        try:
+            with dest.open("rb", buffering=0) as follow:
+                buf = bytearray(1 << 20)
+                view = memoryview(buf)
+                while True:
+                    finished = proc.poll() is not None  # before the read: then nothing is left
+                    n = follow.readinto(buf)
+                    if n:
+                        digest.update(view[:n])
+                        seen += n
+                    elif finished:
+                        break
+                    else:
+                        time.sleep(0.005)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        if proc.returncode != 0:
+            errors.seek(0)
+            raise SshError(f"download of {rel[:200]} failed: {_tail(errors.read())}")
+    return seen, digest.hexdigest()
+
+
+def _tar_files(
+    ssh: dict[str, Any], remote_dir: str, rels: list[str], into: Path
+) -> dict[str, tuple[int, str]]:
+    import tarfile
+    import tempfile
+    import threading
+
+    # The names go in on stdin, one a line, each ./-prefixed (never read as an option);
+    # plan_download refused names with a line break.
+    listing = "".join(f"./{rel}\n" for rel in rels).encode()
+    wanted = set(rels)
+    found: dict[str, tuple[int, str]] = {}
+    # -h: a listed name that is a link (only a top-level name can be) travels as its target.
+    command = f"{_remote_cd(remote_dir)} && tar -chf - -T -"
+    with tempfile.TemporaryFile() as errors:
+        proc = subprocess.Popen(
+            [*ssh_argv(ssh), command],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            env=_env(),
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+
+        def feed() -> None:
+            with contextlib.suppress(OSError):
+                proc.stdin.write(listing)  # type: ignore[union-attr]
+                proc.stdin.close()  # type: ignore[union-attr]
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        complete = False
+        try:
+            with tarfile.open(fileobj=proc.stdout, mode="r|", bufsize=1 << 20) as archive:
+                for member in archive:
+                    name = _safe_member(member.name)
+                    if not member.isfile() or name not in wanted or name in found:
+                        continue
+                    source = archive.extractfile(member)
+                    assert source is not None
+                    found[name] = _write_hashed(source, into / name)
+            while proc.stdout.read(1 << 16):  # the padding after the end marker
+                pass
+            complete = True
+        except tarfile.TarError as exc:
+            raise SshError(f"download failed: the instance sent a broken archive ({exc})") from None
+        finally:
+            feeder.join(timeout=5)
+            proc.stdout.close()
+            if not complete and proc.poll() is None:
+                proc.kill()
+            proc.wait()
+        if proc.returncode != 0:
+            errors.seek(0)
+            raise SshError(f"download failed: {_tail(errors.read())}")
+    missing = wanted - set(found)
+    if missing:
+        raise SshError(f"download failed: {sorted(missing)[0][:200]!r} did not arrive")
+    return found
+
+
+def _write_hashed(source: Any, dest: Path) -> tuple[int, str]:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    with dest.open("wb") as sink:
+        while chunk := source.read(1 << 20):
+            digest.update(chunk)
+            sink.write(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def _safe_name(name: str) -> str:
+    """A relative path from the instance, checked: no climbing, no control characters."""
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise SshError(f"download refused: the instance sent a path {name[:120]!r}")
+    return _safe_member(name)
 
 
 def _safe_member(name: str) -> str:
@@ -211,12 +387,16 @@ def _pipe(first: list[str], second: list[str], what: str) -> None:
         raise SshError(f"{what} failed: {detail}")
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+def _send_file(local: Path, argv: list[str]) -> None:
+    import tempfile
+
+    with local.open("rb") as source, tempfile.TemporaryFile() as errors:
+        proc = subprocess.run(
+            argv, stdin=source, stdout=subprocess.DEVNULL, stderr=errors, env=_env(), check=False
+        )
+        if proc.returncode != 0:
+            errors.seek(0)
+            raise SshError(f"upload failed: {_tail(errors.read())}")
 
 
 def tree_bytes(path: Path, excludes: Iterable[str] = ()) -> int:
