@@ -687,3 +687,57 @@ def test_uploads_a_file_and_a_folder_where_asked(gs, vast, tmp_path):
     assert not [n for n in lines[2:] if "gs-partial" in n]
     assert not list(tmp_path.glob("remote-data.gs-partial*"))
     assert vast.live_instances() == []
+
+
+def test_a_command_deaf_to_term_is_killed_after_the_grace(gs, vast, tmp_path, fake_time):
+    """--max-duration sends TERM to the process group, waits the grace, then KILL: a command
+    that ignores TERM still ends, and the job is timed_out (124) and destroyed."""
+    result = run_job(
+        gs,
+        tmp_path / "o",
+        "sh",
+        "-c",
+        "trap '' TERM; echo deaf; while :; do sleep 0.2 || true; done",
+        opts=["--max-duration", "3s"],
+    )
+    assert result.exit_code == 124, result.stderr
+    assert result.json()["status"] == "timed_out"
+    assert vast.live_instances() == []
+    assert not _remote_running("while :")
+
+
+def test_a_started_command_is_never_run_twice_even_with_auto_retry(gs, vast, tmp_path):
+    """--auto-retry re-provisions only when no instance could be made ready: a command that
+    started and failed is not run again, and only one instance was ever rented."""
+    vast.offers.clear()
+    vast.add_offer(gpu_name="RTX 4090", dph_base=0.20)
+    vast.add_offer(gpu_name="RTX 4090", dph_base=0.30)
+    marker = tmp_path / "ran-count"  # the fake instance is this machine
+    result = run_job(
+        gs, tmp_path / "o", "sh", "-c", f"echo x >> {marker}; exit 5", opts=["--auto-retry", "2"]
+    )
+    assert result.exit_code == 5, result.stderr
+    assert marker.read_text() == "x\n"
+    assert len(vast.instances) == 1
+    assert vast.live_instances() == []
+
+
+def test_preflight_refuses_a_machine_without_disk_for_the_upload(gs, vast, tmp_path):
+    vast.offers.clear()
+    vast.add_offer(gpu_name="RTX 4090", dph_base=0.20, real_gpu={"disk_free_gb": 0.001})
+    big = tmp_path / "dataset.bin"
+    big.write_bytes(os.urandom(3_000_000))
+    result = run_job(gs, tmp_path / "o", "true", opts=["--upload", f"{big}:data.bin"])
+    assert result.exit_code == 1, result.stderr
+    doc = result.json()
+    assert doc["failure_stage"] == "preflight"
+    assert "free disk" in doc["error"]
+    assert vast.live_instances() == []
+
+
+def test_the_reservation_is_max_duration_plus_a_margin_never_past_the_hard_maximum():
+    from gpushopper.core.jobs import HOURS_MARGIN_S, default_hours
+
+    assert default_hours(3600.0, 7200.0, 48 * 3600.0) == 3600.0 + HOURS_MARGIN_S
+    assert default_hours(None, 7200.0, 48 * 3600.0) == 7200.0
+    assert default_hours(100 * 3600.0, 7200.0, 48 * 3600.0) == 48 * 3600.0
