@@ -39,7 +39,6 @@ NOT_CALLED: tuple[tuple[str, str, str], ...] = (
         "interruptible (bid) rentals do not exist yet; VASTAI_MAX_BID_PER_HOUR is a price cap",
     ),
     ("*", r"instances/command", "commands run over SSH (sessions ssh)"),
-    ("*", r"request_logs", "not yet: logs are read over SSH (sessions ssh, sessions diagnostics)"),
     ("*", r"prepay|balance", "on-demand only; costs are computed from the recorded price"),
     ("*", r"reboot|recycle", "a failed boot is destroyed and the next offer tried, never rebooted"),
     ("GET", r"^/api/v0/instances/$", "the paged GET /api/v1/instances/ is used instead"),
@@ -72,7 +71,8 @@ NOT_CALLED: tuple[tuple[str, str, str], ...] = (
 
 
 def _norm(path: str) -> str:
-    return re.sub(r":[a-z_]+", ":id", path)
+    """``:name`` parts as ``:id``, no trailing slash (the official list is not consistent)."""
+    return re.sub(r":[a-z_]+", ":id", path).rstrip("/") or "/"
 
 
 def read_tsv(name: str) -> list[tuple[str, str, str]]:

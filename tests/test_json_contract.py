@@ -224,3 +224,12 @@ def test_benchmark_run_status_cancel_json_shapes(vast, gs, isolated_home):
     assert set(status) >= BENCH_RUN_KEYS and status["id"] == run["id"]
     cancelled = gs(f"benchmark cancel {run['id']} --json").json()
     assert set(cancelled) >= BENCH_RUN_KEYS and cancelled["status"] == "completed"  # final
+SESSION_LOGS_KEYS = {"session_id", "provider", "instance_id", "tail", "lines"}
+
+
+def test_sessions_logs_json_shape(vast, gs):
+    session = gs("provision --provider vastai --gpu 4090 --yes --json").json()
+    doc = gs(f"sessions logs {session['id']} --tail 3 --json").json()
+    assert set(doc) == SESSION_LOGS_KEYS
+    assert isinstance(doc["lines"], list) and all(isinstance(x, str) for x in doc["lines"])
+    assert doc["tail"] == 3 and len(doc["lines"]) <= 3

@@ -186,6 +186,57 @@ def sessions_stats(
 
 
 @sessions.command(
+    "logs",
+    epilog="""Examples:
+
+\b
+  gpu-shopper sessions logs 3fa9c2
+  gpu-shopper sessions logs 3fa9c2 --tail 50 --json | jq -r '.lines[]'
+""",
+)
+@click.argument("session_id", type=SESSION_ID)
+@click.option(
+    "--tail",
+    type=click.IntRange(1, 100_000),
+    default=1000,
+    show_default=True,
+    metavar="N",
+    help="The last N lines.",
+)
+@json_option
+@pass_app
+def sessions_logs(app: App, session_id: str, tail: int, as_json: bool) -> None:
+    """The instance's own log from its provider (Vast.ai: the container's output).
+
+    Vast.ai's request_logs answers a URL, which is checked (https only) and fetched
+    without the API key. TensorDock's API has no log endpoint: this exits 1 and names the
+    SSH command that reads the VM's boot log. Terminal escapes are removed and secrets
+    masked; a job's own output is in jobs logs.
+    """
+    from gpushopper.core.sessions import session_logs
+    from gpushopper.core.teardown import get_session_or_fail
+
+    record = get_session_or_fail(app.store, session_id)
+    # A job's --secret-env values (read here from the environment, as run read them) are
+    # masked too, on top of every key the settings hold.
+    names = {
+        n
+        for job in (app.store.read().get("jobs") or {}).values()
+        if isinstance(job, dict) and job.get("session_id") == record.get("id")
+        for n in job.get("secret_names") or []
+        if isinstance(n, str)
+    }
+    secrets = [os.environ[n] for n in sorted(names) if os.environ.get(n)]
+    provider = app.provider(str(record.get("provider")))
+    doc = session_logs(provider, record, tail, secrets)
+    if as_json:
+        emit_json(doc)
+        return
+    for line in doc["lines"]:
+        click.echo(line)
+
+
+@sessions.command(
     "show",
     epilog="""Examples:
 

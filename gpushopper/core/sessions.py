@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -277,3 +277,45 @@ def refresh_ssh_config(
     except (OSError, GpuShopperError) as exc:
         if log is not None:
             log(f"Could not update {path}: {getattr(exc, 'strerror', None) or exc}")
+
+
+# -- the instance's own log (sessions logs) ------------------------------------------------------
+_ESCAPES = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)?|\x1b[@-_]?")
+_CONTROLS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+MAX_LOG_LINES = 100_000
+
+
+def printable_log(text: str, secrets: Iterable[str] = ()) -> list[str]:
+    """A provider's log as lines safe to print: terminal escapes removed, other control
+    characters shown as '?', carriage-return progress bars as lines, and every registered
+    secret (and ``secrets``) masked."""
+    from gpushopper.model.redact import redact, register_secret
+
+    for value in secrets:
+        register_secret(value)
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    text = _CONTROLS.sub("?", _ESCAPES.sub("", text))
+    return redact(text).splitlines()
+
+
+def session_logs(
+    provider: Provider, record: dict[str, Any], tail: int, secrets: list[str]
+) -> dict[str, Any]:
+    """The session's instance log from its provider, cleaned: ``{session_id, provider,
+    instance_id, tail, lines}``. An ended session's instance is gone, and its log with it."""
+    if record.get("status") in DONE:
+        raise GpuShopperError(
+            f"session {record.get('id')} is {record.get('status')}: its instance is destroyed "
+            "and the provider keeps no log of it (a job's own output is in jobs logs)"
+        )
+    if not record.get("instance_id"):
+        raise GpuShopperError(f"session {record.get('id')} has no instance (yet): no log to read")
+    raw = provider.instance_logs(str(record["instance_id"]), tail)
+    lines = printable_log(raw, secrets)[-tail:]
+    return {
+        "session_id": record.get("id"),
+        "provider": record.get("provider"),
+        "instance_id": str(record["instance_id"]),
+        "tail": tail,
+        "lines": lines,
+    }

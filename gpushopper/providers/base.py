@@ -86,6 +86,10 @@ class Provider(Protocol):
 
     def destroy_instance(self, instance_id: str) -> None: ...
 
+    def instance_logs(self, instance_id: str, tail: int | None = None) -> str:
+        """The instance's own log as text (a ProviderError where the API has none)."""
+        ...
+
 
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds or HTTP date)."""

@@ -594,5 +594,13 @@ class TensorDock:
     def attach_ssh_key(self, instance_id: str, public_key: str) -> None:
         """Keys go in at create time (field and cloud-init); nothing to do afterwards."""
 
+    def instance_logs(self, instance_id: str, tail: int | None = None) -> str:
+        """TensorDock's v2 API has no log endpoint (a VM, not a container)."""
+        raise ProviderError(
+            NAME,
+            "the v2 API has no log endpoint; read the VM's boot log over SSH: gpu-shopper "
+            "sessions ssh ID -- tail -n 200 /var/log/cloud-init-output.log",
+        )
+
     def close(self) -> None:
         self.http.close()

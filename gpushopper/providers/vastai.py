@@ -72,8 +72,20 @@ API_CALLS: tuple[ApiCall, ...] = (
         _ENDS,
         "also sent from the instance itself by the on-instance deadline",
     ),
+    ApiCall(
+        "PUT",
+        "/api/v0/instances/request_logs/:id/",
+        "ask for the container's log (last N lines)",
+        ("sessions logs",),
+        "answers a result_url; the log is then fetched from it with a plain GET (no key "
+        "sent, https only, no redirects, 8 MiB at most), retried until it is ready",
+    ),
 )
 LIST_PAGE = 25
+LOG_POLLS = 30  # result_url is fetched until it answers 200: 30 tries, 0.3 s apart (the CLI's)
+LOG_POLL_S = 0.3
+MAX_LOG_BYTES = 8 << 20
+LOG_FETCH_MAX_S = 120.0  # a result_url dripping bytes is cut off
 MAX_PAGES = 200  # 5000 instances: far past any account this tool serves
 MAX_ONSTART = 4096  # args + args_str + onstart, characters (create_instance.yaml)
 
@@ -697,5 +709,104 @@ class VastAI:
         except NotFound:
             return
 
+    def instance_logs(self, instance_id: str, tail: int | None = None) -> str:
+        """The container's log (its last ``tail`` lines), as text. Vast.ai answers the
+        request with a ``result_url``; that URL is checked (https, or http on loopback when
+        the API itself is on loopback: the emulator), then fetched without the API key."""
+        checked_instance_id(instance_id, NAME, "the instance")
+        body = {"tail": str(tail)} if tail else {}
+        data = self.http.request(
+            "PUT",
+            self._v0(f"/instances/request_logs/{instance_id}/"),
+            json_body=body,
+            idempotent=True,
+        )
+        if not isinstance(data, dict):
+            raise ProviderError(NAME, "request_logs answered with a wrong shape (not an object)")
+        if data.get("success") is False:
+            raise ProviderError(
+                NAME, f"request_logs failed: {data.get('msg') or data.get('error')}"
+            )
+        url = checked_log_url(data.get("result_url"), self.http.base_url)
+        return fetch_log(url, self.http.sleep)
+
     def close(self) -> None:
         self.http.close()
+
+
+_LOOPBACK = ("localhost", "::1")
+
+
+def _is_loopback(host: str | None) -> bool:
+    import ipaddress
+
+    if not host:
+        return False
+    if host.lower() in _LOOPBACK:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def checked_log_url(value: Any, api_base: str) -> str:
+    """The ``result_url`` of request_logs, refused unless it is a plain https URL (or http
+    on loopback while the API itself is on loopback: the emulator): no credentials in it,
+    no control characters, no other scheme."""
+    from urllib.parse import urlsplit
+
+    shown = repr(value)[:160]
+    if not isinstance(value, str) or not value or len(value) > 2048:
+        raise ProviderError(NAME, f"request_logs sent no usable result_url: {shown}")
+    if any(ord(c) <= 32 or ord(c) == 127 for c in value):
+        raise ProviderError(
+            NAME, f"request_logs sent a result_url with spaces or controls: {shown}"
+        )
+    try:
+        parts = urlsplit(value)
+        host = parts.hostname
+        parts.port  # noqa: B018 - a bad port raises here
+    except ValueError:
+        raise ProviderError(NAME, f"request_logs sent a malformed result_url: {shown}") from None
+    if parts.username is not None or parts.password is not None or not host:
+        raise ProviderError(
+            NAME, f"request_logs sent a result_url with no host or credentials: {shown}"
+        )
+    if parts.scheme == "https":
+        return value
+    if parts.scheme == "http" and _is_loopback(host) and _is_loopback(urlsplit(api_base).hostname):
+        return value
+    raise ProviderError(NAME, f"request_logs sent a result_url that is not https: {shown}")
+
+
+def fetch_log(url: str, sleep: Callable[[float], None]) -> str:
+    """GET ``url`` (no credentials, no redirects) until it answers 200, at most
+    ``LOG_POLLS`` times; the body as text, its last ``MAX_LOG_BYTES`` at most."""
+    import requests
+
+    last = "no answer"
+    started = time.monotonic()
+    with requests.Session() as session:
+        session.trust_env = False  # no proxy or netrc credentials travel to a third party
+        for attempt in range(LOG_POLLS):
+            if attempt:
+                sleep(LOG_POLL_S)
+            try:
+                with session.get(url, timeout=(5, 30), stream=True, allow_redirects=False) as reply:
+                    if reply.status_code != 200:
+                        last = f"HTTP {reply.status_code}"
+                        continue
+                    kept = bytearray()
+                    for chunk in reply.iter_content(1 << 16):
+                        if time.monotonic() - started > LOG_FETCH_MAX_S:
+                            raise Unavailable(NAME, "the log download took too long; try --tail")
+                        kept += chunk
+                        if len(kept) > 2 * MAX_LOG_BYTES:
+                            del kept[: len(kept) - MAX_LOG_BYTES]
+                    return bytes(kept[-MAX_LOG_BYTES:]).decode("utf-8", errors="replace")
+            except requests.RequestException as exc:
+                last = type(exc).__name__
+    raise Unavailable(
+        NAME, f"the log was not ready at its result_url after {LOG_POLLS} tries ({last})"
+    )

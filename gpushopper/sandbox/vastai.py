@@ -20,7 +20,11 @@ Public surface (see each docstring):
   ``add_template``,
   ``create_instance_directly``
 * knobs: ``auth_error_status``, ``boot``, ``latency``, ``create_error_after_create``,
-  ``destroy_fail_times``, ``default_search_limit``, ``user``
+  ``destroy_fail_times``, ``default_search_limit``, ``user``, ``log_ready_after`` (404s a
+  log URL answers before the log is there), ``log_url_override``
+* container logs: ``container_logs[iid]`` (lines the container printed; boot lines are
+  added at create); ``PUT /api/v0/instances/request_logs/{id}/`` answers a ``result_url``
+  on this server (``/logs/<token>.log``, no auth, like the S3 URL the real one sends)
 * faults: ``fail_next``, ``rate_limit_next``, ``clear_faults``
 * inspection: ``offers``, ``templates``, ``instances``, ``live_instances()``, ``requests``,
   ``account_keys``, ``backend_errors``, ``refresh()``, ``force_status()``
@@ -650,6 +654,7 @@ class _InstanceMeta:
 
 _Route = tuple[str, "re.Pattern[str]", Callable[..., _Reply]]
 _INSTANCE_PATH = re.compile(r"/api/v0/instances/(\d+)")
+_LOG_PATH = re.compile(r"/logs/([0-9a-f]{32})\.log")
 
 
 class VastEmulator:
@@ -673,8 +678,12 @@ class VastEmulator:
         self.create_error_after_create = False
         self.destroy_fail_times = 0
         self.default_search_limit: int | None = None
+        self.log_ready_after = 1
+        self.log_url_override: str | None = None
 
         # state
+        self.container_logs: dict[int, list[str]] = {}
+        self._log_files: dict[str, dict[str, Any]] = {}  # token -> {"text", "misses"}
         self.offers: dict[int, dict[str, Any]] = {}
         self.templates: list[dict[str, Any]] = []
         self.instances: dict[int, dict[str, Any]] = {}
@@ -1555,6 +1564,12 @@ class VastEmulator:
         self.instances[iid] = rec
         self._meta[iid] = meta
         self._instance_keys[key] = iid
+        self.container_logs[iid] = [
+            f"Pulling image {image}",
+            "Status: Downloaded newer image",
+            f"Starting container C.{iid}",
+            f"onstart: {onstart or '(none)'}",
+        ]
         return rec
 
     @staticmethod
@@ -1603,8 +1618,11 @@ class VastEmulator:
                 body = json.loads(raw)
             except ValueError:
                 bad_json = True
-        token: str | None = None
         auth_header = headers.get("authorization", "")
+        log_match = _LOG_PATH.fullmatch(path)
+        if method == "GET" and log_match is not None:
+            return self._serve_log(log_match.group(1), path, bool(auth_header))
+        token: str | None = None
         if auth_header.lower().startswith("bearer "):
             token = auth_header[7:].strip()
         elif "api_key" in query:
@@ -1651,6 +1669,7 @@ class VastEmulator:
             ("GET", r"/api/v0/instances", self._r_list_v0),
             ("GET", r"/api/v0/instances/(\d+)", self._r_show),
             ("PUT", r"/api/v0/instances/(\d+)", self._r_manage),
+            ("PUT", r"/api/v0/instances/request_logs/(\d+)", self._r_request_logs),
             ("DELETE", r"/api/v0/instances/(\d+)", self._r_destroy),
             ("GET", r"/api/v0/instances/(\d+)/ssh", self._r_inst_keys),
             ("POST", r"/api/v0/instances/(\d+)/ssh", self._r_attach),
@@ -2031,6 +2050,45 @@ class VastEmulator:
         if msg is not None:
             out["msg"] = msg
         return _json_reply(200, out)
+
+    def _r_request_logs(self, iid_s: str, *, query: dict[str, str], body: Any) -> _Reply:
+        """Reference: body ``{"tail", "filter", "daemon_logs"}`` (all optional, strings);
+        the answer names a URL the log is fetched from with a plain GET once it is ready."""
+        iid = int(iid_s)
+        if self._live(iid) is None:
+            return _error(404, "no_such_instance", f"Instance {iid} not found.")
+        body = body if isinstance(body, dict) else {}
+        lines = list(self.container_logs.get(iid, []))
+        if body.get("daemon_logs") in (True, "true"):
+            lines = [f"[daemon] container {iid} managed by vast-agent", *lines]
+        wanted = body.get("filter")
+        if isinstance(wanted, str) and wanted:
+            lines = [line for line in lines if wanted in line]
+        tail = _to_num(body.get("tail")) if body.get("tail") is not None else None
+        if body.get("tail") is not None and (tail is None or tail < 0):
+            return _error(400, "invalid_args", f"invalid tail {body.get('tail')!r}")
+        if tail is not None:
+            lines = lines[-int(tail) :] if int(tail) else []
+        token = secrets.token_hex(16)
+        text = "".join(line + "\n" for line in lines)
+        self._log_files[token] = {"text": text, "misses": self.log_ready_after}
+        url = self.log_url_override or f"{self.url}/logs/{token}.log"
+        return _json_reply(
+            200, {"success": True, "result_url": url, "msg": "Logs will be available shortly."}
+        )
+
+    def _serve_log(self, token: str, path: str, authorization_sent: bool) -> _Reply:
+        with self.lock:
+            self.requests.append(
+                {"method": "GET", "path": path, "authorization_sent": authorization_sent}
+            )
+            entry = self._log_files.get(token)
+            if entry is None:
+                return _Reply(404, b"<Error><Code>NoSuchKey</Code></Error>", "application/xml")
+            if entry["misses"] > 0:  # not uploaded yet, as S3 answers until it is
+                entry["misses"] -= 1
+                return _Reply(404, b"<Error><Code>NoSuchKey</Code></Error>", "application/xml")
+            return _Reply(200, entry["text"].encode(), "text/plain; charset=utf-8")
 
     def _r_destroy(self, iid_s: str, *, query: dict[str, str], body: Any) -> _Reply:
         iid = int(iid_s)
