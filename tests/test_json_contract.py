@@ -233,3 +233,24 @@ def test_sessions_logs_json_shape(vast, gs):
     assert set(doc) == SESSION_LOGS_KEYS
     assert isinstance(doc["lines"], list) and all(isinstance(x, str) for x in doc["lines"])
     assert doc["tail"] == 3 and len(doc["lines"]) <= 3
+
+
+CATALOG_KEYS = {"workload", "needs", "templates", "left_out", "errors"}
+CATALOG_NEEDS = {"min_vram_gb", "num_gpus", "disk_gb", "min_reliability", "min_cuda", "template"}
+CATALOG_TEMPLATE = {
+    "provider", "id", "name", "image", "min_cuda", "recommended_disk_gb", "disk_gb",
+    "workload_default", "gpus",
+}  # fmt: skip
+CATALOG_GPU = {"gpu_name", "vram_gb", "offers", "cheapest_per_hour", "median_per_hour"}
+CATALOG_LEFT_OUT = {"provider", "id", "name", "reason"}
+
+
+def test_templates_catalog_json_shape(vast, tensordock, gs):
+    doc = gs("templates catalog --workload flux-lora --json").json()
+    assert set(doc) == CATALOG_KEYS
+    assert set(doc["needs"]) == CATALOG_NEEDS
+    assert doc["templates"] and all(set(t) == CATALOG_TEMPLATE for t in doc["templates"])
+    gpus = [g for t in doc["templates"] for g in t["gpus"]]
+    assert gpus and all(set(g) == CATALOG_GPU for g in gpus)
+    assert doc["left_out"] and all(set(r) == CATALOG_LEFT_OUT for r in doc["left_out"])
+    assert doc["errors"] == {}

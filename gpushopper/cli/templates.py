@@ -150,3 +150,84 @@ def offer_health(app: App, as_json: bool) -> None:
         ],
         empty="No failures recorded.",
     )
+
+
+@templates.command(
+    "catalog",
+    epilog="""Examples:
+
+\b
+  gpu-shopper templates catalog
+  gpu-shopper templates catalog --workload flux-lora --provider vastai --json
+""",
+)
+@click.option(
+    "--workload",
+    default="flux-lora",
+    show_default=True,
+    metavar="PROFILE",
+    help="The workload: a profile holding its needs (built in: flux-lora).",
+)
+@click.option(
+    "--provider",
+    "providers",
+    multiple=True,
+    type=click.Choice(PROVIDERS),
+    help="Only this provider.",
+)
+@click.option("--refresh", is_flag=True, help="Ask the providers again instead of using the cache.")
+@json_option
+@pass_app
+def templates_catalog(
+    app: App, workload: str, providers: tuple[str, ...], refresh: bool, as_json: bool
+) -> None:
+    """Templates (TensorDock: images) that can run a workload, with the GPU models that
+    fit it and the market's cheapest and median hourly rate for a reliable offer of each.
+
+    A template fits when it starts SSH and has an NVIDIA driver; the market is asked for
+    offers with the workload's VRAM, GPU count and reliability floor, priced for the
+    template's recommended disk (or the workload's, when larger). Rows marked * are the
+    workload's own template.
+    """
+    from gpushopper.cli.filters import build_query, offer_cache
+    from gpushopper.core import catalog
+    from gpushopper.core.inventory import search
+
+    query, profile = build_query(app, providers=providers, profile=workload)
+    needs = catalog.needs_of(workload, query, profile)
+    listed: dict[str, list[Any]] = {}
+    errors: dict[str, str] = {}
+    for client in _providers(app, tuple(query.providers)):
+        try:
+            listed[client.NAME] = client.list_templates()
+        except GpuShopperError as exc:
+            errors[client.NAME] = str(exc)
+    if not listed:
+        raise GpuShopperError(
+            "no provider answered the template search: " + "; ".join(errors.values())
+        )
+    health = app.store.read().get("offer_health", {})
+    cache = offer_cache(app)
+
+    def ask(asked: Any) -> tuple[list[Any], dict[str, str]]:
+        result = search(
+            asked, app.provider, cache=cache, refresh=refresh, health=health, now=app.clock
+        )
+        return result.offers, result.errors
+
+    doc = catalog.build(needs, query, listed, ask, errors)
+    for name, message in doc["errors"].items():
+        warn(f"{name} failed ({message.removeprefix(f'{name}: ')})")
+    if as_json:
+        emit_json(doc)
+        return
+    info(
+        f"Workload {workload}: {needs.num_gpus} GPU(s) of at least {needs.min_vram_gb} GB VRAM, "
+        f"reliability >= {needs.min_reliability}, {needs.disk_gb:g} GB disk at least; "
+        "USD per hour in total, disk included"
+    )
+    print_table(
+        catalog.TABLE_COLUMNS, catalog.table_rows(doc), empty="No template can run this workload."
+    )
+    for row in doc["left_out"]:
+        info(f"Left out {row['provider']} {row['name']}: {row['reason']}")
