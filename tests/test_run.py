@@ -741,3 +741,15 @@ def test_the_reservation_is_max_duration_plus_a_margin_never_past_the_hard_maxim
     assert default_hours(3600.0, 7200.0, 48 * 3600.0) == 3600.0 + HOURS_MARGIN_S
     assert default_hours(None, 7200.0, 48 * 3600.0) == 7200.0
     assert default_hours(100 * 3600.0, 7200.0, 48 * 3600.0) == 48 * 3600.0
+
+
+def test_a_job_records_its_sessions_setup_time_for_the_lifecycle_statistics(
+    gs, vast, tmp_path, isolated_home
+):
+    result = run_job(gs, tmp_path / "o", "true")
+    assert result.exit_code == 0, result.stderr
+    session = state(isolated_home)["sessions"][result.json()["session_id"]]
+    assert session["timings"]["setup_s"] >= 0
+    assert session["timings"]["time_to_ssh_s"] is not None  # the provision's own kept
+    stats = gs("sessions stats --json").json()
+    assert stats[0]["phases"]["setup_s"]["n"] == 1

@@ -343,6 +343,7 @@ class JobRunner:
         started = bool(job.get("started"))
         if not fresh:
             self.stage = "running"  # attach: a first connect that fails is a running failure
+        setup_from = self.mono()
         try:
             self._connect(session)
             ssh_worked = True
@@ -362,6 +363,7 @@ class JobRunner:
                 self._update(job_id, timings={"upload_s": round(self.mono() - t0, 3)})
                 self._start(job, session)
                 started = True
+                self._record_setup(session["id"], round(self.mono() - setup_from, 3))
                 self._update(
                     job_id,
                     started=True,
@@ -413,6 +415,20 @@ class JobRunner:
         return record, 3 if code == 3 else 0
 
     # -- SSH ---------------------------------------------------------------------------------
+    def _record_setup(self, session_id: str, seconds: float) -> None:
+        """The session's ``setup_s`` (SSH ready to the command started: connect, upload,
+        wrapper), for the lifecycle statistics (sessions stats)."""
+        try:
+            with self.store.transaction() as state:
+                record = state["sessions"].get(session_id)
+                if isinstance(record, dict):
+                    timings = (
+                        record.get("timings") if isinstance(record.get("timings"), dict) else {}
+                    )
+                    record["timings"] = {**timings, "setup_s": seconds}
+        except StateError as exc:
+            self._say(f"Could not record the setup time of session {session_id}: {exc}")
+
     def _connect(self, session: dict[str, Any], timeout_s: float = 120.0) -> None:
         from gpushopper.remote import ssh as remote
 
