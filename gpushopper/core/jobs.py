@@ -422,10 +422,9 @@ class JobRunner:
             with self.store.transaction() as state:
                 record = state["sessions"].get(session_id)
                 if isinstance(record, dict):
-                    timings = (
-                        record.get("timings") if isinstance(record.get("timings"), dict) else {}
-                    )
-                    record["timings"] = {**timings, "setup_s": seconds}
+                    timings = record.get("timings")
+                    kept = dict(timings) if isinstance(timings, dict) else {}
+                    record["timings"] = {**kept, "setup_s": seconds}
         except StateError as exc:
             self._say(f"Could not record the setup time of session {session_id}: {exc}")
 
