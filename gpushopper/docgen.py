@@ -1,14 +1,23 @@
-"""Generate docs/api-coverage.md and docs/environment.md from the code.
+"""Generate docs/api-coverage.md, docs/environment.md, docs/template-catalog.md and
+docs/lifecycle.md from the code.
 
 Run ``scripts/gen-docs`` (``python -m gpushopper.docgen``); tests/test_docs.py fails when a
-document differs from what this produces. A development tool: it reads docs/reference/.
+document differs from what this produces. A development tool: it reads docs/reference/, and
+the last two run the tool itself against the sandbox market (both loopback emulators,
+in-process, on one fake clock, with seeded boot times), so they come out the same every time.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import re
 import sys
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
@@ -200,7 +209,325 @@ def environment() -> str:
     return "\n".join(lines) + "\n"
 
 
-DOCUMENTS = {"api-coverage.md": api_coverage, "environment.md": environment}
+# -- the sandbox market, for the documents made by running the tool ---------------------------
+SANDBOX_LABEL = (
+    "> **Sandbox data, not a real market.** Made by running gpu-shopper against the loopback "
+    "sandbox market (`gpushopper/sandbox/`: the Vast.ai emulator's `seed_default_offers()` and "
+    "templates, the TensorDock emulator's `seed_default()`), in-process, on a fake clock. The "
+    "models, prices and times are the emulators' own, made up to look plausible."
+)
+_SCRUB = ("VASTAI_", "VAST_API", "TENSORDOCK_", "GPU_SHOPPER_")
+Runner = Callable[..., Any]
+
+
+class _Clock:
+    """A monotonic clock that moves only when the tool sleeps on it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def mono(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += max(0.0, seconds)
+
+
+@contextlib.contextmanager
+def sandbox_market() -> Iterator[tuple[Any, Any, Runner]]:
+    """Both emulators seeded, the tool pointed at them (a fresh home, the environment
+    swapped and restored) and ``gs(*argv)``: run a command in-process, return its stdout
+    (parsed when it is JSON), failing the generator when it exits non-zero."""
+    from click.testing import CliRunner
+
+    from gpushopper.cli import App, cli
+    from gpushopper.cli.output import run
+    from gpushopper.sandbox.tensordock import TensorDockEmulator
+    from gpushopper.sandbox.vastai import VastEmulator
+
+    clock = _Clock()
+    saved_env = dict(os.environ)
+    saved_time = App.__dict__["mono"], App.__dict__["sleep"]
+    vast = VastEmulator(clock=clock.mono).start()
+    td = TensorDockEmulator(clock=clock.mono)
+    td.start()
+    vast.seed_default_offers()
+    td.seed_default()
+    try:
+        with tempfile.TemporaryDirectory(prefix="gs-docgen-") as home:
+            for key in [k for k in os.environ if k.startswith(_SCRUB)]:
+                del os.environ[key]
+            os.environ.update(
+                GPU_SHOPPER_HOME=home,
+                VASTAI_API_KEY=vast.api_key,
+                VASTAI_API_URL=vast.url,
+                TENSORDOCK_API_TOKEN=td.api_token,
+                TENSORDOCK_API_URL=td.url,
+                NO_COLOR="1",
+            )
+            App.mono = staticmethod(clock.mono)  # type: ignore[method-assign]
+            App.sleep = staticmethod(clock.sleep)  # type: ignore[method-assign]
+
+            def gs(*argv: str) -> Any:
+                runner = CliRunner()
+                with runner.isolation() as streams:
+                    code = run(cli, list(argv))
+                    out = streams[0].getvalue().decode()
+                    err = streams[1].getvalue().decode()
+                if code != 0:
+                    raise SystemExit(f"docgen: gpu-shopper {' '.join(argv)} exited {code}: {err}")
+                return json.loads(out) if "--json" in argv else out
+
+            yield vast, td, gs
+    finally:
+        App.mono, App.sleep = saved_time  # type: ignore[method-assign]
+        os.environ.clear()
+        os.environ.update(saved_env)
+        vast.stop()
+        td.stop()
+
+
+def _cell(value: Any) -> str:
+    return "-" if value is None else str(value).replace("|", "\\|")
+
+
+def _md_table(columns: list[str] | tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
+    out = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    out += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return out
+
+
+CATALOG_COMMAND = "gpu-shopper templates catalog --workload flux-lora --json"
+
+
+def template_catalog() -> str:
+    from gpushopper.core import catalog
+
+    with sandbox_market() as (_vast, _td, gs):
+        doc = gs(*CATALOG_COMMAND.split()[1:])
+    needs = doc["needs"]
+    lines = [
+        HEADER,
+        "# Template catalog: what can run the FLUX LoRA job, and for how much",
+        "",
+        SANDBOX_LABEL,
+        "",
+        f"Generated by `scripts/gen-docs` from `{CATALOG_COMMAND}`;",
+        "`tests/test_docs.py` fails when this file differs from what the generator makes.",
+        "",
+        "## The real one",
+        "",
+        "With `VASTAI_API_KEY` and/or `TENSORDOCK_API_TOKEN` set, against the live market:",
+        "",
+        "```bash",
+        "gpu-shopper templates catalog                        # the table (workload flux-lora)",
+        "gpu-shopper templates catalog --json > catalog.json  # the same, as one JSON document",
+        "gpu-shopper templates catalog --workload my-profile  # any profile is a workload",
+        "```",
+        "",
+        "A template (TensorDock: an OS image) can run a job when it starts an SSH server and",
+        "has an NVIDIA driver. For each one the market is asked, through the inventory core",
+        "(its reliability floor, health checks and offer cache), for offers of the workload's",
+        "GPU count and VRAM, priced in total per hour for the disk the template needs (its",
+        "recommended disk, or the workload's when larger), the template's minimum CUDA folded",
+        "in. Per GPU model: how many such offers, the cheapest and the median rate.",
+        "",
+        f"## The workload: {doc['workload']}",
+        "",
+        "The built-in `flux-lora` profile (`gpushopper/state/config.py`): "
+        f"{needs['num_gpus']} GPU of at least {needs['min_vram_gb']:g} GB VRAM, "
+        f"reliability at least {needs['min_reliability']}, {needs['disk_gb']:g} GB disk at "
+        f"least, its own template `{needs['template']}` (marked `*`).",
+        "",
+        "## Templates that can run it (sandbox)",
+        "",
+        *_md_table(
+            [
+                "template",
+                "provider",
+                "id",
+                "min CUDA",
+                "disk GB",
+                "GPU",
+                "VRAM GB",
+                "offers",
+                "cheapest $/h",
+                "median $/h",
+            ],
+            [
+                (row[0], row[1], f"`{row[2]}`", _min_cuda(doc, row), *row[3:])
+                for row in catalog.table_rows(doc)
+            ],
+        ),  # fmt: skip
+        "",
+        "## Left out (sandbox)",
+        "",
+        *[f"- {r['provider']} `{r['id']}`: {r['reason']}" for r in doc["left_out"]],
+    ]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _min_cuda(doc: dict[str, Any], row: tuple[Any, ...]) -> Any:
+    for entry in doc["templates"]:
+        if entry["provider"] == row[1] and entry["id"] == row[2]:
+            return entry["min_cuda"]
+    return None
+
+
+# The sandbox history behind docs/lifecycle.md: (provider, --template/--image, --gpu, boots,
+# boot-time range in seconds, failed boots). Boot times are drawn from a seeded generator.
+HISTORY: tuple[tuple[str, str, str, int, tuple[float, float], int], ...] = (
+    ("vastai", "Ostris AI Toolkit", "RTX 4090", 6, (90.0, 300.0), 1),
+    ("vastai", "PyTorch (Vast)", "RTX 3090", 3, (40.0, 150.0), 0),
+    ("tensordock", "ubuntu2404_ml_pytorch", "RTX 4090", 5, (60.0, 240.0), 1),
+)
+HISTORY_SEED = 15
+
+
+def _sandbox_history(vast: Any, td: Any, gs: Runner) -> None:
+    import random
+
+    rng = random.Random(HISTORY_SEED)
+    for provider, template, gpu, boots, (low, high), failures in HISTORY:
+        flag = "--image" if provider == "tensordock" else "--template"
+        for number in range(boots + failures):
+            failing = number >= boots
+            running = round(rng.uniform(low, high), 1)
+            if provider == "vastai":
+                vast.boot = (
+                    {"mode": "stuck_loading", "loading_after": 0.0, "running_after": 0.0}
+                    if failing
+                    else {
+                        "mode": "ok",
+                        "loading_after": round(running / 3, 1),
+                        "running_after": running,
+                    }
+                )
+            else:
+                td.boot = {"mode": "stuck_starting" if failing else "ok", "running_after": running}
+            argv = ["provision", "--provider", provider, flag, template, "--gpu", gpu,
+                    "--no-verify", "--timeout", "10m", "--yes", "--json"]  # fmt: skip
+            if failing:
+                with contextlib.suppress(SystemExit):  # the boot times out: a failed session
+                    gs(*argv)
+                continue
+            session = gs(*argv)
+            gs("sessions", "done", session["id"], "--json")
+
+
+STATS_COMMAND = "gpu-shopper sessions stats"
+
+
+def lifecycle() -> str:
+    from gpushopper.core import stats
+
+    with sandbox_market() as (vast, td, gs):
+        _sandbox_history(vast, td, gs)
+        rows = gs("sessions", "stats", "--json")
+        plan = gs(
+            "provision", "--provider", "vastai", "--template", "Ostris AI Toolkit",
+            "--gpu", "RTX 4090", "--dry-run", "--json",
+        )  # fmt: skip
+    lines = [
+        HEADER,
+        LIFECYCLE_TEXT.rstrip(),
+        "",
+        "## Measured boots (sandbox)",
+        "",
+        SANDBOX_LABEL,
+        "",
+        f"Generated by `scripts/gen-docs`: a seeded history (seed {HISTORY_SEED}) of "
+        f"{sum(h[3] + h[5] for h in HISTORY)} provisions with `--no-verify` and `sessions done`, "
+        f"then `{STATS_COMMAND} --json`, shown as `{STATS_COMMAND}` shows it. In the sandbox SSH "
+        "answers the moment an instance is running (so time to SSH equals time to running), "
+        "the create call and the destroy take no time on its clock, and setup comes only from "
+        "`run` jobs (none here).",
+        "",
+        *_md_table(stats.TABLE_COLUMNS, stats.table_rows(rows)),
+        "",
+        "With five recorded boots of a provider/template pair, its measured timeout takes over;",
+        "`provision --dry-run` says which timeout it will use and why. For the sandbox's",
+        "Vast.ai / Ostris AI Toolkit pair:",
+        "",
+        "```text",
+        f"timeout {plan['timeout']['seconds']:g} s ({plan['timeout']['source']}): "
+        f"{plan['timeout']['reason']}",
+        "```",
+        "",
+        "## Your own",
+        "",
+        "From every session and job recorded in your state file:",
+        "",
+        "```bash",
+        f"{STATS_COMMAND}                               # the table",
+        f"{STATS_COMMAND} --provider vastai --gpu 4090  # one slice",
+        f"{STATS_COMMAND} --json                        # the same, as one JSON document",
+        "gpu-shopper provision --profile flux-lora --dry-run  # the timeout it would use, and why",
+        "```",
+    ]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+LIFECYCLE_TEXT = """
+# The lifecycle of a rental
+
+What happens between `provision` (or `run`) and a destroyed instance, phase by phase, where
+each phase's time is recorded (`timings` in the session, read by `sessions stats`), where the
+logs are, and how SSH is reached on each provider.
+
+## Phases
+
+| phase | from, to | recorded as | what goes wrong |
+|---|---|---|---|
+| create call | the create request sent, to its answer | `create_call_s` | capacity errors; an instance made even though the call failed (it is looked up by label and destroyed) |
+| time to running | the create call, to the provider saying `running` | `time_to_running_s` | images that take minutes to pull (ai-toolkit: 3-5 minutes); instances stuck loading: the boot timeout destroys them |
+| time to SSH | the create call, to SSH answering and the machine checked (GPU model, count, VRAM, CUDA, disk) | `time_to_ssh_s` | `running` is not SSH: the port opens 30-60 s later; a machine that is not what was rented is destroyed and the offer recorded (`offer-health`) |
+| setup | SSH ready, to a job's command started (connect, upload, wrapper) | `setup_s` (jobs only) | uploads bigger than the free disk are refused at preflight |
+| destroy to gone | the destroy call, to the provider confirming the instance is gone | `destroy_to_gone_s` | a destroy that answered success while the instance still billed: it is always confirmed |
+
+The boot timeout (create to SSH) is the configured `safety.provision_timeout` until a
+provider/template pair has five recorded boots; then it is their 90th percentile x 1.5,
+never below 5 minutes nor above `safety.provision_timeout_max`. An explicit `--timeout`, a
+profile's timeout or a set `safety.provision_timeout` always wins.
+
+## Logs
+
+- `gpu-shopper sessions logs ID [--tail N]`: the instance's own log from its provider.
+  Vast.ai: `PUT /api/v0/instances/request_logs/{id}/` answers a `result_url`; gpu-shopper
+  checks it is a plain https URL and fetches it without the API key, polling until it is
+  ready (about 9 s at most). It is the container's output: image pull, onstart, services.
+  TensorDock's API has no log endpoint: the command exits 1 and names the SSH command that
+  reads the VM's boot log, `gpu-shopper sessions ssh ID -- tail -n 200
+  /var/log/cloud-init-output.log`. Terminal escapes are removed and secrets masked.
+- `gpu-shopper jobs logs JOB [--follow]`: a job's own output, kept locally in
+  `~/.gpu-shopper/jobs/<job>/output.log` (secrets masked) and streamed while it runs.
+- `gpu-shopper sessions diagnostics ID`: nvidia-smi, CUDA, disk and uptime, over SSH.
+- The journal (`~/.gpu-shopper/journal.jsonl`): every create and destroy call and its outcome.
+
+## How SSH is exposed
+
+- **Vast.ai**: an instance on a host with open ports (`direct_port_count` of 1 or more) maps
+  its port 22 to a random external port on the host's public address
+  (`ports["22/tcp"][0].HostPort` on `public_ipaddr`): direct SSH, tried first. Every
+  instance also has a proxy endpoint, `ssh_host:ssh_port` (hosts like `sshN.vast.ai`),
+  slower for data; for jupyter runtypes the proxy port is one more than reported (vast-cli
+  #79). gpu-shopper records both and uses whichever answers, saying so when it is the
+  proxy. The user is `root`; keys only.
+- **TensorDock**: gpu-shopper rents with a dedicated IP (`useDedicatedIp: true`) and connects
+  on port 22 of that address: port forwards were ignored at some locations, leaving port 22
+  unreachable. The user is `user` (the image's default account; the key is also written for
+  root by cloud-init).
+- Either way the host key seen at the first check is recorded (trust on first use): a
+  machine that later answers with another key gets no secrets and no commands.
+"""
+
+
+DOCUMENTS = {
+    "api-coverage.md": api_coverage,
+    "environment.md": environment,
+    "template-catalog.md": template_catalog,
+    "lifecycle.md": lifecycle,
+}
 
 
 def main(argv: list[str]) -> int:
