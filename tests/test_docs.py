@@ -58,3 +58,21 @@ def test_every_official_endpoint_is_called_or_says_why_not():
         for method, path, _title in docgen.read_tsv(name):
             assert f"| {method} | `{path}` |" in text
     assert "price cap, not a bid" in docgen.environment()
+
+
+@pytest.mark.parametrize("name", ["template-catalog.md", "lifecycle.md"])
+def test_sandbox_documents_say_so_and_name_their_generator(name):
+    text = (docgen.DOCS / name).read_text(encoding="utf-8")
+    assert text.startswith(docgen.HEADER)  # the command that makes it, at the top
+    assert "**Sandbox data, not a real market.**" in text
+    assert "(sandbox)" in text
+
+
+def test_lifecycle_explains_each_phase_logs_and_ssh():
+    text = docgen.lifecycle()
+    for phrase in (
+        "create call", "time to running", "time to SSH", "setup", "destroy to gone",
+        "sessions logs", "request_logs", "no log endpoint", "proxy", "useDedicatedIp",
+        "port 22", "sessions stats",
+    ):  # fmt: skip
+        assert phrase in text, phrase
