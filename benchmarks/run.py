@@ -14,7 +14,8 @@ throughput of plain OpenSSH `scp` on the same loopback sshd.
   the medians of each, and scp's time over the tool's per round (median, lowest..highest).
 
 Last measured (1 GiB, 7 rounds, a shared 2-CPU machine): overhead 0.46 s (floor 0.71 s);
-upload 1.14x scp (0.97..1.90), download 1.07x (0.78..1.26). Before downloads were hashed
+upload 1.14x scp (0.97..1.90), download 1.07x (0.78..1.26); a second run: upload 1.34x
+(1.07..1.49), download 0.92x (0.87..0.98). Before downloads were hashed
 in the same pass (scp, then a second read for sha256) and single files went up through a
 tar pipe: 0.75x and 0.75x in the same conditions. The README's Speed table has the same.
 
