@@ -73,6 +73,13 @@ def test_a_result_url_that_is_not_plain_https_is_refused_unfetched(vast, gs, ses
     assert not [r for r in vast.requests if r["path"].startswith("/logs/")]
 
 
+def test_a_refused_result_url_is_shown_without_its_signature(vast, gs, session):
+    vast.log_url_override = "http://logs.example.com/x.log?X-Amz-Signature=abcdef0123456789"
+    result = gs(f"sessions logs {session['id']}")
+    assert result.exit_code == 1
+    assert "logs.example.com/x.log" in result.stderr and "abcdef0123456789" not in result.stderr
+
+
 def test_a_log_that_never_becomes_ready_exits_1(vast, gs, session):
     vast.log_ready_after = 10_000
     result = gs(f"sessions logs {session['id']}")

@@ -756,7 +756,8 @@ def checked_log_url(value: Any, api_base: str) -> str:
     no control characters, no other scheme."""
     from urllib.parse import urlsplit
 
-    shown = repr(value)[:160]
+    # Shown without its query: a presigned URL's signature is a credential to the log.
+    shown = repr(value.split("?", 1)[0] if isinstance(value, str) else value)[:160]
     if not isinstance(value, str) or not value or len(value) > 2048:
         raise ProviderError(NAME, f"request_logs sent no usable result_url: {shown}")
     if any(ord(c) <= 32 or ord(c) == 127 for c in value):
