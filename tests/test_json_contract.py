@@ -224,6 +224,8 @@ def test_benchmark_run_status_cancel_json_shapes(vast, gs, isolated_home):
     assert set(status) >= BENCH_RUN_KEYS and status["id"] == run["id"]
     cancelled = gs(f"benchmark cancel {run['id']} --json").json()
     assert set(cancelled) >= BENCH_RUN_KEYS and cancelled["status"] == "completed"  # final
+
+
 SESSION_LOGS_KEYS = {"session_id", "provider", "instance_id", "tail", "lines"}
 
 
