@@ -6,6 +6,8 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from gpushopper.model.jsontypes import JSONObject
+
 log = logging.getLogger("gpushopper.alerts")
 
 
@@ -18,7 +20,7 @@ class Alerter:
         self.timeout = timeout
         self._session: Any = None
 
-    def send(self, line: str, event: dict[str, Any]) -> None:
+    def send(self, line: str, event: JSONObject) -> None:
         self.emit(line)
         if not self.webhook_url:
             return

@@ -19,6 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
+from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.models import Offer, OfferQuery, Template
 
 
@@ -34,7 +35,7 @@ class Needs:
     min_cuda: float | None
     template: str | None  # the workload's own template (or image), shown first
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         return {
             "min_vram_gb": self.min_vram_gb,
             "num_gpus": self.num_gpus,
@@ -45,7 +46,7 @@ class Needs:
         }
 
 
-def needs_of(workload: str, query: OfferQuery, profile: dict[str, Any]) -> Needs:
+def needs_of(workload: str, query: OfferQuery, profile: JSONObject) -> Needs:
     """The workload's needs from the query its profile builds (flags > profile > config)."""
     return Needs(
         workload=workload,
@@ -100,7 +101,7 @@ def _money(value: float) -> float:
     return round(value, 4)
 
 
-def gpu_rows(offers: Iterable[Offer]) -> list[dict[str, Any]]:
+def gpu_rows(offers: Iterable[Offer]) -> list[JSONObject]:
     """Per GPU model: offers, cheapest and median hourly price; cheapest model first."""
     by_model: dict[str, list[Offer]] = {}
     for offer in offers:
@@ -129,7 +130,7 @@ def build(
     templates: dict[str, list[Template]],
     search: Callable[[OfferQuery], tuple[list[Offer], dict[str, str]]],
     errors: dict[str, str] | None = None,
-) -> dict[str, Any]:
+) -> JSONObject:
     """The catalog document: ``{workload, needs, templates, left_out, errors}``.
 
     ``templates`` maps provider -> its templates; ``search`` answers one question with
@@ -137,8 +138,8 @@ def build(
     cheapest offer (templates with no offer last)."""
     errors = dict(errors or {})
     answers: dict[tuple[Any, ...], list[Offer]] = {}
-    entries: list[dict[str, Any]] = []
-    left_out: list[dict[str, Any]] = []
+    entries: list[JSONObject] = []
+    left_out: list[JSONObject] = []
     for provider, found in templates.items():
         for template in found:
             reason = why_not(template)
@@ -172,7 +173,7 @@ def build(
                 }
             )
 
-    def order(entry: dict[str, Any]) -> tuple[Any, ...]:
+    def order(entry: JSONObject) -> tuple[Any, ...]:
         cheapest = min((g["cheapest_per_hour"] for g in entry["gpus"]), default=None)
         return (
             not entry["workload_default"],
@@ -205,7 +206,7 @@ TABLE_COLUMNS = [
 ]
 
 
-def table_rows(doc: dict[str, Any]) -> list[tuple[Any, ...]]:
+def table_rows(doc: JSONObject) -> list[tuple[Any, ...]]:
     """One row per template and GPU model (a template with no offer: one row saying so)."""
     rows: list[tuple[Any, ...]] = []
     for entry in doc["templates"]:

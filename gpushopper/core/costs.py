@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
 
 from gpushopper.core.sessions import accrued_cost
 from gpushopper.model.errors import UsageError
+from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.units import parse_iso
 
 
@@ -36,7 +36,7 @@ def parse_month(text: str) -> tuple[datetime, datetime]:
     return start, end
 
 
-def session_cost_rows(records: Iterable[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
+def session_cost_rows(records: Iterable[JSONObject], now: datetime) -> list[JSONObject]:
     rows = []
     for record in records:
         started = parse_iso(record.get("billing_started_at"))
@@ -60,7 +60,7 @@ def session_cost_rows(records: Iterable[dict[str, Any]], now: datetime) -> list[
     return sorted(rows, key=lambda r: r["created_at"] or "")
 
 
-def month_cost(record: dict[str, Any], start: datetime, end: datetime, now: datetime) -> float:
+def month_cost(record: JSONObject, start: datetime, end: datetime, now: datetime) -> float:
     """The part of a session's cost that fell within [start, end)."""
     price = record.get("price_per_hour")
     began = parse_iso(record.get("billing_started_at"))
@@ -79,7 +79,7 @@ class MonthSummary:
     by_consumer: dict[str, float]
     budget: float | None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         budget = self.budget
         return {
             "month": self.month,
@@ -92,7 +92,7 @@ class MonthSummary:
 
 
 def month_summary(
-    records: Iterable[dict[str, Any]], month: str | None, now: datetime, budget: float | None
+    records: Iterable[JSONObject], month: str | None, now: datetime, budget: float | None
 ) -> MonthSummary:
     """Spend in ``month`` (YYYY-MM; default this month) by provider and consumer, against
     ``budget``. The one place a month's spend is summed: ``costs summary`` shows it and
@@ -114,7 +114,7 @@ def month_summary(
 
 
 def budget_warning(
-    records: Iterable[dict[str, Any]], projected: float, now: datetime, budget: float | None
+    records: Iterable[JSONObject], projected: float, now: datetime, budget: float | None
 ) -> str | None:
     """Why this rental would take the month past ``budget`` (a warning, never a refusal)."""
     if not budget:

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from gpushopper.model.errors import ConfigError
+from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.redact import clip
 from gpushopper.model.units import iso, parse_iso
 from gpushopper.providers.registry import deadline_hook
@@ -111,7 +112,7 @@ def deadline_file_for(app: object, provider_name: str) -> str | None:
     return override or default
 
 
-def deadline_epoch(record: dict[str, Any], grace_s: float) -> int | None:
+def deadline_epoch(record: JSONObject, grace_s: float) -> int | None:
     """``min(reservation end + grace, hard maximum)`` as an epoch second, from a session."""
     ends = parse_iso(record.get("reservation_ends_at"))
     hard = parse_iso(record.get("hard_max_at"))
@@ -168,9 +169,7 @@ def render_script(
     )
 
 
-def deadline_script_for(
-    app: DeadlineHost, provider: Provider, record: dict[str, Any]
-) -> str | None:
+def deadline_script_for(app: DeadlineHost, provider: Provider, record: JSONObject) -> str | None:
     """The snippet that gives a new instance its own deadline, or None for other providers.
 
     Called by the provisioner before create with the session ``record`` (it is saved right
@@ -228,7 +227,7 @@ def remote_write_command(path: str, epoch: int) -> str:
 
 
 def push_deadline(
-    app: DeadlineHost, record: dict[str, Any], log: Callable[[str], None] | None = None
+    app: DeadlineHost, record: JSONObject, log: Callable[[str], None] | None = None
 ) -> None:
     """Move the on-instance deadline after ``sessions extend``; never raises.
 
@@ -272,7 +271,7 @@ def push_deadline(
     )
 
 
-def _push(ssh: dict[str, Any], path: str, epoch: int) -> None:
+def _push(ssh: JSONObject, path: str, epoch: int) -> None:
     from gpushopper.remote import ssh as remote
 
     conn = remote.connect(

@@ -38,6 +38,7 @@ from gpushopper.model.errors import (
     StateWriteError,
     Unavailable,
 )
+from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.models import Instance
 from gpushopper.model.session import LIVE
 from gpushopper.model.units import iso
@@ -117,7 +118,7 @@ class Enforcer:
         self.on_outcome = on_outcome
         self.sleep = sleep
         self.mono = mono
-        self._clients: dict[str, Any] = {}
+        self._clients: JSONObject = {}
 
     def client(self, name: str) -> Any:
         if name not in self._clients:

@@ -19,6 +19,7 @@ from gpushopper.model.errors import (
     Unavailable,
     UsageError,
 )
+from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.models import (
     RANK_KEYS,
     SORTS,
@@ -88,7 +89,7 @@ def machine_key(offer: Offer) -> str | None:
     return f"machine:{offer.provider}:{offer.machine_id}" if offer.machine_id else None
 
 
-def health_of(offer: Offer, health: dict[str, Any], now: datetime) -> str:
+def health_of(offer: Offer, health: JSONObject, now: datetime) -> str:
     """``ok``, ``degraded`` (failed before) or ``suppressed`` (failed repeatedly, recently)."""
     worst = "ok"
     for key in (offer.id, machine_key(offer)):
@@ -268,7 +269,7 @@ class OfferCache:
 
         now = self.now()
         data = self._read(self.dir / "taken.json")
-        kept: dict[str, Any] = {
+        kept: JSONObject = {
             k: v
             for k, v in (data.items() if isinstance(data, dict) else [])
             if isinstance(v, str)
@@ -300,7 +301,7 @@ def _cache_key(query: OfferQuery, provider: str) -> str:
     return query.cache_key(provider) + (f"|forms={forms}" if any(forms) else "")
 
 
-def _suppressed(health: dict[str, Any], now: datetime) -> int:
+def _suppressed(health: JSONObject, now: datetime) -> int:
     """How many offers or machines are suppressed now: a search asks for that many more."""
     count = 0
     for entry in health.values():
@@ -332,7 +333,7 @@ def search(
     *,
     cache: OfferCache | None = None,
     refresh: bool = False,
-    health: dict[str, Any] | None = None,
+    health: JSONObject | None = None,
     include_unhealthy: bool = False,
     now: Callable[[], datetime],
     template_resolver: Callable[[Any, str], Template | None] | None = None,
@@ -362,7 +363,7 @@ def search(
     result = InventoryResult(offers=[])
     health = health or {}
     stamp = now()
-    clients: dict[str, Any] = {}
+    clients: JSONObject = {}
     for name in dict.fromkeys(query.providers):
         try:
             clients[name] = provider_factory(name)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from gpushopper.core import interrupts
 from gpushopper.core.owner import current_owner
 from gpushopper.model.errors import GpuShopperError, NoSuchItem, SshError, StateError
+from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.redact import clip
 from gpushopper.model.units import iso
 
@@ -141,7 +142,7 @@ def resolve_job_id(store: StateStore, given: str) -> str:
     return found
 
 
-def get_job(store: StateStore, job_id: str) -> dict[str, Any]:
+def get_job(store: StateStore, job_id: str) -> JSONObject:
     jobs = store.read().get("jobs") or {}
     record = jobs.get(job_id)
     if not isinstance(record, dict):
@@ -149,7 +150,7 @@ def get_job(store: StateStore, job_id: str) -> dict[str, Any]:
     return dict(record)
 
 
-def list_jobs(store: StateStore) -> list[dict[str, Any]]:
+def list_jobs(store: StateStore) -> list[JSONObject]:
     jobs = store.read().get("jobs") or {}
     return sorted(
         (dict(j) for j in jobs.values() if isinstance(j, dict)),
@@ -176,7 +177,7 @@ JOB_KEYS = (
 )
 
 
-def public_job(record: dict[str, Any]) -> dict[str, Any]:
+def public_job(record: JSONObject) -> JSONObject:
     out = {key: record.get(key) for key in JOB_KEYS}
     out["timings"] = {
         k: (record.get("timings") or {}).get(k)
@@ -227,7 +228,7 @@ class JobRunner:
         except OSError as exc:
             interrupts.output_lost(exc)
 
-    def _update(self, job_id: str, **changes: Any) -> dict[str, Any]:
+    def _update(self, job_id: str, **changes: Any) -> JSONObject:
         """Write changes to the job; a state that cannot be written is said, never a reason
         to stop a cleanup."""
         try:
@@ -246,7 +247,7 @@ class JobRunner:
         self.stage = stage
         self._update(job_id, stage=stage, status=stage)
 
-    def create(self, spec: JobSpec) -> dict[str, Any]:
+    def create(self, spec: JobSpec) -> JSONObject:
         job_id = new_job_id(self.store)
         log_dir = self.app.paths.data_dir / "jobs" / job_id
         out_dir = Path(spec.out_dir or Path("gpu-shopper-runs") / job_id).expanduser()
@@ -287,9 +288,9 @@ class JobRunner:
     def run(
         self,
         spec: JobSpec,
-        job: dict[str, Any],
-        provision: Callable[[Callable[[str], None]], dict[str, Any]],
-    ) -> tuple[dict[str, Any], int]:
+        job: JSONObject,
+        provision: Callable[[Callable[[str], None]], JSONObject],
+    ) -> tuple[JSONObject, int]:
         """Provision (through ``provision``), then :meth:`carry_on`. Returns (job, exit)."""
         job_id = job["id"]
         self.stage = "provisioning"
@@ -333,8 +334,8 @@ class JobRunner:
         return self.carry_on(spec, job_id, session, fresh=True)
 
     def carry_on(
-        self, spec: JobSpec, job_id: str, session: dict[str, Any], *, fresh: bool
-    ) -> tuple[dict[str, Any], int]:
+        self, spec: JobSpec, job_id: str, session: JSONObject, *, fresh: bool
+    ) -> tuple[JSONObject, int]:
         """From a running session to a finished, torn-down job (or a detached one)."""
         self.redactor = Redactor([spec.env[n] for n in spec.secret_names if n in spec.env])
         job = get_job(self.store, job_id)
@@ -392,9 +393,7 @@ class JobRunner:
             outcome.failure_stage = self.stage
         return self._finish(spec, job_id, session, outcome, ssh_worked, started)
 
-    def cancel(
-        self, spec: JobSpec, job_id: str, session: dict[str, Any]
-    ) -> tuple[dict[str, Any], int]:
+    def cancel(self, spec: JobSpec, job_id: str, session: JSONObject) -> tuple[JSONObject, int]:
         """``jobs cancel``: stop the command, collect what it wrote, destroy."""
         job = get_job(self.store, job_id)
         outcome = Outcome()
@@ -428,7 +427,7 @@ class JobRunner:
         except StateError as exc:
             self._say(f"Could not record the setup time of session {session_id}: {exc}")
 
-    def _connect(self, session: dict[str, Any], timeout_s: float = 120.0) -> None:
+    def _connect(self, session: JSONObject, timeout_s: float = 120.0) -> None:
         from gpushopper.remote import ssh as remote
 
         endpoint = session.get("ssh") or {}
@@ -479,7 +478,7 @@ class JobRunner:
             self.sftp.chmod(path, mode)  # before a byte is written
             handle.write(text.encode())
 
-    def _upload(self, spec: JobSpec, job: dict[str, Any], session: dict[str, Any]) -> None:
+    def _upload(self, spec: JobSpec, job: JSONObject, session: JSONObject) -> None:
         from gpushopper.remote import jobwrap
 
         d = job["remote_dir"]
@@ -503,7 +502,7 @@ class JobRunner:
             f"{d}/{jobwrap.CTL}/run.sh", jobwrap.wrapper_script(job["id"], job["command"]), 0o700
         )
 
-    def _start(self, job: dict[str, Any], session: dict[str, Any]) -> None:
+    def _start(self, job: JSONObject, session: JSONObject) -> None:
         from gpushopper.remote import jobwrap
 
         code, out, err = self._exec(jobwrap.start_command(job["remote_dir"]))
@@ -512,7 +511,7 @@ class JobRunner:
         self._say(f"Job {job['id']} started: {' '.join(job['command'])[:200]}")
 
     # -- running ------------------------------------------------------------------------------
-    def _wrapper_started(self, job: dict[str, Any]) -> bool:
+    def _wrapper_started(self, job: JSONObject) -> bool:
         from gpushopper.remote import jobwrap
 
         assert self.sftp is not None
@@ -543,7 +542,7 @@ class JobRunner:
         except ValueError:
             return None
 
-    def _watch(self, job: dict[str, Any], session: dict[str, Any], outcome: Outcome) -> None:
+    def _watch(self, job: JSONObject, session: JSONObject, outcome: Outcome) -> None:
         """Stream the log until the command ends, a watchdog fires, or the instance is gone."""
         from gpushopper.remote import jobwrap
 
@@ -659,7 +658,7 @@ class JobRunner:
         except OSError as exc:
             interrupts.output_lost(exc)
 
-    def _instance_gone(self, session: dict[str, Any], outcome: Outcome) -> bool:
+    def _instance_gone(self, session: JSONObject, outcome: Outcome) -> bool:
         provider = self.app.provider(session["provider"])
         try:
             instance = provider.get_instance(str(session["instance_id"]))
@@ -676,7 +675,7 @@ class JobRunner:
         self._close()
         return True
 
-    def _stop(self, job: dict[str, Any], grace_s: float = KILL_GRACE_S) -> None:
+    def _stop(self, job: JSONObject, grace_s: float = KILL_GRACE_S) -> None:
         """TERM to the command's process group, a grace, then KILL."""
         from gpushopper.remote import jobwrap
 
@@ -693,9 +692,7 @@ class JobRunner:
                 self.sleep(0.2)
 
     # -- the end ------------------------------------------------------------------------------
-    def _collect(
-        self, spec: JobSpec, job: dict[str, Any], session: dict[str, Any]
-    ) -> list[dict[str, Any]]:
+    def _collect(self, spec: JobSpec, job: JSONObject, session: JSONObject) -> list[JSONObject]:
         """Bring ``out/`` and every --download home: into a temporary folder, renamed only
         when complete, retried, each file listed with its size and sha256."""
         from gpushopper.remote import jobwrap
@@ -707,7 +704,7 @@ class JobRunner:
             target = Path(local).expanduser() if local else out_dir / Path(remote).name
             wanted.append((remote, target))
         present = self._present(work, [w[0] for w in wanted])
-        artifacts: list[dict[str, Any]] = []
+        artifacts: list[JSONObject] = []
         problems: list[str] = []
         out_dir.mkdir(parents=True, exist_ok=True)
         # One transfer per source folder (out/ and the --download paths beside it travel together).
@@ -790,7 +787,7 @@ class JobRunner:
     @staticmethod
     def _list(
         remote: str, target: Path, base: str, hashes: dict[str, tuple[int, str]]
-    ) -> list[dict[str, Any]]:
+    ) -> list[JSONObject]:
         """The files that arrived for one item, with the size and sha256 taken as they were
         written (tar member ``base/rel`` landed at ``target/rel``)."""
         rows = []
@@ -815,11 +812,11 @@ class JobRunner:
         self,
         spec: JobSpec,
         job_id: str,
-        session: dict[str, Any],
+        session: JSONObject,
         outcome: Outcome,
         ssh_worked: bool,
         started: bool,
-    ) -> tuple[dict[str, Any], int]:
+    ) -> tuple[JSONObject, int]:
         """Stop, collect, destroy (or keep), record; signals are held until it is done."""
         from gpushopper.core.teardown import end_session
 
@@ -834,7 +831,7 @@ class JobRunner:
                     self._stop(job)
                 except Exception as exc:  # noqa: BLE001 - the destroy below still ends it
                     self._say(f"Job {job_id}: could not stop the command: {exc}")
-            artifacts: list[dict[str, Any]] = []
+            artifacts: list[JSONObject] = []
             if ssh_worked and outcome.status != "lost":
                 self._stage(job_id, "collecting")
                 t0 = self.mono()
@@ -855,7 +852,7 @@ class JobRunner:
                 )
             self._close()
             keep = spec.keep_on_failure_s and outcome.status not in ("succeeded", "lost")
-            teardown: dict[str, Any] = {"confirmed": False, "at": None}
+            teardown: JSONObject = {"confirmed": False, "at": None}
             code: int
             if keep:
                 self._keep(session, float(spec.keep_on_failure_s or 0))
@@ -921,7 +918,7 @@ class JobRunner:
             )
         return record, code
 
-    def _keep(self, session: dict[str, Any], keep_s: float) -> None:
+    def _keep(self, session: JSONObject, keep_s: float) -> None:
         from gpushopper.core.deadline import push_deadline
 
         until = self.clock() + timedelta(seconds=keep_s)
@@ -936,7 +933,7 @@ class JobRunner:
 class JobFailed(GpuShopperError):
     """The tool failed before the command ran; carries the job record."""
 
-    def __init__(self, job: dict[str, Any], cause: GpuShopperError) -> None:
+    def __init__(self, job: JSONObject, cause: GpuShopperError) -> None:
         super().__init__(str(cause))
         self.job = job
         self.cause = cause

@@ -14,6 +14,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
+from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.redact import clip, redact_tree
 
 if TYPE_CHECKING:
@@ -32,7 +33,7 @@ MALFORMED = (
 )
 
 
-def append(path: Path, event: dict[str, Any]) -> None:
+def append(path: Path, event: JSONObject) -> None:
     """Append one line (O_APPEND keeps concurrent writers' lines whole)."""
     from gpushopper.state.fs import open_nofollow, private_dir
 
@@ -90,7 +91,7 @@ class JournaledProvider:
 
     def _wrap(self, op: str, func: Callable[..., Any]) -> Callable[..., Any]:
         def call(*args: Any, **kwargs: Any) -> Any:
-            event: dict[str, Any] = {
+            event: JSONObject = {
                 "time": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
                 "pid": os.getpid(),
                 "provider": getattr(self._inner, "NAME", "?"),
@@ -128,7 +129,7 @@ class JournaledProvider:
             }
         )
 
-    def _record(self, event: dict[str, Any]) -> None:
+    def _record(self, event: JSONObject) -> None:
         try:
             append(self._path, event)
         except OSError:

@@ -12,6 +12,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from gpushopper.core.sessions import split_records
+from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.models import Instance
 from gpushopper.model.session import LIVE, looks_like_ours, parse_label
 from gpushopper.model.units import parse_iso
@@ -49,16 +50,16 @@ class Action:
     detail: str = ""
     age_seconds: float | None = None
     price_per_hour: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    extra: JSONObject = field(default_factory=dict)
 
 
-def _age(record: dict[str, Any], now: datetime) -> float | None:
+def _age(record: JSONObject, now: datetime) -> float | None:
     created = parse_iso(record.get("created_at"))
     return (now - created).total_seconds() if created else None
 
 
 def plan(
-    sessions: dict[str, Any],
+    sessions: JSONObject,
     instances: dict[str, list[Instance]],
     now: datetime,
     policy: Policy,
@@ -103,7 +104,7 @@ def plan(
 
 
 def _bad_records(
-    sessions: dict[str, Any], bad: dict[str, str]
+    sessions: JSONObject, bad: dict[str, str]
 ) -> tuple[list[Action], set[str], set[str]]:
     """One report per broken record, and the session and instance ids it may hold."""
     actions: list[Action] = []
@@ -124,7 +125,7 @@ def _bad_records(
     return actions, held_by_bad, held_ids
 
 
-def _find_instance(record: dict[str, Any], listed: list[Instance] | None) -> Instance | None:
+def _find_instance(record: JSONObject, listed: list[Instance] | None) -> Instance | None:
     """The listed instance a record names, by instance id or by label."""
     for inst in listed or ():
         if (record.get("instance_id") and inst.instance_id == str(record["instance_id"])) or (
@@ -136,7 +137,7 @@ def _find_instance(record: dict[str, Any], listed: list[Instance] | None) -> Ins
 
 def _session_action(
     session_id: str,
-    record: dict[str, Any],
+    record: JSONObject,
     listed: list[Instance] | None,
     match: Instance | None,
     now: datetime,
@@ -147,7 +148,7 @@ def _session_action(
     status = record.get("status")
     provider = record.get("provider") or "?"
     instance_id = match.instance_id if match else record.get("instance_id")
-    base: dict[str, Any] = {
+    base: JSONObject = {
         "provider": provider,
         "session_id": session_id,
         "instance_id": str(instance_id) if instance_id else None,
@@ -211,12 +212,12 @@ def _unclaimed_action(
     inst: Instance,
     now: datetime,
     policy: Policy,
-    by_label: dict[str, dict[str, Any]],
+    by_label: dict[str, JSONObject],
     held_by_bad: set[str],
     held_ids: set[str],
 ) -> Action | None:
     """What to do with an instance no live session claims (None: not ours, or held)."""
-    base: dict[str, Any] = {
+    base: JSONObject = {
         "provider": provider,
         "instance_id": inst.instance_id,
         "label": inst.label,
@@ -256,7 +257,7 @@ def _unclaimed_action(
     )
 
 
-def boot_limit(record: dict[str, Any], policy: Policy) -> float:
+def boot_limit(record: JSONObject, policy: Policy) -> float:
     """How long a booting session may take before it counts as stuck: the policy's
     timeout, or the longer one its provision chose (a measured or explicit --timeout),
     never past the hard maximum: a huge value in the state (or a record without
@@ -267,7 +268,7 @@ def boot_limit(record: dict[str, Any], policy: Policy) -> float:
     return max(policy.provision_timeout_s, min(float(chosen), policy.hard_max_s))
 
 
-def _gone(status: Any, record: dict[str, Any], age: float, policy: Policy) -> bool:
+def _gone(status: Any, record: JSONObject, age: float, policy: Policy) -> bool:
     """May a live session whose instance the provider does not list be closed?"""
     if status in ("running", "ending"):
         return True

@@ -16,6 +16,8 @@ import os
 import socket
 from typing import Any
 
+from gpushopper.model.jsontypes import JSONObject
+
 ALIVE = "alive"
 GONE = "gone"
 UNKNOWN = "unknown"
@@ -59,7 +61,7 @@ def process_start(pid: int) -> str | None:
     return found[1] if found else None
 
 
-def current_owner() -> dict[str, Any]:
+def current_owner() -> JSONObject:
     """What a session records about the process that boots it."""
     pid = os.getpid()
     return {

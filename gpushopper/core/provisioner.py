@@ -36,6 +36,7 @@ from gpushopper.model.errors import (
     SshError,
     StateError,
 )
+from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.models import Instance, LaunchSpec, Offer, OfferQuery, Template, gpu_matches
 from gpushopper.model.redact import clip
 from gpushopper.model.session import make_label
@@ -95,14 +96,14 @@ class Candidate:
     template: Template | None
 
 
-def rented(instance: Instance, record: dict[str, Any], provider: Provider) -> dict[str, Any]:
+def rented(instance: Instance, record: JSONObject, provider: Provider) -> JSONObject:
     """What the provider says was rented, for the session record (each value validated
     by Instance): the image booted, the disk it bills (beside the disk asked for) and the
     ports it opened. A provider that does not report the image booted the one asked for,
     else its configured default (TensorDock's ``image`` setting)."""
     default = getattr(provider, "image", None)
     image = instance.image or record.get("image") or (default if isinstance(default, str) else None)
-    out: dict[str, Any] = {"image": image, "ports": list(instance.ports)}
+    out: JSONObject = {"image": image, "ports": list(instance.ports)}
     if instance.disk_gb is not None:
         out["disk_gb"] = instance.disk_gb
         out["disk_gb_requested"] = record.get("disk_gb_requested", record.get("disk_gb"))
@@ -191,8 +192,8 @@ class Provisioner:
         mono: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         log: Callable[[str], None] = lambda message: None,
-        health: dict[str, Any] | None = None,
-        deadline_script: Callable[[Provider, dict[str, Any]], str | None] | None = None,
+        health: JSONObject | None = None,
+        deadline_script: Callable[[Provider, JSONObject], str | None] | None = None,
         on_rented: Callable[[Offer], None] | None = None,
         estimate: Callable[[list[Offer], str], int] | None = None,
     ) -> None:
@@ -273,7 +274,7 @@ class Provisioner:
         ], notes
 
     # -- the whole job ----------------------------------------------------------------------
-    def provision(self, req: ProvisionRequest, candidates: list[Candidate]) -> dict[str, Any]:
+    def provision(self, req: ProvisionRequest, candidates: list[Candidate]) -> JSONObject:
         """Try candidates in order (1 + auto_retry attempts); return the running session."""
         attempts = 1 + max(0, req.auto_retry)
         failures: list[str] = []
@@ -311,7 +312,7 @@ class Provisioner:
         path, public = generate_session_key(self.keys_dir, session_id, label)
         return path, public, True
 
-    def _update(self, session_id: str, **changes: Any) -> dict[str, Any]:
+    def _update(self, session_id: str, **changes: Any) -> JSONObject:
         """Update our session, unless another process (watch, shutdown) ended it meanwhile."""
         with self.store.transaction() as state:
             record = state["sessions"].get(session_id)
@@ -320,7 +321,7 @@ class Provisioner:
             record.update(changes)
             return dict(record)
 
-    def attempt(self, req: ProvisionRequest, candidate: Candidate) -> dict[str, Any]:
+    def attempt(self, req: ProvisionRequest, candidate: Candidate) -> JSONObject:
         provider, offer, template = candidate.provider, candidate.offer, candidate.template
         session_id = self.store.new_session_id()
         install_id = self.store.install_id()
@@ -330,7 +331,7 @@ class Provisioner:
         hard_max = now + timedelta(seconds=req.hard_max_s)
         reservation = now + timedelta(seconds=req.hours_s)
         timings: dict[str, float] = {}
-        record: dict[str, Any] = {
+        record: JSONObject = {
             "id": session_id,
             "status": "creating",
             "provider": offer.provider,
@@ -514,12 +515,12 @@ class Provisioner:
         self,
         req: ProvisionRequest,
         candidate: Candidate,
-        record: dict[str, Any],
+        record: JSONObject,
         instance_id: str,
         key_path: Path,
         public_key: str,
         started: float,
-    ) -> dict[str, Any]:
+    ) -> JSONObject:
         """From a trusted instance id to a verified, running session."""
         provider, offer, template = candidate.provider, candidate.offer, candidate.template
         session_id = record["id"]
@@ -578,7 +579,7 @@ class Provisioner:
         )
         return final
 
-    def undo(self, session: dict[str, Any], exc: BaseException) -> GpuShopperError:
+    def undo(self, session: JSONObject, exc: BaseException) -> GpuShopperError:
         """The hand-off reached no one (a signal or a closed pipe while the result was
         printed): destroy the new session too, and return the error to exit with."""
         from gpushopper.core.teardown import end_session
@@ -676,7 +677,7 @@ class Provisioner:
         template: Template | None,
         req: ProvisionRequest,
         started: float,
-    ) -> tuple[dict[str, Any], str, str]:
+    ) -> tuple[JSONObject, str, str]:
         from gpushopper.remote import ssh
 
         assert instance.ssh_host and instance.ssh_port
@@ -763,7 +764,7 @@ class Provisioner:
         self,
         provider: Provider,
         offer: Offer,
-        record: dict[str, Any],
+        record: JSONObject,
         instance_id: str | None,
         reason: str,
         *,
@@ -794,7 +795,7 @@ class Provisioner:
                     cleanup.destroyed = True
                 except GpuShopperError as exc:
                     cleanup.error = str(exc)
-            extra: dict[str, Any] = {}
+            extra: JSONObject = {}
             if cleanup.instance_id is not None:
                 extra["instance_id"] = cleanup.instance_id
             if cleanup.error:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
 
 from gpushopper.model.errors import NoSuchItem, UsageError
+from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.session import LIVE
 from gpushopper.model.units import format_duration, iso, parse_iso
 
@@ -40,13 +40,13 @@ def hard_max_at(now: datetime, hours_s: float, hard_max_s: float, override: bool
 
 @dataclass
 class Extension:
-    changes: dict[str, Any]  # what to write on the session
+    changes: JSONObject  # what to write on the session
     moved_hard_max_to: str | None = None  # set when --override moved the hard maximum
 
 
 def extend(
     session_id: str,
-    record: dict[str, Any],
+    record: JSONObject,
     by_s: float,
     now: datetime,
     hard_max_hours: float,
@@ -63,7 +63,7 @@ def extend(
     current = parse_iso(record.get("reservation_ends_at")) or now
     new_end = max(current, now) + timedelta(seconds=by_s)
     hard = parse_iso(record.get("hard_max_at")) or new_end
-    changes: dict[str, Any] = {"reservation_ends_at": iso(new_end)}
+    changes: JSONObject = {"reservation_ends_at": iso(new_end)}
     if new_end <= hard:
         return Extension(changes)
     if not override:
@@ -79,7 +79,7 @@ def extend(
 
 
 def dry_run_plan(
-    offer_json: dict[str, Any],
+    offer_json: JSONObject,
     price_per_hour: float | None,
     *,
     now: datetime,
@@ -89,7 +89,7 @@ def dry_run_plan(
     template: str | None,
     image: str | None,
     alternatives: list[str],
-) -> dict[str, Any]:
+) -> JSONObject:
     """What ``provision --dry-run`` reports (CLI.md pins this shape)."""
     price = price_per_hour or 0.0
     return {

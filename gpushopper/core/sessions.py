@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gpushopper.model.errors import GpuShopperError
+from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.session import DONE, LIVE, SESSION_ID_RE, STATUSES
 from gpushopper.model.units import iso, parse_iso
 
@@ -105,10 +106,10 @@ def record_problem(record: Any) -> str | None:
 
 
 def split_records(
-    sessions: dict[str, Any],
-) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    sessions: JSONObject,
+) -> tuple[dict[str, JSONObject], dict[str, str]]:
     """(records that can be enforced, {session id: why not} for the others)."""
-    good: dict[str, dict[str, Any]] = {}
+    good: dict[str, JSONObject] = {}
     bad: dict[str, str] = {}
     for session_id, record in sessions.items():
         why = record_problem(record)
@@ -119,7 +120,7 @@ def split_records(
     return good, bad
 
 
-def accrued_cost(record: dict[str, Any], now: datetime) -> float:
+def accrued_cost(record: JSONObject, now: datetime) -> float:
     """Price x running time, by the second, from first seen running to ended (or now)."""
     price = record.get("price_per_hour")
     start = parse_iso(record.get("billing_started_at"))
@@ -131,7 +132,7 @@ def accrued_cost(record: dict[str, Any], now: datetime) -> float:
 
 
 def close_record(
-    record: dict[str, Any], status: str, reason: str, now: datetime, *, keep_reason: bool = False
+    record: JSONObject, status: str, reason: str, now: datetime, *, keep_reason: bool = False
 ) -> None:
     """Move a record (in place) to ``status``; for ended/failed also stamp the end time and
     finalise the cost. ``keep_reason`` keeps an end reason and end time already recorded."""
@@ -144,7 +145,7 @@ def close_record(
         record["cost_usd"] = round(accrued_cost(record, now), 6)
 
 
-def ssh_command(record: dict[str, Any]) -> str | None:
+def ssh_command(record: JSONObject) -> str | None:
     from gpushopper.core.validate import ssh_record_problem
 
     ssh = record.get("ssh") or {}
@@ -164,7 +165,7 @@ def ssh_command(record: dict[str, Any]) -> str | None:
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def public_view(record: dict[str, Any], now: datetime) -> dict[str, Any]:
+def public_view(record: JSONObject, now: datetime) -> JSONObject:
     """The session as CLI.md's JSON shape (never any key material, only the key path)."""
     out = {key: record.get(key) for key in SESSION_KEYS}
     ssh = dict(record.get("ssh") or {})
@@ -202,7 +203,7 @@ def public_view(record: dict[str, Any], now: datetime) -> dict[str, Any]:
     return out
 
 
-def observe(record: dict[str, Any], provider_factory: Callable[[str], Provider]) -> dict[str, Any]:
+def observe(record: JSONObject, provider_factory: Callable[[str], Provider]) -> JSONObject:
     """What the provider says of a session's instance now, beside what we recorded:
     ``provider_status`` is the instance's status (running, loading, exited, stopped,
     unknown...), ``gone`` when the provider answers it has no such instance, or
@@ -224,7 +225,7 @@ def observe(record: dict[str, Any], provider_factory: Callable[[str], Provider])
     return {"provider_status": instance.status, "provider_detail": clip(": ".join(parts), 200)}
 
 
-def render_ssh_config(records: dict[str, dict[str, Any]]) -> str:
+def render_ssh_config(records: dict[str, JSONObject]) -> str:
     """One ``Host gpu-<session>`` block per live session with an SSH endpoint.
 
     A block is written only when every value in it passed validation: a newline in a host
@@ -260,7 +261,7 @@ def render_ssh_config(records: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def write_ssh_config(path: Path, records: dict[str, dict[str, Any]]) -> None:
+def write_ssh_config(path: Path, records: dict[str, JSONObject]) -> None:
     from gpushopper.state.atomic import atomic_write_text
 
     atomic_write_text(path, render_ssh_config(records), mode=0o600)
@@ -299,8 +300,8 @@ def printable_log(text: str, secrets: Iterable[str] = ()) -> list[str]:
 
 
 def session_logs(
-    provider: Provider, record: dict[str, Any], tail: int, secrets: list[str]
-) -> dict[str, Any]:
+    provider: Provider, record: JSONObject, tail: int, secrets: list[str]
+) -> JSONObject:
     """The session's instance log from its provider, cleaned: ``{session_id, provider,
     instance_id, tail, lines}``. An ended session's instance is gone, and its log with it."""
     if record.get("status") in DONE:

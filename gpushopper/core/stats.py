@@ -12,6 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from gpushopper.model.jsontypes import JSONMapping, JSONObject
+
 # The phases a boot goes through, as the provisioner records them in ``timings`` (seconds
 # from the start of the create call), then the ones recorded later.
 PHASES: tuple[tuple[str, str], ...] = (
@@ -50,17 +52,17 @@ def _num(value: Any) -> float | None:
     return number if math.isfinite(number) and number >= 0 else None
 
 
-def timing(record: Mapping[str, Any], key: str) -> float | None:
+def timing(record: JSONMapping, key: str) -> float | None:
     timings = record.get("timings")
     return _num(timings.get(key)) if isinstance(timings, Mapping) else None
 
 
-def template_of(record: Mapping[str, Any]) -> str:
+def template_of(record: JSONMapping) -> str:
     """The template (Vast.ai) or image (TensorDock) a session booted, or "-"."""
     return str(record.get("template") or record.get("image") or "-")
 
 
-def failed_stage(record: Mapping[str, Any]) -> str | None:
+def failed_stage(record: JSONMapping) -> str | None:
     """The boot stage a failed session failed at; None for one that did not fail."""
     if record.get("status") != "failed":
         return None
@@ -70,7 +72,7 @@ def failed_stage(record: Mapping[str, Any]) -> str | None:
     return "after boot"
 
 
-def booted(record: Mapping[str, Any]) -> float | None:
+def booted(record: JSONMapping) -> float | None:
     """Seconds from the create call to SSH for a session that came up, else None."""
     return timing(record, "time_to_ssh_s")
 
@@ -81,7 +83,7 @@ class Filters:
     template: str | None = None
     gpu: str | None = None
 
-    def keep(self, record: Mapping[str, Any]) -> bool:
+    def keep(self, record: JSONMapping) -> bool:
         if self.provider and record.get("provider") != self.provider:
             return False
         if self.template and template_of(record).lower() != self.template.lower():
@@ -96,13 +98,11 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def group_stats(
-    records: Iterable[Mapping[str, Any]], filters: Filters | None = None
-) -> list[dict[str, Any]]:
+def group_stats(records: Iterable[JSONMapping], filters: Filters | None = None) -> list[JSONObject]:
     """One row per (provider, template or image, GPU model): counts, failure rate by
     stage, median and 90th percentile of each phase. Sorted by provider, template, GPU."""
     filters = filters or Filters()
-    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    groups: dict[tuple[str, str, str], list[JSONMapping]] = {}
     for record in records:
         if not isinstance(record, Mapping) or not filters.keep(record):
             continue
@@ -125,7 +125,7 @@ def group_stats(
                 failed += 1
                 failures[stage] += 1
         count = len(members)
-        phases: dict[str, dict[str, Any]] = {}
+        phases: dict[str, JSONObject] = {}
         for key, _label in PHASES:
             values = [v for v in (timing(r, key) for r in members) if v is not None]
             phases[key] = {
@@ -158,7 +158,7 @@ class TimeoutChoice:
     provider: str = ""
     template: str = ""
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         return {
             "seconds": self.seconds,
             "source": self.source,
@@ -169,7 +169,7 @@ class TimeoutChoice:
 
 
 def measured_timeout(
-    records: Iterable[Mapping[str, Any]], provider: str, template: str, max_s: float
+    records: Iterable[JSONMapping], provider: str, template: str, max_s: float
 ) -> tuple[float, int, float] | None:
     """(timeout, boots, p90) from the recorded boots of this provider/template pair, once
     there are at least MIN_BOOTS: p90 x 1.5, never below 5 minutes nor above ``max_s``."""
@@ -192,7 +192,7 @@ def measured_timeout(
 
 
 def provision_timeout(
-    records: Iterable[Mapping[str, Any]],
+    records: Iterable[JSONMapping],
     provider: str,
     template: str,
     *,
@@ -249,7 +249,7 @@ TABLE_COLUMNS: tuple[str, ...] = (
 )
 
 
-def _pair(phase: Mapping[str, Any]) -> str:
+def _pair(phase: JSONMapping) -> str:
     from gpushopper.model.units import format_duration
 
     if not phase.get("n"):
@@ -257,7 +257,7 @@ def _pair(phase: Mapping[str, Any]) -> str:
     return f"{format_duration(phase['median_s'])} / {format_duration(phase['p90_s'])}"
 
 
-def table_rows(rows: Iterable[Mapping[str, Any]]) -> list[tuple[str, ...]]:
+def table_rows(rows: Iterable[JSONMapping]) -> list[tuple[str, ...]]:
     """``group_stats`` rows as the cells of ``sessions stats``'s table."""
     out = []
     for row in rows:

@@ -32,6 +32,7 @@ from gpushopper.model.errors import (
     StateWriteError,
     Unavailable,
 )
+from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.models import Instance
 from gpushopper.model.session import DONE
 
@@ -44,7 +45,7 @@ DESTROY_CONFIRM_S = 120.0  # how long a destroy may take to be confirmed
 LABEL_WAIT_S = 30.0  # how long a new instance may take to show up in the provider's list
 
 
-def get_session_or_fail(store: StateStore, session_id: str) -> dict[str, Any]:
+def get_session_or_fail(store: StateStore, session_id: str) -> JSONObject:
     record = store.get_session(session_id)
     if record is None:
         raise NoSuchItem(f"no session {session_id!r} (see 'gpu-shopper sessions list --all')")
@@ -59,7 +60,7 @@ def get_session_or_fail(store: StateStore, session_id: str) -> dict[str, Any]:
 
 def live_session_or_fail(
     store: StateStore, session_id: str, statuses: tuple[str, ...], needs: str
-) -> dict[str, Any]:
+) -> JSONObject:
     """The session, when its status is one of ``statuses``. An ended (or failed, or still
     creating) session is bad input for a command that needs a live one: exit 2, the same
     code as an unknown session, for every command."""
@@ -210,7 +211,7 @@ def end_session(
     sleep: Callable[[float], None] = time.sleep,
     mono: Callable[[], float] = time.monotonic,
     log: Callable[[str], None] = lambda message: None,
-) -> dict[str, Any]:
+) -> JSONObject:
     """Destroy the session's instance and mark it ended only once the provider confirms.
 
     On a failed destroy the session stays ``ending`` (so watch and cleanup-orphans retry)

@@ -10,6 +10,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from gpushopper.model.jsontypes import JSONObject
+
 _LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 _HOSTNAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
 _USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
@@ -61,7 +63,7 @@ def ssh_endpoint_problem(host: Any, port: Any, user: Any = None) -> str | None:
     return problem
 
 
-def ssh_record_problem(ssh: dict[str, Any]) -> str | None:
+def ssh_record_problem(ssh: JSONObject) -> str | None:
     """The first problem with a session's ``ssh`` block, or None when all is safe to write."""
     problem = ssh_endpoint_problem(ssh.get("host"), ssh.get("port"), ssh.get("user"))
     if problem is None:

@@ -18,11 +18,12 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gpushopper.core.interrupts import signal_name
 from gpushopper.core.sessions import split_records
 from gpushopper.model.errors import GpuShopperError
+from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.session import LIVE, STATUSES
 from gpushopper.model.units import format_duration, iso
 
@@ -135,7 +136,7 @@ class Watcher:
     def _say(self, message: str) -> None:
         self.emit(f"{iso(self.clock())} {message}")
 
-    def guarded(self) -> dict[str, dict[str, Any]]:
+    def guarded(self) -> dict[str, JSONObject]:
         """The live sessions a stop would destroy (or leave, with keep_on_exit)."""
         good, _ = split_records(self.enforcer.store.sessions())
         return {sid: r for sid, r in good.items() if r.get("status") in LIVE}

@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from gpushopper.model.jsontypes import JSONObject
+
 OFFER_KEYS = (
     "id",
     "provider",
@@ -61,9 +63,9 @@ class Offer:
     perf_source: str | None = None
     cost_per_unit: float | None = None
     # provider-specific facts needed to rent this exact offer (not part of the JSON contract)
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    extra: JSONObject = field(default_factory=dict, repr=False)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         # Every field but ``extra`` is a plain value: a shallow copy (``asdict`` deep-copies
         # and costs ~30x as much over a few hundred offers).
         data = dict(self.__dict__)
@@ -123,11 +125,11 @@ class Template:
     runtype: str | None = None
     min_cuda: float | None = None
     recommended_disk_gb: float | None = None
-    requirements: dict[str, Any] = field(default_factory=dict)
+    requirements: JSONObject = field(default_factory=dict)
     env: str | None = None
     onstart: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         return asdict(self)
 
 
@@ -146,11 +148,11 @@ class Instance:
     gpu_name: str | None = None
     num_gpus: int | None = None
     started_at: float | None = None  # epoch seconds, when the provider says
-    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+    extra: JSONObject = field(default_factory=dict, repr=False)
     image: str | None = None  # the image it booted, as the provider names it
     disk_gb: float | None = None  # the disk it got (and bills), as the provider says
     # Ports opened to the outside: {"internal": 8675, "external": 40321, "protocol": "tcp"}
-    ports: list[dict[str, Any]] = field(default_factory=list)
+    ports: list[JSONObject] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         # What the provider sent, typed once here: a label of True or a list of hosts is

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass, field, fields
 from datetime import datetime
 from enum import Enum
-from typing import Any
 
+from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.units import parse_iso
 
 
@@ -120,10 +120,10 @@ class Session:
         return self.status.live
 
     @classmethod
-    def from_record(cls, record: dict[str, Any]) -> Session:
+    def from_record(cls, record: JSONObject) -> Session:
         names = {f.name for f in fields(cls)} - {"rest"}
         times = {n for n in names if n.endswith("_at")}
-        kwargs: dict[str, Any] = {}
+        kwargs: JSONObject = {}
         for name in names:
             if name not in record:
                 continue
@@ -138,13 +138,13 @@ class Session:
         kwargs.setdefault("id", str(record.get("id", "")))
         return cls(**kwargs, rest={k: v for k, v in record.items() if k not in names})
 
-    def to_record(self, original: dict[str, Any] | None = None) -> dict[str, Any]:
+    def to_record(self, original: JSONObject | None = None) -> JSONObject:
         """The on-disk dict. Fields equal to what ``original`` already says keep the
         original's exact text (and absence), so a round trip changes no byte of JSON."""
         from gpushopper.model.units import iso
 
         before = Session.from_record(original) if original is not None else None
-        out: dict[str, Any] = dict(original or {})
+        out: JSONObject = dict(original or {})
         out.update(self.rest)
         for f in fields(self):
             if f.name == "rest":

@@ -22,6 +22,7 @@ from gpushopper.model.errors import (
     RateLimited,
     Unavailable,
 )
+from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.redact import clip, redact, register_secret
 
 if TYPE_CHECKING:
@@ -207,7 +208,7 @@ class HttpClient:
         method: str,
         path: str,
         *,
-        params: dict[str, Any] | None = None,
+        params: JSONObject | None = None,
         json_body: Any = None,
         idempotent: bool | None = None,
         timeout: tuple[float, float] | None = None,

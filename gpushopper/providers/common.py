@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from gpushopper.model.errors import MissingCredentials
+from gpushopper.model.jsontypes import JSONObject
 
 if TYPE_CHECKING:
     from gpushopper.providers.base import SettingsReader
@@ -126,7 +127,7 @@ def integer(value: Any) -> int | None:
     return None if out is None else int(out)
 
 
-def rows_of(data: Any, key: str, provider: str, what: str) -> list[dict[str, Any]]:
+def rows_of(data: Any, key: str, provider: str, what: str) -> list[JSONObject]:
     """``data[key]`` as a list of objects; any other shape is the provider's error."""
     from gpushopper.model.errors import ProviderError
 
@@ -163,7 +164,7 @@ def require(value: str | None, provider: str, hint: str) -> str:
     return value
 
 
-def http_settings(settings: SettingsReader) -> dict[str, Any]:
+def http_settings(settings: SettingsReader) -> JSONObject:
     """The HTTP knobs every provider client takes from settings."""
     return {
         "timeout": settings.get("defaults.http_timeout"),

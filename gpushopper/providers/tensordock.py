@@ -20,6 +20,7 @@ from gpushopper.model.errors import (
     RateLimited,
     Unavailable,
 )
+from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.models import (
     RANK_KEYS,
     Instance,
@@ -137,7 +138,7 @@ def classify(status: int, body: Any, text: str) -> ProviderError | None:
     return ProviderError(NAME, message, status=inner)
 
 
-def _obj(value: Any) -> dict[str, Any]:
+def _obj(value: Any) -> JSONObject:
     """An answer's sub-object, or {} when it has another shape (parsed defensively)."""
     return value if isinstance(value, dict) else {}
 
@@ -178,7 +179,7 @@ def even_down(value: float) -> int:
 
 
 def plan_resources(
-    hostnode: dict[str, Any],
+    hostnode: JSONObject,
     gpu_count: int,
     disk_gb: float,
     vcpus_per_gpu: int = 8,
@@ -218,7 +219,7 @@ def plan_resources(
 
 
 def price_of(
-    gpu_price: float, gpu_count: int, pricing: dict[str, Any], plan: dict[str, int]
+    gpu_price: float, gpu_count: int, pricing: JSONObject, plan: dict[str, int]
 ) -> float | None:
     per_vcpu = num(pricing.get("per_vcpu_hr"))
     per_ram = num(pricing.get("per_gb_ram_hr"))
@@ -313,10 +314,10 @@ def parse_hostnodes(
     return [o for o in offers if offer_matches(o, query)]
 
 
-def parse_instance(raw: dict[str, Any]) -> Instance:
+def parse_instance(raw: JSONObject) -> Instance:
     if isinstance(raw.get("data"), dict):
         raw = raw["data"]
-    attrs: dict[str, Any] = raw["attributes"] if isinstance(raw.get("attributes"), dict) else {}
+    attrs: JSONObject = raw["attributes"] if isinstance(raw.get("attributes"), dict) else {}
     merged = {**attrs, **{k: v for k, v in raw.items() if k != "attributes"}}
     status = str(merged.get("status") or "").strip()
     host = merged.get("ipAddress") or merged.get("ip_address")
@@ -329,10 +330,8 @@ def parse_instance(raw: dict[str, Any]) -> Instance:
             port = integer(fwd.get("external_port"))
     if host and port is None:
         port = 22  # dedicated IP: SSH straight on port 22
-    resources: dict[str, Any] = (
-        merged["resources"] if isinstance(merged.get("resources"), dict) else {}
-    )
-    gpus: dict[str, Any] = resources["gpus"] if isinstance(resources.get("gpus"), dict) else {}
+    resources: JSONObject = merged["resources"] if isinstance(merged.get("resources"), dict) else {}
+    gpus: JSONObject = resources["gpus"] if isinstance(resources.get("gpus"), dict) else {}
     gpu_name = next(iter(gpus), None)
     gpu_count = None
     if gpu_name and isinstance(gpus[gpu_name], dict):
@@ -388,7 +387,7 @@ def parse_instance_list(data: Any) -> list[Instance]:
     return out
 
 
-def cloud_init_for(spec: LaunchSpec, users: tuple[str, ...] = ("root", "user")) -> dict[str, Any]:
+def cloud_init_for(spec: LaunchSpec, users: tuple[str, ...] = ("root", "user")) -> JSONObject:
     """Write the session key for root and ``user`` (keys passed at create did not always
     reach the VM), and add any deadline commands the caller put in ``spec.onstart``."""
     key = spec.public_key.strip().replace("'", "")
@@ -535,7 +534,7 @@ class TensorDock:
             if offer.extra.get(key):
                 plan[key] = int(offer.extra[key])
         image = spec.image or (spec.template.image if spec.template else None) or self.image
-        attributes: dict[str, Any] = {
+        attributes: JSONObject = {
             "name": spec.label,
             "type": "virtualmachine",
             "image": image,

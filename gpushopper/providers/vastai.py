@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from gpushopper.model.errors import AuthFailed, NotFound, ProviderError, RateLimited, Unavailable
+from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.models import (
     Instance,
     LaunchSpec,
@@ -188,10 +189,10 @@ def next_page_token(token: Any, seen: set[str]) -> str | None:
 
 
 # -- pure translation ------------------------------------------------------------------------
-def build_search(query: OfferQuery, limit: int = FIRST_PAGE) -> dict[str, Any]:
+def build_search(query: OfferQuery, limit: int = FIRST_PAGE) -> JSONObject:
     """Translate an OfferQuery into the ``POST /bundles/`` body: every filter the server
     applies (reference section 2.2), ordered by the query's sort, at most ``limit`` rows."""
-    q: dict[str, Any] = {"rentable": {"eq": True}, "rented": {"eq": False}}
+    q: JSONObject = {"rentable": {"eq": True}, "rented": {"eq": False}}
     if query.gpus:
         q["gpu_name"] = {"in": gpu_names_for(query.gpus)}
     if query.min_vram_gb is not None:
@@ -218,7 +219,7 @@ def build_search(query: OfferQuery, limit: int = FIRST_PAGE) -> dict[str, Any]:
     return q
 
 
-def parse_offer(raw: dict[str, Any]) -> Offer:
+def parse_offer(raw: JSONObject) -> Offer:
     """One Vast.ai offer (``bundles`` row) as the common Offer; missing fields -> None."""
     gpu_ram_mb = num(raw.get("gpu_ram"))
     cpu_ram_mb = num(raw.get("cpu_ram"))
@@ -285,7 +286,7 @@ def _text(value: Any) -> str | None:
     return None
 
 
-def parse_template(raw: dict[str, Any]) -> Template:
+def parse_template(raw: JSONObject) -> Template:
     extra = raw.get("extra_filters") if isinstance(raw.get("extra_filters"), dict) else {}
     cuda = None
     cuda_filter = extra.get("cuda_max_good") if isinstance(extra, dict) else None
@@ -311,7 +312,7 @@ def parse_template(raw: dict[str, Any]) -> Template:
     )
 
 
-def parse_instance(raw: dict[str, Any]) -> Instance:
+def parse_instance(raw: JSONObject) -> Instance:
     status = raw.get("actual_status")
     endpoints: list[tuple[str, int]] = []
     ports = raw.get("ports") if isinstance(raw.get("ports"), dict) else {}
@@ -355,7 +356,7 @@ def parse_instance(raw: dict[str, Any]) -> Instance:
     )
 
 
-def _open_ports(ports: dict[str, Any]) -> list[dict[str, Any]]:
+def _open_ports(ports: JSONObject) -> list[JSONObject]:
     """``{"8675/tcp": [{"HostIp": ..., "HostPort": "40321"}]}`` as mappings, SSH's aside
     (Instance drops any that is not two ports and a protocol)."""
     out = []
@@ -536,7 +537,7 @@ class VastAI:
     def list_templates(
         self, name: str | None = None, use_ssh: bool | None = None
     ) -> list[Template]:
-        filters: dict[str, Any] = {}
+        filters: JSONObject = {}
         if use_ssh is not None:
             filters["use_ssh"] = {"eq": use_ssh}
         params = {"select_cols": dumps_query(["*"]), "select_filters": dumps_query(filters)}
@@ -550,7 +551,7 @@ class VastAI:
 
     def get_template(self, ident: str) -> Template | None:
         """A template by hash id, numeric id or exact name (case-insensitive)."""
-        attempts: list[dict[str, Any]] = []
+        attempts: list[JSONObject] = []
         if ident.isdigit():
             attempts.append({"id": {"eq": int(ident)}})
         attempts.append({"hash_id": {"eq": ident}})
@@ -595,7 +596,7 @@ class VastAI:
                 f"onstart is {len(onstart)} characters (the on-instance deadline plus the "
                 f"template's own), over Vast.ai's limit of {MAX_ONSTART}",
             )
-        body: dict[str, Any] = {
+        body: JSONObject = {
             "client_id": "me",
             "env": env,
             "disk": float(spec.disk_gb),
@@ -668,7 +669,7 @@ class VastAI:
         token: str | None = None
         seen: set[str] = set()
         for _ in range(MAX_PAGES):
-            params: dict[str, Any] = {
+            params: JSONObject = {
                 "select_cols": dumps_query(["*"]),
                 "order_by": dumps_query([{"col": "id", "dir": "asc"}]),
                 "limit": LIST_PAGE,

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from gpushopper.core.bench.records import cost_per_unit, split_workload
 from gpushopper.model.errors import UsageError
+from gpushopper.model.jsontypes import JSONObject
 
 if TYPE_CHECKING:
     from gpushopper.model.models import Offer
@@ -227,9 +228,7 @@ def ranked_results(table: ResultTable, workload: str) -> Ranked:
 Live: TypeAlias = "dict[tuple[str, int], Offer]"
 
 
-def _live_fields(
-    live: Live, gpu: str | None, count: int, value: float, hib: bool
-) -> dict[str, Any]:
+def _live_fields(live: Live, gpu: str | None, count: int, value: float, hib: bool) -> JSONObject:
     offer = None
     if live and gpu:
         from gpushopper.model.models import canonical_gpu
@@ -243,7 +242,7 @@ def _live_fields(
     }
 
 
-def _result_row(ranked: Ranked, i: int, live: Live | None) -> dict[str, Any]:
+def _result_row(ranked: Ranked, i: int, live: Live | None) -> JSONObject:
     """One result as the questions print it: the figures from the ranked columns, the
     rest from its own row."""
     cols, facts = ranked.cols, ranked.cols.table.row(i)
@@ -362,7 +361,7 @@ def recommendations(
         assert value is not None  # every group has a row
         price = _median([p for p in cols.prices(items) if p is not None])
         peaks = [peak_col[i] for i in items if _number(peak_col[i])]
-        row: dict[str, Any] = {
+        row: JSONObject = {
             "gpu_name": gpu,
             "gpu_count": count,
             "n": len(items),

@@ -14,6 +14,7 @@ from datetime import datetime
 from typing import Any
 
 from gpushopper.model.errors import UsageError
+from gpushopper.model.jsontypes import JSONObject
 
 # Patterns, compiled on first use (a query needs only the first; compiling all costs 1 ms).
 WORKLOAD_RE = r"[A-Za-z0-9][A-Za-z0-9._:/+-]{0,79}"
@@ -120,7 +121,7 @@ class _Check:
             raise self.fail(key, f"must be true or false, not {_kind(value)}")
         return value
 
-    def obj(self, key: str, value: Any, known: set[str] | None) -> dict[str, Any]:
+    def obj(self, key: str, value: Any, known: set[str] | None) -> JSONObject:
         if value is None:
             return {}
         if not isinstance(value, dict):
@@ -134,7 +135,7 @@ class _Check:
 
 def validate_result(
     raw: Any, *, where: str = "", now: datetime, source: str = "submit"
-) -> dict[str, Any]:
+) -> JSONObject:
     """A clean result record from ``raw``, or a UsageError naming the first bad field.
 
     Ids are not taken from the input (``assign_id`` gives one); ``cost_per_unit`` is
@@ -270,7 +271,7 @@ def validate_result(
     }
 
 
-def assign_id(record: dict[str, Any], taken: Any) -> dict[str, Any]:
+def assign_id(record: JSONObject, taken: Any) -> JSONObject:
     """The record with a fresh ``r-xxxxxx`` id not in ``taken`` (first in its keys)."""
     import os
 
@@ -292,7 +293,7 @@ def is_seed(raw: Any) -> bool:
     )
 
 
-def from_seed(raw: dict[str, Any], *, where: str, now: datetime) -> dict[str, Any]:
+def from_seed(raw: JSONObject, *, where: str, now: datetime) -> JSONObject:
     """Our record for one seed result: workload ``ollama/MODEL``, metric ``tokens_per_s``
     (the seed's ``avg_tokens_per_second``), its price per hour and GPU; valid when its error
     rate is under 10%. Everything then passes :func:`validate_result`."""
@@ -319,7 +320,7 @@ def from_seed(raw: dict[str, Any], *, where: str, now: datetime) -> dict[str, An
     provider = raw.get("provider")
     if isinstance(provider, str):
         provider = provider.strip().lower().replace(".", "").replace(" ", "") or None
-    extra: dict[str, Any] = {}
+    extra: JSONObject = {}
     for ours, theirs, block in (
         ("p50_tokens_per_s", "p50_tokens_per_second", results),
         ("avg_ttft_ms", "avg_ttft_ms", results),
@@ -366,7 +367,7 @@ def from_seed(raw: dict[str, Any], *, where: str, now: datetime) -> dict[str, An
     return validate_result(record, where=where, now=now, source="seed")
 
 
-def parse_submission(doc: Any, *, now: datetime) -> list[dict[str, Any]]:
+def parse_submission(doc: Any, *, now: datetime) -> list[JSONObject]:
     """Every result in a submitted document (one object, a list, or the seed's shape),
     validated; the first bad one raises and nothing is imported."""
     if isinstance(doc, dict) and isinstance(doc.get("benchmarks"), list):

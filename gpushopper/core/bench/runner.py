@@ -56,6 +56,7 @@ from gpushopper.model.errors import (
     StateError,
     UsageError,
 )
+from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.redact import clip
 from gpushopper.model.units import iso, parse_iso
 
@@ -160,7 +161,7 @@ class _AttemptHost:
 
 @dataclass
 class _Entry:
-    record: dict[str, Any]
+    record: JSONObject
     candidates: list[Candidate]
     match_gpu: str | None = None  # cache by GPU model + provider (None: by the offer's machine)
 
@@ -184,7 +185,7 @@ class BenchRunner:
         self.real_mono = real_mono
         self.stop = Stop()
         self.lock = threading.RLock()
-        self.run: dict[str, Any] = {}
+        self.run: JSONObject = {}
         self.entries: list[_Entry] = []
         self.failed_offers: set[str] = set()
         self.failed_machines: set[str] = set()
@@ -192,7 +193,7 @@ class BenchRunner:
         self.commitments: dict[str, float] = {}
 
     # -- the record ---------------------------------------------------------------------------
-    def create(self, opts: RunOptions) -> dict[str, Any]:
+    def create(self, opts: RunOptions) -> JSONObject:
         """The run record, saved before anything is rented (intent before action)."""
         now = iso(self.host.clock())
         with self.bench.transaction() as data:
@@ -313,7 +314,7 @@ class BenchRunner:
         self._save()
 
     # -- running ------------------------------------------------------------------------------
-    def execute(self, opts: RunOptions) -> tuple[dict[str, Any], int]:
+    def execute(self, opts: RunOptions) -> tuple[JSONObject, int]:
         """Run every entry (``--parallel`` at once); returns (the run, the exit status)."""
         with self.lock:
             self.run["status"] = "running"
@@ -443,7 +444,7 @@ class BenchRunner:
                 return candidate
         return None
 
-    def _cached(self, entry: _Entry, opts: RunOptions) -> dict[str, Any] | None:
+    def _cached(self, entry: _Entry, opts: RunOptions) -> JSONObject | None:
         from gpushopper.model.models import canonical_gpu
 
         if not entry.candidates:
@@ -524,7 +525,7 @@ class BenchRunner:
         runner = JobRunner(host, log=self._say, emit=lambda data: None)
         spec = self._spec(opts)
         job = runner.create(spec)
-        attempt: dict[str, Any] = {
+        attempt: JSONObject = {
             "offer_id": offer.id,
             "machine_id": offer.machine_id,
             "price_per_hour": offer.price_per_hour,
@@ -554,9 +555,9 @@ class BenchRunner:
         )
         provisioner = self.make_provisioner(host)
 
-        def provision(on_stage: Callable[[str], None]) -> dict[str, Any]:
+        def provision(on_stage: Callable[[str], None]) -> JSONObject:
             req.on_stage = on_stage
-            session: dict[str, Any] = provisioner.provision(req, [candidate])
+            session: JSONObject = provisioner.provision(req, [candidate])
             with self.lock:
                 attempt["session_id"] = session["id"]
             self._save()
@@ -644,9 +645,7 @@ class BenchRunner:
             remote_root=opts.remote_root,
         )
 
-    def _session_of(
-        self, job: dict[str, Any], before: set[str], offer_id: str
-    ) -> dict[str, Any] | None:
+    def _session_of(self, job: JSONObject, before: set[str], offer_id: str) -> JSONObject | None:
         sessions = self.host.store.sessions()
         if job.get("session_id") and job["session_id"] in sessions:
             return dict(sessions[job["session_id"]])
@@ -656,8 +655,8 @@ class BenchRunner:
         return dict(mine[-1]) if mine else None
 
     def _attempt_sessions(
-        self, job: dict[str, Any], before: set[str], offer_id: str
-    ) -> dict[str, dict[str, Any]]:
+        self, job: JSONObject, before: set[str], offer_id: str
+    ) -> dict[str, JSONObject]:
         """The sessions this attempt made: its job's, and any boot of its offer since."""
         sessions = self.host.store.sessions()
         ids = {
@@ -669,7 +668,7 @@ class BenchRunner:
             ids.add(job["session_id"])
         return {sid: sessions[sid] for sid in ids if isinstance(sessions.get(sid), dict)}
 
-    def _all_gone(self, job: dict[str, Any], before: set[str], offer_id: str) -> bool:
+    def _all_gone(self, job: JSONObject, before: set[str], offer_id: str) -> bool:
         """Every session of the attempt is destroyed, as the provider confirmed: ended, or
         failed without a destroy error (a failed boot whose instance is gone)."""
         for session in self._attempt_sessions(job, before, offer_id).values():
@@ -680,7 +679,7 @@ class BenchRunner:
             return False
         return True
 
-    def _cost(self, job: dict[str, Any], before: set[str], offer_id: str) -> float:
+    def _cost(self, job: JSONObject, before: set[str], offer_id: str) -> float:
         """What the attempt's session(s) cost, by the second, failed boots included."""
         from gpushopper.core.sessions import accrued_cost
 
@@ -696,9 +695,9 @@ class BenchRunner:
         entry: _Entry,
         opts: RunOptions,
         candidate: Candidate,
-        job: dict[str, Any],
-        session: dict[str, Any] | None,
-        attempt: dict[str, Any],
+        job: JSONObject,
+        session: JSONObject | None,
+        attempt: JSONObject,
     ) -> str:
         """Read, validate and store the result of a job that succeeded."""
         from gpushopper.core.provisioner import record_failure
@@ -746,12 +745,12 @@ class BenchRunner:
         entry: _Entry,
         opts: RunOptions,
         offer: Any,
-        found: dict[str, Any],
-        hardware: dict[str, Any],
-        job: dict[str, Any],
-        session: dict[str, Any] | None,
-        attempt: dict[str, Any],
-    ) -> dict[str, Any]:
+        found: JSONObject,
+        hardware: JSONObject,
+        job: JSONObject,
+        session: JSONObject | None,
+        attempt: JSONObject,
+    ) -> JSONObject:
         workload = opts.workload
         price = offer.price_per_hour
         extra = dict(found.get("extra_metrics") or {})
@@ -814,7 +813,7 @@ class BenchRunner:
                 _give_up(entry.record, "skipped", None, why)
         self._conclude()
 
-    def _conclude(self) -> tuple[dict[str, Any], int]:
+    def _conclude(self) -> tuple[JSONObject, int]:
         with self.lock:
             statuses = [e.record["status"] for e in self.entries]
             good = sum(s in ("succeeded", "cached") for s in statuses)
@@ -843,7 +842,7 @@ class BenchRunner:
 
 def _entry_record(
     key: str, gpu_name: str | None, provider: str | None, offer_id: str | None
-) -> dict[str, Any]:
+) -> JSONObject:
     return {
         "key": key,
         "gpu_name": gpu_name,
@@ -857,7 +856,7 @@ def _entry_record(
     }
 
 
-def _give_up(record: dict[str, Any], status: str, stage: str | None, reason: str) -> None:
+def _give_up(record: JSONObject, status: str, stage: str | None, reason: str) -> None:
     if record["status"] in ENTRY_FINAL:
         return
     record["status"] = status
@@ -877,14 +876,14 @@ def _when(text: Any) -> Any:
 
 
 # -- status and cancel (another process) -----------------------------------------------------
-def get_run(bench: BenchStore, run_id: str) -> dict[str, Any]:
+def get_run(bench: BenchStore, run_id: str) -> JSONObject:
     found = bench.get("runs", run_id)
     if found is None:
         raise UsageError(f"no benchmark run {run_id!r} (see 'gpu-shopper benchmark list')")
     return found
 
 
-def request_cancel(bench: BenchStore, run_id: str) -> dict[str, Any]:
+def request_cancel(bench: BenchStore, run_id: str) -> JSONObject:
     """Set ``cancel_requested`` (the owning process polls it); a final run is left alone."""
     with bench.transaction() as data:
         run = data["runs"].get(run_id)
@@ -895,7 +894,7 @@ def request_cancel(bench: BenchStore, run_id: str) -> dict[str, Any]:
         return dict(run)
 
 
-def sessions_of_run(store: StateStore, run: dict[str, Any]) -> list[dict[str, Any]]:
+def sessions_of_run(store: StateStore, run: JSONObject) -> list[JSONObject]:
     """The live sessions of a run: named by its attempts, or booted by its owner process."""
     from gpushopper.model.session import DONE
 
@@ -928,7 +927,7 @@ def sessions_of_run(store: StateStore, run: dict[str, Any]) -> list[dict[str, An
 
 def finish_abandoned(
     host: JobHost, bench: BenchStore, run_id: str, log: Callable[[str], None]
-) -> tuple[dict[str, Any], list[str]]:
+) -> tuple[JSONObject, list[str]]:
     """``benchmark cancel`` with the owning process gone: destroy the run's sessions through
     the one teardown path, close its jobs and entries, mark it cancelled. Returns the run
     and the destroys that could not be confirmed."""

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from gpushopper.core.bench import cron
 from gpushopper.model.errors import StateError, UsageError
+from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.units import iso, parse_iso
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ Runner = Callable[[list[str], str], "RunOutcome"]
 @dataclass
 class RunOutcome:
     exit_code: int
-    run: dict[str, Any] | None = None
+    run: JSONObject | None = None
     message: str = ""
 
 
@@ -82,7 +83,7 @@ def check_args(args: list[str]) -> list[str]:
 
 def add(
     store: BenchStore, name: str, expr: str, max_budget: float, args: list[str], now: datetime
-) -> dict[str, Any]:
+) -> JSONObject:
     """Store a new schedule (enabled); refuse a name already taken."""
     check_name(name)
     parsed = cron.parse(expr)
@@ -113,8 +114,8 @@ def update(
     max_budget: float | None = None,
     args: list[str] | None = None,
     enabled: bool | None = None,
-) -> dict[str, Any]:
-    changes: dict[str, Any] = {}
+) -> JSONObject:
+    changes: JSONObject = {}
     if expr is not None:
         changes["cron"] = cron.parse(expr).text
     if max_budget is not None:
@@ -143,7 +144,7 @@ def delete(store: BenchStore, name: str) -> None:
         raise UsageError(f"no schedule {name!r} (see 'gpu-shopper benchmark schedule list')")
 
 
-def next_due(record: dict[str, Any]) -> datetime | None:
+def next_due(record: JSONObject) -> datetime | None:
     """When the schedule fires next: the first cron time after its last firing (or its
     creation). None when disabled or unreadable."""
     try:
@@ -156,7 +157,7 @@ def next_due(record: dict[str, Any]) -> datetime | None:
     return expr.next_after(since)
 
 
-def view(record: dict[str, Any]) -> dict[str, Any]:
+def view(record: JSONObject) -> JSONObject:
     """A schedule as ``schedule list --json`` shows it: the record plus ``next_due_at``."""
     return {**record, "next_due_at": iso(next_due(record))}
 
@@ -167,7 +168,7 @@ def run_due(
     now: Callable[[], datetime],
     runner: Runner,
     log: Callable[[str], None] = lambda message: None,
-) -> list[dict[str, Any]]:
+) -> list[JSONObject]:
     """Fire every enabled schedule that is due, once each; the firings, in name order.
 
     Returns ``[]`` without firing anything when another run-due holds the lock.
@@ -188,9 +189,9 @@ def run_due(
 
 def _fire(
     store: BenchStore, now: Callable[[], datetime], runner: Runner, log: Callable[[str], None]
-) -> list[dict[str, Any]]:
+) -> list[JSONObject]:
     stamp = now()
-    claimed: list[dict[str, Any]] = []
+    claimed: list[JSONObject] = []
     with store.transaction() as data:  # claim first: a crash mid-run never fires it again
         for name in sorted(data["schedules"]):
             record = data["schedules"][name]

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gpushopper.model.errors import UsageError
+from gpushopper.model.jsontypes import JSONObject
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 RESULT_FILE = "gs-result.json"
@@ -222,7 +223,7 @@ def _reject_constant(name: str) -> Any:
     raise ResultInvalid(f"{name} is not a number")
 
 
-def parse_result(text: str) -> dict[str, Any]:
+def parse_result(text: str) -> JSONObject:
     """One JSON object {"metric", "value", "unit", "higher_is_better"} (plus, optionally,
     extra_metrics, device and backend), checked strictly."""
     if len(text.encode(errors="replace")) > MAX_RESULT_BYTES:
@@ -269,7 +270,7 @@ def parse_result(text: str) -> dict[str, Any]:
     return out
 
 
-def parse_hardware(query: str | None, banner: str | None) -> dict[str, Any]:
+def parse_hardware(query: str | None, banner: str | None) -> JSONObject:
     """The measured hardware from ``nvidia-smi --query-gpu=... --format=csv,noheader`` and
     the plain ``nvidia-smi`` banner (CUDA version); every field null without nvidia-smi."""
     rows = []
@@ -305,8 +306,8 @@ def _read_small(path: Path) -> str | None:
 
 
 def read_outcome(
-    workload: Workload, out_dir: Path, job: dict[str, Any], session: dict[str, Any] | None
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    workload: Workload, out_dir: Path, job: JSONObject, session: JSONObject | None
+) -> tuple[JSONObject, JSONObject]:
     """(the measurement, the hardware) of a job that ran; ResultInvalid when the workload's
     answer is missing or malformed."""
     hardware = parse_hardware(_read_small(out_dir / HARDWARE_FILE), _read_small(out_dir / SMI_FILE))
@@ -349,7 +350,7 @@ def read_outcome(
 
 def _measured(
     metric: str, value: float, unit: str, higher: bool, extra: dict[str, float]
-) -> dict[str, Any]:
+) -> JSONObject:
     return {
         "metric": metric,
         "value": value,
@@ -362,7 +363,7 @@ def _measured(
 
 
 def invalid_reasons(
-    workload: Workload, found: dict[str, Any], hardware: dict[str, Any], advertised: str | None
+    workload: Workload, found: JSONObject, hardware: JSONObject, advertised: str | None
 ) -> list[str]:
     """Why a result must not rank: the measured GPU is not the advertised one, the
     measurement did not run its full length, or too many requests failed."""
