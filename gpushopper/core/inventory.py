@@ -19,7 +19,7 @@ from gpushopper.model.errors import (
     Unavailable,
     UsageError,
 )
-from gpushopper.model.jsontypes import JSONObject
+from gpushopper.model.jsontypes import JSONObject, JSONValue
 from gpushopper.model.models import (
     RANK_KEYS,
     SORTS,
@@ -104,7 +104,7 @@ def health_of(offer: Offer, health: JSONObject, now: datetime) -> str:
     return worst
 
 
-def _when(text: Any) -> datetime | None:
+def _when(text: JSONValue) -> datetime | None:
     """An ISO time from our own files; None when missing or mangled."""
     try:
         return parse_iso(text) if isinstance(text, str) else None
@@ -149,7 +149,7 @@ class OfferCache:
         return self.dir / f"{provider}-{digest:016x}.json"
 
     @staticmethod
-    def _read(path: Path) -> Any:
+    def _read(path: Path) -> JSONValue:
         """A cache file's JSON; None when missing, mangled or a link (never followed)."""
         try:
             return json.loads(read_bytes_nofollow(path))

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from gpushopper.core.sessions import split_records
-from gpushopper.model.jsontypes import JSONObject
+from gpushopper.model.jsontypes import JSONObject, JSONValue
 from gpushopper.model.models import Instance
 from gpushopper.model.session import LIVE, looks_like_ours, parse_label
 from gpushopper.model.units import parse_iso
@@ -268,7 +267,7 @@ def boot_limit(record: JSONObject, policy: Policy) -> float:
     return max(policy.provision_timeout_s, min(float(chosen), policy.hard_max_s))
 
 
-def _gone(status: Any, record: JSONObject, age: float, policy: Policy) -> bool:
+def _gone(status: JSONValue, record: JSONObject, age: float, policy: Policy) -> bool:
     """May a live session whose instance the provider does not list be closed?"""
     if status in ("running", "ending"):
         return True

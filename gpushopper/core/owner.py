@@ -14,9 +14,8 @@ from __future__ import annotations
 
 import os
 import socket
-from typing import Any
 
-from gpushopper.model.jsontypes import JSONObject
+from gpushopper.model.jsontypes import JSONObject, JSONValue
 
 ALIVE = "alive"
 GONE = "gone"
@@ -73,7 +72,7 @@ def current_owner() -> JSONObject:
     }
 
 
-def owner_state(owner: Any) -> str:
+def owner_state(owner: JSONValue) -> str:
     """``alive``, ``gone`` (provably: same host, no such process) or ``unknown``."""
     if not isinstance(owner, dict):
         return UNKNOWN

@@ -7,10 +7,10 @@ import shlex
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gpushopper.model.errors import GpuShopperError
-from gpushopper.model.jsontypes import JSONObject
+from gpushopper.model.jsontypes import JSONObject, JSONValue
 from gpushopper.model.session import DONE, LIVE, SESSION_ID_RE, STATUSES
 from gpushopper.model.units import iso, parse_iso
 
@@ -70,7 +70,7 @@ TIME_FIELDS = (
 )
 
 
-def record_problem(record: Any) -> str | None:
+def record_problem(record: JSONValue) -> str | None:
     """Why a session record cannot be enforced as it stands, or None when it can."""
     if not isinstance(record, dict):
         return f"is {'null' if record is None else type(record).__name__}, not a session object"

@@ -10,9 +10,8 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from gpushopper.model.jsontypes import JSONMapping, JSONObject
+from gpushopper.model.jsontypes import JSONMapping, JSONObject, JSONValue
 
 # The phases a boot goes through, as the provisioner records them in ``timings`` (seconds
 # from the start of the create call), then the ones recorded later.
@@ -45,7 +44,7 @@ def percentile(values: list[float], q: float) -> float | None:
     return ordered[low] + (ordered[high] - ordered[low]) * (pos - low)
 
 
-def _num(value: Any) -> float | None:
+def _num(value: JSONValue) -> float | None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return None
     number = float(value)

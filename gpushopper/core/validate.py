@@ -8,9 +8,8 @@ argument, ssh_config or a remote command passes one of these first.
 from __future__ import annotations
 
 import re
-from typing import Any
 
-from gpushopper.model.jsontypes import JSONObject
+from gpushopper.model.jsontypes import JSONObject, JSONValue
 
 _LABEL = r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)"
 _HOSTNAME_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\.?")
@@ -19,7 +18,7 @@ _USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 _UNSAFE_QUOTED = re.compile(r'["\x00-\x1f\x7f]')
 
 
-def ssh_host_problem(value: Any) -> str | None:
+def ssh_host_problem(value: JSONValue) -> str | None:
     """None when ``value`` is a hostname or an IP address, else why not."""
     if not isinstance(value, str) or not value:
         return f"host {value!r} is not text"
@@ -37,25 +36,25 @@ def ssh_host_problem(value: Any) -> str | None:
     return f"host {value!r} is neither a hostname nor an IP address"
 
 
-def ssh_port_problem(value: Any) -> str | None:
+def ssh_port_problem(value: JSONValue) -> str | None:
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
         return f"port {value!r} is not an integer from 1 to 65535"
     return None
 
 
-def ssh_user_problem(value: Any) -> str | None:
+def ssh_user_problem(value: JSONValue) -> str | None:
     if not isinstance(value, str) or not _USER_RE.fullmatch(value):
         return f"user {value!r} does not match [a-z_][a-z0-9_-]* (32 characters at most)"
     return None
 
 
-def quoted_path_problem(value: Any) -> str | None:
+def quoted_path_problem(value: JSONValue) -> str | None:
     if not isinstance(value, str) or not value or _UNSAFE_QUOTED.search(value):
         return f"path {value!r} has a quote or a control character"
     return None
 
 
-def ssh_endpoint_problem(host: Any, port: Any, user: Any = None) -> str | None:
+def ssh_endpoint_problem(host: JSONValue, port: JSONValue, user: JSONValue = None) -> str | None:
     """The first problem with an SSH endpoint (and user, when given), or None."""
     problem = ssh_host_problem(host) or ssh_port_problem(port)
     if problem is None and user is not None:

@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from typing import Any
 
-from gpushopper.model.jsontypes import JSONObject
+from gpushopper.model.jsontypes import JSONObject, JSONValue
 
 OFFER_KEYS = (
     "id",
@@ -182,7 +182,7 @@ class Instance:
 _IMAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,199}")
 
 
-def _port_ok(port: Any) -> bool:
+def _port_ok(port: JSONValue) -> bool:
     if not isinstance(port, dict) or port.get("protocol") not in ("tcp", "udp"):
         return False
     return all(type(port.get(k)) is int and 0 < port[k] < 65536 for k in ("internal", "external"))

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 import threading
-from typing import Any
+
+from gpushopper.model.jsontypes import JSONValue
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -91,7 +92,7 @@ def redact(text: str) -> str:
     )
 
 
-def redact_tree(value: Any) -> Any:
+def redact_tree(value: JSONValue) -> JSONValue:
     """A copy of a JSON-able value with every string redacted (keys too).
 
     Redacting the values, not the serialized text, can never break the JSON syntax."""

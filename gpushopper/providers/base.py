@@ -22,7 +22,7 @@ from gpushopper.model.errors import (
     RateLimited,
     Unavailable,
 )
-from gpushopper.model.jsontypes import JSONObject
+from gpushopper.model.jsontypes import JSONObject, JSONValue
 from gpushopper.model.redact import clip, redact, register_secret
 
 if TYPE_CHECKING:
@@ -110,7 +110,7 @@ def parse_retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def error_text(body: Any) -> str | None:
+def error_text(body: JSONValue) -> str | None:
     """The human message inside a provider error body, whatever its shape."""
     if isinstance(body, dict):
         for key in ("msg", "message", "detail", "error_description"):
@@ -153,7 +153,7 @@ class HttpClient:
         backoff_max: float = 8.0,
         max_retry_after: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
-        classify: Callable[[int, Any, str], ProviderError | None] | None = None,
+        classify: Callable[[int, JSONValue, str], ProviderError | None] | None = None,
         total_timeout: float | None = None,
     ) -> None:
         self.provider = provider
@@ -209,10 +209,10 @@ class HttpClient:
         path: str,
         *,
         params: JSONObject | None = None,
-        json_body: Any = None,
+        json_body: JSONValue = None,
         idempotent: bool | None = None,
         timeout: tuple[float, float] | None = None,
-    ) -> Any:
+    ) -> JSONValue:
         """Send one call and return its decoded JSON (or None for an empty body).
 
         ``idempotent`` defaults to True for GET/HEAD/DELETE; pass False for creates,
@@ -312,7 +312,7 @@ class HttpClient:
         )
 
     @staticmethod
-    def _decode(response: requests.Response) -> tuple[Any, bool]:
+    def _decode(response: requests.Response) -> tuple[JSONValue, bool]:
         """The answer decoded once: (JSON value or None when empty, False), or
         (the text, True) when the body is not JSON."""
         content = response.content
@@ -323,7 +323,7 @@ class HttpClient:
         except ValueError:
             return response.text, True
 
-    def _error_for(self, response: requests.Response, body: Any) -> ProviderError | None:
+    def _error_for(self, response: requests.Response, body: JSONValue) -> ProviderError | None:
         status = response.status_code
         if self.classify is not None:
             custom = self.classify(status, body, response.text)
@@ -371,6 +371,6 @@ def _user_agent() -> str:
     return f"gpu-shopper/{__version__}"
 
 
-def dumps_query(value: Any) -> str:
+def dumps_query(value: JSONValue) -> str:
     """JSON-encode a query-string argument the way the providers' own clients do."""
     return json.dumps(value, separators=(",", ":"))

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gpushopper.model.errors import MissingCredentials
-from gpushopper.model.jsontypes import JSONObject
+from gpushopper.model.jsontypes import JSONObject, JSONValue
 
 if TYPE_CHECKING:
     from gpushopper.providers.base import SettingsReader
@@ -106,7 +106,7 @@ def country_code(text: str | None) -> str | None:
 _INF = float("inf")
 
 
-def num(value: Any) -> float | None:
+def num(value: JSONValue) -> float | None:
     """A float, or None for missing, null, empty, non-numeric or non-finite values."""
     kind = type(value)
     if kind is float:  # the common case first: parsing thousands of offers stays cheap
@@ -122,12 +122,12 @@ def num(value: Any) -> float | None:
     return out if out == out and -_INF < out < _INF else None  # NaN, inf -> None
 
 
-def integer(value: Any) -> int | None:
+def integer(value: JSONValue) -> int | None:
     out = num(value)
     return None if out is None else int(out)
 
 
-def rows_of(data: Any, key: str, provider: str, what: str) -> list[JSONObject]:
+def rows_of(data: JSONValue, key: str, provider: str, what: str) -> list[JSONObject]:
     """``data[key]`` as a list of objects; any other shape is the provider's error."""
     from gpushopper.model.errors import ProviderError
 
@@ -147,7 +147,7 @@ def rows_of(data: Any, key: str, provider: str, what: str) -> list[JSONObject]:
 _INSTANCE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
-def checked_instance_id(value: Any, provider: str, what: str) -> str:
+def checked_instance_id(value: JSONValue, provider: str, what: str) -> str:
     """``value`` as an instance id safe in a URL path; Unavailable when it is not one."""
     from gpushopper.model.errors import Unavailable
 

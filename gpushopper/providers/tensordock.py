@@ -11,7 +11,6 @@ import math
 import re
 import time
 from collections.abc import Callable
-from typing import Any
 
 from gpushopper.model.errors import (
     AuthFailed,
@@ -20,7 +19,7 @@ from gpushopper.model.errors import (
     RateLimited,
     Unavailable,
 )
-from gpushopper.model.jsontypes import JSONObject
+from gpushopper.model.jsontypes import JSONObject, JSONValue
 from gpushopper.model.models import (
     RANK_KEYS,
     Instance,
@@ -118,7 +117,7 @@ STATUS_MAP = {
 }
 
 
-def classify(status: int, body: Any, text: str) -> ProviderError | None:
+def classify(status: int, body: JSONValue, text: str) -> ProviderError | None:
     """TensorDock sometimes reports errors inside an HTTP 200 body: ``{"error", "status"}``."""
     if not (200 <= status < 300) or not isinstance(body, dict):
         return None
@@ -138,7 +137,7 @@ def classify(status: int, body: Any, text: str) -> ProviderError | None:
     return ProviderError(NAME, message, status=inner)
 
 
-def _obj(value: Any) -> JSONObject:
+def _obj(value: JSONValue) -> JSONObject:
     """An answer's sub-object, or {} when it has another shape (parsed defensively)."""
     return value if isinstance(value, dict) else {}
 
@@ -236,7 +235,7 @@ def price_of(
 
 
 def parse_hostnodes(
-    data: Any,
+    data: JSONValue,
     query: OfferQuery,
     vcpus_per_gpu: int = 8,
     ram_per_gpu: int = 32,
@@ -362,12 +361,12 @@ def parse_instance(raw: JSONObject) -> Instance:
     )
 
 
-def parse_instance_list(data: Any) -> list[Instance]:
+def parse_instance_list(data: JSONValue) -> list[Instance]:
     """The three documented list shapes (``{"data": {"instances": [...]}}``, a flat
     ``{"data": [...]}``, nested ``data.attributes.instances``), believed only when
     well-formed: any other answer (``{}``, ``[]``, ``null``, rows without an id) raises
     Unavailable instead of reading as "no instances"."""
-    rows: Any = None
+    rows: JSONValue = None
     inner = data.get("data") if isinstance(data, dict) else None
     if isinstance(inner, list):
         rows = inner

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
 
 from gpushopper.model.errors import AuthFailed, NotFound, ProviderError, RateLimited, Unavailable
-from gpushopper.model.jsontypes import JSONObject
+from gpushopper.model.jsontypes import JSONObject, JSONValue
 from gpushopper.model.models import (
     Instance,
     LaunchSpec,
@@ -152,7 +151,7 @@ STATUS_MAP = {
 }
 
 
-def classify(status: int, body: Any, text: str) -> ProviderError | None:
+def classify(status: int, body: JSONValue, text: str) -> ProviderError | None:
     """Vast.ai quirks: bad keys often come back as 404 auth_error; daily search quota."""
     if not isinstance(body, dict):
         return None
@@ -175,7 +174,7 @@ def classify(status: int, body: Any, text: str) -> ProviderError | None:
     return None
 
 
-def next_page_token(token: Any, seen: set[str]) -> str | None:
+def next_page_token(token: JSONValue, seen: set[str]) -> str | None:
     """The next ``after_token``, None at the end; a repeated or odd token is an error
     (an endless ``next_token`` cost 1000 requests per pass)."""
     if token is None or token == "":
@@ -277,7 +276,7 @@ def parse_offer(raw: JSONObject) -> Offer:
     )
 
 
-def _text(value: Any) -> str | None:
+def _text(value: JSONValue) -> str | None:
     """A non-empty string from an answer, else None (numbers are text too)."""
     if isinstance(value, str):
         return value or None
@@ -403,7 +402,7 @@ def env_from_docker_flags(text: str | None) -> dict[str, str]:
     return out
 
 
-def _shape(value: Any) -> str:
+def _shape(value: JSONValue) -> str:
     """A short description of an unexpected answer, for error messages."""
     text = "null" if value is None else repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
@@ -751,7 +750,7 @@ def _is_loopback(host: str | None) -> bool:
         return False
 
 
-def checked_log_url(value: Any, api_base: str) -> str:
+def checked_log_url(value: JSONValue, api_base: str) -> str:
     """The ``result_url`` of request_logs, refused unless it is a plain https URL (or http
     on loopback while the API itself is on loopback: the emulator): no credentials in it,
     no control characters, no other scheme."""

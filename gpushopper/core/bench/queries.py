@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias
 
 from gpushopper.core.bench.records import cost_per_unit, split_workload
 from gpushopper.model.errors import UsageError
-from gpushopper.model.jsontypes import JSONObject
+from gpushopper.model.jsontypes import JSONObject, JSONValue
 
 if TYPE_CHECKING:
     from gpushopper.model.models import Offer
@@ -30,7 +30,7 @@ MACHINE_WINDOW = timedelta(days=30)
 _FLOATS = (int, float)
 
 
-def _number(value: Any) -> bool:
+def _number(value: JSONValue) -> bool:
     return type(value) in _FLOATS and math.isfinite(value)
 
 

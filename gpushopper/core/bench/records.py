@@ -11,10 +11,9 @@ from __future__ import annotations
 import math
 import re
 from datetime import datetime
-from typing import Any
 
 from gpushopper.model.errors import UsageError
-from gpushopper.model.jsontypes import JSONObject
+from gpushopper.model.jsontypes import JSONObject, JSONValue
 
 # Patterns, compiled on first use (a query needs only the first; compiling all costs 1 ms).
 WORKLOAD_RE = r"[A-Za-z0-9][A-Za-z0-9._:/+-]{0,79}"
@@ -49,7 +48,9 @@ OFFER_KEYS = {
 }  # fmt: skip
 
 
-def cost_per_unit(price_per_hour: Any, value: Any, higher_is_better: bool) -> float | None:
+def cost_per_unit(
+    price_per_hour: JSONValue, value: JSONValue, higher_is_better: bool
+) -> float | None:
     """USD per hour per unit of work: ``price / value`` when more is better (TFLOPS,
     tokens/s), ``price * value`` when less is (seconds per step). None when unknown."""
     if not _number(price_per_hour) or not _number(value) or price_per_hour < 0 or value <= 0:
@@ -82,7 +83,9 @@ class _Check:
     def fail(self, key: str, why: str) -> UsageError:
         return UsageError(f"{self.where}{key}: {why}")
 
-    def text(self, key: str, value: Any, *, optional: bool = True, max_len: int = MAX_TEXT) -> Any:
+    def text(
+        self, key: str, value: JSONValue, *, optional: bool = True, max_len: int = MAX_TEXT
+    ) -> JSONValue:
         if value is None and optional:
             return None
         if isinstance(value, bool) or not isinstance(value, (str, int)):
@@ -97,14 +100,14 @@ class _Check:
     def number(
         self,
         key: str,
-        value: Any,
+        value: JSONValue,
         *,
         low: float,
         high: float,
         low_open: bool = False,
         optional: bool = True,
         integer: bool = False,
-    ) -> Any:
+    ) -> JSONValue:
         if value is None and optional:
             return None
         if not _number(value):
@@ -116,12 +119,12 @@ class _Check:
             raise self.fail(key, f"{value!r} is out of range ({bound} {low:g}, at most {high:g})")
         return int(value) if integer else float(value)
 
-    def flag(self, key: str, value: Any) -> bool:
+    def flag(self, key: str, value: JSONValue) -> bool:
         if not isinstance(value, bool):
             raise self.fail(key, f"must be true or false, not {_kind(value)}")
         return value
 
-    def obj(self, key: str, value: Any, known: set[str] | None) -> JSONObject:
+    def obj(self, key: str, value: JSONValue, known: set[str] | None) -> JSONObject:
         if value is None:
             return {}
         if not isinstance(value, dict):
@@ -134,7 +137,7 @@ class _Check:
 
 
 def validate_result(
-    raw: Any, *, where: str = "", now: datetime, source: str = "submit"
+    raw: JSONValue, *, where: str = "", now: datetime, source: str = "submit"
 ) -> JSONObject:
     """A clean result record from ``raw``, or a UsageError naming the first bad field.
 
@@ -271,7 +274,7 @@ def validate_result(
     }
 
 
-def assign_id(record: JSONObject, taken: Any) -> JSONObject:
+def assign_id(record: JSONObject, taken: JSONValue) -> JSONObject:
     """The record with a fresh ``r-xxxxxx`` id not in ``taken`` (first in its keys)."""
     import os
 
@@ -282,7 +285,7 @@ def assign_id(record: JSONObject, taken: Any) -> JSONObject:
 
 
 # -- the seed service's result JSON -------------------------------------------------------------
-def is_seed(raw: Any) -> bool:
+def is_seed(raw: JSONValue) -> bool:
     """The seed's ``BenchmarkResult`` (cloud-gpu-shopper, internal/benchmark/models.go):
     a ``results`` object with ``avg_tokens_per_second`` and a ``hardware.gpu_name``."""
     return (
@@ -367,7 +370,7 @@ def from_seed(raw: JSONObject, *, where: str, now: datetime) -> JSONObject:
     return validate_result(record, where=where, now=now, source="seed")
 
 
-def parse_submission(doc: Any, *, now: datetime) -> list[JSONObject]:
+def parse_submission(doc: JSONValue, *, now: datetime) -> list[JSONObject]:
     """Every result in a submitted document (one object, a list, or the seed's shape),
     validated; the first bad one raises and nothing is imported."""
     if isinstance(doc, dict) and isinstance(doc.get("benchmarks"), list):
@@ -387,7 +390,7 @@ def parse_submission(doc: Any, *, now: datetime) -> list[JSONObject]:
     return out
 
 
-def _number(value: Any) -> bool:
+def _number(value: JSONValue) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     try:
@@ -396,7 +399,7 @@ def _number(value: Any) -> bool:
         return False
 
 
-def _kind(value: Any) -> str:
+def _kind(value: JSONValue) -> str:
     if value is None:
         return "null"
     if isinstance(value, bool):

@@ -56,7 +56,7 @@ from gpushopper.model.errors import (
     StateError,
     UsageError,
 )
-from gpushopper.model.jsontypes import JSONObject
+from gpushopper.model.jsontypes import JSONObject, JSONValue
 from gpushopper.model.redact import clip
 from gpushopper.model.units import iso, parse_iso
 
@@ -868,7 +868,7 @@ def _commitment(candidate: Candidate, timeout_s: float) -> float:
     return float(candidate.offer.price_per_hour or 0.0) * timeout_s / 3600.0
 
 
-def _when(text: Any) -> Any:
+def _when(text: JSONValue) -> JSONValue:
     try:
         return parse_iso(text) if isinstance(text, str) else None
     except ValueError:

@@ -16,11 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gpushopper.core.bench import cron
 from gpushopper.model.errors import StateError, UsageError
-from gpushopper.model.jsontypes import JSONObject
+from gpushopper.model.jsontypes import JSONObject, JSONValue
 from gpushopper.model.units import iso, parse_iso
 
 if TYPE_CHECKING:
@@ -52,7 +52,7 @@ def check_name(name: str) -> str:
     return name
 
 
-def check_budget(value: Any) -> float:
+def check_budget(value: JSONValue) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise UsageError("--max-budget must be a number of USD")
     if not 0 < value <= MAX_BUDGET:

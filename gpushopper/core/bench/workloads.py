@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gpushopper.model.errors import UsageError
-from gpushopper.model.jsontypes import JSONObject
+from gpushopper.model.jsontypes import JSONObject, JSONValue
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 RESULT_FILE = "gs-result.json"
@@ -215,7 +215,7 @@ class ResultInvalid(ValueError):
     """What the workload wrote is not a result (failure_stage ``parse``)."""
 
 
-def _number(value: Any) -> bool:
+def _number(value: JSONValue) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
