@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 from gpushopper.model.jsontypes import JSONObject
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger("gpushopper.alerts")
 
@@ -18,7 +21,7 @@ class Alerter:
         self.webhook_url = webhook_url
         self.emit = emit
         self.timeout = timeout
-        self._session: Any = None
+        self._session: requests.Session | None = None
 
     def send(self, line: str, event: JSONObject) -> None:
         self.emit(line)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import statistics
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
-from typing import Any
 
 from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.models import Offer, OfferQuery, Template
@@ -137,7 +136,7 @@ def build(
     (offers, provider errors). Entries: the workload's own template first, then by the
     cheapest offer (templates with no offer last)."""
     errors = dict(errors or {})
-    answers: dict[tuple[Any, ...], list[Offer]] = {}
+    answers: dict[tuple[str, float, float | None], list[Offer]] = {}
     entries: list[JSONObject] = []
     left_out: list[JSONObject] = []
     for provider, found in templates.items():
@@ -173,7 +172,7 @@ def build(
                 }
             )
 
-    def order(entry: JSONObject) -> tuple[Any, ...]:
+    def order(entry: JSONObject) -> tuple[bool, bool, float, str, str]:
         cheapest = min((g["cheapest_per_hour"] for g in entry["gpus"]), default=None)
         return (
             not entry["workload_default"],
@@ -206,9 +205,9 @@ TABLE_COLUMNS = [
 ]
 
 
-def table_rows(doc: JSONObject) -> list[tuple[Any, ...]]:
+def table_rows(doc: JSONObject) -> list[tuple[object, ...]]:
     """One row per template and GPU model (a template with no offer: one row saying so)."""
-    rows: list[tuple[Any, ...]] = []
+    rows: list[tuple[object, ...]] = []
     for entry in doc["templates"]:
         name = entry["name"] + (" *" if entry["workload_default"] else "")
         head = (name, entry["provider"], entry["id"], _disk(entry["disk_gb"]))

@@ -12,13 +12,17 @@ import os
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, ParamSpec, TypeVar, cast
 
 from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.redact import clip, redact_tree
 
 if TYPE_CHECKING:
+    from gpushopper.model.models import LaunchSpec
     from gpushopper.providers.base import Provider
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 MUTATIONS = ("create_instance", "destroy_instance", "attach_ssh_key")
 # What parsing a wrong-shaped answer raises (a list where an object was expected...).
@@ -61,7 +65,7 @@ class JournaledProvider:
         one cast of the provider seam, here."""
         return cast("Provider", cls(inner, path))
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> object:
         attr = getattr(self._inner, name)
         if name.startswith("_") or not callable(attr) or isinstance(attr, type):
             return attr
@@ -71,11 +75,11 @@ class JournaledProvider:
         # label and destroyed, never adopted as if the create had answered.
         return self._wrap(name, attr)
 
-    def _shield(self, op: str, func: Callable[..., Any]) -> Callable[..., Any]:
+    def _shield(self, op: str, func: Callable[P, R]) -> Callable[P, R]:
         """A provider answer of the wrong shape is that provider's error (exit 1, one
         line, isolated to its pass), never a crash of the whole command."""
 
-        def call(*args: Any, **kwargs: Any) -> Any:
+        def call(*args: P.args, **kwargs: P.kwargs) -> R:
             try:
                 return func(*args, **kwargs)
             except MALFORMED as exc:
@@ -89,8 +93,8 @@ class JournaledProvider:
 
         return call
 
-    def _wrap(self, op: str, func: Callable[..., Any]) -> Callable[..., Any]:
-        def call(*args: Any, **kwargs: Any) -> Any:
+    def _wrap(self, op: str, func: Callable[P, R]) -> Callable[P, R]:
+        def call(*args: P.args, **kwargs: P.kwargs) -> R:
             event: JSONObject = {
                 "time": datetime.now(timezone.utc).isoformat().replace("+00:00", "Z"),
                 "pid": os.getpid(),
@@ -98,7 +102,7 @@ class JournaledProvider:
                 "op": op,
             }
             if op == "create_instance" and args:
-                spec = args[0]
+                spec = cast("LaunchSpec", args[0])  # create_instance(spec)
                 event.update(offer_id=spec.offer.id, label=spec.label)
             elif args:
                 event["instance_id"] = str(args[0])
@@ -116,7 +120,7 @@ class JournaledProvider:
 
         return call
 
-    def note(self, op: str, **fields: Any) -> None:
+    def note(self, op: str, **fields: object) -> None:
         """Record an outcome that is not a provider call (say, a state file that could not
         be written after a destroy), when the journal can be written at all."""
         self._record(

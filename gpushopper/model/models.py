@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
-from typing import Any
 
 from gpushopper.model.jsontypes import JSONObject, JSONValue
 
@@ -306,12 +305,12 @@ def offer_matches(offer: Offer, query: OfferQuery) -> bool:
     return not (query.verified and offer.verified is False)
 
 
-def known_gpu(wanted: str, names: Any) -> list[str]:
+def known_gpu(wanted: str, names: Iterable[str]) -> list[str]:
     """The names in ``names`` (a provider's exact spellings) that ``wanted`` means."""
     return [n for n in names if gpu_matches(wanted, n)]
 
 
-def close_gpu_names(wanted: str, names: Any, n: int = 3) -> list[str]:
+def close_gpu_names(wanted: str, names: Iterable[str], n: int = 3) -> list[str]:
     """Names that look like a misspelt ``wanted`` (``4900`` -> ``RTX 4090``), closest first."""
     import difflib
 
@@ -341,29 +340,32 @@ def close_gpu_names(wanted: str, names: Any, n: int = 3) -> list[str]:
 
 
 # -- ranking -------------------------------------------------------------------------------------
+# An offer's place in a ranking: numbers first (smaller ranks higher), its id last.
+RankKey = tuple[float, float, str]
+
 SORTS = ("price", "reliability", "vram", "perf-per-dollar")
 _BIG = float("inf")
 
 
-def _key_price(o: Offer) -> tuple[Any, ...]:
+def _key_price(o: Offer) -> RankKey:
     return (o.price_per_hour if o.price_per_hour is not None else _BIG, -(o.reliability or 0), o.id)
 
 
-def _key_reliability(o: Offer) -> tuple[Any, ...]:
+def _key_reliability(o: Offer) -> RankKey:
     rel = o.reliability if o.reliability is not None else -1
     return (-rel, o.price_per_hour or _BIG, o.id)
 
 
-def _key_vram(o: Offer) -> tuple[Any, ...]:
+def _key_vram(o: Offer) -> RankKey:
     return (-((o.vram_gb or 0) * (o.num_gpus or 1)), o.price_per_hour or _BIG, o.id)
 
 
-def _key_perf(o: Offer) -> tuple[Any, ...]:
+def _key_perf(o: Offer) -> RankKey:
     perf = o.perf_per_dollar if o.perf_per_dollar is not None else -1
     return (-perf, o.price_per_hour or _BIG, o.id)
 
 
-RANK_KEYS: dict[str, Callable[[Offer], tuple[Any, ...]]] = {
+RANK_KEYS: dict[str, Callable[[Offer], RankKey]] = {
     "price": _key_price,
     "reliability": _key_reliability,
     "vram": _key_vram,

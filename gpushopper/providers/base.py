@@ -13,7 +13,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from gpushopper.model.errors import (
     AuthFailed,
@@ -26,6 +26,8 @@ from gpushopper.model.jsontypes import JSONObject, JSONValue
 from gpushopper.model.redact import clip, redact, register_secret
 
 if TYPE_CHECKING:
+    import logging
+
     import requests
 
     from gpushopper.model.models import Instance, LaunchSpec, Offer, OfferQuery, Template
@@ -34,10 +36,17 @@ if TYPE_CHECKING:
 class _LazyLog:
     """``logging`` costs ~9 ms to import; load it only when a call is logged."""
 
-    def __getattr__(self, name: str) -> Any:
+    @staticmethod
+    def _logger() -> logging.Logger:
         import logging
 
-        return getattr(logging.getLogger("gpushopper.http"), name)
+        return logging.getLogger("gpushopper.http")
+
+    def debug(self, msg: str, *args: object) -> None:
+        self._logger().debug(msg, *args)
+
+    def info(self, msg: str, *args: object) -> None:
+        self._logger().info(msg, *args)
 
 
 log = _LazyLog()
@@ -51,7 +60,9 @@ class SettingsReader(Protocol):
     Providers never import ``state``; the CLI passes its ``Settings`` (or a test a dict's
     ``get``-alike) through the registry."""
 
-    def get(self, key: str) -> Any: ...
+    # A setting's value as its key's type (state.config validated it): typed per key only
+    # there, so a plain JSON value here.
+    def get(self, key: str) -> JSONValue: ...
 
 
 class Provider(Protocol):

@@ -20,7 +20,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 _local = threading.local()
 
 
-def _arm(conn: Any) -> None:
+def _arm(conn: HTTPConnection) -> None:
     deadline = getattr(_local, "deadline", None)
     sock = getattr(conn, "sock", None)
     if deadline is None or sock is None:
@@ -39,7 +39,8 @@ def _arm(conn: Any) -> None:
 
 
 class _Conn(HTTPConnection):
-    def request(self, *args: Any, **kwargs: Any) -> Any:
+    # A pass-through override: urllib3's own (long, version-dependent) signature.
+    def request(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[explicit-any]
         if self.sock is None:
             self.connect()
         _arm(self)
@@ -47,7 +48,8 @@ class _Conn(HTTPConnection):
 
 
 class _SConn(HTTPSConnection):
-    def request(self, *args: Any, **kwargs: Any) -> Any:
+    # A pass-through override: urllib3's own (long, version-dependent) signature.
+    def request(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[explicit-any]
         if self.sock is None:
             self.connect()
         _arm(self)
@@ -65,7 +67,8 @@ class _SPool(HTTPSConnectionPool):
 class DeadlineAdapter(HTTPAdapter):
     """Mount on a session; wrap each call in :func:`deadline`."""
 
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+    # A pass-through override: requests' own signature.
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[explicit-any]
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": _Pool, "https": _SPool}
 

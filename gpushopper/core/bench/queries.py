@@ -16,7 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 
 from gpushopper.core.bench.records import cost_per_unit, split_workload
 from gpushopper.model.errors import UsageError
@@ -55,19 +55,19 @@ class _Cols:
         self.metric = col("metric")
 
     @cached_property
-    def price_col(self) -> list[Any]:
+    def price_col(self) -> list[JSONValue]:
         return self.table.col("price_per_hour")
 
     @cached_property
-    def gpu_col(self) -> list[Any]:
+    def gpu_col(self) -> list[JSONValue]:
         return self.table.col("gpu_name")
 
     @cached_property
-    def count_col(self) -> list[Any]:
+    def count_col(self) -> list[JSONValue]:
         return self.table.col("gpu_count")
 
     @cached_property
-    def provider_col(self) -> list[Any]:
+    def provider_col(self) -> list[JSONValue]:
         return self.table.col("provider")
 
     def price(self, i: int) -> float | None:
@@ -328,7 +328,7 @@ def _groups(ranked: Ranked) -> dict[tuple[str, int], list[int]]:
 
     cols = ranked.cols
     gpus, counts = cols.gpu_col, cols.count_col
-    raw: dict[tuple[Any, Any], list[int]] = defaultdict(list)
+    raw: dict[tuple[JSONValue, JSONValue], list[int]] = defaultdict(list)
     for i in ranked.rows:
         raw[(gpus[i], counts[i])].append(i)
     spelled: dict[tuple[str, int], list[int]] = defaultdict(list)

@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import NoReturn
 
 from gpushopper.model.errors import UsageError
 from gpushopper.model.jsontypes import JSONObject, JSONValue
@@ -219,7 +219,7 @@ def _number(value: JSONValue) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
-def _reject_constant(name: str) -> Any:
+def _reject_constant(name: str) -> NoReturn:
     raise ResultInvalid(f"{name} is not a number")
 
 
