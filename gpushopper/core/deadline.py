@@ -48,10 +48,10 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from gpushopper.model.errors import ConfigError
-from gpushopper.model.jsontypes import JSONObject
+from gpushopper.model.jsontypes import JSONObject, JSONValue
 from gpushopper.model.redact import clip
 from gpushopper.model.units import iso, parse_iso
 from gpushopper.providers.registry import deadline_hook
@@ -293,7 +293,7 @@ def _push(ssh: JSONObject, path: str, epoch: int) -> None:
         )
 
 
-def _record(app: DeadlineHost, session_id: Any, **changes: Any) -> None:
+def _record(app: DeadlineHost, session_id: JSONValue, **changes: object) -> None:
     if not session_id:
         return
     try:

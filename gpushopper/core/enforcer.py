@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gpushopper.core.lifecycle import (
     BOOTING,
@@ -38,7 +38,6 @@ from gpushopper.model.errors import (
     StateWriteError,
     Unavailable,
 )
-from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.models import Instance
 from gpushopper.model.session import LIVE
 from gpushopper.model.units import iso
@@ -118,9 +117,9 @@ class Enforcer:
         self.on_outcome = on_outcome
         self.sleep = sleep
         self.mono = mono
-        self._clients: JSONObject = {}
+        self._clients: dict[str, Provider] = {}
 
-    def client(self, name: str) -> Any:
+    def client(self, name: str) -> Provider:
         if name not in self._clients:
             self._clients[name] = self.provider_factory(name)
         return self._clients[name]

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from gpushopper.model.errors import (
     GpuShopperError,
@@ -281,7 +281,7 @@ class OfferCache:
 
 
 # -- the search --------------------------------------------------------------------------------
-ProviderFactory = Callable[[str], Any]
+ProviderFactory = Callable[[str], "Provider"]
 
 
 @dataclass
@@ -336,7 +336,7 @@ def search(
     health: JSONObject | None = None,
     include_unhealthy: bool = False,
     now: Callable[[], datetime],
-    template_resolver: Callable[[Any, str], Template | None] | None = None,
+    template_resolver: Callable[[Provider, str], Template | None] | None = None,
     progress: Progress | None = None,
     progress_after_s: float = 1.0,
     estimate: Estimator | None = None,
@@ -363,7 +363,7 @@ def search(
     result = InventoryResult(offers=[])
     health = health or {}
     stamp = now()
-    clients: JSONObject = {}
+    clients: dict[str, Provider] = {}
     for name in dict.fromkeys(query.providers):
         try:
             clients[name] = provider_factory(name)

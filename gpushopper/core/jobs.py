@@ -26,17 +26,20 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from gpushopper.core import interrupts
 from gpushopper.core.owner import current_owner
 from gpushopper.model.errors import GpuShopperError, NoSuchItem, SshError, StateError
-from gpushopper.model.jsontypes import JSONObject
+from gpushopper.model.jsontypes import JSONObject, JSONValue
 from gpushopper.model.redact import clip
 from gpushopper.model.units import iso
 
 if TYPE_CHECKING:
+    from paramiko import SFTPClient
+
     from gpushopper.providers.base import Provider, SettingsReader
+    from gpushopper.remote.ssh import Connection
     from gpushopper.state.paths import Paths
     from gpushopper.state.store import StateStore
 
@@ -216,8 +219,8 @@ class JobRunner:
         self.log = log
         self.emit = emit
         self.poll_s = poll_s
-        self.conn: Any = None
-        self.sftp: Any = None
+        self.conn: Connection | None = None
+        self.sftp: SFTPClient | None = None
         self.redactor = Redactor([])
         self.stage = "provisioning"
 
@@ -228,7 +231,7 @@ class JobRunner:
         except OSError as exc:
             interrupts.output_lost(exc)
 
-    def _update(self, job_id: str, **changes: Any) -> JSONObject:
+    def _update(self, job_id: str, **changes: JSONValue) -> JSONObject:
         """Write changes to the job; a state that cannot be written is said, never a reason
         to stop a cleanup."""
         try:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from gpushopper.core import interrupts, rules
 from gpushopper.core.inventory import get_offer_or_fail, machine_key, search
@@ -36,7 +36,7 @@ from gpushopper.model.errors import (
     SshError,
     StateError,
 )
-from gpushopper.model.jsontypes import JSONObject
+from gpushopper.model.jsontypes import JSONObject, JSONValue
 from gpushopper.model.models import Instance, LaunchSpec, Offer, OfferQuery, Template, gpu_matches
 from gpushopper.model.redact import clip
 from gpushopper.model.session import make_label
@@ -238,7 +238,7 @@ class Provisioner:
             templates[provider.NAME] = provider.get_template(ident)
             return templates[provider.NAME]
 
-        def factory(name: str) -> Any:
+        def factory(name: str) -> Provider:
             providers[name] = self.provider_factory(name)
             return providers[name]
 
@@ -312,7 +312,7 @@ class Provisioner:
         path, public = generate_session_key(self.keys_dir, session_id, label)
         return path, public, True
 
-    def _update(self, session_id: str, **changes: Any) -> JSONObject:
+    def _update(self, session_id: str, **changes: JSONValue) -> JSONObject:
         """Update our session, unless another process (watch, shutdown) ended it meanwhile."""
         with self.store.transaction() as state:
             record = state["sessions"].get(session_id)
@@ -739,7 +739,7 @@ class Provisioner:
         )
         atomic_write_text(path, f"{host} {host_key}\n", mode=0o600)
 
-    def _finish(self, session_id: str, status: str, reason: str, **extra: Any) -> str | None:
+    def _finish(self, session_id: str, status: str, reason: str, **extra: JSONValue) -> str | None:
         """Close the session record; returns why it could not be written (never raises:
         a full disk must not stand between a failure and its cleanup)."""
         try:

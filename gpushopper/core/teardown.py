@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 
 from gpushopper.core.sessions import close_record, record_problem, refresh_ssh_config
 from gpushopper.model.errors import (
@@ -128,9 +128,12 @@ def check_owned(instance: Instance, label: str, *, allow_unlabelled: bool = Fals
     )
 
 
+T = TypeVar("T")
+
+
 def _retry_unavailable(
-    call: Callable[[], Any], sleep: Callable[[float], None], attempts: int = 3
-) -> Any:
+    call: Callable[[], T], sleep: Callable[[float], None], attempts: int = 3
+) -> T:
     for attempt in range(attempts):
         try:
             return call()
@@ -138,7 +141,7 @@ def _retry_unavailable(
             if attempt == attempts - 1:
                 raise
             sleep(1.0 + attempt)
-    return None  # pragma: no cover - the loop returns or raises
+    raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 
 
 def destroy_and_confirm(
@@ -190,7 +193,7 @@ def destroy_and_confirm(
         delay = min(delay * 2, 10.0)
 
 
-def note_in_journal(provider: Provider, op: str, **fields: Any) -> None:
+def note_in_journal(provider: Provider, op: str, **fields: object) -> None:
     """Record an outcome in the audit journal, when the provider is journaled."""
     note = getattr(provider, "note", None)
     if callable(note):
@@ -227,7 +230,7 @@ def end_session(
     label = record.get("label")
     write_error: StateError | None = None
 
-    def write(**changes: Any) -> None:
+    def write(**changes: object) -> None:
         nonlocal write_error
         try:
             store.update_session(session_id, **changes)

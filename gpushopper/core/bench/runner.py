@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
 from gpushopper.core import interrupts
 from gpushopper.core.bench.records import assign_id, validate_result
@@ -61,10 +61,15 @@ from gpushopper.model.redact import clip
 from gpushopper.model.units import iso, parse_iso
 
 if TYPE_CHECKING:
-    from gpushopper.core.jobs import JobHost
+    from gpushopper.core.jobs import JobHost, JobSpec
     from gpushopper.core.provisioner import Candidate, Provisioner, ProvisionRequest
+    from gpushopper.model.models import Offer
     from gpushopper.state.benchstore import BenchStore
     from gpushopper.state.store import StateStore
+
+# The caller's host (the CLI's App): the runner hands it, behind _AttemptHost, back to the
+# caller's own make_provisioner, so its full type travels through.
+H = TypeVar("H", bound="JobHost")
 
 RUN_FINAL = ("completed", "partial", "failed", "cancelled", "interrupted")
 ENTRY_FINAL = ("succeeded", "failed", "cached", "skipped")
@@ -147,11 +152,18 @@ class Stop:
 class _AttemptHost:
     """The caller's host with a sleep that notices a stopping run."""
 
-    def __init__(self, host: Any, stop: Stop) -> None:
+    def __init__(self, host: JobHost, stop: Stop) -> None:
         self._host = host
         self._stop = stop
 
-    def __getattr__(self, name: str) -> Any:
+    @classmethod
+    def wrap(cls, host: H, stop: Stop) -> H:
+        """``host`` behind the stop check, typed as the host it forwards to: the proxy
+        answers every other attribute through ``__getattr__``, which the type checker cannot
+        see (the one cast of this seam)."""
+        return cast("H", cls(host, stop))
+
+    def __getattr__(self, name: str) -> object:
         return getattr(self._host, name)
 
     def sleep(self, seconds: float) -> None:
@@ -166,13 +178,13 @@ class _Entry:
     match_gpu: str | None = None  # cache by GPU model + provider (None: by the offer's machine)
 
 
-class BenchRunner:
+class BenchRunner(Generic[H]):
     def __init__(
         self,
-        host: JobHost,
+        host: H,
         bench: BenchStore,
         *,
-        make_provisioner: Callable[[Any], Provisioner],
+        make_provisioner: Callable[[H], Provisioner],
         log: Callable[[str], None],
         wait: Callable[[float], None] = time.sleep,
         real_mono: Callable[[], float] = time.monotonic,
@@ -259,7 +271,7 @@ class BenchRunner:
         from gpushopper.core.provisioner import ProvisionFailed
         from gpushopper.model.models import canonical_gpu
 
-        provisioner = self.make_provisioner(_AttemptHost(self.host, self.stop))
+        provisioner = self.make_provisioner(_AttemptHost.wrap(self.host, self.stop))
         entries: list[_Entry] = []
         seen: set[str] = set()
         for offer_id in opts.offers:
@@ -521,7 +533,7 @@ class BenchRunner:
 
         record = entry.record
         offer = candidate.offer
-        host = _AttemptHost(self.host, self.stop)
+        host = _AttemptHost.wrap(self.host, self.stop)
         runner = JobRunner(host, log=self._say, emit=lambda data: None)
         spec = self._spec(opts)
         job = runner.create(spec)
@@ -628,7 +640,7 @@ class BenchRunner:
         )
         return outcome
 
-    def _spec(self, opts: RunOptions) -> Any:
+    def _spec(self, opts: RunOptions) -> JobSpec:
         from gpushopper.core.jobs import JobSpec
 
         workload = opts.workload
@@ -744,7 +756,7 @@ class BenchRunner:
         self,
         entry: _Entry,
         opts: RunOptions,
-        offer: Any,
+        offer: Offer,
         found: JSONObject,
         hardware: JSONObject,
         job: JSONObject,
