@@ -469,7 +469,7 @@ class JobRunner:
     def _exec(self, command: str, timeout: float = 60.0) -> tuple[int, str, str]:
         assert self.conn is not None
         try:
-            return self.conn.run(command, timeout=timeout)  # type: ignore[no-any-return]
+            return self.conn.run(command, timeout=timeout)
         except (OSError, EOFError) as exc:
             raise SshError(f"SSH command failed: {exc or type(exc).__name__}") from None
         except Exception as exc:  # paramiko.SSHException

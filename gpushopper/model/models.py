@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
+from typing import TypedDict
 
 from gpushopper.model.jsontypes import JSONObject, JSONValue
 
@@ -27,6 +28,38 @@ OFFER_KEYS = (
     "verified",
     "health",
 )
+
+
+class OfferExtra(TypedDict, total=False):
+    """What a provider needs to rent this exact offer (not part of the JSON contract).
+
+    Copied from the search answer as it came (the create call's answer is validated);
+    read back from the offer cache as JSON."""
+
+    # Vast.ai: the ask to accept and the host that offers it.
+    ask_id: JSONValue
+    host_id: JSONValue
+    # TensorDock: the host node, its location, the GPU model's v0 name and the resource
+    # plan (vCPUs, RAM, storage) the price was computed for.
+    hostnode_id: JSONValue
+    location_id: JSONValue
+    tier: JSONValue
+    v0name: str
+    vcpu_count: int
+    ram_gb: int
+    storage_gb: int
+
+
+class InstanceExtra(TypedDict, total=False):
+    """Provider facts about an instance beyond the common fields, as its answer said."""
+
+    # Vast.ai: why the instance is in its state, what it is asked to become, and every
+    # SSH endpoint (direct first, then the proxy).
+    status_msg: JSONValue
+    intended_status: JSONValue
+    ssh_endpoints: list[tuple[str, int]]
+    # TensorDock: the host node it runs on.
+    hostnode_id: JSONValue
 
 
 @dataclass
@@ -62,7 +95,7 @@ class Offer:
     perf_source: str | None = None
     cost_per_unit: float | None = None
     # provider-specific facts needed to rent this exact offer (not part of the JSON contract)
-    extra: JSONObject = field(default_factory=dict, repr=False)
+    extra: OfferExtra = field(default_factory=OfferExtra, repr=False)
 
     def to_json(self) -> JSONObject:
         # Every field but ``extra`` is a plain value: a shallow copy (``asdict`` deep-copies
@@ -147,7 +180,7 @@ class Instance:
     gpu_name: str | None = None
     num_gpus: int | None = None
     started_at: float | None = None  # epoch seconds, when the provider says
-    extra: JSONObject = field(default_factory=dict, repr=False)
+    extra: InstanceExtra = field(default_factory=InstanceExtra, repr=False)
     image: str | None = None  # the image it booted, as the provider names it
     disk_gb: float | None = None  # the disk it got (and bills), as the provider says
     # Ports opened to the outside: {"internal": 8675, "external": 40321, "protocol": "tcp"}

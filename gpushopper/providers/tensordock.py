@@ -11,6 +11,7 @@ import math
 import re
 import time
 from collections.abc import Callable
+from typing import TypedDict
 
 from gpushopper.model.errors import (
     AuthFailed,
@@ -177,13 +178,21 @@ def even_down(value: float) -> int:
     return out - (out % 2)
 
 
+class ResourcePlan(TypedDict):
+    """The vCPUs, RAM and storage asked for with the GPUs (and priced)."""
+
+    vcpu_count: int
+    ram_gb: int
+    storage_gb: int
+
+
 def plan_resources(
     hostnode: JSONObject,
     gpu_count: int,
     disk_gb: float,
     vcpus_per_gpu: int = 8,
     ram_per_gpu: int = 32,
-) -> dict[str, int] | None:
+) -> ResourcePlan | None:
     """vCPU (even), RAM and storage (>= 100 GB) to ask for with ``gpu_count`` GPUs,
     within what the host has free; None when it cannot fit."""
     res = _obj(hostnode.get("available_resources"))
@@ -218,7 +227,7 @@ def plan_resources(
 
 
 def price_of(
-    gpu_price: float, gpu_count: int, pricing: JSONObject, plan: dict[str, int]
+    gpu_price: float, gpu_count: int, pricing: JSONObject, plan: ResourcePlan
 ) -> float | None:
     per_vcpu = num(pricing.get("per_vcpu_hr"))
     per_ram = num(pricing.get("per_gb_ram_hr"))
