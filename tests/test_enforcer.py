@@ -8,6 +8,7 @@ import pytest
 
 from gpushopper.core.enforcer import Enforcer, TickReport
 from gpushopper.core.lifecycle import DESTROY_ORPHAN, Action, Policy
+from gpushopper.core.runtime import Runtime
 from gpushopper.model.errors import MissingCredentials
 from gpushopper.model.models import Instance
 from gpushopper.model.units import iso
@@ -32,9 +33,8 @@ def enforcer(store, *providers, now=T0 + timedelta(minutes=5), names=None, outco
         store=store,
         provider_factory=provider_factory,
         providers=names or ["vastai", "tensordock"],
-        clock=lambda: now,
+        runtime=Runtime(clock=lambda: now, sleep=lambda s: None),
         on_outcome=(outcomes.append if outcomes is not None else lambda o: None),
-        sleep=lambda s: None,
     )
 
 

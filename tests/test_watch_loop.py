@@ -10,6 +10,7 @@ import pytest
 
 from gpushopper.core.enforcer import Enforcer
 from gpushopper.core.lifecycle import Policy
+from gpushopper.core.runtime import Runtime
 from gpushopper.core.watcher import Metrics, Watcher
 from gpushopper.model.errors import MissingCredentials
 from gpushopper.model.units import parse_iso
@@ -63,9 +64,7 @@ def rig(store, clock, *providers, keep_on_exit=False, interval=30.0, metrics=Non
         store=store,
         provider_factory=provider_factory,
         providers=["vastai", "tensordock"],
-        clock=clock.now,
-        sleep=clock.sleep,
-        mono=clock.mono,
+        runtime=Runtime(clock=clock.now, sleep=clock.sleep, mono=clock.mono),
         on_outcome=lambda o: lines.append(
             f"{clock.t:g} {o.action.kind} {o.action.reason} {o.result}"
         ),
@@ -74,9 +73,7 @@ def rig(store, clock, *providers, keep_on_exit=False, interval=30.0, metrics=Non
         enforcer=enforcer,
         policy=Policy(install_id=None, warn_before_s=600, provision_timeout_s=900),
         interval_s=interval,
-        clock=clock.now,
-        emit=lines.append,
-        mono=clock.mono,
+        runtime=Runtime(clock=clock.now, mono=clock.mono, log=lines.append),
         wait=clock.wait,
         wall=lambda: 1e9 + clock.t,
         metrics=metrics,

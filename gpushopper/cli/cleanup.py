@@ -59,16 +59,14 @@ def cleanup_orphans(app: App, yes: bool, include_foreign: bool, as_json: bool) -
     is never "all clear".
     """
     from gpushopper.core.enforcer import FAILED, Enforcer, TickReport, policy_from_settings
+    from gpushopper.core.runtime import Runtime
 
     enforcer = Enforcer(
         store=app.store,
         provider_factory=app.provider,
         providers=list(app.settings.get("defaults.providers")),
-        clock=app.clock,
-        sleep=app.sleep,
-        mono=app.mono,
+        runtime=Runtime.of(app, log=info),
         ssh_config_path=app.paths.ssh_config_file if app.store.exists() else None,
-        log=info,
     )
     if not enforcer.configured():
         from gpushopper.model.errors import NoProviderConfigured

@@ -99,8 +99,10 @@ def watch(
     start with no provider credentials (exit 2). --once exits 1 when any provider could not
     be listed or any session could not be enforced; a stop exits 128 + the signal.
     """
+
     from gpushopper.core.enforcer import Enforcer
     from gpushopper.core.interrupts import KEEP_IGNORED, silence_std_streams
+    from gpushopper.core.runtime import Runtime
     from gpushopper.model.errors import NoProviderConfigured
 
     if metrics_file and not Path(metrics_file).expanduser().parent.is_dir():
@@ -142,11 +144,8 @@ def watch(
         store=app.store,
         provider_factory=app.provider,
         providers=list(app.settings.get("defaults.providers")),
-        clock=app.clock,
-        sleep=app.sleep,
-        mono=app.mono,
+        runtime=Runtime.of(app, log=emit),
         ssh_config_path=app.paths.ssh_config_file,
-        log=emit,
     )
     if not enforcer.configured():
         raise NoProviderConfigured()  # guarding nothing is not guarding: exit 2
@@ -197,8 +196,11 @@ def _run(
     include_foreign: bool,
 ) -> int:
     """The daemon proper, with the pidfile held and the signals routed to ``wait``."""
+    import time
+
     from gpushopper.core.alerts import Alerter
     from gpushopper.core.enforcer import policy_from_settings
+    from gpushopper.core.runtime import Runtime
     from gpushopper.core.watcher import Metrics, Watcher
 
     alerter = Alerter(app.settings.get("alerts.webhook_url"), emit)
@@ -227,8 +229,8 @@ def _run(
         enforcer=enforcer,
         policy=policy_from_settings(app.settings, include_foreign),
         interval_s=interval,
-        clock=app.clock,
-        emit=emit,
+        # The loop waits in real time (on the wake pipe), so it measures real time too.
+        runtime=Runtime(clock=app.clock, mono=time.monotonic, log=emit),
         wait=wait,
         metrics=metrics,
         keep_on_exit=keep_on_exit,

@@ -9,10 +9,8 @@ answers that its instance is gone (not merely absent from a list).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,6 +41,7 @@ from gpushopper.model.session import LIVE
 from gpushopper.model.units import iso
 
 if TYPE_CHECKING:
+    from gpushopper.core.runtime import Runtime
     from gpushopper.providers.base import Provider, SettingsReader
     from gpushopper.state.store import StateStore
 
@@ -101,22 +100,16 @@ class Enforcer:
         store: StateStore,
         provider_factory: Callable[[str], Provider],
         providers: list[str],
-        clock: Callable[[], datetime],
+        runtime: Runtime,
         ssh_config_path: Path | None = None,
-        log: Callable[[str], None] = lambda message: None,
         on_outcome: Callable[[Outcome], None] = lambda outcome: None,
-        sleep: Callable[[float], None] = time.sleep,
-        mono: Callable[[], float] = time.monotonic,
     ) -> None:
         self.store = store
         self.provider_factory = provider_factory
         self.providers = providers
-        self.clock = clock
+        self.runtime = runtime
         self.ssh_config_path = ssh_config_path
-        self.log = log
         self.on_outcome = on_outcome
-        self.sleep = sleep
-        self.mono = mono
         self._clients: dict[str, Provider] = {}
 
     def client(self, name: str) -> Provider:
@@ -143,7 +136,7 @@ class Enforcer:
             try:
                 instances[name] = consistent(name, self.client(name).list_instances())
                 report.providers_listed.append(name)
-                report.listed_at[name] = self.clock().timestamp()
+                report.listed_at[name] = self.runtime.clock().timestamp()
             except GpuShopperError as exc:
                 report.provider_errors[name] = str(exc)
                 report.ok = False
@@ -181,13 +174,15 @@ class Enforcer:
             for session_id, record in good.items()
             if record.get("status") in BOOTING and owner_state(record.get("owner")) == GONE
         }
-        return plan(state["sessions"], instances, self.clock(), policy, gone_owners)
+        return plan(state["sessions"], instances, self.runtime.clock(), policy, gone_owners)
 
     def execute(self, action: Action, *, destroy: bool = True) -> Outcome:
         try:
             if action.kind == WARN:
                 if action.session_id:
-                    self.store.update_session(action.session_id, warned_at=iso(self.clock()))
+                    self.store.update_session(
+                        action.session_id, warned_at=iso(self.runtime.clock())
+                    )
                 outcome = Outcome(action, "warned")
             elif action.kind in REPORTS or not destroy:
                 outcome = Outcome(action, "left")
@@ -209,11 +204,11 @@ class Enforcer:
                     self.client,
                     action.session_id,
                     action.reason,
-                    clock=self.clock,
+                    clock=self.runtime.clock,
                     ssh_config_path=self.ssh_config_path,
-                    sleep=self.sleep,
-                    mono=self.mono,
-                    log=self.log,
+                    sleep=self.runtime.sleep,
+                    mono=self.runtime.mono,
+                    log=self.runtime.log,
                 )
                 outcome = Outcome(action, "destroyed")
             elif action.kind == DESTROY_ORPHAN:
@@ -223,8 +218,8 @@ class Enforcer:
                     self.client(action.provider),
                     action.instance_id,
                     label=action.label,
-                    sleep=self.sleep,
-                    mono=self.mono,
+                    sleep=self.runtime.sleep,
+                    mono=self.runtime.mono,
                 )
                 outcome = Outcome(action, "destroyed")
             else:
@@ -256,7 +251,7 @@ class Enforcer:
                 record,
                 "failed" if record.get("status") in BOOTING else "ended",
                 "instance gone at the provider",
-                self.clock(),
+                self.runtime.clock(),
                 keep_reason=True,
             )
         refresh_ssh_config(self.ssh_config_path, self.store)

@@ -30,6 +30,7 @@ from gpushopper.model.units import format_duration, iso
 if TYPE_CHECKING:
     from gpushopper.core.enforcer import Enforcer, Outcome
     from gpushopper.core.lifecycle import Policy
+    from gpushopper.core.runtime import Runtime
     from gpushopper.state.store import StateStore
 
 
@@ -113,9 +114,7 @@ class Watcher:
         enforcer: Enforcer,
         policy: Policy,
         interval_s: float,
-        clock: Callable[[], datetime],
-        emit: Callable[[str], None],
-        mono: Callable[[], float] = time.monotonic,
+        runtime: Runtime,
         wait: Callable[[float], bool] | None = None,
         wall: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
@@ -124,9 +123,7 @@ class Watcher:
         self.enforcer = enforcer
         self.policy = policy
         self.interval_s = interval_s
-        self.clock = clock
-        self.emit = emit
-        self.mono = mono
+        self.runtime = runtime  # its log is the watch log; wait is its sleep
         self.wait = wait or _sleep_then_go_on
         self.wall = wall
         self.metrics = metrics or Metrics(None)
@@ -134,7 +131,7 @@ class Watcher:
         self.passes = 0
 
     def _say(self, message: str) -> None:
-        self.emit(f"{iso(self.clock())} {message}")
+        self.runtime.log(f"{iso(self.runtime.clock())} {message}")
 
     def guarded(self) -> dict[str, JSONObject]:
         """The live sessions a stop would destroy (or leave, with keep_on_exit)."""
@@ -194,12 +191,12 @@ class Watcher:
     def run(self, once: bool = False) -> bool:
         """Passes until ``wait`` says stop (or one pass with ``once``); the last pass's ok."""
         while True:
-            started = self.mono()
+            started = self.runtime.mono()
             ok = self.one_pass()
             if once:
                 return ok
             # A fixed schedule: the pass's own work counts against the interval.
-            if self.wait(max(0.0, self.interval_s - (self.mono() - started))):
+            if self.wait(max(0.0, self.interval_s - (self.runtime.mono() - started))):
                 return ok
 
     def shutdown(self, signum: int) -> int:
@@ -208,7 +205,7 @@ class Watcher:
         if self.keep_on_exit:
             self._say(f"{name}: leaving sessions running (--keep-on-exit)")
             for session_id, record in sorted(self.guarded().items()):
-                self.emit(
+                self.runtime.log(
                     f"  session={session_id} reservation_ends_at={record.get('reservation_ends_at')} "
                     f"hard_max_at={record.get('hard_max_at')}"
                 )
