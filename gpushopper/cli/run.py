@@ -200,6 +200,7 @@ def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[st
     from gpushopper.core import rules
     from gpushopper.core.jobs import JobFailed, JobRunner, default_hours
     from gpushopper.core.provisioner import ProvisionRequest, below_reliability_floor
+    from gpushopper.core.runtime import Runtime
     from gpushopper.model.units import format_duration
     from gpushopper.providers.registry import split_offer_id
     from gpushopper.remote.jobwrap import tree_bytes
@@ -238,7 +239,7 @@ def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[st
         preferred_gpus=settings.get("vastai.preferred_gpus") or [],
         min_disk_free_gb=round(upload_bytes * 1.05 / 1e9, 3) if upload_bytes else None,
     )
-    runner = JobRunner(app, log=info, emit=_emitter(opts["as_json"]))
+    runner = JobRunner(app, runtime=Runtime.of(app, log=info), emit=_emitter(opts["as_json"]))
     job = runner.create(spec)  # the record comes first
     info(f"Job {job['id']}: {' '.join(spec.command)[:200]}")
     provisioner = make_provisioner(app)
@@ -401,6 +402,7 @@ def _resume(app: App, job_id: str, as_json: bool, cancel: bool) -> int:
     """attach and cancel: pick a live job up from its record, then finish or cancel it."""
     from gpushopper.core import interrupts
     from gpushopper.core.jobs import FINAL, JobRunner, JobSpec, get_job
+    from gpushopper.core.runtime import Runtime
 
     job = get_job(app.store, job_id)
     if job.get("status") in FINAL:
@@ -416,7 +418,7 @@ def _resume(app: App, job_id: str, as_json: bool, cancel: bool) -> int:
         env={n: os.environ[n] for n in job.get("secret_names") or [] if os.environ.get(n)},
         secret_names=list(job.get("secret_names") or []),
     )
-    runner = JobRunner(app, log=info, emit=_emitter(as_json))
+    runner = JobRunner(app, runtime=Runtime.of(app, log=info), emit=_emitter(as_json))
     with interrupts.destroy_on_signals():
         if cancel:
             record, code = runner.cancel(spec, job_id, session)

@@ -38,6 +38,7 @@ from gpushopper.model.units import iso
 if TYPE_CHECKING:
     from paramiko import SFTPClient
 
+    from gpushopper.core.runtime import Runtime
     from gpushopper.providers.base import Provider, SettingsReader
     from gpushopper.remote.ssh import Connection
     from gpushopper.state.paths import Paths
@@ -207,16 +208,13 @@ class JobRunner:
         self,
         app: JobHost,
         *,
-        log: Callable[[str], None],
+        runtime: Runtime,
         emit: Callable[[bytes], None],
         poll_s: float = 0.25,
     ) -> None:
         self.app = app
         self.store = app.store
-        self.mono = app.mono
-        self.sleep = app.sleep
-        self.clock = app.clock
-        self.log = log
+        self.runtime = runtime
         self.emit = emit
         self.poll_s = poll_s
         self.conn: Connection | None = None
@@ -227,7 +225,7 @@ class JobRunner:
     # -- bookkeeping ------------------------------------------------------------------------
     def _say(self, message: str) -> None:
         try:
-            self.log(message)
+            self.runtime.log(message)
         except OSError as exc:
             interrupts.output_lost(exc)
 
@@ -268,7 +266,7 @@ class JobRunner:
             "log_path": str(log_dir / "output.log"),
             "remote_dir": f"{spec.remote_root.rstrip('/')}/{job_id}",
             "owner": current_owner(),
-            "created_at": iso(self.clock()),
+            "created_at": iso(self.runtime.clock()),
             "max_duration_s": spec.max_duration_s,
             "stall_timeout_s": spec.stall_timeout_s,
             "keep_on_failure_s": spec.keep_on_failure_s,
@@ -297,7 +295,7 @@ class JobRunner:
         """Provision (through ``provision``), then :meth:`carry_on`. Returns (job, exit)."""
         job_id = job["id"]
         self.stage = "provisioning"
-        started = self.mono()
+        started = self.runtime.mono()
 
         def on_stage(stage: str) -> None:
             self._stage(job_id, stage)
@@ -310,8 +308,8 @@ class JobRunner:
                 status="cancelled",
                 failure_stage=self.stage,
                 error=f"interrupted by {interrupts.signal_name(interrupts.last_signal() or 2)}",
-                ended_at=iso(self.clock()),
-                timings={"provision_s": round(self.mono() - started, 3)},
+                ended_at=iso(self.runtime.clock()),
+                timings={"provision_s": round(self.runtime.mono() - started, 3)},
             )
             raise
         except GpuShopperError as exc:
@@ -320,8 +318,8 @@ class JobRunner:
                 status="cancelled" if exc.exit_code >= 128 or exc.exit_code == 0 else "failed",
                 failure_stage=self.stage,
                 error=clip(str(exc), 2000),
-                ended_at=iso(self.clock()),
-                timings={"provision_s": round(self.mono() - started, 3)},
+                ended_at=iso(self.runtime.clock()),
+                timings={"provision_s": round(self.runtime.mono() - started, 3)},
             )
             raise JobFailed(done, exc) from None
         self._update(
@@ -330,7 +328,7 @@ class JobRunner:
             offer_id=session.get("offer_id"),
             gpu_name=session.get("gpu_name"),
             price_per_hour=session.get("price_per_hour"),
-            timings={"provision_s": round(self.mono() - started, 3)},
+            timings={"provision_s": round(self.runtime.mono() - started, 3)},
         )
         with contextlib.suppress(StateError):
             self.store.update_session(session["id"], job_id=job_id)
@@ -347,7 +345,7 @@ class JobRunner:
         started = bool(job.get("started"))
         if not fresh:
             self.stage = "running"  # attach: a first connect that fails is a running failure
-        setup_from = self.mono()
+        setup_from = self.runtime.mono()
         try:
             self._connect(session)
             ssh_worked = True
@@ -362,16 +360,16 @@ class JobRunner:
                     )
             if fresh:
                 self._stage(job_id, "uploading")
-                t0 = self.mono()
+                t0 = self.runtime.mono()
                 self._upload(spec, job, session)
-                self._update(job_id, timings={"upload_s": round(self.mono() - t0, 3)})
+                self._update(job_id, timings={"upload_s": round(self.runtime.mono() - t0, 3)})
                 self._start(job, session)
                 started = True
-                self._record_setup(session["id"], round(self.mono() - setup_from, 3))
+                self._record_setup(session["id"], round(self.runtime.mono() - setup_from, 3))
                 self._update(
                     job_id,
                     started=True,
-                    started_at=iso(self.clock()),
+                    started_at=iso(self.runtime.clock()),
                     status="running",
                     stage="running",
                 )
@@ -442,9 +440,9 @@ class JobRunner:
             int(endpoint["port"]),
             str(endpoint.get("user") or "root"),
             Path(str(endpoint["key_path"])),
-            deadline=self.mono() + timeout_s,
-            clock=self.mono,
-            sleep=self.sleep,
+            deadline=self.runtime.mono() + timeout_s,
+            clock=self.runtime.mono,
+            sleep=self.runtime.sleep,
         )
         # The host key the provision verified (trust on first use): a machine that answers at
         # this endpoint with another key gets no secrets and no commands.
@@ -560,12 +558,12 @@ class JobRunner:
             os.close(fd)
         max_s = job.get("max_duration_s")
         stall_s = job.get("stall_timeout_s")
-        begun = self.mono()
+        begun = self.runtime.mono()
         if job.get("started_mono_offset_s"):
             begun -= float(job["started_mono_offset_s"])
-        last_growth = self.mono()
-        last_check = self.mono()
-        saved_at = self.mono()
+        last_growth = self.runtime.mono()
+        last_check = self.runtime.mono()
+        saved_at = self.runtime.mono()
         lost_since: float | None = None
         delay = 1.0
         while True:
@@ -579,28 +577,28 @@ class JobRunner:
                 code = self._status(f"{ctl}/status") if not chunk else None
             except Exception as exc:  # noqa: BLE001 - a failed read is a dropped SSH; signals pass
                 if lost_since is None:
-                    lost_since = self.mono()
+                    lost_since = self.runtime.mono()
                     self._say(
                         f"Job {job_id}: SSH dropped ({exc or type(exc).__name__}); reconnecting"
                     )
                 self._close()
-                if self.mono() - lost_since > RECONNECT_S:
+                if self.runtime.mono() - lost_since > RECONNECT_S:
                     if self._instance_gone(session, outcome):
                         return
                     raise SshError(
                         f"SSH to the instance failed for {int(RECONNECT_S)}s: "
                         f"{exc or type(exc).__name__}"
                     ) from None
-                self.sleep(delay)
+                self.runtime.sleep(delay)
                 delay = min(delay * 2, 15.0)
                 chunk, code = b"", None
             if chunk:
                 offset += len(chunk)
-                last_growth = self.mono()
+                last_growth = self.runtime.mono()
                 self._mirror(local_log, chunk)
-                if self.mono() - saved_at > 5:
+                if self.runtime.mono() - saved_at > 5:
                     self._update(job_id, log_offset=offset)
-                    saved_at = self.mono()
+                    saved_at = self.runtime.mono()
             if code is not None:
                 offset = self._drain(ctl, local_log, offset)
                 outcome.status = "succeeded" if code == 0 else "failed"
@@ -609,10 +607,12 @@ class JobRunner:
                     outcome.failure_stage = "running"
                     outcome.error = f"the command exited {code}"
                 self._update(
-                    job_id, log_offset=offset, timings={"run_s": round(self.mono() - begun, 3)}
+                    job_id,
+                    log_offset=offset,
+                    timings={"run_s": round(self.runtime.mono() - begun, 3)},
                 )
                 return
-            now = self.mono()
+            now = self.runtime.mono()
             fired = None  # (status, what is said, the recorded error)
             if max_s and now - begun >= max_s:
                 limit = f"--max-duration {_dur(max_s)}"
@@ -625,7 +625,7 @@ class JobRunner:
                 self._stop(job)
                 outcome.status, outcome.exit_code = fired[0], TIMEOUT_EXIT
                 outcome.error, outcome.failure_stage = fired[2], "running"
-                self._update(job_id, timings={"run_s": round(self.mono() - begun, 3)})
+                self._update(job_id, timings={"run_s": round(self.runtime.mono() - begun, 3)})
                 self._drain(ctl, local_log, offset)
                 return
             if now - last_check >= PROVIDER_CHECK_S:
@@ -633,7 +633,7 @@ class JobRunner:
                 if self._instance_gone(session, outcome):
                     return
             if len(chunk) < READ_CHUNK:
-                self.sleep(self.poll_s)
+                self.runtime.sleep(self.poll_s)
 
     def _drain(self, ctl: str, local_log: Path, offset: int) -> int:
         with contextlib.suppress(Exception):
@@ -687,12 +687,12 @@ class JobRunner:
         d = job["remote_dir"]
         for sig, wait_s in (("TERM", grace_s), ("KILL", 5.0)):
             self._exec(jobwrap.kill_command(d, sig))
-            deadline = self.mono() + wait_s
-            while self.mono() < deadline:
+            deadline = self.runtime.mono() + wait_s
+            while self.runtime.mono() < deadline:
                 with contextlib.suppress(Exception):
                     if self._status(f"{d}/{jobwrap.CTL}/status") is not None:
                         return
-                self.sleep(0.2)
+                self.runtime.sleep(0.2)
 
     # -- the end ------------------------------------------------------------------------------
     def _collect(self, spec: JobSpec, job: JSONObject, session: JSONObject) -> list[JSONObject]:
@@ -740,7 +740,7 @@ class JobRunner:
                 except (GpuShopperError, OSError) as exc:
                     last = exc
                     self._say(f"Downloading from {src_dir} failed (attempt {attempt + 1}): {exc}")
-                    self.sleep(min(2.0 * (attempt + 1), 5.0))
+                    self.runtime.sleep(min(2.0 * (attempt + 1), 5.0))
             if last is not None:
                 problems += [f"{remote}: {last}" for remote, _, _ in items]
                 shutil.rmtree(stage, ignore_errors=True)
@@ -837,7 +837,7 @@ class JobRunner:
             artifacts: list[JSONObject] = []
             if ssh_worked and outcome.status != "lost":
                 self._stage(job_id, "collecting")
-                t0 = self.mono()
+                t0 = self.runtime.mono()
                 try:
                     if self.conn is None:
                         self._connect(session, timeout_s=60.0)
@@ -851,7 +851,7 @@ class JobRunner:
                 self._update(
                     job_id,
                     artifacts=artifacts,
-                    timings={"download_s": round(self.mono() - t0, 3)},
+                    timings={"download_s": round(self.runtime.mono() - t0, 3)},
                 )
             self._close()
             keep = spec.keep_on_failure_s and outcome.status not in ("succeeded", "lost")
@@ -860,12 +860,12 @@ class JobRunner:
             if keep:
                 self._keep(session, float(spec.keep_on_failure_s or 0))
                 teardown["kept_until"] = iso(
-                    self.clock() + timedelta(seconds=float(spec.keep_on_failure_s or 0))
+                    self.runtime.clock() + timedelta(seconds=float(spec.keep_on_failure_s or 0))
                 )
                 teardown_error = None
             else:
                 self._stage(job_id, "tearing_down")
-                t0 = self.mono()
+                t0 = self.runtime.mono()
                 teardown_error = None
                 try:
                     ended = end_session(
@@ -873,17 +873,20 @@ class JobRunner:
                         self.app.provider,
                         session["id"],
                         f"job {job_id} {outcome.status}",
-                        clock=self.clock,
+                        clock=self.runtime.clock,
                         ssh_config_path=self.app.paths.ssh_config_file,
-                        sleep=self.sleep,
-                        mono=self.mono,
+                        sleep=self.runtime.sleep,
+                        mono=self.runtime.mono,
                     )
-                    teardown = {"confirmed": True, "at": ended.get("ended_at") or iso(self.clock())}
+                    teardown = {
+                        "confirmed": True,
+                        "at": ended.get("ended_at") or iso(self.runtime.clock()),
+                    }
                     cost = ended.get("cost_usd")
                 except GpuShopperError as exc:
                     teardown_error = str(exc)
                     cost = None
-                self._update(job_id, timings={"teardown_s": round(self.mono() - t0, 3)})
+                self._update(job_id, timings={"teardown_s": round(self.runtime.mono() - t0, 3)})
                 if cost is not None:
                     self._update(job_id, cost_usd=cost)
             if teardown_error is not None:
@@ -911,7 +914,7 @@ class JobRunner:
                 failure_stage=outcome.failure_stage,
                 error=outcome.error,
                 teardown=teardown,
-                ended_at=iso(self.clock()),
+                ended_at=iso(self.runtime.clock()),
             )
         if keep:
             self._say(
@@ -924,7 +927,7 @@ class JobRunner:
     def _keep(self, session: JSONObject, keep_s: float) -> None:
         from gpushopper.core.deadline import push_deadline
 
-        until = self.clock() + timedelta(seconds=keep_s)
+        until = self.runtime.clock() + timedelta(seconds=keep_s)
         try:
             record = self.store.update_session(session["id"], reservation_ends_at=iso(until))
         except StateError as exc:

@@ -530,11 +530,12 @@ class BenchRunner(Generic[H]):
         is never tried again in this run once it failed."""
         from gpushopper.core.inventory import machine_key
         from gpushopper.core.jobs import JobFailed, JobRunner, default_hours, get_job
+        from gpushopper.core.runtime import Runtime
 
         record = entry.record
         offer = candidate.offer
         host = _AttemptHost.wrap(self.host, self.stop)
-        runner = JobRunner(host, log=self._say, emit=lambda data: None)
+        runner = JobRunner(host, runtime=Runtime.of(host, log=self._say), emit=lambda data: None)
         spec = self._spec(opts)
         job = runner.create(spec)
         attempt: JSONObject = {
