@@ -312,9 +312,9 @@ MUTANTS = [
         "gpushopper/core/enforcer.py",
         [
             (
-                "                    label=action.label,\n                    sleep=self.sleep,",
+                "                    label=action.label,\n                    sleep=self.runtime.sleep,",
                 "                    label=action.label,\n                    allow_unlabelled=True,\n"
-                "                    sleep=self.sleep,",
+                "                    sleep=self.runtime.sleep,",
             )
         ],
         ["tests/test_enforcer.py"],
