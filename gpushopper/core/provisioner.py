@@ -6,6 +6,13 @@ a lookup by label, never a second create, and a create answer is trusted only wh
 instance it names carries our label. Every failure after the create (a failed boot, a
 signal, a closed output pipe, a crash) destroys what was created through
 ``core/teardown.py``, confirms it is gone, records it, and only then says so.
+
+One attempt is a sequence of stages a job or benchmark runner can reuse one by one:
+:meth:`Provisioner.intent` (the record and key), ``create`` (intent saved, one create,
+the label lookup), ``wait`` (running, SSH details checked, billing recorded), ``verify``
+(SSH and preflight) and ``hand_off`` (``running``); each says in its docstring what it
+records before and after and what it raises. None of them destroys anything: whatever
+they raise goes to :meth:`Provisioner.clean_up`, the one failure path.
 """
 
 from __future__ import annotations
@@ -198,8 +205,8 @@ class Boot:
 
     @property
     def lookup_needed(self) -> bool:
-        """A cleanup must look for the instance by its label first: the create was sent
-        and no lookup has settled what it made."""
+        """A cleanup that knows no instance id must look for one by label first: the
+        create was sent and no lookup has settled what it made."""
         return self.create_sent and not self.looked_up
 
     def trusted_id(self) -> str:
