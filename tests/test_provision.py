@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gpushopper.state.store import StateStore
+from tests.fakes.records import read_state
 from tests.waiting import wait_for
 
 
@@ -20,10 +21,6 @@ def ssh_run(command: str, *extra: str) -> subprocess.CompletedProcess[str]:
     argv[1:1] = ["-o", "BatchMode=yes", "-F", "/dev/null"]
     env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
     return subprocess.run([*argv, *extra], capture_output=True, text=True, timeout=30, env=env)
-
-
-def state(home: Path) -> dict:
-    return StateStore(home / "state.json").read()
 
 
 @pytest.mark.parametrize(
@@ -57,13 +54,13 @@ def test_provision_ssh_done_leaves_nothing(request, gs, isolated_home, provider_
     assert done.json()["status"] == "ended"
     assert done.json()["cost_usd"] > 0
     assert emu.live_instances() == []
-    assert state(isolated_home)["sessions"][session["id"]]["status"] == "ended"
+    assert read_state(isolated_home)["sessions"][session["id"]]["status"] == "ended"
 
 
 # -- failures never leak money ----------------------------------------------------------------
 def sessions_by_status(home: Path) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
-    for record in state(home)["sessions"].values():
+    for record in read_state(home)["sessions"].values():
         out.setdefault(record["status"], []).append(record)
     return out
 
@@ -84,7 +81,7 @@ def test_exited_boot_is_destroyed_recorded_and_failover_picks_next(vast, gs, iso
         and by_status["failed"][0]["offer_id"] == f"vastai:{bad['id']}"
     )
     assert "exited" in by_status["failed"][0]["end_reason"]
-    health = state(isolated_home)["offer_health"]
+    health = read_state(isolated_home)["offer_health"]
     assert health[f"vastai:{bad['id']}"]["failures"] == 1
     assert health["machine:vastai:777001"]["failures"] == 1
     assert gs("offer-health --json").json()[0]["failures"] == 1
@@ -223,7 +220,7 @@ def test_sigkilled_provision_is_found_by_label(vast, isolated_home):
 
     def saved_with_instance() -> dict | None:
         sessions = (
-            state(isolated_home)["sessions"] if (isolated_home / "state.json").exists() else {}
+            read_state(isolated_home)["sessions"] if (isolated_home / "state.json").exists() else {}
         )
         return next((s for s in sessions.values() if s.get("instance_id")), None)
 
@@ -235,7 +232,7 @@ def test_sigkilled_provision_is_found_by_label(vast, isolated_home):
     assert record is not None
     live = vast.live_instances()
     assert [i["label"] for i in live] == [record["label"]]
-    assert state(isolated_home)["sessions"][record["id"]]["status"] == "provisioning"
+    assert read_state(isolated_home)["sessions"][record["id"]]["status"] == "provisioning"
 
 
 def test_wrong_key_cannot_log_in(vast, gs, isolated_home, tmp_path):
@@ -540,7 +537,7 @@ def test_done_on_a_failed_session_destroys_what_is_left_and_keeps_why_it_failed(
         }
     result = gs("sessions done f00001 --json")
     assert result.exit_code == 0, result.stderr
-    record = state(isolated_home)["sessions"]["f00001"]
+    record = read_state(isolated_home)["sessions"]["f00001"]
     assert record["status"] == "failed"
     assert record["end_reason"] == "boot failed: instance is exited"
     assert record["ended_at"] == "2026-11-23T09:00:00Z"
@@ -576,7 +573,7 @@ def test_no_matching_offer_exits_1_before_creating_anything(vast, gs, isolated_h
         assert result.exit_code == 1
         assert "no offer matches" in result.stderr
     assert not [r for r in vast.requests if r["method"] == "PUT"]
-    assert not (isolated_home / "state.json").exists() or not state(isolated_home)["sessions"]
+    assert not (isolated_home / "state.json").exists() or not read_state(isolated_home)["sessions"]
 
 
 def test_extend_is_allowed_to_the_hard_maximum_exactly_and_not_a_second_past(gs, isolated_home):

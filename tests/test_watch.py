@@ -14,6 +14,8 @@ import pytest
 
 from gpushopper.model.units import parse_iso
 from gpushopper.state.store import StateStore
+from tests.fakes.records import read_state
+from tests.test_json_contract import ORPHAN_KEYS
 from tests.waiting import default_signals, wait_for
 
 
@@ -51,7 +53,7 @@ def watches():
 
 
 def sessions(home: Path) -> dict:
-    return StateStore(home / "state.json").read()["sessions"]
+    return read_state(home)["sessions"]
 
 
 def test_short_reservation_destroyed_within_one_interval(
@@ -133,15 +135,7 @@ def test_cleanup_orphans_finds_and_destroys_our_unknown_instance(vast, gs, isola
     assert rows[str(orphan["id"])]["action"] == "left"
     assert rows[str(foreign["id"])]["reason"] == "foreign"
     assert str(mine["id"]) not in rows
-    assert set(rows[str(orphan["id"])]) >= {
-        "provider",
-        "instance_id",
-        "label",
-        "reason",
-        "age_seconds",
-        "price_per_hour",
-        "action",
-    }
+    assert set(rows[str(orphan["id"])]) >= ORPHAN_KEYS
     destroyed = gs("cleanup-orphans --yes --json")
     assert destroyed.exit_code == 3, destroyed.stderr  # the foreign one is still running
     assert {r["instance_id"]: r["action"] for r in destroyed.json()}[
