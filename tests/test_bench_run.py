@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 
 from gpushopper.state.benchstore import BenchStore
 from tests.fakes.records import read_state
+from tests.fakes.tool import spawn_tool
 from tests.test_run import _kill_job_groups, _log_has, _when
 
 RESULT = '{"metric": "steps_per_s", "value": 12.5, "unit": "steps/s", "higher_is_better": true}'
@@ -315,11 +315,8 @@ def test_bad_input_exits_2_and_rents_nothing(gs, vast, isolated_home):
 
 def _spawn_run(tmp_path: Path, *args: str) -> subprocess.Popen:
     err = (tmp_path / "bench.err").open("w")
-    return subprocess.Popen(
-        [sys.executable, "-m", "gpushopper", "benchmark", "run", *args, "--yes", "--json"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=err,
+    return spawn_tool(
+        "benchmark", "run", *args, "--yes", "--json", stdout=subprocess.PIPE, stderr=err
     )
 
 

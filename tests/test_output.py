@@ -17,6 +17,7 @@ from gpushopper.model.errors import (
     StateError,
     UsageError,
 )
+from tests.fakes.tool import run_tool
 
 
 @pytest.fixture
@@ -96,12 +97,7 @@ def test_usage_errors_are_one_line_exit_2(gs):
 def test_version_and_module_entry_point():
     from gpushopper import __version__
 
-    out = subprocess.run(
-        [sys.executable, "-m", "gpushopper", "--version"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    out = run_tool("--version", check=True)
     assert __version__ in out.stdout
 
 

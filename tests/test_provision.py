@@ -12,6 +12,7 @@ import pytest
 
 from gpushopper.state.store import StateStore
 from tests.fakes.records import read_state
+from tests.fakes.tool import run_tool, spawn_tool
 from tests.waiting import wait_for
 
 
@@ -199,21 +200,10 @@ def test_ctrl_c_destroys_and_exits_130(vast, gs, isolated_home, monkeypatch):
 
 def test_sigkilled_provision_is_found_by_label(vast, isolated_home):
     import signal
-    import sys
 
     vast.boot = {"mode": "stuck_loading", "loading_after": 0.0, "running_after": 0.0}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gpushopper",
-            "provision",
-            "--provider",
-            "vastai",
-            "--gpu",
-            "4090",
-            "--yes",
-        ],
+    proc = spawn_tool(
+        *("provision", "--provider", "vastai", "--gpu", "4090", "--yes"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -457,49 +447,24 @@ def test_provision_with_a_template_no_provider_has(tensordock, gs):
 
 
 def test_sessions_ssh_execs_openssh_with_the_session_key(vast, gs, isolated_home):
-    import sys
 
     session = gs("provision --provider vastai --gpu 4090 --yes --json").json()
-    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gpushopper",
-            "sessions",
-            "ssh",
-            session["id"],
-            "--",
-            "nvidia-smi",
-            "-L",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-        stdin=subprocess.DEVNULL,
+    no_agent = ("SSH_AUTH_SOCK",)
+    out = run_tool(
+        "sessions", "ssh", session["id"], "--", "nvidia-smi", "-L", unset=no_agent, timeout=30
     )
     assert out.returncode == 0, out.stderr
     assert "GPU 0:" in out.stdout
     # After "--" every word is the remote command's, --json and -v included (issue 14).
-    flags = subprocess.run(
-        [sys.executable, "-m", "gpushopper", "sessions", "ssh", session["id"]]
-        + ["--", "echo", "--json", "-v"],
-        capture_output=True,
-        text=True,
+    flags = run_tool(
+        *("sessions", "ssh", session["id"], "--", "echo", "--json", "-v"),
+        unset=no_agent,
         timeout=30,
-        env=env,
-        stdin=subprocess.DEVNULL,
     )
     assert flags.returncode == 0, flags.stderr
     assert flags.stdout == "--json -v\n"
     gs(f"sessions done {session['id']}")
-    gone = subprocess.run(
-        [sys.executable, "-m", "gpushopper", "sessions", "ssh", session["id"]],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    gone = run_tool("sessions", "ssh", session["id"], timeout=30)
     assert gone.returncode == 2  # bad input, as an unknown session (issue 14)
     # ...and a --json meant for the remote command never turns our error into JSON.
     remote_json = gs(["sessions", "ssh", session["id"], "--", "tool", "--json"])

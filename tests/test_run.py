@@ -15,6 +15,7 @@ import pytest
 from gpushopper.model.errors import SshError
 from gpushopper.state.store import StateStore
 from tests.fakes.records import read_state
+from tests.fakes.tool import spawn_tool
 
 
 def make_workdir(root: Path) -> Path:
@@ -397,17 +398,12 @@ def test_broken_stdout_pipe_mid_job_stops_collects_destroys_exits_141(
 ):
     """``run ... | head -1``: the next write to stdout fails; the job is cancelled as by
     SIGPIPE, the command stopped, what it wrote brought home, the instance destroyed."""
-    import sys
 
     out = tmp_path / "o"
     err = (tmp_path / "run.err").open("w")
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "gpushopper", "run", "--provider", "vastai"),
-            *("--out", str(out), "--yes", "--"),
-            *("sh", "-c", "echo partial > out/partial.txt; while :; do echo tick; sleep 0.1; done"),
-        ],
-        stdin=subprocess.DEVNULL,
+    proc = spawn_tool(
+        *("run", "--provider", "vastai", "--out", str(out), "--yes", "--"),
+        *("sh", "-c", "echo partial > out/partial.txt; while :; do echo tick; sleep 0.1; done"),
         stdout=subprocess.PIPE,
         stderr=err,
     )

@@ -9,7 +9,6 @@ import pty
 import re
 import struct
 import subprocess
-import sys
 import termios
 
 import pytest
@@ -18,6 +17,7 @@ from gpushopper.cli.output import cell_text, column_widths, number_text
 from gpushopper.model.ids import AmbiguousId, match_prefix, short_ids
 from gpushopper.providers.registry import resolve_offer_id
 from gpushopper.state.store import StateStore
+from tests.fakes.tool import spawn_tool
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -77,16 +77,11 @@ def test_no_columns_and_no_terminal_is_80_wide(td_session, gs, monkeypatch):
 
 
 def _pty_run(args: list[str], columns: int, env: dict[str, str]) -> str:
-    """Run gpu-shopper with stdout on a pseudo-terminal ``columns`` wide."""
+    """Run gpu-shopper with stdout on a pseudo-terminal ``columns`` wide; COLUMNS only as
+    ``env`` sets it."""
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gpushopper", *args],
-        stdout=follower,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        env=env,
-    )
+    proc = spawn_tool(*args, env=env, unset=("COLUMNS",), stdout=follower, stderr=subprocess.PIPE)
     os.close(follower)
     chunks = []
     while True:
@@ -105,9 +100,7 @@ def _pty_run(args: list[str], columns: int, env: dict[str, str]) -> str:
 
 @pytest.mark.parametrize("by", ["COLUMNS", "terminal"])
 def test_on_a_terminal_the_width_is_honoured_too(td_session, by):
-    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    if by == "COLUMNS":
-        env["COLUMNS"] = "80"
+    env = {"COLUMNS": "80"} if by == "COLUMNS" else {}
     out = _pty_run(["sessions"], 80 if by == "terminal" else 200, env)
     assert "\x1b[" in out  # a terminal: colour
     lines = check_fits(out, 80)
