@@ -8,7 +8,7 @@ import sys
 import click
 import pytest
 
-from gpushopper.cli import COMMANDS, cli
+from gpushopper.cli import COMMANDS
 from gpushopper.model.errors import (
     AuthFailed,
     ConfigError,
@@ -101,14 +101,11 @@ def test_version_and_module_entry_point():
     assert __version__ in out.stdout
 
 
-def test_every_command_has_help_with_example():
-    from click.testing import CliRunner
-
-    runner = CliRunner()
+def test_every_command_has_help_with_example(gs):
     for name in COMMANDS:
-        result = runner.invoke(cli, [name, "--help"])
+        result = gs([name, "--help"])
         assert result.exit_code == 0, name
-        assert "Example" in result.output, f"{name} --help has no example"
+        assert "Example" in result.stdout, f"{name} --help has no example"
 
 
 @pytest.mark.parametrize(
