@@ -14,6 +14,7 @@ from gpushopper.sandbox.tensordock import (
     TensorDockEmulator,
     extract_public_keys,
 )
+from gpushopper.sandbox.vastai import VastEmulator
 
 TOKEN = "td-test-token"
 KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeyAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA a@test"
@@ -906,3 +907,23 @@ def test_requests_are_recorded(tensordock_emulator):  # noqa: F811
     assert rec["method"] == "POST" and rec["path"] == "/instances"
     assert rec["json"] == body and rec["auth_ok"] is True
     assert rec["headers"]["Authorization"] == f"Bearer {TOKEN}"
+
+
+@pytest.mark.parametrize("make", [TensorDockEmulator, VastEmulator])
+def test_a_stopped_emulator_answers_nothing_even_on_a_kept_alive_connection(make):
+    """Both markets share one server (gpushopper/sandbox/base.py): stop closes open
+    connections, so a client cannot go on talking to a market that is gone."""
+    import http.client
+
+    emu = make().start()
+    conn = http.client.HTTPConnection("127.0.0.1", emu.port, timeout=5)
+    try:
+        conn.request("GET", "/")
+        conn.getresponse().read()  # kept alive: HTTP/1.1
+        emu.stop()
+        with pytest.raises((OSError, http.client.HTTPException)):
+            conn.request("GET", "/")
+            conn.getresponse().read()
+    finally:
+        conn.close()
+        emu.stop()
