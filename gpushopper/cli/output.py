@@ -1,5 +1,6 @@
-"""Everything the user sees: rich tables for people, one JSON document for scripts,
-and the mapping from errors to a one-line message and an exit code (see CLI.md)."""
+"""Everything the user sees: tables for people (plain text; rich draws them only in
+colour), one JSON document for scripts, and the mapping from errors to a one-line
+message and an exit code (see CLI.md)."""
 
 from __future__ import annotations
 
