@@ -8,7 +8,7 @@ import os
 import re
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import click
 
@@ -343,21 +343,34 @@ def print_table(
     _guarded(write)
 
 
-class _Layout(NamedTuple):
+class _Layout:
     """A table decided: its texts and each column's width, justification and overflow
-    (a column of single words is cut with an ellipsis, never folded)."""
+    (a column of single words is cut with an ellipsis, never folded). A plain class: a
+    NamedTuple or a dataclass costs every command's start-up, not only a table's."""
 
-    headers: list[str]
-    rows: list[list[str]]
-    totals: list[str] | None
-    widths: list[int]
-    words: list[bool]
-    right: list[bool]
-    title: str | None
+    __slots__ = ("headers", "rows", "totals", "widths", "words", "right", "title")
+
+    def __init__(
+        self,
+        *,
+        headers: list[str],
+        rows: list[list[str]],
+        totals: list[str] | None,
+        widths: list[int],
+        words: list[bool],
+        right: list[bool],
+        title: str | None,
+    ) -> None:
+        self.headers, self.rows, self.totals = headers, rows, totals
+        self.widths, self.words, self.right, self.title = widths, words, right, title
+
+    def __repr__(self) -> str:
+        return f"_Layout({', '.join(f'{k}={getattr(self, k)!r}' for k in self.__slots__)})"
 
 
 # Printable ASCII and newlines: one character is one terminal cell, as len() counts it.
-_ONE_CELL_EACH = re.compile(r"[\x20-\x7e\n]*")
+# (Patterns of the table writer are compiled on first use, from re's cache: not at start-up.)
+_ONE_CELL_EACH = r"[\x20-\x7e\n]*"
 
 
 def _plain_will_do(layout: _Layout, width: int) -> bool:
@@ -375,7 +388,8 @@ def _plain_will_do(layout: _Layout, width: int) -> bool:
         return False
     texts = [*layout.headers, layout.title or ""]
     texts += [cell for row in layout.rows for cell in row] + (layout.totals or [])
-    return all(_ONE_CELL_EACH.fullmatch(text) for text in texts)
+    one_cell = re.compile(_ONE_CELL_EACH)
+    return all(one_cell.fullmatch(text) for text in texts)
 
 
 def _rich_table(layout: _Layout) -> str:
@@ -412,8 +426,8 @@ def _rich_table(layout: _Layout) -> str:
 # rich's Table with box SIMPLE_HEAD, no edge, one space of padding on the right of each
 # column but the last, and rich's wrapping (rich/_wrap.py divide_line, Text.wrap), for
 # text of one-cell characters without colour. tests/test_tables.py compares the two.
-_WORD = re.compile(r"\s*\S+\s*")
-_END_SPACE = re.compile(r"\s+$")
+_WORD = r"\s*\S+\s*"
+_END_SPACE = r"\s+$"
 
 
 def _breaks(line: str, width: int, fold: bool) -> list[int]:
@@ -422,7 +436,7 @@ def _breaks(line: str, width: int, fold: bool) -> list[int]:
     ``width`` long, or (not ``fold``) left whole on its own line to be cut."""
     breaks: list[int] = []
     offset = 0
-    for match in _WORD.finditer(line):
+    for match in re.finditer(_WORD, line):
         start, word = match.start(), match.group()
         length = len(word.rstrip())
         if width - offset >= length:
@@ -459,7 +473,7 @@ def _wrapped(text: str, width: int, justify: str, fold: bool) -> list[str]:
         for begin, stop in zip(bounds, bounds[1:], strict=False):
             piece = line[begin:stop]
             excess = len(piece) - width
-            space = _END_SPACE.search(piece) if excess > 0 else None
+            space = re.search(_END_SPACE, piece) if excess > 0 else None
             if space:
                 piece = piece[: len(piece) - min(len(space.group()), excess)]
             if justify == "left":
