@@ -9,6 +9,7 @@ import pty
 import re
 import struct
 import subprocess
+import sys
 import termios
 
 import pytest
