@@ -412,6 +412,43 @@ MUTANTS = [
             "tests/test_bench_run.py::test_a_destroy_never_confirmed_exits_3_and_a_command_exiting_3_does_not"
         ],
     ),
+    # -- the provisioner's stages (issue 11): the contracts of Provisioner.attempt ---------------------
+    Mutant(
+        "a cleanup after a sent create skips the label lookup",
+        "gpushopper/core/provisioner.py",
+        [("                lookup=boot.lookup_needed,\n", "                lookup=False,\n")],
+        ["tests/test_provisioner_faults.py"],
+    ),
+    Mutant(
+        "a create that errs is not looked up by label",
+        "gpushopper/core/provisioner.py",
+        [
+            (
+                "            found = wait_for_label(provider, label, sleep=self.sleep, mono=self.mono, log=self._say)\n",
+                "            found = None\n",
+            )
+        ],
+        ["tests/test_provisioner_faults.py"],
+    ),
+    Mutant(
+        "the intent is saved after the create call",
+        "gpushopper/core/provisioner.py",
+        [
+            ("        self.store.put_session(boot.record)  # intent before action\n", ""),
+            (
+                "            answered = provider.create_instance(boot.spec)\n",
+                "            answered = provider.create_instance(boot.spec)\n"
+                "            self.store.put_session(boot.record)\n",
+            ),
+        ],
+        ["tests/test_provisioner_faults.py"],
+    ),
+    Mutant(
+        "a crash mid-boot re-raises without destroying",
+        "gpushopper/core/provisioner.py",
+        [('        abort(f"crashed: {type(exc).__name__}: {exc}")\n', "")],
+        ["tests/test_provision.py::test_a_crash_right_after_create_still_destroys_the_instance"],
+    ),
 ]
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import os
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,6 +77,7 @@ def gs(request):
 
 # -- provider emulators wired to the real sshd pool and to the tool's settings -----------------
 from gpushopper.sandbox.tensordock import TensorDockEmulator  # noqa: E402
+from gpushopper.sandbox.vastai import VastEmulator  # noqa: E402
 from tests.fakes.fixtures import sshd_pool, tensordock_emulator, vast_emulator  # noqa: E402,F401
 
 
@@ -86,33 +88,53 @@ def fast_http(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GPU_SHOPPER_DEFAULTS_HTTP_TIMEOUT", "5")
 
 
-@pytest.fixture
-def tensordock(monkeypatch: pytest.MonkeyPatch, sshd_pool, fast_http):  # noqa: F811
-    """A seeded TensorDock emulator whose VMs are real sshds; the tool is configured for it."""
-    emu = TensorDockEmulator(ssh_backend=sshd_pool)
-    emu.start()
-    emu.seed_default()
-    monkeypatch.setenv("TENSORDOCK_API_TOKEN", emu.api_token)
-    monkeypatch.setenv("TENSORDOCK_API_URL", emu.url)
-    monkeypatch.setenv("TENSORDOCK_SSH_USER", sshd_pool.login_user)
-    yield emu
-    emu.stop()
+def _market(
+    name: str,
+    make: Callable[..., Any],
+    seed: Callable[[Any], object],
+    env: Callable[[Any, str], dict[str, str]],
+    doc: str,
+) -> Any:
+    """A fixture: a started, seeded emulator whose instances are real sshds, and the tool's
+    environment (``env(emulator, ssh_user)``) pointed at it; stopped at teardown."""
+
+    def market(monkeypatch: pytest.MonkeyPatch, sshd_pool, fast_http):  # noqa: F811
+        emu = make(ssh_backend=sshd_pool)
+        emu.start()
+        try:
+            seed(emu)
+            for var, value in env(emu, sshd_pool.login_user).items():
+                monkeypatch.setenv(var, value)
+            yield emu
+        finally:
+            emu.stop()
+
+    market.__doc__ = doc
+    return pytest.fixture(market, name=name)
 
 
-from gpushopper.sandbox.vastai import VastEmulator  # noqa: E402
-
-
-@pytest.fixture
-def vast(monkeypatch: pytest.MonkeyPatch, sshd_pool, fast_http):  # noqa: F811
-    """A seeded Vast.ai emulator whose instances are real sshds; the tool is configured for it."""
-    emu = VastEmulator(ssh_backend=sshd_pool)
-    emu.start()
-    emu.seed_default_offers()
-    monkeypatch.setenv("VASTAI_API_KEY", emu.api_key)
-    monkeypatch.setenv("VASTAI_API_URL", emu.url)
-    monkeypatch.setenv("VASTAI_SSH_USER", sshd_pool.login_user)
-    yield emu
-    emu.stop()
+tensordock = _market(
+    "tensordock",
+    TensorDockEmulator,
+    TensorDockEmulator.seed_default,
+    lambda emu, user: {
+        "TENSORDOCK_API_TOKEN": emu.api_token,
+        "TENSORDOCK_API_URL": emu.url,
+        "TENSORDOCK_SSH_USER": user,
+    },
+    "A seeded TensorDock emulator whose VMs are real sshds; the tool is configured for it.",
+)
+vast = _market(
+    "vast",
+    VastEmulator,
+    VastEmulator.seed_default_offers,
+    lambda emu, user: {
+        "VASTAI_API_KEY": emu.api_key,
+        "VASTAI_API_URL": emu.url,
+        "VASTAI_SSH_USER": user,
+    },
+    "A seeded Vast.ai emulator whose instances are real sshds; the tool is configured for it.",
+)
 
 
 class FakeTime:

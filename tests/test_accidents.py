@@ -12,7 +12,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,20 +19,8 @@ from typing import Any
 import pytest
 
 from gpushopper.state.store import StateStore
+from tests.fakes.tool import run_tool, spawn_tool
 from tests.waiting import default_signals, wait_for
-
-TOOL = [sys.executable, "-m", "gpushopper"]
-
-
-def tool(*args: str, env: dict[str, str] | None = None, timeout: float = 60):
-    return subprocess.run(
-        [*TOOL, *args],
-        env={**os.environ, **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-    )
 
 
 def sessions(home: Path) -> dict[str, Any]:
@@ -50,7 +37,7 @@ def start_provision(tmp_path: Path, *args: str, **popen: Any) -> subprocess.Pope
     popen.setdefault("stdout", (tmp_path / "provision.out").open("w"))
     popen.setdefault("stderr", (tmp_path / "provision.err").open("w"))
     popen.setdefault("preexec_fn", default_signals)
-    return subprocess.Popen([*TOOL, "provision", "--yes", *args], stdin=subprocess.DEVNULL, **popen)
+    return spawn_tool("provision", "--yes", *args, **popen)
 
 
 @pytest.fixture
@@ -160,7 +147,7 @@ def test_item3_a_sigkilled_provision_is_destroyed_on_the_next_pass(
     assert owner["pid"] == proc.pid and owner["host"] and owner["started"]
     proc.kill()
     proc.wait(10)
-    out = tool(*sweeper)  # no shifted clock: the provisioning timeout is far away
+    out = run_tool(*sweeper)  # no shifted clock: the provisioning timeout is far away
     assert out.returncode == 0, out.stderr
     assert vast.live_instances() == []
     assert sessions(isolated_home)[record["id"]]["end_reason"] == "owner_gone"
@@ -171,7 +158,7 @@ def test_item3_a_live_owner_is_left_to_finish(vast, isolated_home, tmp_path, pro
     proc = start_provision(tmp_path, "--provider", "vastai", "--gpu", "4090", "--timeout", "1h")
     procs.append(proc)
     wait_for(lambda: booting_record(isolated_home), 30, "the instance to be recorded")
-    out = tool("watch", "--once")
+    out = run_tool("watch", "--once")
     assert out.returncode == 0, out.stderr
     assert len(vast.live_instances()) == 1
     proc.terminate()
@@ -191,12 +178,12 @@ def test_item4_a_malformed_listing_closes_and_destroys_nothing(
     session = gs(f"provision --provider {provider} --gpu 4090 --hours 2h --yes --json").json()
     path = r"/api/v1/instances" if provider == "vastai" else r"/instances$"
     emu.fail_next("GET", path, status=200, body=body, times=4)
-    blind = tool("watch", "--once", env={"GPU_SHOPPER_DEFAULTS_HTTP_RETRIES": "1"})
+    blind = run_tool("watch", "--once", env={"GPU_SHOPPER_DEFAULTS_HTTP_RETRIES": "1"})
     assert blind.returncode == 1, blind.stderr
     assert provider in blind.stderr
     assert sessions(isolated_home)[session["id"]]["status"] == "running"
     emu.clear_faults()
-    normal = tool("watch", "--once")
+    normal = run_tool("watch", "--once")
     assert normal.returncode == 0, normal.stderr
     assert len(emu.live_instances()) == 1
     assert sessions(isolated_home)[session["id"]]["status"] == "running"
@@ -208,7 +195,7 @@ def test_item4_a_listing_without_the_instance_needs_the_provider_to_confirm_it_g
     session = gs("provision --provider vastai --gpu 4090 --hours 2h --yes --json").json()
     empty = {"success": True, "instances_found": 0, "next_token": None, "instances": []}
     vast.fail_next("GET", r"/api/v1/instances", status=200, body=empty, times=1)
-    partial = tool("watch", "--once")
+    partial = run_tool("watch", "--once")
     assert partial.returncode == 1, partial.stderr
     assert sessions(isolated_home)[session["id"]]["status"] == "running"
     assert len(vast.live_instances()) == 1
@@ -216,23 +203,23 @@ def test_item4_a_listing_without_the_instance_needs_the_provider_to_confirm_it_g
 
 # -- 5. blind is not all clear -------------------------------------------------------------
 def test_item5_watch_once_exits_1_when_a_provider_cannot_be_listed(vast, isolated_home):
-    revoked = tool("watch", "--once", env={"VASTAI_API_KEY": "revoked-key"})
+    revoked = run_tool("watch", "--once", env={"VASTAI_API_KEY": "revoked-key"})
     assert revoked.returncode == 1
     assert "vastai" in revoked.stderr
     vast.fail_next("GET", r"/api/v1/instances", status=500, times=10)
-    failing = tool("watch", "--once", env={"GPU_SHOPPER_DEFAULTS_HTTP_RETRIES": "1"})
+    failing = run_tool("watch", "--once", env={"GPU_SHOPPER_DEFAULTS_HTTP_RETRIES": "1"})
     assert failing.returncode == 1 and "vastai" in failing.stderr
 
 
 def test_item5_watch_without_credentials_refuses_to_start(isolated_home):
     for args in (("watch", "--once"), ("watch", "--interval", "1s")):
-        out = tool(*args, timeout=20)
+        out = run_tool(*args, timeout=20)
         assert out.returncode == 2, out.stderr
         assert "no provider has credentials" in out.stderr
 
 
 def test_item5_cleanup_orphans_with_a_bad_key_gives_no_all_clear(vast, gs, isolated_home):
-    out = tool("cleanup-orphans", env={"VASTAI_API_KEY": "revoked-key"})
+    out = run_tool("cleanup-orphans", env={"VASTAI_API_KEY": "revoked-key"})
     assert out.returncode == 1
     assert "Nothing of ours" not in out.stdout + out.stderr
     assert "vastai" in out.stderr
@@ -240,12 +227,12 @@ def test_item5_cleanup_orphans_with_a_bad_key_gives_no_all_clear(vast, gs, isola
 
 def test_item5_cleanup_orphans_exits_3_while_labelled_instances_run(vast, gs, isolated_home):
     vast.create_instance_directly(label="gpu-shopper:abcd0123:0a1b2c", status="running")
-    listed = tool("cleanup-orphans", "--json")  # no state file: every label is foreign
+    listed = run_tool("cleanup-orphans", "--json")  # no state file: every label is foreign
     assert listed.returncode == 3, listed.stderr
     assert [r["reason"] for r in json.loads(listed.stdout)] == ["foreign"]
-    swept = tool("cleanup-orphans", "--yes", "--json")
+    swept = run_tool("cleanup-orphans", "--yes", "--json")
     assert swept.returncode == 3  # still running: foreign ones are left without --include-foreign
-    assert tool("cleanup-orphans", "--yes", "--include-foreign").returncode == 0
+    assert run_tool("cleanup-orphans", "--yes", "--include-foreign").returncode == 0
     assert vast.live_instances() == []
 
 
@@ -259,7 +246,7 @@ def test_item6_one_bad_record_never_switches_the_net_off(vast, gs, isolated_home
     with store.transaction() as state:
         state["sessions"]["badbad"] = bad
     shifted = {"GPU_SHOPPER_CLOCK_OFFSET": "3h"}  # the good session's reservation is over
-    out = tool("watch", "--once", env=shifted)
+    out = run_tool("watch", "--once", env=shifted)
     assert "badbad" in out.stderr
     assert out.returncode == 1  # one record could not be enforced: not all clear
     assert vast.live_instances() == []
@@ -267,7 +254,7 @@ def test_item6_one_bad_record_never_switches_the_net_off(vast, gs, isolated_home
     again = gs("provision --provider vastai --gpu 4090 --hours 2h --yes --json")
     assert again.exit_code == 0, again.stderr
     assert len(vast.live_instances()) == 1
-    sweep = tool("cleanup-orphans", "--yes")
+    sweep = run_tool("cleanup-orphans", "--yes")
     assert "badbad" in sweep.stderr and sweep.returncode == 1
     assert len(vast.live_instances()) == 1  # the new, healthy session is not touched
 
@@ -358,7 +345,7 @@ def test_item8_a_listing_repeating_a_foreign_id_under_our_label_destroys_nothing
     twice = [row, {**row, "label": f"gpu-shopper:{install}:0a1b2c"}]
     body = {"success": True, "instances_found": 2, "next_token": None, "instances": twice}
     vast.fail_next("GET", r"/api/v1/instances", status=200, body=body, times=1)
-    out = tool("watch", "--once")
+    out = run_tool("watch", "--once")
     assert out.returncode == 1  # an inconsistent listing is a failed pass
     assert [i["id"] for i in vast.live_instances()] == [foreign["id"]]
 
@@ -369,7 +356,7 @@ def test_item8_labels_with_an_impossible_session_id_are_never_destroyed(
     install = StateStore(isolated_home / "state.json").install_id()
     odd = vast.create_instance_directly(label=f"gpu-shopper:{install}:$(touch x)")
     ours = vast.create_instance_directly(label=f"gpu-shopper:{install}:0a1b2c")
-    out = tool("cleanup-orphans", "--yes", "--json")
+    out = run_tool("cleanup-orphans", "--yes", "--json")
     assert [i["id"] for i in vast.live_instances()] == [odd["id"]]
     assert {r["instance_id"]: r["action"] for r in json.loads(out.stdout)} == {
         str(ours["id"]): "destroyed",
@@ -385,9 +372,7 @@ def test_item9_watch_says_what_stopping_does_and_exits_130(
 ):
     gs("provision --provider vastai --gpu 4090 --yes --json")
     log = (tmp_path / "watch.log").open("w")
-    proc = subprocess.Popen(
-        [*TOOL, "watch", "--interval", "1s"], stderr=log, preexec_fn=default_signals
-    )
+    proc = spawn_tool("watch", "--interval", "1s", stderr=log, preexec_fn=default_signals)
     procs.append(proc)
     text = lambda: (tmp_path / "watch.log").read_text()  # noqa: E731
     wait_for(lambda: "stopping destroys the 1 guarded session" in text(), 30, "the notice")

@@ -109,3 +109,39 @@ def test_nested_values_never_reach_a_row(store):
     bad["offer"]["gpu_name"] = {"nested": "object"}
     store.put("results", "r-000003", bad)
     assert store.table().row(2)["gpu_name"] is None
+
+
+def test_many_rows_are_read_at_once_and_the_same(tmp_path: Path):
+    """``rows()`` of many results reads all row lines in one piece: the same rows as one
+    by one, and a damaged line still falls back to the columns."""
+    store = BenchStore(tmp_path / "benchmarks.json")
+    with store.transaction() as data:
+        for i in range(100):
+            data["results"][f"r-{i:06d}"] = record(float(i), gpu=f"GPU {i % 7}")
+    table = store.table()
+    one_by_one = [table.row(i) for i in range(100)]
+    assert table._all_lines() is not None  # the bulk path is the one taken
+    assert store.table().rows(range(100)) == one_by_one
+    assert store.table().rows([99, 3]) == [one_by_one[99], one_by_one[3]]
+    lines = store.index_path.read_bytes().split(b"\n")
+    lines[-2] = b"[" + b" " * (len(lines[-2]) - 2) + b"]"  # same length, not a row
+    store.index_path.write_bytes(b"\n".join(lines))
+    damaged = store.table()
+    assert damaged._all_lines() is not None
+    assert damaged.rows(range(100)) == one_by_one  # that row from the columns
+    lines[-2] = b"[1,2" + b" " * (len(lines[-2]) - 4)  # no longer JSON: line by line
+    store.index_path.write_bytes(b"\n".join(lines))
+    assert store.table()._all_lines() is None
+    assert store.table().rows(range(100)) == one_by_one
+
+
+def test_a_nested_value_in_an_edited_row_line_reads_as_none(store):
+    raw = store.index_path.read_bytes()
+    body_start = raw.index(b"\n") + 1
+    last = raw.rindex(b'"RTX 4090"', body_start)  # in the first row line (the columns precede)
+    assert raw.count(b'"RTX 4090"') >= 2
+    edited = raw[:last] + b'{"a":"bc"}' + raw[last + len(b'"RTX 4090"') :]
+    store.index_path.write_bytes(edited)
+    table = store.table()
+    assert table.row(0)["gpu_name"] is None
+    assert table.rows(range(2))[0]["gpu_name"] is None

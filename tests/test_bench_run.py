@@ -6,14 +6,14 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from gpushopper.state.benchstore import BenchStore
-from gpushopper.state.store import StateStore
+from tests.fakes.records import read_state
+from tests.fakes.tool import spawn_tool
 from tests.test_run import _kill_job_groups, _log_has, _when
 
 RESULT = '{"metric": "steps_per_s", "value": 12.5, "unit": "steps/s", "higher_is_better": true}'
@@ -22,10 +22,6 @@ WRITE = f"printf '%s' '{RESULT}' > \"$GPU_SHOPPER_RESULT\""
 
 def bench(home: Path) -> BenchStore:
     return BenchStore(home / "benchmarks.json")
-
-
-def state(home: Path) -> dict:
-    return StateStore(home / "state.json").read()
 
 
 def bench_run(gs, *args: str, budget: str = "5", extra: tuple[str, ...] = ()):
@@ -77,7 +73,7 @@ def test_custom_workload_on_two_offers_stores_both_with_their_cost(gs, vast, iso
     spent = sum(a["cost_usd"] for e in run["entries"] for a in e["attempts"])
     assert run["budget"]["spent"] == pytest.approx(spent)
     assert vast.live_instances() == []
-    jobs = state(isolated_home)["jobs"]
+    jobs = read_state(isolated_home)["jobs"]
     assert len(jobs) == 2 and all(j["teardown"]["confirmed"] for j in jobs.values())
 
 
@@ -222,7 +218,7 @@ def test_a_signal_mid_run_destroys_every_session_and_exits_128_plus(gs, vast, is
     assert any(e["failure_stage"] == "interrupted" for e in run["entries"])
     assert vast.live_instances() == []
     assert not _remote_running("sleep 62"), result.stderr
-    for job in state(isolated_home)["jobs"].values():
+    for job in read_state(isolated_home)["jobs"].values():
         assert job["status"] in ("cancelled", "failed"), job
 
 
@@ -279,7 +275,7 @@ def test_a_measured_gpu_other_than_the_advertised_one_is_invalid_and_in_offer_he
     (found,) = bench(isolated_home).results().values()
     assert found["valid"] is False
     assert "measured GPU NVIDIA GeForce RTX 3060" in found["invalid_reasons"][0]
-    health = state(isolated_home)["offer_health"][f"vastai:{offer['id']}"]
+    health = read_state(isolated_home)["offer_health"][f"vastai:{offer['id']}"]
     assert "measured GPU" in health["last_reason"]
     assert vast.live_instances() == []
 
@@ -319,11 +315,8 @@ def test_bad_input_exits_2_and_rents_nothing(gs, vast, isolated_home):
 
 def _spawn_run(tmp_path: Path, *args: str) -> subprocess.Popen:
     err = (tmp_path / "bench.err").open("w")
-    return subprocess.Popen(
-        [sys.executable, "-m", "gpushopper", "benchmark", "run", *args, "--yes", "--json"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=err,
+    return spawn_tool(
+        "benchmark", "run", *args, "--yes", "--json", stdout=subprocess.PIPE, stderr=err
     )
 
 
@@ -397,9 +390,9 @@ def test_cancel_with_the_owner_gone_destroys_the_sessions_itself(gs, vast, isola
         assert first["status"] == "failed" and first["failure_stage"] == "interrupted"
         assert second["status"] == "skipped"
         assert vast.live_instances() == []
-        (job,) = state(isolated_home)["jobs"].values()
+        (job,) = read_state(isolated_home)["jobs"].values()
         assert job["status"] == "cancelled"
-        sessions = state(isolated_home)["sessions"]
+        sessions = read_state(isolated_home)["sessions"]
         assert all(s["status"] in ("ended", "failed") for s in sessions.values())
     finally:
         _kill_job_groups()
@@ -427,7 +420,7 @@ def test_parallel_entries_wait_for_the_money_a_running_one_has_committed(gs, vas
     )
     assert result.exit_code == 0, result.stderr
     first, second = (e["attempts"][0] for e in result.json()["entries"])
-    sessions = state(isolated_home)["sessions"]
+    sessions = read_state(isolated_home)["sessions"]
     assert sessions[second["session_id"]]["created_at"] >= sessions[first["session_id"]]["ended_at"]
     assert vast.live_instances() == []
 
@@ -445,7 +438,7 @@ def test_cancel_with_the_owner_killed_mid_boot_destroys_what_it_was_booting(
     )  # fmt: skip
 
     def booting() -> bool:
-        sessions = state(isolated_home).get("sessions") or {}
+        sessions = read_state(isolated_home).get("sessions") or {}
         return any(s.get("instance_id") for s in sessions.values())
 
     try:

@@ -337,9 +337,9 @@ def test_transfer_and_cold_start_measure_from_the_job(gs, vast, isolated_home):
 
 
 def state_job_out(home: Path, job_id: str) -> str:
-    from gpushopper.state.store import StateStore
+    from tests.fakes.records import read_state
 
-    return StateStore(home / "state.json").read()["jobs"][job_id]["out_dir"]
+    return read_state(home)["jobs"][job_id]["out_dir"]
 
 
 FAKE_TORCH = '''

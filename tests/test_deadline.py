@@ -16,7 +16,7 @@ import pytest
 
 from gpushopper.core import deadline
 from gpushopper.model.units import iso, parse_iso, utcnow
-from gpushopper.state.store import StateStore
+from tests.fakes.records import read_state
 from tests.waiting import wait_for
 
 MARKER = deadline.MARKER
@@ -102,10 +102,6 @@ def runner() -> Iterator[Runner]:
         r.close()
 
 
-def state(home: Path) -> dict[str, Any]:
-    return StateStore(home / "state.json").read()
-
-
 def live_ids(emu: Any) -> set[int]:
     return {int(i["id"]) for i in emu.live_instances()}
 
@@ -117,7 +113,7 @@ def test_vast_onstart_destroys_its_own_instance_at_a_2s_deadline(
     session = gs("provision --provider vastai --gpu 4090 --yes --json").json()
     iid = int(session["instance_id"])
     onstart = vast.instances[iid]["onstart"]
-    saved = state(isolated_home)["sessions"][session["id"]]
+    saved = read_state(isolated_home)["sessions"][session["id"]]
     assert saved["deadline_on_instance"] is True
     assert (
         saved["deadline_file"] == os.environ["GPU_SHOPPER_DEADLINE_FILE"]
@@ -335,11 +331,11 @@ def test_extend_pushes_the_deadline_and_a_failed_push_only_warns(
     monkeypatch.setenv("GPU_SHOPPER_DEADLINE_FILE", str(remote))
     session = gs("provision --provider vastai --gpu 4090 --hours 1h --yes --json").json()
     sid = session["id"]
-    assert state(isolated_home)["sessions"][sid]["deadline_file"] == str(remote)
+    assert read_state(isolated_home)["sessions"][sid]["deadline_file"] == str(remote)
 
     ok = gs(f"sessions extend {sid} --hours 2h --json")
     assert ok.exit_code == 0, ok.stderr
-    saved = state(isolated_home)["sessions"][sid]
+    saved = read_state(isolated_home)["sessions"][sid]
     ends = parse_iso(saved["reservation_ends_at"])
     hard = parse_iso(saved["hard_max_at"])
     assert ends and hard
@@ -353,7 +349,7 @@ def test_extend_pushes_the_deadline_and_a_failed_push_only_warns(
     assert failed.exit_code == 0, failed.stderr
     assert "could not move the on-instance deadline" in failed.stderr
     assert remote.read_text().strip() == str(expected)  # unchanged
-    saved = state(isolated_home)["sessions"][sid]
+    saved = read_state(isolated_home)["sessions"][sid]
     assert saved["deadline_push_error"]
     assert failed.json()["reservation_ends_at"] > ok.json()["reservation_ends_at"]
 

@@ -14,45 +14,14 @@ from gpushopper.sandbox.tensordock import (
     TensorDockEmulator,
     extract_public_keys,
 )
+from gpushopper.sandbox.vastai import VastEmulator
+from tests.fakes.emulators import FakeClock, RecordingBackend
 
 TOKEN = "td-test-token"
 KEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeyAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA a@test"
 KEY_B = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKeyBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB b@test"
 KEY_C = "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQCkeyCCCCCCCCCCCCCCCCCCCCCCC+/= c@test"
 KEY_D = "ecdsa-sha2-nistp256 AAAAE2VjZHNhLXNoYTItbmlzdHAyNTYAAAAIbmlzdHAyNTYDDDD="
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class RecordingBackend:
-    """Implements the ssh_backend protocol and records every call."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, ...]] = []
-        self.next_port = 42200
-
-    def start(self, instance_key: str, authorized_keys: list[str], gpu: dict) -> tuple[str, int]:
-        self.calls.append(("start", instance_key, list(authorized_keys), dict(gpu)))
-        self.next_port += 1
-        return "127.0.0.1", self.next_port
-
-    def set_keys(self, instance_key: str, authorized_keys: list[str]) -> None:
-        self.calls.append(("set_keys", instance_key, list(authorized_keys)))
-
-    def stop(self, instance_key: str) -> None:
-        self.calls.append(("stop", instance_key))
-
-    def names(self) -> list[str]:
-        return [c[0] for c in self.calls]
 
 
 @pytest.fixture
@@ -812,7 +781,7 @@ def test_extract_public_keys():
 
 def test_backend_hook_lifecycle(make_emu):
     clock = FakeClock()
-    backend = RecordingBackend()
+    backend = RecordingBackend(first_port=42200)
     emu = make_emu(clock=clock, ssh_backend=backend)
     emu.boot = {"mode": "ok", "running_after": 5.0}
     runcmd = [f"echo '{KEY_B}' >> /root/.ssh/authorized_keys"]
@@ -864,7 +833,7 @@ def test_backend_hook_lifecycle(make_emu):
 
 
 def test_backend_real_gpu_override_and_stop_on_shutdown():
-    backend = RecordingBackend()
+    backend = RecordingBackend(first_port=42200)
     emu = TensorDockEmulator(ssh_backend=backend)
     node = emu.add_hostnode(
         gpu="h100-sxm5-80gb", gpu_count=2, real_gpu={"driver_version": None, "cuda_version": None}
@@ -906,3 +875,23 @@ def test_requests_are_recorded(tensordock_emulator):  # noqa: F811
     assert rec["method"] == "POST" and rec["path"] == "/instances"
     assert rec["json"] == body and rec["auth_ok"] is True
     assert rec["headers"]["Authorization"] == f"Bearer {TOKEN}"
+
+
+@pytest.mark.parametrize("make", [TensorDockEmulator, VastEmulator])
+def test_a_stopped_emulator_answers_nothing_even_on_a_kept_alive_connection(make):
+    """Both markets share one server (gpushopper/sandbox/base.py): stop closes open
+    connections, so a client cannot go on talking to a market that is gone."""
+    import http.client
+
+    emu = make().start()
+    conn = http.client.HTTPConnection("127.0.0.1", emu.port, timeout=5)
+    try:
+        conn.request("GET", "/")
+        conn.getresponse().read()  # kept alive: HTTP/1.1
+        emu.stop()
+        with pytest.raises((OSError, http.client.HTTPException)):
+            conn.request("GET", "/")
+            conn.getresponse().read()
+    finally:
+        conn.close()
+        emu.stop()

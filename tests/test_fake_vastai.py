@@ -16,46 +16,12 @@ from gpushopper.sandbox.vastai import (
     VastEmulator,
     marketing_gpu_name,
 )
+from tests.fakes.emulators import FakeClock, RecordingBackend
 
 AUTH_ERROR = {"success": False, "error": "auth_error", "msg": "Invalid user key"}
 OSTRIS = "Ostris AI Toolkit"
 PUBKEY_A = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA a@test"
 PUBKEY_B = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBBB b@test"
-
-
-class FakeClock:
-    def __init__(self, start: float = 1000.0) -> None:
-        self.now = start
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-class RecordingBackend:
-    """Stand-in for the real-sshd pool: records calls, hands out fake ports."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[Any, ...]] = []
-        self.next_port = 42022
-
-    def start(
-        self, instance_key: str, authorized_keys: list[str], gpu: dict[str, Any]
-    ) -> tuple[str, int]:
-        self.calls.append(("start", instance_key, list(authorized_keys), dict(gpu)))
-        self.next_port += 1
-        return "127.0.0.1", self.next_port
-
-    def set_keys(self, instance_key: str, authorized_keys: list[str]) -> None:
-        self.calls.append(("set_keys", instance_key, list(authorized_keys)))
-
-    def stop(self, instance_key: str) -> None:
-        self.calls.append(("stop", instance_key))
-
-    def kinds(self) -> list[str]:
-        return [c[0] for c in self.calls]
 
 
 class Api:
@@ -817,7 +783,7 @@ def test_ssh_backend_hook(clocked: tuple[VastEmulator, FakeClock, Api]) -> None:
         assert inst["public_ipaddr"] == "127.0.0.1"
         assert inst["ports"] == {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]}
         api.show(iid)
-        assert backend.kinds() == ["start"]  # started once only
+        assert backend.names() == ["start"]  # started once only
         # later keys -> set_keys; listing; detach -> set_keys
         api.call("POST", f"/api/v0/instances/{iid}/ssh/", json_body={"ssh_key": PUBKEY_B})
         assert backend.calls[-1] == ("set_keys", f"vastai:{iid}", [PUBKEY_A, PUBKEY_B])
@@ -838,7 +804,7 @@ def test_ssh_backend_hook(clocked: tuple[VastEmulator, FakeClock, Api]) -> None:
         api.call("PUT", f"/api/v0/instances/{iid}/", json_body={"state": "running"})
         clock.advance(31)
         assert api.get(iid)["ssh_port"] == backend.next_port
-        assert backend.kinds()[-1] == "start"
+        assert backend.names()[-1] == "start"
         # destroy -> stop
         api.call("DELETE", f"/api/v0/instances/{iid}/")
         assert backend.calls[-1] == ("stop", f"vastai:{iid}")

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from gpushopper.cli import COMMANDS
+from tests.fakes.tool import run_tool
 
 # Groups whose bare name is a list (the contract: `sessions [list]`, `jobs [list]`, ...).
 LISTING_GROUPS = {"sessions", "jobs", "templates", "inventory", "costs"}
@@ -47,9 +48,7 @@ def test_a_bare_group_prints_its_help_and_exits_0(gs, group):
 
 
 def test_a_bare_group_as_installed_exits_0():
-    out = subprocess.run(
-        [sys.executable, "-m", "gpushopper", "config"], capture_output=True, text=True, timeout=60
-    )
+    out = run_tool("config")
     assert out.returncode == 0 and out.stdout.startswith("Usage: gpu-shopper config")
     assert out.stderr == ""
 

@@ -8,7 +8,7 @@ import pytest
 
 from gpushopper.core.sessions import render_ssh_config, ssh_command
 from gpushopper.core.validate import ssh_host_problem, ssh_port_problem, ssh_user_problem
-from gpushopper.state.store import StateStore
+from tests.fakes.records import read_state
 
 HOSTILE_HOSTS = [
     "127.0.0.1\n  ProxyCommand touch pwned",
@@ -97,7 +97,7 @@ def test_provider_sending_a_hostile_ssh_host_is_a_failed_boot(
     assert "unusable SSH details" in result.stderr
     assert len(result.stderr.strip().splitlines()[-1:]) == 1
     assert vast.live_instances() == []
-    state = StateStore(isolated_home / "state.json").read()
+    state = read_state(isolated_home)
     (failed,) = state["sessions"].values()
     assert failed["status"] == "failed"
     assert "unusable SSH details" in failed["end_reason"]

@@ -8,7 +8,7 @@ import sys
 import click
 import pytest
 
-from gpushopper.cli import COMMANDS, cli
+from gpushopper.cli import COMMANDS
 from gpushopper.model.errors import (
     AuthFailed,
     ConfigError,
@@ -17,6 +17,7 @@ from gpushopper.model.errors import (
     StateError,
     UsageError,
 )
+from tests.fakes.tool import run_tool
 
 
 @pytest.fixture
@@ -96,23 +97,15 @@ def test_usage_errors_are_one_line_exit_2(gs):
 def test_version_and_module_entry_point():
     from gpushopper import __version__
 
-    out = subprocess.run(
-        [sys.executable, "-m", "gpushopper", "--version"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    out = run_tool("--version", check=True)
     assert __version__ in out.stdout
 
 
-def test_every_command_has_help_with_example():
-    from click.testing import CliRunner
-
-    runner = CliRunner()
+def test_every_command_has_help_with_example(gs):
     for name in COMMANDS:
-        result = runner.invoke(cli, [name, "--help"])
+        result = gs([name, "--help"])
         assert result.exit_code == 0, name
-        assert "Example" in result.output, f"{name} --help has no example"
+        assert "Example" in result.stdout, f"{name} --help has no example"
 
 
 @pytest.mark.parametrize(

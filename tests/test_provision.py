@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 from gpushopper.state.store import StateStore
+from tests.fakes.records import read_state
+from tests.fakes.tool import run_tool, spawn_tool
 from tests.waiting import wait_for
 
 
@@ -20,10 +22,6 @@ def ssh_run(command: str, *extra: str) -> subprocess.CompletedProcess[str]:
     argv[1:1] = ["-o", "BatchMode=yes", "-F", "/dev/null"]
     env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
     return subprocess.run([*argv, *extra], capture_output=True, text=True, timeout=30, env=env)
-
-
-def state(home: Path) -> dict:
-    return StateStore(home / "state.json").read()
 
 
 @pytest.mark.parametrize(
@@ -57,13 +55,13 @@ def test_provision_ssh_done_leaves_nothing(request, gs, isolated_home, provider_
     assert done.json()["status"] == "ended"
     assert done.json()["cost_usd"] > 0
     assert emu.live_instances() == []
-    assert state(isolated_home)["sessions"][session["id"]]["status"] == "ended"
+    assert read_state(isolated_home)["sessions"][session["id"]]["status"] == "ended"
 
 
 # -- failures never leak money ----------------------------------------------------------------
 def sessions_by_status(home: Path) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
-    for record in state(home)["sessions"].values():
+    for record in read_state(home)["sessions"].values():
         out.setdefault(record["status"], []).append(record)
     return out
 
@@ -84,7 +82,7 @@ def test_exited_boot_is_destroyed_recorded_and_failover_picks_next(vast, gs, iso
         and by_status["failed"][0]["offer_id"] == f"vastai:{bad['id']}"
     )
     assert "exited" in by_status["failed"][0]["end_reason"]
-    health = state(isolated_home)["offer_health"]
+    health = read_state(isolated_home)["offer_health"]
     assert health[f"vastai:{bad['id']}"]["failures"] == 1
     assert health["machine:vastai:777001"]["failures"] == 1
     assert gs("offer-health --json").json()[0]["failures"] == 1
@@ -202,28 +200,17 @@ def test_ctrl_c_destroys_and_exits_130(vast, gs, isolated_home, monkeypatch):
 
 def test_sigkilled_provision_is_found_by_label(vast, isolated_home):
     import signal
-    import sys
 
     vast.boot = {"mode": "stuck_loading", "loading_after": 0.0, "running_after": 0.0}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gpushopper",
-            "provision",
-            "--provider",
-            "vastai",
-            "--gpu",
-            "4090",
-            "--yes",
-        ],
+    proc = spawn_tool(
+        *("provision", "--provider", "vastai", "--gpu", "4090", "--yes"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
 
     def saved_with_instance() -> dict | None:
         sessions = (
-            state(isolated_home)["sessions"] if (isolated_home / "state.json").exists() else {}
+            read_state(isolated_home)["sessions"] if (isolated_home / "state.json").exists() else {}
         )
         return next((s for s in sessions.values() if s.get("instance_id")), None)
 
@@ -235,7 +222,7 @@ def test_sigkilled_provision_is_found_by_label(vast, isolated_home):
     assert record is not None
     live = vast.live_instances()
     assert [i["label"] for i in live] == [record["label"]]
-    assert state(isolated_home)["sessions"][record["id"]]["status"] == "provisioning"
+    assert read_state(isolated_home)["sessions"][record["id"]]["status"] == "provisioning"
 
 
 def test_wrong_key_cannot_log_in(vast, gs, isolated_home, tmp_path):
@@ -460,49 +447,24 @@ def test_provision_with_a_template_no_provider_has(tensordock, gs):
 
 
 def test_sessions_ssh_execs_openssh_with_the_session_key(vast, gs, isolated_home):
-    import sys
 
     session = gs("provision --provider vastai --gpu 4090 --yes --json").json()
-    env = {k: v for k, v in os.environ.items() if k != "SSH_AUTH_SOCK"}
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gpushopper",
-            "sessions",
-            "ssh",
-            session["id"],
-            "--",
-            "nvidia-smi",
-            "-L",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=env,
-        stdin=subprocess.DEVNULL,
+    no_agent = ("SSH_AUTH_SOCK",)
+    out = run_tool(
+        "sessions", "ssh", session["id"], "--", "nvidia-smi", "-L", unset=no_agent, timeout=30
     )
     assert out.returncode == 0, out.stderr
     assert "GPU 0:" in out.stdout
     # After "--" every word is the remote command's, --json and -v included (issue 14).
-    flags = subprocess.run(
-        [sys.executable, "-m", "gpushopper", "sessions", "ssh", session["id"]]
-        + ["--", "echo", "--json", "-v"],
-        capture_output=True,
-        text=True,
+    flags = run_tool(
+        *("sessions", "ssh", session["id"], "--", "echo", "--json", "-v"),
+        unset=no_agent,
         timeout=30,
-        env=env,
-        stdin=subprocess.DEVNULL,
     )
     assert flags.returncode == 0, flags.stderr
     assert flags.stdout == "--json -v\n"
     gs(f"sessions done {session['id']}")
-    gone = subprocess.run(
-        [sys.executable, "-m", "gpushopper", "sessions", "ssh", session["id"]],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    gone = run_tool("sessions", "ssh", session["id"], timeout=30)
     assert gone.returncode == 2  # bad input, as an unknown session (issue 14)
     # ...and a --json meant for the remote command never turns our error into JSON.
     remote_json = gs(["sessions", "ssh", session["id"], "--", "tool", "--json"])
@@ -540,7 +502,7 @@ def test_done_on_a_failed_session_destroys_what_is_left_and_keeps_why_it_failed(
         }
     result = gs("sessions done f00001 --json")
     assert result.exit_code == 0, result.stderr
-    record = state(isolated_home)["sessions"]["f00001"]
+    record = read_state(isolated_home)["sessions"]["f00001"]
     assert record["status"] == "failed"
     assert record["end_reason"] == "boot failed: instance is exited"
     assert record["ended_at"] == "2026-11-23T09:00:00Z"
@@ -576,7 +538,7 @@ def test_no_matching_offer_exits_1_before_creating_anything(vast, gs, isolated_h
         assert result.exit_code == 1
         assert "no offer matches" in result.stderr
     assert not [r for r in vast.requests if r["method"] == "PUT"]
-    assert not (isolated_home / "state.json").exists() or not state(isolated_home)["sessions"]
+    assert not (isolated_home / "state.json").exists() or not read_state(isolated_home)["sessions"]
 
 
 def test_extend_is_allowed_to_the_hard_maximum_exactly_and_not_a_second_past(gs, isolated_home):

@@ -327,3 +327,44 @@ def test_the_owner_is_recorded_before_the_create(tmp_path):
 
 def test_boot_failed_keeps_its_message(tmp_path):
     assert str(BootFailed("x", cleaned_up=True)) == "x"
+
+
+# -- the stages one by one (what a job or benchmark runner reusing them relies on) ----------------
+def _boot(rig: Rig):
+    offer = Offer(
+        id="vastai:1", provider="vastai", gpu_name="RTX 4090", num_gpus=1, machine_id="m1"
+    )
+    request = ProvisionRequest(query=OfferQuery(disk_gb=32), verify=False)
+    return rig.provisioner.intent(request, Candidate(rig.provider, offer, None))
+
+
+def test_each_stage_records_what_its_contract_says(tmp_path):
+    provider = FakeProvider(boot_polls=1)
+    rig = Rig(tmp_path, provider)
+    stages = rig.provisioner
+    boot = _boot(rig)
+    assert rig.store.read()["sessions"] == {} and provider.calls == []  # intent: nothing yet
+    stages.create(boot)
+    assert rig.only_session()["status"] == "creating" and provider.count("create_instance") == 1
+    assert boot.instance_id in provider.live()
+    stages.wait(boot)
+    record = rig.only_session()
+    assert record["status"] == "verifying" and record["instance_id"] == boot.instance_id
+    assert record["billing_started_at"] and record["ssh"]["host"]
+    stages.verify(boot)
+    assert rig.only_session()["status"] == "verifying"  # verify writes nothing itself
+    final = stages.hand_off(boot)
+    assert final["status"] == "running" == rig.only_session()["status"] and final["ready_at"]
+
+
+def test_a_stage_failing_outside_attempt_is_destroyed_by_clean_up(tmp_path):
+    provider = FakeProvider(boot_polls=FOREVER)
+    rig = Rig(tmp_path, provider)
+    boot = _boot(rig)
+    rig.provisioner.create(boot)
+    with pytest.raises(BootFailed) as raised:
+        rig.provisioner.wait(boot)
+    failure = rig.provisioner.clean_up(boot, raised.value)
+    assert isinstance(failure, BootFailed) and failure.cleaned_up
+    assert provider.live() == set()
+    assert rig.only_session()["status"] == "failed"

@@ -14,10 +14,8 @@ import pytest
 
 from gpushopper.model.errors import SshError
 from gpushopper.state.store import StateStore
-
-
-def state(home: Path) -> dict:
-    return StateStore(home / "state.json").read()
+from tests.fakes.records import read_state
+from tests.fakes.tool import spawn_tool
 
 
 def make_workdir(root: Path) -> Path:
@@ -68,7 +66,7 @@ def test_failing_job_exits_with_its_code_results_home_nothing_left(
     assert rows["upper.txt"]["sha256"] == hashlib.sha256(upper.read_bytes()).hexdigest()
     assert rows["upper.txt"]["bytes"] == upper.stat().st_size
     assert vast.live_instances() == []
-    saved = state(isolated_home)
+    saved = read_state(isolated_home)
     assert saved["sessions"][doc["session_id"]]["status"] == "ended"
     assert saved["jobs"][doc["id"]]["status"] == "failed"
     assert "progress line" in Path(doc["log_path"]).read_text()
@@ -315,7 +313,7 @@ def test_preflight_mismatch_fails_over(gs, vast, tmp_path, isolated_home):
     assert result.exit_code == 0, result.stderr
     doc = result.json()
     assert doc["offer_id"] == f"vastai:{good['id']}"
-    health = state(isolated_home)["offer_health"]
+    health = read_state(isolated_home)["offer_health"]
     assert "not what was rented" in health[f"vastai:{bad['id']}"]["last_reason"]
     assert vast.live_instances() == []
 
@@ -400,17 +398,12 @@ def test_broken_stdout_pipe_mid_job_stops_collects_destroys_exits_141(
 ):
     """``run ... | head -1``: the next write to stdout fails; the job is cancelled as by
     SIGPIPE, the command stopped, what it wrote brought home, the instance destroyed."""
-    import sys
 
     out = tmp_path / "o"
     err = (tmp_path / "run.err").open("w")
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "gpushopper", "run", "--provider", "vastai"),
-            *("--out", str(out), "--yes", "--"),
-            *("sh", "-c", "echo partial > out/partial.txt; while :; do echo tick; sleep 0.1; done"),
-        ],
-        stdin=subprocess.DEVNULL,
+    proc = spawn_tool(
+        *("run", "--provider", "vastai", "--out", str(out), "--yes", "--"),
+        *("sh", "-c", "echo partial > out/partial.txt; while :; do echo tick; sleep 0.1; done"),
         stdout=subprocess.PIPE,
         stderr=err,
     )
@@ -423,7 +416,7 @@ def test_broken_stdout_pipe_mid_job_stops_collects_destroys_exits_141(
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-    (job,) = state(isolated_home)["jobs"].values()
+    (job,) = read_state(isolated_home)["jobs"].values()
     assert job["status"] == "cancelled" and "SIGPIPE" in job["error"]
     assert job["teardown"]["confirmed"] is True
     assert (out / "partial.txt").read_text() == "partial\n"
@@ -437,7 +430,7 @@ def test_job_record_comes_first(gs, vast, tmp_path, isolated_home):
     vast.fail_next("PUT", r"/asks/", status=400, body={"error": "no_such_ask"}, times=50)
     result = run_job(gs, tmp_path / "o", "true")
     assert result.exit_code == 1, result.stderr
-    jobs = state(isolated_home).get("jobs") or {}
+    jobs = read_state(isolated_home).get("jobs") or {}
     assert len(jobs) == 1
     (job,) = jobs.values()
     assert job["command"] == ["true"]
@@ -465,7 +458,7 @@ def test_keep_on_failure_keeps_the_instance_and_moves_the_deadline(
     assert doc["teardown"]["confirmed"] is False
     assert "kept" in result.stderr and "--keep-on-failure" in result.stderr
     assert len(vast.live_instances()) == 1
-    session = state(isolated_home)["sessions"][doc["session_id"]]
+    session = read_state(isolated_home)["sessions"][doc["session_id"]]
     from gpushopper.model.units import parse_iso
 
     ends = parse_iso(session["reservation_ends_at"])
@@ -748,7 +741,7 @@ def test_a_job_records_its_sessions_setup_time_for_the_lifecycle_statistics(
 ):
     result = run_job(gs, tmp_path / "o", "true")
     assert result.exit_code == 0, result.stderr
-    session = state(isolated_home)["sessions"][result.json()["session_id"]]
+    session = read_state(isolated_home)["sessions"][result.json()["session_id"]]
     assert session["timings"]["setup_s"] >= 0
     assert session["timings"]["time_to_ssh_s"] is not None  # the provision's own kept
     stats = gs("sessions stats --json").json()

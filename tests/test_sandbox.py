@@ -17,11 +17,13 @@ from pathlib import Path
 import pytest
 
 from gpushopper.sandbox import server
+from tests.fakes.tool import run_tool
 
 
 def _gs(args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    argv = [sys.executable, "-m", "gpushopper", *shlex.split(args)]
-    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+    """The tool pointed at a sandbox by ``env`` alone: no provider settings of the test's."""
+    unset = ("VASTAI_", "TENSORDOCK_")
+    return run_tool(*shlex.split(args), env=env, unset=unset, timeout=120)
 
 
 @pytest.fixture
@@ -53,8 +55,7 @@ def sleeper() -> Iterator[subprocess.Popen[bytes]]:
 
 def test_start_exports_status_inventory_then_stop_leaves_nothing(sandbox_dir, isolated_home):
     root = sandbox_dir
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VASTAI_", "TENSORDOCK_"))}
-    env["GPU_SHOPPER_SANDBOX_DIR"] = str(root)
+    env = {"GPU_SHOPPER_SANDBOX_DIR": str(root)}
     started = _gs("sandbox start", env)
     try:
         assert started.returncode == 0, started.stderr

@@ -18,6 +18,7 @@ from gpushopper.cli.output import cell_text, column_widths, number_text
 from gpushopper.model.ids import AmbiguousId, match_prefix, short_ids
 from gpushopper.providers.registry import resolve_offer_id
 from gpushopper.state.store import StateStore
+from tests.fakes.tool import spawn_tool
 
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 
@@ -77,16 +78,11 @@ def test_no_columns_and_no_terminal_is_80_wide(td_session, gs, monkeypatch):
 
 
 def _pty_run(args: list[str], columns: int, env: dict[str, str]) -> str:
-    """Run gpu-shopper with stdout on a pseudo-terminal ``columns`` wide."""
+    """Run gpu-shopper with stdout on a pseudo-terminal ``columns`` wide; COLUMNS only as
+    ``env`` sets it."""
     leader, follower = pty.openpty()
     fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "gpushopper", *args],
-        stdout=follower,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        env=env,
-    )
+    proc = spawn_tool(*args, env=env, unset=("COLUMNS",), stdout=follower, stderr=subprocess.PIPE)
     os.close(follower)
     chunks = []
     while True:
@@ -105,9 +101,7 @@ def _pty_run(args: list[str], columns: int, env: dict[str, str]) -> str:
 
 @pytest.mark.parametrize("by", ["COLUMNS", "terminal"])
 def test_on_a_terminal_the_width_is_honoured_too(td_session, by):
-    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
-    if by == "COLUMNS":
-        env["COLUMNS"] = "80"
+    env = {"COLUMNS": "80"} if by == "COLUMNS" else {}
     out = _pty_run(["sessions"], 80 if by == "terminal" else 200, env)
     assert "\x1b[" in out  # a terminal: colour
     lines = check_fits(out, 80)
@@ -242,3 +236,66 @@ def test_too_narrow_cuts_an_id_on_its_line_never_folds_it(capsys, monkeypatch):
     (row,) = [line for line in lines if line.startswith("tensordock")]
     assert "…" in row  # cut with an ellipsis on one line...
     assert not any(line.strip().startswith(("01", "ab", "23")) for line in lines)  # ...not folded
+
+
+# -- the plain writer -----------------------------------------------------------------------
+def _random_text(rng, words: bool) -> str:
+    """A cell as providers and our own values make them: ids, numbers, names with spaces,
+    long words, leading and doubled spaces, several lines, empty."""
+    pieces = ["", "-", "0.383", "RTX 4090", "tensordock:0123456789abcdef0123", "a  b", " x"]
+    pieces += ["NVIDIA GeForce RTX 4090", "line one\nline two", "2026-09-27 01:03", "yes "]
+    pieces += ["".join(rng.choice("abc-:/.") for _ in range(rng.randrange(1, 40)))]
+    text = " ".join(rng.choice(pieces) for _ in range(rng.randrange(1, 4)))
+    return text.replace(" ", "").replace("\n", "") if words else text
+
+
+def test_plain_tables_are_what_rich_prints(monkeypatch):
+    """Off a terminal the table is written without rich: character for character what
+    rich printed (wrapping, ellipsis, right-justified numbers, titles, totals)."""
+    import random
+
+    from gpushopper.cli.output import _Layout, _plain_table, _plain_will_do, _rich_table
+
+    monkeypatch.setenv("NO_COLOR", "1")
+    rng = random.Random(13)
+    compared = 0
+    for _ in range(400):
+        n = rng.randrange(1, 7)
+        words = [rng.random() < 0.5 for _ in range(n)]
+        headers = [
+            rng.choice(["OFFER", "GPU", "DISK GB", "$/H PER UNIT", "#", "WHEN"]) for _ in words
+        ]
+        rows = [[_random_text(rng, w) for w in words] for _ in range(rng.randrange(1, 6))]
+        totals = [_random_text(rng, w) for w in words] if rng.random() < 0.3 else None
+        cells = [[r[i] for r in rows] + ([totals[i]] if totals else []) for i in range(n)]
+        width = rng.randrange(n * 3, 130)
+        title = rng.choice([None, "gpu-matmul@1: tflops_bf16, cheapest per unit first"])
+        layout = _Layout(
+            headers=headers,
+            rows=rows,
+            totals=totals,
+            widths=column_widths(headers, cells, words, width),
+            words=words,
+            right=[rng.random() < 0.4 for _ in words],
+            title=title,
+        )
+        if not _plain_will_do(layout, width):
+            continue
+        monkeypatch.setenv("COLUMNS", str(width))
+        assert _plain_table(layout) == _rich_table(layout), layout
+        compared += 1
+    assert compared > 300
+
+
+def test_a_piped_table_loads_no_rich(gs, isolated_home):
+    """A table off a terminal is plain text: rich (~30 ms to import and render) stays out."""
+    _seed(isolated_home, ["abc111", "def333"])
+    code = (
+        "import sys; from gpushopper.cli import cli; "
+        "from gpushopper.cli.output import run; code = run(cli, ['sessions', '--all']); "
+        "print('LOADED:' + ('rich' if 'rich' in sys.modules else '') + f' {code}')"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "NO_COLOR"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert "abc111" in out.stdout, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "LOADED: 0", out.stderr

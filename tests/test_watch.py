@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,6 +12,9 @@ import pytest
 
 from gpushopper.model.units import parse_iso
 from gpushopper.state.store import StateStore
+from tests.fakes.records import read_state
+from tests.fakes.tool import run_tool, spawn_tool
+from tests.test_json_contract import ORPHAN_KEYS
 from tests.waiting import default_signals, wait_for
 
 
@@ -21,11 +22,11 @@ class Watch:
     def __init__(self, tmp_path: Path, *args: str, env: dict[str, str] | None = None) -> None:
         self.log = tmp_path / f"watch-{time.monotonic_ns()}.log"
         self.handle = self.log.open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gpushopper", "watch", *args],
+        self.proc = spawn_tool(
+            *("watch", *args),
+            env=env,
             stdout=subprocess.DEVNULL,
             stderr=self.handle,
-            env={**os.environ, **(env or {})},
             preexec_fn=default_signals,  # SIGINT is sent here: no inherited SIG_IGN
         )
 
@@ -51,7 +52,7 @@ def watches():
 
 
 def sessions(home: Path) -> dict:
-    return StateStore(home / "state.json").read()["sessions"]
+    return read_state(home)["sessions"]
 
 
 def test_short_reservation_destroyed_within_one_interval(
@@ -75,13 +76,7 @@ def test_short_reservation_destroyed_within_one_interval(
 def test_hard_max_destroyed_with_shifted_clock(vast, gs, isolated_home, tmp_path):
     session = gs("provision --provider vastai --gpu 4090 --hours 2h --yes --json").json()
     gs(f"sessions extend {session['id']} --hours 11h --override")  # reservation now past 12h
-    out = subprocess.run(
-        [sys.executable, "-m", "gpushopper", "watch", "--once"],
-        env={**os.environ, "GPU_SHOPPER_CLOCK_OFFSET": "14h"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_tool("watch", "--once", env={"GPU_SHOPPER_CLOCK_OFFSET": "14h"})
     assert out.returncode == 0, out.stderr
     assert vast.live_instances() == []
     assert sessions(isolated_home)[session["id"]]["end_reason"] == "hard_max"
@@ -89,18 +84,8 @@ def test_hard_max_destroyed_with_shifted_clock(vast, gs, isolated_home, tmp_path
 
 def test_stuck_provisioning_instance_destroyed(vast, isolated_home, tmp_path):
     vast.boot = {"mode": "stuck_loading", "loading_after": 0.0, "running_after": 0.0}
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gpushopper",
-            "provision",
-            "--provider",
-            "vastai",
-            "--yes",
-            "--timeout",
-            "1h",
-        ],
+    proc = spawn_tool(
+        *("provision", "--provider", "vastai", "--yes", "--timeout", "1h"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -108,14 +93,8 @@ def test_stuck_provisioning_instance_destroyed(vast, isolated_home, tmp_path):
     wait_for(lambda: any(s.get("instance_id") for s in sessions(isolated_home).values()))
     proc.kill()
     proc.wait(10)
-    out = subprocess.run(
-        [sys.executable, "-m", "gpushopper", "watch", "--once"],
-        # past the boot's own --timeout 1h (watch waits at least the timeout it chose)
-        env={**os.environ, "GPU_SHOPPER_CLOCK_OFFSET": "70m"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    # past the boot's own --timeout 1h (watch waits at least the timeout it chose)
+    out = run_tool("watch", "--once", env={"GPU_SHOPPER_CLOCK_OFFSET": "70m"})
     assert out.returncode == 0, out.stderr
     assert "reason=provision_timeout" in out.stderr
     assert vast.live_instances() == []
@@ -133,15 +112,7 @@ def test_cleanup_orphans_finds_and_destroys_our_unknown_instance(vast, gs, isola
     assert rows[str(orphan["id"])]["action"] == "left"
     assert rows[str(foreign["id"])]["reason"] == "foreign"
     assert str(mine["id"]) not in rows
-    assert set(rows[str(orphan["id"])]) >= {
-        "provider",
-        "instance_id",
-        "label",
-        "reason",
-        "age_seconds",
-        "price_per_hour",
-        "action",
-    }
+    assert set(rows[str(orphan["id"])]) >= ORPHAN_KEYS
     destroyed = gs("cleanup-orphans --yes --json")
     assert destroyed.exit_code == 3, destroyed.stderr  # the foreign one is still running
     assert {r["instance_id"]: r["action"] for r in destroyed.json()}[
@@ -165,21 +136,16 @@ def test_cleanup_orphans_ends_expired_sessions_and_reports_errors(
     vast, tensordock, gs, isolated_home
 ):
     session = gs("provision --provider vastai --gpu 4090 --hours 2h --yes --json").json()
-    shifted = {**os.environ, "GPU_SHOPPER_CLOCK_OFFSET": "3h"}
-    out = subprocess.run(
-        [sys.executable, "-m", "gpushopper", "cleanup-orphans", "--json"],
-        env=shifted,
-        capture_output=True,
-        text=True,
-    )
+    shifted = {"GPU_SHOPPER_CLOCK_OFFSET": "3h"}
+    out = run_tool("cleanup-orphans", "--json", env=shifted)
     assert out.returncode == 3
     assert json.loads(out.stdout)[0]["reason"] == "reservation_ended"
     tensordock.fail_next("GET", r"/instances$", status=500, times=20)
-    out = subprocess.run(
-        [sys.executable, "-m", "gpushopper", "cleanup-orphans", "--yes", "--json"],
+    out = run_tool(
+        "cleanup-orphans",
+        "--yes",
+        "--json",
         env={**shifted, "GPU_SHOPPER_DEFAULTS_HTTP_RETRIES": "1"},
-        capture_output=True,
-        text=True,
     )
     assert out.returncode == 1  # tensordock could not be listed
     assert "tensordock" in out.stderr
@@ -231,12 +197,7 @@ def test_second_watch_is_refused_naming_the_pid(vast, isolated_home, tmp_path, w
     w = Watch(tmp_path, "--interval", "1s", "--keep-on-exit")
     watches.append(w)
     wait_for(lambda: "watch started" in w.text(), what="watch to start")
-    second = subprocess.run(
-        [sys.executable, "-m", "gpushopper", "watch", "--once"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    second = run_tool("watch", "--once", timeout=30)
     assert second.returncode == 1
     assert f"pid {w.proc.pid}" in second.stderr
     w.stop()
@@ -252,12 +213,9 @@ def test_metrics_file_and_webhook(vast, gs, isolated_home, tmp_path, monkeypatch
     )
     metrics = tmp_path / "gpu_shopper.prom"
     with ScriptedServer() as hook:
-        out = subprocess.run(
-            [sys.executable, "-m", "gpushopper", "watch", "--once", "--metrics-file", str(metrics)],
-            env={**os.environ, "GPU_SHOPPER_WEBHOOK_URL": hook.url + "/alert"},
-            capture_output=True,
-            text=True,
-            timeout=60,
+        out = run_tool(
+            *("watch", "--once", "--metrics-file", str(metrics)),
+            env={"GPU_SHOPPER_WEBHOOK_URL": hook.url + "/alert"},
         )
         assert out.returncode == 0, out.stderr
         posts = [json.loads(r["body"]) for r in hook.requests if r["method"] == "POST"]

@@ -156,7 +156,7 @@ def list_results(
                 raise UsageError(f"unknown provider {name!r} (choose from {', '.join(PROVIDERS)})")
     table = _store(app).table()
     picked = select(table, workload, gpus, providers)
-    shown = [table.row(i) for i in (picked[:limit] if limit else picked)]
+    shown = table.rows(picked[:limit] if limit else picked)
     rows = [_with_cost(r, r["price_per_hour"]) for r in shown]
     if as_json:
         emit_json(rows)

@@ -1,5 +1,6 @@
-"""Everything the user sees: rich tables for people, one JSON document for scripts,
-and the mapping from errors to a one-line message and an exit code (see CLI.md)."""
+"""Everything the user sees: tables for people (plain text; rich draws them only in
+colour), one JSON document for scripts, and the mapping from errors to a one-line
+message and an exit code (see CLI.md)."""
 
 from __future__ import annotations
 
@@ -316,46 +317,203 @@ def print_table(
     if not rows:
         info(empty)
         return
-    from rich import box
-    from rich.table import Table
-    from rich.text import Text  # not markup: "[/]" in a provider's text once crashed the table
-
     texts = [[shown(cell_text(cell)) for cell in row] for row in rows]
     totals = None if total is None else [shown(cell_text(cell)) for cell in total]
     cells = [
         [row[i] for row in texts] + ([totals[i]] if totals else []) for i in range(len(columns))
     ]
     words = [all(" " not in c and "\n" not in c for c in column) for column in cells]
-    widths = column_widths(columns, cells, words, terminal_width(sys.stdout))
+    width = terminal_width(sys.stdout)
+    layout = _Layout(
+        headers=list(columns),
+        rows=texts,
+        totals=totals,
+        widths=column_widths(columns, cells, words, width),
+        words=words,
+        right=[c.endswith(("$/h", "GB", "#", "%", "USD", "$")) for c in columns],
+        title=None if title is None else shown(title),
+    )
+    render = _plain_table if _plain_will_do(layout, width) else _rich_table
+
+    def write() -> None:
+        text = render(layout)
+        sys.stdout.write(text.rstrip("\n") + "\n")
+        sys.stdout.flush()
+
+    _guarded(write)
+
+
+class _Layout:
+    """A table decided: its texts and each column's width, justification and overflow
+    (a column of single words is cut with an ellipsis, never folded). A plain class: a
+    NamedTuple or a dataclass costs every command's start-up, not only a table's."""
+
+    __slots__ = ("headers", "rows", "totals", "widths", "words", "right", "title")
+
+    def __init__(
+        self,
+        *,
+        headers: list[str],
+        rows: list[list[str]],
+        totals: list[str] | None,
+        widths: list[int],
+        words: list[bool],
+        right: list[bool],
+        title: str | None,
+    ) -> None:
+        self.headers, self.rows, self.totals = headers, rows, totals
+        self.widths, self.words, self.right, self.title = widths, words, right, title
+
+    def __repr__(self) -> str:
+        return f"_Layout({', '.join(f'{k}={getattr(self, k)!r}' for k in self.__slots__)})"
+
+
+# Printable ASCII and newlines: one character is one terminal cell, as len() counts it.
+# (Patterns of the table writer are compiled on first use, from re's cache: not at start-up.)
+_ONE_CELL_EACH = r"[\x20-\x7e\n]*"
+
+
+def _plain_will_do(layout: _Layout, width: int) -> bool:
+    """Can the table be written as plain text, the same characters rich would print?
+    Rich is still needed for colour (a terminal without NO_COLOR), for characters whose
+    width is not one cell (wide, combining, tabs), for its ASCII box on a stream that
+    cannot write "─", and for its own squeeze of a table too wide even for
+    :func:`column_widths` (fewer columns of room than columns)."""
+    if _color_ok(sys.stdout):
+        return False
+    encoding = (getattr(sys.stdout, "encoding", None) or "utf-8").lower()
+    if not encoding.startswith("utf"):
+        return False
+    if sum(layout.widths) + GAP * (len(layout.widths) - 1) > width:
+        return False
+    texts = [*layout.headers, layout.title or ""]
+    texts += [cell for row in layout.rows for cell in row] + (layout.totals or [])
+    one_cell = re.compile(_ONE_CELL_EACH)
+    return all(one_cell.fullmatch(text) for text in texts)
+
+
+def _rich_table(layout: _Layout) -> str:
+    """The table rendered by rich on :func:`console` (colour when it is wanted)."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text  # not markup: "[/]" in a provider's text once crashed the table
+
+    totals = layout.totals
     table = Table(
-        title=title,
+        title=None if layout.title is None else Text(layout.title, style="table.title"),
         box=box.SIMPLE_HEAD,
         show_edge=False,
         pad_edge=False,
         padding=(0, 1, 0, 0),
         show_footer=totals is not None,
     )
-    for index, column in enumerate(columns):
-        justify = "right" if column.endswith(("$/h", "GB", "#", "%", "USD", "$")) else "left"
+    for index, header in enumerate(layout.headers):
         table.add_column(
-            column,
+            Text(header),
             footer=Text(totals[index]) if totals else "",
-            justify=justify,  # type: ignore[arg-type]
-            width=widths[index],
-            overflow="ellipsis" if words[index] else "fold",
+            justify="right" if layout.right[index] else "left",
+            width=layout.widths[index],
+            overflow="ellipsis" if layout.words[index] else "fold",
         )
-    for row in texts:
+    for row in layout.rows:
         table.add_row(*(Text(cell) for cell in row))
+    out = console()
+    with out.capture() as captured:
+        out.print(table)
+    return _strip_trailing(captured.get())
 
-    def write() -> None:
-        out = console()
-        with out.capture() as captured:
-            out.print(table)
-        text = _strip_trailing(captured.get())
-        sys.stdout.write(text.rstrip("\n") + "\n")
-        sys.stdout.flush()
 
-    _guarded(write)
+# rich's Table with box SIMPLE_HEAD, no edge, one space of padding on the right of each
+# column but the last, and rich's wrapping (rich/_wrap.py divide_line, Text.wrap), for
+# text of one-cell characters without colour. tests/test_tables.py compares the two.
+_WORD = r"\s*\S+\s*"
+_END_SPACE = r"\s+$"
+
+
+def _breaks(line: str, width: int, fold: bool) -> list[int]:
+    """Where ``line`` is broken to fit ``width``: at the start of a word that does not fit
+    (a word takes the spaces after it); a word longer than a line is folded into pieces
+    ``width`` long, or (not ``fold``) left whole on its own line to be cut."""
+    breaks: list[int] = []
+    offset = 0
+    for match in re.finditer(_WORD, line):
+        start, word = match.start(), match.group()
+        length = len(word.rstrip())
+        if width - offset >= length:
+            offset += len(word)
+        elif length > width:
+            if fold:
+                pieces = [word[i : i + width] for i in range(0, len(word), width)]
+                for piece in pieces:
+                    if start:
+                        breaks.append(start)
+                    start += len(piece)
+                offset = len(pieces[-1])
+            else:
+                if start:
+                    breaks.append(start)
+                offset = len(word)
+        elif offset and start:
+            breaks.append(start)
+            offset = len(word)
+    return breaks
+
+
+def _cut(text: str, width: int, fold: bool) -> str:
+    if len(text) <= width:
+        return text
+    return text[:width] if fold else text[: width - 1] + "…"
+
+
+def _wrapped(text: str, width: int, justify: str, fold: bool) -> list[str]:
+    """``text`` as lines exactly ``width`` long (before the trailing spaces go)."""
+    lines = []
+    for line in text.split("\n"):
+        bounds = [0, *_breaks(line, width, fold), len(line)]
+        for begin, stop in zip(bounds, bounds[1:], strict=False):
+            piece = line[begin:stop]
+            excess = len(piece) - width
+            space = re.search(_END_SPACE, piece) if excess > 0 else None
+            if space:
+                piece = piece[: len(piece) - min(len(space.group()), excess)]
+            if justify == "left":
+                piece = _cut(piece, width, fold).ljust(width)
+            else:
+                piece = _cut(piece.rstrip(), width, fold)
+                pad = width - len(piece)
+                left = pad // 2 if justify == "center" else pad
+                piece = " " * left + piece + " " * (pad - left)
+            lines.append(piece)
+    return lines
+
+
+def _plain_table(layout: _Layout) -> str:
+    """The table as rich prints it without colour, written directly: no import of rich,
+    and a tenth of its time for a few dozen rows."""
+    widths = layout.widths
+    justify = ["right" if right else "left" for right in layout.right]
+    fold = [not words for words in layout.words]
+    out: list[str] = []
+
+    def add_row(cells: Sequence[str], bottom: bool = False) -> None:
+        blocks = [_wrapped(cell, widths[i], justify[i], fold[i]) for i, cell in enumerate(cells)]
+        height = max(len(block) for block in blocks)
+        for i, block in enumerate(blocks):
+            blank = [" " * widths[i]] * (height - len(block))
+            blocks[i] = blank + block if bottom else block + blank
+        out.extend((" " * GAP).join(parts).rstrip() for parts in zip(*blocks, strict=True))
+
+    table_width = sum(widths) + GAP * (len(widths) - 1)
+    if layout.title is not None:
+        out.extend(line.rstrip() for line in _wrapped(layout.title, table_width, "center", True))
+    add_row(layout.headers, bottom=True)
+    out.append("─" * table_width)
+    for row in layout.rows:
+        add_row(row)
+    if layout.totals is not None:
+        out.append("")  # SIMPLE_HEAD's foot rule is blank
+        add_row(layout.totals)
+    return "\n".join(out) + "\n"
 
 
 def print_kv(pairs: Sequence[tuple[str, Any]]) -> None:

@@ -6,6 +6,13 @@ a lookup by label, never a second create, and a create answer is trusted only wh
 instance it names carries our label. Every failure after the create (a failed boot, a
 signal, a closed output pipe, a crash) destroys what was created through
 ``core/teardown.py``, confirms it is gone, records it, and only then says so.
+
+One attempt is a sequence of stages a job or benchmark runner can reuse one by one:
+:meth:`Provisioner.intent` (the record and key), ``create`` (intent saved, one create,
+the label lookup), ``wait`` (running, SSH details checked, billing recorded), ``verify``
+(SSH and preflight) and ``hand_off`` (``running``); each says in its docstring what it
+records before and after and what it raises. None of them destroys anything: whatever
+they raise goes to :meth:`Provisioner.clean_up`, the one failure path.
 """
 
 from __future__ import annotations
@@ -165,6 +172,51 @@ class Cleanup:
         return f"instance {self.instance_id} destroyed (the provider confirms it is gone)"
 
 
+@dataclass
+class Boot:
+    """One attempt as it passes from stage to stage (see :meth:`Provisioner.attempt`).
+
+    ``record`` is the session as :meth:`Provisioner.create` first saves it (the intent);
+    the stages fill in the rest as they learn it: ``instance_id`` once an id is trusted,
+    ``instance`` and ``ssh`` once it runs, ``verification`` once it is checked."""
+
+    req: ProvisionRequest
+    candidate: Candidate
+    record: JSONObject
+    spec: LaunchSpec
+    key_path: Path
+    public_key: str
+    started: float = 0.0  # mono() when the create was sent: boot timeouts count from it
+    instance_id: str | None = None
+    instance: Instance | None = None
+    ssh: JSONObject = field(default_factory=dict)
+    verification: JSONObject | None = None
+    host_key_fingerprint: str | None = None
+    create_sent: bool = False  # from here on an instance may exist: look for it by label
+    looked_up: bool = False  # ...unless that lookup was done already
+
+    @property
+    def session_id(self) -> str:
+        return str(self.record["id"])
+
+    @property
+    def timings(self) -> dict[str, float]:
+        timings: dict[str, float] = self.record["timings"]
+        return timings
+
+    @property
+    def lookup_needed(self) -> bool:
+        """A cleanup that knows no instance id must look for one by label first: the
+        create was sent and no lookup has settled what it made."""
+        return self.create_sent and not self.looked_up
+
+    def trusted_id(self) -> str:
+        """The instance id :meth:`Provisioner.create` trusted (the later stages need one)."""
+        if self.instance_id is None:
+            raise BootFailed(f"session {self.session_id} has no instance yet")
+        return self.instance_id
+
+
 def _check_ssh_details(instance: Instance, user: str) -> None:
     """What the provider says about SSH reaches ssh_config and ssh arguments: check it
     first. Unusable details are a failed boot (the caller destroys and records it)."""
@@ -321,17 +373,67 @@ class Provisioner:
             record.update(changes)
             return dict(record)
 
+    # -- one attempt, stage by stage --------------------------------------------------------
     def attempt(self, req: ProvisionRequest, candidate: Candidate) -> JSONObject:
+        """One boot of one offer: the intent, then the stages create, wait, verify and hand
+        off. Any failure on the way goes through :meth:`clean_up`, which destroys what was
+        created. Returns the running session; raises BootFailed (cleaned up already),
+        Interrupted or ProvisionFailed (a signal), or a bug as it is (cleaned up too)."""
+        boot = self.intent(req, candidate)
+        try:
+            self.create(boot)
+            self.wait(boot)
+            self.verify(boot)
+            return self.hand_off(boot)
+        except BaseException as exc:
+            failure = self.clean_up(boot, exc)
+            if failure is exc:
+                raise
+            raise failure from None
+
+    def intent(self, req: ProvisionRequest, candidate: Candidate) -> Boot:
+        """What :meth:`create` saves and sends: a new session id, its label, the SSH key
+        (generated unless given: the only thing written here), the session record
+        (``creating``, with its owner process) and the launch spec. Nothing is saved to the
+        state and nothing is asked of the provider yet."""
         provider, offer, template = candidate.provider, candidate.offer, candidate.template
         session_id = self.store.new_session_id()
         install_id = self.store.install_id()
         label = make_label(install_id, session_id)
         key_path, public_key, generated = self._ssh_key(req, session_id, label)
+        record = self._new_record(
+            req, candidate, session_id, install_id, label, key_path, generated
+        )
+        onstart = self.deadline_script(provider, record) if self.deadline_script else None
+        record["deadline_on_instance"] = bool(onstart)
+        spec = LaunchSpec(
+            offer=offer,
+            label=label,
+            public_key=public_key,
+            disk_gb=req.query.disk_gb,
+            image=req.image,
+            template=template,
+            onstart=onstart,
+            ssh_user=record["ssh"]["user"],
+        )
+        return Boot(req, candidate, record, spec, key_path, public_key)
+
+    def _new_record(
+        self,
+        req: ProvisionRequest,
+        candidate: Candidate,
+        session_id: str,
+        install_id: str,
+        label: str,
+        key_path: Path,
+        generated: bool,
+    ) -> JSONObject:
+        """The session as first saved: ``creating``, nothing rented yet."""
+        provider, offer, template = candidate.provider, candidate.offer, candidate.template
         now = self.clock()
         hard_max = now + timedelta(seconds=req.hard_max_s)
         reservation = now + timedelta(seconds=req.hours_s)
-        timings: dict[str, float] = {}
-        record: JSONObject = {
+        return {
             "id": session_id,
             "status": "creating",
             "provider": offer.provider,
@@ -368,108 +470,184 @@ class Provisioner:
                 "key_generated": generated,
                 "known_hosts": str(self.keys_dir / session_id / "known_hosts"),
             },
-            "timings": timings,
+            "timings": {},
             "boot_timeout_s": req.timeout_for(offer.provider),  # watch waits at least this
             "overrides": [{"at": iso(now), "hard_max_at": iso(reservation), "via": "provision"}]
             if req.override and reservation > hard_max
             else [],
         }
-        onstart = self.deadline_script(provider, record) if self.deadline_script else None
-        record["deadline_on_instance"] = bool(onstart)
-        spec = LaunchSpec(
-            offer=offer,
-            label=label,
-            public_key=public_key,
-            disk_gb=req.query.disk_gb,
-            image=req.image,
-            template=template,
-            onstart=onstart,
-            ssh_user=record["ssh"]["user"],
+
+    def create(self, boot: Boot) -> None:
+        """Stage 1: save the intent, then ask the provider for the instance, once.
+
+        Before: nothing of the session is in the state. After: the session is saved
+        (``creating``) and ``boot.instance_id`` names an instance that carries its label.
+        A create that errors is followed by a lookup by label, never a second create; when
+        that finds nothing, the session is closed ``failed`` here and BootFailed raised with
+        ``cleaned_up`` set. An answer whose instance never shows the label raises BootFailed
+        (:meth:`clean_up` then looks for the label and destroys what it finds)."""
+        provider, offer = boot.candidate.provider, boot.candidate.offer
+        session_id, label, timings = boot.session_id, boot.record["label"], boot.timings
+        self.store.put_session(boot.record)  # intent before action
+        self._say(
+            f"Renting {offer.id} ({offer.gpu_name} x{offer.num_gpus}, "
+            f"${offer.price_per_hour or 0:.3f}/h) as session {session_id}"
         )
-        instance_id: str | None = None
-        create_sent = False  # from here on an instance may exist: look for it by label
-        looked_up = False  # ...unless that lookup was done already
+        boot.started = self.mono()
         try:
-            self.store.put_session(record)  # intent before action
+            boot.create_sent = True
+            answered = provider.create_instance(boot.spec)
+        except GpuShopperError as exc:
+            # It may have been created all the same: look it up by label, never create twice.
+            found = wait_for_label(provider, label, sleep=self.sleep, mono=self.mono, log=self._say)
+            boot.looked_up = True
+            if found is None:
+                reason = f"create failed: {exc}"
+                self._finish(session_id, "failed", reason)
+                self._record_failure(offer, reason)
+                raise BootFailed(reason, cleaned_up=True) from None
+            boot.instance_id = found.instance_id
             self._say(
-                f"Renting {offer.id} ({offer.gpu_name} x{offer.num_gpus}, "
-                f"${offer.price_per_hour or 0:.3f}/h) as session {session_id}"
+                f"The create call failed ({exc}) but instance {boot.instance_id} exists; adopting it"
             )
-            started = self.mono()
+        else:
+            timings["create_call_s"] = round(self.mono() - boot.started, 3)
+            boot.instance_id = self._trusted_id(provider, answered, label)
+            boot.looked_up = boot.instance_id is None
+            if boot.instance_id is None:
+                raise BootFailed(
+                    f"the create answer named instance {answered}, which does not carry "
+                    f"this session's label, and no instance with the label appeared within "
+                    f"{format_duration(LABEL_WAIT_S)}"
+                )
+        timings.setdefault("create_call_s", round(self.mono() - boot.started, 3))
+
+    def wait(self, boot: Boot) -> Instance:
+        """Stage 2: from a trusted instance id to a running instance with usable SSH details.
+
+        Before: ``creating``, ``boot.instance_id`` set by :meth:`create`. Records the
+        instance id (``provisioning``), marks the offer taken, attaches the key and polls.
+        After: ``verifying``, with the SSH host and port, what was rented and
+        ``billing_started_at`` recorded; ``boot.instance`` and ``boot.ssh`` set. Raises
+        BootFailed (exited, gone, not running in time, unusable SSH details, or the session
+        ended by another process); destroys nothing itself."""
+        provider, offer = boot.candidate.provider, boot.candidate.offer
+        session_id, instance_id, timings = boot.session_id, boot.trusted_id(), boot.timings
+        self._update(session_id, instance_id=instance_id, status="provisioning", timings=timings)
+        if self.on_rented is not None:  # inside the guard: a crash here still destroys
             try:
-                create_sent = True
-                answered = provider.create_instance(spec)
-            except GpuShopperError as exc:
-                # It may have been created all the same: look it up by label, never create twice.
-                found = wait_for_label(
-                    provider, label, sleep=self.sleep, mono=self.mono, log=self._say
-                )
-                looked_up = True
-                if found is None:
-                    reason = f"create failed: {exc}"
-                    self._finish(session_id, "failed", reason)
-                    self._record_failure(offer, reason)
-                    raise BootFailed(reason, cleaned_up=True) from None
-                instance_id = found.instance_id
-                self._say(
-                    f"The create call failed ({exc}) but instance {instance_id} exists; adopting it"
-                )
-            else:
-                timings["create_call_s"] = round(self.mono() - started, 3)
-                instance_id = self._trusted_id(provider, answered, label)
-                looked_up = instance_id is None
-                if instance_id is None:
-                    raise BootFailed(
-                        f"the create answer named instance {answered}, which does not carry "
-                        f"this session's label, and no instance with the label appeared within "
-                        f"{format_duration(LABEL_WAIT_S)}"
-                    )
-            timings.setdefault("create_call_s", round(self.mono() - started, 3))
-            return self._boot(req, candidate, record, instance_id, key_path, public_key, started)
-        except BootFailed as exc:
-            if exc.cleaned_up:
-                raise
-            cleanup = self._abort(
-                provider, offer, record, instance_id, str(exc), lookup=create_sent and not looked_up
+                self.on_rented(offer)
+            except (OSError, ValueError) as exc:  # a cache hint: never a reason to stop
+                self._say(f"Note: could not mark {offer.id} taken in the offer cache: {exc}")
+        provider.attach_ssh_key(instance_id, boot.public_key)
+        instance = self._wait_running(
+            provider, instance_id, boot.req.timeout_for(offer.provider), boot.started
+        )
+        _check_ssh_details(instance, boot.record["ssh"]["user"])
+        boot.instance = instance
+        timings["time_to_running_s"] = round(self.mono() - boot.started, 3)
+        boot.ssh = dict(boot.record["ssh"], host=instance.ssh_host, port=instance.ssh_port)
+        self._update(
+            session_id,
+            status="verifying",
+            ssh=boot.ssh,
+            timings=timings,
+            **rented(instance, boot.record, provider),
+            # The provider charges from "running", not from when our checks pass.
+            billing_started_at=iso(self.clock()),
+        )
+        return instance
+
+    def verify(self, boot: Boot) -> None:
+        """Stage 3: unless ``req.verify`` is off, SSH in, check the machine is what was
+        rented (GPU model and count, VRAM, CUDA, driver, free disk) and pin its host key in
+        the session's known_hosts; then look once more that the instance still runs.
+
+        Before: ``verifying`` (after :meth:`wait`). After: ``boot.ssh`` holds the endpoint
+        that answered and its host key, ``boot.verification`` what was found; the state is
+        not written (:meth:`hand_off` records it). Raises BootFailed; destroys nothing."""
+        req, offer, template = boot.req, boot.candidate.offer, boot.candidate.template
+        instance = boot.instance
+        assert instance is not None, "verify runs after wait"
+        if req.verify:
+            if req.on_stage is not None:
+                req.on_stage("preflight")
+            boot.verification, host_key, boot.host_key_fingerprint = self._verify(
+                instance, boot.ssh["user"], boot.key_path, offer, template, req, boot.started
             )
-            raise BootFailed(self._with_cleanup(str(exc), cleanup), cleaned_up=True) from None
-        except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM, SIGHUP, a closed output pipe
+            boot.ssh.update(host=instance.ssh_host, port=instance.ssh_port, host_key=host_key)
+            self._write_known_hosts(Path(boot.ssh["known_hosts"]), instance, host_key)
+        boot.timings["time_to_ssh_s"] = round(self.mono() - boot.started, 3)
+        self._still_running(boot.candidate.provider, boot.trusted_id())
+
+    def hand_off(self, boot: Boot) -> JSONObject:
+        """Stage 4: record the session ``running`` and return it.
+
+        After: ``ready_at``, the reservation's end (from now, capped at the hard maximum
+        unless overridden), the SSH details, the verification and the timings recorded, and
+        ssh_config regenerated. Raises BootFailed when another process ended the session
+        meanwhile. What the caller does with the session next is its own: a hand-off that
+        reaches no one is undone by :meth:`undo`."""
+        req, session_id = boot.req, boot.session_id
+        ready = self.clock()
+        created = parse_iso(boot.record["created_at"]) or ready
+        hard = parse_iso(boot.record["hard_max_at"]) or ready
+        ends = ready + timedelta(seconds=req.hours_s)
+        final = self._update(
+            session_id,
+            status="running",
+            ready_at=iso(ready),
+            reservation_ends_at=iso(ends if req.override else min(ends, hard)),
+            ssh=boot.ssh,
+            timings=boot.timings,
+            verification=boot.verification,
+            host_key_fingerprint=boot.host_key_fingerprint,
+        )
+        self._refresh_ssh_config()
+        self._say(
+            f"Session {session_id} is ready ({format_duration((ready - created).total_seconds())} to boot)"
+        )
+        return final
+
+    def clean_up(self, boot: Boot, exc: BaseException) -> BaseException:
+        """The one failure path of an attempt, for any exception out of its stages: destroy
+        what was created through core/teardown.py (:meth:`_abort`: looking it up by label
+        when the create was sent and no lookup has settled it), record it, and return the
+        exception to raise: ``exc`` itself to re-raise it as it is (a BootFailed cleaned up
+        already, a bug), else BootFailed, or Interrupted / ProvisionFailed for a signal."""
+
+        def abort(reason: str, *, record_health: bool = True) -> Cleanup:
+            return self._abort(
+                boot.candidate.provider,
+                boot.candidate.offer,
+                boot.record,
+                boot.instance_id,
+                reason,
+                record_health=record_health,
+                lookup=boot.lookup_needed,
+            )
+
+        if isinstance(exc, BootFailed):
+            if exc.cleaned_up:
+                return exc
+            cleanup = abort(str(exc))
+            return BootFailed(self._with_cleanup(str(exc), cleanup), cleaned_up=True)
+        if isinstance(exc, KeyboardInterrupt):  # Ctrl-C, SIGTERM, SIGHUP, a closed output pipe
             signum = getattr(exc, "signum", signal.SIGINT)
             name = interrupts.signal_name(signum)
-            cleanup = self._abort(
-                provider,
-                offer,
-                record,
-                instance_id,
-                f"interrupted by {name}",
-                record_health=False,
-                lookup=create_sent and not looked_up,
+            cleanup = abort(f"interrupted by {name}", record_health=False)
+            message = (
+                f"interrupted by {name}; {cleanup.summary()}; session {boot.session_id} failed"
             )
-            message = f"interrupted by {name}; {cleanup.summary()}; session {session_id} failed"
             if cleanup.error:
-                raise ProvisionFailed(message) from None
-            raise Interrupted(message, signum) from None
-        except (GpuShopperError, OSError) as exc:
-            cleanup = self._abort(
-                provider,
-                offer,
-                record,
-                instance_id,
-                f"boot failed: {exc}",
-                lookup=create_sent and not looked_up,
-            )
-            raise BootFailed(self._with_cleanup(str(exc), cleanup), cleaned_up=True) from None
-        except BaseException as exc:
-            # A bug (here or in an adapter): whatever was created is destroyed all the same.
-            self._abort(
-                provider,
-                offer,
-                record,
-                instance_id,
-                f"crashed: {type(exc).__name__}: {exc}",
-                lookup=create_sent and not looked_up,
-            )
-            raise
+                return ProvisionFailed(message)
+            return Interrupted(message, signum)
+        if isinstance(exc, (GpuShopperError, OSError)):
+            cleanup = abort(f"boot failed: {exc}")
+            return BootFailed(self._with_cleanup(str(exc), cleanup), cleaned_up=True)
+        # A bug (here or in an adapter): whatever was created is destroyed all the same.
+        abort(f"crashed: {type(exc).__name__}: {exc}")
+        return exc
 
     @staticmethod
     def _with_cleanup(message: str, cleanup: Cleanup) -> str:
@@ -510,74 +688,6 @@ class Provisioner:
                 return None
             self.sleep(min(delay, remaining))
             delay = min(delay * 2, 8.0)
-
-    def _boot(
-        self,
-        req: ProvisionRequest,
-        candidate: Candidate,
-        record: JSONObject,
-        instance_id: str,
-        key_path: Path,
-        public_key: str,
-        started: float,
-    ) -> JSONObject:
-        """From a trusted instance id to a verified, running session."""
-        provider, offer, template = candidate.provider, candidate.offer, candidate.template
-        session_id = record["id"]
-        timings = record["timings"]
-        self._update(session_id, instance_id=instance_id, status="provisioning", timings=timings)
-        if self.on_rented is not None:  # inside the guard: a crash here still destroys
-            try:
-                self.on_rented(offer)
-            except (OSError, ValueError) as exc:  # a cache hint: never a reason to stop
-                self._say(f"Note: could not mark {offer.id} taken in the offer cache: {exc}")
-        provider.attach_ssh_key(instance_id, public_key)
-        instance = self._wait_running(
-            provider, instance_id, req.timeout_for(offer.provider), started
-        )
-        _check_ssh_details(instance, record["ssh"]["user"])
-        timings["time_to_running_s"] = round(self.mono() - started, 3)
-        ssh = dict(record["ssh"], host=instance.ssh_host, port=instance.ssh_port)
-        self._update(
-            session_id,
-            status="verifying",
-            ssh=ssh,
-            timings=timings,
-            **rented(instance, record, provider),
-            # The provider charges from "running", not from when our checks pass.
-            billing_started_at=iso(self.clock()),
-        )
-        verification = None
-        if req.verify:
-            if req.on_stage is not None:
-                req.on_stage("preflight")
-            verification, host_key, fp = self._verify(
-                instance, ssh["user"], key_path, offer, template, req, started
-            )
-            ssh.update(host=instance.ssh_host, port=instance.ssh_port, host_key=host_key)
-            self._write_known_hosts(Path(ssh["known_hosts"]), instance, host_key)
-            record["host_key_fingerprint"] = fp
-        timings["time_to_ssh_s"] = round(self.mono() - started, 3)
-        self._still_running(provider, instance_id)
-        ready = self.clock()
-        created = parse_iso(record["created_at"]) or ready
-        hard = parse_iso(record["hard_max_at"]) or ready
-        ends = ready + timedelta(seconds=req.hours_s)
-        final = self._update(
-            session_id,
-            status="running",
-            ready_at=iso(ready),
-            reservation_ends_at=iso(ends if req.override else min(ends, hard)),
-            ssh=ssh,
-            timings=timings,
-            verification=verification,
-            host_key_fingerprint=record.get("host_key_fingerprint"),
-        )
-        self._refresh_ssh_config()
-        self._say(
-            f"Session {session_id} is ready ({format_duration((ready - created).total_seconds())} to boot)"
-        )
-        return final
 
     def undo(self, session: JSONObject, exc: BaseException) -> GpuShopperError:
         """The hand-off reached no one (a signal or a closed pipe while the result was

@@ -45,6 +45,8 @@ import weakref
 from dataclasses import dataclass
 from typing import Any
 
+from gpushopper.sandbox.base import free_port as _free_port  # tests patch it here
+
 HOST = "127.0.0.1"
 SSHD_MISSING = "OpenSSH server (sshd) not found: install it with 'apt-get install openssh-server'"
 READY_TIMEOUT_S = 10.0
@@ -118,12 +120,6 @@ def sanitize_key(instance_key: str) -> str:
     if safe != instance_key:
         safe = f"{safe[:80]}-{hashlib.sha1(instance_key.encode()).hexdigest()[:8]}"
     return safe
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((HOST, 0))
-        return int(s.getsockname()[1])
 
 
 def _log_tail(path: pathlib.Path, lines: int = 20) -> str:

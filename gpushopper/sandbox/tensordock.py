@@ -30,19 +30,19 @@ relative to the v2 base (``/instances/<id>``) and in the full path (``/api/v2/in
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import json
 import random
 import re
 import socket
-import threading
 import time
 import uuid
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from http.server import BaseHTTPRequestHandler
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from gpushopper.sandbox.base import LoopbackEmulator, LoopbackHandler, SSHBackend
 
 API_PREFIX = "/api/v2"
 DEFAULT_TOKEN = "td-test-token"
@@ -103,18 +103,6 @@ _KEY_LINE_RE = re.compile(r"^(?:ssh-ed25519|ssh-rsa|ecdsa-[A-Za-z0-9-]+)\s+\S+")
 _LOCATION_NS = uuid.UUID("6f1d0f4e-5d0a-4a57-9d55-7a1f3c2b9e10")
 
 
-class SSHBackend(Protocol):
-    """What the emulator needs from a pool of real sshd servers (see gpushopper/sandbox/sshd.py)."""
-
-    def start(
-        self, instance_key: str, authorized_keys: list[str], gpu: dict[str, Any]
-    ) -> tuple[str, int]: ...
-
-    def set_keys(self, instance_key: str, authorized_keys: list[str]) -> None: ...
-
-    def stop(self, instance_key: str) -> None: ...
-
-
 def gpu_display_name(v0_name: str) -> str:
     """TensorDock's displayName for a v0Name ("NVIDIA GeForce RTX 4090 PCIe 24GB")."""
     known = GPU_CATALOG.get(v0_name)
@@ -151,8 +139,22 @@ class _ApiError(Exception):
         self.body = _err(message, http_status if body_status is None else body_status)
 
 
-class TensorDockEmulator:
+class _Handler(LoopbackHandler):
+    server_version = "TensorDockEmulator/1.0"
+    timeout = 30
+
+    def serve(self, method: str) -> None:
+        emulator = self.server.emulator
+        assert isinstance(emulator, TensorDockEmulator)
+        emulator._handle(self, method)
+
+
+class TensorDockEmulator(LoopbackEmulator):
     """TensorDock v2 API on 127.0.0.1 with inspectable state and injectable faults."""
+
+    handler = _Handler
+    thread_name = "tensordock-emulator"
+    poll_interval = 0.01
 
     def __init__(
         self,
@@ -160,10 +162,10 @@ class TensorDockEmulator:
         ssh_backend: SSHBackend | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__()
         self.api_token = api_token
         self.ssh_backend = ssh_backend
         self.clock = clock
-        self.lock = threading.RLock()
 
         # state (id -> record); hostnode records are the API objects plus "_"-prefixed extras
         self.hostnodes: dict[str, dict[str, Any]] = {}
@@ -190,67 +192,12 @@ class TensorDockEmulator:
 
         self._faults: list[dict[str, Any]] = []
         self._window: list[float] = []
-        self._server: ThreadingHTTPServer | None = None
-        self._thread: threading.Thread | None = None
-        self._stop_event = threading.Event()
-        self._conns: set[socket.socket] = set()
 
     # ------------------------------------------------------------------ lifecycle
-    def start(self) -> TensorDockEmulator:
-        if self._server is not None:
-            return self
-        emu = self
-
-        class Handler(_Handler):
-            emulator = emu
-
-        self._stop_event.clear()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.01},
-            name="tensordock-emulator",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is None:
-            return
-        self._stop_event.set()
-        server.shutdown()
-        with self.lock:
-            conns = list(self._conns)
-        for conn in conns:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-        server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        with self.lock:
-            for rec in self.instances.values():
-                self._backend_stop(rec)
-                self._release_dead_port(rec)
-
-    def __enter__(self) -> TensorDockEmulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("emulator not started")
-        return int(self._server.server_address[1])
-
-    @property
-    def base_url(self) -> str:
-        """http://127.0.0.1:PORT (no API prefix)."""
-        return f"http://127.0.0.1:{self.port}"
+    def _release(self) -> None:
+        for rec in self.instances.values():
+            self._backend_stop(rec)
+            self._release_dead_port(rec)
 
     @property
     def url(self) -> str:
@@ -1504,40 +1451,3 @@ def _dedupe_keys(keys: list[str]) -> list[str]:
             seen.add(ident)
             out.append(key)
     return out
-
-
-class _Handler(BaseHTTPRequestHandler):
-    disable_nagle_algorithm = True  # headers and body go out in separate writes
-    protocol_version = "HTTP/1.1"
-    server_version = "TensorDockEmulator/1.0"
-    timeout = 30
-    emulator: TensorDockEmulator
-
-    def setup(self) -> None:
-        super().setup()
-        with self.emulator.lock:
-            self.emulator._conns.add(self.connection)
-
-    def finish(self) -> None:
-        with self.emulator.lock:
-            self.emulator._conns.discard(self.connection)
-        with contextlib.suppress(OSError):
-            super().finish()
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        self.emulator._handle(self, "GET")
-
-    def do_POST(self) -> None:
-        self.emulator._handle(self, "POST")
-
-    def do_DELETE(self) -> None:
-        self.emulator._handle(self, "DELETE")
-
-    def do_PUT(self) -> None:
-        self.emulator._handle(self, "PUT")
-
-    def do_PATCH(self) -> None:
-        self.emulator._handle(self, "PATCH")

@@ -41,16 +41,15 @@ import random
 import re
 import secrets
 import shlex
-import socket
-import threading
 import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from gpushopper.sandbox.base import LoopbackEmulator, LoopbackHandler, SSHBackend, free_port
 
 __all__ = [
     "DEFAULT_API_KEY",
@@ -118,23 +117,6 @@ _PRICED_KEYS = frozenset(
     }
 )
 _FINAL_STATUS = {"ok": "running", "exited": "exited", "unknown": "unknown", "offline": "offline"}
-
-
-# --------------------------------------------------------------------------------------------
-# SSH backend protocol
-# --------------------------------------------------------------------------------------------
-
-
-class SSHBackend(Protocol):
-    """What the emulator calls to give an instance a reachable sshd (instance_key "vastai:ID")."""
-
-    def start(
-        self, instance_key: str, authorized_keys: list[str], gpu: dict[str, Any]
-    ) -> tuple[str, int]: ...
-
-    def set_keys(self, instance_key: str, authorized_keys: list[str]) -> None: ...
-
-    def stop(self, instance_key: str) -> None: ...
 
 
 # --------------------------------------------------------------------------------------------
@@ -507,13 +489,6 @@ def _decode_token(token: str) -> int:
     return offset
 
 
-def _dead_port() -> int:
-    """A loopback port that nothing listens on (bound then released)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _num_out(value: float) -> int | float:
     return int(value) if float(value).is_integer() else value
 
@@ -581,28 +556,17 @@ class _Fault:
         )
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    block_on_close = False  # keep-alive clients must not make stop() hang
-    allow_reuse_address = True
-    emulator: VastEmulator
-
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Handler(LoopbackHandler):
     server_version = "VastEmulator/1.0"
-    disable_nagle_algorithm = True  # headers and body go out in separate writes
     timeout = 60
-    server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:
-        return
-
-    def _serve(self, method: str) -> None:
+    def serve(self, method: str) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length) if length > 0 else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
-        reply = self.server.emulator._handle(method, self.path, headers, raw)
+        emulator = self.server.emulator
+        assert isinstance(emulator, VastEmulator)
+        reply = emulator._handle(method, self.path, headers, raw)
         if reply.delay > 0:
             time.sleep(reply.delay)
         try:
@@ -616,21 +580,6 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(reply.body)
         except OSError:  # client went away (e.g. timed out on an injected delay)
             self.close_connection = True
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def do_PUT(self) -> None:
-        self._serve("PUT")
-
-    def do_DELETE(self) -> None:
-        self._serve("DELETE")
-
-    def do_PATCH(self) -> None:
-        self._serve("PATCH")
 
 
 # --------------------------------------------------------------------------------------------
@@ -657,8 +606,11 @@ _INSTANCE_PATH = re.compile(r"/api/v0/instances/(\d+)")
 _LOG_PATH = re.compile(r"/logs/([0-9a-f]{32})\.log")
 
 
-class VastEmulator:
+class VastEmulator(LoopbackEmulator):
     """In-process fake of console.vast.ai. Thread-safe; all state is guarded by ``self.lock``."""
+
+    handler = _Handler
+    thread_name = "vast-emulator"
 
     def __init__(
         self,
@@ -666,10 +618,10 @@ class VastEmulator:
         ssh_backend: SSHBackend | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__()
         self.api_key = api_key
         self.ssh_backend = ssh_backend
         self.clock = clock
-        self.lock = threading.RLock()
 
         # knobs
         self.auth_error_status = 401
@@ -728,60 +680,23 @@ class VastEmulator:
         self._next_key_id = FIRST_SSH_KEY_ID
         self._epoch_base = time.time() - float(clock())
 
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
         self._routes: list[_Route] = self._build_routes()
         self._seed_templates()
 
     # ---------------------------------------------------------------- lifecycle
 
-    def start(self) -> VastEmulator:
-        if self._server is not None:
-            return self
-        server = _Server(("127.0.0.1", 0), _Handler)
-        server.emulator = self
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            daemon=True,
-            name=f"vast-emulator:{server.server_address[1]}",
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        server, self._server = self._server, None
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-            self._thread = None
-        with self.lock:  # the containers go away with the platform
-            for iid, meta in self._meta.items():
-                if meta.backend_started:
-                    self._backend_stop(iid, meta)
-                if meta.ssh_up:
-                    meta.ssh_up = False
-                    self._clear_ssh(self.instances[iid])
-
-    def __enter__(self) -> VastEmulator:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._server is None:
-            raise RuntimeError("VastEmulator is not started")
-        return int(self._server.server_address[1])
+    def _release(self) -> None:
+        for iid, meta in self._meta.items():  # the containers go away with the platform
+            if meta.backend_started:
+                self._backend_stop(iid, meta)
+            if meta.ssh_up:
+                meta.ssh_up = False
+                self._clear_ssh(self.instances[iid])
 
     @property
     def url(self) -> str:
         """Base URL without /api/v0 (the client appends /api/v0/... or /api/v1/...)."""
-        return f"http://127.0.0.1:{self.port}"
+        return self.base_url
 
     def epoch_now(self) -> float:
         """Wall-clock epoch seconds that advance with ``clock`` (fake clocks move it too)."""
@@ -1392,7 +1307,7 @@ class VastEmulator:
 
     def _bring_up_ssh(self, iid: int, rec: dict[str, Any], meta: _InstanceMeta) -> bool:
         if self.ssh_backend is None:
-            host, port = "127.0.0.1", _dead_port()
+            host, port = "127.0.0.1", free_port()
         else:
             try:
                 host, port = self.ssh_backend.start(

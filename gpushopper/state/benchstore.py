@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,7 @@ ROW_FIELDS: tuple[tuple[str, tuple[str, ...]], ...] = (
 )
 ROW_KEYS = tuple(key for key, _ in ROW_FIELDS)
 _SCALARS = (str, int, float, bool)
+_PLAIN = {str, int, float, bool, type(None)}
 
 
 def result_row(key: str, record: dict[str, Any]) -> list[Any]:
@@ -111,19 +113,26 @@ class ResultTable:
             self._parsed[key] = column
         return column
 
+    def _row_offsets(self) -> list[Any]:
+        if self._offsets is None:
+            offsets = None
+            if self._read is not None:
+                start, length = self._layout["offsets"]
+                try:
+                    offsets = json.loads(self._read(start, length))
+                except ValueError:
+                    pass
+            ok = isinstance(offsets, list) and len(offsets) == self.n + 1
+            sound: list[Any] = offsets if ok else [None] * (self.n + 1)  # type: ignore[assignment]
+            self._offsets = sound
+        return self._offsets
+
     def _line(self, i: int) -> Any:
         """Result ``i``'s own row line, parsed; None when the index has no sound one."""
         if self._read is None:
             return None
-        if self._offsets is None:
-            start, length = self._layout["offsets"]
-            try:
-                offsets = json.loads(self._read(start, length))
-            except ValueError:
-                offsets = None
-            ok = isinstance(offsets, list) and len(offsets) == self.n + 1
-            self._offsets = offsets if ok else [None] * (self.n + 1)
-        begin, end = self._offsets[i], self._offsets[i + 1]
+        offsets = self._row_offsets()
+        begin, end = offsets[i], offsets[i + 1]
         if type(begin) is not int or type(end) is not int or not 0 <= begin < end:
             return None
         try:
@@ -131,14 +140,44 @@ class ResultTable:
         except ValueError:
             return None
 
-    def row(self, i: int) -> dict[str, Any]:
-        values = self._line(i)
+    def _all_lines(self) -> list[Any] | None:
+        """Every row line, read as one piece and parsed by one ``json.loads``; None unless
+        the piece is exactly the lines the offsets name, one JSON value each."""
+        if self._read is None or self.n == 0:
+            return None
+        offsets = self._row_offsets()
+        size = offsets[-1]
+        if offsets[0] != 0 or type(size) is not int or size <= 0:
+            return None
+        blob = self._read(self._layout["rows"], size)
+        ends = [m.end() for m in re.finditer(b"\n", blob)]
+        if len(blob) != size or ends != offsets[1:]:
+            return None
+        try:  # a JSON text never holds a raw newline: each one ends a line
+            lines = json.loads(b"[" + blob[:-1].replace(b"\n", b",") + b"]")
+        except ValueError:
+            return None
+        return lines if len(lines) == self.n else None
+
+    def row(self, i: int, values: Any = None) -> dict[str, Any]:
+        if values is None:
+            values = self._line(i)
         if not isinstance(values, list) or len(values) != len(ROW_KEYS):
             values = [self.col(key)[i] for key in ROW_KEYS]
+        if set(map(type, values)) <= _PLAIN:  # as JSON parses them: no value to drop
+            return dict(zip(ROW_KEYS, values, strict=True))
         return {
             k: (v if isinstance(v, _SCALARS) else None)
             for k, v in zip(ROW_KEYS, values, strict=True)
         }
+
+    def rows(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        """``row(i)`` for each of ``indices``. Many are read at once (``list --limit 0``
+        over 10,000 results: one read and one parse, not 10,000 of each)."""
+        lines = self._all_lines() if len(indices) > 64 else None
+        if lines is None:
+            return [self.row(i) for i in indices]
+        return [self.row(i, lines[i]) for i in indices]
 
     @classmethod
     def of_rows(cls, rows: list[dict[str, Any]]) -> ResultTable:
@@ -317,7 +356,7 @@ class BenchStore(StateStore):
     def rows(self) -> list[dict[str, Any]]:
         """Every result's flat row as a dict (for a few results; queries use table())."""
         table = self.table()
-        return [table.row(i) for i in range(table.n)]
+        return table.rows(range(table.n))
 
     def install_id(self) -> str:  # pragma: no cover - the state file owns the install id
         raise NotImplementedError("the install id lives in the state file")

@@ -52,3 +52,8 @@ def put(store: StateStore, *records: dict[str, Any]) -> None:
     with store.transaction() as state:
         for record in records:
             state["sessions"][record["id"]] = record
+
+
+def read_state(home: Path) -> dict[str, Any]:
+    """The state file under ``home`` (a GPU_SHOPPER_HOME), read as the tool reads it."""
+    return StateStore(home / "state.json").read()

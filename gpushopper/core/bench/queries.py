@@ -126,7 +126,7 @@ def select(
             newest = max(present, default=None)
             picked = [i for i in mine if versions[i] == newest]
     if gpus:
-        from gpushopper.model.models import gpu_matches
+        from gpushopper.model.gpus import gpu_matches
 
         cols = _Cols(table)
         seen = {cols.gpu(i) or "" for i in picked}  # a dozen names, not 10,000 rows
@@ -231,7 +231,7 @@ Live: TypeAlias = "dict[tuple[str, int], Offer]"
 def _live_fields(live: Live, gpu: str | None, count: int, value: float, hib: bool) -> JSONObject:
     offer = None
     if live and gpu:
-        from gpushopper.model.models import canonical_gpu
+        from gpushopper.model.gpus import canonical_gpu
 
         offer = live.get((canonical_gpu(gpu), count))
     price = offer.price_per_hour if offer is not None else None
@@ -283,7 +283,7 @@ def _costs(ranked: Ranked, live: Live | None) -> list[float]:
     if live is None:
         prices = cols.prices(rows)
     else:
-        from gpushopper.model.models import canonical_gpu
+        from gpushopper.model.gpus import canonical_gpu
 
         prices = []
         for i in rows:
@@ -324,7 +324,7 @@ def best(ranked: Ranked, live: Live | None = None, limit: int | None = None) -> 
 
 def _groups(ranked: Ranked) -> dict[tuple[str, int], list[int]]:
     """Rows per (GPU model, count); the most common spelling of a model names it."""
-    from gpushopper.model.models import canonical_gpu
+    from gpushopper.model.gpus import canonical_gpu
 
     cols = ranked.cols
     gpus, counts = cols.gpu_col, cols.count_col
@@ -411,7 +411,7 @@ def live_models(ranked: Ranked) -> list[tuple[str, int]]:
 
 def cheapest_live(offers: Iterable[Offer]) -> Live:
     """The cheapest offer per (canonical GPU model, GPU count)."""
-    from gpushopper.model.models import canonical_gpu
+    from gpushopper.model.gpus import canonical_gpu
 
     out: Live = {}
     for offer in offers:
@@ -432,7 +432,7 @@ def estimate_offers(offers: list[Offer], table: ResultTable, workload: str, now:
     same GPU model on the same provider (``gpu_provider``), the median of that GPU model
     (``gpu_model``). Offers with none get ``None`` and so rank last. Returns how many got one.
     """
-    from gpushopper.model.models import canonical_gpu
+    from gpushopper.model.gpus import canonical_gpu
     from gpushopper.model.units import parse_iso
 
     try:
