@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from gpushopper.model.errors import GpuShopperError
+from gpushopper.model.lazyre import LazyPattern
 from gpushopper.model.redact import redact
 
 _mode = {"json": False, "verbose": False}
@@ -216,7 +217,7 @@ def console(stderr: bool = False, file: Any = None) -> Any:
 
 # Terminal control characters (ESC starts colour, cursor and title sequences): a provider's
 # text is shown with each as "?", never obeyed by the terminal.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_CONTROL = LazyPattern(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
 def shown(value: Any) -> str:
@@ -294,8 +295,8 @@ def column_widths(
 
 
 # A line's end made of padding and colour codes: the codes stay, the spaces go.
-_TRAILING = re.compile(r"(?:[ \t]|\x1b\[[0-9;]*m)+$", re.MULTILINE)
-_SGR = re.compile(r"\x1b\[[0-9;]*m")
+_TRAILING = LazyPattern(r"(?:[ \t]|\x1b\[[0-9;]*m)+$", re.MULTILINE)
+_SGR = LazyPattern(r"\x1b\[[0-9;]*m")
 
 
 def _strip_trailing(text: str) -> str:

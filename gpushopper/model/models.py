@@ -13,6 +13,7 @@ from gpushopper.model.gpus import (  # re-exported: older imports name models
     gpu_matches,
 )
 from gpushopper.model.jsontypes import JSONObject, JSONValue
+from gpushopper.model.lazyre import LazyPattern
 
 OFFER_KEYS = (
     "id",
@@ -215,7 +216,7 @@ class Instance:
         ]
 
 
-_IMAGE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,199}")
+_IMAGE_RE = LazyPattern(r"[A-Za-z0-9][A-Za-z0-9._/:@+-]{0,199}")
 
 
 def _port_ok(port: JSONValue) -> bool:

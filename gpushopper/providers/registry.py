@@ -8,11 +8,11 @@ a provider name. This module imports nothing heavy: the light commands load it.
 from __future__ import annotations
 
 import importlib
-import re
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple
 
 from gpushopper.model.errors import UsageError
+from gpushopper.model.lazyre import LazyPattern
 
 if TYPE_CHECKING:
     from gpushopper.providers.base import Provider
@@ -42,7 +42,7 @@ class Entry(NamedTuple):  # a NamedTuple: a frozen dataclass costs ~0.7 ms at im
     templates_hint: str = ""  # what --template names here, for a template it lacks
 
 
-_TD_NATIVE = re.compile(r"[A-Za-z0-9_-]+:[A-Za-z0-9_.-]+")
+_TD_NATIVE = LazyPattern(r"[A-Za-z0-9_-]+:[A-Za-z0-9_.-]+")
 
 ENTRIES: tuple[Entry, ...] = (
     Entry(

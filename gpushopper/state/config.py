@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import re
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from gpushopper.model.errors import ConfigError
+from gpushopper.model.lazyre import LazyPattern
 from gpushopper.model.models import SORTS
 from gpushopper.model.redact import mask, register_secret
 from gpushopper.model.units import UNIT_HINT, parse_duration
@@ -258,8 +258,8 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "providers": PROVIDERS,
     "sort": SORTS,
 }
-_USER_RE = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
-_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]")
+_USER_RE = LazyPattern(r"[a-z_][a-z0-9_-]{0,31}")
+_CONTROL_RE = LazyPattern(r"[\x00-\x1f\x7f]")
 
 
 def _number_text(value: float) -> str:
