@@ -37,3 +37,32 @@ def time_process(argv: list[str], runs: int, env: dict[str, str] | None = None) 
                 f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.decode()[-300:]}"
             )
     return statistics.median(samples)
+
+
+# Our settings in the caller's environment would point a benchmark at a real account.
+SCRUB = ("VASTAI_", "VAST_API", "TENSORDOCK_", "GPU_SHOPPER_")
+
+
+def scrubbed_environ() -> dict[str, str]:
+    """``os.environ`` without any of our settings (no real key, no real home)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(SCRUB)}
+
+
+def time_interleaved(argvs: list[list[str]], runs: int, env: dict[str, str]) -> list[float]:
+    """Median wall time of each command, run in turn round after round (after one warm-up
+    round), so a busy shared machine slows every command alike."""
+    full_env = dict(os.environ, **env)
+    full_env.pop("PYTHONDONTWRITEBYTECODE", None)  # as users run it: with bytecode caches
+    samples: list[list[float]] = [[] for _ in argvs]
+    for round_no in range(runs + 1):
+        for k, argv in enumerate(argvs):
+            start = time.perf_counter()
+            proc = subprocess.run(argv, env=full_env, capture_output=True, check=False)
+            elapsed = time.perf_counter() - start
+            if proc.returncode != 0:
+                raise SystemExit(
+                    f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr.decode()[-300:]}"
+                )
+            if round_no:
+                samples[k].append(elapsed)
+    return [statistics.median(s) for s in samples]

@@ -38,7 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _util import gpu_shopper_cmd  # noqa: E402
+from _util import gpu_shopper_cmd, scrubbed_environ  # noqa: E402
 
 from gpushopper.sandbox.sshd import SshdPool, find_sshd  # noqa: E402
 from gpushopper.sandbox.tensordock import TensorDockEmulator  # noqa: E402
@@ -47,7 +47,6 @@ from gpushopper.state.store import StateStore  # noqa: E402
 from tests.waiting import default_signals  # noqa: E402
 
 KINDS = ("SIGHUP", "SIGINT", "SIGTERM", "SIGPIPE", "SIGKILL")
-_SCRUB = ("VASTAI_", "VAST_API", "TENSORDOCK_", "GPU_SHOPPER_")
 
 
 @dataclass
@@ -75,7 +74,7 @@ class SlowCreates(VastEmulator):
 
 
 def tool_env(home: Path, vast: VastEmulator, td: TensorDockEmulator, user: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB)}
+    env = scrubbed_environ()
     env.update(
         {
             "GPU_SHOPPER_HOME": str(home),

@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _util import gpu_shopper_cmd  # noqa: E402
+from _util import SCRUB, gpu_shopper_cmd, time_interleaved  # noqa: E402
 
 from gpushopper.sandbox.tensordock import TensorDockEmulator  # noqa: E402
 from gpushopper.sandbox.vastai import VastEmulator  # noqa: E402
@@ -75,25 +75,6 @@ def median_time(fn: Callable[[], object], runs: int) -> float:
         fn()
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
-
-
-def time_interleaved(
-    first: list[str], second: list[str], runs: int, env: dict[str, str]
-) -> tuple[float, float]:
-    """Median wall times of two whole-process commands run turn about (after a warm-up)."""
-    import subprocess
-
-    full_env = dict(os.environ, **env)
-    samples: tuple[list[float], list[float]] = ([], [])
-    for i in range(runs + 1):
-        for argv, out in ((first, samples[0]), (second, samples[1])):
-            start = time.perf_counter()
-            proc = subprocess.run(argv, env=full_env, capture_output=True, check=False)
-            if i:
-                out.append(time.perf_counter() - start)
-            if proc.returncode != 0:
-                raise SystemExit(f"{argv} exited {proc.returncode}: {proc.stderr.decode()[-300:]}")
-    return statistics.median(samples[0]), statistics.median(samples[1])
 
 
 def tool_env(home: str, vast: VastEmulator, td: TensorDockEmulator) -> dict[str, str]:
@@ -218,8 +199,7 @@ def bench_search(runs: int, size: int) -> bool:
         )
         answer_path.write_bytes(answer.content)
         ours_s, floor_s = time_interleaved(
-            [*argv, "--refresh"],
-            [sys.executable, str(floor), vast.url, vast.api_key, str(body)],
+            [[*argv, "--refresh"], [sys.executable, str(floor), vast.url, vast.api_key, str(body)]],
             runs,
             env,
         )
@@ -243,8 +223,7 @@ def bench_cached(runs: int, home: str, vast: VastEmulator, answer_path: Path) ->
     floor.write_text(FLOOR_CACHED)
     asked = len(vast.requests)
     ours_s, floor_s = time_interleaved(
-        [*cmd, "inventory", "--json", *QUESTION],
-        [sys.executable, str(floor), str(answer_path)],
+        [[*cmd, "inventory", "--json", *QUESTION], [sys.executable, str(floor), str(answer_path)]],
         runs,
         env,
     )
@@ -261,8 +240,10 @@ def bench_cleanup(runs: int) -> bool:
         floor = Path(home) / "floor_list.py"
         floor.write_text(FLOOR_LIST)
         ours_s, floor_s = time_interleaved(
-            [*cmd, "cleanup-orphans", "--json"],
-            [sys.executable, str(floor), vast.url, vast.api_key],
+            [
+                [*cmd, "cleanup-orphans", "--json"],
+                [sys.executable, str(floor), vast.url, vast.api_key],
+            ],
             runs,
             env,
         )
@@ -282,7 +263,7 @@ def main() -> int:
     args = parser.parse_args()
     SIZES = [int(x) for x in args.sizes.split(",")]
     for name in list(os.environ):
-        if name.startswith(("VASTAI_", "VAST_API", "TENSORDOCK_", "GPU_SHOPPER_")):
+        if name.startswith(SCRUB):
             del os.environ[name]
     results = [bench_search(args.runs, size) for size in SIZES]
     results.append(bench_cleanup(args.runs))

@@ -40,16 +40,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _util import gpu_shopper_cmd  # noqa: E402
+from _util import gpu_shopper_cmd, scrubbed_environ  # noqa: E402
 
 from gpushopper.sandbox.sshd import SshdPool, find_sshd  # noqa: E402
 from gpushopper.sandbox.vastai import VastEmulator  # noqa: E402
 
-_SCRUB = ("VASTAI_", "VAST_API", "TENSORDOCK_", "GPU_SHOPPER_")
-
 
 def tool_env(home: Path, vast: VastEmulator, user: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB)}
+    env = scrubbed_environ()
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     env.update(
         {

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _util import gpu_shopper_cmd  # noqa: E402
+from _util import SCRUB, gpu_shopper_cmd, scrubbed_environ  # noqa: E402
 
 from gpushopper.model.session import make_label  # noqa: E402
 from gpushopper.model.units import iso, parse_duration, parse_iso  # noqa: E402
@@ -48,7 +48,6 @@ CPU_GOAL_PCT = 1.0
 RSS_GOAL_MB = 80.0  # 10^6 bytes
 DEADLINE_SLACK_S = 2.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-_SCRUB = ("VASTAI_", "VAST_API", "TENSORDOCK_", "GPU_SHOPPER_")
 
 
 class TimedLog(list):  # type: ignore[type-arg]
@@ -77,7 +76,7 @@ class Sample:
 
 
 def tool_env(home: Path, vast: VastEmulator, td: TensorDockEmulator) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUB)}
+    env = scrubbed_environ()
     env.update(
         {
             "GPU_SHOPPER_HOME": str(home),
@@ -479,7 +478,7 @@ def main() -> int:
     if args.deadlines > args.sessions:
         parser.error("--deadlines must not exceed --sessions")
     for name in list(os.environ):
-        if name.startswith(_SCRUB):
+        if name.startswith(SCRUB):
             del os.environ[name]
     return run(args)
 
