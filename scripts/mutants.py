@@ -449,6 +449,15 @@ MUTANTS = [
         [('        abort(f"crashed: {type(exc).__name__}: {exc}")\n', "")],
         ["tests/test_provision.py::test_a_crash_right_after_create_still_destroys_the_instance"],
     ),
+    Mutant(
+        "sandbox stop leaves the sshd of instances whose server was SIGKILLed",
+        "gpushopper/cli/sandbox.py",
+        [('        kill_strays(root / "sshd")', '        pass  # kill_strays(root / "sshd")')],
+        [
+            "tests/test_sandbox.py::test_stop_with_instances_still_rented_leaves_no_process",
+            "tests/test_sandbox.py::test_stop_ends_the_sshd_of_a_server_that_was_killed",
+        ],
+    ),
 ]
 
 

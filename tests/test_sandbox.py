@@ -167,3 +167,53 @@ def test_stop_ends_the_sshd_of_a_server_that_was_killed(tmp_path, gs, monkeypatc
     finally:
         pool.close()
         other.close()
+
+
+def _processes_under(root: Path) -> list[str]:
+    """Every live process whose command line names a path inside ``root`` (Linux /proc)."""
+    prefix = str(root) + os.sep
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            if prefix in cmdline or cmdline.rstrip().endswith(str(root)):
+                found.append(f"{proc.name}: {cmdline}")
+    return found
+
+
+@pytest.mark.parametrize("server_end", ["stop", "SIGKILL"])
+def test_stop_with_instances_still_rented_leaves_no_process(sandbox_dir, isolated_home, server_end):
+    """The user forgets to destroy: ``sandbox stop`` ends the server and every instance's
+    sshd on both markets, whether the server shuts down (its emulators and pool stop them)
+    or was SIGKILLed before ``stop`` ran (``kill_strays`` finds what it left)."""
+    from gpushopper.sandbox.sshd import find_sshd
+
+    if find_sshd() is None or not Path("/proc").is_dir():
+        pytest.skip("needs sshd and /proc")
+    root = sandbox_dir
+    env = {"GPU_SHOPPER_SANDBOX_DIR": str(root)}
+    started = _gs("sandbox start", env)
+    try:
+        assert started.returncode == 0, started.stderr
+        env.update(shlex.split(line)[1].split("=", 1) for line in started.stdout.splitlines())
+        for provider in ("vastai", "tensordock"):
+            rented = _gs(f"provision --provider {provider} --hours 1h --yes", env)
+            assert rented.returncode == 0, rented.stderr
+        status = json.loads(_gs("sandbox status --json", env).stdout)
+        assert status["instances"] == {"vastai": 1, "tensordock": 1}
+        assert len([p for p in _processes_under(root) if "sshd_config" in p]) == 2
+        if server_end == "SIGKILL":
+            pid = server.running_pid(root)
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
+            while server.is_server(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)  # a real process exiting: no injected clock applies
+            assert len([p for p in _processes_under(root) if "sshd_config" in p]) == 2
+    finally:
+        stopped = _gs("sandbox stop", env)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not root.exists()
+    assert _processes_under(root) == []
