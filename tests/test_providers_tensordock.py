@@ -385,3 +385,16 @@ def test_an_instance_id_that_is_not_one_path_segment_is_an_error(emu, bad):
             with pytest.raises(Unavailable, match="not an instance id"):
                 call(bad)
         assert len(emu.requests) == seen  # refused before anything was sent
+
+
+@pytest.mark.parametrize(
+    "node_id", ["../instances/x", "node#frag", "node?q=1", "a/b", " ", "x:y", 1.5]
+)
+def test_a_hostnode_id_that_is_no_offer_id_gives_no_offer(node_id):
+    """The id becomes the offer id, then a URL path (GET /hostnodes/ID) and the create's
+    hostnode: one that split_offer_id would refuse from the user is refused from the API."""
+    answer = json.loads(json.dumps(HOSTNODES))
+    good = answer["data"]["hostnodes"][0]
+    answer["data"]["hostnodes"].insert(0, {**good, "id": node_id})
+    offers = parse_hostnodes(answer, OfferQuery(disk_gb=100))
+    assert [o.id for o in offers] == ["tensordock:node-h100:h100-sxm5-80gb"]

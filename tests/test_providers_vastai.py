@@ -533,3 +533,14 @@ def test_text_fields_of_another_type_are_none_never_lists_in_the_json():
         "570.124.04",
         "15501",
     )
+
+
+@pytest.mark.parametrize("bad", ["12/../13", "5#x", "7?owner=me", 12.5, -3, "", True, "²"])
+def test_an_offer_whose_id_is_no_ask_id_is_dropped_from_the_search(emu, bad):
+    """The ask id goes into the create's URL (PUT /asks/ID/): "12/../13" would be sent as
+    another path. An offer whose id the user could not type is no offer."""
+    good = next(iter(emu.offers.values()))
+    rows = [{**good, "id": bad}, good]
+    emu.fail_next("POST", r"/bundles/", status=200, body={"offers": rows})
+    offers = client(emu).search_offers(OfferQuery(disk_gb=32), limit=5)
+    assert [o.id for o in offers] == [f"vastai:{good['id']}"]

@@ -102,3 +102,16 @@ def test_the_ground_floor_default_is_every_registered_provider():
     from gpushopper.model.models import OfferQuery
 
     assert OfferQuery().providers == provider_names()
+
+
+def test_a_short_offer_id_resolves_only_to_an_id_the_user_could_have_typed():
+    """A listing's id (the offer cache) is held to split_offer_id's rules like a typed one:
+    a prefix never stands for "tensordock:node/../x:gpu"."""
+    from gpushopper.model.errors import UsageError
+    from gpushopper.providers.registry import resolve_offer_id
+
+    good = "tensordock:node-1234:h100-sxm5-80gb"
+    assert resolve_offer_id("tensordock:node-12", lambda _p: [good]) == good
+    bad = "tensordock:node-9/../x:h100-sxm5-80gb"
+    with pytest.raises(UsageError):
+        resolve_offer_id("tensordock:node-9", lambda _p: [bad])

@@ -51,7 +51,7 @@ ENTRIES: tuple[Entry, ...] = (
         title="Vast.ai",
         offer_form="vastai:<ask id>",
         native_form="vastai:<number>",
-        native_ok=str.isdigit,
+        native_ok=lambda native: native.isascii() and native.isdigit(),  # never "²"
         deadline=DeadlineHook(
             style="destroy-by-api",
             default_file="/root/.gpu-shopper/deadline",
@@ -156,7 +156,7 @@ def resolve_offer_id(offer_id: str, known: Callable[[str], list[str]]) -> str:
     if entry is not None and sep and native and entry.short_native is not None:
         found = match_prefix(offer_id, known(provider), "offer", floor=len(provider) + 1)
         if found is not None:
-            return found
+            offer_id = found  # from a listing: held to the same rules as a typed id
     split_offer_id(offer_id)
     return offer_id
 

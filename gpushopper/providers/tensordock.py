@@ -41,6 +41,7 @@ from gpushopper.providers.common import (
     num,
     require,
 )
+from gpushopper.providers.registry import offer_id_ok
 
 NAME = "tensordock"
 API_PATH = "/api/v2"  # the adapter's paths are relative to the API base, which ends here
@@ -274,6 +275,11 @@ def parse_hostnodes(
             gpu_price = num(gpu.get("price_per_hr"))
             if not isinstance(v0name, str) or not v0name or available < count or gpu_price is None:
                 continue
+            # The node id goes into a URL path (GET /hostnodes/ID) and the create: an offer
+            # id the user could not type ("../x", "a#b") is no offer.
+            offer_id = f"{NAME}:{node['id']}:{v0name}"
+            if not offer_id_ok(offer_id, NAME):
+                continue
             plan = plan_resources(node, count, query.disk_gb, vcpus_per_gpu, ram_per_gpu)
             if plan is None:
                 continue
@@ -292,7 +298,7 @@ def parse_hostnodes(
             display = shown if isinstance(shown, str) and shown else display_name(v0name)
             offers.append(
                 Offer(
-                    id=f"{NAME}:{node['id']}:{v0name}",
+                    id=offer_id,
                     provider=NAME,
                     gpu_name=display,
                     num_gpus=count,

@@ -33,6 +33,7 @@ from gpushopper.providers.common import (
     require,
     rows_of,
 )
+from gpushopper.providers.registry import offer_id_ok
 
 NAME = "vastai"
 # Every call this adapter makes (docs/api-coverage.md is generated from it).
@@ -510,7 +511,10 @@ class VastAI:
         raw = data.get("offers") if isinstance(data, dict) else None
         if not isinstance(raw, list):
             raise ProviderError(NAME, "offer search answered without an 'offers' list")
-        offers = [parse_offer(r) for r in raw if isinstance(r, dict) and r.get("id") is not None]
+        # An offer's id goes into the create's URL (PUT /asks/ID/): one the user could not
+        # type ("12/../13", "5#x") is no offer.
+        parsed = (parse_offer(r) for r in raw if isinstance(r, dict))
+        offers = [o for o in parsed if offer_id_ok(o.id, NAME)]
         return offers, len(raw) >= rows and bool(offers)
 
     def get_offer(self, native_id: str, disk_gb: float) -> Offer | None:
