@@ -916,3 +916,34 @@ def test_context_manager_and_url() -> None:
         assert resp.status_code == 200
     with pytest.raises(RuntimeError):
         _ = emu.url
+
+
+@pytest.mark.parametrize("slow", ["fault delay", "latency"])
+def test_stop_ends_a_handler_that_is_waiting_out_a_delay(slow: str) -> None:
+    """A delayed answer waits on the emulator's stop event (sandbox/base.py), so ``stop()``
+    leaves no handler thread asleep for the rest of the delay."""
+    import threading
+
+    def handlers() -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if "process_request" in t.name]
+
+    before = set(handlers())
+    emu = VastEmulator()
+    emu.start()
+    try:
+        if slow == "latency":
+            emu.latency = 60.0
+        else:
+            emu.fail_next("GET", r"/users/current", status=200, body={}, delay=60.0)
+        with pytest.raises(requests.exceptions.ReadTimeout):
+            requests.get(
+                emu.url + "/api/v0/users/current/",
+                headers={"Authorization": f"Bearer {emu.api_key}"},
+                timeout=0.2,
+            )
+        assert [t for t in handlers() if t not in before]  # asleep in the delay
+    finally:
+        emu.stop()
+    for thread in [t for t in handlers() if t not in before]:
+        thread.join(timeout=5)
+        assert not thread.is_alive()

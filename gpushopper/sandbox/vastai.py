@@ -567,8 +567,8 @@ class _Handler(LoopbackHandler):
         emulator = self.server.emulator
         assert isinstance(emulator, VastEmulator)
         reply = emulator._handle(method, self.path, headers, raw)
-        if reply.delay > 0:
-            time.sleep(reply.delay)
+        if reply.delay > 0:  # stop() ends the wait: no handler sleeps past the market
+            emulator._stop_event.wait(reply.delay)
         try:
             self.send_response(reply.status)
             self.send_header("Content-Type", reply.content_type)
@@ -1521,7 +1521,7 @@ class VastEmulator(LoopbackEmulator):
 
     def _handle(self, method: str, raw_path: str, headers: dict[str, str], raw: bytes) -> _Reply:
         if self.latency > 0:
-            time.sleep(self.latency)
+            self._stop_event.wait(self.latency)
         split = urlsplit(raw_path)
         path = split.path or "/"
         query = {k: v[-1] for k, v in parse_qs(split.query, keep_blank_values=True).items()}
