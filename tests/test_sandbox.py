@@ -217,3 +217,30 @@ def test_stop_with_instances_still_rented_leaves_no_process(sandbox_dir, isolate
     assert stopped.returncode == 0, stopped.stderr
     assert not root.exists()
     assert _processes_under(root) == []
+
+
+def test_stop_of_a_server_that_ends_just_before_its_signal_is_a_clean_stop(
+    tmp_path, gs, sleeper, monkeypatch
+):
+    """Two ``sandbox stop`` at once: the server checked alive is gone when its SIGTERM is
+    sent (ProcessLookupError). That is the stop it was asked for, never a traceback."""
+    root = tmp_path / "sandbox"
+    server.prepare_root(root)
+    fd = os.open(root / server.PID_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.write(fd, f"{sleeper.pid}\n".encode())
+    real_kill = os.kill
+
+    def kill(pid: int, sig: int) -> None:
+        if pid != sleeper.pid or sig != signal.SIGTERM:
+            real_kill(pid, sig)
+            return
+        monkeypatch.setattr(os, "kill", real_kill)
+        os.close(fd)  # the server ended an instant ago: its lock is gone with it
+        raise ProcessLookupError(pid)
+
+    monkeypatch.setattr(os, "kill", kill)
+    monkeypatch.setenv("GPU_SHOPPER_SANDBOX_DIR", str(root))
+    result = gs("sandbox stop --json")
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["removed"] is True and not root.exists()

@@ -7,6 +7,7 @@ instance, stops every process it started and deletes its folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -196,7 +197,8 @@ def stop(app: App, as_json: bool) -> None:
     pid = server.holder(fd) if fd is not None else None
     try:
         if fd is not None and pid is not None:
-            os.kill(pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):  # it ended a moment ago (a 2nd stop)
+                os.kill(pid, signal.SIGTERM)
             deadline = time.monotonic() + STOP_TIMEOUT_S
             # Our descriptor keeps the pid file's lock in view even once the server unlinks
             # the file: it is free exactly when the server process has ended.
