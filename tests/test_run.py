@@ -639,6 +639,56 @@ def test_a_failed_download_is_retried_and_a_lasting_failure_leaves_no_half_file(
     assert doc["teardown"]["confirmed"] is True and vast.live_instances() == []
 
 
+def _local_ssh(monkeypatch, after: str = "") -> None:
+    """jobwrap's ssh replaced by a local sh running the remote command, then ``after``:
+    the byte streams exactly as the instance would send them, with no connection."""
+    from gpushopper.remote import jobwrap
+
+    monkeypatch.setattr(jobwrap, "ssh_argv", lambda ssh: ["sh", "-c", f'sh -c "$0"{after}'])
+
+
+def test_the_tar_stream_is_read_to_its_end_before_the_process_is_waited_for(monkeypatch, tmp_path):
+    """After tar's end marker the stream may still carry bytes (tar pads to its record size):
+    they are read to EOF, and the process is neither killed nor cut off by a closed pipe. The
+    sender here keeps 4 MiB behind the archive, more than any pipe and tarfile's buffer hold,
+    so it is always still writing when the archive ends, and it lives on a moment after its
+    stream closes (as ssh does while the channel shuts): closing the pipe early, or killing
+    the process once the stream has ended, is red every time, not now and then."""
+    from gpushopper.remote import jobwrap
+
+    remote = tmp_path / "remote"
+    (remote / "out").mkdir(parents=True)
+    (remote / "out" / "a.txt").write_text("a\n")
+    _local_ssh(monkeypatch, " && head -c 4194304 /dev/zero && exec >&- && sleep 0.5")
+    found = jobwrap._tar_files({}, str(remote), ["out/a.txt"], tmp_path / "into")
+    assert found == {"out/a.txt": (2, hashlib.sha256(b"a\n").hexdigest())}
+    assert (tmp_path / "into" / "out" / "a.txt").read_text() == "a\n"
+
+
+def test_a_streamed_file_whose_sender_dies_fails_at_once_with_what_it_had(monkeypatch, tmp_path):
+    """The digest follows a streamed file while its writer runs; a writer that dies midway
+    ends the follow (no wait on a file that will never grow) and the download fails."""
+    from gpushopper.remote import jobwrap
+
+    remote = tmp_path / "remote"
+    remote.mkdir()
+    (remote / "big.bin").write_bytes(os.urandom(300_000))
+    _local_ssh(monkeypatch, "")
+    dest = tmp_path / "into" / "big.bin"
+    size, digest = jobwrap._stream_file({}, str(remote), "big.bin", dest)
+    assert (size, digest) == (300_000, _digest(remote / "big.bin"))
+    monkeypatch.setattr(
+        jobwrap,
+        "ssh_argv",
+        lambda ssh: ["sh", "-c", "head -c 100000 /dev/zero; echo gone >&2; exit 3"],
+    )
+    started = time.monotonic()
+    with pytest.raises(SshError, match="download of big.bin failed: gone"):
+        jobwrap._stream_file({}, str(remote), "big.bin", dest)
+    assert time.monotonic() - started < 10
+    assert dest.stat().st_size == 100_000
+
+
 def test_a_result_name_with_a_line_break_is_left_out_and_said(gs, vast, tmp_path):
     out = tmp_path / "o"
     result = run_job(
