@@ -160,6 +160,11 @@ def upload_into(
 
 #: Regular files at least this big come home as their own stream, hashed while they land.
 STREAM_MIN_BYTES = 8 << 20
+#: How long the digest waits when it has caught up with a streamed file still being written:
+#: from the first, doubled while nothing new arrives, up to the second (a stalled connection
+#: costs a few wake-ups a second, not hundreds; ssh itself gives up on a dead one).
+FOLLOW_MIN_S = 0.001
+FOLLOW_MAX_S = 0.05
 
 
 def plan_download(
@@ -258,16 +263,19 @@ def _stream_file(ssh: dict[str, Any], remote_dir: str, rel: str, dest: Path) -> 
             with dest.open("rb", buffering=0) as follow:
                 buf = bytearray(1 << 20)
                 view = memoryview(buf)
+                pause = FOLLOW_MIN_S
                 while True:
                     finished = proc.poll() is not None  # before the read: then nothing is left
                     n = follow.readinto(buf)
                     if n:
                         digest.update(view[:n])
                         seen += n
+                        pause = FOLLOW_MIN_S
                     elif finished:
                         break
-                    else:
-                        time.sleep(0.005)
+                    else:  # caught up with a writer still running: wait, longer each time
+                        time.sleep(pause)
+                        pause = min(pause * 2, FOLLOW_MAX_S)
         finally:
             if proc.poll() is None:
                 proc.kill()
