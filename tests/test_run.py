@@ -15,7 +15,7 @@ import pytest
 from gpushopper.model.errors import SshError
 from gpushopper.state.store import StateStore
 from tests.fakes.records import read_state
-from tests.fakes.tool import spawn_tool
+from tests.fakes.tool import run_tool, spawn_tool
 
 
 def make_workdir(root: Path) -> Path:
@@ -422,6 +422,42 @@ def test_broken_stdout_pipe_mid_job_stops_collects_destroys_exits_141(
     assert (out / "partial.txt").read_text() == "partial\n"
     assert vast.live_instances() == []
     assert not _remote_running("while :"), (tmp_path / "run.err").read_text()
+
+
+@pytest.mark.parametrize("sweeper", [("watch", "--once"), ("cleanup-orphans", "--yes")])
+def test_a_run_sigkilled_mid_job_leaves_the_job_to_attach_and_its_rental_to_the_deadline(
+    vast, isolated_home, tmp_path, sweeper
+):
+    """The local process dies with no chance to clean up (SIGKILL) while its job runs: the
+    command goes on under its wrapper, and a sweep before the reservation ends leaves the
+    instance to 'jobs attach'; a sweep past the reservation destroys it."""
+    out = tmp_path / "o"
+    err = (tmp_path / "run.err").open("w")
+    proc = spawn_tool(
+        *("run", "--provider", "vastai", "--out", str(out), "--hours", "1h", "--yes", "--"),
+        *("sh", "-c", "echo halfway; while :; do sleep 0.2; done"),
+        stdout=subprocess.PIPE,
+        stderr=err,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"halfway\n", (tmp_path / "run.err").read_text()
+    finally:
+        proc.kill()  # SIGKILL: no handler, no teardown of its own
+        proc.wait(10)
+    try:
+        (job,) = read_state(isolated_home)["jobs"].values()
+        assert job["status"] == "running"
+        early = run_tool(*sweeper)
+        assert early.returncode == 0, early.stderr
+        assert len(vast.live_instances()) == 1
+        assert read_state(isolated_home)["sessions"][job["session_id"]]["status"] == "running"
+        late = run_tool(*sweeper, env={"GPU_SHOPPER_CLOCK_OFFSET": "2h"})
+        assert late.returncode == 0, late.stderr
+        assert vast.live_instances() == []
+        assert read_state(isolated_home)["sessions"][job["session_id"]]["status"] == "ended"
+    finally:
+        _kill_job_groups()
 
 
 def test_job_record_comes_first(gs, vast, tmp_path, isolated_home):
