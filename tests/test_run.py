@@ -725,6 +725,20 @@ def test_a_streamed_file_whose_sender_dies_fails_at_once_with_what_it_had(monkey
     assert dest.stat().st_size == 100_000
 
 
+def test_hard_linked_results_both_come_home(gs, vast, tmp_path):
+    """tar sends the second name of a hard-linked file as a link to the first, not its
+    bytes: it still arrives (a copy of the first, same size and digest), and the job
+    succeeds instead of failing at collecting with 'did not arrive'."""
+    out = tmp_path / "o"
+    result = run_job(gs, out, "sh", "-c", "echo same > out/a.txt && ln out/a.txt out/b.txt")
+    assert result.exit_code == 0, result.stderr
+    rows = {Path(a["local"]).name: a for a in result.json()["artifacts"]}
+    assert set(rows) == {"a.txt", "b.txt"}
+    assert (out / "b.txt").read_text() == "same\n"
+    assert rows["a.txt"]["sha256"] == rows["b.txt"]["sha256"] == _digest(out / "b.txt")
+    assert vast.live_instances() == []
+
+
 def test_a_result_name_with_a_line_break_is_left_out_and_said(gs, vast, tmp_path):
     out = tmp_path / "o"
     result = run_job(

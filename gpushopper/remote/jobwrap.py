@@ -322,7 +322,16 @@ def _tar_files(
             with tarfile.open(fileobj=proc.stdout, mode="r|", bufsize=1 << 20) as archive:
                 for member in archive:
                     name = _safe_member(member.name)
-                    if not member.isfile() or name not in wanted or name in found:
+                    if name not in wanted or name in found:
+                        continue
+                    if member.islnk():  # tar sends a file's second hard link by name only
+                        first = _safe_member(member.linkname)
+                        if first in found:
+                            (into / name).parent.mkdir(parents=True, exist_ok=True)
+                            shutil.copyfile(into / first, into / name)
+                            found[name] = found[first]
+                        continue
+                    if not member.isfile():
                         continue
                     source = archive.extractfile(member)
                     assert source is not None
