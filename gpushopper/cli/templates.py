@@ -16,6 +16,15 @@ from gpushopper.model.errors import (
 )
 from gpushopper.providers.registry import PROVIDERS
 
+#: --provider (repeatable) for each templates command: one definition, one help line.
+provider_option = click.option(
+    "--provider",
+    "providers",
+    multiple=True,
+    type=click.Choice(PROVIDERS),
+    help="Only this provider.",
+)
+
 
 def _providers(app: App, chosen: tuple[str, ...]) -> list[Any]:
     names = list(chosen) or list(app.settings.get("defaults.providers"))
@@ -39,13 +48,7 @@ def _providers(app: App, chosen: tuple[str, ...]) -> list[Any]:
   gpu-shopper templates --provider tensordock --json
 """,
 )
-@click.option(
-    "--provider",
-    "providers",
-    multiple=True,
-    type=click.Choice(PROVIDERS),
-    help="Only this provider.",
-)
+@provider_option
 @click.option("--name", metavar="TEXT", help="Name contains TEXT (case-insensitive).")
 @click.option("--use-ssh", is_flag=True, help="Only templates that start an SSH server.")
 @json_option
@@ -90,13 +93,7 @@ def templates(
 
 @templates.command("show", epilog="Example: gpu-shopper templates show 'Ostris AI Toolkit' --json")
 @click.argument("ident", metavar="ID")
-@click.option(
-    "--provider",
-    "providers",
-    multiple=True,
-    type=click.Choice(PROVIDERS),
-    help="Only this provider.",
-)
+@provider_option
 @json_option
 @pass_app
 def templates_show(app: App, ident: str, providers: tuple[str, ...], as_json: bool) -> None:
@@ -168,13 +165,7 @@ def offer_health(app: App, as_json: bool) -> None:
     metavar="PROFILE",
     help="The workload: a profile holding its needs (built in: flux-lora).",
 )
-@click.option(
-    "--provider",
-    "providers",
-    multiple=True,
-    type=click.Choice(PROVIDERS),
-    help="Only this provider.",
-)
+@provider_option
 @click.option("--refresh", is_flag=True, help="Ask the providers again instead of using the cache.")
 @json_option
 @pass_app
