@@ -16,6 +16,7 @@ from gpushopper.model.errors import SshError
 from gpushopper.state.store import StateStore
 from tests.fakes.records import read_state
 from tests.fakes.tool import run_tool, spawn_tool
+from tests.waiting import wait_for
 
 
 def make_workdir(root: Path) -> Path:
@@ -295,7 +296,7 @@ def test_detach_then_attach(gs, vast, tmp_path):
 def test_cancel_a_detached_job(gs, vast, tmp_path):
     started = run_job(gs, tmp_path / "o", "sh", "-c", "echo x > out/x; sleep 63", opts=["--detach"])
     job = started.json()
-    time.sleep(0.5)
+    wait_for(lambda: _remote_running("sleep 63"), 30, "the detached command to start")
     cancelled = gs(f"jobs cancel {job['id']} --json")
     assert cancelled.exit_code == 0, cancelled.stderr
     assert cancelled.json()["status"] == "cancelled"
@@ -569,10 +570,7 @@ def test_attach_never_starts_a_command_that_was_never_started(
     started = run_job(gs, tmp_path / "o", "true", opts=["--detach"])
     job = started.json()
     ctl = Path(os.environ["GPU_SHOPPER_JOBS_REMOTE_ROOT"]) / job["id"] / "ctl"
-    for _ in range(200):
-        if (ctl / "status").exists():
-            break
-        time.sleep(0.05)
+    wait_for((ctl / "status").exists, 10, "the detached command to end")
     for name in ("started", "status", "log", "pid"):
         (ctl / name).unlink(missing_ok=True)  # as if the wrapper never ran
     store = StateStore(isolated_home / "state.json")
