@@ -513,30 +513,6 @@ def test_keep_on_failure_is_not_used_on_success(gs, vast, tmp_path):
     assert vast.live_instances() == []
 
 
-def test_run_waits_the_measured_boot_timeout_as_provision_does(
-    gs, vast, tmp_path, isolated_home, fake_time
-):
-    """run and provision pick the boot timeout alike (core/stats.py): 5 recorded boots of
-    100s make it 5m (the floor), not the 15m default."""
-    from tests.test_stats import dry_run_timeout, record, seed
-
-    pair = dry_run_timeout(gs)
-    seed(
-        isolated_home,
-        [
-            record(i, provider=pair["provider"], template=pair["template"], boot_s=100.0)
-            for i in range(5)
-        ],
-    )
-    vast.boot = {"mode": "stuck_loading", "loading_after": 0.0, "running_after": 0.0}
-    result = gs(["run", "--provider", "vastai", "--gpu", "4090", "--yes", "--json", "--", "true"])
-    assert result.exit_code == 1
-    assert "not running after 5m" in result.stderr
-    assert result.json()["failure_stage"] == "provisioning"
-    assert 300 <= fake_time.slept < 320
-    assert vast.live_instances() == []
-
-
 def test_attach_refuses_a_machine_with_another_host_key_and_still_destroys(
     gs, vast, tmp_path, isolated_home, fake_time
 ):

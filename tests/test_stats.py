@@ -125,7 +125,17 @@ def test_dry_run_says_which_timeout_and_why(vast, gs, isolated_home, monkeypatch
     assert (chosen["seconds"], chosen["source"]) == (1200, "safety.provision_timeout setting")
 
 
-def test_a_real_boot_waits_the_measured_timeout(vast, gs, isolated_home, fake_time):
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["provision", "--provider", "vastai", "--gpu", "4090", "--yes"],
+        ["run", "--provider", "vastai", "--gpu", "4090", "--yes", "--json", "--", "true"],
+    ],
+    ids=["provision", "run"],
+)
+def test_a_real_boot_waits_the_measured_timeout(vast, gs, isolated_home, fake_time, argv):
+    """run and provision pick the boot timeout alike: 5 recorded boots of 100s make it 5m
+    (the floor), not the 15m default."""
     pair = dry_run_timeout(gs)
     seed(
         isolated_home,
@@ -135,9 +145,11 @@ def test_a_real_boot_waits_the_measured_timeout(vast, gs, isolated_home, fake_ti
         ],
     )
     vast.boot = {"mode": "stuck_loading", "loading_after": 0.0, "running_after": 0.0}
-    result = gs("provision --provider vastai --gpu 4090 --yes")
+    result = gs(argv)
     assert result.exit_code == 1
     assert "not running after 5m" in result.stderr  # p90 100s x 1.5 = 150s, floored at 5m
+    if argv[0] == "run":
+        assert result.json()["failure_stage"] == "provisioning"
     assert 300 <= fake_time.slept < 320
     assert vast.live_instances() == []
 
