@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from gpushopper.model.errors import SshError
+
 
 @pytest.fixture
 def running(vast, gs):
@@ -87,3 +89,68 @@ def test_recursive_download_into_a_new_folder_reports_where_it_landed(gs, runnin
     assert again.json()[0]["to"] == str(new / "rdir")
     assert again.json()[0]["bytes"] == 1234
     assert (new / "rdir" / "x.bin").stat().st_size == 1234
+
+
+class _ScriptedChannel:
+    """The instance's side of ``scp -f``, scripted: each recv answers the next message."""
+
+    def __init__(self, messages: list[bytes]) -> None:
+        self.messages = list(messages)
+        self.closed = False
+
+    def recv(self, n: int) -> bytes:
+        if not self.messages:
+            self.closed = True
+            return b""
+        head, self.messages[0] = self.messages[0][:n], self.messages[0][n:]
+        if not self.messages[0]:
+            self.messages.pop(0)
+        return head
+
+    def close(self) -> None:
+        self.closed = True
+
+    def settimeout(self, *_: object) -> None: ...
+    def exec_command(self, *_: object) -> None: ...
+    def sendall(self, *_: object) -> None: ...
+    def send(self, *_: object) -> None: ...
+    def shutdown_write(self) -> None: ...
+    def recv_exit_status(self) -> int:
+        return 0
+
+
+@pytest.mark.parametrize(
+    "sent",
+    [
+        [b"D0700 0 ..\n", b"C0644 5 evil\n", b"evil\n", b"\x00", b"E\n"],
+        [b"D0755 0 a/../..\n", b"E\n"],
+        [b"C0644 5 ../evil\n", b"evil\n", b"\x00"],
+        [b"C0644 5 ev\x1b[2Jil\n", b"evil\n", b"\x00"],
+    ],
+    ids=["folder-dotdot", "folder-slash", "file-climbs", "file-control"],
+)
+def test_a_download_refuses_names_from_the_instance_that_climb_out(tmp_path, sent):
+    """A hostile instance's scp names what it sends: '..' as a folder (which the scp library
+    lets through, chmodding the parent and then writing beside it), a name with '/', or one
+    with a control character is refused before it names a local file; nothing lands
+    outside the target, and the parent keeps its mode."""
+    from types import SimpleNamespace
+
+    from gpushopper.remote.transfer import download
+
+    class Transport:
+        def open_session(self) -> _ScriptedChannel:
+            return _ScriptedChannel(sent)
+
+        def getpeername(self) -> tuple[str, int]:
+            return ("127.0.0.1", 22)
+
+    conn = SimpleNamespace(client=SimpleNamespace(get_transport=Transport))
+    base = tmp_path / "dl"
+    target = base / "into"
+    target.mkdir(parents=True)
+    mode = base.stat().st_mode
+    with pytest.raises(SshError, match="download refused: the instance sent the name"):
+        download(conn, ["/workspace/out"], str(target), recursive=True)
+    assert sorted(p.name for p in base.rglob("*")) == ["into"]
+    assert base.stat().st_mode == mode

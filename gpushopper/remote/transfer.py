@@ -75,6 +75,34 @@ def upload(
     return done
 
 
+def _checked_name(cmd: bytes) -> None:
+    """A name the instance's scp sends (``C<mode> <size> <name>`` or ``D<mode> 0 <name>``),
+    refused unless it is one plain name: a ``..`` or ``/`` would climb out of the local
+    folder (the scp library only asserts, and lets ``..`` through for folders), a control
+    character would reach the terminal."""
+    parts = cmd.split(b" ", 2)
+    name = parts[2] if len(parts) == 3 else b""
+    if name in (b"", b".", b"..") or b"/" in name or any(c < 32 or c == 127 for c in name):
+        shown = name.decode(errors="replace")[:120]
+        raise SshError(f"download refused: the instance sent the name {shown!r}")
+
+
+def _checked_scp(transport: Any, progress: Any) -> Any:
+    """An SCPClient that checks every name the instance sends before it names a local file."""
+    from scp import SCPClient
+
+    class CheckedSCPClient(SCPClient):  # type: ignore[misc]
+        def _recv_file(self, cmd: bytes) -> None:
+            _checked_name(cmd)
+            super()._recv_file(cmd)
+
+        def _recv_pushd(self, cmd: bytes) -> None:
+            _checked_name(cmd)
+            super()._recv_pushd(cmd)
+
+    return CheckedSCPClient(transport, progress=progress)
+
+
 def download(
     conn: Any,
     remote_paths: list[str],
@@ -84,14 +112,14 @@ def download(
     report: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
     """Copy files (or folders with ``recursive``) from the instance to ``local``."""
-    from scp import SCPClient, SCPException
+    from scp import SCPException
 
     target = Path(local).expanduser()
     if len(remote_paths) > 1 and not target.is_dir():
         raise UsageError(f"{local} must be an existing folder when downloading several paths")
     done = []
     try:
-        with SCPClient(conn.client.get_transport(), progress=_progress(report)) as scp:
+        with _checked_scp(conn.client.get_transport(), _progress(report)) as scp:
             for remote in remote_paths:
                 # scp's rule, decided before the copy: into a folder that exists the path
                 # keeps its name; otherwise it becomes LOCAL (a folder's contents land in
@@ -101,8 +129,8 @@ def download(
                 landed = target / Path(remote.rstrip("/")).name if into_folder else target
                 size = _size(landed)
                 done.append({"remote": remote, "local": str(landed), "bytes": size})
-    except SCPException as exc:
-        raise SshError(f"download failed: {exc}") from None
+    except (SCPException, AssertionError) as exc:  # the library asserts on what it is sent
+        raise SshError(f"download failed: {exc or 'the instance broke the scp protocol'}") from None
     return done
 
 
