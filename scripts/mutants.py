@@ -458,6 +458,38 @@ MUTANTS = [
             "tests/test_sandbox.py::test_stop_ends_the_sshd_of_a_server_that_was_killed",
         ],
     ),
+    Mutant(
+        "a transfer download lets the instance's scp name a folder '..'",
+        "gpushopper/remote/transfer.py",
+        [('    if name in (b"", b".", b"..") or', '    if name in (b"", b".") or')],
+        ["tests/test_transfer.py::test_a_download_refuses_names_from_the_instance_that_climb_out"],
+    ),
+    Mutant(
+        "a result download kills the tar stream once the archive ends",
+        "gpushopper/remote/jobwrap.py",
+        [
+            (
+                "            if not complete and proc.poll() is None:",
+                "            if proc.poll() is None:",
+            )
+        ],
+        [
+            "tests/test_run.py::test_the_tar_stream_is_read_to_its_end_before_the_process_is_waited_for"
+        ],
+    ),
+    Mutant(
+        "a run SIGKILLed mid-job keeps its instance past the reservation",
+        "gpushopper/core/lifecycle.py",
+        [
+            (
+                "    if ends is not None and now >= ends:",
+                "    if ends is not None and now >= ends + timedelta(days=1):",
+            )
+        ],
+        [
+            "tests/test_run.py::test_a_run_sigkilled_mid_job_leaves_the_job_to_attach_and_its_rental_to_the_deadline"
+        ],
+    ),
 ]
 
 
