@@ -9,6 +9,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from gpushopper.core import teardown
+from gpushopper.core.runtime import Runtime
 from gpushopper.model.errors import NotOurs, ProviderError, StateWriteError, Unavailable
 from gpushopper.model.units import iso
 from gpushopper.state.store import StateStore
@@ -148,15 +149,15 @@ def put_session(store, instance_id, status="running", label=LABEL):
         }
 
 
-def end(store, provider, clock, **kw):
+def end(store, provider, clock, log=lambda message: None, **kw):
     return teardown.end_session(
         store,
         factory(provider),
         "a00001",
         "done",
-        clock=lambda: T0 + timedelta(hours=1),
-        sleep=clock.sleep,
-        mono=clock.mono,
+        runtime=Runtime(
+            clock=lambda: T0 + timedelta(hours=1), sleep=clock.sleep, mono=clock.mono, log=log
+        ),
         **kw,
     )
 

@@ -270,6 +270,7 @@ def sessions_show(app: App, session_id: str, refresh: bool, as_json: bool) -> No
 
 def _end(app: App, session_id: str, reason: str, as_json: bool) -> None:
     from gpushopper.cli.provision import print_session
+    from gpushopper.core.runtime import Runtime
     from gpushopper.core.sessions import public_view
     from gpushopper.core.teardown import end_session
 
@@ -278,11 +279,8 @@ def _end(app: App, session_id: str, reason: str, as_json: bool) -> None:
         app.provider,
         session_id,
         reason,
-        clock=app.clock,
+        runtime=Runtime.of(app, log=info),
         ssh_config_path=app.paths.ssh_config_file,
-        sleep=app.sleep,
-        mono=app.mono,
-        log=info,
     )
     view = public_view(record, app.clock())
     if as_json:

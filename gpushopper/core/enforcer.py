@@ -204,11 +204,8 @@ class Enforcer:
                     self.client,
                     action.session_id,
                     action.reason,
-                    clock=self.runtime.clock,
+                    runtime=self.runtime,
                     ssh_config_path=self.ssh_config_path,
-                    sleep=self.runtime.sleep,
-                    mono=self.runtime.mono,
-                    log=self.runtime.log,
                 )
                 outcome = Outcome(action, "destroyed")
             elif action.kind == DESTROY_ORPHAN:

@@ -873,10 +873,9 @@ class JobRunner:
                         self.app.provider,
                         session["id"],
                         f"job {job_id} {outcome.status}",
-                        clock=self.runtime.clock,
+                        # The job's own teardown line says what happened: end_session quiet.
+                        runtime=self.runtime.saying(lambda message: None),
                         ssh_config_path=self.app.paths.ssh_config_file,
-                        sleep=self.runtime.sleep,
-                        mono=self.runtime.mono,
                     )
                     teardown = {
                         "confirmed": True,

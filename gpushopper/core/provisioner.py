@@ -692,6 +692,7 @@ class Provisioner:
     def undo(self, session: JSONObject, exc: BaseException) -> GpuShopperError:
         """The hand-off reached no one (a signal or a closed pipe while the result was
         printed): destroy the new session too, and return the error to exit with."""
+        from gpushopper.core.runtime import Runtime
         from gpushopper.core.teardown import end_session
 
         signum = getattr(exc, "signum", signal.SIGINT)
@@ -703,10 +704,8 @@ class Provisioner:
                     self.provider_factory,
                     session["id"],
                     f"interrupted by {name} before the hand-off",
-                    clock=self.clock,
+                    runtime=Runtime(clock=self.clock, mono=self.mono, sleep=self.sleep),
                     ssh_config_path=self.ssh_config_path,
-                    sleep=self.sleep,
-                    mono=self.mono,
                 )
             except GpuShopperError as error:
                 return ProvisionFailed(

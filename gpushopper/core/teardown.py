@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -37,6 +36,7 @@ from gpushopper.model.models import Instance
 from gpushopper.model.session import DONE
 
 if TYPE_CHECKING:
+    from gpushopper.core.runtime import Runtime
     from gpushopper.providers.base import Provider
     from gpushopper.state.store import StateStore
 
@@ -209,13 +209,13 @@ def end_session(
     session_id: str,
     reason: str,
     *,
-    clock: Callable[[], datetime],
+    runtime: Runtime,
     ssh_config_path: Path | None = None,
-    sleep: Callable[[float], None] = time.sleep,
-    mono: Callable[[], float] = time.monotonic,
-    log: Callable[[str], None] = lambda message: None,
 ) -> JSONObject:
     """Destroy the session's instance and mark it ended only once the provider confirms.
+
+    ``runtime`` gives the clocks (the record's times, the confirm wait) and the log line
+    that says what was destroyed.
 
     On a failed destroy the session stays ``ending`` (so watch and cleanup-orphans retry)
     and the error is raised. The destroy never waits on the state file: when it cannot be
@@ -229,6 +229,7 @@ def end_session(
     was_failed = record.get("status") == "failed"
     label = record.get("label")
     write_error: StateError | None = None
+    sleep, mono, log = runtime.sleep, runtime.mono, runtime.log
 
     def write(**changes: object) -> None:
         nonlocal write_error
@@ -279,7 +280,7 @@ def end_session(
                 current,
                 "failed" if was_failed else "ended",
                 reason,
-                clock(),
+                runtime.clock(),
                 keep_reason=was_failed,
             )
             current.pop("error", None)

@@ -945,6 +945,7 @@ def finish_abandoned(
     the one teardown path, close its jobs and entries, mark it cancelled. Returns the run
     and the destroys that could not be confirmed."""
     from gpushopper.core.jobs import FINAL as JOB_FINAL
+    from gpushopper.core.runtime import Runtime
     from gpushopper.core.teardown import end_session
 
     run = get_run(bench, run_id)
@@ -956,10 +957,8 @@ def finish_abandoned(
                 host.provider,
                 session["id"],
                 f"benchmark run {run_id} cancelled (its process is gone)",
-                clock=host.clock,
+                runtime=Runtime.of(host),
                 ssh_config_path=host.paths.ssh_config_file,
-                sleep=host.sleep,
-                mono=host.mono,
             )
             log(f"Session {session['id']}: instance {session.get('instance_id')} destroyed")
         except GpuShopperError as exc:
