@@ -484,8 +484,10 @@ class Provisioner:
         (``creating``) and ``boot.instance_id`` names an instance that carries its label.
         A create that errors is followed by a lookup by label, never a second create; when
         that finds nothing, the session is closed ``failed`` here and BootFailed raised with
-        ``cleaned_up`` set. An answer whose instance never shows the label raises BootFailed
-        (:meth:`clean_up` then looks for the label and destroys what it finds)."""
+        ``cleaned_up`` set. An answer whose instance never shows the label (and no other
+        instance showing it within LABEL_WAIT_S) raises BootFailed: the named instance is not
+        ours and is left alone; one carrying the label that turns up later is an orphan for
+        watch and cleanup-orphans."""
         provider, offer = boot.candidate.provider, boot.candidate.offer
         session_id, label, timings = boot.session_id, boot.record["label"], boot.timings
         self.store.put_session(boot.record)  # intent before action
@@ -500,13 +502,15 @@ class Provisioner:
         except GpuShopperError as exc:
             # It may have been created all the same: look it up by label, never create twice.
             found = wait_for_label(provider, label, sleep=self.sleep, mono=self.mono, log=self._say)
+            # The id before the flag: a signal between the two must not leave clean_up with
+            # a settled lookup and no instance to destroy.
+            boot.instance_id = found.instance_id if found is not None else None
             boot.looked_up = True
             if found is None:
                 reason = f"create failed: {exc}"
                 self._finish(session_id, "failed", reason)
                 self._record_failure(offer, reason)
                 raise BootFailed(reason, cleaned_up=True) from None
-            boot.instance_id = found.instance_id
             self._say(
                 f"The create call failed ({exc}) but instance {boot.instance_id} exists; adopting it"
             )
