@@ -166,9 +166,14 @@ def test_end_session_marks_ended_only_after_the_destroy_is_confirmed(store, cloc
     provider = FakeProvider(linger=2)
     iid = provider.add(LABEL)
     put_session(store, iid)
-    record = end(store, provider, clock)
+    logged: list[str] = []
+    record = end(store, provider, clock, log=logged.append)
     assert provider.live() == set()
     assert record["status"] == "ended" and record["cost_usd"] == pytest.approx(1.0)
+    # The runtime's log says so, after the fact ('sessions done' prints it).
+    assert logged == [
+        f"Session a00001: vastai instance {iid} destroyed (the provider confirms it is gone)"
+    ]
 
 
 def test_end_session_never_swallows_a_failed_destroy(store, clock):
