@@ -566,7 +566,7 @@ class Settings:
         profiles = self.file_data().get("profiles", {})
         mine = profiles.get(name) if isinstance(profiles, dict) else None
         mine = mine if isinstance(mine, dict) else {}
-        if name not in BUILTIN_PROFILES and not mine and name not in self.profile_names():
+        if name not in self.profile_names():  # neither shipped nor in the config file
             raise ConfigError(
                 f"unknown profile {name!r} (known: {', '.join(self.profile_names())})"
             )
