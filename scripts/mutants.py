@@ -214,6 +214,17 @@ MUTANTS = [
         ["tests/test_interrupts.py", "tests/test_provisioner_faults.py"],
     ),
     Mutant(
+        "a deferred block that fails spends the signal held meanwhile",
+        "gpushopper/core/interrupts.py",
+        [
+            (
+                "            if finished and held and not _guard.deferring:\n",
+                "            if held and not _guard.deferring:\n",
+            )
+        ],
+        ["tests/test_interrupts.py"],
+    ),
+    Mutant(
         "SIGHUP is not handled",
         "gpushopper/core/interrupts.py",
         [

@@ -50,6 +50,18 @@ def test_a_signal_inside_deferred_waits_for_the_block_to_finish():
     assert caught.value.signum == signal.SIGTERM
 
 
+def test_a_deferred_block_that_fails_leaves_its_signal_pending_for_the_next_one():
+    """A destroy block that raises passes its own error on; the signal that came meanwhile
+    is not spent on it: the next block to finish (or the next signal) still interrupts."""
+    with interrupts.destroy_on_signals():
+        with pytest.raises(OSError, match="disk full"), interrupts.deferred():
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise OSError("disk full")
+        with pytest.raises(interrupts.SignalReceived) as caught, interrupts.deferred():
+            pass
+        assert caught.value.signum == signal.SIGTERM
+
+
 def test_handlers_are_restored_and_an_inherited_ignore_is_kept():
     before = signal.getsignal(signal.SIGTERM)
     previous_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as under nohup

@@ -107,13 +107,17 @@ def deferred() -> Iterator[None]:
     count changes under a lock, so it never drifts. The signal handler only reads it."""
     with _count_lock:
         _guard.deferring += 1
-    leave = False
+    finished = leave = False
     try:
         yield
+        finished = True
     finally:
         with _count_lock:
             _guard.deferring -= 1
-            if not _guard.deferring and _guard.first is not None and not _guard.raised:
+            # Only a block that finished raises the held signal: one that fails passes its
+            # own error on and leaves the signal pending (not spent, so never swallowed).
+            held = _guard.first is not None and not _guard.raised
+            if finished and held and not _guard.deferring:
                 _guard.raised = leave = True
     if leave:
         raise SignalReceived(_guard.first or signal.SIGINT)
