@@ -424,6 +424,33 @@ def test_a_final_run_status_written_elsewhere_never_changes_back(tmp_path):
     assert done["status"] == "cancelled"
 
 
+def test_the_cancel_poll_reads_the_file_only_when_it_changed(tmp_path, monkeypatch):
+    """Once a second the owner looks for cancel_requested: a stat while nothing changed,
+    a read of the file once it did, and a cancel written elsewhere is still seen."""
+    from types import SimpleNamespace
+
+    from gpushopper.core.bench.runner import BenchRunner, RunOptions, request_cancel
+    from gpushopper.model.units import utcnow
+    from gpushopper.state.benchstore import BenchStore
+
+    store = BenchStore(tmp_path / "benchmarks.json")
+    runner = BenchRunner(
+        SimpleNamespace(clock=utcnow), store, make_provisioner=lambda host: None, log=print
+    )
+    wl = workloads.Workload("my-step", None, "true")
+    run = runner.create(RunOptions(workload=wl, max_budget=1.0, request=None))  # type: ignore[arg-type]
+    reads = []
+    real_read = store.read
+    monkeypatch.setattr(store, "read", lambda: reads.append(1) or real_read())
+    for _ in range(5):
+        runner._poll_cancel()
+    assert len(reads) == 1 and not runner.stop.cancelled
+    request_cancel(store, run["id"])
+    runner._poll_cancel()
+    assert len(reads) == 2  # the file changed: read again
+    assert runner.stop.cancelled and runner.run["cancel_requested"] is True
+
+
 def test_llm_throughput_through_benchmark_run_with_dollars_per_million_tokens(
     gs, vast, isolated_home, fake_llm
 ):

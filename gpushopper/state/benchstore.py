@@ -256,7 +256,9 @@ class BenchStore(StateStore):
     def index_path(self) -> Path:
         return self.path.with_name(self.path.stem + ".index.json")
 
-    def _identity(self) -> list[int] | None:
+    def identity(self) -> list[int] | None:
+        """(inode, size, mtime) of the file, None without one: every write replaces the
+        file, so an unchanged identity means unchanged records."""
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
@@ -302,12 +304,12 @@ class BenchStore(StateStore):
     def _written(self, data: dict[str, Any]) -> None:
         from gpushopper.state.atomic import atomic_write_text
 
-        atomic_write_text(self.index_path, self._index_text(data, self._identity()), stale_after=0)
+        atomic_write_text(self.index_path, self._index_text(data, self.identity()), stale_after=0)
 
     def table(self) -> ResultTable:
         """Every result's flat row (ROW_KEYS) as columns, from the index when it matches
         the file; else rebuilt from the file (and the index rewritten, best effort)."""
-        identity = self._identity()
+        identity = self.identity()
         if identity is None:
             return ResultTable(0)
         try:

@@ -203,6 +203,7 @@ class BenchRunner(Generic[H]):
         self.failed_machines: set[str] = set()
         self.unconfirmed = False
         self.commitments: dict[str, float] = {}
+        self._polled: list[int] | None = None  # the file's identity at the last cancel poll
 
     # -- the record ---------------------------------------------------------------------------
     def create(self, opts: RunOptions) -> JSONObject:
@@ -370,10 +371,16 @@ class BenchRunner(Generic[H]):
         return self._conclude()
 
     def _poll_cancel(self) -> None:
+        """Read the run back only when the file changed since the last poll (a stat, not a
+        parse of every stored result, once a second)."""
+        identity = self.bench.identity()
+        if identity is not None and identity == self._polled:
+            return
         try:
             stored = self.bench.get("runs", self.run["id"]) or {}
         except StateError:
             return
+        self._polled = identity
         if stored.get("cancel_requested") and not self.stop.cancelled:
             self.stop.cancelled = True
             with self.lock:
