@@ -257,6 +257,21 @@ def test_a_recent_valid_result_is_cached_unless_no_cache(gs, vast, isolated_home
     assert len(bench(isolated_home).results()) == 2
 
 
+def test_a_custom_workload_is_cached_by_its_command_not_its_name_alone(gs, vast, isolated_home):
+    vast.offers.clear()
+    vast.add_offer(gpu_name="RTX 4090", dph_base=0.25)
+    first = bench_run(gs, "--workload", "my-step", "--command", WRITE, "--gpu", "4090")
+    assert first.exit_code == 0, first.stderr
+    other = f"true; {WRITE}"
+    again = bench_run(gs, "--workload", "my-step", "--command", other, "--gpu", "4090")
+    assert again.exit_code == 0, again.stderr
+    assert again.json()["entries"][0]["status"] == "succeeded"  # measured, not the old result
+    assert len(bench(isolated_home).results()) == 2
+    same = bench_run(gs, "--workload", "my-step", "--command", other, "--gpu", "4090")
+    assert same.json()["entries"][0]["status"] == "cached"
+    assert vast.live_instances() == []
+
+
 def test_a_measured_gpu_other_than_the_advertised_one_is_invalid_and_in_offer_health(
     gs, vast, isolated_home, monkeypatch
 ):

@@ -470,10 +470,22 @@ class BenchRunner(Generic[H]):
             return None
         offer = entry.candidates[0].offer
         horizon = self.host.clock() - timedelta(days=CACHE_DAYS)
+        data = self.bench.read()
+        runs = data["runs"]
+        command = opts.workload.command_text
         best = None
-        for result in self.bench.results().values():
+        for result in data["results"].values():
+            if not isinstance(result, dict):
+                continue
             if result.get("workload") != opts.workload.key or result.get("valid") is not True:
                 continue
+            if command is not None:
+                # A custom workload is its --command: the same NAME running another command
+                # measured something else (a submitted result, with no run, never matches).
+                run_id = result.get("run_id")
+                made_by = runs.get(run_id) if isinstance(run_id, str) else None
+                if not isinstance(made_by, dict) or made_by.get("command") != command:
+                    continue
             created = _when(result.get("created_at"))
             if created is None or created < horizon:
                 continue
