@@ -114,6 +114,15 @@ def test_hardware_from_nvidia_smi_and_without_it():
     assert empty["device"] == "cpu"
 
 
+def test_nvidia_smi_rows_that_are_no_gpu_or_no_size_are_not_taken_as_measured():
+    """What the instance's nvidia-smi printed is the provider's: a row naming no GPU is none,
+    a size too long to be one is unknown (and never an exception that ends the entry)."""
+    found = parse_hardware(" , 80000 MiB, 535.1\nH100, " + "9" * 5000 + " MiB, 535.1\n", None)
+    assert found["gpu_names"] == ["H100"] and found["gpu_count"] == 1
+    assert found["vram_mb"] is None and found["driver"] == "535.1"
+    assert parse_hardware("\t\x07, 1 MiB, 1\n", None)["device"] == "cpu"
+
+
 def test_workload_names_and_versions():
     assert workloads.split_name("gpu-matmul") == ("gpu-matmul", 1)
     assert workloads.split_name("gpu-matmul@1") == ("gpu-matmul", 1)

@@ -278,8 +278,10 @@ def parse_hardware(query: str | None, banner: str | None) -> JSONObject:
         parts = [p.strip() for p in line.split(",")]
         if len(parts) < 3:
             continue
-        name = "".join(c for c in parts[0] if c.isprintable())[:80]
-        mib = re.match(r"\d+", parts[1])
+        name = "".join(c for c in parts[0] if c.isprintable()).strip()[:80]
+        if not name:
+            continue  # a row naming no GPU measured none
+        mib = re.match(r"\d{1,9}(?!\d)", parts[1])  # a longer figure is no size (nor an int)
         driver = parts[2] if re.fullmatch(r"[0-9][0-9.]{0,20}", parts[2]) else None
         rows.append((name, int(mib.group()) if mib else None, driver))
     cuda = re.search(r"CUDA Version:\s*([0-9]{1,3}\.[0-9]{1,3})", banner or "")
