@@ -276,8 +276,8 @@ def cancel(app: App, run_id: str, as_json: bool) -> int:
     from gpushopper.core import interrupts
     from gpushopper.core.bench.runner import (
         RUN_FINAL,
+        RunWatch,
         finish_abandoned,
-        get_run,
         request_cancel,
     )
     from gpushopper.core.owner import ALIVE, GONE, owner_state
@@ -290,8 +290,9 @@ def cancel(app: App, run_id: str, as_json: bool) -> int:
         if state == ALIVE:
             info(f"Asked process {record['owner'].get('pid')} to stop run {run_id}; waiting")
             deadline = app.mono() + CANCEL_WAIT_S
+            watch = RunWatch(bench, run_id)
             while app.mono() < deadline:
-                record = get_run(bench, run_id)
+                record = watch.changed() or record
                 if record.get("status") in RUN_FINAL:
                     break
                 state = owner_state(record.get("owner"))

@@ -203,7 +203,7 @@ class BenchRunner(Generic[H]):
         self.failed_machines: set[str] = set()
         self.unconfirmed = False
         self.commitments: dict[str, float] = {}
-        self._polled: list[int] | None = None  # the file's identity at the last cancel poll
+        self.watch = RunWatch(bench, "")  # the run's id is known once create() made it
 
     # -- the record ---------------------------------------------------------------------------
     def create(self, opts: RunOptions) -> JSONObject:
@@ -235,6 +235,7 @@ class BenchRunner(Generic[H]):
                 "error": None,
             }
             existing[run_id] = self.run
+        self.watch = RunWatch(self.bench, run_id)
         return dict(self.run)
 
     @staticmethod
@@ -373,15 +374,11 @@ class BenchRunner(Generic[H]):
     def _poll_cancel(self) -> None:
         """Read the run back only when the file changed since the last poll (a stat, not a
         parse of every stored result, once a second)."""
-        identity = self.bench.identity()
-        if identity is not None and identity == self._polled:
-            return
         try:
-            stored = self.bench.get("runs", self.run["id"]) or {}
+            stored = self.watch.changed()
         except StateError:
             return
-        self._polled = identity
-        if stored.get("cancel_requested") and not self.stop.cancelled:
+        if stored is not None and stored.get("cancel_requested") and not self.stop.cancelled:
             self.stop.cancelled = True
             with self.lock:
                 self.run["cancel_requested"] = True
@@ -908,6 +905,27 @@ def _when(text: JSONValue) -> JSONValue:
 
 
 # -- status and cancel (another process) -----------------------------------------------------
+class RunWatch:
+    """One run, read back from the benchmark file only when the file changed since the last
+    look (a stat, not a parse of every stored result, each time a waiter polls)."""
+
+    def __init__(self, bench: BenchStore, run_id: str) -> None:
+        self.bench = bench
+        self.run_id = run_id
+        self._seen: list[int] | None = None
+
+    def changed(self) -> JSONObject | None:
+        """The stored run when the file changed since the last call ({} when it holds no
+        such run), else None. StateError when the file cannot be read (asked again next
+        time)."""
+        identity = self.bench.identity()
+        if identity is not None and identity == self._seen:
+            return None
+        stored = self.bench.get("runs", self.run_id) or {}
+        self._seen = identity
+        return stored
+
+
 def get_run(bench: BenchStore, run_id: str) -> JSONObject:
     found = bench.get("runs", run_id)
     if found is None:
