@@ -291,26 +291,6 @@ def test_estimate_prefers_machine_then_gpu_provider_then_gpu_model():
         ["benchmark", "cheapest", "--workload", "mm", "--json"],
         ["benchmark", "best", "--workload", "mm", "--json"],
         ["benchmark", "schedule", "list", "--json"],
-    ],
-)
-def test_queries_load_no_heavy_module(gs, tmp_path, argv):
-    import subprocess
-    import sys
-
-    submit(gs, tmp_path, [result(1.0), result(2.0, gpu="A100")])
-    heavy = ("requests", "rich", "paramiko", "gpushopper.model.models", "gpushopper.providers")
-    code = (
-        "import sys; from gpushopper.cli import cli; "
-        f"from gpushopper.cli.output import run; code = run(cli, {argv!r}); "
-        f"print('LOADED:' + ','.join(m for m in {heavy!r} if m in sys.modules) + f' {{code}}')"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.stdout.strip().splitlines()[-1] == "LOADED: 0", out.stderr
-
-
-@pytest.mark.parametrize(
-    "argv",
-    [
         ["benchmark", "list"],
         ["benchmark", "cheapest", "--workload", "mm"],
         ["benchmark", "compare", "--workload", "mm", "--json"],
@@ -318,7 +298,7 @@ def test_queries_load_no_heavy_module(gs, tmp_path, argv):
         ["benchmark", "recommendations", "--workload", "mm"],
     ],
 )
-def test_tables_and_groupings_load_no_heavy_module(gs, tmp_path, argv):
+def test_queries_tables_and_groupings_load_no_heavy_module(gs, tmp_path, argv):
     """Off a terminal a table is plain text (no rich), and grouping by GPU model needs
     only gpushopper.model.gpus (not the offer dataclasses)."""
     import subprocess
