@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING, TypeAlias
 
-from gpushopper.core.bench.records import cost_per_unit, split_workload
+from gpushopper.core.bench.records import cost_per_unit, per_unit, split_workload
 from gpushopper.model.errors import UsageError
 from gpushopper.model.jsontypes import JSONObject, JSONValue
 
@@ -228,12 +228,17 @@ def ranked_results(table: ResultTable, workload: str) -> Ranked:
 Live: TypeAlias = "dict[tuple[str, int], Offer]"
 
 
-def _live_fields(live: Live, gpu: str | None, count: int, value: float, hib: bool) -> JSONObject:
-    offer = None
-    if live and gpu:
-        from gpushopper.model.gpus import canonical_gpu
+def _live_offer(live: Live, gpu: str | None, count: int) -> Offer | None:
+    """The cheapest live offer of this GPU model and count, if any."""
+    if not live or not gpu:
+        return None
+    from gpushopper.model.gpus import canonical_gpu
 
-        offer = live.get((canonical_gpu(gpu), count))
+    return live.get((canonical_gpu(gpu), count))
+
+
+def _live_fields(live: Live, gpu: str | None, count: int, value: float, hib: bool) -> JSONObject:
+    offer = _live_offer(live, gpu, count)
     price = offer.price_per_hour if offer is not None else None
     return {
         "live_offer_id": offer.id if offer is not None else None,
@@ -283,18 +288,11 @@ def _costs(ranked: Ranked, live: Live | None) -> list[float]:
     if live is None:
         prices = cols.prices(rows)
     else:
-        from gpushopper.model.gpus import canonical_gpu
-
-        prices = []
-        for i in rows:
-            gpu = cols.gpu(i)
-            offer = live.get((canonical_gpu(gpu), cols.count(i))) if gpu else None
-            prices.append(offer.price_per_hour if offer is not None else None)
+        offers = [_live_offer(live, cols.gpu(i), cols.count(i)) for i in rows]
+        prices = [offer.price_per_hour if offer is not None else None for offer in offers]
     values = [cols.value[i] for i in rows]
-    inf = math.inf
-    if ranked.higher_is_better:
-        return [inf if p is None else p / v for p, v in zip(prices, values, strict=True)]
-    return [inf if p is None else p * v for p, v in zip(prices, values, strict=True)]
+    inf, cost = math.inf, per_unit(ranked.higher_is_better)
+    return [inf if p is None else cost(p, v) for p, v in zip(prices, values, strict=True)]
 
 
 def cheapest(ranked: Ranked, live: Live | None = None, limit: int | None = None) -> list[dict]:

@@ -9,7 +9,9 @@ range, short strings without control characters, booleans that really are boolea
 from __future__ import annotations
 
 import math
+import operator
 import re
+from collections.abc import Callable
 from datetime import datetime
 
 from gpushopper.model.errors import UsageError
@@ -48,14 +50,20 @@ OFFER_KEYS = {
 }  # fmt: skip
 
 
+def per_unit(higher_is_better: bool) -> Callable[[float, float], float]:
+    """The one cost formula, as ``f(price, value)``: ``price / value`` when more is better
+    (TFLOPS, tokens/s), ``price * value`` when less is (seconds per step). The queries
+    apply it to thousands of checked rows at once; cost_per_unit checks one."""
+    return operator.truediv if higher_is_better else operator.mul
+
+
 def cost_per_unit(
     price_per_hour: JSONValue, value: JSONValue, higher_is_better: bool
 ) -> float | None:
-    """USD per hour per unit of work: ``price / value`` when more is better (TFLOPS,
-    tokens/s), ``price * value`` when less is (seconds per step). None when unknown."""
+    """USD per hour per unit of work (see per_unit). None when unknown."""
     if not _number(price_per_hour) or not _number(value) or price_per_hour < 0 or value <= 0:
         return None
-    return price_per_hour / value if higher_is_better else price_per_hour * value
+    return per_unit(higher_is_better)(price_per_hour, value)
 
 
 def split_workload(workload: str) -> tuple[str, int | None]:
