@@ -63,6 +63,7 @@ def test_lower_is_better_costs_price_times_value(gs, tmp_path):
     )
     cheap = gs("benchmark cheapest --workload mm --json").json()
     assert [r["gpu_name"] for r in cheap] == ["RTX 4090", "H100 SXM"]
+    assert [r["cost_per_unit"] for r in cheap] == pytest.approx([2.0, 3.0])  # not price / value
     fast = gs("benchmark best --workload mm --json").json()
     assert [r["gpu_name"] for r in fast] == ["H100 SXM", "RTX 4090"]
 
