@@ -415,8 +415,8 @@ MUTANTS = [
         "gpushopper/core/bench/runner.py",
         [
             (
-                "            return False\n        return True\n",
-                "            return True\n        return True\n",
+                "        return False\n    return True\n",
+                "        return True\n    return True\n",
             )
         ],
         [

@@ -36,7 +36,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Generic, TypeVar, cast
 
@@ -599,15 +599,16 @@ class BenchRunner(Generic[H]):
             done, code = exc.job, exc.exit_code
         except KeyboardInterrupt as exc:  # the job is recorded and torn down already
             stopped = getattr(exc, "signum", None) or signal.SIGINT
-            done, code = get_job(self.host.store, job["id"]), 128 + stopped
+            done, code = job, 128 + stopped
             if self.stop.signum is None and not self.stop.cancelled:
                 self.stop.signum = stopped
         with contextlib.suppress(UsageError):
-            done = get_job(self.host.store, job["id"])
-        session = self._session_of(done, before, offer.id)
-        cost = self._cost(done, before, offer.id)
+            done = get_job(self.host.store, job["id"])  # as recorded, whatever ended it
+        mine = self._attempt_sessions(done, before, offer.id)  # one read of the sessions
+        session = _session_of(done, mine)
+        cost = _cost(done, mine, self.host.clock())
         self._release(record["key"], cost)
-        teardown_ok = self._all_gone(done, before, offer.id)
+        teardown_ok = _all_gone(mine)
         if not teardown_ok:
             self.unconfirmed = True
         attempt.update(
@@ -674,50 +675,18 @@ class BenchRunner(Generic[H]):
             remote_root=opts.remote_root,
         )
 
-    def _session_of(self, job: JSONObject, before: set[str], offer_id: str) -> JSONObject | None:
-        sessions = self.host.store.sessions()
-        if job.get("session_id") and job["session_id"] in sessions:
-            return dict(sessions[job["session_id"]])
-        mine = [
-            s for sid, s in sessions.items() if sid not in before and s.get("offer_id") == offer_id
-        ]
-        return dict(mine[-1]) if mine else None
-
     def _attempt_sessions(
         self, job: JSONObject, before: set[str], offer_id: str
     ) -> dict[str, JSONObject]:
-        """The sessions this attempt made: its job's, and any boot of its offer since."""
-        sessions = self.host.store.sessions()
-        ids = {
-            sid
-            for sid, s in sessions.items()
-            if sid not in before and s.get("offer_id") == offer_id
+        """The sessions this attempt made, in the order they were recorded: its job's, and
+        any boot of its offer since."""
+        own = job.get("session_id")
+        return {
+            sid: s
+            for sid, s in self.host.store.sessions().items()
+            if isinstance(s, dict)
+            and (sid == own or (sid not in before and s.get("offer_id") == offer_id))
         }
-        if job.get("session_id"):
-            ids.add(job["session_id"])
-        return {sid: sessions[sid] for sid in ids if isinstance(sessions.get(sid), dict)}
-
-    def _all_gone(self, job: JSONObject, before: set[str], offer_id: str) -> bool:
-        """Every session of the attempt is destroyed, as the provider confirmed: ended, or
-        failed without a destroy error (a failed boot whose instance is gone)."""
-        for session in self._attempt_sessions(job, before, offer_id).values():
-            if session.get("status") == "ended":
-                continue
-            if session.get("status") == "failed" and not session.get("error"):
-                continue
-            return False
-        return True
-
-    def _cost(self, job: JSONObject, before: set[str], offer_id: str) -> float:
-        """What the attempt's session(s) cost, by the second, failed boots included."""
-        from gpushopper.core.sessions import accrued_cost
-
-        now = self.host.clock()
-        mine = self._attempt_sessions(job, before, offer_id)
-        total = sum(accrued_cost(found, now) for found in mine.values())
-        if not mine and isinstance(job.get("cost_usd"), (int, float)):
-            total = float(job["cost_usd"])
-        return total
 
     def _measured(
         self,
@@ -891,6 +860,33 @@ def _give_up(record: JSONObject, status: str, stage: str | None, reason: str) ->
     record["status"] = status
     record["failure_stage"] = stage
     record["reason"] = reason
+
+
+def _session_of(job: JSONObject, mine: dict[str, JSONObject]) -> JSONObject | None:
+    """The attempt's session: its job's, else the last boot of its offer."""
+    found = mine.get(job.get("session_id") or "") or (list(mine.values())[-1] if mine else None)
+    return dict(found) if found is not None else None
+
+
+def _all_gone(mine: dict[str, JSONObject]) -> bool:
+    """Every session of the attempt is destroyed, as the provider confirmed: ended, or
+    failed without a destroy error (a failed boot whose instance is gone)."""
+    for session in mine.values():
+        if session.get("status") == "ended":
+            continue
+        if session.get("status") == "failed" and not session.get("error"):
+            continue
+        return False
+    return True
+
+
+def _cost(job: JSONObject, mine: dict[str, JSONObject], now: datetime) -> float:
+    """What the attempt's session(s) cost, by the second, failed boots included."""
+    from gpushopper.core.sessions import accrued_cost
+
+    if not mine and isinstance(job.get("cost_usd"), (int, float)):
+        return float(job["cost_usd"])
+    return sum((accrued_cost(found, now) for found in mine.values()), 0.0)
 
 
 def _commitment(candidate: Candidate, timeout_s: float) -> float:
