@@ -494,6 +494,23 @@ def test_a_destroy_never_confirmed_exits_3_and_a_command_exiting_3_does_not(
     assert vast.live_instances() == []
 
 
+def test_a_failed_boot_whose_destroy_is_not_confirmed_exits_3(gs, vast, isolated_home, fake_time):
+    """A boot that never comes up is destroyed; when that destroy fails, the session is
+    left ending with the destroy's error, and the run says so (3), not 'all gone'."""
+    vast.offers.clear()
+    offer = vast.add_offer(gpu_name="RTX 4090", dph_base=0.25, boot={"mode": "stuck_loading"})
+    vast.fail_next("DELETE", r"/instances/", status=500, times=1000)
+    args = ("--workload", "my-step", "--command", WRITE, "--offer", f"vastai:{offer['id']}")
+    result = bench_run(gs, *args, extra=("--no-cache",))
+    assert result.exit_code == 3, result.stderr
+    (attempt,) = result.json()["entries"][0]["attempts"]
+    assert attempt["stage"] == "teardown"
+    assert len(vast.live_instances()) == 1
+    vast.clear_faults()
+    assert gs(f"sessions done {attempt['session_id']}").exit_code == 0
+    assert vast.live_instances() == []
+
+
 def test_an_offer_that_is_gone_and_a_market_that_does_not_answer_are_recorded(
     gs, vast, isolated_home
 ):
