@@ -30,7 +30,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import gpu_shopper_cmd  # noqa: E402
+from _util import gpu_shopper_cmd, time_interleaved  # noqa: E402
 
 GOAL = 1.5
 N_RESULTS = 10_000
@@ -100,30 +100,6 @@ def generate(n: int, seed: int = 13) -> list[dict]:
         record = assign_id(record, taken)
         taken[record["id"]] = record
     return list(taken.values())
-
-
-def time_interleaved(argvs: list[list[str]], runs: int, env: dict[str, str]) -> list[float]:
-    """Median wall time of each command, run in turn round after round (after one warm-up
-    round), so a busy shared machine slows every command alike."""
-    import statistics
-    import subprocess
-    import time
-
-    full_env = dict(os.environ, **env)
-    full_env.pop("PYTHONDONTWRITEBYTECODE", None)  # as users run it: with bytecode caches
-    samples: list[list[float]] = [[] for _ in argvs]
-    for round_no in range(runs + 1):
-        for k, argv in enumerate(argvs):
-            start = time.perf_counter()
-            proc = subprocess.run(argv, env=full_env, capture_output=True, check=False)
-            elapsed = time.perf_counter() - start
-            if proc.returncode != 0:
-                raise SystemExit(
-                    f"{' '.join(argv)} exited {proc.returncode}: {proc.stderr[-300:]!r}"
-                )
-            if round_no:
-                samples[k].append(elapsed)
-    return [statistics.median(s) for s in samples]
 
 
 def main() -> int:
