@@ -1,4 +1,5 @@
-"""Durations, times and GPU names: the small parsers every command shares."""
+"""Durations and times: the small parsers every command shares (GPU names live in
+model/gpus.py)."""
 
 from __future__ import annotations
 
