@@ -157,11 +157,11 @@ def _run(app: App, argv: list[str], opts: dict[str, Any]) -> int:
     from dataclasses import replace
 
     from gpushopper.cli.provision import make_provisioner
+    from gpushopper.core import request
     from gpushopper.core.bench.runner import BenchRunner, RunOptions
     from gpushopper.core.bench.workloads import resolve
-    from gpushopper.core.provisioner import ProvisionRequest
+    from gpushopper.core.request import read_secret_env
     from gpushopper.providers.registry import split_offer_id
-    from gpushopper.remote.jobwrap import check_env_name
 
     for offer_id in opts["offers"]:
         split_offer_id(offer_id)
@@ -169,16 +169,9 @@ def _run(app: App, argv: list[str], opts: dict[str, Any]) -> int:
         raise UsageError("give --offer or --gpu, not both")
     if opts["workdir"] is not None and not os.path.isdir(opts["workdir"]):
         raise UsageError(f"--workdir {opts['workdir']}: no such folder")
-    secret_env: dict[str, str] = {}
-    for name in opts["secret_env"]:
-        check_env_name(name)
-        value = os.environ.get(name)
-        if not value:
-            raise UsageError(f"--secret-env {name}: {name} is not set in this environment")
-        secret_env[name] = value
+    secret_env = read_secret_env(opts["secret_env"], os.environ)
     if opts["workload_name"].partition("@")[0] == "flux-lora" and "HF_TOKEN" not in secret_env:
         raise UsageError("flux-lora needs --secret-env HF_TOKEN (FLUX.1-dev is gated)")
-    settings = app.settings
     query, profile = build_query(app, **filter_args(opts), sort=opts["sort"])
     app.paths.data_dir.mkdir(parents=True, exist_ok=True)
     scratch = tempfile.mkdtemp(prefix="bench-", dir=app.paths.data_dir)
@@ -192,20 +185,13 @@ def _run(app: App, argv: list[str], opts: dict[str, Any]) -> int:
             workdir=opts["workdir"],
             scratch=Path(scratch),
         )
-        hard_max_s = settings.get("safety.hard_max_hours") * 3600
-        request = ProvisionRequest(
-            query=query,
-            template=query.template,
-            image=opts["image"] or profile.get("image"),
-            consumer=profile.get("consumer") or settings.get("defaults.consumer"),
-            ssh_key=profile.get("ssh_key") or settings.get("vastai.ssh_key_path"),
-            timeout_s=float(profile.get("timeout") or settings.get("safety.provision_timeout")),
-            hard_max_s=hard_max_s,
+        built = request.build(
+            app.settings, query, profile, request.Flags(image=opts["image"]), request.Purpose.BENCH
         )
         bench_opts = RunOptions(
             workload=workload,
             max_budget=float(opts["max_budget"]),
-            request=request,
+            request=built.request,
             offers=list(opts["offers"]),
             gpus=list(query.gpus),
             parallel=opts["parallel"],

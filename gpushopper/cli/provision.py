@@ -91,20 +91,6 @@ def print_session(view: dict[str, Any]) -> None:
     print_kv(pairs)
 
 
-def _warn_about_budget(app: App, projected: float) -> None:
-    """Warn (never block) when this rental would take the month past safety.monthly_budget_usd."""
-    budget = app.settings.get("safety.monthly_budget_usd")
-    if not budget:
-        return
-    from gpushopper.core.costs import budget_warning
-
-    message = budget_warning(app.sessions().values(), projected, app.clock(), budget)
-    if message:
-        from gpushopper.cli.output import warn
-
-        warn(message)
-
-
 @click.command(
     epilog="""Examples:
 
@@ -191,104 +177,42 @@ def confirm_rent(question: str, *, as_json: bool, yes: bool) -> bool:
     return click.confirm(question, default=False, err=True)
 
 
-def _explicit_timeout(
-    app: App, opts: dict[str, Any], profile: dict[str, Any]
-) -> tuple[float, str] | None:
-    """The boot timeout someone set (flag > profile > setting), with where; None if unset."""
-    if opts["timeout"]:
-        return float(opts["timeout"]), "--timeout flag"
-    if profile.get("timeout"):
-        return float(profile["timeout"]), "profile"
-    if app.settings.source("safety.provision_timeout") != "default":
-        return float(
-            app.settings.get("safety.provision_timeout")
-        ), "safety.provision_timeout setting"
-    return None
-
-
-def _timeouts(
-    app: App, req: Any, candidates: list[Any], explicit: tuple[float, str] | None
-) -> dict[str, Any]:
-    """The boot timeout per provider among the candidates, and why (core/stats.py)."""
-    from gpushopper.core import stats
-
-    records = list(app.store.sessions().values()) if explicit is None else []
-    first: dict[str, Any] = {}
-    for candidate in candidates:
-        first.setdefault(candidate.offer.provider, candidate)
-    # The same key a session records (core/stats.template_of): its template, else its image.
-    return {
-        name: stats.provision_timeout(
-            records,
-            name,
-            c.template.name if c.template else (req.image or "-"),
-            explicit=explicit,
-            default_s=req.timeout_s,
-            max_s=app.settings.get("safety.provision_timeout_max"),
-        )
-        for name, c in first.items()
-    }
-
-
 def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
-    from gpushopper.core import rules
-    from gpushopper.core.provisioner import ProvisionRequest, below_reliability_floor
+    from gpushopper.core import request
+    from gpushopper.core.costs import budget_warning
     from gpushopper.providers.registry import split_offer_id
 
     if offer_id is not None:
         split_offer_id(offer_id)  # "" (an unset $OFFER) must never mean "the best offer"
-    settings = app.settings
     query, profile = build_query(
         app, **filter_args(opts), sort=opts["sort"], workload=opts["workload"]
     )
-    hours = opts["hours"] or profile.get("hours") or settings.get("defaults.hours")
-    hard_max_s = settings.get("safety.hard_max_hours") * 3600
-    rules.check_hours(hours, hard_max_s, opts["override"])
-    ssh_key = opts["ssh_key"] or profile.get("ssh_key") or settings.get("vastai.ssh_key_path")
-    explicit = _explicit_timeout(app, opts, profile)
-    timeout_s = explicit[0] if explicit else settings.get("safety.provision_timeout")
-    req = ProvisionRequest(
-        query=query,
-        offer_id=offer_id,
-        template=query.template,
-        image=opts["image"] or profile.get("image"),
-        hours_s=hours,
-        consumer=opts["consumer"] or profile.get("consumer") or settings.get("defaults.consumer"),
-        auto_retry=opts["auto_retry"]
-        if opts["auto_retry"] is not None
-        else profile.get("auto_retry", 0),
-        ssh_key=ssh_key,
-        timeout_s=timeout_s,
-        verify=not opts["no_verify"],
-        override=opts["override"],
-        hard_max_s=hard_max_s,
-        preferred_gpus=settings.get("vastai.preferred_gpus") or [],
-    )
-    provisioner = make_provisioner(app)
-    candidates, notes = provisioner.candidates(req)
-    for note in notes:
-        info(f"Note: {note}")
-    floor_warning = below_reliability_floor(req, candidates[0].offer)
-    if floor_warning:
-        warn(floor_warning)
-    best = candidates[0].offer
-    price = best.price_per_hour or 0.0
-    choices = _timeouts(app, req, candidates, explicit)
-    req.timeout_by_provider = {name: choice.seconds for name, choice in choices.items()}
-    timeout = choices[best.provider]
-    if opts["dry_run"]:
-        plan = rules.dry_run_plan(
-            best.to_json(),
-            best.price_per_hour,
-            now=app.clock(),
-            hours_s=hours,
-            hard_max_s=hard_max_s,
+    built = request.build(
+        app.settings,
+        query,
+        profile,
+        request.Flags(
+            offer_id=offer_id,
+            image=opts["image"],
+            hours_s=opts["hours"],
+            consumer=opts["consumer"],
+            auto_retry=opts["auto_retry"],
+            ssh_key=opts["ssh_key"],
+            timeout_s=opts["timeout"],
+            verify=not opts["no_verify"],
             override=opts["override"],
-            template=req.template,
-            image=req.image,
-            alternatives=[c.offer.id for c in candidates[1 : 1 + (req.auto_retry or 0) + 3]],
-        )
-        plan["timeout"] = timeout.to_json()
+        ),
+    )
+    req, hours = built.request, built.request.hours_s
+    provisioner = make_provisioner(app)
+    choice = request.choose(provisioner, built, app.store, app.settings)
+    for note in choice.notes:
+        info(f"Note: {note}")
+    if choice.floor_warning:
+        warn(choice.floor_warning)
+    best, price, timeout = choice.best, choice.price, choice.timeout
+    if opts["dry_run"]:
+        plan = choice.dry_run_plan(app.clock())
         if opts["as_json"]:
             emit_json(plan)
         else:
@@ -310,10 +234,14 @@ def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
             )
             info("Dry run: nothing was created.")
         return
-    _warn_about_budget(app, price * hours / 3600)
+    budget = app.settings.get("safety.monthly_budget_usd")
+    if budget:  # a warning, never a refusal
+        message = budget_warning(app.sessions().values(), choice.projected_usd, app.clock(), budget)
+        if message:
+            warn(message)
     if not confirm_rent(
         f"Rent {best.id} ({best.gpu_name} x{best.num_gpus}) at ${price:.3f}/h "
-        f"for {format_duration(hours)} (about ${price * hours / 3600:.2f})?",
+        f"for {format_duration(hours)} (about ${choice.projected_usd:.2f})?",
         as_json=opts["as_json"],
         yes=opts["yes"],
     ):
@@ -325,7 +253,7 @@ def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
 
     session: dict[str, Any] | None = None
     try:
-        session = provisioner.provision(req, candidates)
+        session = provisioner.provision(req, choice.candidates)
         view = public_view(session, app.clock())
         if opts["as_json"]:
             emit_json(view)

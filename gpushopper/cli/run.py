@@ -35,6 +35,7 @@ def _split_pair(raw: str, flag: str) -> tuple[str, str | None]:
 
 def _spec(app: App, opts: dict[str, Any], command: tuple[str, ...]) -> Any:
     from gpushopper.core.jobs import JobSpec
+    from gpushopper.core.request import read_secret_env
     from gpushopper.remote.jobwrap import check_env_name
 
     if not command:
@@ -56,14 +57,8 @@ def _spec(app: App, opts: dict[str, Any], command: tuple[str, ...]) -> Any:
             raise UsageError(f"--env {raw[:80]!r}: write it as NAME=VALUE")
         check_env_name(name)
         env[name] = value
-    secrets = []
-    for name in opts["secret_env"]:
-        check_env_name(name)
-        value = os.environ.get(name)
-        if not value:
-            raise UsageError(f"--secret-env {name}: {name} is not set in this environment")
-        env[name] = value
-        secrets.append(name)
+    env.update(read_secret_env(opts["secret_env"], os.environ))
+    secrets = list(opts["secret_env"])
     return JobSpec(
         command=list(command),
         workdir=workdir,
@@ -191,15 +186,9 @@ def run(app: App, offer_id: str | None, **opts: Any) -> int:
 
 
 def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[str, Any]) -> int:
-    from gpushopper.cli.provision import (
-        _explicit_timeout,
-        _timeouts,
-        confirm_rent,
-        make_provisioner,
-    )
-    from gpushopper.core import rules
-    from gpushopper.core.jobs import JobFailed, JobRunner, default_hours
-    from gpushopper.core.provisioner import ProvisionRequest, below_reliability_floor
+    from gpushopper.cli.provision import confirm_rent, make_provisioner
+    from gpushopper.core import request
+    from gpushopper.core.jobs import JobFailed, JobRunner
     from gpushopper.core.runtime import Runtime
     from gpushopper.model.units import format_duration
     from gpushopper.providers.registry import split_offer_id
@@ -208,37 +197,29 @@ def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[st
     if offer_id is not None:
         split_offer_id(offer_id)
     spec = _spec(app, opts, command)
-    settings = app.settings
     query, profile = build_query(
         app, **filter_args(opts), sort=opts["sort"], workload=opts["workload"]
     )
-    hard_max_s = settings.get("safety.hard_max_hours") * 3600
-    if opts["hours"]:
-        rules.check_hours(opts["hours"], hard_max_s, False)
-    fallback = profile.get("hours") or settings.get("defaults.hours")
-    hours = opts["hours"] or default_hours(spec.max_duration_s, fallback, hard_max_s)
+    # The request as 'provision' builds it; the reservation follows --max-duration.
+    built = request.build(
+        app.settings,
+        query,
+        profile,
+        request.Flags(
+            offer_id=offer_id,
+            image=opts["image"],
+            hours_s=opts["hours"],
+            auto_retry=opts["auto_retry"],
+            job_duration_s=spec.max_duration_s,
+        ),
+        request.Purpose.JOB,
+    )
+    req, hours = built.request, built.request.hours_s
     upload_bytes = sum(
         tree_bytes(Path(p).expanduser(), spec.excludes)
         for p in ([spec.workdir] if spec.workdir else []) + [u[0] for u in spec.uploads]
     )
-    # The boot timeout as 'provision' picks it: profile or setting, else measured per provider.
-    explicit = _explicit_timeout(app, {"timeout": None}, profile)
-    req = ProvisionRequest(
-        query=query,
-        offer_id=offer_id,
-        template=query.template,
-        image=opts["image"] or profile.get("image"),
-        hours_s=hours,
-        consumer=profile.get("consumer") or settings.get("defaults.consumer"),
-        auto_retry=opts["auto_retry"]
-        if opts["auto_retry"] is not None
-        else profile.get("auto_retry", 0),
-        ssh_key=profile.get("ssh_key") or settings.get("vastai.ssh_key_path"),
-        timeout_s=explicit[0] if explicit else settings.get("safety.provision_timeout"),
-        hard_max_s=hard_max_s,
-        preferred_gpus=settings.get("vastai.preferred_gpus") or [],
-        min_disk_free_gb=round(upload_bytes * 1.05 / 1e9, 3) if upload_bytes else None,
-    )
+    req.min_disk_free_gb = round(upload_bytes * 1.05 / 1e9, 3) if upload_bytes else None
     runner = JobRunner(app, runtime=Runtime.of(app, log=info), emit=_emitter(opts["as_json"]))
     job = runner.create(spec)  # the record comes first
     info(f"Job {job['id']}: {' '.join(spec.command)[:200]}")
@@ -246,24 +227,20 @@ def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[st
 
     def provision(on_stage: Any) -> dict[str, Any]:
         req.on_stage = on_stage
-        candidates, notes = provisioner.candidates(req)
-        for note in notes:
+        choice = request.choose(provisioner, built, app.store, app.settings)
+        for note in choice.notes:
             info(f"Note: {note}")
-        floor_warning = below_reliability_floor(req, candidates[0].offer)
-        if floor_warning:
-            warn(floor_warning)
-        choices = _timeouts(app, req, candidates, explicit)
-        req.timeout_by_provider = {name: choice.seconds for name, choice in choices.items()}
-        best = candidates[0].offer
-        price = best.price_per_hour or 0.0
+        if choice.floor_warning:
+            warn(choice.floor_warning)
+        best, price = choice.best, choice.price
         if not confirm_rent(
             f"Rent {best.id} ({best.gpu_name} x{best.num_gpus}) at ${price:.3f}/h "
-            f"for up to {format_duration(hours)} (about ${price * hours / 3600:.2f})?",
+            f"for up to {format_duration(hours)} (about ${choice.projected_usd:.2f})?",
             as_json=opts["as_json"],
             yes=opts["yes"],
         ):
             raise Declined("declined at the prompt: nothing rented")
-        return provisioner.provision(req, candidates)  # type: ignore[no-any-return]
+        return provisioner.provision(req, choice.candidates)  # type: ignore[no-any-return]
 
     try:
         record, code = runner.run(spec, job, provision)
