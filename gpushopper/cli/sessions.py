@@ -335,18 +335,9 @@ def sessions_extend(app: App, session_id: str, hours: float, override: bool, as_
     """Push the reservation end out; refused past the {hard_max} without --override."""
     from gpushopper.core import rules
     from gpushopper.core.sessions import public_view
-    from gpushopper.core.teardown import get_session_or_fail
 
-    record = get_session_or_fail(app.store, session_id)
     now = app.clock()
-    hard_max_hours = app.settings.get("safety.hard_max_hours")
-    extension = rules.extend(session_id, record, hours, now, hard_max_hours, override)
-    if extension.moved_hard_max_to:
-        info(f"Override recorded: hard maximum moved to {extension.moved_hard_max_to}")
-    updated = app.store.update_session(session_id, **extension.changes)
-    from gpushopper.core.deadline import push_deadline
-
-    push_deadline(app, updated, log=info)
+    updated = rules.extend_session(app, session_id, hours, override, now, log=info)
     view = public_view(updated, now)
     if as_json:
         emit_json(view)

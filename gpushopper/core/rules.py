@@ -1,20 +1,26 @@
 """The rental rules the commands apply, in one place, pure (the caller passes ``now``).
 
 The hard maximum (a reservation may not pass ``safety.hard_max_hours`` from creation
-without ``--override``, which is recorded), ``sessions extend``, and the dry-run plan.
+without ``--override``, which is recorded), ``sessions extend`` (and ``extend_session``,
+the one function here that reads and writes the store), and the dry-run plan.
 ``core/provisioner.py`` uses ``hard_max_at`` for the record it writes, so the dry run and
 the rental agree by construction.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from gpushopper.model.errors import NoSuchItem, UsageError
 from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.session import LIVE
 from gpushopper.model.units import format_duration, iso, parse_iso
+
+if TYPE_CHECKING:
+    from gpushopper.core.deadline import DeadlineHost
 
 
 def check_hours(hours_s: float, hard_max_s: float, override: bool) -> None:
@@ -76,6 +82,30 @@ def extend(
     overrides.append({"at": iso(now), "hard_max_at": iso(new_end), "via": "extend"})
     changes.update(hard_max_at=iso(new_end), overrides=overrides)
     return Extension(changes, moved_hard_max_to=iso(new_end))
+
+
+def extend_session(
+    host: DeadlineHost,
+    session_id: str,
+    by_s: float,
+    override: bool,
+    now: datetime,
+    log: Callable[[str], None],
+) -> JSONObject:
+    """``sessions extend`` on the state file: ``extend`` at ``now``, the changes
+    written, the on-instance deadline moved (``core/deadline.push_deadline``, which never
+    raises); returns the updated record. The one rule that touches the store here."""
+    from gpushopper.core.deadline import push_deadline
+    from gpushopper.core.teardown import get_session_or_fail
+
+    record = get_session_or_fail(host.store, session_id)
+    hard_max_hours = host.settings.get("safety.hard_max_hours")
+    extension = extend(session_id, record, by_s, now, hard_max_hours, override)
+    if extension.moved_hard_max_to:
+        log(f"Override recorded: hard maximum moved to {extension.moved_hard_max_to}")
+    updated = host.store.update_session(session_id, **extension.changes)
+    push_deadline(host, updated, log=log)
+    return updated
 
 
 def dry_run_plan(
