@@ -41,24 +41,18 @@ def costs(
     """Cost per session (price x running time, by the second) and the total."""
     if ctx.invoked_subcommand is not None:
         return
-    from gpushopper.core.costs import parse_since, session_cost_rows
-    from gpushopper.model.errors import NoSuchItem
-    from gpushopper.model.units import parse_iso
+    from gpushopper.core.costs import cost_report, parse_since
 
     start = parse_since(since) if since else None
-    records = list(app.sessions().values())
-    if session_id:
-        records = [r for r in records if r.get("id") == session_id]
-        if not records:
-            raise NoSuchItem(f"no session {session_id!r} (see 'gpu-shopper sessions list --all')")
-    if consumer:
-        records = [r for r in records if r.get("consumer") == consumer]
-    if provider:
-        records = [r for r in records if r.get("provider") == provider]
-    if start:
-        records = [r for r in records if (parse_iso(r.get("created_at")) or start) >= start]
-    rows = session_cost_rows(records, app.clock())
-    total = round(sum(r["cost_usd"] for r in rows), 6)
+    report = cost_report(
+        app.sessions().values(),
+        app.clock(),
+        session_id=session_id,
+        consumer=consumer,
+        provider=provider,
+        since=start,
+    )
+    rows, total = report.rows, report.total
     if as_json:
         emit_json({"total_usd": total, "sessions": rows})
         return

@@ -60,6 +60,41 @@ def session_cost_rows(records: Iterable[JSONObject], now: datetime) -> list[JSON
     return sorted(rows, key=lambda r: r["created_at"] or "")
 
 
+@dataclass
+class CostReport:
+    rows: list[JSONObject]  # session_cost_rows, oldest first
+    total: float  # the rows' cost, rounded to the micro-dollar
+
+
+def cost_report(
+    records: Iterable[JSONObject],
+    now: datetime,
+    *,
+    session_id: str | None = None,
+    consumer: str | None = None,
+    provider: str | None = None,
+    since: datetime | None = None,
+) -> CostReport:
+    """``costs``: the sessions that match (``since``: created then or later, see
+    ``parse_since``) with their cost by the second, and the total. An unknown
+    ``session_id`` is NoSuchItem."""
+    from gpushopper.model.errors import NoSuchItem
+
+    records = list(records)
+    if session_id:
+        records = [r for r in records if r.get("id") == session_id]
+        if not records:
+            raise NoSuchItem(f"no session {session_id!r} (see 'gpu-shopper sessions list --all')")
+    if consumer:
+        records = [r for r in records if r.get("consumer") == consumer]
+    if provider:
+        records = [r for r in records if r.get("provider") == provider]
+    if since:
+        records = [r for r in records if (parse_iso(r.get("created_at")) or since) >= since]
+    rows = session_cost_rows(records, now)
+    return CostReport(rows, round(sum(r["cost_usd"] for r in rows), 6))
+
+
 def month_cost(record: JSONObject, start: datetime, end: datetime, now: datetime) -> float:
     """The part of a session's cost that fell within [start, end)."""
     price = record.get("price_per_hour")
