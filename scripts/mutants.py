@@ -501,6 +501,43 @@ MUTANTS = [
             "tests/test_run.py::test_a_run_sigkilled_mid_job_leaves_the_job_to_attach_and_its_rental_to_the_deadline"
         ],
     ),
+    # -- thin commands (issue 11): the request rules in core/request.py ---------------------------
+    Mutant(
+        "a profile's or the setting's hours escape the hard maximum",
+        "gpushopper/core/request.py",
+        [
+            (
+                "        rules.check_hours(hours, hard_max_s, flags.override)\n",
+                "        rules.check_hours(flags.hours_s or 0, hard_max_s, flags.override)\n",
+            )
+        ],
+        [
+            "tests/test_request.py::test_a_reservation_past_the_hard_maximum_is_refused_unless_overridden"
+        ],
+    ),
+    Mutant(
+        "a job's --hours past the hard maximum is let through",
+        "gpushopper/core/request.py",
+        [
+            (
+                "            rules.check_hours(flags.hours_s, hard_max_s, False)\n",
+                "            pass\n",
+            )
+        ],
+        ["tests/test_request.py::test_a_job_refuses_only_an_explicit_hours_and_caps_the_rest"],
+    ),
+    Mutant(
+        "an empty --secret-env variable is sent as the secret",
+        "gpushopper/core/request.py",
+        [("        if not value:\n", "        if value is None:\n")],
+        ["tests/test_request.py::test_a_missing_secret_names_the_variable_and_never_a_value"],
+    ),
+    Mutant(
+        "--auto-retry 0 falls back to the profile's retries",
+        "gpushopper/core/request.py",
+        [("    if flags.auto_retry is not None:\n", "    if flags.auto_retry:\n")],
+        ["tests/test_request.py::test_an_auto_retry_of_zero_on_the_flag_still_beats_the_profile"],
+    ),
 ]
 
 
