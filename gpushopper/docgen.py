@@ -166,6 +166,8 @@ READERS: dict[str, str] = {
     "gpushopper/cli/watch.py": "watch",
     "gpushopper/cli/costs.py": "costs",
     "gpushopper/cli/cleanup.py": "cleanup-orphans",
+    "gpushopper/core/request.py": "provision",
+    "gpushopper/core/rules.py": "sessions",
     "gpushopper/core/deadline.py": "provision",
     "gpushopper/core/enforcer.py": "watch, cleanup-orphans",
     "gpushopper/providers/common.py": "every command that calls a provider",
