@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,6 +21,9 @@ from gpushopper.cli.filters import (
 from gpushopper.cli.output import emit_json, info, json_option, print_kv, warn
 from gpushopper.cli.params import DURATION, HOURS, OFFER_ID
 from gpushopper.model.units import format_duration
+
+if TYPE_CHECKING:
+    from gpushopper.core.request import Choice
 
 
 def make_provisioner(app: App) -> Any:
@@ -177,6 +180,28 @@ def confirm_rent(question: str, *, as_json: bool, yes: bool) -> bool:
     return click.confirm(question, default=False, err=True)
 
 
+def _print_plan(choice: Choice, plan: dict[str, Any]) -> None:
+    """The dry run as a table."""
+    best, timeout = choice.best, choice.timeout
+    print_kv(
+        [
+            (
+                "would rent",
+                f"{best.id} ({best.gpu_name} x{best.num_gpus}, {best.location or best.country})",
+            ),
+            ("price", f"${choice.price:.3f}/h"),
+            (
+                "reservation",
+                f"{format_duration(choice.built.request.hours_s)} "
+                f"(ends {plan['reservation_ends_at']})",
+            ),
+            ("projected cost", f"${plan['projected_cost_usd']:.2f}"),
+            ("alternatives", ", ".join(plan["alternatives"]) or None),
+            ("boot timeout", f"{format_duration(timeout.seconds)} ({timeout.reason})"),
+        ]
+    )
+
+
 def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
     from gpushopper.core import request
     from gpushopper.core.costs import budget_warning
@@ -210,28 +235,13 @@ def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
         info(f"Note: {note}")
     if choice.floor_warning:
         warn(choice.floor_warning)
-    best, price, timeout = choice.best, choice.price, choice.timeout
+    best, price = choice.best, choice.price
     if opts["dry_run"]:
         plan = choice.dry_run_plan(app.clock())
         if opts["as_json"]:
             emit_json(plan)
         else:
-            print_kv(
-                [
-                    (
-                        "would rent",
-                        f"{best.id} ({best.gpu_name} x{best.num_gpus}, {best.location or best.country})",
-                    ),
-                    ("price", f"${price:.3f}/h"),
-                    (
-                        "reservation",
-                        f"{format_duration(hours)} (ends {plan['reservation_ends_at']})",
-                    ),
-                    ("projected cost", f"${plan['projected_cost_usd']:.2f}"),
-                    ("alternatives", ", ".join(plan["alternatives"]) or None),
-                    ("boot timeout", f"{format_duration(timeout.seconds)} ({timeout.reason})"),
-                ]
-            )
+            _print_plan(choice, plan)
             info("Dry run: nothing was created.")
         return
     budget = app.settings.get("safety.monthly_budget_usd")
