@@ -28,9 +28,16 @@ import shutil
 import subprocess
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING
 
 from gpushopper.model.errors import SshError, UsageError
+
+if TYPE_CHECKING:
+    from paramiko import SFTPClient
+
+    # ``ssh`` below is a session's "ssh" record (host, port, user, key_path, known_hosts)
+    # as the state file holds it: read key by key, each turned into text for ssh's argv.
+    from gpushopper.model.jsontypes import JSONMapping
 
 CTL = "ctl"
 WORK = "work"
@@ -76,7 +83,7 @@ def kill_command(job_dir: str, sig: str) -> str:
 
 
 # -- bulk transfer through OpenSSH --------------------------------------------------------------
-def ssh_argv(ssh: dict[str, Any]) -> list[str]:
+def ssh_argv(ssh: JSONMapping) -> list[str]:
     exe = shutil.which("ssh")
     if exe is None:
         raise SshError("the OpenSSH client (ssh) is not installed: install openssh-client")
@@ -117,7 +124,7 @@ def _tail(text: bytes) -> str:
 
 
 def upload_tree(
-    ssh: dict[str, Any], local: Path, target: str, *, excludes: Iterable[str] = ()
+    ssh: JSONMapping, local: Path, target: str, *, excludes: Iterable[str] = ()
 ) -> None:
     """Copy the file or folder ``local`` to the path ``target`` on the instance (into a
     staging folder beside it, then one rename: never half a file at ``target``). A folder
@@ -146,9 +153,7 @@ def upload_tree(
     _pipe(tar, [*ssh_argv(ssh), remote], "upload")
 
 
-def upload_into(
-    ssh: dict[str, Any], local: Path, remote_dir: str, *, excludes: Iterable[str]
-) -> None:
+def upload_into(ssh: JSONMapping, local: Path, remote_dir: str, *, excludes: Iterable[str]) -> None:
     """Copy the contents of folder ``local`` into ``remote_dir`` (the working directory)."""
     tar = ["tar", "-C", str(local), "-cf", "-"]
     for pattern in [".git", *excludes]:
@@ -168,7 +173,7 @@ FOLLOW_MAX_S = 0.05
 
 
 def plan_download(
-    sftp: Any, remote_dir: str, names: list[str]
+    sftp: SFTPClient, remote_dir: str, names: list[str]
 ) -> tuple[list[str], list[tuple[str, int]], list[str]]:
     """What ``names`` (relative to ``remote_dir``) hold, listed over SFTP: (folders, regular
     files with their sizes, names left out), paths relative to ``remote_dir``. A name itself
@@ -211,7 +216,7 @@ def plan_download(
 
 
 def download_tree(
-    ssh: dict[str, Any],
+    ssh: JSONMapping,
     remote_dir: str,
     folders: list[str],
     files: list[tuple[str, int]],
@@ -243,7 +248,7 @@ def _remote_cd(remote_dir: str) -> str:
     return f"cd {shlex.quote(remote_dir.rstrip('/') or '/')}"
 
 
-def _stream_file(ssh: dict[str, Any], remote_dir: str, rel: str, dest: Path) -> tuple[int, str]:
+def _stream_file(ssh: JSONMapping, remote_dir: str, rel: str, dest: Path) -> tuple[int, str]:
     import tempfile
     import time
 
@@ -287,7 +292,7 @@ def _stream_file(ssh: dict[str, Any], remote_dir: str, rel: str, dest: Path) -> 
 
 
 def _tar_files(
-    ssh: dict[str, Any], remote_dir: str, rels: list[str], into: Path
+    ssh: JSONMapping, remote_dir: str, rels: list[str], into: Path
 ) -> dict[str, tuple[int, str]]:
     import tarfile
     import tempfile
@@ -356,7 +361,7 @@ def _tar_files(
     return found
 
 
-def _write_hashed(source: Any, dest: Path) -> tuple[int, str]:
+def _write_hashed(source: IO[bytes], dest: Path) -> tuple[int, str]:
     dest.parent.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     size = 0

@@ -9,9 +9,14 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from gpushopper.model.errors import SshError
+
+if TYPE_CHECKING:  # paramiko is imported where it connects (start-up stays light)
+    from paramiko import PKey, SSHClient
+
+    from gpushopper.model.jsontypes import JSONObject
 
 QUERY = "nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader,nounits"
 
@@ -30,11 +35,11 @@ class Verification:
     nvidia_smi: bool = False
     problems: list[str] = field(default_factory=list)
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> JSONObject:
         return asdict(self)
 
 
-def fingerprint(key: Any) -> str:
+def fingerprint(key: PKey) -> str:
     """OpenSSH-style ``SHA256:...`` fingerprint of a paramiko host key."""
     digest = hashlib.sha256(key.asbytes()).digest()
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
@@ -43,7 +48,7 @@ def fingerprint(key: Any) -> str:
 class Connection:
     """One paramiko client; ``run`` returns (exit status, stdout, stderr)."""
 
-    def __init__(self, client: Any, endpoint: tuple[str, int] | None = None) -> None:
+    def __init__(self, client: SSHClient, endpoint: tuple[str, int] | None = None) -> None:
         self.client = client
         self.endpoint = endpoint
 
@@ -54,8 +59,10 @@ class Connection:
         err = stderr.read().decode(errors="replace")
         return stdout.channel.recv_exit_status(), out, err
 
-    def host_key(self) -> Any:
-        return self.client.get_transport().get_remote_server_key()
+    def host_key(self) -> PKey:
+        transport = self.client.get_transport()
+        assert transport is not None  # connected: connect() returns only a connected client
+        return transport.get_remote_server_key()
 
     def close(self) -> None:
         self.client.close()
@@ -211,7 +218,7 @@ def judge(
     return problems
 
 
-def diagnostics(conn: Connection) -> dict[str, Any]:
+def diagnostics(conn: Connection) -> JSONObject:
     """nvidia-smi, CUDA, disk and uptime, for ``sessions diagnostics``."""
     found = inspect(conn)
     _, uptime, _ = conn.run("cat /proc/uptime 2>/dev/null || uptime")

@@ -4,9 +4,27 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict
 
 from gpushopper.model.errors import SshError, UsageError
+
+if TYPE_CHECKING:  # imported where they copy (start-up stays light)
+    from paramiko import Transport
+    from scp import SCPClient  # untyped library: its names are Any to mypy
+
+    from gpushopper.remote.ssh import Connection
+
+#: What scp's progress callback is called with: (file name, its size, bytes sent so far).
+Progress = Callable[[bytes | str, int, int], None]
+
+
+class Copied(TypedDict):
+    """One path copied: where from, where to, how many bytes."""
+
+    local: str
+    remote: str
+    bytes: int
+
 
 MAX_PATH = 4096
 MAX_NAME = 255
@@ -25,7 +43,7 @@ def check_path(raw: str, side: str) -> None:
         )
 
 
-def _progress(report: Callable[[str], None] | None) -> Any:
+def _progress(report: Callable[[str], None] | None) -> Progress | None:
     if report is None:
         return None
     last: dict[str, int] = {}
@@ -41,13 +59,13 @@ def _progress(report: Callable[[str], None] | None) -> Any:
 
 
 def upload(
-    conn: Any,
+    conn: Connection,
     local_paths: list[str],
     remote: str,
     *,
     recursive: bool = False,
     report: Callable[[str], None] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Copied]:
     """Copy local files (or folders with ``recursive``) to ``remote`` on the instance."""
     from scp import SCPClient, SCPException
 
@@ -59,7 +77,7 @@ def upload(
         if path.is_dir() and not recursive:
             raise UsageError(f"{raw} is a folder: add --recursive")
         items.append(path)
-    done = []
+    done: list[Copied] = []
     try:
         with SCPClient(conn.client.get_transport(), progress=_progress(report)) as scp:
             for path in items:
@@ -87,11 +105,11 @@ def _checked_name(cmd: bytes) -> None:
         raise SshError(f"download refused: the instance sent the name {shown!r}")
 
 
-def _checked_scp(transport: Any, progress: Any) -> Any:
+def _checked_scp(transport: Transport | None, progress: Progress | None) -> SCPClient:
     """An SCPClient that checks every name the instance sends before it names a local file."""
     from scp import SCPClient
 
-    class CheckedSCPClient(SCPClient):  # type: ignore[misc]
+    class CheckedSCPClient(SCPClient):
         def _recv_file(self, cmd: bytes) -> None:
             _checked_name(cmd)
             super()._recv_file(cmd)
@@ -104,20 +122,20 @@ def _checked_scp(transport: Any, progress: Any) -> Any:
 
 
 def download(
-    conn: Any,
+    conn: Connection,
     remote_paths: list[str],
     local: str,
     *,
     recursive: bool = False,
     report: Callable[[str], None] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Copied]:
     """Copy files (or folders with ``recursive``) from the instance to ``local``."""
     from scp import SCPException
 
     target = Path(local).expanduser()
     if len(remote_paths) > 1 and not target.is_dir():
         raise UsageError(f"{local} must be an existing folder when downloading several paths")
-    done = []
+    done: list[Copied] = []
     try:
         with _checked_scp(conn.client.get_transport(), _progress(report)) as scp:
             for remote in remote_paths:

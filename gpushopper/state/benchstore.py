@@ -25,9 +25,30 @@ import os
 import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 from gpushopper.state.store import StateStore, _Damaged
+
+if TYPE_CHECKING:
+    from typing import TypedDict
+
+    from gpushopper.model.jsontypes import JSONMapping, JSONObject, JSONValue
+
+    #: A value of a flat row: a plain JSON scalar, or None for anything else.
+    Scalar = str | int | float | bool | None
+
+    class Layout(TypedDict):
+        """The index header (``_layout_of`` checked every field): where each part is."""
+
+        version: int
+        of: list[int] | None
+        keys: list[str]
+        n: int
+        size: int
+        columns: list[list[int]]  # [start, length] of each ROW_KEYS column
+        offsets: list[int]  # [start, length] of the row offsets line
+        rows: int  # where the row lines start
+
 
 BENCH_SCHEMA_VERSION = 1
 SECTIONS = ("results", "runs", "schedules")
@@ -64,11 +85,11 @@ _SCALARS = (str, int, float, bool)
 _PLAIN = {str, int, float, bool, type(None)}
 
 
-def result_row(key: str, record: dict[str, Any]) -> list[Any]:
+def result_row(key: str, record: JSONMapping) -> list[Scalar]:
     """A result's flat row, in ROW_KEYS order (its id is the key it is stored under)."""
-    row: list[Any] = []
+    row: list[Scalar] = []
     for name, path in ROW_FIELDS:
-        value: Any = record
+        value: JSONValue = record
         for step in path:
             value = value.get(step) if isinstance(value, dict) else None
         if name == "id":
@@ -77,7 +98,7 @@ def result_row(key: str, record: dict[str, Any]) -> list[Any]:
     return row
 
 
-def empty_bench() -> dict[str, Any]:
+def empty_bench() -> JSONObject:
     return {"schema_version": BENCH_SCHEMA_VERSION, **{name: {} for name in SECTIONS}}
 
 
@@ -91,18 +112,18 @@ class ResultTable:
     """
 
     def __init__(
-        self, n: int, read: Callable[[int, int], bytes] | None = None, layout: Any = None
+        self, n: int, read: Callable[[int, int], bytes] | None = None, layout: Layout | None = None
     ) -> None:
         self.n = n
         self._read = read
         self._layout = layout
-        self._offsets: list[Any] | None = None
-        self._parsed: dict[str, list[Any]] = {}
+        self._offsets: list[JSONValue] | None = None
+        self._parsed: dict[str, list[JSONValue]] = {}
 
-    def col(self, key: str) -> list[Any]:
+    def col(self, key: str) -> list[JSONValue]:
         column = self._parsed.get(key)
         if column is None:
-            if self._read is not None:
+            if self._read is not None and self._layout is not None:
                 start, length = self._layout["columns"][ROW_KEYS.index(key)]
                 try:
                     column = json.loads(self._read(start, length))
@@ -113,23 +134,23 @@ class ResultTable:
             self._parsed[key] = column
         return column
 
-    def _row_offsets(self) -> list[Any]:
+    def _row_offsets(self) -> list[JSONValue]:
         if self._offsets is None:
-            offsets = None
-            if self._read is not None:
+            offsets: JSONValue = None
+            if self._read is not None and self._layout is not None:
                 start, length = self._layout["offsets"]
                 try:
                     offsets = json.loads(self._read(start, length))
                 except ValueError:
                     pass
             ok = isinstance(offsets, list) and len(offsets) == self.n + 1
-            sound: list[Any] = offsets if ok else [None] * (self.n + 1)  # type: ignore[assignment]
+            sound: list[JSONValue] = offsets if ok else [None] * (self.n + 1)
             self._offsets = sound
         return self._offsets
 
-    def _line(self, i: int) -> Any:
+    def _line(self, i: int) -> JSONValue:
         """Result ``i``'s own row line, parsed; None when the index has no sound one."""
-        if self._read is None:
+        if self._read is None or self._layout is None:
             return None
         offsets = self._row_offsets()
         begin, end = offsets[i], offsets[i + 1]
@@ -140,10 +161,10 @@ class ResultTable:
         except ValueError:
             return None
 
-    def _all_lines(self) -> list[Any] | None:
+    def _all_lines(self) -> list[JSONValue] | None:
         """Every row line, read as one piece and parsed by one ``json.loads``; None unless
         the piece is exactly the lines the offsets name, one JSON value each."""
-        if self._read is None or self.n == 0:
+        if self._read is None or self._layout is None or self.n == 0:
             return None
         offsets = self._row_offsets()
         size = offsets[-1]
@@ -159,7 +180,9 @@ class ResultTable:
             return None
         return lines if len(lines) == self.n else None
 
-    def row(self, i: int, values: Any = None) -> dict[str, Any]:
+    def row(self, i: int, values: JSONValue = None) -> JSONObject:
+        """Result ``i``'s flat row: each ROW_KEYS value a JSON scalar or None (typed as a
+        JSON object: the index is a file, and readers still check each value's type)."""
         if values is None:
             values = self._line(i)
         if not isinstance(values, list) or len(values) != len(ROW_KEYS):
@@ -171,7 +194,7 @@ class ResultTable:
             for k, v in zip(ROW_KEYS, values, strict=True)
         }
 
-    def rows(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+    def rows(self, indices: Sequence[int]) -> list[JSONObject]:
         """``row(i)`` for each of ``indices``. Many are read at once (``list --limit 0``
         over 10,000 results: one read and one parse, not 10,000 of each)."""
         lines = self._all_lines() if len(indices) > 64 else None
@@ -180,14 +203,14 @@ class ResultTable:
         return [self.row(i, lines[i]) for i in indices]
 
     @classmethod
-    def of_rows(cls, rows: list[dict[str, Any]]) -> ResultTable:
+    def of_rows(cls, rows: list[JSONObject]) -> ResultTable:
         """A table of flat-row dicts (tests, small callers)."""
         table = cls(len(rows))
         table._parsed = {key: [row.get(key) for row in rows] for key in ROW_KEYS}
         return table
 
 
-def _spans_ok(value: Any, count: int) -> bool:
+def _spans_ok(value: JSONValue, count: int) -> bool:
     return (
         isinstance(value, list)
         and len(value) == count
@@ -200,7 +223,7 @@ def _spans_ok(value: Any, count: int) -> bool:
     )
 
 
-def _layout_of(header: Any, identity: list[int] | None, body_size: int) -> Any:
+def _layout_of(header: JSONValue, identity: list[int] | None, body_size: int) -> Layout | None:
     """The header's layout when the index is of this file, this version and complete."""
     if not (
         isinstance(header, dict)
@@ -214,7 +237,7 @@ def _layout_of(header: Any, identity: list[int] | None, body_size: int) -> Any:
         and type(header.get("rows")) is int
     ):
         return None
-    return header
+    return cast("Layout", header)  # each field checked just above
 
 
 def _table_of_text(text: str, identity: list[int] | None) -> ResultTable:
@@ -231,10 +254,10 @@ class BenchStore(StateStore):
     what = "benchmark file"
     schema_version = BENCH_SCHEMA_VERSION
 
-    def _empty(self) -> dict[str, Any]:
+    def _empty(self) -> JSONObject:
         return empty_bench()
 
-    def _upgrade(self, data: dict[str, Any]) -> dict[str, Any]:
+    def _upgrade(self, data: JSONObject) -> JSONObject:
         version = data.get("schema_version", BENCH_SCHEMA_VERSION)
         if isinstance(version, bool) or not isinstance(version, int) or version < 1:
             raise _Damaged(f"invalid schema_version {version!r}")
@@ -265,7 +288,7 @@ class BenchStore(StateStore):
             return None
         return [st.st_ino, st.st_size, st.st_mtime_ns]
 
-    def _index_text(self, data: dict[str, Any], identity: list[int] | None) -> str:
+    def _index_text(self, data: JSONObject, identity: list[int] | None) -> str:
         """The index: a header line with the layout, then one JSON array per ROW_KEYS
         column (a query reads and parses only the columns it ranks by), the row offsets,
         and each result's row on its own line (only the rows shown are read)."""
@@ -301,7 +324,7 @@ class BenchStore(StateStore):
         }
         return json.dumps(header, separators=compact) + "\n" + body
 
-    def _written(self, data: dict[str, Any]) -> None:
+    def _written(self, data: JSONObject) -> None:
         from gpushopper.state.atomic import atomic_write_text
 
         atomic_write_text(self.index_path, self._index_text(data, self.identity()), stale_after=0)
@@ -355,7 +378,7 @@ class BenchStore(StateStore):
         weakref.finalize(table, os.close, fd)
         return table
 
-    def rows(self) -> list[dict[str, Any]]:
+    def rows(self) -> list[JSONObject]:
         """Every result's flat row as a dict (for a few results; queries use table())."""
         table = self.table()
         return table.rows(range(table.n))
@@ -364,16 +387,16 @@ class BenchStore(StateStore):
         raise NotImplementedError("the install id lives in the state file")
 
     # -- sections ---------------------------------------------------------------------------
-    def section(self, name: str) -> dict[str, dict[str, Any]]:
+    def section(self, name: str) -> dict[str, JSONObject]:
         """A snapshot of one section (records that are not objects are skipped)."""
         items = self.read()[name]
         return {k: v for k, v in items.items() if isinstance(v, dict)}
 
-    def put(self, name: str, key: str, record: dict[str, Any]) -> None:
+    def put(self, name: str, key: str, record: JSONObject) -> None:
         with self.transaction() as data:
             data[name][key] = record
 
-    def get(self, name: str, key: str) -> dict[str, Any] | None:
+    def get(self, name: str, key: str) -> JSONObject | None:
         record = self.read()[name].get(key)
         return record if isinstance(record, dict) else None
 
@@ -390,11 +413,11 @@ class BenchStore(StateStore):
                 return candidate
 
     # -- shortcuts --------------------------------------------------------------------------
-    def results(self) -> dict[str, dict[str, Any]]:
+    def results(self) -> dict[str, JSONObject]:
         return self.section("results")
 
-    def runs(self) -> dict[str, dict[str, Any]]:
+    def runs(self) -> dict[str, JSONObject]:
         return self.section("runs")
 
-    def schedules(self) -> dict[str, dict[str, Any]]:
+    def schedules(self) -> dict[str, JSONObject]:
         return self.section("schedules")

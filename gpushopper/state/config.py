@@ -14,7 +14,7 @@ import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 from gpushopper.model.errors import ConfigError
 from gpushopper.model.lazyre import LazyPattern
@@ -25,13 +25,21 @@ from gpushopper.providers.registry import PROVIDERS
 from gpushopper.state.atomic import atomic_write_text
 from gpushopper.state.paths import Paths, vastai_cli_key_file
 
+if TYPE_CHECKING:
+    # A setting's value is one of the kinds below (text, number, flag, list of names, a
+    # duration as typed); read from TOML, the environment or a flag it is a JSONValue until
+    # coerce() has checked it against its kind, and only per key is its type known.
+    from gpushopper.model.jsontypes import JSONObject, JSONValue
+
+    Default = str | int | float | list[str] | None
+
 CONFIG_LOCK_TIMEOUT_S = 30.0
 
 
 class Setting(NamedTuple):  # a NamedTuple: a frozen dataclass costs ~0.7 ms at import
     key: str
     kind: str  # str | int | float | bool | list | duration | duration_or_zero | secret | path | url
-    default: Any = None
+    default: Default = None
     env: tuple[str, ...] = ()
     help: str = ""
 
@@ -218,7 +226,7 @@ PROFILE_KEYS: dict[str, str] = {
     "verified": "bool",
 }
 
-BUILTIN_PROFILES: dict[str, dict[str, Any]] = {
+BUILTIN_PROFILES: dict[str, dict[str, str | int | float]] = {
     "flux-lora": {
         "min_vram_gb": 24,
         "disk_gb": 32,
@@ -266,7 +274,7 @@ def _number_text(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def check_range(option: str, kind: str, value: Any, where: str) -> None:
+def check_range(option: str, kind: str, value: JSONValue, where: str) -> None:
     """Refuse a value outside what ``option`` can mean (``where`` names it in the error)."""
     if value is None:
         return
@@ -327,7 +335,7 @@ def mask_setting(setting: Setting, value: str) -> str:
     return mask(value)
 
 
-def coerce(kind: str, value: Any, key: str) -> Any:
+def coerce(kind: str, value: JSONValue, key: str) -> JSONValue:
     """Turn ``value`` (from TOML, the environment or the command line) into ``kind``."""
     if value is None:
         return None
@@ -385,7 +393,7 @@ def coerce(kind: str, value: Any, key: str) -> Any:
     raise ConfigError(f"invalid value for {key}: unsupported type {kind}")
 
 
-def _parse_typed(kind: str, raw: str, key: str) -> Any:
+def _parse_typed(kind: str, raw: str, key: str) -> JSONValue:
     """Parse text typed on the command line into the setting's type."""
     return coerce(kind, raw, key)
 
@@ -415,11 +423,11 @@ class Settings:
     paths: Paths
     environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     cwd: Path = field(default_factory=Path.cwd)
-    _file: dict[str, Any] | None = None
+    _file: JSONObject | None = None
     _dotenv: dict[str, str] | None = None
 
     # -- layers ---------------------------------------------------------------------------
-    def file_data(self) -> dict[str, Any]:
+    def file_data(self) -> JSONObject:
         if self._file is None:
             path = self.paths.config_file
             if path.exists():
@@ -447,15 +455,15 @@ class Settings:
                 self._dotenv = {k: v for k, v in dotenv_values(path).items() if v is not None}
         return self._dotenv
 
-    def _file_value(self, key: str) -> Any:
-        node: Any = self.file_data()
+    def _file_value(self, key: str) -> JSONValue:
+        node: JSONValue = self.file_data()
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
                 return None
             node = node[part]
         return node
 
-    def raw(self, key: str) -> tuple[Any, str]:
+    def raw(self, key: str) -> tuple[JSONValue, str]:
         """The uncoerced value of ``key`` and where it came from.
 
         Credentials are stripped of surrounding whitespace wherever they are read (a key
@@ -476,7 +484,7 @@ class Settings:
                 return setting.default, "default"
         return value, source
 
-    def _raw(self, key: str, setting: Setting) -> tuple[Any, str]:
+    def _raw(self, key: str, setting: Setting) -> tuple[JSONValue, str]:
         for name in setting.env_names():
             if self.environ.get(name, "").strip():
                 return self.environ[name], f"env:{name}"
@@ -504,7 +512,7 @@ class Settings:
             raise ConfigError(f"unknown setting {key!r} (see 'gpu-shopper config list')")
         return SETTINGS[key]
 
-    def get(self, key: str) -> Any:
+    def get(self, key: str) -> JSONValue:
         setting = self.spec(key)
         value, source = self.raw(key)
         if source == "file":
@@ -537,7 +545,7 @@ class Settings:
                 if isinstance(value, str):
                     register_secret(value)
 
-    def listing(self) -> list[dict[str, Any]]:
+    def listing(self) -> list[JSONObject]:
         """Every setting with its (masked) value and source, for ``config list``."""
         rows = []
         self.file_data()  # a broken file is an error, not a list of invalid rows
@@ -560,7 +568,7 @@ class Settings:
         profiles = self.file_data().get("profiles", {})
         return sorted(set(BUILTIN_PROFILES) | set(profiles if isinstance(profiles, dict) else {}))
 
-    def profile_rows(self, name: str) -> list[dict[str, Any]]:
+    def profile_rows(self, name: str) -> list[JSONObject]:
         """One profile's options as ``config list`` rows: each value as configured, from
         the config file or ``built-in`` (the shipped profiles, such as ``flux-lora``)."""
         profiles = self.file_data().get("profiles", {})
@@ -588,7 +596,7 @@ class Settings:
             rows.append({"key": full, "value": value, "source": source, "secret": False})
         return rows
 
-    def profile_option(self, key: str) -> dict[str, Any]:
+    def profile_option(self, key: str) -> JSONObject:
         """``profiles.NAME.OPTION`` as one row (value ``None``, source ``default`` when the
         profile leaves it unset); an unknown profile or option is a ConfigError."""
         parts = key.split(".")
@@ -614,10 +622,10 @@ class Settings:
                 return row
         return {"key": key, "value": None, "source": "default", "secret": False}
 
-    def profile(self, name: str) -> dict[str, Any]:
+    def profile(self, name: str) -> JSONObject:
         """A profile from the config file, falling back to the built-in ones."""
         profiles = self.file_data().get("profiles", {})
-        data: dict[str, Any] | None = None
+        data: JSONObject | None = None
         if isinstance(profiles, dict) and isinstance(profiles.get(name), dict):
             data = dict(BUILTIN_PROFILES.get(name, {}))
             data.update(profiles[name])
@@ -640,7 +648,7 @@ class Settings:
 
     # -- writing --------------------------------------------------------------------------
     @contextlib.contextmanager
-    def _edit(self) -> Iterator[dict[str, Any]]:
+    def _edit(self) -> Iterator[JSONObject]:
         """Lock the config file, read it afresh, let the caller change it, write it
         atomically (0600) if it changed. Concurrent ``config set`` calls all land."""
         import copy
@@ -670,7 +678,7 @@ class Settings:
         except LinkRefused as exc:
             raise ConfigError(str(exc.strerror)) from None
 
-    def set(self, key: str, raw_value: str) -> Any:
+    def set(self, key: str, raw_value: str) -> JSONValue:
         """Validate and store ``key = raw_value`` in the config file (written 0600)."""
         parts = key.split(".")
         if parts[0] == "profiles":
@@ -704,7 +712,7 @@ class Settings:
         if parts[0] != "profiles":
             self.spec(key)
         with self._edit() as data:
-            node: Any = data
+            node: JSONValue = data
             for part in parts[:-1]:
                 if not isinstance(node, dict) or not isinstance(node.get(part), dict):
                     return False
