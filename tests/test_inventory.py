@@ -1158,3 +1158,127 @@ def test_a_cache_file_holding_another_querys_answer_is_a_miss(tmp_path):
     cache.put("vastai", "gpu=4090", [offer("vastai", "1", 0.5)])
     cache._path("vastai", "gpu=4090").replace(cache._path("vastai", "gpu=H100"))
     assert cache.get("vastai", "gpu=H100") is None
+
+
+# -- issue 11: the steps of search (question, clients, cache, each provider, merge) -------------
+class Answering:
+    """Answers ``rows`` (or raises ``fails``), noting each question it is asked."""
+
+    def __init__(self, rows: list[Offer], fails: Exception | None = None) -> None:
+        self.rows, self.fails = rows, fails
+        self.asked: list[OfferQuery] = []
+
+    def search_offers(self, query: OfferQuery, limit: int | None = None) -> list[Offer]:
+        self.asked.append(query)
+        if self.fails is not None:
+            raise self.fails
+        return list(self.rows)[:limit]
+
+
+def test_search_refuses_an_unknown_sort_and_a_workload_it_cannot_rank_before_asking_anyone():
+    from gpushopper.model.errors import UsageError
+
+    asked: list[str] = []
+
+    def factory(name: str) -> Any:
+        asked.append(name)
+        return Answering([])
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    with pytest.raises(UsageError, match=r"^unknown sort 'bogus' \(choose from price, "):
+        search(OfferQuery(sort="bogus"), factory, now=lambda: now)
+    with pytest.raises(UsageError, match="--workload ranks by benchmark results"):
+        search(OfferQuery(workload="sd@1"), factory, now=lambda: now)
+    assert asked == []
+
+
+def test_answers_merge_in_the_order_asked_cached_or_not_and_each_provider_is_made_once(tmp_path):
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    cache = OfferCache(tmp_path, 60, lambda: now)
+    providers = {  # the same price: the merge order decides the ranking's order
+        "tensordock": Answering([offer("tensordock", "n:g", 0.5)]),
+        "vastai": Answering([offer("vastai", "1", 0.5)]),
+    }
+    search(OfferQuery(providers=["vastai"]), providers.__getitem__, cache=cache, now=lambda: now)
+    made: list[str] = []
+
+    def factory(name: str) -> Any:
+        made.append(name)
+        return providers[name]
+
+    query = OfferQuery(providers=["tensordock", "vastai", "tensordock"])
+    result = search(query, factory, cache=cache, now=lambda: now)
+    assert made == ["tensordock", "vastai"]
+    assert len(providers["vastai"].asked) == 1  # the second time from the cache, read first
+    assert [o.id for o in result.offers] == ["tensordock:n:g", "vastai:1"]
+    assert result.cached == {"tensordock": False, "vastai": True}
+    assert list(result.cached) == ["tensordock", "vastai"]
+
+
+def test_a_template_raises_each_providers_cuda_floor_or_skips_or_fails_it():
+    from gpushopper.model.models import Template
+
+    providers = {
+        name: Answering(
+            [offer(name, "n:g" if name == "tensordock" else "1", 0.5, cuda_version=13.0)]
+        )
+        for name in ("vastai", "tensordock")
+    }
+
+    def resolve(provider: Any, ident: str) -> Template | None:
+        if provider is providers["tensordock"]:
+            return None
+        return Template(id="7", provider="vastai", name=ident, min_cuda=12.4)
+
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    result = search(
+        OfferQuery(template="Trainer", min_cuda=11.0),
+        providers.__getitem__,
+        now=lambda: now,
+        template_resolver=resolve,
+    )
+    assert [q.min_cuda for q in providers["vastai"].asked] == [12.4]
+    assert providers["tensordock"].asked == []
+    assert result.skipped["tensordock"].startswith("tensordock: no template 'Trainer'")
+    assert [o.id for o in result.offers] == ["vastai:1"]
+
+    def broken(provider: Any, ident: str) -> Template | None:
+        raise Unavailable("vastai", "templates are down")
+
+    failed = search(
+        OfferQuery(providers=["vastai"], template="Trainer"),
+        providers.__getitem__,
+        now=lambda: now,
+        template_resolver=broken,
+    )
+    assert "templates are down" in failed.errors["vastai"] and failed.offers == []
+
+
+def test_a_rate_limited_provider_is_answered_from_an_earlier_cache_and_says_so(tmp_path):
+    from gpushopper.model.errors import RateLimited
+
+    clock = [datetime(2026, 1, 1, tzinfo=timezone.utc)]
+    cache = OfferCache(tmp_path, 60, lambda: clock[0])
+    provider = Answering([offer("vastai", "1", 0.5)])
+    query = OfferQuery(providers=["vastai"])
+    first = search(query, lambda name: provider, cache=cache, now=lambda: clock[0])
+    assert first.cached == {"vastai": False} and first.notes == []
+    clock[0] += timedelta(minutes=10)  # past the TTL, within the stale limit
+    provider.fails = RateLimited("vastai", "slow down")
+    again = search(query, lambda name: provider, cache=cache, now=lambda: clock[0])
+    assert [o.id for o in again.offers] == ["vastai:1"] and again.cached == {"vastai": True}
+    assert again.notes == ["vastai: rate limited; showing answers cached earlier"]
+    nothing = search(query, lambda name: provider, now=lambda: clock[0])  # no cache at all
+    assert "slow down" in nothing.errors["vastai"] and nothing.notes == []
+
+
+def test_a_cache_that_cannot_be_written_is_a_note_and_the_answer_still_comes(tmp_path):
+    (tmp_path / "file").write_text("")
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    cache = OfferCache(tmp_path / "file" / "cache", 60, lambda: now)
+    provider = Answering([offer("vastai", "1", 0.5)])
+    result = search(
+        OfferQuery(providers=["vastai"]), lambda name: provider, cache=cache, now=lambda: now
+    )
+    assert [o.id for o in result.offers] == ["vastai:1"]
+    assert result.notes == ["could not write the offer cache: Not a directory"]

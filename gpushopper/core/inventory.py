@@ -352,135 +352,230 @@ def search(
     nothing of our measurements) and ``estimate`` gives each offer its measured
     price-performance before the ranking and the cut.
     """
-    if query.sort not in RANK_KEYS:
-        raise UsageError(f"unknown sort {query.sort!r} (choose from {', '.join(SORTS)})")
     asked_for = query
-    if query.workload:
-        if estimate is None:
-            raise UsageError("--workload ranks by benchmark results, which this command lacks")
-        query = replace(query, sort="price", limit=None)
+    query = _provider_query(query, estimate)
     result = InventoryResult(offers=[])
     health = health or {}
     stamp = now()
+    clients = _clients(query.providers, provider_factory, result)
+    shop = _Shopping(
+        query,
+        clients,
+        result,
+        cache=cache,
+        refresh=refresh,
+        health=health,
+        stamp=stamp,
+        include_unhealthy=include_unhealthy,
+        template_resolver=template_resolver,
+    )
+    merged = shop.merge(shop.answers(progress, progress_after_s))
+    if asked_for.workload and estimate is not None:
+        _estimate(merged, asked_for.workload, estimate, result)
+        query = asked_for
+    ranked = rank(merged, query.sort)
+    result.offers = ranked[: query.limit] if query.limit else ranked
+    return result
+
+
+def _provider_query(query: OfferQuery, estimate: Estimator | None) -> OfferQuery:
+    """The question the providers are asked: ``query`` itself, or with a workload every
+    match in price order (the ranking by measured price-performance is ours)."""
+    if query.sort not in RANK_KEYS:
+        raise UsageError(f"unknown sort {query.sort!r} (choose from {', '.join(SORTS)})")
+    if query.workload:
+        if estimate is None:
+            raise UsageError("--workload ranks by benchmark results, which this command lacks")
+        return replace(query, sort="price", limit=None)
+    return query
+
+
+def _clients(
+    names: list[str], provider_factory: ProviderFactory, result: InventoryResult
+) -> dict[str, Provider]:
+    """A client per provider named (each once, in order); one without credentials is
+    skipped and said so in ``result``."""
     clients: dict[str, Provider] = {}
-    for name in dict.fromkeys(query.providers):
+    for name in dict.fromkeys(names):
         try:
             clients[name] = provider_factory(name)
         except MissingCredentials as exc:
             result.skipped[name] = str(exc)
             result.no_credentials.append(name)
-    queries = dict.fromkeys(clients, query)
-    # Offers hidden after failed boots are dropped after the provider's cut: ask for more.
-    want = None if not query.limit else query.limit + _suppressed(health, stamp)
+    return clients
 
-    def keep(offer: Offer, asked: OfferQuery) -> bool:
-        """Our own checks (:func:`usable`) and the health check."""
-        if not usable(offer, asked):
-            return False
-        if offer.health != "taken":
-            offer.health = health_of(offer, health, stamp)
-        if offer.health == "suppressed" and not include_unhealthy:
-            result.hidden_unhealthy += 1
-            return False
-        return True
 
-    def enough(answer: CachedAnswer, asked: OfferQuery) -> bool:
-        """Does this answer hold the best ``query.limit`` of every match?"""
-        if answer.complete or not query.limit:
-            return answer.complete
-        kept = sum(1 for o in answer.offers if usable(o, asked) and not _hidden(o))
-        return kept >= query.limit
+def _estimate(
+    merged: list[Offer], workload: str, estimate: Estimator, result: InventoryResult
+) -> None:
+    """Give each offer its measured price-performance; say so when none has one."""
+    if merged and not estimate(merged, workload):
+        result.notes.append(
+            f"no valid benchmark result of workload {workload!r} matches these "
+            "offers; they are in price order"
+        )
 
-    def _hidden(offer: Offer) -> bool:
-        return not include_unhealthy and health_of(offer, health, stamp) == "suppressed"
 
-    def ask(name: str, asked: OfferQuery) -> CachedAnswer:
-        """The provider's best ``want`` offers, asked again for more while ours drop some."""
-        limit = want
-        while True:
-            offers = clients[name].search_offers(asked, limit=limit)
-            answer = CachedAnswer(offers, limit is None or len(offers) < limit)
-            if limit is None or enough(answer, asked) or limit >= MAX_ASKED:
-                return answer
-            limit *= 4
+class _Shopping:
+    """One search's asking: each provider's question, the cache, our own checks.
 
-    def cached(name: str, key: str, asked: OfferQuery) -> Answer | None:
-        hit = cache.lookup(name, key) if cache is not None and not refresh else None
-        if hit is not None and enough(hit, asked):
-            return Answer(name, hit.offers, cached=True)
-        return None
+    ``fetch`` runs in a thread per provider; it changes only its own provider's entry in
+    ``queries`` and appends to ``result.notes``."""
 
-    def fetch(name: str) -> Answer:
+    def __init__(
+        self,
+        query: OfferQuery,
+        clients: dict[str, Provider],
+        result: InventoryResult,
+        *,
+        cache: OfferCache | None,
+        refresh: bool,
+        health: JSONObject,
+        stamp: datetime,
+        include_unhealthy: bool,
+        template_resolver: Callable[[Provider, str], Template | None] | None,
+    ) -> None:
+        self.query = query
+        self.clients = clients
+        self.result = result
+        self.cache = cache
+        self.refresh = refresh
+        self.health = health
+        self.stamp = stamp
+        self.include_unhealthy = include_unhealthy
+        self.template_resolver = template_resolver
+        self.queries = dict.fromkeys(clients, query)  # a template may raise its min_cuda
+        # Offers hidden after failed boots are dropped after the provider's cut: ask for more.
+        self.want = None if not query.limit else query.limit + _suppressed(health, stamp)
+
+    # -- the steps, in order ----------------------------------------------------------------
+    def answers(self, progress: Progress | None, progress_after_s: float) -> dict[str, Answer]:
+        """Every provider's answer. Cache hits are read here; only the providers that
+        must be asked get a thread each (one alone, with nobody to tell, none)."""
+        answers: dict[str, Answer] = {}
+        if not self.query.template:
+            for name in self.clients:
+                hit = self.cached(name, _cache_key(self.query, name), self.query)
+                if hit is not None:
+                    answers[name] = hit
+        pending = [name for name in self.clients if name not in answers]
+        if len(pending) == 1 and progress is None:
+            answers[pending[0]] = self.fetch(pending[0])
+        elif pending:
+            answers.update(_fan_out(pending, self.fetch, progress, progress_after_s))
+        return answers
+
+    def merge(self, answers: dict[str, Answer]) -> list[Offer]:
+        """The offers that pass our checks, in the order asked (whichever answered first);
+        each skip and failure recorded in ``result``."""
+        merged: list[Offer] = []
+        for name in self.clients:
+            answer = answers[name]
+            if answer.skipped is not None:
+                self.result.skipped[name] = answer.skipped
+                continue
+            if answer.error is not None:
+                self.result.failures[name] = answer.error
+                continue
+            self.result.cached[name] = answer.cached
+            merged.extend(o for o in answer.offers or [] if self.keep(o, self.queries[name]))
+        return merged
+
+    # -- one provider -----------------------------------------------------------------------
+    def fetch(self, name: str) -> Answer:
         """One provider's offers: its template's needs folded in, from cache or over HTTP."""
-        if query.template and template_resolver is not None:
-            try:
-                template = template_resolver(clients[name], query.template)
-            except GpuShopperError as exc:
-                return Answer(name, error=exc)
-            if template is None:
-                return Answer(name, skipped=no_template(name, query.template))
-            if template.min_cuda is not None and (query.min_cuda or 0) < template.min_cuda:
-                queries[name] = replace(query, min_cuda=template.min_cuda)
-        asked = queries[name]
+        template = self.query.template
+        refused = self._fold_template(name, template) if template else None
+        if refused is not None:
+            return refused
+        asked = self.queries[name]
         key = _cache_key(asked, name)
         # Without a template the cache was already read before any thread started.
-        if query.template:
-            hit = cached(name, key, asked)
+        if template:
+            hit = self.cached(name, key, asked)
             if hit is not None:
                 return hit
+        return self._over_http(name, key, asked)
+
+    def _fold_template(self, name: str, template_name: str) -> Answer | None:
+        """Raise this provider's question to its template's CUDA floor; an Answer (error
+        or skip) when the template cannot be had there."""
+        if self.template_resolver is None:
+            return None
         try:
-            answer = ask(name, asked)
+            template = self.template_resolver(self.clients[name], template_name)
+        except GpuShopperError as exc:
+            return Answer(name, error=exc)
+        if template is None:
+            return Answer(name, skipped=no_template(name, template_name))
+        if template.min_cuda is not None and (self.query.min_cuda or 0) < template.min_cuda:
+            self.queries[name] = replace(self.query, min_cuda=template.min_cuda)
+        return None
+
+    def _over_http(self, name: str, key: str, asked: OfferQuery) -> Answer:
+        """Ask the provider and cache its answer; rate limited, an earlier answer will do."""
+        try:
+            answer = self.ask(name, asked)
         except RateLimited as exc:
-            if cache is not None:
-                cache.note_rate_limited(name)
-                stale = cache.get(name, key, max_age_s=STALE_LIMIT_S)
+            if self.cache is not None:
+                self.cache.note_rate_limited(name)
+                stale = self.cache.get(name, key, max_age_s=STALE_LIMIT_S)
                 if stale is not None:
-                    result.notes.append(f"{name}: rate limited; showing answers cached earlier")
+                    self.result.notes.append(
+                        f"{name}: rate limited; showing answers cached earlier"
+                    )
                     return Answer(name, stale, cached=True)
             return Answer(name, error=exc)
         except GpuShopperError as exc:
             return Answer(name, error=exc)
-        if cache is not None:
+        if self.cache is not None:
             try:
-                cache.put(name, key, answer.offers, answer.complete)
+                self.cache.put(name, key, answer.offers, answer.complete)
             except OSError as exc:
-                result.notes.append(f"could not write the offer cache: {exc.strerror}")
+                self.result.notes.append(f"could not write the offer cache: {exc.strerror}")
         return Answer(name, answer.offers)
 
-    # Cache hits are read here; only the providers that must be asked get a thread each.
-    answers: dict[str, Answer] = {}
-    if not query.template:
-        for name in clients:
-            hit = cached(name, _cache_key(query, name), query)
-            if hit is not None:
-                answers[name] = hit
-    pending = [name for name in clients if name not in answers]
-    if len(pending) == 1 and progress is None:
-        answers[pending[0]] = fetch(pending[0])
-    elif pending:
-        answers.update(_fan_out(pending, fetch, progress, progress_after_s))
+    def ask(self, name: str, asked: OfferQuery) -> CachedAnswer:
+        """The provider's best ``want`` offers, asked again for more while ours drop some."""
+        limit = self.want
+        while True:
+            offers = self.clients[name].search_offers(asked, limit=limit)
+            answer = CachedAnswer(offers, limit is None or len(offers) < limit)
+            if limit is None or self.enough(answer, asked) or limit >= MAX_ASKED:
+                return answer
+            limit *= 4
 
-    merged: list[Offer] = []
-    for name in clients:  # in the order asked, whichever answered first
-        answer = answers[name]
-        if answer.skipped is not None:
-            result.skipped[name] = answer.skipped
-            continue
-        if answer.error is not None:
-            result.failures[name] = answer.error
-            continue
-        result.cached[name] = answer.cached
-        merged.extend(o for o in answer.offers or [] if keep(o, queries[name]))
-    if asked_for.workload and estimate is not None:
-        if merged and not estimate(merged, asked_for.workload):
-            result.notes.append(
-                f"no valid benchmark result of workload {asked_for.workload!r} matches these "
-                "offers; they are in price order"
-            )
-        query = asked_for
-    ranked = rank(merged, query.sort)
-    result.offers = ranked[: query.limit] if query.limit else ranked
-    return result
+    def cached(self, name: str, key: str, asked: OfferQuery) -> Answer | None:
+        """The cache's answer when it is fresh and holds enough (never with ``refresh``)."""
+        cache = self.cache
+        hit = cache.lookup(name, key) if cache is not None and not self.refresh else None
+        if hit is not None and self.enough(hit, asked):
+            return Answer(name, hit.offers, cached=True)
+        return None
+
+    # -- our checks -------------------------------------------------------------------------
+    def keep(self, offer: Offer, asked: OfferQuery) -> bool:
+        """Our own checks (:func:`usable`) and the health check."""
+        if not usable(offer, asked):
+            return False
+        if offer.health != "taken":
+            offer.health = health_of(offer, self.health, self.stamp)
+        if offer.health == "suppressed" and not self.include_unhealthy:
+            self.result.hidden_unhealthy += 1
+            return False
+        return True
+
+    def enough(self, answer: CachedAnswer, asked: OfferQuery) -> bool:
+        """Does this answer hold the best ``query.limit`` of every match?"""
+        if answer.complete or not self.query.limit:
+            return answer.complete
+        kept = sum(1 for o in answer.offers if usable(o, asked) and not self._hidden(o))
+        return kept >= self.query.limit
+
+    def _hidden(self, offer: Offer) -> bool:
+        return (
+            not self.include_unhealthy and health_of(offer, self.health, self.stamp) == "suppressed"
+        )
 
 
 def _fan_out(
