@@ -198,3 +198,61 @@ def test_validator_output_is_plain_and_complete():
     assert record["invalid_reasons"] == [] and record["extra_metrics"] == {}
     again = validate_result(record, now=NOW)  # a stored record passes again, unchanged
     assert again == record
+
+
+def test_of_many_bad_fields_the_one_named_is_the_first_in_the_records_order():
+    """The validator's steps (what was measured, extra figures, hardware, offer, timings,
+    validity, origin, then the loose texts) keep one order: fixing the named field names
+    the next one."""
+    bad = {
+        "metric": "tf lops",
+        "value": 0,
+        "unit": "",
+        "higher_is_better": 1,
+        "extra_metrics": {"bw": "lots"},
+        "hardware": {"device": "tpu"},
+        "offer": {"gpu_count": 1.5},
+        "timings": {"boot": -1},
+        "valid": "yes",
+        "invalid_reasons": "slow",
+        "source": "magic",
+        "run_id": "../x",
+        "created_at": "yesterday",
+        "backend": "\x1b[2J",
+        "cost_usd": -1,
+        "entry": "",
+        "job_id": "",
+        "session_id": "",
+    }
+    good = result()
+    raw = {**good, **bad}
+    named = []
+    for key in bad:
+        with pytest.raises(UsageError) as exc:
+            validate_result(raw, where="results[3].", now=NOW)
+        named.append(str(exc.value).split(":")[0])
+        if key in good:
+            raw[key] = good[key]
+        else:
+            del raw[key]
+    assert named == [
+        "results[3].metric",
+        "results[3].value",
+        "results[3].unit",
+        "results[3].higher_is_better",
+        "results[3].extra_metrics.bw",
+        "results[3].hardware.device",
+        "results[3].offer.gpu_count",
+        "results[3].timings.boot",
+        "results[3].valid",
+        "results[3].invalid_reasons",
+        "results[3].source",
+        "results[3].run_id",
+        "results[3].created_at",
+        "results[3].backend",
+        "results[3].cost_usd",
+        "results[3].entry",
+        "results[3].job_id",
+        "results[3].session_id",
+    ]
+    assert validate_result(raw, now=NOW)["offer"] == {**good["offer"], "dlperf": None}

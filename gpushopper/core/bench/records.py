@@ -150,136 +150,183 @@ def validate_result(
     """A clean result record from ``raw``, or a UsageError naming the first bad field.
 
     Ids are not taken from the input (``assign_id`` gives one); ``cost_per_unit`` is
-    recomputed from the offer's price and the value, never trusted.
+    recomputed from the offer's price and the value, never trusted. The fields are
+    checked in the order of the record (so the first bad one is the one named), each
+    part by its own step below.
     """
-    from gpushopper.model.units import iso, parse_iso
+    from gpushopper.model.units import iso
 
     check = _Check(where)
+    record = _known_fields(check, raw)
+    measured = _measurement(check, record)
+    extra = _figures(
+        check, "extra_metrics", record.get("extra_metrics"), noun="metric", most=MAX_EXTRA
+    )
+    hardware = _hardware(check, record.get("hardware"))
+    offer = _offer(check, record.get("offer"))
+    timings = _figures(check, "timings", record.get("timings"), noun="timing", low=0, high=1e7)
+    valid, reasons = _validity(check, record)
+    src, run_id, created = _origin(check, record, source, now)
+    return {
+        **measured,
+        "extra_metrics": extra,
+        "backend": check.text("backend", record.get("backend"), max_len=40),
+        "hardware": hardware,
+        "offer": offer,
+        "timings": timings,
+        "cost_usd": check.number("cost_usd", record.get("cost_usd"), low=0, high=1e6),
+        "cost_per_unit": cost_per_unit(
+            offer["price_per_hour"], measured["value"], measured["higher_is_better"]
+        ),
+        "valid": valid,
+        "invalid_reasons": reasons,
+        "run_id": run_id,
+        "entry": check.text("entry", record.get("entry"), max_len=120),
+        "job_id": check.text("job_id", record.get("job_id"), max_len=40),
+        "session_id": check.text("session_id", record.get("session_id"), max_len=40),
+        "source": src,
+        "created_at": iso(created),
+    }
+
+
+def _known_fields(check: _Check, raw: JSONValue) -> JSONObject:
+    """``raw`` as an object of known fields, the required ones present."""
     if not isinstance(raw, dict):
-        raise UsageError(f"{where or 'result'}: must be an object, not {_kind(raw)}")
+        raise UsageError(f"{check.where or 'result'}: must be an object, not {_kind(raw)}")
     unknown = sorted(str(k) for k in raw if k not in TOP_KEYS)
     if unknown:
         raise check.fail(unknown[0][:40], "is not a known field")
     missing = [k for k in REQUIRED if raw.get(k) is None]
     if missing:
         raise check.fail(missing[0], "is required")
-    workload = check.text("workload", raw["workload"], optional=False, max_len=90)
+    return raw
+
+
+def _measurement(check: _Check, record: JSONObject) -> JSONObject:
+    """What was measured: the workload (and its name and version), metric, value, unit
+    and direction, in the record's order."""
+    workload = check.text("workload", record["workload"], optional=False, max_len=90)
     try:
         name, version = split_workload(workload)
     except UsageError as exc:
         raise check.fail("workload", str(exc)) from None
-    metric = check.text("metric", raw["metric"], optional=False, max_len=64)
+    metric = check.text("metric", record["metric"], optional=False, max_len=64)
     if not _full(METRIC_RE, metric):
         raise check.fail("metric", "must be letters, digits and _./%- (at most 64)")
     value = check.number(
-        "value", raw["value"], low=0, high=MAX_VALUE, low_open=True, optional=False
+        "value", record["value"], low=0, high=MAX_VALUE, low_open=True, optional=False
     )
-    unit = check.text("unit", raw["unit"], optional=False, max_len=32)
-    higher = check.flag("higher_is_better", raw["higher_is_better"])
-
-    extra_in = check.obj("extra_metrics", raw.get("extra_metrics"), None)
-    if len(extra_in) > MAX_EXTRA:
-        raise check.fail("extra_metrics", f"at most {MAX_EXTRA} figures")
-    extra = {}
-    for key, figure in extra_in.items():
-        if not isinstance(key, str) or not _full(METRIC_RE, key):
-            raise check.fail("extra_metrics", f"{str(key)[:40]!r} is not a metric name")
-        extra[key] = check.number(f"extra_metrics.{key}", figure, low=-MAX_VALUE, high=MAX_VALUE)
-
-    hw_in = check.obj("hardware", raw.get("hardware"), HARDWARE_KEYS)
-    device = hw_in.get("device")
-    if device is not None and device not in DEVICES:
-        raise check.fail("hardware.device", f"must be one of {', '.join(DEVICES)}")
-    hardware = {
-        "gpu_name": check.text("hardware.gpu_name", hw_in.get("gpu_name"), max_len=80),
-        "gpu_count": check.number(
-            "hardware.gpu_count", hw_in.get("gpu_count"), low=0, high=64, integer=True
-        ),
-        "vram_mb": check.number(
-            "hardware.vram_mb", hw_in.get("vram_mb"), low=0, high=10_000_000, integer=True
-        ),
-        "driver": check.text("hardware.driver", hw_in.get("driver"), max_len=40),
-        "cuda": check.text("hardware.cuda", hw_in.get("cuda"), max_len=40),
-        "device": device,
-    }
-
-    of_in = check.obj("offer", raw.get("offer"), OFFER_KEYS)
-    provider = check.text("offer.provider", of_in.get("provider"), max_len=32)
-    if provider is not None and not _full(PROVIDER_RE, provider):
-        raise check.fail("offer.provider", "must be a provider name such as vastai")
-    offer = {
-        "provider": provider,
-        "offer_id": check.text("offer.offer_id", of_in.get("offer_id"), max_len=100),
-        "machine_id": check.text("offer.machine_id", of_in.get("machine_id"), max_len=100),
-        "gpu_name": check.text("offer.gpu_name", of_in.get("gpu_name"), max_len=80),
-        "gpu_count": check.number(
-            "offer.gpu_count", of_in.get("gpu_count"), low=1, high=64, integer=True
-        ),
-        "price_per_hour": check.number(
-            "offer.price_per_hour", of_in.get("price_per_hour"), low=0, high=MAX_PRICE
-        ),
-        "dlperf": check.number("offer.dlperf", of_in.get("dlperf"), low=0, high=MAX_VALUE),
-    }
-
-    timings_in = check.obj("timings", raw.get("timings"), None)
-    timings = {}
-    for key, seconds in timings_in.items():
-        if not isinstance(key, str) or not _full(METRIC_RE, key):
-            raise check.fail("timings", f"{str(key)[:40]!r} is not a timing name")
-        timings[key] = check.number(f"timings.{key}", seconds, low=0, high=1e7)
-
-    valid = True if raw.get("valid") is None else check.flag("valid", raw["valid"])
-    reasons_in = raw.get("invalid_reasons") or []
-    if not isinstance(reasons_in, list) or len(reasons_in) > 20:
-        raise check.fail("invalid_reasons", "must be a list of at most 20 strings")
-    reasons = [
-        check.text(f"invalid_reasons[{i}]", r, optional=False) for i, r in enumerate(reasons_in)
-    ]
-    if reasons and valid:
-        raise check.fail("valid", "is true while invalid_reasons are given")
-
-    src = raw.get("source") or source
-    if src not in SOURCES:
-        raise check.fail("source", f"must be one of {', '.join(SOURCES)}")
-    run_id = check.text("run_id", raw.get("run_id"), max_len=40)
-    if run_id is not None and not _full(RUN_ID_RE, run_id):
-        raise check.fail("run_id", "must be a run id such as b-1a2b3c")
-    created_text = raw.get("created_at")
-    if created_text is None:
-        created = now
-    else:
-        check.text("created_at", created_text, optional=False, max_len=40)
-        try:
-            parsed = parse_iso(created_text)
-        except ValueError:
-            parsed = None
-        if parsed is None:
-            raise check.fail("created_at", "must be an ISO 8601 time such as 2026-12-01T14:00:00Z")
-        created = parsed
     return {
         "workload": workload,
         "workload_name": name,
         "workload_version": version,
         "metric": metric,
         "value": value,
-        "unit": unit,
-        "higher_is_better": higher,
-        "extra_metrics": extra,
-        "backend": check.text("backend", raw.get("backend"), max_len=40),
-        "hardware": hardware,
-        "offer": offer,
-        "timings": timings,
-        "cost_usd": check.number("cost_usd", raw.get("cost_usd"), low=0, high=1e6),
-        "cost_per_unit": cost_per_unit(offer["price_per_hour"], value, higher),
-        "valid": valid,
-        "invalid_reasons": reasons,
-        "run_id": run_id,
-        "entry": check.text("entry", raw.get("entry"), max_len=120),
-        "job_id": check.text("job_id", raw.get("job_id"), max_len=40),
-        "session_id": check.text("session_id", raw.get("session_id"), max_len=40),
-        "source": src,
-        "created_at": iso(created),
+        "unit": check.text("unit", record["unit"], optional=False, max_len=32),
+        "higher_is_better": check.flag("higher_is_better", record["higher_is_better"]),
     }
+
+
+def _figures(
+    check: _Check,
+    key: str,
+    value: JSONValue,
+    *,
+    noun: str,
+    low: float = -MAX_VALUE,
+    high: float = MAX_VALUE,
+    most: int | None = None,
+) -> JSONObject:
+    """An object of named figures (``extra_metrics``, ``timings``): at most ``most`` of
+    them, each name a metric-like name, each figure a number in [low, high]."""
+    given = check.obj(key, value, None)
+    if most is not None and len(given) > most:
+        raise check.fail(key, f"at most {most} figures")
+    figures = {}
+    for name, figure in given.items():
+        if not isinstance(name, str) or not _full(METRIC_RE, name):
+            raise check.fail(key, f"{str(name)[:40]!r} is not a {noun} name")
+        figures[name] = check.number(f"{key}.{name}", figure, low=low, high=high)
+    return figures
+
+
+def _hardware(check: _Check, value: JSONValue) -> JSONObject:
+    """What the machine said it is (all optional)."""
+    given = check.obj("hardware", value, HARDWARE_KEYS)
+    device = given.get("device")
+    if device is not None and device not in DEVICES:
+        raise check.fail("hardware.device", f"must be one of {', '.join(DEVICES)}")
+    return {
+        "gpu_name": check.text("hardware.gpu_name", given.get("gpu_name"), max_len=80),
+        "gpu_count": check.number(
+            "hardware.gpu_count", given.get("gpu_count"), low=0, high=64, integer=True
+        ),
+        "vram_mb": check.number(
+            "hardware.vram_mb", given.get("vram_mb"), low=0, high=10_000_000, integer=True
+        ),
+        "driver": check.text("hardware.driver", given.get("driver"), max_len=40),
+        "cuda": check.text("hardware.cuda", given.get("cuda"), max_len=40),
+        "device": device,
+    }
+
+
+def _offer(check: _Check, value: JSONValue) -> JSONObject:
+    """The offer that was rented (all optional): its price makes the cost per unit."""
+    given = check.obj("offer", value, OFFER_KEYS)
+    provider = check.text("offer.provider", given.get("provider"), max_len=32)
+    if provider is not None and not _full(PROVIDER_RE, provider):
+        raise check.fail("offer.provider", "must be a provider name such as vastai")
+    return {
+        "provider": provider,
+        "offer_id": check.text("offer.offer_id", given.get("offer_id"), max_len=100),
+        "machine_id": check.text("offer.machine_id", given.get("machine_id"), max_len=100),
+        "gpu_name": check.text("offer.gpu_name", given.get("gpu_name"), max_len=80),
+        "gpu_count": check.number(
+            "offer.gpu_count", given.get("gpu_count"), low=1, high=64, integer=True
+        ),
+        "price_per_hour": check.number(
+            "offer.price_per_hour", given.get("price_per_hour"), low=0, high=MAX_PRICE
+        ),
+        "dlperf": check.number("offer.dlperf", given.get("dlperf"), low=0, high=MAX_VALUE),
+    }
+
+
+def _validity(check: _Check, record: JSONObject) -> tuple[bool, list[JSONValue]]:
+    """(valid, invalid_reasons): valid unless said otherwise; reasons only when invalid."""
+    valid = True if record.get("valid") is None else check.flag("valid", record["valid"])
+    given = record.get("invalid_reasons") or []
+    if not isinstance(given, list) or len(given) > 20:
+        raise check.fail("invalid_reasons", "must be a list of at most 20 strings")
+    reasons = [check.text(f"invalid_reasons[{i}]", r, optional=False) for i, r in enumerate(given)]
+    if reasons and valid:
+        raise check.fail("valid", "is true while invalid_reasons are given")
+    return valid, reasons
+
+
+def _origin(
+    check: _Check, record: JSONObject, source: str, now: datetime
+) -> tuple[str, JSONValue, datetime]:
+    """(source, run_id, created_at): where the result came from and when (``now`` when
+    the record does not say)."""
+    from gpushopper.model.units import parse_iso
+
+    src = record.get("source") or source
+    if src not in SOURCES:
+        raise check.fail("source", f"must be one of {', '.join(SOURCES)}")
+    run_id = check.text("run_id", record.get("run_id"), max_len=40)
+    if run_id is not None and not _full(RUN_ID_RE, run_id):
+        raise check.fail("run_id", "must be a run id such as b-1a2b3c")
+    created_text = record.get("created_at")
+    if created_text is None:
+        return src, run_id, now
+    check.text("created_at", created_text, optional=False, max_len=40)
+    try:
+        parsed = parse_iso(created_text)
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise check.fail("created_at", "must be an ISO 8601 time such as 2026-12-01T14:00:00Z")
+    return src, run_id, parsed
 
 
 def assign_id(record: JSONObject, taken: JSONValue) -> JSONObject:
