@@ -95,6 +95,7 @@ def test_a_list_imports_in_one_go(gs, tmp_path, isolated_home):
         ({"valid": "yes"}, "valid: must be true or false"),
         ({"invalid_reasons": ["gpu mismatch"]}, "valid: is true while invalid_reasons"),
         ({"created_at": "yesterday"}, "created_at: must be an ISO 8601 time"),
+        ({"created_at": 64}, "created_at: must be an ISO 8601 time"),
         ({"source": "magic"}, "source: must be one of"),
         ({"run_id": "../../etc"}, "run_id: must be a run id"),
         ({"colour": "red"}, "colour: is not a known field"),

@@ -319,9 +319,9 @@ def _origin(
     created_text = record.get("created_at")
     if created_text is None:
         return src, run_id, now
-    check.text("created_at", created_text, optional=False, max_len=40)
+    text = check.text("created_at", created_text, optional=False, max_len=40)
     try:
-        parsed = parse_iso(created_text)
+        parsed = parse_iso(text)  # the checked text: a bare number is text too, not a time
     except ValueError:
         parsed = None
     if parsed is None:
