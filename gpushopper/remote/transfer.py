@@ -109,6 +109,7 @@ def _checked_scp(transport: Transport | None, progress: Progress | None) -> SCPC
     """An SCPClient that checks every name the instance sends before it names a local file."""
     from scp import SCPClient
 
+    # scp ships no types, so SCPClient is Any to mypy by import (no explicit Any here).
     class CheckedSCPClient(SCPClient):
         def _recv_file(self, cmd: bytes) -> None:
             _checked_name(cmd)
