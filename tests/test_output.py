@@ -195,3 +195,146 @@ def test_benchmark_status_loads_no_http_ssh_nor_table_library(gs, isolated_home)
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip().splitlines()[-1] == "LOADED: 2", out.stderr
+
+
+# -- the renderer and the JSON mode (issue 11) ---------------------------------------------------
+def test_render_writes_the_json_document_or_draws_for_people_never_both(capsys, monkeypatch):
+    """render's two paths: with as_json exactly emit_json's document (nothing drawn, the
+    rows never even made); without, exactly what print_table / print_kv / the text
+    function write, and no JSON."""
+    import json
+
+    from gpushopper.cli.output import Table, emit_json, print_kv, print_table, render
+
+    monkeypatch.setenv("COLUMNS", "60")
+    rows = [
+        {"id": "a1", "gpu": "RTX 4090", "price": 0.4},
+        {"id": "b2", "gpu": "A100", "price": 1.5},
+    ]
+    made: list[str] = []
+
+    def row(r):
+        made.append(r["id"])
+        return (r["id"], r["gpu"], r["price"])
+
+    table = Table(["ID", "GPU", "$/h"], row, title="Offers", empty="None.", total=("", "", 1.9))
+    render(True, rows, table=table)
+    render(True, rows[0], pairs=dict.items)
+    render(True, rows, text=lambda data: made.append("text"))
+    out, err = capsys.readouterr()
+    assert made == [] and err == ""
+    emit_json(rows)
+    emit_json(rows[0])
+    emit_json(rows)
+    assert out == capsys.readouterr().out
+    assert json.loads(out.split("\n]\n")[0] + "\n]") == rows
+
+    render(False, rows, table=table)
+    render(False, [], table=table)
+    render(False, rows[0], pairs=dict.items)
+    render(False, rows, text=lambda data: print(f"{len(data)} rows"))
+    people = capsys.readouterr()
+    assert made == ["a1", "b2"]
+    print_table(["ID", "GPU", "$/h"], [("a1", "RTX 4090", 0.4), ("b2", "A100", 1.5)],
+                title="Offers", empty="None.", total=("", "", 1.9))  # fmt: skip
+    print_table(["ID"], [], empty="None.")
+    print_kv(list(rows[0].items()))
+    print("2 rows")
+    assert people == capsys.readouterr()
+    assert "{" not in people.out and people.err == "None.\n"
+
+
+def test_render_takes_exactly_one_way_to_draw():
+    from gpushopper.cli.output import Table, render
+
+    with pytest.raises(TypeError):
+        render(False, [], table=Table(["A"], tuple), text=print)
+    with pytest.raises(TypeError):
+        render(True, [])
+    with pytest.raises(TypeError):
+        Table(["A"], tuple, rows=list)
+
+
+def test_rendering_follows_the_commands_own_parsed_json_in_the_sandbox_too(gs, monkeypatch):
+    monkeypatch.setenv("GPU_SHOPPER_SANDBOX", "/nowhere")
+    doc = gs("config path --json").json()
+    assert doc["sandbox"] is True and doc["config_file"].endswith("config.toml")
+    plain = gs("config path")
+    assert plain.stdout == doc["config_file"] + "\n"
+
+
+@pytest.fixture
+def boom_json_command(monkeypatch):
+    """A throwaway command with the real json_option and a --label that takes a value."""
+    from gpushopper.cli.output import json_option
+
+    holder: dict[str, BaseException] = {}
+
+    @click.command("boomj")
+    @click.option("--label")
+    @json_option
+    def boomj(label: str | None, as_json: bool) -> None:
+        raise holder["exc"]
+
+    monkeypatch.setitem(COMMANDS, "boomj", ("tests.test_output", "_BOOMJ", "test"))
+    monkeypatch.setattr(sys.modules[__name__], "_BOOMJ", boomj, raising=False)
+    return holder
+
+
+@pytest.mark.internal_errors
+@pytest.mark.parametrize(
+    "exc, etype",
+    [
+        (UsageError("bad"), "usage"),
+        (KeyboardInterrupt(), "interrupted"),
+        (RuntimeError("x"), "internal"),
+    ],
+)
+def test_an_error_is_written_as_the_command_that_raised_it_parsed_its_json(
+    gs, boom_json_command, exc, etype
+):
+    """The command's own --json decides its error document: not a '--json' that is the
+    value of another option (the old argv scan took it for ours), nor one after '--'."""
+    boom_json_command["exc"] = exc
+    assert gs("boomj --json").json()["error"]["type"] == etype
+    for argv in ("boomj --label --json", "boomj", "boomj -- --json"):
+        result = gs(argv)
+        error = result.stderr.strip()  # (click closes a ^C echo with a blank line first)
+        assert result.stdout == "" and error.startswith("Error: ") and "\n" not in error, argv
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        "inventory --no-such-flag --json",
+        "sessions show abc --no-such-flag --json",
+        "costs summary --month 2026-13-99 --nope --json",
+        "sessions list --tail x --json",
+        "benchmark list --limit -1 --json",
+    ],
+)
+def test_a_json_after_an_unknown_option_or_bad_value_still_gets_the_json_error(gs, argv):
+    """Click stops at the first bad option, before --json is parsed: the one case left
+    to the scan of our arguments, and it still yields the error object (CLI.md)."""
+    result = gs(argv)
+    assert result.exit_code == 2, result.stderr
+    assert result.json()["error"]["type"] == "usage"
+    assert len(result.stderr.splitlines()) == 1
+
+
+def test_a_json_given_only_to_a_remote_command_never_switches_our_output(gs, isolated_home):
+    """After '--' every word is the remote command's: --json there neither renders our
+    result as JSON nor turns our error into a JSON document."""
+    added = gs("benchmark schedule add n --cron '@daily' --max-budget 5 -- --workload w --jsonx")
+    assert added.exit_code == 0 and added.stdout == "", added.stderr
+    assert "Schedule n:" in added.stderr
+    updated = gs("benchmark schedule update n --max-budget 6 -- --workload w --json")
+    assert updated.exit_code == 2 and updated.stdout == ""  # RUN-ARGS never hold --json
+    assert "--json" in updated.stderr
+    for argv in (
+        "sessions ssh abc123 -- tool --json",
+        "benchmark schedule update nope --cron '@daily' -- --workload w --json",
+    ):
+        result = gs(argv)
+        assert result.exit_code == 2 and result.stdout == "", argv
+        assert result.stderr.startswith("Error: ") and len(result.stderr.splitlines()) == 1

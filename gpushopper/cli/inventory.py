@@ -101,9 +101,7 @@ def status_line(as_json: bool) -> StatusLine | None:
     """A status line only for a person watching: stderr a terminal, and no --json."""
     import sys
 
-    from gpushopper.cli.output import json_requested
-
-    if as_json or json_requested():
+    if as_json:
         return None
     isatty = getattr(sys.stderr, "isatty", None)
     return StatusLine() if isatty is not None and isatty() else None

@@ -4,10 +4,11 @@ message and an exit code (see CLI.md)."""
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import click
@@ -16,33 +17,59 @@ from gpushopper.model.errors import GpuShopperError
 from gpushopper.model.lazyre import LazyPattern
 from gpushopper.model.redact import redact
 
-_mode = {"json": False, "verbose": False}
+_mode = {"verbose": False}
 # click >= 8.2 raises this for a group given no arguments (8.1 printed the help and exited 0).
 _NO_ARGS_IS_HELP: type[Exception] = getattr(
     click.exceptions, "NoArgsIsHelpError", type("_NeverRaised", (Exception,), {})
 )
 
-
-def json_requested() -> bool:
-    return _mode["json"]
-
-
-def _json_callback(ctx: click.Context, param: click.Parameter, value: bool) -> bool:
-    if value:
-        _mode["json"] = True
-    return value
+# -- --json ----------------------------------------------------------------------------------
+# Each command's own parsed ``--json`` (its ``as_json`` parameter) decides how it renders
+# (:func:`render`), and how an error escaping it is written: json_option marks the error
+# with that value on its way out, for run() to hand to fail(). Only an error no command
+# marked (raised while parsing, before the command's options exist) falls back to a scan
+# of our arguments.
+_JSON_MARK = "_gpushopper_as_json"
 
 
 def json_option(func: Callable[..., Any]) -> Callable[..., Any]:
-    """The ``--json`` flag every command has."""
+    """The ``--json`` flag every command has (its ``as_json`` parameter). An error that
+    escapes the command carries the parsed value, so it is reported as the command's
+    ``--json`` asks, whatever else the command line holds."""
+
+    @functools.wraps(func)
+    def command(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except BaseException as exc:
+            setattr(exc, _JSON_MARK, bool(kwargs.get("as_json")))
+            raise
+
     return click.option(
         "--json",
         "as_json",
         is_flag=True,
-        is_eager=True,
-        callback=_json_callback,
         help="Print one JSON document on stdout (and nothing else there).",
-    )(func)
+    )(command)
+
+
+def _json_asked_before_parsing(args: Sequence[str]) -> bool:
+    """``--json`` among our own arguments, those before a ``--`` (after it they belong to a
+    remote command: `sessions ssh ID -- tool --json`, `run -- python x.py --json`). Only
+    for an error raised before any command's options exist (an unknown option, a bad
+    value): click stops parsing at the first, so a later ``--json`` is never parsed."""
+    ours = args[: args.index("--")] if "--" in args else args
+    return "--json" in ours
+
+
+def _error_as_json(exc: BaseException, asked_before_parsing: bool) -> bool:
+    """How ``exc`` is reported: as the command it escaped from had its ``--json`` (click
+    turns a KeyboardInterrupt into an Abort caused by it), else by the argument scan."""
+    for raised in (exc, exc.__cause__):
+        marked = getattr(raised, _JSON_MARK, None)
+        if marked is not None:
+            return bool(marked)
+    return asked_before_parsing
 
 
 def set_verbose(value: bool) -> None:
@@ -527,6 +554,67 @@ def print_kv(pairs: Sequence[tuple[str, Any]]) -> None:
     _guarded(lambda: click.echo("\n".join(lines)))
 
 
+# -- the renderer ------------------------------------------------------------------------------
+class Table:
+    """How a command's data is drawn for people as a table (:func:`print_table`): its
+    columns, and its rows made from the data only when the table is drawn: ``row`` makes
+    one from each item of the data (a list), ``rows`` makes them all from the data."""
+
+    __slots__ = ("columns", "rows", "title", "empty", "total")
+
+    def __init__(
+        self,
+        columns: Sequence[str],
+        row: Callable[[Any], Sequence[Any]] | None = None,
+        *,
+        rows: Callable[[Any], Sequence[Sequence[Any]]] | None = None,
+        title: str | None = None,
+        empty: str = "Nothing to show.",
+        total: Sequence[Any] | None = None,
+    ) -> None:
+        if rows is None:
+            if row is None:
+                raise TypeError("Table takes row (one per item) or rows (all at once)")
+            each = row
+            rows = lambda data: [each(item) for item in data]  # noqa: E731
+        elif row is not None:
+            raise TypeError("Table takes row (one per item) or rows (all at once), not both")
+        self.columns, self.rows = columns, rows
+        self.title, self.empty, self.total = title, empty, total
+
+    def draw(self, data: Any) -> None:
+        print_table(
+            self.columns, self.rows(data), title=self.title, empty=self.empty, total=self.total
+        )
+
+
+def render(
+    as_json: bool,
+    data: Any,
+    *,
+    table: Table | None = None,
+    pairs: Callable[[Any], Iterable[tuple[str, Any]]] | None = None,
+    text: Callable[[Any], object] | None = None,
+) -> None:
+    """Write a command's result: the one place that chooses between JSON and people.
+
+    ``as_json`` is the command's own parsed ``--json``: then ``data`` is the one JSON
+    document on stdout (:func:`emit_json`: marked in the sandbox, redacted). Otherwise
+    ``data`` is drawn for people in exactly one way: a :class:`Table`, ``key: value``
+    ``pairs`` made from it (:func:`print_kv`), or ``text``, a function given the data
+    that writes it (several blocks, a line, notes on stderr)."""
+    if sum(way is not None for way in (table, pairs, text)) != 1:
+        raise TypeError("render takes exactly one of table, pairs or text")
+    if as_json:
+        emit_json(data)
+    elif table is not None:
+        table.draw(data)
+    elif pairs is not None:
+        print_kv(list(pairs(data)))
+    elif text is not None:
+        text(data)
+
+
 def info(message: str) -> None:
     """Progress and notes: stderr, so stdout stays clean for JSON and pipes."""
     _guarded(lambda: click.echo(shown(message), err=True))
@@ -541,12 +629,13 @@ def _one_line(message: str) -> str:
     return " ".join(part.strip() for part in str(message).splitlines() if part.strip())
 
 
-def fail(error_type: str, message: str, exit_code: int) -> int:
-    """Report an error: one line on stderr, and the JSON error object with ``--json``."""
+def fail(error_type: str, message: str, exit_code: int, *, as_json: bool) -> int:
+    """Report an error: one line on stderr, and with ``as_json`` (see :func:`run`) the JSON
+    error object on stdout."""
     _register_known_secrets()
     message = shown(_one_line(message))
     try:
-        if json_requested():
+        if as_json:
             emit_json({"error": {"type": error_type, "message": message}})
         click.echo(f"Error: {message}", err=True)
     except (OSError, KeyboardInterrupt):  # nobody is listening any more: the code still counts
@@ -595,11 +684,13 @@ def run(
     ``reraise_internal`` (tests) lets a bug propagate instead of becoming exit 1, so a test
     that expects a provider's exit 1 cannot pass on a crash."""
     args = list(sys.argv[1:] if argv is None else argv)
-    # Ours are the arguments before a "--"; after it they belong to a remote command
-    # (`sessions ssh ID -- tool --json`, `run -- python x.py --json`).
+    # Ours are the arguments before a "--"; after it they belong to a remote command.
     ours = args[: args.index("--")] if "--" in args else args
-    _mode["json"] = "--json" in ours
     _mode["verbose"] = any(a in ("-v", "--verbose") for a in ours[:3])
+    # An error is written as JSON when the command it escaped from was given --json (its
+    # parsed option, carried by the error: see json_option); one raised before any
+    # command's options exist (a parse error) has only this scan of our arguments.
+    json_scan = _json_asked_before_parsing(args)
     loaded = sys.modules.get("gpushopper.core.interrupts")
     if loaded is not None:  # an earlier command in this process (tests): forget its signal
         loaded.reset()
@@ -609,7 +700,9 @@ def run(
         return int(exc.exit_code or 0)
     except click.exceptions.Abort as exc:
         # Click turns a KeyboardInterrupt (ours carry the signal) into Abort.
-        return _interrupted(getattr(exc.__cause__, "signum", None))
+        return _interrupted(
+            getattr(exc.__cause__, "signum", None), as_json=_error_as_json(exc, json_scan)
+        )
     except _NO_ARGS_IS_HELP as exc:
         # A bare `gpu-shopper` or group (`config`, `transfer`): the help, as asked, exit 0.
         help_ctx = getattr(exc, "ctx", None)
@@ -620,13 +713,14 @@ def run(
         hint = ""
         if exc.ctx is not None:
             hint = f" (see '{exc.ctx.command_path} --help')"
-        return fail("usage", exc.format_message() + hint, 2)
+        return fail("usage", exc.format_message() + hint, 2, as_json=_error_as_json(exc, json_scan))
     except click.ClickException as exc:
-        return fail("usage", exc.format_message(), exc.exit_code or 1)
+        message = exc.format_message()
+        return fail("usage", message, exc.exit_code or 1, as_json=_error_as_json(exc, json_scan))
     except GpuShopperError as exc:
-        return fail(exc.type, str(exc), exc.exit_code)
+        return fail(exc.type, str(exc), exc.exit_code, as_json=_error_as_json(exc, json_scan))
     except KeyboardInterrupt as exc:
-        return _interrupted(getattr(exc, "signum", None))
+        return _interrupted(getattr(exc, "signum", None), as_json=_error_as_json(exc, json_scan))
     except BrokenPipeError:
         import signal
 
@@ -642,16 +736,18 @@ def run(
 
             traceback.print_exc()
         hint = "" if debug_enabled() else " (run with -v or GPU_SHOPPER_DEBUG=1 for details)"
-        return fail("internal", f"{type(exc).__name__}: {exc}{hint}", 1)
+        message = f"{type(exc).__name__}: {exc}{hint}"
+        return fail("internal", message, 1, as_json=_error_as_json(exc, json_scan))
     if isinstance(result, int):
         return result
     return 0
 
 
-def _interrupted(signum: int | None) -> int:
+def _interrupted(signum: int | None, *, as_json: bool) -> int:
     import signal
 
     from gpushopper.core import interrupts
 
     signum = signum or interrupts.last_signal() or signal.SIGINT
-    return fail("interrupted", f"interrupted by {interrupts.signal_name(signum)}", 128 + signum)
+    message = f"interrupted by {interrupts.signal_name(signum)}"
+    return fail("interrupted", message, 128 + signum, as_json=as_json)
