@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from gpushopper.cli import App, pass_app
-from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table
+from gpushopper.cli.output import Table, info, json_option, print_kv, print_table, render
 
 LIST_LIMIT = 20  # rows by default, table and --json alike (--limit 0: all)
 MAX_SUBMIT_BYTES = 256 * 1024 * 1024
@@ -158,29 +158,25 @@ def list_results(
     picked = select(table, workload, gpus, providers)
     shown = table.rows(picked[:limit] if limit else picked)
     rows = [_with_cost(r, r["price_per_hour"]) for r in shown]
-    if as_json:
-        emit_json(rows)
-        _cut_note(len(rows), len(picked), "results")
-        return
-    print_table(
-        ["RESULT", "WORKLOAD", "GPU", "PROVIDER", "VALUE", "$/h", "$/H PER UNIT", "VALID", "WHEN"],
-        [
-            (
-                r["id"],
-                r["workload"],
-                r["gpu_name"] or r["measured_gpu"],
-                r["provider"],
-                f"{_num(r['value'])} {r['unit'] or ''}".strip(),
-                _money(r["price_per_hour"]),
-                _num(r["cost_per_unit"]),
-                "yes" if r["valid"] is True else "no",
-                _when(r["created_at"]),
-            )
-            for r in rows
-        ],
-        empty="No benchmark results (see 'gpu-shopper benchmark run' and 'benchmark submit').",
-    )
+    render(as_json, rows, table=RESULTS_TABLE)
     _cut_note(len(rows), len(picked), "results")
+
+
+RESULTS_TABLE = Table(
+    ["RESULT", "WORKLOAD", "GPU", "PROVIDER", "VALUE", "$/h", "$/H PER UNIT", "VALID", "WHEN"],
+    lambda r: (
+        r["id"],
+        r["workload"],
+        r["gpu_name"] or r["measured_gpu"],
+        r["provider"],
+        f"{_num(r['value'])} {r['unit'] or ''}".strip(),
+        _money(r["price_per_hour"]),
+        _num(r["cost_per_unit"]),
+        "yes" if r["valid"] is True else "no",
+        _when(r["created_at"]),
+    ),
+    empty="No benchmark results (see 'gpu-shopper benchmark run' and 'benchmark submit').",
+)
 
 
 @benchmark.command("show", epilog="Example: gpu-shopper benchmark show r-1a2b --json")
@@ -198,16 +194,12 @@ def show(app: App, ident: str, as_json: bool) -> None:
     ids = list(pool) if pool is not None else [*results, *runs]
     found = resolve_id(ids, ident, "result or run")
     if found in results:
-        record = _result_json(results[found])
-        if as_json:
-            emit_json(record)
-            return
-        print_kv(_flat(record))
-        return
-    run = runs[found]
-    if as_json:
-        emit_json(run)
-        return
+        render(as_json, _result_json(results[found]), pairs=_flat)
+    else:
+        render(as_json, runs[found], text=_print_run)
+
+
+def _print_run(run: dict[str, Any]) -> None:
     pairs = [(k, v) for k, v in run.items() if k not in ("entries", "owner", "budget", "args")]
     budget: dict[str, Any] = run["budget"] if isinstance(run.get("budget"), dict) else {}
     pairs += [(f"budget.{k}", v) for k, v in budget.items()]
@@ -285,9 +277,10 @@ def submit(app: App, source: str, as_json: bool) -> None:
             record = assign_id(record, data["results"])
             data["results"][record["id"]] = record
             stored.append(record)
-    if as_json:
-        emit_json(stored)
-        return
+    render(as_json, stored, text=_print_imported)
+
+
+def _print_imported(stored: list[dict[str, Any]]) -> None:
     for record in stored:
         info(f"Imported {record['id']}: {record['workload']} {record['value']:g} {record['unit']}")
     click.echo(" ".join(r["id"] for r in stored))
@@ -351,12 +344,12 @@ def _value(row: dict[str, Any], key: str = "value") -> str:
     return f"{_num(row[key])} {row.get('unit') or ''}".strip()
 
 
-def _result_rows(rows: list[dict[str, Any]], live: bool) -> tuple[list[str], list[tuple[Any, ...]]]:
+def _result_table(live: bool, title: str) -> Table:
     columns = ["RESULT", "GPU", "#", "PROVIDER", "VALUE", "$/h", "$/H PER UNIT"]
     if live:
         columns += ["LIVE $/h", "LIVE $/H PER UNIT", "LIVE OFFER"]
-    out = []
-    for r in rows:
+
+    def row_of(r: dict[str, Any]) -> tuple[Any, ...]:
         row: tuple[Any, ...] = (
             r["result_id"],
             r["gpu_name"],
@@ -372,8 +365,9 @@ def _result_rows(rows: list[dict[str, Any]], live: bool) -> tuple[list[str], lis
                 _num(r["live_cost_per_unit"]),
                 r["live_offer_id"],
             )
-        out.append(row)
-    return columns, out
+        return row
+
+    return Table(columns, row_of, title=title)
 
 
 def _ask(
@@ -399,11 +393,8 @@ def cheapest(app: App, workload: str, live: bool, limit: int, as_json: bool) -> 
     from gpushopper.core.bench import queries
 
     ranked, rows = _ask(app, workload, live, limit, queries.cheapest)
-    if as_json:
-        emit_json(rows)
-        return
-    columns, table = _result_rows(rows, live)
-    print_table(columns, table, title=f"{workload}: {ranked.metric}, cheapest per unit first")
+    title = f"{workload}: {ranked.metric}, cheapest per unit first"
+    render(as_json, rows, table=_result_table(live, title))
 
 
 @benchmark.command(
@@ -416,11 +407,7 @@ def best(app: App, workload: str, live: bool, limit: int, as_json: bool) -> None
     from gpushopper.core.bench import queries
 
     ranked, rows = _ask(app, workload, live, limit, queries.best)
-    if as_json:
-        emit_json(rows)
-        return
-    columns, table = _result_rows(rows, live)
-    print_table(columns, table, title=f"{workload}: {ranked.metric}, best first")
+    render(as_json, rows, table=_result_table(live, f"{workload}: {ranked.metric}, best first"))
 
 
 @benchmark.command(
@@ -434,26 +421,21 @@ def compare(app: App, workload: str, live: bool, limit: int, as_json: bool) -> N
     from gpushopper.core.bench import queries
 
     ranked, rows = _ask(app, workload, live, limit, queries.compare, per_result=False)
-    if as_json:
-        emit_json(rows)
-        return
     key = "live_cost_per_unit" if live else "cost_per_unit"
-    print_table(
+    table = Table(
         ["GPU", "#", "N", "MEDIAN", "PERF x", "$/H PER UNIT", "COST x"],
-        [
-            (
-                r["gpu_name"],
-                r["gpu_count"],
-                r["n"],
-                _value(r, "median_value"),
-                f"{r['perf_ratio']:.2f}",
-                _num(r[key]),
-                None if r["cost_ratio"] is None else f"{r['cost_ratio']:.2f}",
-            )
-            for r in rows
-        ],
+        lambda r: (
+            r["gpu_name"],
+            r["gpu_count"],
+            r["n"],
+            _value(r, "median_value"),
+            f"{r['perf_ratio']:.2f}",
+            _num(r[key]),
+            None if r["cost_ratio"] is None else f"{r['cost_ratio']:.2f}",
+        ),
         title=f"{workload}: {ranked.metric} against the best",
     )
+    render(as_json, rows, table=table)
 
 
 @benchmark.command(
@@ -468,14 +450,11 @@ def recommendations(app: App, workload: str, live: bool, limit: int, as_json: bo
     from gpushopper.core.bench import queries
 
     ranked, rows = _ask(app, workload, live, limit, queries.recommendations, per_result=False)
-    if as_json:
-        emit_json(rows)
-        return
     columns = ["GPU", "#", "N", "MEDIAN", "MEDIAN $/h", "$/H PER UNIT", "PEAK VRAM MB"]
     if live:
         columns += ["LIVE $/h", "LIVE $/H PER UNIT"]
-    table = []
-    for r in rows:
+
+    def row_of(r: dict[str, Any]) -> tuple[Any, ...]:
         row: tuple[Any, ...] = (
             r["gpu_name"],
             r["gpu_count"],
@@ -487,8 +466,10 @@ def recommendations(app: App, workload: str, live: bool, limit: int, as_json: bo
         )
         if live:
             row += (_money(r["live_price_per_hour"]), _num(r["live_cost_per_unit"]))
-        table.append(row)
-    print_table(columns, table, title=f"{workload}: {ranked.metric}, what to rent")
+        return row
+
+    title = f"{workload}: {ranked.metric}, what to rent"
+    render(as_json, rows, table=Table(columns, row_of, title=title))
 
 
 # -- schedules -----------------------------------------------------------------------------------
@@ -541,23 +522,20 @@ def schedule() -> None:
     """Benchmark runs on a cron schedule (UTC), each bounded by its own budget."""
 
 
-def _schedule_rows(records: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    return [
-        (
-            r.get("name"),
-            r.get("cron"),
-            _money(r.get("max_budget")),
-            "yes" if r.get("enabled") else "no",
-            _when(r.get("next_due_at")),
-            _when(r.get("last_fired_at")),
-            r.get("last_run_id"),
-            " ".join(str(a) for a in r.get("args") or []),
-        )
-        for r in records
-    ]
-
-
-SCHEDULE_COLUMNS = ["NAME", "CRON", "BUDGET $", "ON", "NEXT", "LAST", "LAST RUN", "RUN-ARGS"]
+SCHEDULES_TABLE = Table(
+    ["NAME", "CRON", "BUDGET $", "ON", "NEXT", "LAST", "LAST RUN", "RUN-ARGS"],
+    lambda r: (
+        r.get("name"),
+        r.get("cron"),
+        _money(r.get("max_budget")),
+        "yes" if r.get("enabled") else "no",
+        _when(r.get("next_due_at")),
+        _when(r.get("last_fired_at")),
+        r.get("last_run_id"),
+        " ".join(str(a) for a in r.get("args") or []),
+    ),
+    empty="No schedules.",
+)
 
 
 @schedule.command(
@@ -584,10 +562,13 @@ def schedule_add(app: App, name: str, expr: str, max_budget: float, as_json: boo
     record = schedules.view(
         schedules.add(_store(app), name, expr, max_budget, _run_args(), app.clock())
     )
-    if as_json:
-        emit_json(record)
-        return
-    info(f"Schedule {name}: '{record['cron']}', next at {_when(record['next_due_at'])} UTC")
+    render(
+        as_json,
+        record,
+        text=lambda r: info(
+            f"Schedule {name}: '{r['cron']}', next at {_when(r['next_due_at'])} UTC"
+        ),
+    )
 
 
 @schedule.command("list", epilog="Example: gpu-shopper benchmark schedule list --json")
@@ -598,10 +579,7 @@ def schedule_list(app: App, as_json: bool) -> None:
     from gpushopper.core.bench import schedules
 
     records = [schedules.view(r) for _, r in sorted(_store(app).schedules().items())]
-    if as_json:
-        emit_json(records)
-        return
-    print_table(SCHEDULE_COLUMNS, _schedule_rows(records), empty="No schedules.")
+    render(as_json, records, table=SCHEDULES_TABLE)
 
 
 @schedule.command(
@@ -637,10 +615,13 @@ def schedule_update(
             enabled=enabled,
         )
     )
-    if as_json:
-        emit_json(record)
-        return
-    info(f"Schedule {name} updated; next at {_when(record['next_due_at']) or 'never (disabled)'}")
+    render(
+        as_json,
+        record,
+        text=lambda r: info(
+            f"Schedule {name} updated; next at {_when(r['next_due_at']) or 'never (disabled)'}"
+        ),
+    )
 
 
 @schedule.command("delete", epilog="Example: gpu-shopper benchmark schedule delete nightly")
@@ -652,10 +633,7 @@ def schedule_delete(app: App, name: str, as_json: bool) -> None:
     from gpushopper.core.bench import schedules
 
     schedules.delete(_store(app), name)
-    if as_json:
-        emit_json({"deleted": name})
-        return
-    info(f"Schedule {name} deleted")
+    render(as_json, {"deleted": name}, text=lambda _: info(f"Schedule {name} deleted"))
 
 
 # Tests replace this with a fake; the default starts `python -m gpushopper benchmark run`.
@@ -683,18 +661,12 @@ def schedule_run_due(app: App, as_json: bool) -> int:
     runner = RUNNER or schedules.subprocess_runner()
     lock = app.paths.bench_file.with_name(app.paths.bench_file.name + ".run-due.lock")
     firings = schedules.run_due(_store(app), lock, app.clock, runner, log=info)
-    if as_json:
-        emit_json(firings)
-    elif not firings:
-        info("Nothing due.")
-    else:
-        print_table(
-            ["SCHEDULE", "DUE", "RUN", "STATUS", "EXIT"],
-            [
-                (f["schedule"], _when(f["due_at"]), f["run_id"], f["status"], f["exit_code"])
-                for f in firings
-            ],
-        )
+    table = Table(
+        ["SCHEDULE", "DUE", "RUN", "STATUS", "EXIT"],
+        lambda f: (f["schedule"], _when(f["due_at"]), f["run_id"], f["status"], f["exit_code"]),
+        empty="Nothing due.",
+    )
+    render(as_json, firings, table=table)
     for firing in firings:
         if firing["exit_code"] and firing["message"]:
             info(f"schedule {firing['schedule']}: {firing['message']}")

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from gpushopper.cli import App, pass_app
-from gpushopper.cli.output import emit_json, info, json_option, print_table, warn
+from gpushopper.cli.output import Table, info, json_option, render, warn
 
 REPORTED = ("destroy_session", "destroy_orphan", "report_foreign", "report_malformed")
 
@@ -92,27 +92,22 @@ def cleanup_orphans(app: App, yes: bool, include_foreign: bool, as_json: bool) -
             "Note: no state file here, so no instance is known to be this install's; "
             "gpu-shopper-labelled instances are shown as foreign (--include-foreign destroys them)"
         )
-    if as_json:
-        emit_json(rows)
-    else:
-        print_table(
-            ["PROVIDER", "INSTANCE", "LABEL", "REASON", "AGE", "$/h", "ACTION"],
-            [
-                (
-                    r["provider"],
-                    r["instance_id"],
-                    r["label"],
-                    r["reason"],
-                    None if r["age_seconds"] is None else f"{r['age_seconds'] / 60:.0f}m",
-                    r["price_per_hour"],
-                    r["action"],
-                )
-                for r in rows
-            ],
-            empty="Could not check everything (see the warnings above): not all clear."
-            if blind
-            else "Nothing of ours is running that should not be.",
-        )
+    table = Table(
+        ["PROVIDER", "INSTANCE", "LABEL", "REASON", "AGE", "$/h", "ACTION"],
+        lambda r: (
+            r["provider"],
+            r["instance_id"],
+            r["label"],
+            r["reason"],
+            None if r["age_seconds"] is None else f"{r['age_seconds'] / 60:.0f}m",
+            r["price_per_hour"],
+            r["action"],
+        ),
+        empty="Could not check everything (see the warnings above): not all clear."
+        if blind
+        else "Nothing of ours is running that should not be.",
+    )
+    render(as_json, rows, table=table)
     if blind:
         return 1
     left = [r for r in rows if r["action"] == "left"]

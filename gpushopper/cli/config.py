@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from gpushopper.cli import App, pass_app
-from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table, warn
+from gpushopper.cli.output import Table, info, json_option, print_kv, render, warn
 
 
 def _show(value: Any) -> str:
@@ -77,20 +77,19 @@ def config_get(app: App, key: str, as_json: bool) -> None:
         settings.get(key)  # validates type and range, registers secrets
         if spec.masked and value:
             value = mask_setting(spec, str(value))
-    if as_json:
-        emit_json({"key": key, "value": value, "source": source})
-    else:
-        click.echo(_show(value))
-        info(f"({key} from {describe_source(source, app.paths)})")
+
+    def value_and_source(row: dict[str, Any]) -> None:
+        click.echo(_show(row["value"]))
+        info(f"({row['key']} from {describe_source(row['source'], app.paths)})")
+
+    render(as_json, {"key": key, "value": value, "source": source}, text=value_and_source)
+
+
+ROWS_TABLE = Table(["KEY", "VALUE", "SOURCE"], lambda r: (r["key"], _show(r["value"]), r["source"]))
 
 
 def _print_rows(rows: list[dict[str, Any]], as_json: bool) -> None:
-    if as_json:
-        emit_json(rows)
-        return
-    print_table(
-        ["KEY", "VALUE", "SOURCE"], [(r["key"], _show(r["value"]), r["source"]) for r in rows]
-    )
+    render(as_json, rows, table=ROWS_TABLE)
 
 
 @config.command(
@@ -135,10 +134,11 @@ def config_set(app: App, key: str, value: str | None, as_json: bool) -> None:
     stored = app.settings.set(key, value)
     shown = mask_setting(spec, str(stored)) if spec is not None and masked and stored else stored
     _warn_if_overridden(app, key)
-    if as_json:
-        emit_json({"key": key, "value": shown, "file": str(app.paths.config_file)})
-    else:
-        info(f"Set {key} = {_show(shown)} in {app.paths.config_file}")
+    render(
+        as_json,
+        {"key": key, "value": shown, "file": str(app.paths.config_file)},
+        text=lambda d: info(f"Set {key} = {_show(d['value'])} in {d['file']}"),
+    )
 
 
 def _warn_if_overridden(app: App, key: str) -> None:
@@ -163,10 +163,13 @@ def _warn_if_overridden(app: App, key: str) -> None:
 def config_unset(app: App, key: str, as_json: bool) -> None:
     """Remove KEY from the config file (its default or environment value applies again)."""
     removed = app.settings.unset(key)
-    if as_json:
-        emit_json({"key": key, "removed": removed})
-    else:
-        info(f"Removed {key}" if removed else f"{key} was not set in the config file")
+    render(
+        as_json,
+        {"key": key, "removed": removed},
+        text=lambda _: info(
+            f"Removed {key}" if removed else f"{key} was not set in the config file"
+        ),
+    )
 
 
 @config.command("path", epilog="Example: gpu-shopper config path --json | jq -r .state_file")
@@ -183,10 +186,7 @@ def config_path(app: App, as_json: bool) -> None:
         "cache_dir": str(paths.cache_dir),
         "ssh_config": str(paths.ssh_config_file),
     }
-    if as_json:
-        emit_json(data)
-    else:
-        click.echo(str(paths.config_file))
+    render(as_json, data, text=lambda d: click.echo(d["config_file"]))
 
 
 __all__ = ["config", "print_kv"]

@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from gpushopper.cli import App, pass_app
-from gpushopper.cli.output import emit_json, info, json_option, print_table
+from gpushopper.cli.output import Table, info, json_option, print_table, render
 from gpushopper.cli.params import SESSION_ID
 from gpushopper.providers.registry import PROVIDERS
 
@@ -53,12 +53,9 @@ def costs(
         since=start,
     )
     rows, total = report.rows, report.total
-    if as_json:
-        emit_json({"total_usd": total, "sessions": rows})
-        return
-    print_table(
+    table = Table(
         ["SESSION", "PROVIDER", "CONSUMER", "GPU", "STATUS", "HOURS", "$/h", "COST $"],
-        [
+        rows=lambda doc: [
             (
                 r["session_id"],
                 r["provider"],
@@ -69,11 +66,12 @@ def costs(
                 None if r["price_per_hour"] is None else f"{r['price_per_hour']:.3f}",
                 f"{r['cost_usd']:.4f}",
             )
-            for r in rows
+            for r in doc["sessions"]
         ],
         empty="No sessions match.",
         total=("total", "", "", "", "", "", "", f"{total:.4f}"),
     )
+    render(as_json, {"total_usd": total, "sessions": rows}, table=table)
 
 
 @costs.command("summary", epilog="Example: gpu-shopper costs summary --month 2026-11 --json")
@@ -87,15 +85,15 @@ def costs_summary(app: App, month: str | None, as_json: bool) -> None:
     budget = app.settings.get("safety.monthly_budget_usd")
     result = month_summary(app.sessions().values(), month, app.clock(), budget)
     total = result.total
-    summary = result.to_json()
-    if as_json:
-        emit_json(summary)
-        return
-    rows: list[tuple[Any, ...]] = [
-        ("provider", k, f"{v:.4f}") for k, v in summary["by_provider"].items()
-    ]
-    rows += [("consumer", k, f"{v:.4f}") for k, v in summary["by_consumer"].items()]
-    rows.append(("total", summary["month"], f"{total:.4f}"))
-    print_table(["BY", "NAME", "COST $"], rows)
-    if budget:
-        info(f"Budget: ${budget:.2f}; used {100 * total / budget:.1f}%")
+
+    def for_people(summary: dict[str, Any]) -> None:
+        rows: list[tuple[Any, ...]] = [
+            ("provider", k, f"{v:.4f}") for k, v in summary["by_provider"].items()
+        ]
+        rows += [("consumer", k, f"{v:.4f}") for k, v in summary["by_consumer"].items()]
+        rows.append(("total", summary["month"], f"{total:.4f}"))
+        print_table(["BY", "NAME", "COST $"], rows)
+        if budget:
+            info(f"Budget: ${budget:.2f}; used {100 * total / budget:.1f}%")
+
+    render(as_json, result.to_json(), text=for_people)

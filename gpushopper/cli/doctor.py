@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import shutil
-from typing import Any
 
 import click
 
 from gpushopper.cli import App, pass_app
-from gpushopper.cli.output import emit_json, json_option, print_table
+from gpushopper.cli.output import Table, json_option, render
 from gpushopper.model.errors import GpuShopperError, MissingCredentials
 
 
@@ -213,11 +212,9 @@ def doctor(app: App, as_json: bool) -> int:
     """
     checks = run_checks(app)
     ok = all(c["status"] != "fail" for c in checks)
-    if as_json:
-        result: dict[str, Any] = {"ok": ok, "checks": checks}
-        emit_json(result)
-    else:
-        print_table(
-            ["CHECK", "STATUS", "DETAIL"], [(c["check"], c["status"], c["detail"]) for c in checks]
-        )
+    table = Table(
+        ["CHECK", "STATUS", "DETAIL"],
+        rows=lambda doc: [(c["check"], c["status"], c["detail"]) for c in doc["checks"]],
+    )
+    render(as_json, {"ok": ok, "checks": checks}, table=table)
     return 0 if ok else 1

@@ -19,7 +19,7 @@ from gpushopper.cli.filters import (
     resolve_template,
     workload_option,
 )
-from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table, warn
+from gpushopper.cli.output import Table, info, json_option, render, warn
 from gpushopper.cli.params import OFFER_ID
 
 
@@ -174,21 +174,21 @@ def inventory(ctx: click.Context, app: App, **opts: Any) -> None:
         info(
             f"Note: {result.hidden_unhealthy} offers hidden after failed boots (--include-unhealthy shows them)"
         )
-    if opts["as_json"]:
-        emit_json([o.to_json() for o in result.offers])
-        return
-    cache = offer_cache(app)
-    known = [k for name in {o.provider for o in result.offers} for k in cache.known_ids(name)]
-    if query.workload:
-        rows = [
+    offers = result.offers
+
+    def rows(_: Any) -> list[tuple[Any, ...]]:
+        cache = offer_cache(app)
+        known = [k for name in {o.provider for o in offers} for k in cache.known_ids(name)]
+        if not query.workload:
+            return offer_rows(offers, known)
+        return [
             (*row, _figure(o.perf_estimate), _figure(o.cost_per_unit), o.perf_source)
-            for row, o in zip(offer_rows(result.offers, known), result.offers, strict=True)
+            for row, o in zip(offer_rows(offers, known), offers, strict=True)
         ]
-        print_table(
-            [*OFFER_COLUMNS, "PERF", "$/H PER UNIT", "FROM"], rows, empty="No offers match."
-        )
-        return
-    print_table(OFFER_COLUMNS, offer_rows(result.offers, known), empty="No offers match.")
+
+    columns = [*OFFER_COLUMNS, "PERF", "$/H PER UNIT", "FROM"] if query.workload else OFFER_COLUMNS
+    table = Table(columns, rows=rows, empty="No offers match.")
+    render(opts["as_json"], [o.to_json() for o in offers], table=table)
 
 
 def _figure(value: float | None) -> str | None:
@@ -217,11 +217,7 @@ def _fetch_offer(app: App, offer_id: str, disk: int | None) -> Any:
 def inventory_show(app: App, offer_id: str, disk: int | None, as_json: bool) -> None:
     """Fetch one offer again, fresh from its provider."""
     _, offer = _fetch_offer(app, offer_id, disk)
-    data = offer.to_json()
-    if as_json:
-        emit_json(data)
-        return
-    print_kv([(k, v) for k, v in data.items()])
+    render(as_json, offer.to_json(), pairs=dict.items)
 
 
 def _check_requirements(offer: Any, requirements: dict[str, Any]) -> tuple[bool, list[str]]:
@@ -292,14 +288,15 @@ def inventory_compatible_templates(app: App, offer_id: str, as_json: bool) -> No
             ok, unchecked = _check_requirements(offer, reqs)
         if ok:
             rows.append({**template.to_json(), "unchecked": unchecked})
-    if as_json:
-        emit_json(rows)
-        return
-    print_table(
+    table = Table(
         ["TEMPLATE", "NAME", "IMAGE", "MIN CUDA", "UNCHECKED"],
-        [
-            (r["id"], r["name"], r["image"], r["min_cuda"], ", ".join(r["unchecked"]) or None)
-            for r in rows
-        ],
+        lambda r: (
+            r["id"],
+            r["name"],
+            r["image"],
+            r["min_cuda"],
+            ", ".join(r["unchecked"]) or None,
+        ),
         empty="No compatible templates.",
     )
+    render(as_json, rows, table=table)

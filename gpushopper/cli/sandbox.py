@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from gpushopper.cli import App, pass_app
-from gpushopper.cli.output import emit_json, info, json_option, print_kv, sandbox_active, warn
+from gpushopper.cli.output import info, json_option, print_kv, render, sandbox_active, warn
 from gpushopper.model.errors import GpuShopperError
 from gpushopper.sandbox import server
 
@@ -163,10 +163,12 @@ def status(app: App, as_json: bool) -> None:
             doc["instances"] = None
             warn(f"could not count instances: {exc}")
         doc["pointed_here"] = app.environ.get("GPU_SHOPPER_SANDBOX") == str(root)
-    if as_json:
-        emit_json(doc)
-        return
-    if data is None:
+    render(as_json, doc, text=_print_status)
+
+
+def _print_status(doc: dict[str, Any]) -> None:
+    root = doc["folder"]
+    if not doc["running"]:
         info(
             f'sandbox not running (folder {root}); start it with: eval "$(gpu-shopper sandbox start)"'
         )
@@ -174,8 +176,8 @@ def status(app: App, as_json: bool) -> None:
     counts = doc["instances"] or {}
     print_kv(
         [
-            ("status", f"running (pid {pid})"),
-            ("folder", str(root)),
+            ("status", f"running (pid {doc['pid']})"),
+            ("folder", root),
             *sorted(doc["markets"].items()),
             ("ssh", "real local sshd per instance" if doc["ssh"] else "none (sshd not installed)"),
             ("faults", "on" if doc["faults"] else "off"),
@@ -224,15 +226,15 @@ def stop(app: App, as_json: bool) -> None:
         removed = True
     elif root.exists():
         warn(f"{root} is not a sandbox folder: left alone")
-    if as_json:
-        emit_json(
-            {"sandbox": True, "stopped": pid is not None, "removed": removed, "folder": str(root)}
-        )
-        return
-    if pid is None and not removed:
+    doc = {"sandbox": True, "stopped": pid is not None, "removed": removed, "folder": str(root)}
+    render(as_json, doc, text=_print_stopped)
+
+
+def _print_stopped(doc: dict[str, Any]) -> None:
+    if not doc["stopped"] and not doc["removed"]:
         info("sandbox not running: nothing to stop")
     else:
-        info(f"sandbox stopped: every instance destroyed, {root} deleted")
+        info(f"sandbox stopped: every instance destroyed, {doc['folder']} deleted")
     click.echo("unset " + " ".join(ENV_NAMES))
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from gpushopper.cli import App, pass_app
-from gpushopper.cli.output import emit_json, info, json_option, print_table
+from gpushopper.cli.output import Table, info, json_option, render
 from gpushopper.cli.params import HOURS, SESSION_ID, ConfiguredHelp
 from gpushopper.model.errors import SshError
 from gpushopper.model.units import format_duration, parse_iso
@@ -99,14 +99,11 @@ def _list(
     app: App, show_all: bool, consumer: str | None, as_json: bool, refresh: bool = False
 ) -> None:
     views = _views(app, show_all, consumer, refresh)
-    if as_json:
-        emit_json(views)
-        return
     columns = ["SESSION", "STATUS", "PROVIDER", "GPU", "$/h", "COST $", "ENDS IN", "CONSUMER"]
     columns += ["SSH TO"] + (["PROVIDER SAYS"] if refresh else [])
-    print_table(
+    table = Table(
         columns,
-        [
+        lambda v: (
             (
                 v["id"],
                 v["status"],
@@ -121,10 +118,10 @@ def _list(
                 else None,
             )
             + ((v.get("provider_status"),) if refresh else ())
-            for v in views
-        ],
+        ),
         empty="No sessions." if show_all else "No live sessions (--all shows ended ones).",
     )
+    render(as_json, views, table=table)
 
 
 @sessions.command(
@@ -179,10 +176,8 @@ def sessions_stats(
     from gpushopper.core import stats
 
     rows = stats.group_stats(app.sessions().values(), stats.Filters(provider, template, gpu))
-    if as_json:
-        emit_json(rows)
-        return
-    print_table(stats.TABLE_COLUMNS, stats.table_rows(rows), empty="No recorded sessions.")
+    table = Table(stats.TABLE_COLUMNS, rows=stats.table_rows, empty="No recorded sessions.")
+    render(as_json, rows, table=table)
 
 
 @sessions.command(
@@ -229,9 +224,10 @@ def sessions_logs(app: App, session_id: str, tail: int, as_json: bool) -> None:
     secrets = [os.environ[n] for n in sorted(names) if os.environ.get(n)]
     provider = app.provider(str(record.get("provider")))
     doc = session_logs(provider, record, tail, secrets)
-    if as_json:
-        emit_json(doc)
-        return
+    render(as_json, doc, text=_print_lines)
+
+
+def _print_lines(doc: dict[str, Any]) -> None:
     for line in doc["lines"]:
         click.echo(line)
 
@@ -262,10 +258,7 @@ def sessions_show(app: App, session_id: str, refresh: bool, as_json: bool) -> No
     view = public_view(record, app.clock())
     if refresh:
         _refresh(app, record, view)
-    if as_json:
-        emit_json(view)
-    else:
-        print_session(view)
+    render(as_json, view, text=print_session)
 
 
 def _end(app: App, session_id: str, reason: str, as_json: bool) -> None:
@@ -283,11 +276,12 @@ def _end(app: App, session_id: str, reason: str, as_json: bool) -> None:
         ssh_config_path=app.paths.ssh_config_file,
     )
     view = public_view(record, app.clock())
-    if as_json:
-        emit_json(view)
-    else:
+
+    def ended(view: dict[str, Any]) -> None:
         print_session(view)
         info(f"Session {session_id} {view['status']}; cost ${view.get('cost_usd') or 0:.4f}")
+
+    render(as_json, view, text=ended)
 
 
 @sessions.command("done", epilog="Example: gpu-shopper sessions done 3fa9c2")
@@ -339,12 +333,13 @@ def sessions_extend(app: App, session_id: str, hours: float, override: bool, as_
     now = app.clock()
     updated = rules.extend_session(app, session_id, hours, override, now, log=info)
     view = public_view(updated, now)
-    if as_json:
-        emit_json(view)
-    else:
-        info(
-            f"Session {session_id} now ends at {view['reservation_ends_at']} (hard maximum {view['hard_max_at']})"
-        )
+    render(
+        as_json,
+        view,
+        text=lambda v: info(
+            f"Session {session_id} now ends at {v['reservation_ends_at']} (hard maximum {v['hard_max_at']})"
+        ),
+    )
 
 
 @sessions.command("diagnostics", epilog="Example: gpu-shopper sessions diagnostics 3fa9c2 --json")
@@ -379,13 +374,14 @@ def sessions_diagnostics(app: App, session_id: str, as_json: bool) -> None:
         report = {"session": session_id, **remote.diagnostics(conn)}
     finally:
         conn.close()
-    if as_json:
-        emit_json(report)
-        return
-    raw = report.pop("nvidia_smi_output", "")
-    print_kv([(k, v) for k, v in report.items()])
-    if raw:
-        click.echo(raw)
+
+    def for_people(report: dict[str, Any]) -> None:
+        print_kv([(k, v) for k, v in report.items() if k != "nvidia_smi_output"])
+        raw = report.get("nvidia_smi_output")
+        if raw:
+            click.echo(raw)
+
+    render(as_json, report, text=for_people)
 
 
 @sessions.command(

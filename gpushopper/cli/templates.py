@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from gpushopper.cli import App, pass_app
-from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table, warn
+from gpushopper.cli.output import Table, info, json_option, print_table, render, warn
 from gpushopper.model.errors import (
     GpuShopperError,
     MissingCredentials,
@@ -81,14 +81,14 @@ def templates(
         )
     for error in errors:
         warn(str(error))
-    if as_json:
-        emit_json([t.to_json() for t in found])
-        return
-    print_table(
+    table = Table(
         ["ID", "PROVIDER", "NAME", "IMAGE", "MIN CUDA", "DISK GB"],
-        [(t.id, t.provider, t.name, t.image, t.min_cuda, t.recommended_disk_gb) for t in found],
+        rows=lambda _: [
+            (t.id, t.provider, t.name, t.image, t.min_cuda, t.recommended_disk_gb) for t in found
+        ],
         empty="No templates match.",
     )
+    render(as_json, [t.to_json() for t in found], table=table)
 
 
 @templates.command("show", epilog="Example: gpu-shopper templates show 'Ostris AI Toolkit' --json")
@@ -101,10 +101,7 @@ def templates_show(app: App, ident: str, providers: tuple[str, ...], as_json: bo
     for client in _providers(app, providers):
         template = client.get_template(ident)
         if template is not None:
-            if as_json:
-                emit_json(template.to_json())
-            else:
-                print_kv(list(template.to_json().items()))
+            render(as_json, template.to_json(), pairs=dict.items)
             return
     raise NoSuchItem(f"no template {ident!r} (try 'gpu-shopper templates --name ...')")
 
@@ -130,23 +127,18 @@ def offer_health(app: App, as_json: bool) -> None:
                 "suppressed": bool(until and until > now),
             }
         )
-    if as_json:
-        emit_json(rows)
-        return
-    print_table(
+    table = Table(
         ["OFFER / MACHINE", "FAILURES", "LAST", "SUPPRESSED UNTIL", "REASON"],
-        [
-            (
-                r["key"],
-                r["failures"],
-                r["last_failure_at"],
-                r["suppressed_until"] if r["suppressed"] else None,
-                r["last_reason"],
-            )
-            for r in rows
-        ],
+        lambda r: (
+            r["key"],
+            r["failures"],
+            r["last_failure_at"],
+            r["suppressed_until"] if r["suppressed"] else None,
+            r["last_reason"],
+        ),
         empty="No failures recorded.",
     )
+    render(as_json, rows, table=table)
 
 
 @templates.command(
@@ -209,16 +201,19 @@ def templates_catalog(
     doc = catalog.build(needs, query, listed, ask, errors)
     for name, message in doc["errors"].items():
         warn(f"{name} failed ({message.removeprefix(f'{name}: ')})")
-    if as_json:
-        emit_json(doc)
-        return
-    info(
-        f"Workload {workload}: {needs.num_gpus} GPU(s) of at least {needs.min_vram_gb} GB VRAM, "
-        f"reliability >= {needs.min_reliability}, {needs.disk_gb:g} GB disk at least; "
-        "USD per hour in total, disk included"
-    )
-    print_table(
-        catalog.TABLE_COLUMNS, catalog.table_rows(doc), empty="No template can run this workload."
-    )
-    for row in doc["left_out"]:
-        info(f"Left out {row['provider']} {row['name']}: {row['reason']}")
+
+    def for_people(doc: Any) -> None:
+        info(
+            f"Workload {workload}: {needs.num_gpus} GPU(s) of at least {needs.min_vram_gb} GB "
+            f"VRAM, reliability >= {needs.min_reliability}, {needs.disk_gb:g} GB disk at least; "
+            "USD per hour in total, disk included"
+        )
+        print_table(
+            catalog.TABLE_COLUMNS,
+            catalog.table_rows(doc),
+            empty="No template can run this workload.",
+        )
+        for row in doc["left_out"]:
+            info(f"Left out {row['provider']} {row['name']}: {row['reason']}")
+
+    render(as_json, doc, text=for_people)

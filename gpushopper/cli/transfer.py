@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from gpushopper.cli import App, pass_app
-from gpushopper.cli.output import emit_json, info, json_option, print_table
+from gpushopper.cli.output import Table, info, json_option, render
 from gpushopper.cli.params import SESSION_ID
 from gpushopper.model.errors import SshError
 
@@ -111,8 +111,8 @@ def transfer_download(
     _print(rows, as_json)
 
 
+COPIED_TABLE = Table(["FROM", "TO", "BYTES"], lambda r: (r["from"], r["to"], r["bytes"]))
+
+
 def _print(rows: list[dict[str, Any]], as_json: bool) -> None:
-    if as_json:
-        emit_json(rows)
-    else:
-        print_table(["FROM", "TO", "BYTES"], [(r["from"], r["to"], r["bytes"]) for r in rows])
+    render(as_json, rows, table=COPIED_TABLE)
