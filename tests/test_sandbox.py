@@ -250,3 +250,19 @@ def test_stop_of_a_server_that_ends_just_before_its_signal_is_a_clean_stop(
     result = gs("sandbox stop --json")
     assert result.exit_code == 0, result.stderr
     assert result.json()["removed"] is True and not root.exists()
+
+
+def test_stop_says_what_it_did_in_both_modes(tmp_path, gs, monkeypatch):
+    """A folder left by a server that died is removed: said as stopped (not "nothing to
+    stop"), and the --json twin says removed; a second stop has nothing to do."""
+    root = tmp_path / "sandbox"
+    monkeypatch.setenv("GPU_SHOPPER_SANDBOX_DIR", str(root))
+    server.prepare_root(root)
+    out = gs("sandbox stop")
+    assert out.exit_code == 0 and "sandbox stopped: every instance destroyed" in out.stderr
+    assert out.stdout.startswith("unset ") and not root.exists()
+    again = gs("sandbox stop")
+    assert "sandbox not running: nothing to stop" in again.stderr
+    server.prepare_root(root)
+    doc = gs("sandbox stop --json").json()
+    assert (doc["stopped"], doc["removed"], doc["folder"]) == (False, True, str(root.resolve()))
