@@ -1042,9 +1042,6 @@ def test_fast_answers_show_no_progress():
 
 def test_no_status_line_on_a_pipe_or_with_json(monkeypatch):
     from gpushopper.cli import inventory as inv
-    from gpushopper.cli import output
-
-    monkeypatch.setitem(output._mode, "json", False)
 
     class Tty:
         def isatty(self) -> bool:

@@ -13,7 +13,7 @@ import click
 
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.filters import SORTS, Finite, build_query, filter_args, filter_options
-from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table
+from gpushopper.cli.output import info, json_option, print_kv, print_table, render
 from gpushopper.cli.params import DURATION
 from gpushopper.model.errors import UsageError
 
@@ -39,9 +39,11 @@ def _money(value: Any) -> str:
 
 
 def _render(run: dict[str, Any], as_json: bool, bench: Any = None) -> None:
-    if as_json:
-        emit_json(run)
-        return
+    render(as_json, run, text=lambda doc: _draw(doc, bench))
+
+
+def _draw(run: dict[str, Any], bench: Any) -> None:
+    """A run for people: one row per entry, then its budget and times."""
     results = bench.results() if bench is not None else {}
     rows = []
     for entry in run.get("entries") or []:

@@ -18,8 +18,9 @@ from gpushopper.cli.filters import (
     offer_cache,
     workload_option,
 )
-from gpushopper.cli.output import emit_json, info, json_option, print_kv, warn
+from gpushopper.cli.output import info, json_option, print_kv, render, warn
 from gpushopper.cli.params import DURATION, HOURS, OFFER_ID
+from gpushopper.cli.views import print_session
 from gpushopper.model.units import format_duration
 
 if TYPE_CHECKING:
@@ -44,54 +45,6 @@ def make_provisioner(app: App) -> Any:
         on_rented=lambda offer: offer_cache(app).mark_taken(offer.id),
         estimate=bench_estimator(app),
     )
-
-
-def print_session(view: dict[str, Any]) -> None:
-    ssh = view.get("ssh") or {}
-    pairs = [
-        ("session", view["id"]),
-        ("status", view["status"]),
-        ("provider", f"{view['provider']} instance {view.get('instance_id')}"),
-        ("offer", view.get("offer_id")),
-        ("gpu", f"{view.get('gpu_name')} x{view.get('num_gpus')}"),
-        (
-            "price",
-            f"${view['price_per_hour']:.3f}/h" if view.get("price_per_hour") is not None else None,
-        ),
-        ("cost so far", f"${view.get('cost_usd') or 0:.4f}"),
-        ("created", view.get("created_at")),
-        ("reservation ends", view.get("reservation_ends_at")),
-        ("hard maximum", view.get("hard_max_at")),
-    ]
-    if view.get("ended_at"):
-        pairs.append(("ended", f"{view['ended_at']} ({view.get('end_reason')})"))
-    if view.get("provider_status"):
-        pairs.append(("provider says", view["provider_status"]))
-    pairs.append(("image", view.get("image")))
-    disk, asked = view.get("disk_gb"), view.get("disk_gb_requested")
-    if isinstance(disk, (int, float)) and not isinstance(disk, bool):
-        more = (
-            f" (asked for {asked:g})" if isinstance(asked, (int, float)) and asked != disk else ""
-        )
-        pairs.append(("disk", f"{disk:g} GB{more}"))
-    ports = [p for p in view.get("ports") or [] if isinstance(p, dict)]
-    for port in ports:
-        pairs.append(
-            (
-                "port",
-                f"{port.get('internal')}/{port.get('protocol')} open on {port.get('external')}",
-            )
-        )
-    if ssh.get("command"):
-        pairs.append(("ssh", ssh["command"]))
-        pairs.append(
-            ("or", f"ssh gpu-{view['id']}  (after 'gpu-shopper doctor' shows the Include line)")
-        )
-        for port in ports:
-            if port.get("protocol") == "tcp":
-                inner = port.get("internal")
-                pairs.append(("tunnel", f"ssh -N -L {inner}:localhost:{inner} gpu-{view['id']}"))
-    print_kv(pairs)
 
 
 @click.command(
@@ -181,7 +134,7 @@ def confirm_rent(question: str, *, as_json: bool, yes: bool) -> bool:
 
 
 def _print_plan(choice: Choice, plan: dict[str, Any]) -> None:
-    """The dry run as a table."""
+    """The dry run for people (key: value lines), and that nothing was created."""
     best, timeout = choice.best, choice.timeout
     print_kv(
         [
@@ -200,6 +153,7 @@ def _print_plan(choice: Choice, plan: dict[str, Any]) -> None:
             ("boot timeout", f"{format_duration(timeout.seconds)} ({timeout.reason})"),
         ]
     )
+    info("Dry run: nothing was created.")
 
 
 def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
@@ -238,11 +192,7 @@ def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
     best, price = choice.best, choice.price
     if opts["dry_run"]:
         plan = choice.dry_run_plan(app.clock())
-        if opts["as_json"]:
-            emit_json(plan)
-        else:
-            _print_plan(choice, plan)
-            info("Dry run: nothing was created.")
+        render(opts["as_json"], plan, text=lambda doc: _print_plan(choice, doc))
         return
     budget = app.settings.get("safety.monthly_budget_usd")
     if budget:  # a warning, never a refusal
@@ -265,10 +215,7 @@ def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
     try:
         session = provisioner.provision(req, choice.candidates)
         view = public_view(session, app.clock())
-        if opts["as_json"]:
-            emit_json(view)
-        else:
-            print_session(view)
+        render(opts["as_json"], view, text=print_session)
         flush_output()
     except KeyboardInterrupt as exc:
         if session is None:

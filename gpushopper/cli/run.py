@@ -18,7 +18,7 @@ from gpushopper.cli.filters import (
     filter_options,
     workload_option,
 )
-from gpushopper.cli.output import emit_json, info, json_option, print_kv, print_table, warn
+from gpushopper.cli.output import Table, info, json_option, render, warn
 from gpushopper.cli.params import DURATION, HOURS, JOB_ID, OFFER_ID
 from gpushopper.model.errors import Declined, UsageError
 
@@ -90,31 +90,31 @@ def _emitter(as_json: bool) -> Any:
     return emit
 
 
+def _job_pairs(view: dict[str, Any], job: dict[str, Any]) -> list[tuple[str, Any]]:
+    """A finished job for people: what ran, what it cost, where its outputs are."""
+    pairs = [
+        ("job", view["id"]),
+        ("status", view["status"]),
+        ("exit code", view["exit_code"]),
+        ("session", view["session_id"]),
+        ("gpu", view["gpu_name"]),
+        ("cost", f"${view['cost_usd']:.4f}" if view.get("cost_usd") is not None else None),
+        ("outputs", job.get("out_dir")),
+        ("log", view["log_path"]),
+        ("destroyed", "yes (confirmed)" if view["teardown"].get("confirmed") else "NO"),
+    ]
+    for row in view["artifacts"][:20]:
+        pairs.append(("artifact", f"{row['local']} ({row['bytes']} bytes, {row['sha256'][:16]})"))
+    if view.get("error"):
+        pairs.append(("error", view["error"]))
+    return pairs
+
+
 def _report(job: dict[str, Any], code: int, as_json: bool) -> int:
     from gpushopper.core.jobs import public_job
 
     view = public_job(job)
-    if as_json:
-        emit_json(view)
-    else:
-        pairs = [
-            ("job", view["id"]),
-            ("status", view["status"]),
-            ("exit code", view["exit_code"]),
-            ("session", view["session_id"]),
-            ("gpu", view["gpu_name"]),
-            ("cost", f"${view['cost_usd']:.4f}" if view.get("cost_usd") is not None else None),
-            ("outputs", job.get("out_dir")),
-            ("log", view["log_path"]),
-            ("destroyed", "yes (confirmed)" if view["teardown"].get("confirmed") else "NO"),
-        ]
-        for row in view["artifacts"][:20]:
-            pairs.append(
-                ("artifact", f"{row['local']} ({row['bytes']} bytes, {row['sha256'][:16]})")
-            )
-        if view.get("error"):
-            pairs.append(("error", view["error"]))
-        print_kv(pairs)
+    render(as_json, view, pairs=lambda doc: _job_pairs(doc, job))
     if code != 0 and view.get("error") and job.get("failure_stage") != "running":
         info(f"Error: {view['error']}")
     return code
@@ -251,12 +251,13 @@ def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[st
         _report(exc.job, exc.exit_code, opts["as_json"])
         return exc.exit_code
     if spec.detach and code == 0 and record.get("status") == "running":
-        if opts["as_json"]:
-            from gpushopper.core.jobs import public_job
+        from gpushopper.core.jobs import public_job
 
-            emit_json(public_job(record))
-        else:
-            print_kv([("job", record["id"]), ("status", "running (detached)")])
+        render(
+            opts["as_json"],
+            public_job(record),
+            pairs=lambda doc: [("job", doc["id"]), ("status", "running (detached)")],
+        )
         return 0
     return _report(record, code, opts["as_json"])
 
@@ -290,13 +291,12 @@ def jobs_list(app: App, show_all: bool, as_json: bool) -> None:
     from gpushopper.core.jobs import FINAL, list_jobs, public_job
 
     rows = [public_job(j) for j in list_jobs(app.store) if show_all or j.get("status") not in FINAL]
-    if as_json:
-        emit_json(rows)
-        return
-    print_table(
-        ["job", "status", "exit", "session", "gpu", "cost", "command"],
-        [
-            [
+    render(
+        as_json,
+        rows,
+        table=Table(
+            ["job", "status", "exit", "session", "gpu", "cost", "command"],
+            lambda r: [
                 r["id"],
                 r["status"],
                 r["exit_code"],
@@ -304,9 +304,8 @@ def jobs_list(app: App, show_all: bool, as_json: bool) -> None:
                 r["gpu_name"],
                 f"${r['cost_usd']:.4f}" if r.get("cost_usd") is not None else "",
                 " ".join(r.get("command") or [])[:40],
-            ]
-            for r in rows
-        ],
+            ],
+        ),
     )
 
 
@@ -319,10 +318,11 @@ def jobs_show(app: App, job_id: str, as_json: bool) -> None:
     from gpushopper.core.jobs import get_job, public_job
 
     view = public_job(get_job(app.store, job_id))
-    if as_json:
-        emit_json(view)
-    else:
-        print_kv([(k, v) for k, v in view.items() if not isinstance(v, (list, dict))])
+    render(
+        as_json,
+        view,
+        pairs=lambda doc: [(k, v) for k, v in doc.items() if not isinstance(v, (list, dict))],
+    )
 
 
 @jobs.command("logs")

@@ -250,7 +250,7 @@ def sessions_show(app: App, session_id: str, refresh: bool, as_json: bool) -> No
 
     What was recorded; with --refresh also what the provider says of the instance now
     (provider_status). SESSION_ID may be a unique prefix."""
-    from gpushopper.cli.provision import print_session
+    from gpushopper.cli.views import print_session
     from gpushopper.core.sessions import public_view
     from gpushopper.core.teardown import get_session_or_fail
 
@@ -262,7 +262,7 @@ def sessions_show(app: App, session_id: str, refresh: bool, as_json: bool) -> No
 
 
 def _end(app: App, session_id: str, reason: str, as_json: bool) -> None:
-    from gpushopper.cli.provision import print_session
+    from gpushopper.cli.views import print_session
     from gpushopper.core.runtime import Runtime
     from gpushopper.core.sessions import public_view
     from gpushopper.core.teardown import end_session
