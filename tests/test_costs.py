@@ -7,6 +7,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from gpushopper.core.costs import month_cost
+from gpushopper.model.session import Session
 from gpushopper.model.units import iso
 from gpushopper.state.store import StateStore
 
@@ -73,5 +74,5 @@ def test_summary_splits_across_months_and_shows_budget(gs, seeded, monkeypatch):
 def test_month_cost_of_a_live_session_runs_to_now():
     live = record("c3", status="running")
     assert month_cost(
-        live, T0, T0 + timedelta(days=1), T0 + timedelta(minutes=30)
+        Session.from_record(live), T0, T0 + timedelta(days=1), T0 + timedelta(minutes=30)
     ) == pytest.approx(0.6)

@@ -74,10 +74,10 @@ def test_a_session_missing_from_the_list_is_closed_only_when_the_provider_says_g
     report = enforcer(store, provider).tick(POLICY)
     assert not report.ok
     assert [(o.action.kind, o.result) for o in report.outcomes] == [("mark_ended", "failed")]
-    assert store.get_session("a00001")["status"] == "running"
+    assert store.get_session("a00001").status == "running"
     provider.instances[iid].destroyed = True  # now it really is gone
     report = enforcer(store, provider).tick(POLICY)
-    assert report.ok and store.get_session("a00001")["status"] == "ended"
+    assert report.ok and store.get_session("a00001").status == "ended"
 
 
 def test_a_malformed_listing_closes_nothing_and_the_pass_is_not_ok(store):
@@ -88,7 +88,7 @@ def test_a_malformed_listing_closes_nothing_and_the_pass_is_not_ok(store):
     report = enforcer(store, provider).tick(POLICY)
     assert not report.ok and "vastai" in report.provider_errors
     assert report.outcomes == [] and provider.count("destroy_instance") == 0
-    assert store.get_session("a00001")["status"] == "running"
+    assert store.get_session("a00001").status == "running"
 
 
 def test_one_provider_failing_to_list_never_holds_back_the_others_deadlines(store):
@@ -101,9 +101,9 @@ def test_one_provider_failing_to_list_never_holds_back_the_others_deadlines(stor
     report = enforcer(store, broken, healthy, now=late).tick(POLICY)
     assert not report.ok and list(report.provider_errors) == ["vastai"]
     assert healthy.live() == set()
-    assert store.get_session("a00002")["status"] == "ended"
+    assert store.get_session("a00002").status == "ended"
     # the time rules need no listing: the expired vastai session is destroyed too
-    assert broken.live() == set() and store.get_session("a00001")["end_reason"] == (
+    assert broken.live() == set() and store.get_session("a00001").end_reason == (
         "reservation_ended"
     )
     assert report.listed_at.keys() == {"tensordock"}
@@ -123,10 +123,10 @@ def test_one_provider_whose_listing_blows_up_never_holds_back_the_others_deadlin
     put(store, record("a00001", v), record("a00002", t, provider="tensordock"))
     report = enforcer(store, broken, healthy, now=T0 + timedelta(hours=3)).tick(POLICY)
     assert not report.ok and report.provider_errors == {"vastai": "KeyError: 'id'"}
-    assert healthy.live() == set() and store.get_session("a00002")["status"] == "ended"
+    assert healthy.live() == set() and store.get_session("a00002").status == "ended"
     # the expired session is still destroyed by its record; the unlisted orphan is not touched
     assert broken.live() == {orphan}
-    assert store.get_session("a00001")["end_reason"] == "reservation_ended"
+    assert store.get_session("a00001").end_reason == "reservation_ended"
 
 
 def test_a_destroy_the_state_cannot_record_is_unrecorded_and_the_pass_not_ok(store, monkeypatch):

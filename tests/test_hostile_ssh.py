@@ -8,6 +8,7 @@ import pytest
 
 from gpushopper.core.sessions import render_ssh_config, ssh_command
 from gpushopper.core.validate import ssh_host_problem, ssh_port_problem, ssh_user_problem
+from gpushopper.model.session import SessionRecords
 from tests.fakes.records import read_state
 
 HOSTILE_HOSTS = [
@@ -55,12 +56,13 @@ def test_ssh_config_never_carries_a_hostile_value():
         "ccc333": _record(key_path='/k"\n  ProxyCommand touch pwned'),
         "ddd444": _record(),
     }
-    text = render_ssh_config(records)
+    sessions = SessionRecords.split(records).valid
+    text = render_ssh_config(sessions)
     assert "ProxyCommand" not in text
     assert "Host gpu-ddd444" in text
     assert "Host gpu-aaa111" not in text
-    assert ssh_command(records["aaa111"]) is None
-    assert ssh_command(records["ddd444"]) is not None
+    assert ssh_command(sessions["aaa111"]) is None
+    assert ssh_command(sessions["ddd444"]) is not None
 
 
 @pytest.mark.parametrize(

@@ -15,14 +15,20 @@ from gpushopper.core.lifecycle import (
     REPORT_MALFORMED,
     WARN,
     Policy,
-    plan,
 )
+from gpushopper.core.lifecycle import plan as _plan
 from gpushopper.model.models import Instance
+from gpushopper.model.session import SessionRecords
 from gpushopper.model.units import iso
 
 T0 = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 ME = "aaaa1111"
 POLICY = Policy(install_id=ME, warn_before_s=600, provision_timeout_s=900)
+
+
+def plan(records, *args, **kwargs):
+    """The policy over records as the store hands them out (valid typed, damaged apart)."""
+    return _plan(SessionRecords.split(records), *args, **kwargs)
 
 
 def session(

@@ -94,7 +94,7 @@ def test_a_create_that_errs_after_creating_is_adopted_once_the_list_catches_up(t
     rig = Rig(tmp_path, provider)
     session = rig.run()
     assert provider.count("create_instance") == 1  # never a second create
-    assert session["status"] == "running" and session["instance_id"] in provider.live()
+    assert session.status == "running" and session.instance_id in provider.live()
     assert provider.count("list_instances") == 3  # it waited for the list to show it
 
 
@@ -104,8 +104,8 @@ def test_a_create_answer_naming_someone_elses_instance_is_not_trusted(tmp_path):
     provider.create_answers = foreign
     rig = Rig(tmp_path, provider)
     session = rig.run()
-    assert session["instance_id"] != foreign
-    assert provider.instances[session["instance_id"]].label == session["label"]
+    assert session.instance_id != foreign
+    assert provider.instances[session.instance_id].label == session.label
     assert ("attach_ssh_key", foreign) not in provider.calls
     assert any("using that one" in message for _, message in rig.said)
 
@@ -114,7 +114,7 @@ def test_a_create_answer_naming_nothing_waits_for_our_label(tmp_path):
     provider = FakeProvider(create_answers="424242", list_lag=2)
     rig = Rig(tmp_path, provider)
     session = rig.run()
-    assert session["instance_id"] != "424242" and session["instance_id"] in provider.live()
+    assert session.instance_id != "424242" and session.instance_id in provider.live()
 
 
 def test_a_create_answer_never_matched_fails_and_leaves_nothing_it_knows_of(tmp_path):
@@ -150,9 +150,9 @@ def test_billing_starts_when_the_provider_reports_running_not_when_the_checks_pa
     rig = Rig(tmp_path, provider)
     provider.on_get = lambda iid: rig.time.sleep(10)  # every poll takes 10 s of clock
     session = rig.run()
-    billing = parse_iso(session["billing_started_at"])
-    ready = parse_iso(session["ready_at"])
-    created = parse_iso(session["created_at"])
+    billing = session.billing_started_at
+    ready = session.ready_at
+    created = session.created_at
     assert created < billing < ready
     assert (ready - billing).total_seconds() >= 10
 
@@ -303,8 +303,8 @@ def test_a_broken_record_elsewhere_does_not_make_a_provision_crash(tmp_path):
         state["sessions"]["badbad"] = "a string"
         state["sessions"]["nulled"] = None
     session = rig.run()
-    assert session["status"] == "running" and provider.live() == {session["instance_id"]}
-    assert f"Host gpu-{session['id']}" in (tmp_path / "ssh_config").read_text()
+    assert session.status == "running" and provider.live() == {session.instance_id}
+    assert f"Host gpu-{session.id}" in (tmp_path / "ssh_config").read_text()
 
 
 def test_the_owner_is_recorded_before_the_create(tmp_path):
@@ -354,7 +354,7 @@ def test_each_stage_records_what_its_contract_says(tmp_path):
     stages.verify(boot)
     assert rig.only_session()["status"] == "verifying"  # verify writes nothing itself
     final = stages.hand_off(boot)
-    assert final["status"] == "running" == rig.only_session()["status"] and final["ready_at"]
+    assert final.status == "running" == rig.only_session()["status"] and final.ready_at
 
 
 def test_a_stage_failing_outside_attempt_is_destroyed_by_clean_up(tmp_path):

@@ -9,6 +9,7 @@ import pytest
 from gpushopper.core import rules
 from gpushopper.core.costs import budget_warning, month_summary
 from gpushopper.model.errors import UsageError
+from gpushopper.model.session import Session
 from gpushopper.model.units import iso
 
 NOW = datetime(2026, 11, 15, 12, 0, tzinfo=timezone.utc)
@@ -91,13 +92,17 @@ def test_dry_run_plan():
 
 
 def spent(provider, consumer, hours, price=1.0, start=NOW - timedelta(hours=10)):
-    return {
-        "provider": provider,
-        "consumer": consumer,
-        "price_per_hour": price,
-        "billing_started_at": iso(start),
-        "ended_at": iso(start + timedelta(hours=hours)),
-    }
+    return Session.from_record(
+        {
+            "id": "a00001",
+            "status": "ended",
+            "provider": provider,
+            "consumer": consumer,
+            "price_per_hour": price,
+            "billing_started_at": iso(start),
+            "ended_at": iso(start + timedelta(hours=hours)),
+        }
+    )
 
 
 def test_month_summary_counts_only_the_month():

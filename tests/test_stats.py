@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from gpushopper.core import stats
+from gpushopper.model.session import Session, SessionRecords
 from gpushopper.state.store import StateStore
 
 
@@ -44,9 +45,14 @@ def test_percentile_interpolates_between_ranks():
     assert stats.percentile([float(v) for v in range(1, 11)], 0.9) == pytest.approx(9.1)
 
 
+def typed(records):
+    """The records as the store hands them to stats: the valid ones, typed."""
+    return list(SessionRecords.split({f"r{i}": r for i, r in enumerate(records)}).valid.values())
+
+
 def choose(records, explicit=None, max_s=1800.0):
     return stats.provision_timeout(
-        records, "vastai", "pytorch", explicit=explicit, default_s=900.0, max_s=max_s
+        typed(records), "vastai", "pytorch", explicit=explicit, default_s=900.0, max_s=max_s
     )
 
 
@@ -86,7 +92,7 @@ def test_an_explicit_timeout_always_wins():
 def seed(home: Path, records: list[dict[str, Any]]) -> None:
     store = StateStore(home / "state.json")
     for r in records:
-        store.put_session(r)
+        store.put_session(Session.from_record(r))
 
 
 def dry_run_timeout(gs, extra: str = "") -> dict[str, Any]:
@@ -161,7 +167,7 @@ def test_group_stats_counts_failures_by_stage_and_skips_booting():
     records.append({**record(11, status="failed", boot_s=None), "timings": {}})  # create failed
     records.append(record(12, status="provisioning", boot_s=None))  # still booting
     records.append(record(13, gpu="A100 SXM4", destroy_to_gone_s=4.0))
-    rows = stats.group_stats(records)
+    rows = stats.group_stats(typed(records))
     assert [(r["gpu"], r["count"]) for r in rows] == [("A100 SXM4", 1), ("RTX 4090", 5)]
     row = rows[1]
     assert row["failed"] == 2 and row["failure_rate"] == 0.4
@@ -173,8 +179,8 @@ def test_group_stats_counts_failures_by_stage_and_skips_booting():
     }
     assert row["phases"]["time_to_ssh_s"] == {"n": 3, "median_s": 101.0, "p90_s": 101.8}
     assert rows[0]["phases"]["destroy_to_gone_s"]["median_s"] == 4.0
-    assert stats.group_stats(records, stats.Filters(gpu="a100"))[0]["gpu"] == "A100 SXM4"
-    assert stats.group_stats(records, stats.Filters(template="nope")) == []
+    assert stats.group_stats(typed(records), stats.Filters(gpu="a100"))[0]["gpu"] == "A100 SXM4"
+    assert stats.group_stats(typed(records), stats.Filters(template="nope")) == []
 
 
 def test_sessions_stats_table_and_bad_input(gs, isolated_home, monkeypatch):
@@ -201,9 +207,10 @@ def test_garbage_timings_measure_nothing_and_crash_nothing():
     bad += [{**record(200), "timings": "100"}, {**record(201), "timings": None}]
     weird: list[Any] = [None, "s00001", 7, {"status": ["x"], "provider": {"a": 1}, "timings": []}]
     records = good + bad + weird
+    assert len(SessionRecords.split(dict(enumerate(records))).damaged) == len(weird)
     assert choose(records).source == "default"  # 4 real boots: garbage makes no fifth
     assert choose([*records, record(9, boot_s=400.0)]).seconds == 600.0  # 400s x 1.5
-    rows = stats.group_stats(records)
+    rows = stats.group_stats(typed(records))
     (row,) = [r for r in rows if r["provider"] == "vastai" and r["gpu"] == "RTX 4090"]
     assert row["count"] == 4 + len(bad)
     for key, _label in stats.PHASES:

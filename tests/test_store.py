@@ -6,12 +6,18 @@ import json
 import multiprocessing
 import os
 import signal
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
 
 from gpushopper.model.errors import StateError
+from gpushopper.model.session import Session, SessionStatus
 from gpushopper.state.store import SCHEMA_VERSION, StateStore
+
+
+def running(session_id: str) -> Session:
+    return Session(session_id, SessionStatus.RUNNING, "vastai")
 
 
 def _add_records(path: str, prefix: str, count: int) -> None:
@@ -159,7 +165,7 @@ def test_update_session_reads_and_writes_in_one_locked_transaction(tmp_path, mon
     import os
 
     store = StateStore(tmp_path / "state.json")
-    store.put_session({"id": "a00001", "status": "running"})
+    store.put_session(running("a00001"))
     opened: list[int] = []
     real_transaction = StateStore.transaction
     real_load = StateStore._load
@@ -184,7 +190,8 @@ def test_update_session_reads_and_writes_in_one_locked_transaction(tmp_path, mon
 
     monkeypatch.setattr(StateStore, "transaction", counting)
     monkeypatch.setattr(StateStore, "_load", load)
-    assert store.update_session("a00001", warned_at="x")["warned_at"] == "x"
+    when = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+    assert store.update_session("a00001", warned_at=when).warned_at == when
     assert opened == [1] and unlocked_reads == []
 
 
@@ -192,7 +199,7 @@ def test_concurrent_updates_of_one_session_lose_nothing(tmp_path):
     import threading
 
     store = StateStore(tmp_path / "state.json")
-    store.put_session({"id": "a00001", "status": "running"})
+    store.put_session(running("a00001"))
 
     def work(n: int) -> None:
         mine = StateStore(tmp_path / "state.json")
@@ -204,7 +211,7 @@ def test_concurrent_updates_of_one_session_lose_nothing(tmp_path):
         t.start()
     for t in threads:
         t.join()
-    record = store.get_session("a00001")
+    record = store.get_session("a00001").rest
     assert {k for k in record if k.startswith("k")} == {
         f"k{n}_{i}" for n in range(4) for i in range(8)
     }
@@ -220,14 +227,14 @@ def test_a_state_file_that_cannot_be_written_is_a_typed_error(tmp_path, monkeypa
         raise OSError(errno.ENOSPC, "No space left on device")
 
     store = StateStore(tmp_path / "state.json")
-    store.put_session({"id": "a00001", "status": "running"})
+    store.put_session(running("a00001"))
     monkeypatch.setattr(store_module, "atomic_write_text", full)
     with pytest.raises(StateWriteError, match="No space left on device"):
         store.update_session("a00001", x=1)
     blocker = tmp_path / "file"
     blocker.write_text("")
     with pytest.raises(StateWriteError):
-        StateStore(blocker / "state.json").put_session({"id": "a00002"})
+        StateStore(blocker / "state.json").put_session(running("a00002"))
 
 
 def test_sessions_that_are_not_an_object_are_refused_not_read_as_none(tmp_path):
@@ -237,3 +244,101 @@ def test_sessions_that_are_not_an_object_are_refused_not_read_as_none(tmp_path):
     path.write_text(json.dumps({"schema_version": 1, "sessions": "oops"}))
     with pytest.raises(StateError, match="'sessions' is str"):
         StateStore(path).read()
+
+
+# -- sessions cross the store boundary typed -------------------------------------------------
+T0 = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
+# As a hand (or an older or newer gpu-shopper) may have written it: a time with an offset
+# rather than "Z", keys the model does not name, a null where a value could be.
+ON_DISK = {
+    "id": "a00001",
+    "status": "running",
+    "provider": "vastai",
+    "instance_id": 7,
+    "label": "gpu-shopper:0123abcd:a00001",
+    "price_per_hour": 0.5,
+    "created_at": "2026-11-23T12:00:00+00:00",
+    "billing_started_at": "2026-11-23T12:01:00.250000Z",
+    "reservation_ends_at": "2026-11-23T14:00:00Z",
+    "hard_max_at": None,
+    "ssh": {"host": "127.0.0.1", "port": 22},
+    "timings": {"create_call_s": 1.5},
+    "owner": {"pid": 1, "host": "h"},
+    "from_a_newer_version": {"nested": [1, 2.0, None]},
+}
+
+
+def _write_state(path: Path, sessions: dict) -> bytes:
+    text = json.dumps(
+        {"schema_version": 1, "install_id": "0123abcd", "sessions": sessions, "offer_health": {}},
+        indent=2,
+        sort_keys=True,
+    )
+    path.write_text(text + "\n")
+    return path.read_bytes()
+
+
+def test_an_unchanged_session_is_rewritten_byte_for_byte(tmp_path):
+    path = tmp_path / "state.json"
+    before = _write_state(path, {"a00001": ON_DISK})
+    store = StateStore(path)
+    store.put_session(store.get_session("a00001"))
+    assert path.read_bytes() == before
+    store.update_session("a00001")  # no change at all: the same bytes again
+    assert path.read_bytes() == before
+
+
+def test_a_change_rewrites_that_field_only_and_unknown_keys_survive(tmp_path):
+    path = tmp_path / "state.json"
+    _write_state(path, {"a00001": ON_DISK})
+    store = StateStore(path)
+    later = T0 + timedelta(hours=3)
+    back = store.update_session("a00001", reservation_ends_at=later, note="kept too")
+    assert back.reservation_ends_at == later and back.rest["note"] == "kept too"
+    on_disk = json.loads(path.read_text())["sessions"]["a00001"]
+    assert on_disk == {**ON_DISK, "reservation_ends_at": "2026-11-23T15:00:00Z", "note": "kept too"}
+    session = store.get_session("a00001")
+    session.status = SessionStatus.ENDED
+    session.rest.pop("note")  # a key dropped from rest is dropped from the record
+    store.put_session(session)
+    on_disk = json.loads(path.read_text())["sessions"]["a00001"]
+    assert on_disk == {**ON_DISK, "reservation_ends_at": "2026-11-23T15:00:00Z", "status": "ended"}
+    assert on_disk["from_a_newer_version"] == {"nested": [1, 2.0, None]}
+
+
+def test_times_come_back_as_aware_datetimes_and_the_status_as_the_enum(tmp_path):
+    path = tmp_path / "state.json"
+    _write_state(path, {"a00001": ON_DISK})
+    session = StateStore(path).get_session("a00001")
+    assert session.created_at == T0 and session.created_at.tzinfo is not None
+    assert session.billing_started_at == T0 + timedelta(minutes=1, microseconds=250000)
+    assert session.hard_max_at is None and session.ended_at is None
+    assert session.status is SessionStatus.RUNNING and session.live
+    assert session.rest == {
+        "owner": ON_DISK["owner"],
+        "from_a_newer_version": {"nested": [1, 2.0, None]},
+    }
+
+
+def test_a_damaged_record_is_reported_never_lost_nor_rewritten(tmp_path):
+    path = tmp_path / "state.json"
+    damaged = {"id": "b00002", "status": "zombie", "provider": "vastai", "instance_id": 9}
+    before = _write_state(path, {"a00001": ON_DISK, "b00002": damaged, "c00003": None})
+    store = StateStore(path)
+    records = store.session_records()
+    assert set(records.valid) == {"a00001"}  # only what can be trusted comes back typed
+    assert records.problems == {
+        "b00002": "has an unknown status 'zombie'",
+        "c00003": "is null, not a session object",
+    }
+    assert records.damaged["b00002"].record == damaged  # exactly as read, for the reports
+    assert set(store.sessions()) == {"a00001"}
+    with pytest.raises(StateError, match="b00002 .* has an unknown status 'zombie'; repair"):
+        store.get_session("b00002")
+    with pytest.raises(StateError, match="repair or remove that record"):
+        store.update_session("b00002", status="ended")
+    assert path.read_bytes() == before  # refused, not rewritten
+    store.update_session("a00001", warned_at=T0)  # another session's write keeps it whole
+    on_disk = json.loads(path.read_text())["sessions"]
+    assert on_disk["b00002"] == damaged and on_disk["c00003"] is None
+    assert store.new_session_id() not in {"a00001", "b00002", "c00003"}

@@ -16,6 +16,7 @@ import pytest
 
 from gpushopper.cli.output import cell_text, column_widths, number_text
 from gpushopper.model.ids import AmbiguousId, match_prefix, short_ids
+from gpushopper.model.session import Session
 from gpushopper.providers.registry import resolve_offer_id
 from gpushopper.state.store import StateStore
 from tests.fakes.tool import spawn_tool
@@ -182,7 +183,9 @@ def _seed(home, sessions: list[str], jobs: list[str] = ()) -> None:
     store = StateStore(home / "state.json")
     for sid in sessions:
         store.put_session(
-            {"id": sid, "status": "ended", "provider": "vastai", "price_per_hour": 0.5}
+            Session.from_record(
+                {"id": sid, "status": "ended", "provider": "vastai", "price_per_hour": 0.5}
+            )
         )
     with store.transaction() as state:
         state.setdefault("jobs", {})

@@ -26,7 +26,11 @@ def clock() -> FakeTime:
 
 
 def destroy(provider, iid, clock, **kw):
-    return teardown.destroy_and_confirm(provider, iid, sleep=clock.sleep, mono=clock.mono, **kw)
+    return teardown.destroy_and_confirm(provider, iid, runtime=clock_runtime(clock), **kw)
+
+
+def clock_runtime(clock, sleep=None, log=lambda message: None):
+    return Runtime(sleep=sleep or clock.sleep, mono=clock.mono, log=log)
 
 
 # -- destroy_and_confirm ----------------------------------------------------------------------
@@ -92,16 +96,14 @@ def test_the_label_lookup_waits_for_a_lagging_list(clock):
     provider = FakeProvider(list_lag=3)
     iid = provider.add(LABEL)
     provider.instances[iid].unlisted_for = 3
-    found = teardown.wait_for_label(provider, LABEL, sleep=clock.sleep, mono=clock.mono)
+    found = teardown.wait_for_label(provider, LABEL, runtime=clock_runtime(clock))
     assert found is not None and found.instance_id == iid
     assert provider.count("list_instances") == 4
 
 
 def test_the_label_lookup_gives_up_after_its_timeout(clock):
     provider = FakeProvider()
-    found = teardown.wait_for_label(
-        provider, LABEL, sleep=clock.sleep, mono=clock.mono, timeout_s=10
-    )
+    found = teardown.wait_for_label(provider, LABEL, runtime=clock_runtime(clock), timeout_s=10)
     assert found is None and 10 <= clock.slept < 11
 
 
@@ -114,7 +116,9 @@ def test_the_label_lookup_rides_out_listing_errors(clock):
         clock.sleep(seconds)
         provider.listing = "ok"
 
-    found = teardown.wait_for_label(provider, LABEL, sleep=heal, mono=clock.mono, log=logged.append)
+    found = teardown.wait_for_label(
+        provider, LABEL, runtime=clock_runtime(clock, sleep=heal, log=logged.append)
+    )
     assert found is not None and found.instance_id == iid
     assert "Looking the instance up by label failed" in logged[0]
 
@@ -169,7 +173,7 @@ def test_end_session_marks_ended_only_after_the_destroy_is_confirmed(store, cloc
     logged: list[str] = []
     record = end(store, provider, clock, log=logged.append)
     assert provider.live() == set()
-    assert record["status"] == "ended" and record["cost_usd"] == pytest.approx(1.0)
+    assert record.status == "ended" and record.cost_usd == pytest.approx(1.0)
     # The runtime's log says so, after the fact ('sessions done' prints it).
     assert logged == [
         f"Session a00001: vastai instance {iid} destroyed (the provider confirms it is gone)"
@@ -183,8 +187,8 @@ def test_end_session_never_swallows_a_failed_destroy(store, clock):
     with pytest.raises(Unavailable):
         end(store, provider, clock)
     record = store.get_session("a00001")
-    assert record["status"] == "ending"  # watch and cleanup-orphans retry it
-    assert "destroy failed" in record["error"]
+    assert record.status == "ending"  # watch and cleanup-orphans retry it
+    assert "destroy failed" in record.rest["error"]
     assert provider.live() == {iid}
 
 
@@ -194,7 +198,7 @@ def test_end_session_never_marks_a_lingering_instance_ended(store, clock):
     put_session(store, iid)
     with pytest.raises(ProviderError):
         end(store, provider, clock)
-    assert store.get_session("a00001")["status"] == "ending"
+    assert store.get_session("a00001").status == "ending"
 
 
 def test_end_session_leaves_a_foreign_id_on_record_alone_and_destroys_ours(store, clock):
@@ -205,14 +209,14 @@ def test_end_session_leaves_a_foreign_id_on_record_alone_and_destroys_ours(store
     record = end(store, provider, clock, log=lambda message: None)
     assert provider.live() == {foreign}
     assert ours not in provider.live()
-    assert record["status"] == "ended"
+    assert record.status == "ended"
 
 
 def test_end_session_destroys_the_unlabelled_instance_its_own_create_recorded(store, clock):
     provider = FakeProvider()
     iid = provider.add(None)  # a provider that dropped the label: the id came from our create
     put_session(store, iid)
-    assert end(store, provider, clock)["status"] == "ended"
+    assert end(store, provider, clock).status == "ended"
     assert provider.live() == set()
 
 
@@ -229,7 +233,7 @@ def test_end_session_past_a_foreign_id_destroys_only_what_carries_the_label(stor
     with pytest.raises(NotOurs):
         end(store, provider, clock, log=lambda message: None)
     assert provider.live() == {foreign, unlabelled}
-    assert store.get_session("a00001")["status"] == "ending"
+    assert store.get_session("a00001").status == "ending"
 
 
 def test_end_session_finds_the_instance_by_label_when_none_was_recorded(store, clock):
@@ -237,7 +241,7 @@ def test_end_session_finds_the_instance_by_label_when_none_was_recorded(store, c
     iid = provider.add(LABEL)
     put_session(store, None, status="creating")
     record = end(store, provider, clock)
-    assert provider.live() == set() and record["instance_id"] == iid
+    assert provider.live() == set() and record.instance_id == iid
 
 
 def test_a_state_file_that_cannot_be_written_never_stops_the_destroy(store, clock, monkeypatch):

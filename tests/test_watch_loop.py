@@ -13,7 +13,6 @@ from gpushopper.core.lifecycle import Policy
 from gpushopper.core.runtime import Runtime
 from gpushopper.core.watcher import Metrics, Watcher
 from gpushopper.model.errors import MissingCredentials
-from gpushopper.model.units import parse_iso
 from tests.fakes.provider import FakeProvider
 from tests.fakes.records import ME, T0, label, new_store, put
 from tests.fakes.records import running as session
@@ -96,7 +95,7 @@ def test_passes_run_on_a_fixed_schedule_and_a_deadline_is_met_within_one_interva
     assert len(destroyed) == 1
     at = float(destroyed[0].split()[0])
     assert 95 <= at <= 95 + 30 + 2  # the first pass after the deadline
-    ended = parse_iso(store.get_session("a00001")["ended_at"])
+    ended = store.get_session("a00001").ended_at
     assert ended is not None and (ended - T0).total_seconds() <= 95 + 30 + 2
     # the pass's own work counts against the interval: waits shrink by what a pass took
     assert any(w < 30 for w in clock.waits) and all(w <= 30 for w in clock.waits)
@@ -113,8 +112,8 @@ def test_a_provider_failing_to_list_never_stops_the_others_expiries(store):
     watcher, lines = rig(store, clock, broken, healthy, metrics=metrics)
     assert watcher.run() is False  # blind on vastai: the last pass was not clean
     assert healthy.live() == set()
-    assert store.get_session("a00002")["status"] == "ended"
-    assert store.get_session("a00001")["status"] == "running"
+    assert store.get_session("a00002").status == "ended"
+    assert store.get_session("a00001").status == "running"
     assert any("error provider=vastai" in line for line in lines)
     assert metrics.ticks_failed == watcher.passes
     assert set(metrics.listed_at) == {"tensordock"} and metrics.last_success is None
@@ -161,7 +160,7 @@ def test_a_partial_listing_never_closes_a_running_session(store):
     clock.stop_after = 120
     watcher, _ = rig(store, clock, provider)
     assert watcher.run() is False
-    assert store.get_session("a00001")["status"] == "running"
+    assert store.get_session("a00001").status == "running"
     assert provider.live() == {iid}
 
 
@@ -179,7 +178,7 @@ def test_stopping_destroys_every_guarded_session_and_exits_128_plus_n(store, sig
     assert provider.live() == set(ids)  # nothing was due
     assert watcher.shutdown(signum) == code
     assert provider.live() == set()
-    assert {r["status"] for r in store.sessions().values()} == {"ended"}
+    assert {r.status for r in store.sessions().values()} == {"ended"}
 
 
 def test_keep_on_exit_leaves_them_and_says_so_at_start(store):

@@ -8,13 +8,14 @@ import sys
 import time
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import click
 
 from gpushopper import __version__
 
 if TYPE_CHECKING:
+    from gpushopper.model.session import Session
     from gpushopper.providers.base import Provider
     from gpushopper.state.config import Settings
     from gpushopper.state.paths import Paths
@@ -101,16 +102,15 @@ class App:
             self._store = StateStore(self.paths.state_file)
         return self._store
 
-    def sessions(self) -> dict[str, dict[str, Any]]:
-        """The session records that can be trusted; each broken one is named on stderr
-        and skipped (one bad record must not stop a command)."""
+    def sessions(self) -> dict[str, Session]:
+        """The sessions that can be trusted; each broken record is named on stderr and
+        skipped (one bad record must not stop a command)."""
         from gpushopper.cli.output import warn
-        from gpushopper.core.sessions import split_records
 
-        good, bad = split_records(self.store.sessions())
-        for session_id, why in sorted(bad.items()):
+        records = self.store.session_records()
+        for session_id, why in sorted(records.problems.items()):
             warn(f"session {session_id} in {self.paths.state_file} skipped: it {why}")
-        return good
+        return records.valid
 
     def provider(self, name: str) -> Provider:
         """A configured provider client; raises MissingCredentials when it has none."""

@@ -211,7 +211,7 @@ def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
     from gpushopper.cli.output import flush_output
     from gpushopper.core.sessions import public_view
 
-    session: dict[str, Any] | None = None
+    session: Any = None
     try:
         session = provisioner.provision(req, choice.candidates)
         view = public_view(session, app.clock())

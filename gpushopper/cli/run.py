@@ -225,7 +225,7 @@ def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[st
     info(f"Job {job['id']}: {' '.join(spec.command)[:200]}")
     provisioner = make_provisioner(app)
 
-    def provision(on_stage: Any) -> dict[str, Any]:
+    def provision(on_stage: Any) -> Any:
         req.on_stage = on_stage
         choice = request.choose(provisioner, built, app.store, app.settings)
         for note in choice.notes:
@@ -240,7 +240,7 @@ def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[st
             yes=opts["yes"],
         ):
             raise Declined("declined at the prompt: nothing rented")
-        return provisioner.provision(req, choice.candidates)  # type: ignore[no-any-return]
+        return provisioner.provision(req, choice.candidates)
 
     try:
         record, code = runner.run(spec, job, provision)
@@ -349,7 +349,7 @@ def jobs_logs(app: App, job_id: str, follow: bool) -> None:
         app.sleep(0.5)
 
 
-def _session_for(app: App, job: dict[str, Any]) -> dict[str, Any]:
+def _session_for(app: App, job: dict[str, Any]) -> Any:
     from gpushopper.core.teardown import get_session_or_fail
 
     if not job.get("session_id"):

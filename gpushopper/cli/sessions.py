@@ -24,14 +24,13 @@ def _views(
     app: App, show_all: bool, consumer: str | None, refresh: bool = False
 ) -> list[dict[str, Any]]:
     from gpushopper.core.sessions import public_view
-    from gpushopper.model.session import DONE
 
     now = app.clock()
     out = []
     for record in app.sessions().values():
-        if not show_all and record.get("status") in DONE:
+        if not show_all and record.done:
             continue
-        if consumer and record.get("consumer") != consumer:
+        if consumer and record.consumer != consumer:
             continue
         view = public_view(record, now)
         if refresh:
@@ -40,7 +39,7 @@ def _views(
     return sorted(out, key=lambda v: v.get("created_at") or "")
 
 
-def _refresh(app: App, record: dict[str, Any], view: dict[str, Any]) -> None:
+def _refresh(app: App, record: Any, view: dict[str, Any]) -> None:
     """Ask the provider about the session's instance; say on stderr where it disagrees
     with what we recorded, or could not be asked."""
     from gpushopper.cli.output import warn
@@ -217,12 +216,12 @@ def sessions_logs(app: App, session_id: str, tail: int, as_json: bool) -> None:
     names = {
         n
         for job in (app.store.read().get("jobs") or {}).values()
-        if isinstance(job, dict) and job.get("session_id") == record.get("id")
+        if isinstance(job, dict) and job.get("session_id") == record.id
         for n in job.get("secret_names") or []
         if isinstance(n, str)
     }
     secrets = [os.environ[n] for n in sorted(names) if os.environ.get(n)]
-    provider = app.provider(str(record.get("provider")))
+    provider = app.provider(record.provider)
     doc = session_logs(provider, record, tail, secrets)
     render(as_json, doc, text=_print_lines)
 
@@ -358,11 +357,9 @@ def sessions_diagnostics(app: App, session_id: str, as_json: bool) -> None:
     record = live_session_or_fail(
         app.store, session_id, ("running", "verifying"), "there is nothing to inspect"
     )
-    info_ = record.get("ssh") or {}
+    info_ = record.ssh
     if not info_.get("host"):
-        raise SshError(
-            f"session {session_id} has no SSH endpoint yet (status {record.get('status')})"
-        )
+        raise SshError(f"session {session_id} has no SSH endpoint yet (status {record.status})")
     conn = remote.connect(
         info_["host"],
         int(info_["port"]),
@@ -405,7 +402,7 @@ def sessions_ssh(app: App, session_id: str, command: tuple[str, ...]) -> None:
     )
     line = ssh_command(record)
     if not line:
-        raise SshError(f"session {session_id} has no SSH endpoint (status {record.get('status')})")
+        raise SshError(f"session {session_id} has no SSH endpoint (status {record.status})")
     if shutil.which("ssh") is None:
         raise SshError("OpenSSH client not found: apt-get install openssh-client")
     argv = shlex.split(line) + list(command)

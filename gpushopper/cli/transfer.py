@@ -21,7 +21,7 @@ def _connect(app: App, session_id: str) -> Any:
     record = live_session_or_fail(
         app.store, session_id, ("running",), "only running sessions take transfers"
     )
-    endpoint = record.get("ssh") or {}
+    endpoint = record.ssh
     if not endpoint.get("host"):
         raise SshError(f"session {session_id} has no SSH endpoint (status running)")
     return ssh.connect(

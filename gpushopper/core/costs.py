@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 from gpushopper.core.sessions import accrued_cost
 from gpushopper.model.errors import UsageError
 from gpushopper.model.jsontypes import JSONObject
-from gpushopper.model.units import parse_iso
+from gpushopper.model.session import Session
 
 
 def parse_since(text: str) -> datetime:
@@ -36,25 +36,26 @@ def parse_month(text: str) -> tuple[datetime, datetime]:
     return start, end
 
 
-def session_cost_rows(records: Iterable[JSONObject], now: datetime) -> list[JSONObject]:
+def session_cost_rows(sessions: Iterable[Session], now: datetime) -> list[JSONObject]:
     rows = []
-    for record in records:
-        started = parse_iso(record.get("billing_started_at"))
-        ended = parse_iso(record.get("ended_at")) or now
+    for session in sessions:
+        started = session.billing_started_at
+        ended = session.ended_at or now
         hours = max(0.0, (ended - started).total_seconds() / 3600) if started else 0.0
+        record = session.to_record()  # the JSON row quotes the record's own values
         rows.append(
             {
                 "session_id": record.get("id"),
-                "provider": record.get("provider"),
-                "consumer": record.get("consumer"),
-                "gpu_name": record.get("gpu_name"),
-                "num_gpus": record.get("num_gpus"),
-                "status": record.get("status"),
+                "provider": session.provider,
+                "consumer": session.consumer,
+                "gpu_name": session.gpu_name,
+                "num_gpus": session.num_gpus,
+                "status": session.status.value,
                 "created_at": record.get("created_at"),
                 "ended_at": record.get("ended_at"),
                 "billed_hours": round(hours, 6),
-                "price_per_hour": record.get("price_per_hour"),
-                "cost_usd": round(accrued_cost(record, now), 6),
+                "price_per_hour": session.price_per_hour,
+                "cost_usd": round(accrued_cost(session, now), 6),
             }
         )
     return sorted(rows, key=lambda r: r["created_at"] or "")
@@ -67,7 +68,7 @@ class CostReport:
 
 
 def cost_report(
-    records: Iterable[JSONObject],
+    sessions: Iterable[Session],
     now: datetime,
     *,
     session_id: str | None = None,
@@ -80,28 +81,28 @@ def cost_report(
     ``session_id`` is NoSuchItem."""
     from gpushopper.model.errors import NoSuchItem
 
-    records = list(records)
+    records = list(sessions)
     if session_id:
-        records = [r for r in records if r.get("id") == session_id]
+        records = [r for r in records if r.id == session_id]
         if not records:
             raise NoSuchItem(f"no session {session_id!r} (see 'gpu-shopper sessions list --all')")
     if consumer:
-        records = [r for r in records if r.get("consumer") == consumer]
+        records = [r for r in records if r.consumer == consumer]
     if provider:
-        records = [r for r in records if r.get("provider") == provider]
+        records = [r for r in records if r.provider == provider]
     if since:
-        records = [r for r in records if (parse_iso(r.get("created_at")) or since) >= since]
+        records = [r for r in records if (r.created_at or since) >= since]
     rows = session_cost_rows(records, now)
     return CostReport(rows, round(sum(r["cost_usd"] for r in rows), 6))
 
 
-def month_cost(record: JSONObject, start: datetime, end: datetime, now: datetime) -> float:
+def month_cost(session: Session, start: datetime, end: datetime, now: datetime) -> float:
     """The part of a session's cost that fell within [start, end)."""
-    price = record.get("price_per_hour")
-    began = parse_iso(record.get("billing_started_at"))
+    price = session.price_per_hour
+    began = session.billing_started_at
     if not price or began is None:
         return 0.0
-    finished = parse_iso(record.get("ended_at")) or now
+    finished = session.ended_at or now
     lo, hi = max(began, start), min(finished, end)
     return max(0.0, (hi - lo).total_seconds()) * float(price) / 3600
 
@@ -127,7 +128,7 @@ class MonthSummary:
 
 
 def month_summary(
-    records: Iterable[JSONObject], month: str | None, now: datetime, budget: float | None
+    sessions: Iterable[Session], month: str | None, now: datetime, budget: float | None
 ) -> MonthSummary:
     """Spend in ``month`` (YYYY-MM; default this month) by provider and consumer, against
     ``budget``. The one place a month's spend is summed: ``costs summary`` shows it and
@@ -136,25 +137,25 @@ def month_summary(
     by_provider: dict[str, float] = {}
     by_consumer: dict[str, float] = {}
     total = 0.0
-    for record in records:
-        cost = month_cost(record, start, end, now)
+    for session in sessions:
+        cost = month_cost(session, start, end, now)
         if cost <= 0:
             continue
         total += cost
-        name = record.get("provider") or "?"
+        name = session.provider or "?"
         by_provider[name] = by_provider.get(name, 0.0) + cost
-        key = record.get("consumer") or "-"
+        key = session.consumer or "-"
         by_consumer[key] = by_consumer.get(key, 0.0) + cost
     return MonthSummary(start.strftime("%Y-%m"), total, by_provider, by_consumer, budget)
 
 
 def budget_warning(
-    records: Iterable[JSONObject], projected: float, now: datetime, budget: float | None
+    sessions: Iterable[Session], projected: float, now: datetime, budget: float | None
 ) -> str | None:
     """Why this rental would take the month past ``budget`` (a warning, never a refusal)."""
     if not budget:
         return None
-    spent = month_summary(records, None, now, budget).total
+    spent = month_summary(sessions, None, now, budget).total
     if spent + projected > budget:
         return (
             f"this month's spend ${spent:.2f} plus this rental's ${projected:.2f} would pass "

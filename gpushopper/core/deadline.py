@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Protocol
 from gpushopper.model.errors import ConfigError
 from gpushopper.model.jsontypes import JSONObject, JSONValue
 from gpushopper.model.redact import clip
+from gpushopper.model.session import Session
 from gpushopper.model.units import iso, parse_iso
 from gpushopper.providers.registry import deadline_hook
 
@@ -112,10 +113,10 @@ def deadline_file_for(app: object, provider_name: str) -> str | None:
     return override or default
 
 
-def deadline_epoch(record: JSONObject, grace_s: float) -> int | None:
+def deadline_epoch(session: Session, grace_s: float) -> int | None:
     """``min(reservation end + grace, hard maximum)`` as an epoch second, from a session."""
-    ends = parse_iso(record.get("reservation_ends_at"))
-    hard = parse_iso(record.get("hard_max_at"))
+    ends = session.reservation_ends_at
+    hard = session.hard_max_at
     candidates = [t for t in (ends + timedelta(seconds=grace_s) if ends else None, hard) if t]
     if not candidates:
         return None
@@ -227,27 +228,27 @@ def remote_write_command(path: str, epoch: int) -> str:
 
 
 def push_deadline(
-    app: DeadlineHost, record: JSONObject, log: Callable[[str], None] | None = None
+    app: DeadlineHost, session: Session, log: Callable[[str], None] | None = None
 ) -> None:
     """Move the on-instance deadline after ``sessions extend``; never raises.
 
     Rewrites the deadline file over SSH and records ``deadline_pushed_at`` (and the new
     ``deadline_at``) or ``deadline_push_error`` on the session.
     """
-    if not record.get("deadline_on_instance"):
+    if not session.rest.get("deadline_on_instance"):
         return
-    session_id = record.get("id")
+    session_id = session.id
     warn = log or (lambda message: None)
-    path = record.get("deadline_file") or deadline_file_for(app, str(record.get("provider")))
-    ssh = record.get("ssh") or {}
-    old = record.get("deadline_at")
+    path = session.rest.get("deadline_file") or deadline_file_for(app, session.provider)
+    ssh = session.ssh
+    old = session.rest.get("deadline_at")
     epoch: int | None = None
     try:
-        epoch = deadline_epoch(record, _grace_s(app))
+        epoch = deadline_epoch(session, _grace_s(app))
         if epoch is None or not path:
             raise RuntimeError("the session has no deadline to push")
         if not ssh.get("host") or not ssh.get("port"):
-            raise RuntimeError(f"no SSH endpoint yet (status {record.get('status')})")
+            raise RuntimeError(f"no SSH endpoint yet (status {session.status})")
         _push(ssh, path, epoch)
     except Exception as exc:  # noqa: BLE001 - never fail the extend
         message = str(exc) or type(exc).__name__

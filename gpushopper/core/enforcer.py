@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gpushopper.core.lifecycle import (
-    BOOTING,
     DESTROY_ORPHAN,
     DESTROY_SESSION,
     MARK_ENDED,
@@ -28,7 +27,7 @@ from gpushopper.core.lifecycle import (
     plan,
 )
 from gpushopper.core.owner import GONE, owner_state
-from gpushopper.core.sessions import close_record, refresh_ssh_config, split_records
+from gpushopper.core.sessions import close_record, refresh_ssh_config
 from gpushopper.core.teardown import destroy_and_confirm, end_session
 from gpushopper.model.errors import (
     GpuShopperError,
@@ -37,8 +36,7 @@ from gpushopper.model.errors import (
     Unavailable,
 )
 from gpushopper.model.models import Instance
-from gpushopper.model.session import LIVE
-from gpushopper.model.units import iso
+from gpushopper.model.session import Session, SessionRecords, SessionStatus
 
 if TYPE_CHECKING:
     from gpushopper.core.runtime import Runtime
@@ -155,15 +153,16 @@ class Enforcer:
         state = self.store.read() if self.store.exists() else {"sessions": {}}
         report.install_id = state.get("install_id")
         policy = replace(policy, install_id=report.install_id)
-        good, report.bad_records = split_records(state["sessions"])
+        sessions = SessionRecords.split(state["sessions"])
+        report.bad_records = sessions.problems
         if report.bad_records:
             report.ok = False
         # Live sessions at a provider this pass could not even ask: blind, not clear.
         configured = set(self.configured())
         unseen: dict[str, int] = {}
-        for record in good.values():
-            if record.get("status") in LIVE and record["provider"] not in configured:
-                unseen[record["provider"]] = unseen.get(record["provider"], 0) + 1
+        for session in sessions.valid.values():
+            if session.live and session.provider not in configured:
+                unseen[session.provider] = unseen.get(session.provider, 0) + 1
         for name, count in sorted(unseen.items()):
             report.provider_errors.setdefault(
                 name, f"no credentials, so {count} live session(s) there cannot be checked"
@@ -171,18 +170,16 @@ class Enforcer:
             report.ok = False
         gone_owners = {
             session_id
-            for session_id, record in good.items()
-            if record.get("status") in BOOTING and owner_state(record.get("owner")) == GONE
+            for session_id, session in sessions.valid.items()
+            if session.booting and owner_state(session.rest.get("owner")) == GONE
         }
-        return plan(state["sessions"], instances, self.runtime.clock(), policy, gone_owners)
+        return plan(sessions, instances, self.runtime.clock(), policy, gone_owners)
 
     def execute(self, action: Action, *, destroy: bool = True) -> Outcome:
         try:
             if action.kind == WARN:
                 if action.session_id:
-                    self.store.update_session(
-                        action.session_id, warned_at=iso(self.runtime.clock())
-                    )
+                    self.store.update_session(action.session_id, warned_at=self.runtime.clock())
                 outcome = Outcome(action, "warned")
             elif action.kind in REPORTS or not destroy:
                 outcome = Outcome(action, "left")
@@ -215,8 +212,7 @@ class Enforcer:
                     self.client(action.provider),
                     action.instance_id,
                     label=action.label,
-                    sleep=self.runtime.sleep,
-                    mono=self.runtime.mono,
+                    runtime=self.runtime,
                 )
                 outcome = Outcome(action, "destroyed")
             else:
@@ -244,13 +240,15 @@ class Enforcer:
             record = state["sessions"].get(action.session_id)
             if record is None:
                 return
+            session = Session.from_record(record)
             close_record(
-                record,
-                "failed" if record.get("status") in BOOTING else "ended",
+                session,
+                SessionStatus.FAILED if session.booting else SessionStatus.ENDED,
                 "instance gone at the provider",
                 self.runtime.clock(),
                 keep_reason=True,
             )
+            state["sessions"][action.session_id] = session.to_record()
         refresh_ssh_config(self.ssh_config_path, self.store)
 
     def tick(self, policy: Policy, *, destroy: bool = True) -> TickReport:
@@ -287,18 +285,17 @@ class Enforcer:
     def end_all(self, reason: str) -> list[Outcome]:
         """Destroy every live session (watch's shutdown rule), confirming each is gone."""
         outcomes: list[Action] = []
-        good, _ = split_records(self.store.sessions())
-        for session_id, record in sorted(good.items()):
-            if record.get("status") not in LIVE:
+        for session_id, session in sorted(self.store.sessions().items()):
+            if not session.live:
                 continue
             action = Action(
                 DESTROY_SESSION,
                 reason,
-                provider=record.get("provider") or "?",
+                provider=session.provider or "?",
                 session_id=session_id,
-                instance_id=str(record.get("instance_id")) if record.get("instance_id") else None,
-                label=record.get("label"),
-                price_per_hour=record.get("price_per_hour"),
+                instance_id=str(session.instance_id) if session.instance_id else None,
+                label=session.label,
+                price_per_hour=session.price_per_hour,
             )
             outcomes.append(action)
         return self.execute_all(outcomes)

@@ -33,6 +33,7 @@ from gpushopper.core.owner import current_owner
 from gpushopper.model.errors import GpuShopperError, NoSuchItem, SshError, StateError
 from gpushopper.model.jsontypes import JSONObject, JSONValue
 from gpushopper.model.redact import clip
+from gpushopper.model.session import Session, record_problem
 from gpushopper.model.units import iso
 
 if TYPE_CHECKING:
@@ -290,7 +291,7 @@ class JobRunner:
         self,
         spec: JobSpec,
         job: JSONObject,
-        provision: Callable[[Callable[[str], None]], JSONObject],
+        provision: Callable[[Callable[[str], None]], Session],
     ) -> tuple[JSONObject, int]:
         """Provision (through ``provision``), then :meth:`carry_on`. Returns (job, exit)."""
         job_id = job["id"]
@@ -324,18 +325,18 @@ class JobRunner:
             raise JobFailed(done, exc) from None
         self._update(
             job_id,
-            session_id=session["id"],
-            offer_id=session.get("offer_id"),
-            gpu_name=session.get("gpu_name"),
-            price_per_hour=session.get("price_per_hour"),
+            session_id=session.id,
+            offer_id=session.offer_id,
+            gpu_name=session.gpu_name,
+            price_per_hour=session.price_per_hour,
             timings={"provision_s": round(self.runtime.mono() - started, 3)},
         )
         with contextlib.suppress(StateError):
-            self.store.update_session(session["id"], job_id=job_id)
+            self.store.update_session(session.id, job_id=job_id)
         return self.carry_on(spec, job_id, session, fresh=True)
 
     def carry_on(
-        self, spec: JobSpec, job_id: str, session: JSONObject, *, fresh: bool
+        self, spec: JobSpec, job_id: str, session: Session, *, fresh: bool
     ) -> tuple[JSONObject, int]:
         """From a running session to a finished, torn-down job (or a detached one)."""
         self.redactor = Redactor([spec.env[n] for n in spec.secret_names if n in spec.env])
@@ -365,7 +366,7 @@ class JobRunner:
                 self._update(job_id, timings={"upload_s": round(self.runtime.mono() - t0, 3)})
                 self._start(job, session)
                 started = True
-                self._record_setup(session["id"], round(self.runtime.mono() - setup_from, 3))
+                self._record_setup(session.id, round(self.runtime.mono() - setup_from, 3))
                 self._update(
                     job_id,
                     started=True,
@@ -376,7 +377,7 @@ class JobRunner:
                 self.stage = "running"
                 if spec.detach:
                     self._say(
-                        f"Job {job_id} is running detached on session {session['id']}; "
+                        f"Job {job_id} is running detached on session {session.id}; "
                         f"'gpu-shopper jobs attach {job_id}' streams it, collects and destroys"
                     )
                     self._close()
@@ -394,7 +395,7 @@ class JobRunner:
             outcome.failure_stage = self.stage
         return self._finish(spec, job_id, session, outcome, ssh_worked, started)
 
-    def cancel(self, spec: JobSpec, job_id: str, session: JSONObject) -> tuple[JSONObject, int]:
+    def cancel(self, spec: JobSpec, job_id: str, session: Session) -> tuple[JSONObject, int]:
         """``jobs cancel``: stop the command, collect what it wrote, destroy."""
         job = get_job(self.store, job_id)
         outcome = Outcome()
@@ -421,19 +422,19 @@ class JobRunner:
         try:
             with self.store.transaction() as state:
                 record = state["sessions"].get(session_id)
-                if isinstance(record, dict):
-                    timings = record.get("timings")
-                    kept = dict(timings) if isinstance(timings, dict) else {}
-                    record["timings"] = {**kept, "setup_s": seconds}
+                if record_problem(record) is None:  # a damaged record is never rewritten
+                    session = Session.from_record(record)
+                    session.timings = {**session.timings, "setup_s": seconds}
+                    state["sessions"][session_id] = session.to_record()
         except StateError as exc:
             self._say(f"Could not record the setup time of session {session_id}: {exc}")
 
-    def _connect(self, session: JSONObject, timeout_s: float = 120.0) -> None:
+    def _connect(self, session: Session, timeout_s: float = 120.0) -> None:
         from gpushopper.remote import ssh as remote
 
-        endpoint = session.get("ssh") or {}
+        endpoint = session.ssh
         if not endpoint.get("host") or not endpoint.get("port"):
-            raise SshError(f"session {session['id']} has no SSH endpoint")
+            raise SshError(f"session {session.id} has no SSH endpoint")
         self._close()
         self.conn = remote.connect(
             str(endpoint["host"]),
@@ -453,7 +454,7 @@ class JobRunner:
                 self._close()
                 raise SshError(
                     f"the host key of {endpoint['host']}:{endpoint['port']} is not the one "
-                    f"recorded for session {session['id']}: refusing to use it"
+                    f"recorded for session {session.id}: refusing to use it"
                 )
         self.sftp = self.conn.client.open_sftp()
 
@@ -479,7 +480,7 @@ class JobRunner:
             self.sftp.chmod(path, mode)  # before a byte is written
             handle.write(text.encode())
 
-    def _upload(self, spec: JobSpec, job: JSONObject, session: JSONObject) -> None:
+    def _upload(self, spec: JobSpec, job: JSONObject, session: Session) -> None:
         from gpushopper.remote import jobwrap
 
         d = job["remote_dir"]
@@ -488,7 +489,7 @@ class JobRunner:
         )
         if code != 0:
             raise SshError(f"could not make the job folder {d}: {clip(err.strip(), 200)}")
-        ssh = session["ssh"]
+        ssh = session.ssh
         work = f"{d}/{jobwrap.WORK}"
         if spec.workdir:
             self._say(f"Uploading {spec.workdir} as the working directory")
@@ -503,7 +504,7 @@ class JobRunner:
             f"{d}/{jobwrap.CTL}/run.sh", jobwrap.wrapper_script(job["id"], job["command"]), 0o700
         )
 
-    def _start(self, job: JSONObject, session: JSONObject) -> None:
+    def _start(self, job: JSONObject, session: Session) -> None:
         from gpushopper.remote import jobwrap
 
         code, out, err = self._exec(jobwrap.start_command(job["remote_dir"]))
@@ -543,7 +544,7 @@ class JobRunner:
         except ValueError:
             return None
 
-    def _watch(self, job: JSONObject, session: JSONObject, outcome: Outcome) -> None:
+    def _watch(self, job: JSONObject, session: Session, outcome: Outcome) -> None:
         """Stream the log until the command ends, a watchdog fires, or the instance is gone."""
         from gpushopper.remote import jobwrap
 
@@ -661,20 +662,20 @@ class JobRunner:
         except OSError as exc:
             interrupts.output_lost(exc)
 
-    def _instance_gone(self, session: JSONObject, outcome: Outcome) -> bool:
-        provider = self.app.provider(session["provider"])
+    def _instance_gone(self, session: Session, outcome: Outcome) -> bool:
+        provider = self.app.provider(session.provider)
         try:
-            instance = provider.get_instance(str(session["instance_id"]))
+            instance = provider.get_instance(str(session.instance_id))
         except GpuShopperError as exc:
-            self._say(f"Checking instance {session['instance_id']} failed: {exc}")
+            self._say(f"Checking instance {session.instance_id} failed: {exc}")
             return False
         if instance is not None and instance.status not in ("exited", "stopped"):
             return False
         seen = "gone" if instance is None else (instance.raw_status or instance.status)
         outcome.status = "lost"
         outcome.failure_stage = "running"
-        outcome.error = f"instance {session['instance_id']} is {seen} at the provider"
-        self._say(f"Job {session.get('job_id') or ''}: {outcome.error}; the job is lost")
+        outcome.error = f"instance {session.instance_id} is {seen} at the provider"
+        self._say(f"Job {session.rest.get('job_id') or ''}: {outcome.error}; the job is lost")
         self._close()
         return True
 
@@ -695,7 +696,7 @@ class JobRunner:
                 self.runtime.sleep(0.2)
 
     # -- the end ------------------------------------------------------------------------------
-    def _collect(self, spec: JobSpec, job: JSONObject, session: JSONObject) -> list[JSONObject]:
+    def _collect(self, spec: JobSpec, job: JSONObject, session: Session) -> list[JSONObject]:
         """Bring ``out/`` and every --download home: into a temporary folder, renamed only
         when complete, retried, each file listed with its size and sha256."""
         from gpushopper.remote import jobwrap
@@ -734,7 +735,7 @@ class JobRunner:
                     folders, files, skipped = jobwrap.plan_download(self.sftp, src_dir, names)
                     for name in skipped:
                         self._say(f"Left out {name}: its name has a control character")
-                    hashes = jobwrap.download_tree(session["ssh"], src_dir, folders, files, stage)
+                    hashes = jobwrap.download_tree(session.ssh, src_dir, folders, files, stage)
                     last = None
                     break
                 except (GpuShopperError, OSError) as exc:
@@ -815,7 +816,7 @@ class JobRunner:
         self,
         spec: JobSpec,
         job_id: str,
-        session: JSONObject,
+        session: Session,
         outcome: Outcome,
         ssh_worked: bool,
         started: bool,
@@ -871,7 +872,7 @@ class JobRunner:
                     ended = end_session(
                         self.store,
                         self.app.provider,
-                        session["id"],
+                        session.id,
                         f"job {job_id} {outcome.status}",
                         # The job's own teardown line says what happened: end_session quiet.
                         runtime=self.runtime.saying(lambda message: None),
@@ -879,9 +880,9 @@ class JobRunner:
                     )
                     teardown = {
                         "confirmed": True,
-                        "at": ended.get("ended_at") or iso(self.runtime.clock()),
+                        "at": ended.recorded("ended_at") or iso(self.runtime.clock()),
                     }
-                    cost = ended.get("cost_usd")
+                    cost = ended.cost_usd
                 except GpuShopperError as exc:
                     teardown_error = str(exc)
                     cost = None
@@ -919,20 +920,20 @@ class JobRunner:
             self._say(
                 f"Job {job_id} {outcome.status}: instance kept for {_dur(spec.keep_on_failure_s or 0)} "
                 f"(--keep-on-failure): reservation and on-instance deadline moved to "
-                f"{teardown['kept_until']}; 'gpu-shopper sessions done {session['id']}' ends it"
+                f"{teardown['kept_until']}; 'gpu-shopper sessions done {session.id}' ends it"
             )
         return record, code
 
-    def _keep(self, session: JSONObject, keep_s: float) -> None:
+    def _keep(self, session: Session, keep_s: float) -> None:
         from gpushopper.core.deadline import push_deadline
 
         until = self.runtime.clock() + timedelta(seconds=keep_s)
         try:
-            record = self.store.update_session(session["id"], reservation_ends_at=iso(until))
+            kept = self.store.update_session(session.id, reservation_ends_at=until)
         except StateError as exc:
             self._say(f"Could not move the reservation: {exc}")
             return
-        push_deadline(self.app, record, log=self._say)
+        push_deadline(self.app, kept, log=self._say)
 
 
 class JobFailed(GpuShopperError):

@@ -10,11 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from gpushopper.core.sessions import split_records
-from gpushopper.model.jsontypes import JSONObject, JSONValue
+from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.models import Instance
-from gpushopper.model.session import LIVE, looks_like_ours, parse_label
-from gpushopper.model.units import parse_iso
+from gpushopper.model.session import (
+    Damaged,
+    Session,
+    SessionRecords,
+    SessionStatus,
+    looks_like_ours,
+    parse_label,
+)
 
 # action kinds
 WARN = "warn"
@@ -52,13 +57,13 @@ class Action:
     extra: JSONObject = field(default_factory=dict)
 
 
-def _age(record: JSONObject, now: datetime) -> float | None:
-    created = parse_iso(record.get("created_at"))
+def _age(session: Session, now: datetime) -> float | None:
+    created = session.created_at
     return (now - created).total_seconds() if created else None
 
 
 def plan(
-    sessions: JSONObject,
+    sessions: SessionRecords,
     instances: dict[str, list[Instance]],
     now: datetime,
     policy: Policy,
@@ -73,22 +78,21 @@ def plan(
     booting sessions whose owner process is known to be dead. A record that cannot be
     enforced is reported and skipped, and the instances it may hold are left alone.
     """
-    good, bad = split_records(sessions)
     # A broken record's instances are neither enforced nor orphans: left alone, reported.
-    actions, held_by_bad, held_ids = _bad_records(sessions, bad)
+    actions, held_by_bad, held_ids = _bad_records(sessions.damaged)
     claimed: set[tuple[str, str]] = set()
-    for session_id, record in sorted(good.items()):
-        provider = record.get("provider") or "?"
+    for session_id, session in sorted(sessions.valid.items()):
+        provider = session.provider or "?"
         listed = instances.get(provider)
-        match = _find_instance(record, listed)
-        if record.get("status") not in LIVE:
+        match = _find_instance(session, listed)
+        if not session.live:
             continue
         if match is not None:
             claimed.add((provider, match.instance_id))  # only live sessions claim instances
-        action = _session_action(session_id, record, listed, match, now, policy, gone_owners)
+        action = _session_action(session_id, session, listed, match, now, policy, gone_owners)
         if action is not None:
             actions.append(action)
-    by_label = {r["label"]: r for r in good.values() if r.get("label")}
+    by_label = {s.label: s for s in sessions.valid.values() if s.label}
     # Instances nobody live claims (each real id once, however often a listing repeats it).
     for provider, listed in sorted(instances.items()):
         seen: set[str] = set()
@@ -102,15 +106,13 @@ def plan(
     return actions
 
 
-def _bad_records(
-    sessions: JSONObject, bad: dict[str, str]
-) -> tuple[list[Action], set[str], set[str]]:
+def _bad_records(damaged: dict[str, Damaged]) -> tuple[list[Action], set[str], set[str]]:
     """One report per broken record, and the session and instance ids it may hold."""
     actions: list[Action] = []
-    held_by_bad: set[str] = set(bad)
+    held_by_bad: set[str] = set(damaged)
     held_ids: set[str] = set()
-    for session_id, why in sorted(bad.items()):
-        raw = sessions.get(session_id)
+    for session_id, bad in sorted(damaged.items()):
+        raw, why = bad.record, bad.why
         if isinstance(raw, dict):
             if isinstance(raw.get("label"), str):
                 owner = parse_label(raw["label"])
@@ -124,11 +126,11 @@ def _bad_records(
     return actions, held_by_bad, held_ids
 
 
-def _find_instance(record: JSONObject, listed: list[Instance] | None) -> Instance | None:
-    """The listed instance a record names, by instance id or by label."""
+def _find_instance(session: Session, listed: list[Instance] | None) -> Instance | None:
+    """The listed instance a session names, by instance id or by label."""
     for inst in listed or ():
-        if (record.get("instance_id") and inst.instance_id == str(record["instance_id"])) or (
-            record.get("label") and inst.label == record["label"]
+        if (session.instance_id and inst.instance_id == str(session.instance_id)) or (
+            session.label and inst.label == session.label
         ):
             return inst
     return None
@@ -136,7 +138,7 @@ def _find_instance(record: JSONObject, listed: list[Instance] | None) -> Instanc
 
 def _session_action(
     session_id: str,
-    record: JSONObject,
+    session: Session,
     listed: list[Instance] | None,
     match: Instance | None,
     now: datetime,
@@ -144,24 +146,24 @@ def _session_action(
     gone_owners: frozenset[str] | set[str],
 ) -> Action | None:
     """The one rule (first that applies) for a live session, or None while it is fine."""
-    status = record.get("status")
-    provider = record.get("provider") or "?"
-    instance_id = match.instance_id if match else record.get("instance_id")
+    status = session.status
+    provider = session.provider or "?"
+    instance_id = match.instance_id if match else session.instance_id
     base: JSONObject = {
         "provider": provider,
         "session_id": session_id,
         "instance_id": str(instance_id) if instance_id else None,
-        "label": record.get("label"),
-        "age_seconds": _age(record, now),
-        "price_per_hour": record.get("price_per_hour"),
+        "label": session.label,
+        "age_seconds": _age(session, now),
+        "price_per_hour": session.price_per_hour,
     }
     age = base["age_seconds"] or 0.0
-    hard = parse_iso(record.get("hard_max_at"))
-    ends = parse_iso(record.get("reservation_ends_at"))
+    hard = session.hard_max_at
+    ends = session.reservation_ends_at
 
-    if listed is not None and match is None and _gone(status, record, age, policy):
+    if listed is not None and match is None and _gone(session, age, policy):
         return Action(MARK_ENDED, "instance_gone", **base, detail="not at the provider any more")
-    if status == "ending":
+    if status is SessionStatus.ENDING:
         return Action(
             DESTROY_SESSION, "ending_incomplete", **base, detail="an earlier destroy did not finish"
         )
@@ -170,10 +172,10 @@ def _session_action(
             DESTROY_SESSION,
             "hard_max",
             **base,
-            detail=f"hard maximum {record.get('hard_max_at')} reached",
+            detail=f"hard maximum {session.recorded('hard_max_at')} reached",
         )
-    if status in BOOTING:
-        if age > boot_limit(record, policy):
+    if session.booting:
+        if age > boot_limit(session, policy):
             return Action(
                 DESTROY_SESSION,
                 "provision_timeout",
@@ -181,7 +183,7 @@ def _session_action(
                 detail=f"still {status} after {int(age)}s",
             )
         if session_id in gone_owners:
-            pid = (record.get("owner") or {}).get("pid")
+            pid = (session.rest.get("owner") or {}).get("pid")
             return Action(
                 DESTROY_SESSION,
                 "owner_gone",
@@ -194,10 +196,10 @@ def _session_action(
             DESTROY_SESSION,
             "reservation_ended",
             **base,
-            detail=f"reservation ended {record.get('reservation_ends_at')}",
+            detail=f"reservation ended {session.recorded('reservation_ends_at')}",
         )
     if ends is not None and now >= ends - timedelta(seconds=policy.warn_before_s):
-        warned = parse_iso(record.get("warned_at"))
+        warned = session.warned_at
         if warned is None or warned < ends - timedelta(seconds=policy.warn_before_s):
             left = int((ends - now).total_seconds())
             return Action(
@@ -211,7 +213,7 @@ def _unclaimed_action(
     inst: Instance,
     now: datetime,
     policy: Policy,
-    by_label: dict[str, JSONObject],
+    by_label: dict[str, Session],
     held_by_bad: set[str],
     held_ids: set[str],
 ) -> Action | None:
@@ -243,7 +245,7 @@ def _unclaimed_action(
     owner_record = by_label.get(inst.label or "")
     if owner_record is None:
         return Action(DESTROY_ORPHAN, "unknown_to_state", **base, detail="no session records it")
-    if owner_record.get("status") in LIVE:
+    if owner_record.live:
         # The live session already holds another instance: this one is a duplicate.
         return Action(
             DESTROY_ORPHAN, "duplicate", **base, detail="a second instance of a live session"
@@ -252,27 +254,27 @@ def _unclaimed_action(
         DESTROY_ORPHAN,
         "session_ended",
         **base,
-        detail=f"session is {owner_record.get('status')}",
+        detail=f"session is {owner_record.status}",
     )
 
 
-def boot_limit(record: JSONObject, policy: Policy) -> float:
+def boot_limit(session: Session, policy: Policy) -> float:
     """How long a booting session may take before it counts as stuck: the policy's
     timeout, or the longer one its provision chose (a measured or explicit --timeout),
     never past the hard maximum: a huge value in the state (or a record without
     ``hard_max_at``) must not switch the stuck-boot sweep off."""
-    chosen = record.get("boot_timeout_s")
+    chosen = session.rest.get("boot_timeout_s")
     if isinstance(chosen, bool) or not isinstance(chosen, (int, float)) or chosen != chosen:
         return policy.provision_timeout_s
     return max(policy.provision_timeout_s, min(float(chosen), policy.hard_max_s))
 
 
-def _gone(status: JSONValue, record: JSONObject, age: float, policy: Policy) -> bool:
+def _gone(session: Session, age: float, policy: Policy) -> bool:
     """May a live session whose instance the provider does not list be closed?"""
-    if status in ("running", "ending"):
+    if session.status in (SessionStatus.RUNNING, SessionStatus.ENDING):
         return True
-    if status not in BOOTING:
+    if not session.booting:
         return False
-    if not record.get("instance_id"):
-        return age > boot_limit(record, policy)  # the create call may still be under way
+    if not session.instance_id:
+        return age > boot_limit(session, policy)  # the create call may still be under way
     return age > policy.gone_grace_s  # a fresh instance may lag in the provider's list

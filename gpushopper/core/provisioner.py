@@ -46,11 +46,12 @@ from gpushopper.model.errors import (
 from gpushopper.model.jsontypes import JSONObject, JSONValue
 from gpushopper.model.models import Instance, LaunchSpec, Offer, OfferQuery, Template, gpu_matches
 from gpushopper.model.redact import clip
-from gpushopper.model.session import make_label
+from gpushopper.model.session import Session, SessionStatus, make_label
 from gpushopper.model.units import format_duration, iso, parse_iso
 from gpushopper.providers.registry import no_template, split_offer_id
 
 if TYPE_CHECKING:
+    from gpushopper.core.runtime import Runtime
     from gpushopper.providers.base import Provider
     from gpushopper.state.store import StateStore
 
@@ -326,7 +327,7 @@ class Provisioner:
         ], notes
 
     # -- the whole job ----------------------------------------------------------------------
-    def provision(self, req: ProvisionRequest, candidates: list[Candidate]) -> JSONObject:
+    def provision(self, req: ProvisionRequest, candidates: list[Candidate]) -> Session:
         """Try candidates in order (1 + auto_retry attempts); return the running session."""
         attempts = 1 + max(0, req.auto_retry)
         failures: list[str] = []
@@ -364,17 +365,20 @@ class Provisioner:
         path, public = generate_session_key(self.keys_dir, session_id, label)
         return path, public, True
 
-    def _update(self, session_id: str, **changes: JSONValue) -> JSONObject:
-        """Update our session, unless another process (watch, shutdown) ended it meanwhile."""
+    def _update(self, session_id: str, **changes: JSONValue) -> Session:
+        """Update our session, unless another process (watch, shutdown) ended it meanwhile
+        (checked and written in one transaction: the store's update cannot say "unless")."""
         with self.store.transaction() as state:
             record = state["sessions"].get(session_id)
-            if record is None or record.get("status") in ("ending", "ended"):
+            session = None if record is None else Session.from_record(record)
+            if session is None or session.status in ("ending", "ended"):
                 raise BootFailed(f"session {session_id} was ended by another process while booting")
-            record.update(changes)
-            return dict(record)
+            session.set(**changes)
+            written = state["sessions"][session_id] = session.to_record()
+            return Session.from_record(written)
 
     # -- one attempt, stage by stage --------------------------------------------------------
-    def attempt(self, req: ProvisionRequest, candidate: Candidate) -> JSONObject:
+    def attempt(self, req: ProvisionRequest, candidate: Candidate) -> Session:
         """One boot of one offer: the intent, then the stages create, wait, verify and hand
         off. Any failure on the way goes through :meth:`clean_up`, which destroys what was
         created. Returns the running session; raises BootFailed (cleaned up already),
@@ -490,7 +494,7 @@ class Provisioner:
         watch and cleanup-orphans."""
         provider, offer = boot.candidate.provider, boot.candidate.offer
         session_id, label, timings = boot.session_id, boot.record["label"], boot.timings
-        self.store.put_session(boot.record)  # intent before action
+        self.store.put_session(Session.from_record(boot.record))  # intent before action
         self._say(
             f"Renting {offer.id} ({offer.gpu_name} x{offer.num_gpus}, "
             f"${offer.price_per_hour or 0:.3f}/h) as session {session_id}"
@@ -501,7 +505,7 @@ class Provisioner:
             answered = provider.create_instance(boot.spec)
         except GpuShopperError as exc:
             # It may have been created all the same: look it up by label, never create twice.
-            found = wait_for_label(provider, label, sleep=self.sleep, mono=self.mono, log=self._say)
+            found = wait_for_label(provider, label, runtime=self._runtime(self._say))
             # The id before the flag: a signal between the two must not leave clean_up with
             # a settled lookup and no instance to destroy.
             boot.instance_id = found.instance_id if found is not None else None
@@ -558,7 +562,7 @@ class Provisioner:
             timings=timings,
             **rented(instance, boot.record, provider),
             # The provider charges from "running", not from when our checks pass.
-            billing_started_at=iso(self.clock()),
+            billing_started_at=self.clock(),
         )
         return instance
 
@@ -584,7 +588,7 @@ class Provisioner:
         boot.timings["time_to_ssh_s"] = round(self.mono() - boot.started, 3)
         self._still_running(boot.candidate.provider, boot.trusted_id())
 
-    def hand_off(self, boot: Boot) -> JSONObject:
+    def hand_off(self, boot: Boot) -> Session:
         """Stage 4: record the session ``running`` and return it.
 
         After: ``ready_at``, the reservation's end (from now, capped at the hard maximum
@@ -600,8 +604,8 @@ class Provisioner:
         final = self._update(
             session_id,
             status="running",
-            ready_at=iso(ready),
-            reservation_ends_at=iso(ends if req.override else min(ends, hard)),
+            ready_at=ready,
+            reservation_ends_at=ends if req.override else min(ends, hard),
             ssh=boot.ssh,
             timings=boot.timings,
             verification=boot.verification,
@@ -693,10 +697,9 @@ class Provisioner:
             self.sleep(min(delay, remaining))
             delay = min(delay * 2, 8.0)
 
-    def undo(self, session: JSONObject, exc: BaseException) -> GpuShopperError:
+    def undo(self, session: Session, exc: BaseException) -> GpuShopperError:
         """The hand-off reached no one (a signal or a closed pipe while the result was
         printed): destroy the new session too, and return the error to exit with."""
-        from gpushopper.core.runtime import Runtime
         from gpushopper.core.teardown import end_session
 
         signum = getattr(exc, "signum", signal.SIGINT)
@@ -706,23 +709,31 @@ class Provisioner:
                 end_session(
                     self.store,
                     self.provider_factory,
-                    session["id"],
+                    session.id,
                     f"interrupted by {name} before the hand-off",
-                    runtime=Runtime(clock=self.clock, mono=self.mono, sleep=self.sleep),
+                    runtime=self._runtime(),
                     ssh_config_path=self.ssh_config_path,
                 )
             except GpuShopperError as error:
                 return ProvisionFailed(
-                    f"interrupted by {name}; destroying instance {session.get('instance_id')} "
+                    f"interrupted by {name}; destroying instance {session.instance_id} "
                     f"was NOT confirmed ({error}); run 'gpu-shopper cleanup-orphans --yes'"
                 )
         return Interrupted(
-            f"interrupted by {name}; instance {session.get('instance_id')} destroyed (the "
-            f"provider confirms it is gone); session {session['id']} ended",
+            f"interrupted by {name}; instance {session.instance_id} destroyed (the "
+            f"provider confirms it is gone); session {session.id} ended",
             signum,
         )
 
     # -- steps ------------------------------------------------------------------------------
+    def _runtime(self, log: Callable[[str], None] | None = None) -> Runtime:
+        """This provisioner's clocks as a Runtime (for teardown), saying ``log``'s lines."""
+        from gpushopper.core.runtime import Runtime
+
+        if log is None:
+            return Runtime(clock=self.clock, mono=self.mono, sleep=self.sleep)
+        return Runtime(clock=self.clock, mono=self.mono, sleep=self.sleep, log=log)
+
     def _say(self, message: str) -> None:
         """Progress for people; a closed pipe here is an interruption, never a failed boot."""
         try:
@@ -860,8 +871,10 @@ class Provisioner:
                 record = state["sessions"].get(session_id)
                 if record is None:
                     return None
-                record.update(extra)
-                close_record(record, status, reason, self.clock())
+                session = Session.from_record(record)
+                session.set(**extra)
+                close_record(session, SessionStatus(status), reason, self.clock())
+                state["sessions"][session_id] = session.to_record()
         except StateError as exc:
             return str(exc)
         self._refresh_ssh_config()
@@ -893,17 +906,16 @@ class Provisioner:
             cleanup = Cleanup(instance_id)
             if instance_id is None and lookup:
                 # The create may have gone through: wait for the listing to show the label.
-                found = wait_for_label(provider, label, sleep=self.sleep, mono=self.mono)
+                found = wait_for_label(provider, label, runtime=self._runtime())
                 cleanup.instance_id = found.instance_id if found else None
             if cleanup.instance_id is not None:
                 try:
                     destroy_and_confirm(
                         provider,
                         cleanup.instance_id,
+                        runtime=self._runtime(),
                         label=label,
                         allow_unlabelled=True,
-                        sleep=self.sleep,
-                        mono=self.mono,
                     )
                     cleanup.destroyed = True
                 except GpuShopperError as exc:

@@ -23,6 +23,7 @@ from gpushopper.model.models import Offer, OfferQuery
 if TYPE_CHECKING:
     from gpushopper.core.provisioner import Provisioner
     from gpushopper.core.stats import TimeoutChoice
+    from gpushopper.model.session import Session
     from gpushopper.state.config import Settings
     from gpushopper.state.store import StateStore
 
@@ -132,12 +133,12 @@ def _auto_retry(flags: Flags, profile: JSONMapping, purpose: Purpose) -> int:
 
 
 def boot_timeouts(
-    built: Built, candidates: list[Candidate], records: Iterable[JSONMapping], max_s: float
+    built: Built, candidates: list[Candidate], sessions: Iterable[Session], max_s: float
 ) -> dict[str, TimeoutChoice]:
     """The boot timeout per provider among the candidates, and why (core/stats.py)."""
     from gpushopper.core import stats
 
-    records = list(records) if built.explicit_timeout is None else []
+    records = list(sessions) if built.explicit_timeout is None else []
     req = built.request
     first: dict[str, Candidate] = {}
     for candidate in candidates:

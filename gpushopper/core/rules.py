@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from gpushopper.model.errors import NoSuchItem, UsageError
 from gpushopper.model.jsontypes import JSONObject
-from gpushopper.model.session import LIVE
+from gpushopper.model.session import LIVE, Session
 from gpushopper.model.units import format_duration, iso, parse_iso
 
 if TYPE_CHECKING:
@@ -91,7 +91,7 @@ def extend_session(
     override: bool,
     now: datetime,
     log: Callable[[str], None],
-) -> JSONObject:
+) -> Session:
     """``sessions extend`` on the state file: ``extend`` at ``now``, the changes
     written, the on-instance deadline moved (``core/deadline.push_deadline``, which never
     raises); returns the updated record. The one rule that touches the store here."""
@@ -100,7 +100,7 @@ def extend_session(
 
     record = get_session_or_fail(host.store, session_id)
     hard_max_hours = host.settings.get("safety.hard_max_hours")
-    extension = extend(session_id, record, by_s, now, hard_max_hours, override)
+    extension = extend(session_id, record.to_record(), by_s, now, hard_max_hours, override)
     if extension.moved_hard_max_to:
         log(f"Override recorded: hard maximum moved to {extension.moved_hard_max_to}")
     updated = host.store.update_session(session_id, **extension.changes)

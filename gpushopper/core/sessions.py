@@ -10,9 +10,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gpushopper.model.errors import GpuShopperError
-from gpushopper.model.jsontypes import JSONObject, JSONValue
-from gpushopper.model.session import DONE, LIVE, SESSION_ID_RE, STATUSES
-from gpushopper.model.units import iso, parse_iso
+from gpushopper.model.jsontypes import JSONObject
+from gpushopper.model.session import (
+    SESSION_ID_RE,
+    TIME_FIELDS,
+    Session,
+    SessionStatus,
+    record_problem,
+)
 
 if TYPE_CHECKING:
     from gpushopper.providers.base import Provider
@@ -58,97 +63,44 @@ def resolve_session_id(store: StateStore, given: str) -> str:
     return found
 
 
-# -- records that cannot be trusted --------------------------------------------------------
-TIME_FIELDS = (
-    "created_at",
-    "ready_at",
-    "billing_started_at",
-    "reservation_ends_at",
-    "hard_max_at",
-    "ended_at",
-    "warned_at",
-)
+# -- records that cannot be trusted: the rule is the model's (the store applies it) --------
+__all__ = ["TIME_FIELDS", "record_problem"]
 
 
-def record_problem(record: JSONValue) -> str | None:
-    """Why a session record cannot be enforced as it stands, or None when it can."""
-    if not isinstance(record, dict):
-        return f"is {'null' if record is None else type(record).__name__}, not a session object"
-    status = record.get("status")
-    if status not in STATUSES:
-        return f"has an unknown status {status!r}"
-    if not isinstance(record.get("provider"), str) or not record["provider"]:
-        return f"names no provider ({record.get('provider')!r})"
-    for name in TIME_FIELDS:
-        value = record.get(name)
-        if value is None:
-            continue
-        try:
-            if not isinstance(value, str):
-                raise ValueError
-            parse_iso(value)
-        except ValueError:
-            return f"{name} {value!r} is not a time"
-    instance_id = record.get("instance_id")
-    if instance_id is not None and (
-        isinstance(instance_id, bool) or not isinstance(instance_id, (str, int))
-    ):
-        return f"instance_id {instance_id!r} is not an id"
-    for name in ("label", "consumer"):
-        if record.get(name) is not None and not isinstance(record[name], str):
-            return f"{name} {record[name]!r} is not text"
-    price = record.get("price_per_hour")
-    if price is not None and (isinstance(price, bool) or not isinstance(price, (int, float))):
-        return f"price_per_hour {price!r} is not a number"
-    if record.get("ssh") is not None and not isinstance(record["ssh"], dict):
-        return "ssh is not an object"
-    return None
-
-
-def split_records(
-    sessions: JSONObject,
-) -> tuple[dict[str, JSONObject], dict[str, str]]:
-    """(records that can be enforced, {session id: why not} for the others)."""
-    good: dict[str, JSONObject] = {}
-    bad: dict[str, str] = {}
-    for session_id, record in sessions.items():
-        why = record_problem(record)
-        if why is None:
-            good[session_id] = record
-        else:
-            bad[session_id] = why
-    return good, bad
-
-
-def accrued_cost(record: JSONObject, now: datetime) -> float:
+def accrued_cost(session: Session, now: datetime) -> float:
     """Price x running time, by the second, from first seen running to ended (or now)."""
-    price = record.get("price_per_hour")
-    start = parse_iso(record.get("billing_started_at"))
+    price = session.price_per_hour
+    start = session.billing_started_at
     if not price or start is None:
-        return float(record.get("cost_usd") or 0.0)
-    end = parse_iso(record.get("ended_at")) or now
+        return float(session.cost_usd or 0.0)
+    end = session.ended_at or now
     seconds = max(0.0, (end - start).total_seconds())
     return float(price) * seconds / 3600.0
 
 
 def close_record(
-    record: JSONObject, status: str, reason: str, now: datetime, *, keep_reason: bool = False
+    session: Session,
+    status: SessionStatus,
+    reason: str,
+    now: datetime,
+    *,
+    keep_reason: bool = False,
 ) -> None:
-    """Move a record (in place) to ``status``; for ended/failed also stamp the end time and
+    """Move a session (in place) to ``status``; for ended/failed also stamp the end time and
     finalise the cost. ``keep_reason`` keeps an end reason and end time already recorded."""
-    record["status"] = status
-    if not (keep_reason and record.get("end_reason")):
-        record["end_reason"] = reason
-    if status in DONE:
-        if not (keep_reason and record.get("ended_at")):
-            record["ended_at"] = iso(now)
-        record["cost_usd"] = round(accrued_cost(record, now), 6)
+    session.status = status
+    if not (keep_reason and session.end_reason):
+        session.end_reason = reason
+    if status.done:
+        if not (keep_reason and session.ended_at):
+            session.ended_at = now
+        session.cost_usd = round(accrued_cost(session, now), 6)
 
 
-def ssh_command(record: JSONObject) -> str | None:
+def ssh_command(session: Session) -> str | None:
     from gpushopper.core.validate import ssh_record_problem
 
-    ssh = record.get("ssh") or {}
+    ssh: JSONObject = session.ssh
     if not ssh.get("host") or not ssh.get("port") or ssh_record_problem(ssh) is not None:
         return None
     parts = ["ssh", "-i", ssh["key_path"], "-p", str(ssh["port"]), "-o", "IdentitiesOnly=yes"]
@@ -165,12 +117,16 @@ def ssh_command(record: JSONObject) -> str | None:
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def public_view(record: JSONObject, now: datetime) -> JSONObject:
-    """The session as CLI.md's JSON shape (never any key material, only the key path)."""
+def public_view(session: Session, now: datetime) -> JSONObject:
+    """The session as CLI.md's JSON shape (never any key material, only the key path).
+
+    Made from the record the session would write (``to_record``): the JSON view names the
+    record's own keys, a key the record lacks stays absent, so the shape never moves."""
+    record = session.to_record()
     out = {key: record.get(key) for key in SESSION_KEYS}
     ssh = dict(record.get("ssh") or {})
     ssh.pop("host_key", None)
-    ssh["command"] = ssh_command(record)
+    ssh["command"] = ssh_command(session)
     for key in ("host", "port", "user", "key_path"):
         ssh.setdefault(key, None)
     out["ssh"] = ssh
@@ -179,8 +135,8 @@ def public_view(record: JSONObject, now: datetime) -> JSONObject:
     out["ports"] = (
         [dict(p) for p in ports if isinstance(p, dict)] if isinstance(ports, list) else []
     )
-    if record.get("status") not in DONE:
-        out["cost_usd"] = round(accrued_cost(record, now), 6)
+    if not session.done:
+        out["cost_usd"] = round(accrued_cost(session, now), 6)
     for extra in (
         "install_id",
         "image",
@@ -203,7 +159,7 @@ def public_view(record: JSONObject, now: datetime) -> JSONObject:
     return out
 
 
-def observe(record: JSONObject, provider_factory: Callable[[str], Provider]) -> JSONObject:
+def observe(session: Session, provider_factory: Callable[[str], Provider]) -> JSONObject:
     """What the provider says of a session's instance now, beside what we recorded:
     ``provider_status`` is the instance's status (running, loading, exited, stopped,
     unknown...), ``gone`` when the provider answers it has no such instance, or
@@ -211,11 +167,11 @@ def observe(record: JSONObject, provider_factory: Callable[[str], Provider]) -> 
     says more. Empty for an ended session or one with no instance yet."""
     from gpushopper.model.redact import clip
 
-    instance_id = record.get("instance_id")
-    if record.get("status") == "ended" or instance_id in (None, ""):
+    instance_id = session.instance
+    if session.status is SessionStatus.ENDED or instance_id is None:
         return {}
     try:
-        instance = provider_factory(record["provider"]).get_instance(str(instance_id))
+        instance = provider_factory(session.provider).get_instance(instance_id)
     except GpuShopperError as exc:
         return {"provider_status": "unreachable", "provider_detail": clip(str(exc), 200)}
     if instance is None:
@@ -225,21 +181,21 @@ def observe(record: JSONObject, provider_factory: Callable[[str], Provider]) -> 
     return {"provider_status": instance.status, "provider_detail": clip(": ".join(parts), 200)}
 
 
-def render_ssh_config(records: dict[str, JSONObject]) -> str:
-    """One ``Host gpu-<session>`` block per live session with an SSH endpoint.
+def render_ssh_config(sessions: dict[str, Session]) -> str:
+    """One ``Host gpu-<session>`` block per live session with an SSH endpoint (the valid
+    sessions only: a damaged record never becomes a block).
 
     A block is written only when every value in it passed validation: a newline in a host
     would otherwise become a directive (``ProxyCommand``) that ``ssh gpu-<id>`` runs."""
     from gpushopper.core.validate import ssh_record_problem
 
     lines = ["# Written by gpu-shopper; Include this file from ~/.ssh/config.", ""]
-    good, _ = split_records(records)
-    for session_id in sorted(good):
-        record = good[session_id]
-        ssh = record.get("ssh") or {}
+    for session_id in sorted(sessions):
+        session = sessions[session_id]
+        ssh: JSONObject = session.ssh
         if not SESSION_ID_RE.fullmatch(str(session_id)):
             continue  # a hand-edited id never becomes a Host line
-        if record.get("status") not in LIVE or not ssh.get("host"):
+        if not session.live or not ssh.get("host"):
             continue
         if not re.fullmatch(r"[A-Za-z0-9_-]{1,64}", session_id) or ssh_record_problem(ssh):
             lines += ["# session skipped: its SSH details failed validation", ""]
@@ -261,10 +217,10 @@ def render_ssh_config(records: dict[str, JSONObject]) -> str:
     return "\n".join(lines)
 
 
-def write_ssh_config(path: Path, records: dict[str, JSONObject]) -> None:
+def write_ssh_config(path: Path, sessions: dict[str, Session]) -> None:
     from gpushopper.state.atomic import atomic_write_text
 
-    atomic_write_text(path, render_ssh_config(records), mode=0o600)
+    atomic_write_text(path, render_ssh_config(sessions), mode=0o600)
 
 
 def refresh_ssh_config(
@@ -299,24 +255,22 @@ def printable_log(text: str, secrets: Iterable[str] = ()) -> list[str]:
     return redact(text).splitlines()
 
 
-def session_logs(
-    provider: Provider, record: JSONObject, tail: int, secrets: list[str]
-) -> JSONObject:
+def session_logs(provider: Provider, session: Session, tail: int, secrets: list[str]) -> JSONObject:
     """The session's instance log from its provider, cleaned: ``{session_id, provider,
     instance_id, tail, lines}``. An ended session's instance is gone, and its log with it."""
-    if record.get("status") in DONE:
+    if session.done:
         raise GpuShopperError(
-            f"session {record.get('id')} is {record.get('status')}: its instance is destroyed "
+            f"session {session.id} is {session.status}: its instance is destroyed "
             "and the provider keeps no log of it (a job's own output is in jobs logs)"
         )
-    if not record.get("instance_id"):
-        raise GpuShopperError(f"session {record.get('id')} has no instance (yet): no log to read")
-    raw = provider.instance_logs(str(record["instance_id"]), tail)
+    if not session.instance_id:
+        raise GpuShopperError(f"session {session.id} has no instance (yet): no log to read")
+    raw = provider.instance_logs(str(session.instance_id), tail)
     lines = printable_log(raw, secrets)[-tail:]
     return {
-        "session_id": record.get("id"),
-        "provider": record.get("provider"),
-        "instance_id": str(record["instance_id"]),
+        "session_id": session.id,
+        "provider": session.provider,
+        "instance_id": str(session.instance_id),
         "tail": tail,
         "lines": lines,
     }

@@ -1,6 +1,6 @@
 """Lifecycle statistics from recorded sessions, and the provisioning timeout they set.
 
-Pure: every function takes session records (``state["sessions"].values()``) and returns
+Pure: every function takes sessions (``store.sessions().values()``) and returns
 plain data. ``sessions stats`` renders ``group_stats``; ``provision`` asks
 ``provision_timeout`` which boot timeout to use and why.
 """
@@ -8,10 +8,11 @@ plain data. ``sessions stats`` renders ``group_stats``; ``provision`` asks
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from gpushopper.model.jsontypes import JSONMapping, JSONObject, JSONValue
+from gpushopper.model.session import Session, SessionStatus
 
 # The phases a boot goes through, as the provisioner records them in ``timings`` (seconds
 # from the start of the create call), then the ones recorded later.
@@ -51,29 +52,28 @@ def _num(value: JSONValue) -> float | None:
     return number if math.isfinite(number) and number >= 0 else None
 
 
-def timing(record: JSONMapping, key: str) -> float | None:
-    timings = record.get("timings")
-    return _num(timings.get(key)) if isinstance(timings, Mapping) else None
+def timing(session: Session, key: str) -> float | None:
+    return _num(session.timings.get(key))
 
 
-def template_of(record: JSONMapping) -> str:
+def template_of(session: Session) -> str:
     """The template (Vast.ai) or image (TensorDock) a session booted, or "-"."""
-    return str(record.get("template") or record.get("image") or "-")
+    return str(session.rest.get("template") or session.rest.get("image") or "-")
 
 
-def failed_stage(record: JSONMapping) -> str | None:
+def failed_stage(session: Session) -> str | None:
     """The boot stage a failed session failed at; None for one that did not fail."""
-    if record.get("status") != "failed":
+    if session.status is not SessionStatus.FAILED:
         return None
     for stage, key in STAGES:
-        if timing(record, key) is None:
+        if timing(session, key) is None:
             return stage
     return "after boot"
 
 
-def booted(record: JSONMapping) -> float | None:
+def booted(session: Session) -> float | None:
     """Seconds from the create call to SSH for a session that came up, else None."""
-    return timing(record, "time_to_ssh_s")
+    return timing(session, "time_to_ssh_s")
 
 
 @dataclass(frozen=True)
@@ -82,14 +82,14 @@ class Filters:
     template: str | None = None
     gpu: str | None = None
 
-    def keep(self, record: JSONMapping) -> bool:
-        if self.provider and record.get("provider") != self.provider:
+    def keep(self, session: Session) -> bool:
+        if self.provider and session.provider != self.provider:
             return False
-        if self.template and template_of(record).lower() != self.template.lower():
+        if self.template and template_of(session).lower() != self.template.lower():
             return False
         if not self.gpu:
             return True
-        gpu = str(record.get("gpu_name") or "").lower().replace(" ", "")
+        gpu = str(session.gpu_name or "").lower().replace(" ", "")
         return self.gpu.lower().replace(" ", "") in gpu
 
 
@@ -97,29 +97,29 @@ def _round(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def group_stats(records: Iterable[JSONMapping], filters: Filters | None = None) -> list[JSONObject]:
+def group_stats(sessions: Iterable[Session], filters: Filters | None = None) -> list[JSONObject]:
     """One row per (provider, template or image, GPU model): counts, failure rate by
     stage, median and 90th percentile of each phase. Sorted by provider, template, GPU."""
     filters = filters or Filters()
-    groups: dict[tuple[str, str, str], list[JSONMapping]] = {}
-    for record in records:
-        if not isinstance(record, Mapping) or not filters.keep(record):
+    groups: dict[tuple[str, str, str], list[Session]] = {}
+    for session in sessions:
+        if not filters.keep(session):
             continue
-        if record.get("status") in ("creating", "provisioning", "verifying"):
+        if session.booting:
             continue  # still booting: neither a success nor a failure yet
         group = (
-            str(record.get("provider") or "-"),
-            template_of(record),
-            str(record.get("gpu_name") or "-"),
+            str(session.provider or "-"),
+            template_of(session),
+            str(session.gpu_name or "-"),
         )
-        groups.setdefault(group, []).append(record)
+        groups.setdefault(group, []).append(session)
     rows = []
     for (provider, template, gpu), members in sorted(groups.items()):
         failures: dict[str, int] = {stage: 0 for stage, _ in STAGES}
         failures["after boot"] = 0
         failed = 0
-        for record in members:
-            stage = failed_stage(record)
+        for session in members:
+            stage = failed_stage(session)
             if stage is not None:
                 failed += 1
                 failures[stage] += 1
@@ -168,18 +168,14 @@ class TimeoutChoice:
 
 
 def measured_timeout(
-    records: Iterable[JSONMapping], provider: str, template: str, max_s: float
+    sessions: Iterable[Session], provider: str, template: str, max_s: float
 ) -> tuple[float, int, float] | None:
     """(timeout, boots, p90) from the recorded boots of this provider/template pair, once
     there are at least MIN_BOOTS: p90 x 1.5, never below 5 minutes nor above ``max_s``."""
     boots = [
         b
         for b in (
-            booted(r)
-            for r in records
-            if isinstance(r, Mapping)
-            and r.get("provider") == provider
-            and template_of(r) == template
+            booted(s) for s in sessions if s.provider == provider and template_of(s) == template
         )
         if b is not None
     ]
@@ -191,7 +187,7 @@ def measured_timeout(
 
 
 def provision_timeout(
-    records: Iterable[JSONMapping],
+    sessions: Iterable[Session],
     provider: str,
     template: str,
     *,
@@ -203,11 +199,11 @@ def provision_timeout(
     always wins; then the measured one for this pair; then the default."""
     from gpushopper.model.units import format_duration
 
-    records = list(records)
+    sessions = list(sessions)
     if explicit is not None:
         seconds, source = explicit
         return TimeoutChoice(seconds, source, f"set by the {source}", provider, template)
-    measured = measured_timeout(records, provider, template, max_s)
+    measured = measured_timeout(sessions, provider, template, max_s)
     if measured is not None:
         seconds, boots, p90 = measured
         return TimeoutChoice(
@@ -221,11 +217,8 @@ def provision_timeout(
         )
     count = sum(
         1
-        for r in records
-        if isinstance(r, Mapping)
-        and r.get("provider") == provider
-        and template_of(r) == template
-        and booted(r) is not None
+        for s in sessions
+        if s.provider == provider and template_of(s) == template and booted(s) is not None
     )
     return TimeoutChoice(
         default_s,

@@ -16,12 +16,11 @@ Every path that destroys (a failed boot, an interrupted ``provision``, ``session
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
-from gpushopper.core.sessions import close_record, record_problem, refresh_ssh_config
+from gpushopper.core.sessions import close_record, refresh_ssh_config
 from gpushopper.model.errors import (
     GpuShopperError,
     NoSuchItem,
@@ -31,9 +30,8 @@ from gpushopper.model.errors import (
     StateWriteError,
     Unavailable,
 )
-from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.models import Instance
-from gpushopper.model.session import DONE
+from gpushopper.model.session import Session, SessionStatus
 
 if TYPE_CHECKING:
     from gpushopper.core.runtime import Runtime
@@ -45,32 +43,27 @@ DESTROY_CONFIRM_S = 120.0  # how long a destroy may take to be confirmed
 LABEL_WAIT_S = 30.0  # how long a new instance may take to show up in the provider's list
 
 
-def get_session_or_fail(store: StateStore, session_id: str) -> JSONObject:
-    record = store.get_session(session_id)
-    if record is None:
+def get_session_or_fail(store: StateStore, session_id: str) -> Session:
+    """The session; NoSuchItem when there is none, StateError (from the store, naming
+    what is wrong) when its record is damaged: never acted on, never rewritten."""
+    session = store.get_session(session_id)
+    if session is None:
         raise NoSuchItem(f"no session {session_id!r} (see 'gpu-shopper sessions list --all')")
-    why = record_problem(record)
-    if why is not None:
-        raise StateError(
-            f"session {session_id} in {getattr(store, 'path', 'the state file')} {why}; "
-            "repair or remove that record"
-        )
-    return record
+    return session
 
 
 def live_session_or_fail(
     store: StateStore, session_id: str, statuses: tuple[str, ...], needs: str
-) -> JSONObject:
+) -> Session:
     """The session, when its status is one of ``statuses``. An ended (or failed, or still
     creating) session is bad input for a command that needs a live one: exit 2, the same
     code as an unknown session, for every command."""
-    record = get_session_or_fail(store, session_id)
-    status = record.get("status")
-    if status not in statuses:
+    session = get_session_or_fail(store, session_id)
+    if session.status not in statuses:
         raise NoSuchItem(
-            f"session {session_id} is {status}; {needs} (see 'gpu-shopper sessions list')"
+            f"session {session_id} is {session.status}; {needs} (see 'gpu-shopper sessions list')"
         )
-    return record
+    return session
 
 
 def _id_order(instance: Instance) -> tuple[int, str]:
@@ -90,16 +83,16 @@ def wait_for_label(
     provider: Provider,
     label: str | None,
     *,
-    sleep: Callable[[float], None] = time.sleep,
-    mono: Callable[[], float] = time.monotonic,
+    runtime: Runtime,
     timeout_s: float = LABEL_WAIT_S,
-    log: Callable[[str], None] = lambda message: None,
 ) -> Instance | None:
     """Look ``label`` up until the listing shows it or ``timeout_s`` passes: a create that
     errored (or was interrupted) may still have made an instance, and a new instance can
-    take a while to appear in the list. Listing errors are logged and retried."""
+    take a while to appear in the list. Listing errors go to ``runtime.log`` and are
+    retried; ``runtime``'s clocks time the wait."""
     if not label:
         return None
+    sleep, mono, log = runtime.sleep, runtime.mono, runtime.log
     deadline = mono() + timeout_s
     delay = 1.0
     while True:
@@ -148,10 +141,9 @@ def destroy_and_confirm(
     provider: Provider,
     instance_id: str,
     *,
+    runtime: Runtime,
     label: str | None = None,
     allow_unlabelled: bool = False,
-    sleep: Callable[[float], None] = time.sleep,
-    mono: Callable[[], float] = time.monotonic,
     timeout_s: float = DESTROY_CONFIRM_S,
 ) -> bool:
     """Destroy ``instance_id`` and return only once the provider confirms it is gone.
@@ -159,7 +151,9 @@ def destroy_and_confirm(
     With ``label``, the instance is fetched first and must carry it (see
     :func:`check_owned`). Returns False when it was gone already, True when this call
     destroyed it. Raises NotOurs, or ProviderError when it is still there at the end.
+    ``runtime``'s clocks time the confirmation (its log says nothing here).
     """
+    sleep, mono = runtime.sleep, runtime.mono
     if label is not None:
         current = _retry_unavailable(lambda: provider.get_instance(instance_id), sleep)
         if current is None:
@@ -211,7 +205,7 @@ def end_session(
     *,
     runtime: Runtime,
     ssh_config_path: Path | None = None,
-) -> JSONObject:
+) -> Session:
     """Destroy the session's instance and mark it ended only once the provider confirms.
 
     ``runtime`` gives the clocks (the record's times, the confirm wait) and the log line
@@ -222,99 +216,146 @@ def end_session(
     written, the destroy still happens and StateWriteError is raised after it.
     Already-ended sessions are returned unchanged.
     """
-    record = get_session_or_fail(store, session_id)
-    if record.get("status") in DONE and record.get("status") != "failed":
-        return record
-    provider = provider_factory(record["provider"])
-    was_failed = record.get("status") == "failed"
-    label = record.get("label")
-    write_error: StateError | None = None
-    sleep, mono, log = runtime.sleep, runtime.mono, runtime.log
-
-    def write(**changes: object) -> None:
-        nonlocal write_error
-        try:
-            store.update_session(session_id, **changes)
-        except StateWriteError as exc:
-            write_error = exc
-
-    # A failed session keeps the reason it failed; an ended one gets this one.
-    write(status="ending", **({} if was_failed else {"end_reason": reason}))
-    instance_id = record.get("instance_id")
-    destroyed = False
-    destroy_started = mono()
-    try:
-        if not instance_id:
-            found = find_by_label(provider, label)
-            instance_id = found.instance_id if found else None
-            if instance_id:
-                write(instance_id=instance_id)
-        if instance_id:
-            try:
-                destroyed = destroy_and_confirm(
-                    provider,
-                    str(instance_id),
-                    label=label,
-                    allow_unlabelled=True,
-                    sleep=sleep,
-                    mono=mono,
-                )
-            except NotOurs as exc:
-                # The id on record is someone else's: never touch it; ours carries the label.
-                log(f"Session {session_id}: {exc}")
-                found = find_by_label(provider, label)
-                instance_id = found.instance_id if found else None
-                write(instance_id=instance_id, error=str(exc))
-                if instance_id:
-                    destroyed = destroy_and_confirm(
-                        provider, str(instance_id), label=label, sleep=sleep, mono=mono
-                    )
-    except GpuShopperError as exc:
-        write(error=f"destroy failed: {exc}")
-        raise
-    result = dict(record)
-    try:
-        with store.transaction() as state:
-            current = state["sessions"][session_id]
-            close_record(
-                current,
-                "failed" if was_failed else "ended",
-                reason,
-                runtime.clock(),
-                keep_reason=was_failed,
-            )
-            current.pop("error", None)
-            if destroyed:  # destroy to gone, as the provider confirmed it (core/stats.py)
-                timings = current.get("timings")
-                timings = dict(timings) if isinstance(timings, dict) else {}
-                timings["destroy_to_gone_s"] = round(mono() - destroy_started, 3)
-                current["timings"] = timings
-            result = dict(current)
-    except StateWriteError as exc:
-        write_error = exc
-    what = (
-        f"{record['provider']} instance {instance_id} destroyed (the provider confirms it is gone)"
-        if destroyed
-        else (
-            f"{record['provider']} instance {instance_id} is gone"
-            if instance_id
-            else "no instance to destroy"
-        )
-    )
-    if write_error is not None:
-        note_in_journal(
-            provider,
-            "state_write_failed",
-            session=session_id,
-            instance_id=instance_id,
-            wanted="ended",
-            error=str(write_error),
-        )
-        raise StateWriteError(
-            f"session {session_id}: {what}, but {write_error}; the state still shows it "
-            "live, and watch or cleanup-orphans will close it once the file can be written"
-        )
-    if instance_id:
-        log(f"Session {session_id}: {what}")
+    session = get_session_or_fail(store, session_id)
+    if session.done and session.status is not SessionStatus.FAILED:
+        return session
+    ending = _Ending(store, provider_factory(session.provider), session, reason, runtime)
+    ending.mark_ending()
+    ending.destroy()
+    result = ending.close()
+    ending.raise_if_unrecorded()
+    ending.say_what_happened()
     refresh_ssh_config(ssh_config_path, store)
     return result
+
+
+class _Ending:
+    """The steps of :func:`end_session`, over what they share: the session as first read,
+    the instance found, whether this call destroyed it, and a state write that failed."""
+
+    def __init__(
+        self,
+        store: StateStore,
+        provider: Provider,
+        session: Session,
+        reason: str,
+        runtime: Runtime,
+    ) -> None:
+        self.store = store
+        self.provider = provider
+        self.session = session
+        self.reason = reason
+        self.runtime = runtime
+        self.was_failed = session.status is SessionStatus.FAILED
+        self.label = session.label
+        self.instance_id: str | int | None = session.instance_id
+        self.destroyed = False
+        self.destroy_started = 0.0
+        self.write_error: StateError | None = None
+
+    def write(self, **changes: object) -> None:
+        """Record a step; a failed write is kept for the end, never stops the destroy."""
+        try:
+            self.store.update_session(self.session.id, **changes)
+        except StateWriteError as exc:
+            self.write_error = exc
+
+    def mark_ending(self) -> None:
+        """``ending`` first, so a crash from here on is retried by watch and cleanup-orphans.
+        A failed session keeps the reason it failed; an ended one gets this one."""
+        self.write(status="ending", **({} if self.was_failed else {"end_reason": self.reason}))
+
+    def destroy(self) -> None:
+        """Destroy the instance, confirmed gone; a failed destroy is recorded and raised."""
+        self.destroy_started = self.runtime.mono()
+        try:
+            if not self.instance_id:
+                self._find_by_label()
+                if self.instance_id:
+                    self.write(instance_id=self.instance_id)
+            if self.instance_id:
+                try:
+                    self.destroyed = self._destroy(allow_unlabelled=True)
+                except NotOurs as exc:
+                    self._destroy_ours_instead(exc)
+        except GpuShopperError as exc:
+            self.write(error=f"destroy failed: {exc}")
+            raise
+
+    def _find_by_label(self) -> None:
+        found = find_by_label(self.provider, self.label)
+        self.instance_id = found.instance_id if found else None
+
+    def _destroy(self, *, allow_unlabelled: bool = False) -> bool:
+        return destroy_and_confirm(
+            self.provider,
+            str(self.instance_id),
+            runtime=self.runtime,
+            label=self.label,
+            allow_unlabelled=allow_unlabelled,
+        )
+
+    def _destroy_ours_instead(self, exc: NotOurs) -> None:
+        """The id on record is someone else's: never touch it; ours carries the label."""
+        self.runtime.log(f"Session {self.session.id}: {exc}")
+        self._find_by_label()
+        self.write(instance_id=self.instance_id, error=str(exc))
+        if self.instance_id:
+            self.destroyed = self._destroy()
+
+    def close(self) -> Session:
+        """Ended (or failed, keeping its reason), with its cost and destroy time, in one
+        locked write; a failed write is kept for :meth:`raise_if_unrecorded`."""
+        result = self.session
+        try:
+            with self.store.transaction() as state:
+                current = Session.from_record(state["sessions"][self.session.id])
+                close_record(
+                    current,
+                    SessionStatus.FAILED if self.was_failed else SessionStatus.ENDED,
+                    self.reason,
+                    self.runtime.clock(),
+                    keep_reason=self.was_failed,
+                )
+                current.rest.pop("error", None)
+                if self.destroyed:  # destroy to gone, as the provider confirmed it (core/stats.py)
+                    current.timings = {
+                        **current.timings,
+                        "destroy_to_gone_s": round(self.runtime.mono() - self.destroy_started, 3),
+                    }
+                written = state["sessions"][self.session.id] = current.to_record()
+                result = Session.from_record(written)
+        except StateWriteError as exc:
+            self.write_error = exc
+        return result
+
+    def what(self) -> str:
+        provider, instance_id = self.session.provider, self.instance_id
+        if self.destroyed:
+            return f"{provider} instance {instance_id} destroyed (the provider confirms it is gone)"
+        if instance_id:
+            return f"{provider} instance {instance_id} is gone"
+        return "no instance to destroy"
+
+    def raise_if_unrecorded(self) -> None:
+        """The destroy happened but the state could not say so: the journal and the error
+        say it instead (watch or cleanup-orphans close the record once the disk allows)."""
+        if self.write_error is None:
+            return
+        note_in_journal(
+            self.provider,
+            "state_write_failed",
+            session=self.session.id,
+            instance_id=self.instance_id,
+            wanted="ended",
+            error=str(self.write_error),
+        )
+        raise StateWriteError(
+            f"session {self.session.id}: {self.what()}, but {self.write_error}; the state "
+            "still shows it live, and watch or cleanup-orphans will close it once the file "
+            "can be written"
+        )
+
+    def say_what_happened(self) -> None:
+        if self.instance_id:
+            self.runtime.log(f"Session {self.session.id}: {self.what()}")

@@ -21,16 +21,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gpushopper.core.interrupts import signal_name
-from gpushopper.core.sessions import split_records
 from gpushopper.model.errors import GpuShopperError
-from gpushopper.model.jsontypes import JSONObject
-from gpushopper.model.session import LIVE, STATUSES
+from gpushopper.model.session import STATUSES
 from gpushopper.model.units import format_duration, iso
 
 if TYPE_CHECKING:
     from gpushopper.core.enforcer import Enforcer, Outcome
     from gpushopper.core.lifecycle import Policy
     from gpushopper.core.runtime import Runtime
+    from gpushopper.model.session import Session
     from gpushopper.state.store import StateStore
 
 
@@ -60,14 +59,14 @@ class Metrics:
         by_status: dict[str, int] = {}
         rate = 0.0
         try:
-            sessions, _ = split_records(store.sessions())
+            sessions = store.sessions()
         except GpuShopperError:
             sessions = {}
-        for record in sessions.values():
-            status = record.get("status") or "unknown"
+        for session in sessions.values():
+            status = session.status.value
             by_status[status] = by_status.get(status, 0) + 1
-            if status in LIVE and record.get("price_per_hour"):
-                rate += float(record["price_per_hour"])
+            if session.live and session.price_per_hour:
+                rate += float(session.price_per_hour)
         lines = [
             "# HELP gpu_shopper_sessions Sessions in the state file by status.",
             "# TYPE gpu_shopper_sessions gauge",
@@ -133,10 +132,9 @@ class Watcher:
     def _say(self, message: str) -> None:
         self.runtime.log(f"{iso(self.runtime.clock())} {message}")
 
-    def guarded(self) -> dict[str, JSONObject]:
+    def guarded(self) -> dict[str, Session]:
         """The live sessions a stop would destroy (or leave, with keep_on_exit)."""
-        good, _ = split_records(self.enforcer.store.sessions())
-        return {sid: r for sid, r in good.items() if r.get("status") in LIVE}
+        return {sid: s for sid, s in self.enforcer.store.sessions().items() if s.live}
 
     def announce(self, pid: int, once: bool) -> None:
         """Say at start what stopping will do, before anyone has to find out."""
@@ -204,10 +202,11 @@ class Watcher:
         name = signal_name(signum)
         if self.keep_on_exit:
             self._say(f"{name}: leaving sessions running (--keep-on-exit)")
-            for session_id, record in sorted(self.guarded().items()):
+            for session_id, session in sorted(self.guarded().items()):
                 self.runtime.log(
-                    f"  session={session_id} reservation_ends_at={record.get('reservation_ends_at')} "
-                    f"hard_max_at={record.get('hard_max_at')}"
+                    f"  session={session_id} "
+                    f"reservation_ends_at={session.recorded('reservation_ends_at')} "
+                    f"hard_max_at={session.recorded('hard_max_at')}"
                 )
             return 128 + signum
         self._say(f"{name}: destroying every guarded session before exit")

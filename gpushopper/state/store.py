@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from gpushopper.model.errors import StateError, StateWriteError
+from gpushopper.model.jsontypes import JSONValue
 from gpushopper.model.redact import redact_tree
+from gpushopper.model.session import Session, SessionRecords, record_problem
 from gpushopper.state.atomic import atomic_write_text
 from gpushopper.state.fs import (
     LinkRefused,
@@ -233,26 +235,53 @@ class StateStore:
             return str(state["install_id"])
 
     # -- sessions -------------------------------------------------------------------------
-    def sessions(self) -> dict[str, dict[str, Any]]:
-        return dict(self.read()["sessions"])
+    # Sessions cross this boundary typed (model.session.Session). A record that cannot be
+    # trusted is never typed, never rewritten and never dropped: it comes back apart, as a
+    # Damaged entry (session_records), and get/update refuse it with one clear error.
+    def session_records(self) -> SessionRecords:
+        """Every session of one read: the valid ones typed, the damaged ones apart."""
+        return SessionRecords.split(self.read()["sessions"])
 
-    def get_session(self, session_id: str) -> dict[str, Any] | None:
-        return self.read()["sessions"].get(session_id)
+    def sessions(self) -> dict[str, Session]:
+        """The sessions that can be trusted (see session_records for the others)."""
+        return self.session_records().valid
 
-    def put_session(self, record: dict[str, Any]) -> None:
+    def damaged_error(self, session_id: str, why: str) -> StateError:
+        """The one error for acting on a damaged record (it is reported, never touched)."""
+        return StateError(
+            f"session {session_id} in {self.path} {why}; repair or remove that record"
+        )
+
+    def _typed(self, session_id: str, record: JSONValue) -> Session:
+        why = record_problem(record)
+        if why is not None:
+            raise self.damaged_error(session_id, why)
+        return Session.from_record(record)
+
+    def get_session(self, session_id: str) -> Session | None:
+        """The session, None when there is none; StateError when its record is damaged."""
+        record = self.read()["sessions"].get(session_id)
+        return None if record is None else self._typed(session_id, record)
+
+    def put_session(self, session: Session) -> None:
+        """Write the whole session (keys it does not model kept, in ``rest``)."""
         with self.transaction() as state:
-            state["sessions"][record["id"]] = record
+            state["sessions"][session.id] = session.to_record()
 
-    def update_session(self, session_id: str, **changes: Any) -> dict[str, Any]:
+    def update_session(self, session_id: str, **changes: object) -> Session:
+        """Change some fields of one session in one locked read-modify-write; every other
+        byte of its record stays as it was. Names the model lacks are kept as keys."""
         with self.transaction() as state:
             record = state["sessions"].get(session_id)
             if record is None:
                 raise StateError(f"no session {session_id!r} in {self.path}")
-            record.update(changes)
-            return dict(record)
+            session = self._typed(session_id, record)
+            session.set(**changes)
+            state["sessions"][session_id] = written = session.to_record()
+            return Session.from_record(written)
 
     def new_session_id(self) -> str:
-        existing = self.read()["sessions"]
+        existing = self.read()["sessions"]  # damaged records' ids too
         while True:
             candidate = _token(3)
             if candidate not in existing:

@@ -58,6 +58,7 @@ from gpushopper.model.errors import (
 )
 from gpushopper.model.jsontypes import JSONObject, JSONValue
 from gpushopper.model.redact import clip
+from gpushopper.model.session import Damaged, Session, SessionStatus
 from gpushopper.model.units import iso, parse_iso
 
 if TYPE_CHECKING:
@@ -574,7 +575,7 @@ class BenchRunner(Generic[H]):
             f"{record['key']}: attempt on {offer.id} ({offer.gpu_name}, "
             f"${offer.price_per_hour or 0:.3f}/h) as job {job['id']}"
         )
-        before = set(self.host.store.sessions())
+        before = self.host.store.session_records().ids()  # damaged records' ids too
         hard_max = opts.request.hard_max_s
         req = replace(
             opts.request,
@@ -584,11 +585,11 @@ class BenchRunner(Generic[H]):
         )
         provisioner = self.make_provisioner(host)
 
-        def provision(on_stage: Callable[[str], None]) -> JSONObject:
+        def provision(on_stage: Callable[[str], None]) -> Session:
             req.on_stage = on_stage
-            session: JSONObject = provisioner.provision(req, [candidate])
+            session = provisioner.provision(req, [candidate])
             with self.lock:
-                attempt["session_id"] = session["id"]
+                attempt["session_id"] = session.id
             self._save()
             return session
 
@@ -604,15 +605,15 @@ class BenchRunner(Generic[H]):
                 self.stop.signum = stopped
         with contextlib.suppress(UsageError):
             done = get_job(self.host.store, job["id"])  # as recorded, whatever ended it
-        mine = self._attempt_sessions(done, before, offer.id)  # one read of the sessions
+        mine, damaged = self._attempt_sessions(done, before, offer.id)  # one read of them
         session = _session_of(done, mine)
         cost = _cost(done, mine, self.host.clock())
         self._release(record["key"], cost)
-        teardown_ok = _all_gone(mine)
+        teardown_ok = _all_gone(mine) and not damaged
         if not teardown_ok:
             self.unconfirmed = True
         attempt.update(
-            session_id=(session or {}).get("id") or done.get("session_id"),
+            session_id=(session.id if session else None) or done.get("session_id"),
             cost_usd=round(cost, 6),
             ended_at=iso(self.host.clock()),
         )
@@ -677,16 +678,22 @@ class BenchRunner(Generic[H]):
 
     def _attempt_sessions(
         self, job: JSONObject, before: set[str], offer_id: str
-    ) -> dict[str, JSONObject]:
+    ) -> tuple[dict[str, Session], list[str]]:
         """The sessions this attempt made, in the order they were recorded: its job's, and
-        any boot of its offer since."""
+        any boot of its offer since; and the ids of those whose record is damaged (their
+        teardown cannot be confirmed from the state)."""
         own = job.get("session_id")
-        return {
-            sid: s
-            for sid, s in self.host.store.sessions().items()
-            if isinstance(s, dict)
-            and (sid == own or (sid not in before and s.get("offer_id") == offer_id))
-        }
+        records = self.host.store.session_records()
+
+        def ours(sid: str, offer: JSONValue) -> bool:
+            return sid == own or (sid not in before and offer == offer_id)
+
+        damaged = [
+            sid
+            for sid, bad in records.damaged.items()
+            if isinstance(bad.record, dict) and ours(sid, bad.record.get("offer_id"))
+        ]
+        return {sid: s for sid, s in records.valid.items() if ours(sid, s.offer_id)}, damaged
 
     def _measured(
         self,
@@ -694,7 +701,7 @@ class BenchRunner(Generic[H]):
         opts: RunOptions,
         candidate: Candidate,
         job: JSONObject,
-        session: JSONObject | None,
+        session: Session | None,
         attempt: JSONObject,
     ) -> str:
         """Read, validate and store the result of a job that succeeded."""
@@ -746,7 +753,7 @@ class BenchRunner(Generic[H]):
         found: JSONObject,
         hardware: JSONObject,
         job: JSONObject,
-        session: JSONObject | None,
+        session: Session | None,
         attempt: JSONObject,
     ) -> JSONObject:
         workload = opts.workload
@@ -788,7 +795,7 @@ class BenchRunner(Generic[H]):
             "run_id": self.run["id"],
             "entry": entry.record["key"],
             "job_id": job.get("id"),
-            "session_id": (session or {}).get("id") or job.get("session_id"),
+            "session_id": (session.id if session else None) or job.get("session_id"),
             "source": "run",
             "created_at": iso(self.host.clock()),
         }
@@ -862,25 +869,29 @@ def _give_up(record: JSONObject, status: str, stage: str | None, reason: str) ->
     record["reason"] = reason
 
 
-def _session_of(job: JSONObject, mine: dict[str, JSONObject]) -> JSONObject | None:
+def _session_of(job: JSONObject, mine: dict[str, Session]) -> Session | None:
     """The attempt's session: its job's, else the last boot of its offer."""
-    found = mine.get(job.get("session_id") or "") or (list(mine.values())[-1] if mine else None)
-    return dict(found) if found is not None else None
+    return mine.get(job.get("session_id") or "") or (list(mine.values())[-1] if mine else None)
 
 
-def _all_gone(mine: dict[str, JSONObject]) -> bool:
-    """Every session of the attempt is destroyed, as the provider confirmed: ended, or
-    failed without a destroy error (a failed boot whose instance is gone)."""
+def _destroyed(session: Session) -> bool:
+    """Destroyed, as the provider confirmed: ended, or failed without a destroy error (a
+    failed boot whose instance is gone)."""
+    if session.status is SessionStatus.ENDED:
+        return True
+    return session.status is SessionStatus.FAILED and not session.rest.get("error")
+
+
+def _all_gone(mine: dict[str, Session]) -> bool:
+    """Every session of the attempt is destroyed, as the provider confirmed."""
     for session in mine.values():
-        if session.get("status") == "ended":
-            continue
-        if session.get("status") == "failed" and not session.get("error"):
+        if _destroyed(session):
             continue
         return False
     return True
 
 
-def _cost(job: JSONObject, mine: dict[str, JSONObject], now: datetime) -> float:
+def _cost(job: JSONObject, mine: dict[str, Session], now: datetime) -> float:
     """What the attempt's session(s) cost, by the second, failed boots included."""
     from gpushopper.core.sessions import accrued_cost
 
@@ -940,10 +951,9 @@ def request_cancel(bench: BenchStore, run_id: str) -> JSONObject:
         return dict(run)
 
 
-def sessions_of_run(store: StateStore, run: JSONObject) -> list[JSONObject]:
-    """The live sessions of a run: named by its attempts, or booted by its owner process."""
-    from gpushopper.model.session import DONE
-
+def sessions_of_run(store: StateStore, run: JSONObject) -> tuple[list[Session], list[Damaged]]:
+    """The live sessions of a run: named by its attempts, or booted by its owner process;
+    and its damaged records (never acted on: each is reported)."""
     named = {
         a.get("session_id")
         for e in run.get("entries") or []
@@ -955,20 +965,30 @@ def sessions_of_run(store: StateStore, run: JSONObject) -> list[JSONObject]:
     }
     owner = run.get("owner") or {}
     same_owner = ("pid", "host", "started", "boot_id")
-    out = []
-    for sid, session in store.sessions().items():
-        if session.get("status") in DONE and session.get("status") != "failed":
-            continue
-        if session.get("status") == "failed" and not session.get("error"):
-            continue  # failed and destroyed
-        theirs = session.get("owner") or {}
-        if (
+
+    def of_run(sid: str, fields: JSONObject) -> bool:
+        theirs = fields.get("owner") or {}
+        return bool(
             sid in named
-            or session.get("job_id") in jobs
+            or fields.get("job_id") in jobs
             or (owner and all(theirs.get(k) == owner.get(k) for k in same_owner))
-        ):
-            out.append(dict(session))
-    return out
+        )
+
+    records = store.session_records()
+    out = []
+    for sid, session in records.valid.items():
+        if session.done and session.status is not SessionStatus.FAILED:
+            continue
+        if _destroyed(session):
+            continue  # failed and destroyed
+        if of_run(sid, session.rest):
+            out.append(session)
+    damaged = [
+        bad
+        for sid, bad in records.damaged.items()
+        if isinstance(bad.record, dict) and of_run(sid, bad.record)
+    ]
+    return out, damaged
 
 
 def finish_abandoned(
@@ -983,19 +1003,22 @@ def finish_abandoned(
 
     run = get_run(bench, run_id)
     problems = []
-    for session in sessions_of_run(host.store, run):
+    live, damaged = sessions_of_run(host.store, run)
+    for session in live:
         try:
             end_session(
                 host.store,
                 host.provider,
-                session["id"],
+                session.id,
                 f"benchmark run {run_id} cancelled (its process is gone)",
                 runtime=Runtime.of(host),
                 ssh_config_path=host.paths.ssh_config_file,
             )
-            log(f"Session {session['id']}: instance {session.get('instance_id')} destroyed")
+            log(f"Session {session.id}: instance {session.instance_id} destroyed")
         except GpuShopperError as exc:
-            problems.append(f"session {session['id']}: {exc}")
+            problems.append(f"session {session.id}: {exc}")
+    for bad in damaged:  # as end_session would refuse it: reported, never touched
+        problems.append(f"session {bad.id}: {host.store.damaged_error(bad.id, bad.why)}")
     job_ids = {
         a.get("job_id") for e in run.get("entries") or [] for a in e.get("attempts") or []
     } - {None}

@@ -22,6 +22,7 @@ from typing import NoReturn
 
 from gpushopper.model.errors import UsageError
 from gpushopper.model.jsontypes import JSONObject, JSONValue
+from gpushopper.model.session import Session
 
 SCRIPTS = Path(__file__).resolve().parent / "scripts"
 RESULT_FILE = "gs-result.json"
@@ -308,14 +309,14 @@ def _read_small(path: Path) -> str | None:
 
 
 def read_outcome(
-    workload: Workload, out_dir: Path, job: JSONObject, session: JSONObject | None
+    workload: Workload, out_dir: Path, job: JSONObject, session: Session | None
 ) -> tuple[JSONObject, JSONObject]:
     """(the measurement, the hardware) of a job that ran; ResultInvalid when the workload's
     answer is missing or malformed."""
     hardware = parse_hardware(_read_small(out_dir / HARDWARE_FILE), _read_small(out_dir / SMI_FILE))
     timings = job.get("timings") or {}
     if workload.name == "cold-start":
-        boot = (session or {}).get("timings") or {}
+        boot = session.timings if session is not None else {}
         ready = timings.get("provision_s")
         if not isinstance(ready, (int, float)) or not _number(ready):
             raise ResultInvalid("the job recorded no provisioning time")
