@@ -58,8 +58,8 @@ MUTANTS = [
         "gpushopper/core/teardown.py",
         [
             (
-                '        write(error=f"destroy failed: {exc}")\n        raise\n',
-                '        write(error=f"destroy failed: {exc}")\n',
+                '            self.write(error=f"destroy failed: {exc}")\n            raise\n',
+                '            self.write(error=f"destroy failed: {exc}")\n',
             )
         ],
         ["tests/test_teardown.py"],
@@ -96,10 +96,10 @@ MUTANTS = [
         "billing starts when the instance is ready, not when the provider charges",
         "gpushopper/core/provisioner.py",
         [
-            ("            billing_started_at=iso(self.clock()),\n", ""),
+            ("            billing_started_at=self.clock(),\n", ""),
             (
-                "            ready_at=iso(ready),\n",
-                "            ready_at=iso(ready),\n            billing_started_at=iso(ready),\n",
+                "            ready_at=ready,\n",
+                "            ready_at=ready,\n            billing_started_at=ready,\n",
             ),
         ],
         ["tests/test_provisioner_faults.py"],
@@ -109,10 +109,11 @@ MUTANTS = [
         "gpushopper/state/store.py",
         [
             (
-                "            record.update(changes)\n            return dict(record)\n",
-                "            record = dict(record)\n        record.update(changes)\n"
-                "        with self.transaction() as state:\n"
-                "            state['sessions'][session_id] = record\n            return dict(record)\n",
+                "            session = self._typed(session_id, record)\n"
+                "            session.set(**changes)\n",
+                "            session = self._typed(session_id, record)\n"
+                "        session.set(**changes)\n"
+                "        with self.transaction() as state:\n",
             )
         ],
         ["tests/test_store.py"],
@@ -145,8 +146,8 @@ MUTANTS = [
         "gpushopper/core/enforcer.py",
         [
             (
-                'owner_state(record.get("owner")) == GONE',
-                'owner_state(record.get("owner")) == "never"',
+                'owner_state(session.rest.get("owner")) == GONE',
+                'owner_state(session.rest.get("owner")) == "never"',
             )
         ],
         ["tests/test_enforcer.py"],
@@ -251,7 +252,7 @@ MUTANTS = [
         "gpushopper/core/teardown.py",
         [
             (
-                "        except StateWriteError as exc:\n            write_error = exc\n\n",
+                "        except StateWriteError as exc:\n            self.write_error = exc\n\n",
                 "        except StateWriteError:\n            raise\n\n",
             )
         ],
@@ -312,8 +313,8 @@ MUTANTS = [
         "gpushopper/core/provisioner.py",
         [
             (
-                '            if record is None or record.get("status") in ("ending", "ended"):',
-                "            if record is None:",
+                '            if session is None or session.status in ("ending", "ended"):',
+                "            if session is None:",
             )
         ],
         ["tests/test_provisioner_faults.py"],
@@ -323,9 +324,9 @@ MUTANTS = [
         "gpushopper/core/enforcer.py",
         [
             (
-                "                    label=action.label,\n                    sleep=self.runtime.sleep,",
+                "                    label=action.label,\n                    runtime=self.runtime,",
                 "                    label=action.label,\n                    allow_unlabelled=True,\n"
-                "                    sleep=self.runtime.sleep,",
+                "                    runtime=self.runtime,",
             )
         ],
         ["tests/test_enforcer.py"],
@@ -391,8 +392,8 @@ MUTANTS = [
         "gpushopper/core/bench/runner.py",
         [
             (
-                "    for session in sessions_of_run(host.store, run):\n",
-                "    for session in sessions_of_run(host.store, run)[:0]:\n",
+                "    for session in live:\n",
+                "    for session in live[:0]:\n",
             )
         ],
         ["tests/test_bench_run.py::test_cancel_with_the_owner_gone_destroys_the_sessions_itself"],
@@ -435,7 +436,7 @@ MUTANTS = [
         "gpushopper/core/provisioner.py",
         [
             (
-                "            found = wait_for_label(provider, label, sleep=self.sleep, mono=self.mono, log=self._say)\n",
+                "            found = wait_for_label(provider, label, runtime=self._runtime(self._say))\n",
                 "            found = None\n",
             )
         ],
@@ -445,11 +446,14 @@ MUTANTS = [
         "the intent is saved after the create call",
         "gpushopper/core/provisioner.py",
         [
-            ("        self.store.put_session(boot.record)  # intent before action\n", ""),
+            (
+                "        self.store.put_session(Session.from_record(boot.record))  # intent before action\n",
+                "",
+            ),
             (
                 "            answered = provider.create_instance(boot.spec)\n",
                 "            answered = provider.create_instance(boot.spec)\n"
-                "            self.store.put_session(boot.record)\n",
+                "            self.store.put_session(Session.from_record(boot.record))\n",
             ),
         ],
         ["tests/test_provisioner_faults.py"],

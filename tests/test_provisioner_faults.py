@@ -21,7 +21,6 @@ from gpushopper.core.provisioner import (
 )
 from gpushopper.model.errors import Interrupted, StateWriteError
 from gpushopper.model.models import Offer, OfferQuery
-from gpushopper.model.units import parse_iso
 from gpushopper.state.store import StateStore
 from tests.conftest import FakeTime
 from tests.fakes.provider import FOREVER, FakeProvider, factory

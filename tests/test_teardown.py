@@ -270,3 +270,47 @@ def test_get_session_or_fail_names_a_broken_record(store):
         state["sessions"]["a00001"] = "a string"
     with pytest.raises(StateError, match="a00001 .*not a session object"):
         teardown.get_session_or_fail(store, "a00001")
+
+
+# -- end_session's steps, in their order, on the runtime's clocks -----------------------------
+def test_end_session_writes_its_steps_in_order_and_times_the_destroy_on_the_runtime(
+    store, clock, monkeypatch
+):
+    """ending first (before any destroy call), then the instance found by label, then ended
+    with its cost and the destroy-to-gone time measured on the runtime's monotonic clock."""
+    provider = FakeProvider(linger=2)
+    iid = provider.add(LABEL)
+    put_session(store, None, status="creating")
+    steps: list[tuple[str, object]] = []
+    real_update = store.update_session
+
+    def update(session_id, **changes):
+        steps.append(("update", changes, list(provider.calls)))
+        return real_update(session_id, **changes)
+
+    monkeypatch.setattr(store, "update_session", update)
+    started = clock.mono()
+    logged: list[str] = []
+    ended = end(store, provider, clock, log=logged.append)
+    assert [s[1] for s in steps] == [
+        {"status": "ending", "end_reason": "done"},
+        {"instance_id": iid},
+    ]
+    assert not any(c[0] == "destroy_instance" for c in steps[0][2])  # ending before the destroy
+    assert ended.status == "ended" and ended.end_reason == "done"
+    assert ended.ended_at == T0 + timedelta(hours=1)  # the runtime's wall clock
+    assert ended.timings["destroy_to_gone_s"] == pytest.approx(clock.mono() - started)
+    assert ended.timings["destroy_to_gone_s"] > 0  # lingering: it polled on the fake clock
+    assert logged == [
+        f"Session a00001: vastai instance {iid} destroyed (the provider confirms it is gone)"
+    ]
+    assert store.get_session("a00001") == ended
+
+
+def test_end_session_returns_an_ended_session_untouched(store, clock):
+    provider = FakeProvider()
+    put_session(store, None, status="ended")
+    before = store.path.read_bytes()
+    ended = end(store, provider, clock)
+    assert ended.status == "ended" and provider.calls == []
+    assert store.path.read_bytes() == before

@@ -13,10 +13,8 @@ from gpushopper.model.errors import GpuShopperError
 from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.session import (
     SESSION_ID_RE,
-    TIME_FIELDS,
     Session,
     SessionStatus,
-    record_problem,
 )
 
 if TYPE_CHECKING:
@@ -63,10 +61,9 @@ def resolve_session_id(store: StateStore, given: str) -> str:
     return found
 
 
-# -- records that cannot be trusted: the rule is the model's (the store applies it) --------
-__all__ = ["TIME_FIELDS", "record_problem"]
-
-
+# -- cost -------------------------------------------------------------------------------------
+# (Which records can be trusted is the model's rule, model.session.record_problem: the
+# store applies it, so every session here is a valid one.)
 def accrued_cost(session: Session, now: datetime) -> float:
     """Price x running time, by the second, from first seen running to ended (or now)."""
     price = session.price_per_hour

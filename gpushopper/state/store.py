@@ -13,10 +13,9 @@ import os
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from gpushopper.model.errors import StateError, StateWriteError
-from gpushopper.model.jsontypes import JSONValue
+from gpushopper.model.jsontypes import JSONObject, JSONValue
 from gpushopper.model.redact import redact_tree
 from gpushopper.model.session import Session, SessionRecords, record_problem
 from gpushopper.state.atomic import atomic_write_text
@@ -32,7 +31,7 @@ SCHEMA_VERSION = 1
 LOCK_TIMEOUT_S = 30.0
 
 
-def _migrate_0_to_1(data: dict[str, Any]) -> dict[str, Any]:
+def _migrate_0_to_1(data: JSONObject) -> JSONObject:
     """Version 0 (unversioned drafts) kept sessions as a list."""
     sessions = data.get("sessions", {})
     if isinstance(sessions, list):
@@ -44,7 +43,7 @@ def _migrate_0_to_1(data: dict[str, Any]) -> dict[str, Any]:
 
 
 # from_version -> converter to from_version + 1
-MIGRATIONS: dict[int, Callable[[dict[str, Any]], dict[str, Any]]] = {0: _migrate_0_to_1}
+MIGRATIONS: dict[int, Callable[[JSONObject], JSONObject]] = {0: _migrate_0_to_1}
 
 
 def _token(nbytes: int) -> str:
@@ -52,7 +51,7 @@ def _token(nbytes: int) -> str:
     return os.urandom(nbytes).hex()
 
 
-def empty_state() -> dict[str, Any]:
+def empty_state() -> JSONObject:
     return {
         "schema_version": SCHEMA_VERSION,
         "install_id": _token(4),
@@ -71,7 +70,7 @@ class StateStore:
     what = "state file"
     schema_version = SCHEMA_VERSION
 
-    def _empty(self) -> dict[str, Any]:
+    def _empty(self) -> JSONObject:
         return empty_state()
 
     def __init__(self, path: Path, lock_timeout: float = LOCK_TIMEOUT_S) -> None:
@@ -97,7 +96,7 @@ class StateStore:
             f"copied to {backup}. Repair or move it away, then run the command again"
         )
 
-    def _load(self) -> dict[str, Any] | None:
+    def _load(self) -> JSONObject | None:
         try:
             refuse_link(self.path, self.what)
             raw = read_bytes_nofollow(self.path)
@@ -120,7 +119,7 @@ class StateStore:
         except _Damaged as exc:
             raise self._damaged(raw, str(exc)) from None
 
-    def _upgrade(self, data: dict[str, Any]) -> dict[str, Any]:
+    def _upgrade(self, data: JSONObject) -> JSONObject:
         version = data.get("schema_version", 0)
         if isinstance(version, bool) or not isinstance(version, int) or version < 0:
             raise _Damaged(f"invalid schema_version {version!r}")
@@ -152,7 +151,7 @@ class StateStore:
             raise _Damaged(f"invalid install_id {install!r}")
         return data
 
-    def read(self) -> dict[str, Any]:
+    def read(self) -> JSONObject:
         """A snapshot of the state (an empty one, unsaved, if there is no file yet)."""
         data = self._load()
         return data if data is not None else self._empty()
@@ -188,7 +187,7 @@ class StateStore:
             yield
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator[dict[str, Any]]:
+    def transaction(self) -> Iterator[JSONObject]:
         """Lock, load, let the caller change the dict, then write it atomically."""
         with self.lock():
             data = self._load()
@@ -206,7 +205,7 @@ class StateStore:
             except OSError as exc:
                 raise self._write_failed(exc) from None
 
-    def _written(self, data: dict[str, Any]) -> None:
+    def _written(self, data: JSONObject) -> None:
         """After each write, still under the lock: a subclass may keep derived files."""
 
     def install_id(self) -> str:
