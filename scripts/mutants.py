@@ -542,6 +542,40 @@ MUTANTS = [
         [("    if flags.auto_retry is not None:\n", "    if flags.auto_retry:\n")],
         ["tests/test_request.py::test_an_auto_retry_of_zero_on_the_flag_still_beats_the_profile"],
     ),
+    # -- the store boundary (issue 11): sessions typed, damaged records kept and reported ---------
+    Mutant(
+        "a damaged session record is dropped at the store, not reported",
+        "gpushopper/model/session.py",
+        [
+            (
+                "                out.damaged[session_id] = Damaged(session_id, why, record)\n",
+                "                pass\n",
+            )
+        ],
+        ["tests/test_store.py", "tests/test_lifecycle.py"],
+    ),
+    Mutant(
+        "a session rewrite forgets the record it was read from (bytes change)",
+        "gpushopper/model/session.py",
+        [
+            (
+                "        base = original if original is not None else self.source\n",
+                "        base = original\n",
+            )
+        ],
+        ["tests/test_store.py"],
+    ),
+    Mutant(
+        "end_session destroys before it marks the session ending",
+        "gpushopper/core/teardown.py",
+        [
+            (
+                "    ending.mark_ending()\n    ending.destroy()\n",
+                "    ending.destroy()\n    ending.mark_ending()\n",
+            )
+        ],
+        ["tests/test_teardown.py"],
+    ),
 ]
 
 
