@@ -446,14 +446,11 @@ MUTANTS = [
         "the intent is saved after the create call",
         "gpushopper/core/provisioner.py",
         [
-            (
-                "        self.store.put_session(Session.from_record(boot.record))  # intent before action\n",
-                "",
-            ),
+            ("        self.store.put_session(boot.session)  # intent before action\n", ""),
             (
                 "            answered = provider.create_instance(boot.spec)\n",
                 "            answered = provider.create_instance(boot.spec)\n"
-                "            self.store.put_session(Session.from_record(boot.record))\n",
+                "            self.store.put_session(boot.session)\n",
             ),
         ],
         ["tests/test_provisioner_faults.py"],

@@ -104,17 +104,20 @@ class Candidate:
     template: Template | None
 
 
-def rented(instance: Instance, record: JSONObject, provider: Provider) -> JSONObject:
+def rented(instance: Instance, session: Session, provider: Provider) -> JSONObject:
     """What the provider says was rented, for the session record (each value validated
     by Instance): the image booted, the disk it bills (beside the disk asked for) and the
     ports it opened. A provider that does not report the image booted the one asked for,
     else its configured default (TensorDock's ``image`` setting)."""
     default = getattr(provider, "image", None)
-    image = instance.image or record.get("image") or (default if isinstance(default, str) else None)
+    asked = session.rest.get("image")
+    image = instance.image or asked or (default if isinstance(default, str) else None)
     out: JSONObject = {"image": image, "ports": list(instance.ports)}
     if instance.disk_gb is not None:
         out["disk_gb"] = instance.disk_gb
-        out["disk_gb_requested"] = record.get("disk_gb_requested", record.get("disk_gb"))
+        out["disk_gb_requested"] = session.rest.get(
+            "disk_gb_requested", session.rest.get("disk_gb")
+        )
     return out
 
 
@@ -177,13 +180,13 @@ class Cleanup:
 class Boot:
     """One attempt as it passes from stage to stage (see :meth:`Provisioner.attempt`).
 
-    ``record`` is the session as :meth:`Provisioner.create` first saves it (the intent);
+    ``session`` is the session as :meth:`Provisioner.create` first saves it (the intent);
     the stages fill in the rest as they learn it: ``instance_id`` once an id is trusted,
     ``instance`` and ``ssh`` once it runs, ``verification`` once it is checked."""
 
     req: ProvisionRequest
     candidate: Candidate
-    record: JSONObject
+    session: Session
     spec: LaunchSpec
     key_path: Path
     public_key: str
@@ -198,11 +201,12 @@ class Boot:
 
     @property
     def session_id(self) -> str:
-        return str(self.record["id"])
+        return self.session.id
 
     @property
     def timings(self) -> dict[str, float]:
-        timings: dict[str, float] = self.record["timings"]
+        """The stage timings so far (written with each stage's update)."""
+        timings: dict[str, float] = self.session.timings
         return timings
 
     @property
@@ -420,7 +424,8 @@ class Provisioner:
             onstart=onstart,
             ssh_user=record["ssh"]["user"],
         )
-        return Boot(req, candidate, record, spec, key_path, public_key)
+        # Built as JSON (the deadline snippet adds to it), typed from here on.
+        return Boot(req, candidate, Session.from_record(record), spec, key_path, public_key)
 
     def _new_record(
         self,
@@ -493,8 +498,8 @@ class Provisioner:
         ours and is left alone; one carrying the label that turns up later is an orphan for
         watch and cleanup-orphans."""
         provider, offer = boot.candidate.provider, boot.candidate.offer
-        session_id, label, timings = boot.session_id, boot.record["label"], boot.timings
-        self.store.put_session(Session.from_record(boot.record))  # intent before action
+        session_id, label, timings = boot.session_id, boot.spec.label, boot.timings
+        self.store.put_session(boot.session)  # intent before action
         self._say(
             f"Renting {offer.id} ({offer.gpu_name} x{offer.num_gpus}, "
             f"${offer.price_per_hour or 0:.3f}/h) as session {session_id}"
@@ -551,16 +556,16 @@ class Provisioner:
         instance = self._wait_running(
             provider, instance_id, boot.req.timeout_for(offer.provider), boot.started
         )
-        _check_ssh_details(instance, boot.record["ssh"]["user"])
+        _check_ssh_details(instance, boot.session.ssh["user"])
         boot.instance = instance
         timings["time_to_running_s"] = round(self.mono() - boot.started, 3)
-        boot.ssh = dict(boot.record["ssh"], host=instance.ssh_host, port=instance.ssh_port)
+        boot.ssh = dict(boot.session.ssh, host=instance.ssh_host, port=instance.ssh_port)
         self._update(
             session_id,
             status="verifying",
             ssh=boot.ssh,
             timings=timings,
-            **rented(instance, boot.record, provider),
+            **rented(instance, boot.session, provider),
             # The provider charges from "running", not from when our checks pass.
             billing_started_at=self.clock(),
         )
@@ -598,8 +603,8 @@ class Provisioner:
         reaches no one is undone by :meth:`undo`."""
         req, session_id = boot.req, boot.session_id
         ready = self.clock()
-        created = parse_iso(boot.record["created_at"]) or ready
-        hard = parse_iso(boot.record["hard_max_at"]) or ready
+        created = boot.session.created_at or ready
+        hard = boot.session.hard_max_at or ready
         ends = ready + timedelta(seconds=req.hours_s)
         final = self._update(
             session_id,
@@ -628,7 +633,7 @@ class Provisioner:
             return self._abort(
                 boot.candidate.provider,
                 boot.candidate.offer,
-                boot.record,
+                boot.session,
                 boot.instance_id,
                 reason,
                 record_health=record_health,
@@ -890,7 +895,7 @@ class Provisioner:
         self,
         provider: Provider,
         offer: Offer,
-        record: JSONObject,
+        session: Session,
         instance_id: str | None,
         reason: str,
         *,
@@ -901,7 +906,7 @@ class Provisioner:
         then say so. Signals are held meanwhile (a second Ctrl-C cannot cut the destroy
         short) and nothing is printed before the destroy (a full or closed pipe cannot
         stand in its way)."""
-        session_id, label = record["id"], record["label"]
+        session_id, label = session.id, session.label
         with interrupts.deferred():
             cleanup = Cleanup(instance_id)
             if instance_id is None and lookup:
