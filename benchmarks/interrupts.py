@@ -101,17 +101,17 @@ def phase_of(store: StateStore, before: set[str]) -> str:
     new = [r for sid, r in store.sessions().items() if sid not in before]
     if not new:
         return "before the session"
-    record = new[-1]
-    if record.get("status") in ("failed", "ending", "ended"):
-        reason = str(record.get("end_reason") or "")
+    session = new[-1]
+    if session.status in ("failed", "ending", "ended"):
+        reason = str(session.end_reason or "")
         return (
             "creating"
-            if not record.get("instance_id")
+            if not session.instance_id
             else "booting"
-            + (" (verifying)" if (record.get("ssh") or {}).get("host") else "")
+            + (" (verifying)" if session.ssh.get("host") else "")
             + ("" if "interrupted" in reason or reason == "owner_gone" else f": {reason[:40]}")
         )
-    return str(record.get("status"))
+    return str(session.status)
 
 
 def interrupt(proc: subprocess.Popen, kind: str) -> None:
@@ -272,8 +272,8 @@ def measure(
             )
     completed = [r for r in runs if r.completed]
     # A provision that finished first holds a real, running session: end it, count it apart.
-    for session_id, record in store.sessions().items():
-        if record.get("status") == "running":
+    for session_id, session in store.sessions().items():
+        if session.status == "running":
             subprocess.run(
                 [*cmd, "sessions", "done", session_id], env=env, cwd=home, capture_output=True
             )
