@@ -16,6 +16,7 @@ from gpushopper.core.costs import budget_warning, cost_report
 from gpushopper.core.provisioner import Candidate
 from gpushopper.model.errors import NoSuchItem, UsageError
 from gpushopper.model.models import Offer, OfferQuery
+from gpushopper.model.session import Session
 from gpushopper.model.units import iso
 from gpushopper.state.config import Settings
 from gpushopper.state.paths import resolve_paths
@@ -137,7 +138,7 @@ class Store:
 
     def sessions(self):
         assert self.readable, "the state file was read although a timeout was set"
-        return {r["id"]: r for r in self.records}
+        return {r["id"]: Session.from_record(r) for r in self.records}
 
 
 def test_the_measured_timeout_per_provider_is_set_on_the_request(tmp_path):
@@ -256,6 +257,8 @@ def test_a_secret_env_that_is_no_variable_name_is_refused():
 # -- the budget warning's arithmetic ------------------------------------------------------------
 def spent(hours: float, price: float = 1.0, start: datetime = NOW - timedelta(hours=20)):
     return {
+        "id": "s0",
+        "status": "ended",
         "provider": "vastai",
         "price_per_hour": price,
         "billing_started_at": iso(start),
@@ -267,7 +270,7 @@ def test_the_budget_warning_adds_this_months_spend_to_the_projected_cost(tmp_pat
     # $6 this month, plus 4h of last month's session that ran into it (the 20h before are
     # October's and do not count): $10 spent.
     october = datetime(2026, 10, 31, 4, 0, tzinfo=timezone.utc)
-    records = [spent(6.0), spent(24.0, start=october)]
+    records = [Session.from_record(spent(6.0)), Session.from_record(spent(24.0, start=october))]
     built = build(tmp_path, request.Flags(hours_s=4 * H))
     prov = Provisioner(offer("vastai", 1, price=0.5))
     choice = request.choose(prov, built, Store(), settings(tmp_path))
@@ -285,26 +288,30 @@ def test_the_budget_warning_adds_this_months_spend_to_the_projected_cost(tmp_pat
 def test_extend_session_writes_the_new_end_and_says_when_an_override_moved_the_maximum(tmp_path):
     store = StateStore(tmp_path / "state.json")
     store.put_session(
-        {
-            "id": "a1b2c3",
-            "status": "running",
-            "provider": "vastai",
-            "created_at": iso(NOW - timedelta(hours=10)),
-            "reservation_ends_at": iso(NOW + timedelta(hours=1)),
-            "hard_max_at": iso(NOW + timedelta(hours=2)),
-        }
+        Session.from_record(
+            {
+                "id": "a1b2c3",
+                "status": "running",
+                "provider": "vastai",
+                "created_at": iso(NOW - timedelta(hours=10)),
+                "reservation_ends_at": iso(NOW + timedelta(hours=1)),
+                "hard_max_at": iso(NOW + timedelta(hours=2)),
+            }
+        )
     )
     host = SimpleNamespace(store=store, settings=settings(tmp_path), clock=lambda: NOW)
     said: list[str] = []
     updated = rules.extend_session(host, "a1b2c3", H, False, NOW, said.append)
-    assert updated["reservation_ends_at"] == iso(NOW + timedelta(hours=2)) and said == []
+    assert updated.reservation_ends_at == (NOW + timedelta(hours=2)) and said == []
     with pytest.raises(UsageError, match="past the hard maximum"):
         rules.extend_session(host, "a1b2c3", 1, False, NOW, said.append)
-    assert store.get_session("a1b2c3")["reservation_ends_at"] == iso(NOW + timedelta(hours=2))
+    assert store.get_session("a1b2c3").recorded("reservation_ends_at") == iso(
+        NOW + timedelta(hours=2)
+    )
     rules.extend_session(host, "a1b2c3", H, True, NOW, said.append)
     moved = iso(NOW + timedelta(hours=3))
     assert said == [f"Override recorded: hard maximum moved to {moved}"]
-    assert store.get_session("a1b2c3")["hard_max_at"] == moved
+    assert store.get_session("a1b2c3").recorded("hard_max_at") == moved
     with pytest.raises(NoSuchItem, match="no session 'ffffff'"):
         rules.extend_session(host, "ffffff", H, False, NOW, said.append)
 
@@ -322,9 +329,12 @@ def test_cost_report_filters_then_totals():
         }
 
     records = [
-        rec("s1", "alice", "vastai", NOW - timedelta(days=3), 2.0),
-        rec("s2", "bob", "tensordock", NOW - timedelta(days=1), 1.0),
-        rec("s3", "alice", "tensordock", NOW - timedelta(hours=5), 0.5),
+        Session.from_record(r)
+        for r in (
+            rec("s1", "alice", "vastai", NOW - timedelta(days=3), 2.0),
+            rec("s2", "bob", "tensordock", NOW - timedelta(days=1), 1.0),
+            rec("s3", "alice", "tensordock", NOW - timedelta(hours=5), 0.5),
+        )
     ]
     every = cost_report(records, NOW)
     assert [r["session_id"] for r in every.rows] == ["s1", "s2", "s3"] and every.total == 3.5
