@@ -117,7 +117,7 @@ def test_item2_a_hand_off_that_reaches_no_one_is_destroyed_too(
     vast, gs, isolated_home, monkeypatch
 ):
     """The pipe closes just as the result is printed: nobody got the ssh command."""
-    from gpushopper.cli import provision as provision_cli
+    from gpushopper.cli import output
     from gpushopper.core import interrupts
 
     monkeypatch.setattr(interrupts, "silence_std_streams", lambda: None)
@@ -125,7 +125,8 @@ def test_item2_a_hand_off_that_reaches_no_one_is_destroyed_too(
     def closed(data):
         interrupts.output_lost(BrokenPipeError(32, "Broken pipe"))
 
-    monkeypatch.setattr(provision_cli, "emit_json", closed)
+    # provision hands its result to output.render, which writes it with emit_json
+    monkeypatch.setattr(output, "emit_json", closed)
     result = gs("provision --provider vastai --gpu 4090 --yes --json")
     assert result.exit_code == 141
     assert vast.live_instances() == []
