@@ -28,6 +28,14 @@ def test_reservation_and_hard_maximum():
     assert rules.reservation_end(NOW, 13 * H, 12 * H, True) == NOW + timedelta(hours=13)
     assert rules.hard_max_at(NOW, 13 * H, 12 * H, False) == NOW + timedelta(hours=12)
     assert rules.hard_max_at(NOW, 13 * H, 12 * H, True) == NOW + timedelta(hours=13)
+
+
+def test_a_new_session_records_an_override_only_when_it_moved_the_hard_maximum():
+    assert rules.overrides_at_creation(NOW, 13 * H, 12 * H, True) == [
+        {"at": iso(NOW), "hard_max_at": iso(NOW + timedelta(hours=13)), "via": "provision"}
+    ]
+    assert rules.overrides_at_creation(NOW, 12 * H, 12 * H, True) == []  # exactly: not moved
+    assert rules.overrides_at_creation(NOW, 13 * H, 12 * H, False) == []
     assert rules.hard_max_at(NOW, 2 * H, 12 * H, True) == NOW + timedelta(hours=12)
 
 

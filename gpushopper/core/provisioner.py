@@ -440,8 +440,6 @@ class Provisioner:
         """The session as first saved: ``creating``, nothing rented yet."""
         provider, offer, template = candidate.provider, candidate.offer, candidate.template
         now = self.clock()
-        hard_max = now + timedelta(seconds=req.hard_max_s)
-        reservation = now + timedelta(seconds=req.hours_s)
         return {
             "id": session_id,
             "status": "creating",
@@ -481,9 +479,9 @@ class Provisioner:
             },
             "timings": {},
             "boot_timeout_s": req.timeout_for(offer.provider),  # watch waits at least this
-            "overrides": [{"at": iso(now), "hard_max_at": iso(reservation), "via": "provision"}]
-            if req.override and reservation > hard_max
-            else [],
+            "overrides": rules.overrides_at_creation(
+                now, req.hours_s, req.hard_max_s, req.override
+            ),
         }
 
     def create(self, boot: Boot) -> None:

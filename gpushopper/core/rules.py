@@ -44,6 +44,17 @@ def hard_max_at(now: datetime, hours_s: float, hard_max_s: float, override: bool
     return max(hard, now + timedelta(seconds=hours_s)) if override else hard
 
 
+def overrides_at_creation(
+    now: datetime, hours_s: float, hard_max_s: float, override: bool
+) -> list[JSONObject]:
+    """The ``overrides`` a new session records: one entry when ``--override`` really moved
+    its hard maximum (a reservation past it), none otherwise."""
+    reservation = now + timedelta(seconds=hours_s)
+    if not override or reservation <= now + timedelta(seconds=hard_max_s):
+        return []
+    return [{"at": iso(now), "hard_max_at": iso(reservation), "via": "provision"}]
+
+
 @dataclass
 class Extension:
     changes: JSONObject  # what to write on the session

@@ -238,8 +238,6 @@ class LaunchSpec:
     onstart: str | None = None
     env: dict[str, str] = field(default_factory=dict)
     ssh_user: str = "root"
-    hard_deadline_epoch: float | None = None
-    reservation_deadline_epoch: float | None = None
 
 
 def offer_matches(offer: Offer, query: OfferQuery) -> bool:
