@@ -271,7 +271,7 @@ MUTANTS = [
     ),
     Mutant(
         "watch --once says all clear when blind",
-        "gpushopper/cli/watch.py",
+        "gpushopper/core/watcher.py",
         [("    return 0 if ok else 1\n", "    return 0\n")],
         ["tests/test_accidents.py::test_item5_watch_once_exits_1_when_a_provider_cannot_be_listed"],
     ),

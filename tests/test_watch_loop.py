@@ -230,3 +230,146 @@ def test_metrics_carry_the_last_successful_list_per_provider(store, tmp_path):
     assert f'{{provider="vastai"}} {T0.timestamp() + 90:.3f}' in text
     assert f'{{provider="tensordock"}} {T0.timestamp() + 30:.3f}' in text
     assert "gpu_shopper_failed_ticks_total 2" in text
+
+
+# -- serve: the exit code rule, the outcome record, the stop pipe (moved out of cli/watch) ----------
+
+
+def test_serve_once_exits_0_when_it_saw_everything_and_1_when_blind(store):
+    clock = Clock()
+    watcher, _ = rig(store, clock, FakeProvider("vastai"), FakeProvider("tensordock"))
+    assert watcher.serve(pid=1, once=True, stopped=lambda: None) == 0
+    blind, _ = rig(store, clock, FakeProvider("vastai", listing="malformed"))
+    assert blind.serve(pid=1, once=True, stopped=lambda: None) == 1
+    assert blind.passes == 1 and clock.waits == []
+
+
+def test_serve_once_stopped_by_a_signal_exits_128_plus_n_and_destroys_nothing(store):
+    clock = Clock()
+    provider = FakeProvider()
+    iid = provider.add(label("a00001"))
+    put(store, session("a00001", iid))
+    watcher, lines = rig(store, clock, provider)
+    assert watcher.serve(pid=1, once=True, stopped=lambda: signal.SIGTERM) == 143
+    assert provider.live() == {iid}
+    assert store.get_session("a00001").status == "running"
+    assert not any("destroying every guarded session" in line for line in lines)
+
+
+def test_serve_stopped_applies_the_shutdown_rule(store):
+    clock = Clock()
+    provider = FakeProvider()
+    iid = provider.add(label("a00001"))
+    put(store, session("a00001", iid))
+    clock.stop_after = 45
+    watcher, lines = rig(store, clock, provider)
+    assert watcher.serve(pid=7, once=False, stopped=lambda: signal.SIGINT) == 130
+    assert provider.live() == set()
+    assert any("watch started pid=7 interval=30s" in line for line in lines)
+    assert any("SIGINT: 1 sessions destroyed and confirmed gone" in line for line in lines)
+
+
+def test_serve_keeps_the_last_pass_verdict_when_the_loop_ends_without_a_signal(store):
+    clock = Clock()
+    clock.stop_after = 45
+    watcher, _ = rig(store, clock, FakeProvider("vastai", listing="malformed"))
+    assert watcher.serve(pid=1, once=False, stopped=lambda: None) == 1
+
+
+def test_record_counts_failures_apart_and_alerts_with_the_line_and_its_event(store):
+    from gpushopper.core.enforcer import Outcome
+    from gpushopper.core.lifecycle import Action
+
+    clock = Clock()
+    clock.t = 90
+    alerts: list[tuple[str, dict]] = []
+    metrics = Metrics(None)
+    watcher, _ = rig(store, clock, FakeProvider(), metrics=metrics)
+    watcher.alert = lambda line, event: alerts.append((line, event))
+    action = Action("destroy_session", "reservation_ended", "vastai", "a00001", "42", detail="d")
+    watcher.record(Outcome(action, "destroyed"))
+    watcher.record(Outcome(action, "failed", error="HTTP 500"))
+    assert metrics.actions == {"destroy_session": 1, "failed": 1}
+    (line, event), (failed_line, failed_event) = alerts
+    assert line == (
+        "2026-11-23T12:01:30Z destroy_session session=a00001 provider=vastai instance=42 "
+        "reason=reservation_ended result=destroyed: d"
+    )
+    assert failed_line.split()[1] == "destroy_session_failed" and failed_line.endswith(": HTTP 500")
+    assert event == {
+        "time": "2026-11-23T12:01:30Z",
+        "event": "destroy_session",
+        "result": "destroyed",
+        "reason": "reservation_ended",
+        "session": "a00001",
+        "provider": "vastai",
+        "instance": "42",
+        "detail": "d",
+    }
+    assert failed_event["detail"] == "HTTP 500" and failed_event["result"] == "failed"
+
+
+def test_without_an_alert_each_outcome_line_goes_to_the_log(store):
+    from gpushopper.core.enforcer import Outcome
+    from gpushopper.core.lifecycle import Action
+
+    clock = Clock()
+    watcher, lines = rig(store, clock, FakeProvider())
+    watcher.record(Outcome(Action("destroy_orphan", "orphan", "vastai", None, "9"), "destroyed"))
+    assert lines[-1].endswith(
+        "destroy_orphan session=- provider=vastai instance=9 reason=orphan result=destroyed"
+    )
+
+
+def test_metrics_path_refuses_a_missing_folder_and_never_creates_it(tmp_path):
+    from gpushopper.core.watcher import metrics_path
+    from gpushopper.model.errors import UsageError
+
+    assert metrics_path(None) is None
+    assert metrics_path(str(tmp_path / "m.prom")) == tmp_path / "m.prom"
+    with pytest.raises(UsageError, match="no such folder .*not created for you"):
+        metrics_path(str(tmp_path / "nope" / "m.prom"))
+    assert not (tmp_path / "nope").exists()
+
+
+def test_the_stop_pipe_wakes_the_wait_on_a_signal_and_restores_the_handlers():
+    import os
+
+    from gpushopper.core.watcher import Stop
+
+    before = signal.getsignal(signal.SIGTERM)
+    with Stop() as stop:
+        assert stop.wait(0) is False and stop.signum is None
+        os.kill(os.getpid(), signal.SIGTERM)  # noted, never raised
+        assert stop.wait(30) is True  # at once: the pipe is readable
+        os.kill(os.getpid(), signal.SIGINT)  # a second signal is only noted
+        assert stop.signum == signal.SIGTERM and stop.received[-1] == signal.SIGINT
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_the_stop_pipe_keeps_an_inherited_ignored_sighup():
+    from gpushopper.core.watcher import Stop
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with Stop():
+            assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN  # nohup's choice
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+
+
+def test_a_stop_requested_by_a_closed_log_pipe_counts_as_a_signal():
+    from gpushopper.core.watcher import Stop
+
+    with Stop() as stop:
+        stop.request(signal.SIGPIPE)
+        assert stop.wait(30) is True and stop.signum == signal.SIGPIPE
+
+
+def test_the_watch_note_names_the_running_watch_or_how_to_start_one(tmp_path):
+    from gpushopper.core.watcher import START_WATCH_HINT, watch_note
+
+    assert "(pid 41)" in watch_note(41, tmp_path)
+    assert "(pid starting)" in watch_note(0, tmp_path)
+    assert watch_note(None, tmp_path).endswith(START_WATCH_HINT)
+    assert str(tmp_path) in watch_note(None, tmp_path)

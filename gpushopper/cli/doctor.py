@@ -132,7 +132,8 @@ def _crontab_lines() -> list[str] | None:
 
 def _safety_net_check(app: App) -> dict[str, str]:
     """Is anything here enforcing deadlines: a running ``watch`` or a cron sweep?"""
-    from gpushopper.cli.watch import START_WATCH_HINT, watch_holder
+    from gpushopper.cli.watch import watch_holder
+    from gpushopper.core.watcher import START_WATCH_HINT
 
     pid = watch_holder(app)
     if pid is not None:

@@ -9,19 +9,28 @@ be destroyed. ``watch --once`` is one pass: 0 when it saw and enforced everythin
 when it was blind anywhere (a provider not listed, a broken record, a failed action).
 
 ``mono`` and ``wait`` are what the loop runs on, so tests drive it on a fake clock
-without sleeping: ``wait(seconds)`` returns True when the daemon should stop.
+without sleeping: ``wait(seconds)`` returns True when the daemon should stop. In
+production ``wait`` is :meth:`Stop.wait`, a self-pipe the stop signals write to.
+
+The command (``cli/watch.py``) parses the flags, holds the pid lock, builds a
+:class:`Watcher` and calls :meth:`Watcher.serve`; everything it decides is here.
 """
 
 from __future__ import annotations
 
+import os
+import select
+import signal
 import time
 from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
+from types import FrameType, TracebackType
 from typing import TYPE_CHECKING
 
-from gpushopper.core.interrupts import signal_name
-from gpushopper.model.errors import GpuShopperError
+from gpushopper.core.interrupts import KEEP_IGNORED, signal_name
+from gpushopper.model.errors import GpuShopperError, UsageError
+from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.session import STATUSES
 from gpushopper.model.units import format_duration, iso
 
@@ -31,6 +40,95 @@ if TYPE_CHECKING:
     from gpushopper.core.runtime import Runtime
     from gpushopper.model.session import Session
     from gpushopper.state.store import StateStore
+
+
+START_WATCH_HINT = (
+    "start it: 'gpu-shopper watch' in another terminal, or install the systemd user unit "
+    "or the cleanup-orphans cron line (README, 'Running the safety net')"
+)
+
+
+def watch_note(pid: int | None, data_dir: Path) -> str:
+    """One line for the end of a rental: is anything here enforcing its deadlines?
+    ``pid`` is the running watch's (0: one is starting), None when none runs."""
+    if pid is not None:
+        return f"watch is running for this home (pid {pid or 'starting'}): it enforces this session's deadlines"
+    return (
+        f"watch is not running for this home ({data_dir}); only the on-instance "
+        f"deadline ends this rental if you forget it: {START_WATCH_HINT}"
+    )
+
+
+def metrics_path(metrics_file: str | None) -> Path | None:
+    """``--metrics-file``: its folder must exist (it is not created for you)."""
+    if not metrics_file:
+        return None
+    path = Path(metrics_file).expanduser()
+    if not path.parent.is_dir():
+        raise UsageError(
+            f"--metrics-file {metrics_file}: no such folder "
+            f"{path.parent} (it is not created for you)"
+        )
+    return Path(metrics_file)
+
+
+STOP_SIGNALS = (int(signal.SIGTERM), int(signal.SIGINT), int(signal.SIGHUP))
+
+
+class Stop:
+    """The daemon's stop request: SIGTERM, SIGINT and SIGHUP (or :meth:`request`, for a
+    closed log pipe) are noted and wake :meth:`wait`. A second signal during the shutdown
+    destroys is only noted too, so it cannot cut them short. An inherited SIG_IGN on
+    SIGINT or SIGHUP (nohup) is the user's choice and kept.
+
+    A self-pipe, not a threading.Event: a signal handler that takes a lock the
+    interrupted code holds deadlocks, and os.write never does. Used as a context
+    manager: the pipe and the handlers exist inside it only."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+        self._r = self._w = -1
+        self._previous: dict[int, Callable[[int, FrameType | None], object] | int | None] = {}
+
+    @property
+    def signum(self) -> int | None:
+        """The first stop signal received, or None."""
+        return self.received[0] if self.received else None
+
+    def request(self, signum: int) -> None:
+        self.received.append(signum)
+        try:
+            os.write(self._w, b"!")
+        except OSError:
+            pass  # the pipe is full (a wake-up is pending already), or not open yet
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to ``seconds``; True (at once) when a stop was requested."""
+        if not self.received:
+            select.select([self._r], [], [], max(0.0, seconds))
+        return bool(self.received)
+
+    def __enter__(self) -> Stop:
+        self._r, self._w = os.pipe()
+        os.set_blocking(self._w, False)
+        for sig in STOP_SIGNALS:
+            if signal.getsignal(sig) is signal.SIG_IGN and sig in KEEP_IGNORED:
+                continue  # nohup: the user asked to outlive the terminal
+            self._previous[sig] = signal.signal(sig, lambda signum, frame: self.request(signum))
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+        os.close(self._r)
+        os.close(self._w)
+        self._r = self._w = -1
 
 
 def _sleep_then_go_on(seconds: float) -> bool:
@@ -118,6 +216,7 @@ class Watcher:
         wall: Callable[[], float] = time.time,
         metrics: Metrics | None = None,
         keep_on_exit: bool = False,
+        alert: Callable[[str, JSONObject], None] | None = None,
     ) -> None:
         self.enforcer = enforcer
         self.policy = policy
@@ -127,7 +226,15 @@ class Watcher:
         self.wall = wall
         self.metrics = metrics or Metrics(None)
         self.keep_on_exit = keep_on_exit
+        # Where each outcome goes (the log line and its event); the Alerter's send.
+        self.alert = alert or (lambda line, event: self.runtime.log(line))
         self.passes = 0
+
+    def record(self, outcome: Outcome) -> None:
+        """The enforcer's ``on_outcome``: count it, log it and alert with it."""
+        self.metrics.count(outcome.action.kind if outcome.result != "failed" else "failed")
+        now = self.runtime.clock()
+        self.alert(outcome_line(now, outcome), alert_event(now, outcome))
 
     def _say(self, message: str) -> None:
         self.runtime.log(f"{iso(self.runtime.clock())} {message}")
@@ -197,6 +304,18 @@ class Watcher:
             if self.wait(max(0.0, self.interval_s - (self.runtime.mono() - started))):
                 return ok
 
+    def serve(self, pid: int, once: bool, stopped: Callable[[], int | None]) -> int:
+        """The daemon proper: announce, run, then the exit code. ``stopped`` gives the
+        stop signal received, if any (:attr:`Stop.signum`)."""
+        self.announce(pid, once)
+        ok = self.run(once=once)
+        signum = stopped()
+        if signum is not None and once:
+            return 128 + signum  # --once never destroys on exit; the pass finished first
+        if signum is not None:
+            return self.shutdown(signum)
+        return 0 if ok else 1
+
     def shutdown(self, signum: int) -> int:
         """The shutdown rule; returns the exit code."""
         name = signal_name(signum)
@@ -233,3 +352,18 @@ def outcome_line(now: datetime, outcome: Outcome) -> str:
     ]
     detail = outcome.error or action.detail
     return " ".join(parts) + (f": {detail}" if detail else "")
+
+
+def alert_event(now: datetime, outcome: Outcome) -> JSONObject:
+    """The webhook's JSON for an enforcer outcome (pure: the caller passes the time)."""
+    action = outcome.action
+    return {
+        "time": iso(now),
+        "event": action.kind,
+        "result": outcome.result,
+        "reason": action.reason,
+        "session": action.session_id,
+        "provider": action.provider,
+        "instance": action.instance_id,
+        "detail": outcome.error or action.detail,
+    }
