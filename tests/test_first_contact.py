@@ -223,7 +223,7 @@ def test_doctor_warns_without_watch_or_cron_and_never_fails_on_it(
         monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no crontab command at all
     else:
         _fake_crontab(tmp_path, monkeypatch, script)
-    monkeypatch.setattr("gpushopper.cli.doctor.CRONTAB_TIMEOUT_S", 0.5)
+    monkeypatch.setattr("gpushopper.core.doctor.CRONTAB_TIMEOUT_S", 0.5)
     result = gs("doctor --json")
     checks = {c["check"]: c for c in result.json()["checks"]}
     assert checks["safety net"]["status"] == "warn"
