@@ -284,6 +284,72 @@ def test_the_budget_warning_adds_this_months_spend_to_the_projected_cost(tmp_pat
     assert budget_warning(records, 1e9, NOW, None) is None
 
 
+def test_the_choice_warns_past_the_budget_setting_and_reads_no_session_without_one(tmp_path):
+    records = [Session.from_record(spent(6.0))]
+    built = build(tmp_path, request.Flags(hours_s=4 * H))
+    choice = request.choose(
+        Provisioner(offer("vastai", 1, price=0.5)), built, Store(), settings(tmp_path)
+    )
+    read: list[int] = []
+
+    def sessions():
+        read.append(1)
+        return records
+
+    assert choice.budget_warning(settings(tmp_path), sessions, NOW) is None
+    assert read == []  # no budget: the state is never read (nor its broken records named)
+    budget = settings(tmp_path, GPU_SHOPPER_SAFETY_MONTHLY_BUDGET_USD="8")
+    assert choice.budget_warning(budget, sessions, NOW) is None  # $6 + $2 = $8: not past it
+    budget = settings(tmp_path, GPU_SHOPPER_SAFETY_MONTHLY_BUDGET_USD="7.99")
+    assert choice.budget_warning(budget, sessions, NOW) == (
+        "this month's spend $6.00 plus this rental's $2.00 would pass the $7.99 budget "
+        "(safety.monthly_budget_usd)"
+    )
+
+
+class Renting(Provisioner):
+    """A provisioner whose provision answers a session (or raises) and records undo."""
+
+    def __init__(self, *offers, fail=None):
+        super().__init__(*offers)
+        self.fail, self.undone = fail, []
+
+    def provision(self, req, candidates):
+        if self.fail:
+            raise self.fail
+        return Session.from_record({"id": "abc123", "status": "running", "provider": "vastai"})
+
+    def undo(self, session, exc):
+        self.undone.append((session.id, exc))
+        return UsageError("undone")
+
+
+def test_a_hand_off_that_reaches_no_one_destroys_the_new_session(tmp_path):
+    built = build(tmp_path)
+    prov = Renting(offer("vastai", 1))
+    choice = request.choose(prov, built, Store(), settings(tmp_path))
+    shown: list[str] = []
+    assert request.rent(prov, choice, lambda s: shown.append(s.id)).id == "abc123"
+    assert shown == ["abc123"] and prov.undone == []
+
+    def closed_pipe(session):
+        raise KeyboardInterrupt
+
+    with pytest.raises(UsageError, match="undone"):
+        request.rent(prov, choice, closed_pipe)
+    assert [sid for sid, _ in prov.undone] == ["abc123"]
+
+
+def test_an_interrupted_provision_is_not_undone_here(tmp_path):
+    # each attempt cleans up after itself; there is no session to undo
+    built = build(tmp_path)
+    prov = Renting(offer("vastai", 1), fail=KeyboardInterrupt())
+    choice = request.choose(prov, built, Store(), settings(tmp_path))
+    with pytest.raises(KeyboardInterrupt):
+        request.rent(prov, choice, lambda s: None)
+    assert prov.undone == []
+
+
 # -- sessions extend on the store ---------------------------------------------------------------
 def test_extend_session_writes_the_new_end_and_says_when_an_override_moved_the_maximum(tmp_path):
     store = StateStore(tmp_path / "state.json")

@@ -25,6 +25,7 @@ from gpushopper.model.units import format_duration
 
 if TYPE_CHECKING:
     from gpushopper.core.request import Choice
+    from gpushopper.model.session import Session
 
 
 def make_provisioner(app: App) -> Any:
@@ -158,7 +159,6 @@ def _print_plan(choice: Choice, plan: dict[str, Any]) -> None:
 
 def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
     from gpushopper.core import request
-    from gpushopper.core.costs import budget_warning
     from gpushopper.providers.registry import split_offer_id
 
     if offer_id is not None:
@@ -182,7 +182,7 @@ def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
             override=opts["override"],
         ),
     )
-    req, hours = built.request, built.request.hours_s
+    hours = built.request.hours_s
     provisioner = make_provisioner(app)
     choice = request.choose(provisioner, built, app.store, app.settings)
     for note in choice.notes:
@@ -194,11 +194,9 @@ def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
         plan = choice.dry_run_plan(app.clock())
         render(opts["as_json"], plan, text=lambda doc: _print_plan(choice, doc))
         return
-    budget = app.settings.get("safety.monthly_budget_usd")
-    if budget:  # a warning, never a refusal
-        message = budget_warning(app.sessions().values(), choice.projected_usd, app.clock(), budget)
-        if message:
-            warn(message)
+    over_budget = choice.budget_warning(app.settings, lambda: app.sessions().values(), app.clock())
+    if over_budget:
+        warn(over_budget)
     if not confirm_rent(
         f"Rent {best.id} ({best.gpu_name} x{best.num_gpus}) at ${price:.3f}/h "
         f"for {format_duration(hours)} (about ${choice.projected_usd:.2f})?",
@@ -211,18 +209,11 @@ def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
     from gpushopper.cli.output import flush_output
     from gpushopper.core.sessions import public_view
 
-    session: Any = None
-    try:
-        session = provisioner.provision(req, choice.candidates)
-        view = public_view(session, app.clock())
-        render(opts["as_json"], view, text=print_session)
+    def hand_off(session: Session) -> None:
+        render(opts["as_json"], public_view(session, app.clock()), text=print_session)
         flush_output()
-    except KeyboardInterrupt as exc:
-        if session is None:
-            raise  # nothing is running: every attempt cleaned up after itself
-        # The hand-off reached no one (a signal or a closed pipe while printing it): the
-        # new session is destroyed too, rather than left running unseen.
-        raise provisioner.undo(session, exc) from None
+
+    request.rent(provisioner, choice, hand_off)
     from gpushopper.cli.watch import watch_note
 
     info(watch_note(app))

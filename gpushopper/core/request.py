@@ -8,7 +8,7 @@ known, ``choose``), and render; the rules are tested here (tests/test_request.py
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import Enum
@@ -184,6 +184,19 @@ class Choice:
     def timeout(self) -> TimeoutChoice:
         return self.timeouts[self.best.provider]
 
+    def budget_warning(
+        self, settings: Settings, sessions: Callable[[], Iterable[Session]], now: datetime
+    ) -> str | None:
+        """Why renting the best offer for the whole reservation would take this month past
+        ``safety.monthly_budget_usd`` (a warning, never a refusal); ``sessions`` is read
+        only when a budget is set."""
+        from gpushopper.core.costs import budget_warning
+
+        budget = settings.get("safety.monthly_budget_usd")
+        if not budget:
+            return None
+        return budget_warning(sessions(), self.projected_usd, now, budget)
+
     def dry_run_plan(self, now: datetime) -> JSONObject:
         """What ``provision --dry-run`` reports (CLI.md pins the shape)."""
         req = self.built.request
@@ -213,6 +226,19 @@ def choose(provisioner: Provisioner, built: Built, store: StateStore, settings: 
     )
     built.request.timeout_by_provider = {n: choice.seconds for n, choice in timeouts.items()}
     return Choice(built, candidates, notes, floor_warning, timeouts)
+
+
+def rent(provisioner: Provisioner, choice: Choice, hand_off: Callable[[Session], None]) -> Session:
+    """Provision the choice and hand the session off (print it). A signal or a closed pipe
+    during the hand-off means it reached no one: the new session is destroyed too
+    (``Provisioner.undo``), rather than left running unseen, and its error raised."""
+    session = provisioner.provision(choice.built.request, choice.candidates)
+    # Until the session exists, a signal unwinds through each attempt's own cleanup.
+    try:
+        hand_off(session)
+    except KeyboardInterrupt as exc:
+        raise provisioner.undo(session, exc) from None
+    return session
 
 
 def read_secret_env(names: Iterable[str], environ: Mapping[str, str]) -> dict[str, str]:
