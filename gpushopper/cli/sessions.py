@@ -10,8 +10,6 @@ import click
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.output import Table, info, json_option, render
 from gpushopper.cli.params import HOURS, SESSION_ID, ConfiguredHelp
-from gpushopper.model.errors import SshError
-from gpushopper.model.units import format_duration, parse_iso
 from gpushopper.providers.registry import PROVIDERS
 
 REFRESH_HELP = (
@@ -23,46 +21,26 @@ REFRESH_HELP = (
 def _views(
     app: App, show_all: bool, consumer: str | None, refresh: bool = False
 ) -> list[dict[str, Any]]:
-    from gpushopper.core.sessions import public_view
+    from gpushopper.core.sessions import session_views
 
-    now = app.clock()
-    out = []
-    for record in app.sessions().values():
-        if not show_all and record.done:
-            continue
-        if consumer and record.consumer != consumer:
-            continue
-        view = public_view(record, now)
-        if refresh:
-            _refresh(app, record, view)
-        out.append(view)
-    return sorted(out, key=lambda v: v.get("created_at") or "")
+    return session_views(
+        app.sessions().values(),
+        app.clock(),
+        show_all=show_all,
+        consumer=consumer,
+        refresh=(lambda record, view: _refresh(app, record, view)) if refresh else None,
+    )
 
 
 def _refresh(app: App, record: Any, view: dict[str, Any]) -> None:
     """Ask the provider about the session's instance; say on stderr where it disagrees
     with what we recorded, or could not be asked."""
     from gpushopper.cli.output import warn
-    from gpushopper.core.sessions import observe
+    from gpushopper.core.sessions import refresh_view
 
-    seen = observe(record, app.provider)
-    view.update(seen)
-    said, sid = seen.get("provider_status"), view["id"]
-    if said == "unreachable":
-        warn(f"session {sid}: {view['provider']} could not be asked: {seen['provider_detail']}")
-    elif said in ("gone", "exited", "stopped") and view["status"] in ("running", "verifying"):
-        warn(
-            f"session {sid} is {view['status']} here but {view['provider']} says {said}"
-            f" ({seen['provider_detail']}); 'gpu-shopper sessions done {sid}' ends it"
-        )
-
-
-def _ends_in(view: dict[str, Any], app: App) -> str | None:
-    end = parse_iso(view.get("reservation_ends_at"))
-    if end is None or view.get("status") in ("ended", "failed"):
-        return None
-    seconds = (end - app.clock()).total_seconds()
-    return format_duration(seconds) if seconds > 0 else "overdue"
+    disagreement = refresh_view(record, view, app.provider)
+    if disagreement:
+        warn(disagreement)
 
 
 @click.group(
@@ -97,6 +75,8 @@ def sessions(
 def _list(
     app: App, show_all: bool, consumer: str | None, as_json: bool, refresh: bool = False
 ) -> None:
+    from gpushopper.core.sessions import ends_in
+
     views = _views(app, show_all, consumer, refresh)
     columns = ["SESSION", "STATUS", "PROVIDER", "GPU", "$/h", "COST $", "ENDS IN", "CONSUMER"]
     columns += ["SSH TO"] + (["PROVIDER SAYS"] if refresh else [])
@@ -110,7 +90,7 @@ def _list(
                 f"{v.get('gpu_name')} x{v.get('num_gpus')}",
                 None if v.get("price_per_hour") is None else f"{v['price_per_hour']:.3f}",
                 f"{v.get('cost_usd') or 0:.4f}",
-                _ends_in(v, app),
+                ends_in(v, app.clock()),
                 v.get("consumer"),
                 f"gpu-{v['id']}"  # the Host of our ssh_config: `ssh gpu-<id>`
                 if (v.get("ssh") or {}).get("command") and v["status"] == "running"
@@ -207,20 +187,12 @@ def sessions_logs(app: App, session_id: str, tail: int, as_json: bool) -> None:
     SSH command that reads the VM's boot log. Terminal escapes are removed and secrets
     masked; a job's own output is in jobs logs.
     """
-    from gpushopper.core.sessions import session_logs
+    from gpushopper.core.sessions import job_secrets, session_logs
     from gpushopper.core.teardown import get_session_or_fail
 
     record = get_session_or_fail(app.store, session_id)
-    # A job's --secret-env values (read here from the environment, as run read them) are
-    # masked too, on top of every key the settings hold.
-    names = {
-        n
-        for job in (app.store.read().get("jobs") or {}).values()
-        if isinstance(job, dict) and job.get("session_id") == record.id
-        for n in job.get("secret_names") or []
-        if isinstance(n, str)
-    }
-    secrets = [os.environ[n] for n in sorted(names) if os.environ.get(n)]
+    # A job's --secret-env values are masked too, on top of every key the settings hold.
+    secrets = job_secrets(app.store, record.id, os.environ)
     provider = app.provider(record.provider)
     doc = session_logs(provider, record, tail, secrets)
     render(as_json, doc, text=_print_lines)
@@ -348,29 +320,15 @@ def sessions_extend(app: App, session_id: str, hours: float, override: bool, as_
 def sessions_diagnostics(app: App, session_id: str, as_json: bool) -> None:
     """SSH in and report nvidia-smi, CUDA, disk and uptime."""
     import time
-    from pathlib import Path
 
     from gpushopper.cli.output import print_kv
+    from gpushopper.core.sessions import diagnostics
     from gpushopper.core.teardown import live_session_or_fail
-    from gpushopper.remote import ssh as remote
 
     record = live_session_or_fail(
         app.store, session_id, ("running", "verifying"), "there is nothing to inspect"
     )
-    info_ = record.ssh
-    if not info_.get("host"):
-        raise SshError(f"session {session_id} has no SSH endpoint yet (status {record.status})")
-    conn = remote.connect(
-        info_["host"],
-        int(info_["port"]),
-        info_["user"],
-        Path(info_["key_path"]),
-        deadline=time.monotonic() + 30,
-    )
-    try:
-        report = {"session": session_id, **remote.diagnostics(conn)}
-    finally:
-        conn.close()
+    report = diagnostics(record, time.monotonic)
 
     def for_people(report: dict[str, Any]) -> None:
         print_kv([(k, v) for k, v in report.items() if k != "nvidia_smi_output"])
@@ -391,19 +349,11 @@ def sessions_diagnostics(app: App, session_id: str, as_json: bool) -> None:
 @pass_app
 def sessions_ssh(app: App, session_id: str, command: tuple[str, ...]) -> None:
     """Open OpenSSH with the session's key (runs COMMAND when given after --)."""
-    import shlex
-    import shutil
-
-    from gpushopper.core.sessions import ssh_command
+    from gpushopper.core.sessions import ssh_argv
     from gpushopper.core.teardown import live_session_or_fail
 
     record = live_session_or_fail(
         app.store, session_id, ("running", "verifying"), "there is nothing to SSH into"
     )
-    line = ssh_command(record)
-    if not line:
-        raise SshError(f"session {session_id} has no SSH endpoint (status {record.status})")
-    if shutil.which("ssh") is None:
-        raise SshError("OpenSSH client not found: apt-get install openssh-client")
-    argv = shlex.split(line) + list(command)
+    argv = ssh_argv(record, command)
     os.execvp(argv[0], argv)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 import shlex
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gpushopper.model.errors import GpuShopperError
+from gpushopper.model.errors import GpuShopperError, SshError
 from gpushopper.model.jsontypes import JSONObject
 from gpushopper.model.session import (
     SESSION_ID_RE,
@@ -271,3 +271,102 @@ def session_logs(provider: Provider, session: Session, tail: int, secrets: list[
         "tail": tail,
         "lines": lines,
     }
+
+
+# -- what the sessions commands decide (each command parses, calls one of these, renders) -------
+
+
+def session_views(
+    sessions: Iterable[Session],
+    now: datetime,
+    *,
+    show_all: bool,
+    consumer: str | None,
+    refresh: Callable[[Session, JSONObject], None] | None = None,
+) -> list[JSONObject]:
+    """``sessions list``: the live sessions (every one with ``show_all``), only
+    ``consumer``'s when given, oldest first; ``refresh`` adds what the provider says."""
+    out = []
+    for session in sessions:
+        if not show_all and session.done:
+            continue
+        if consumer and session.consumer != consumer:
+            continue
+        view = public_view(session, now)
+        if refresh is not None:
+            refresh(session, view)
+        out.append(view)
+    return sorted(out, key=lambda v: str(v.get("created_at") or ""))
+
+
+def refresh_view(
+    session: Session, view: JSONObject, provider_factory: Callable[[str], Provider]
+) -> str | None:
+    """Add what the provider says of the instance (:func:`observe`) to ``view``; the
+    warning to give when it disagrees with what we recorded, or could not be asked."""
+    seen = observe(session, provider_factory)
+    view.update(seen)
+    said, sid = seen.get("provider_status"), view["id"]
+    if said == "unreachable":
+        return f"session {sid}: {view['provider']} could not be asked: {seen['provider_detail']}"
+    if said in ("gone", "exited", "stopped") and view["status"] in ("running", "verifying"):
+        return (
+            f"session {sid} is {view['status']} here but {view['provider']} says {said}"
+            f" ({seen['provider_detail']}); 'gpu-shopper sessions done {sid}' ends it"
+        )
+    return None
+
+
+def ends_in(view: JSONObject, now: datetime) -> str | None:
+    """The ENDS IN column: time left on the reservation, ``overdue`` past it, nothing for
+    a session that is over."""
+    from gpushopper.model.units import format_duration, parse_iso
+
+    end = parse_iso(view.get("reservation_ends_at"))
+    if end is None or view.get("status") in ("ended", "failed"):
+        return None
+    seconds = (end - now).total_seconds()
+    return format_duration(seconds) if seconds > 0 else "overdue"
+
+
+def job_secrets(store: StateStore, session_id: str, environ: Mapping[str, str]) -> list[str]:
+    """The values of the ``--secret-env`` names of the session's jobs, read from
+    ``environ`` as ``run`` read them, so a log masks them too (the names are recorded,
+    never the values)."""
+    names = {
+        n
+        for job in (store.read().get("jobs") or {}).values()
+        if isinstance(job, dict) and job.get("session_id") == session_id
+        for n in job.get("secret_names") or []
+        if isinstance(n, str)
+    }
+    return [environ[n] for n in sorted(names) if environ.get(n)]
+
+
+def diagnostics(session: Session, mono: Callable[[], float]) -> JSONObject:
+    """``sessions diagnostics``: SSH in (30 s to connect) and report nvidia-smi, CUDA,
+    disk and uptime."""
+    from gpushopper.remote import ssh as remote
+
+    ssh: JSONObject = session.ssh
+    if not ssh.get("host"):
+        raise SshError(f"session {session.id} has no SSH endpoint yet (status {session.status})")
+    conn = remote.connect(
+        ssh["host"], int(ssh["port"]), ssh["user"], Path(ssh["key_path"]), deadline=mono() + 30
+    )
+    try:
+        return {"session": session.id, **remote.diagnostics(conn)}
+    finally:
+        conn.close()
+
+
+def ssh_argv(session: Session, command: Iterable[str]) -> list[str]:
+    """``sessions ssh``: the OpenSSH command line for the session (and ``command``)."""
+    import shutil
+
+    line = ssh_command(session)
+    if not line:
+        raise SshError(f"session {session.id} has no SSH endpoint (status {session.status})")
+    if shutil.which("ssh") is None:
+        raise SshError("OpenSSH client not found: apt-get install openssh-client")
+    return shlex.split(line) + list(command)
