@@ -573,6 +573,83 @@ MUTANTS = [
         ],
         ["tests/test_teardown.py"],
     ),
+    # -- thin commands, round 2 (issue 11): the rules moved out of watch, doctor, provision, sessions
+    Mutant(
+        "a provision hand-off that reached no one leaves the session running",
+        "gpushopper/core/request.py",
+        [("        raise provisioner.undo(session, exc) from None\n", "        raise\n")],
+        [
+            "tests/test_request.py::test_a_hand_off_that_reaches_no_one_destroys_the_new_session",
+            "tests/test_accidents.py::test_item2_a_hand_off_that_reaches_no_one_is_destroyed_too",
+        ],
+    ),
+    Mutant(
+        "watch overrides an inherited SIG_IGN (nohup) on SIGHUP",
+        "gpushopper/core/watcher.py",
+        [
+            (
+                "            if signal.getsignal(sig) is signal.SIG_IGN and sig in KEEP_IGNORED:\n",
+                "            if False:\n",
+            )
+        ],
+        ["tests/test_watch_loop.py::test_the_stop_pipe_keeps_an_inherited_ignored_sighup"],
+    ),
+    Mutant(
+        "watch --once stopped by a signal destroys the guarded sessions",
+        "gpushopper/core/watcher.py",
+        [
+            (
+                "        if signum is not None and once:\n",
+                "        if signum is not None and not once:\n",
+            )
+        ],
+        ["tests/test_watch_loop.py"],
+    ),
+    Mutant(
+        "doctor passes with no provider credentials at all",
+        "gpushopper/core/doctor.py",
+        [("    if configured == 0:\n", "    if configured < 0:\n")],
+        ["tests/test_doctor.py"],
+    ),
+    Mutant(
+        "doctor's report is ok with a failed check",
+        "gpushopper/core/doctor.py",
+        [
+            (
+                '        return all(c.status != "fail" for c in self.checks)\n',
+                "        return True\n",
+            )
+        ],
+        ["tests/test_doctor.py"],
+    ),
+    Mutant(
+        "provision's budget warning ignores this month's spend",
+        "gpushopper/core/request.py",
+        [
+            (
+                "        return budget_warning(sessions(), self.projected_usd, now, budget)\n",
+                "        return budget_warning([], self.projected_usd, now, budget)\n",
+            )
+        ],
+        ["tests/test_request.py"],
+    ),
+    Mutant(
+        "a refresh stays quiet when a running session's instance is gone",
+        "gpushopper/core/sessions.py",
+        [
+            (
+                '    if said in ("gone", "exited", "stopped") and view["status"] in ("running", "verifying"):\n',
+                '    if said in ("exited", "stopped") and view["status"] in ("running", "verifying"):\n',
+            )
+        ],
+        ["tests/test_sessions_rules.py", "tests/test_json_contract.py"],
+    ),
+    Mutant(
+        "sessions list shows ended sessions without --all",
+        "gpushopper/core/sessions.py",
+        [("        if not show_all and session.done:\n", "        if False:\n")],
+        ["tests/test_sessions_rules.py"],
+    ),
 ]
 
 
