@@ -204,6 +204,36 @@ class Outcome:
         self.signum: int | None = None
 
 
+@dataclass
+class _Stream:
+    """Where one watch of a job's log stands: the offset, and the clocks of the watchdogs,
+    the provider check and the reconnect backoff (``runtime.mono`` seconds)."""
+
+    ctl: str
+    local_log: Path
+    offset: int
+    max_s: float | None
+    stall_s: float | None
+    begun: float
+    last_growth: float
+    last_check: float
+    saved_at: float
+    lost_since: float | None = None
+    delay: float = 1.0
+
+    def watchdog(self, now: float) -> tuple[str, str, str] | None:
+        """The watchdog that fired at ``now``, if one did: (status, what is said, the
+        recorded error). --max-duration counts from the command's start, --stall-timeout
+        from the last output."""
+        if self.max_s and now - self.begun >= self.max_s:
+            limit = f"--max-duration {_dur(self.max_s)}"
+            return ("timed_out", f"{limit} reached", f"stopped by {limit}")
+        if self.stall_s and now - self.last_growth >= self.stall_s:
+            silent = f"no output for {_dur(self.stall_s)}"
+            return ("stalled", silent, f"{silent} (--stall-timeout)")
+        return None
+
+
 class JobRunner:
     def __init__(
         self,
@@ -546,10 +576,34 @@ class JobRunner:
 
     def _watch(self, job: JSONObject, session: Session, outcome: Outcome) -> None:
         """Stream the log until the command ends, a watchdog fires, or the instance is gone."""
+        stream = self._open_stream(job)
+        while True:
+            read = self._poll(job["id"], session, outcome, stream)
+            if read is None:  # the instance is gone (outcome says so)
+                return
+            chunk, code = read
+            if chunk:
+                self._take(job["id"], stream, chunk)
+            if code is not None:
+                self._exited(job["id"], stream, code, outcome)
+                return
+            now = self.runtime.mono()
+            fired = stream.watchdog(now)
+            if fired is not None:
+                self._fire(job, stream, fired, outcome)
+                return
+            if now - stream.last_check >= PROVIDER_CHECK_S:
+                stream.last_check = now
+                if self._instance_gone(session, outcome):
+                    return
+            if len(chunk) < READ_CHUNK:
+                self.runtime.sleep(self.poll_s)
+
+    def _open_stream(self, job: JSONObject) -> _Stream:
+        """The local log (new, 0600, unless an attach resumes it at the recorded offset) and
+        the clocks of the watchdogs (a resumed job's run counted from its start)."""
         from gpushopper.remote import jobwrap
 
-        job_id = job["id"]
-        ctl = f"{job['remote_dir']}/{jobwrap.CTL}"
         local_log = Path(job["log_path"])
         local_log.parent.mkdir(parents=True, exist_ok=True)
         offset = int(job.get("log_offset") or 0)
@@ -557,84 +611,85 @@ class JobRunner:
             offset = 0
             fd = os.open(local_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             os.close(fd)
-        max_s = job.get("max_duration_s")
-        stall_s = job.get("stall_timeout_s")
         begun = self.runtime.mono()
         if job.get("started_mono_offset_s"):
             begun -= float(job["started_mono_offset_s"])
-        last_growth = self.runtime.mono()
-        last_check = self.runtime.mono()
-        saved_at = self.runtime.mono()
-        lost_since: float | None = None
-        delay = 1.0
-        while True:
-            try:
-                if self.sftp is None:
-                    self._connect(session, timeout_s=30.0)
-                    self._say(f"Job {job_id}: reconnected; the stream resumes at byte {offset}")
-                    delay = 1.0
-                    lost_since = None
-                chunk = self._read(f"{ctl}/log", offset)
-                code = self._status(f"{ctl}/status") if not chunk else None
-            except Exception as exc:  # noqa: BLE001 - a failed read is a dropped SSH; signals pass
-                if lost_since is None:
-                    lost_since = self.runtime.mono()
-                    self._say(
-                        f"Job {job_id}: SSH dropped ({exc or type(exc).__name__}); reconnecting"
-                    )
-                self._close()
-                if self.runtime.mono() - lost_since > RECONNECT_S:
-                    if self._instance_gone(session, outcome):
-                        return
-                    raise SshError(
-                        f"SSH to the instance failed for {int(RECONNECT_S)}s: "
-                        f"{exc or type(exc).__name__}"
-                    ) from None
-                self.runtime.sleep(delay)
-                delay = min(delay * 2, 15.0)
-                chunk, code = b"", None
-            if chunk:
-                offset += len(chunk)
-                last_growth = self.runtime.mono()
-                self._mirror(local_log, chunk)
-                if self.runtime.mono() - saved_at > 5:
-                    self._update(job_id, log_offset=offset)
-                    saved_at = self.runtime.mono()
-            if code is not None:
-                offset = self._drain(ctl, local_log, offset)
-                outcome.status = "succeeded" if code == 0 else "failed"
-                outcome.exit_code = code
-                if code != 0:
-                    outcome.failure_stage = "running"
-                    outcome.error = f"the command exited {code}"
-                self._update(
-                    job_id,
-                    log_offset=offset,
-                    timings={"run_s": round(self.runtime.mono() - begun, 3)},
-                )
-                return
-            now = self.runtime.mono()
-            fired = None  # (status, what is said, the recorded error)
-            if max_s and now - begun >= max_s:
-                limit = f"--max-duration {_dur(max_s)}"
-                fired = ("timed_out", f"{limit} reached", f"stopped by {limit}")
-            elif stall_s and now - last_growth >= stall_s:
-                silent = f"no output for {_dur(stall_s)}"
-                fired = ("stalled", silent, f"{silent} (--stall-timeout)")
-            if fired is not None:
-                self._say(f"Job {job_id}: {fired[1]}; stopping it")
-                self._stop(job)
-                outcome.status, outcome.exit_code = fired[0], TIMEOUT_EXIT
-                outcome.error, outcome.failure_stage = fired[2], "running"
-                self._update(job_id, timings={"run_s": round(self.runtime.mono() - begun, 3)})
-                self._drain(ctl, local_log, offset)
-                return
-            if now - last_check >= PROVIDER_CHECK_S:
-                last_check = now
+        return _Stream(
+            ctl=f"{job['remote_dir']}/{jobwrap.CTL}",
+            local_log=local_log,
+            offset=offset,
+            max_s=job.get("max_duration_s"),
+            stall_s=job.get("stall_timeout_s"),
+            begun=begun,
+            last_growth=self.runtime.mono(),
+            last_check=self.runtime.mono(),
+            saved_at=self.runtime.mono(),
+        )
+
+    def _poll(
+        self, job_id: str, session: Session, outcome: Outcome, stream: _Stream
+    ) -> tuple[bytes, int | None] | None:
+        """One read of the log, and of the exit status when no output came: (chunk, code).
+        A failed read is a dropped SSH: closed, retried with backoff, and after RECONNECT_S
+        the provider is asked (None: the instance is gone) or the job fails."""
+        try:
+            if self.sftp is None:
+                self._connect(session, timeout_s=30.0)
+                self._say(f"Job {job_id}: reconnected; the stream resumes at byte {stream.offset}")
+                stream.delay = 1.0
+                stream.lost_since = None
+            chunk = self._read(f"{stream.ctl}/log", stream.offset)
+            return chunk, (self._status(f"{stream.ctl}/status") if not chunk else None)
+        except Exception as exc:  # noqa: BLE001 - a failed read is a dropped SSH; signals pass
+            if stream.lost_since is None:
+                stream.lost_since = self.runtime.mono()
+                self._say(f"Job {job_id}: SSH dropped ({exc or type(exc).__name__}); reconnecting")
+            self._close()
+            if self.runtime.mono() - stream.lost_since > RECONNECT_S:
                 if self._instance_gone(session, outcome):
-                    return
-            if len(chunk) < READ_CHUNK:
-                self.runtime.sleep(self.poll_s)
+                    return None
+                raise SshError(
+                    f"SSH to the instance failed for {int(RECONNECT_S)}s: "
+                    f"{exc or type(exc).__name__}"
+                ) from None
+            self.runtime.sleep(stream.delay)
+            stream.delay = min(stream.delay * 2, 15.0)
+            return b"", None
+
+    def _take(self, job_id: str, stream: _Stream, chunk: bytes) -> None:
+        """New output: mirrored (redacted) to the log and the caller; the offset saved at
+        most every 5 seconds (an attach resumes there)."""
+        stream.offset += len(chunk)
+        stream.last_growth = self.runtime.mono()
+        self._mirror(stream.local_log, chunk)
+        if self.runtime.mono() - stream.saved_at > 5:
+            self._update(job_id, log_offset=stream.offset)
+            stream.saved_at = self.runtime.mono()
+
+    def _exited(self, job_id: str, stream: _Stream, code: int, outcome: Outcome) -> None:
+        """The command ended by itself with ``code``: the rest of the log, then the outcome."""
+        stream.offset = self._drain(stream.ctl, stream.local_log, stream.offset)
+        outcome.status = "succeeded" if code == 0 else "failed"
+        outcome.exit_code = code
+        if code != 0:
+            outcome.failure_stage = "running"
+            outcome.error = f"the command exited {code}"
+        self._update(
+            job_id,
+            log_offset=stream.offset,
+            timings={"run_s": round(self.runtime.mono() - stream.begun, 3)},
+        )
+
+    def _fire(
+        self, job: JSONObject, stream: _Stream, fired: tuple[str, str, str], outcome: Outcome
+    ) -> None:
+        """A watchdog fired: the command stopped (TERM, grace, KILL), the outcome 124."""
+        self._say(f"Job {job['id']}: {fired[1]}; stopping it")
+        self._stop(job)
+        outcome.status, outcome.exit_code = fired[0], TIMEOUT_EXIT
+        outcome.error, outcome.failure_stage = fired[2], "running"
+        self._update(job["id"], timings={"run_s": round(self.runtime.mono() - stream.begun, 3)})
+        self._drain(stream.ctl, stream.local_log, stream.offset)
 
     def _drain(self, ctl: str, local_log: Path, offset: int) -> int:
         with contextlib.suppress(Exception):
@@ -822,90 +877,24 @@ class JobRunner:
         started: bool,
     ) -> tuple[JSONObject, int]:
         """Stop, collect, destroy (or keep), record; signals are held until it is done."""
-        from gpushopper.core.teardown import end_session
-
         job = get_job(self.store, job_id)
         with interrupts.deferred():
             if outcome.status is None:
                 outcome.status = "failed"
             if started and outcome.status in ("cancelled", "failed") and outcome.exit_code is None:
-                try:
-                    # A signal may have cut a call on the old connection short: a fresh one.
-                    self._connect(session, timeout_s=30.0)
-                    self._stop(job)
-                except Exception as exc:  # noqa: BLE001 - the destroy below still ends it
-                    self._say(f"Job {job_id}: could not stop the command: {exc}")
-            artifacts: list[JSONObject] = []
+                self._stop_for_good(job_id, job, session)
             if ssh_worked and outcome.status != "lost":
-                self._stage(job_id, "collecting")
-                t0 = self.runtime.mono()
-                try:
-                    if self.conn is None:
-                        self._connect(session, timeout_s=60.0)
-                    artifacts = self._collect(spec, job, session)
-                except (GpuShopperError, OSError) as exc:
-                    self._say(f"Job {job_id}: {exc}")
-                    if outcome.error is None:
-                        outcome.error = clip(str(exc), 2000)
-                    if outcome.status == "succeeded":
-                        outcome.status, outcome.failure_stage = "failed", "collecting"
-                self._update(
-                    job_id,
-                    artifacts=artifacts,
-                    timings={"download_s": round(self.runtime.mono() - t0, 3)},
-                )
+                self._bring_home(spec, job_id, job, session, outcome)
             self._close()
             keep = spec.keep_on_failure_s and outcome.status not in ("succeeded", "lost")
-            teardown: JSONObject = {"confirmed": False, "at": None}
-            code: int
+            teardown_error: str | None = None
             if keep:
-                self._keep(session, float(spec.keep_on_failure_s or 0))
-                teardown["kept_until"] = iso(
-                    self.runtime.clock() + timedelta(seconds=float(spec.keep_on_failure_s or 0))
-                )
-                teardown_error = None
+                teardown = self._keep_for(session, float(spec.keep_on_failure_s or 0))
             else:
-                self._stage(job_id, "tearing_down")
-                t0 = self.runtime.mono()
-                teardown_error = None
-                try:
-                    ended = end_session(
-                        self.store,
-                        self.app.provider,
-                        session.id,
-                        f"job {job_id} {outcome.status}",
-                        # The job's own teardown line says what happened: end_session quiet.
-                        runtime=self.runtime.saying(lambda message: None),
-                        ssh_config_path=self.app.paths.ssh_config_file,
-                    )
-                    teardown = {
-                        "confirmed": True,
-                        "at": ended.recorded("ended_at") or iso(self.runtime.clock()),
-                    }
-                    cost = ended.cost_usd
-                except GpuShopperError as exc:
-                    teardown_error = str(exc)
-                    cost = None
-                self._update(job_id, timings={"teardown_s": round(self.runtime.mono() - t0, 3)})
-                if cost is not None:
-                    self._update(job_id, cost_usd=cost)
+                teardown, teardown_error = self._tear_down(job_id, session, outcome)
             if teardown_error is not None:
-                outcome.error = clip(
-                    f"{outcome.error + '; ' if outcome.error else ''}destroying the instance "
-                    f"was NOT confirmed ({teardown_error}); run 'gpu-shopper cleanup-orphans --yes'",
-                    2000,
-                )
-                code = 3
-            elif outcome.signum is not None:
-                code = 128 + outcome.signum
-            elif outcome.status in ("timed_out", "stalled"):
-                code = TIMEOUT_EXIT
-            elif outcome.exit_code is not None and outcome.status in ("succeeded", "failed"):
-                code = outcome.exit_code if outcome.failure_stage != "collecting" else 1
-            else:
-                code = 1
-            if not started and outcome.status == "failed" and code != 3:
-                code = 1
+                outcome.error = unconfirmed_error(outcome.error, teardown_error)
+            code = exit_code(outcome, teardown_error is not None, started)
             record = self._update(
                 job_id,
                 status=outcome.status,
@@ -923,6 +912,79 @@ class JobRunner:
                 f"{teardown['kept_until']}; 'gpu-shopper sessions done {session.id}' ends it"
             )
         return record, code
+
+    def _stop_for_good(self, job_id: str, job: JSONObject, session: Session) -> None:
+        """Stop a command that was started and did not end by itself (a signal, a failure
+        while it ran); a command that cannot be stopped is said, and destroyed all the same."""
+        try:
+            # A signal may have cut a call on the old connection short: a fresh one.
+            self._connect(session, timeout_s=30.0)
+            self._stop(job)
+        except Exception as exc:  # noqa: BLE001 - the destroy below still ends it
+            self._say(f"Job {job_id}: could not stop the command: {exc}")
+
+    def _bring_home(
+        self, spec: JobSpec, job_id: str, job: JSONObject, session: Session, outcome: Outcome
+    ) -> None:
+        """The collecting stage: results home, their list recorded; a failed collect fails a
+        job that had succeeded (at ``collecting``), and never stops the teardown after it."""
+        self._stage(job_id, "collecting")
+        t0 = self.runtime.mono()
+        artifacts: list[JSONObject] = []
+        try:
+            if self.conn is None:
+                self._connect(session, timeout_s=60.0)
+            artifacts = self._collect(spec, job, session)
+        except (GpuShopperError, OSError) as exc:
+            self._say(f"Job {job_id}: {exc}")
+            if outcome.error is None:
+                outcome.error = clip(str(exc), 2000)
+            if outcome.status == "succeeded":
+                outcome.status, outcome.failure_stage = "failed", "collecting"
+        self._update(
+            job_id,
+            artifacts=artifacts,
+            timings={"download_s": round(self.runtime.mono() - t0, 3)},
+        )
+
+    def _keep_for(self, session: Session, keep_s: float) -> JSONObject:
+        """--keep-on-failure: the instance stays, its reservation and deadline moved on."""
+        self._keep(session, keep_s)
+        return {
+            "confirmed": False,
+            "at": None,
+            "kept_until": iso(self.runtime.clock() + timedelta(seconds=keep_s)),
+        }
+
+    def _tear_down(
+        self, job_id: str, session: Session, outcome: Outcome
+    ) -> tuple[JSONObject, str | None]:
+        """The tearing_down stage, through the one teardown: (the record's ``teardown``, the
+        error when the destroy was not confirmed)."""
+        self._stage(job_id, "tearing_down")
+        t0 = self.runtime.mono()
+        teardown: JSONObject = {"confirmed": False, "at": None}
+        teardown_error = None
+        try:
+            ended = end_job_session(
+                self.app,
+                session.id,
+                f"job {job_id} {outcome.status}",
+                # The job's own teardown line says what happened: end_session quiet.
+                self.runtime.saying(lambda message: None),
+            )
+            teardown = {
+                "confirmed": True,
+                "at": ended.recorded("ended_at") or iso(self.runtime.clock()),
+            }
+            cost = ended.cost_usd
+        except GpuShopperError as exc:
+            teardown_error = str(exc)
+            cost = None
+        self._update(job_id, timings={"teardown_s": round(self.runtime.mono() - t0, 3)})
+        if cost is not None:
+            self._update(job_id, cost_usd=cost)
+        return teardown, teardown_error
 
     def _keep(self, session: Session, keep_s: float) -> None:
         from gpushopper.core.deadline import push_deadline
@@ -948,6 +1010,50 @@ class JobFailed(GpuShopperError):
             if cause.exit_code in (0, 3) or cause.exit_code >= 128
             else 1  # a declined prompt is 0, not a failure
         )
+
+
+def exit_code(outcome: Outcome, unconfirmed: bool, started: bool) -> int:
+    """The job's exit status: 3 when the destroy was not confirmed, 128+N after signal N,
+    124 for a watchdog, the command's own code once it ran (1 when collecting failed), and
+    1 when the tool failed before the command started."""
+    code: int
+    if unconfirmed:
+        code = 3
+    elif outcome.signum is not None:
+        code = 128 + outcome.signum
+    elif outcome.status in ("timed_out", "stalled"):
+        code = TIMEOUT_EXIT
+    elif outcome.exit_code is not None and outcome.status in ("succeeded", "failed"):
+        code = outcome.exit_code if outcome.failure_stage != "collecting" else 1
+    else:
+        code = 1
+    if not started and outcome.status == "failed" and code != 3:
+        code = 1
+    return code
+
+
+def unconfirmed_error(error: str | None, teardown_error: str) -> str:
+    """The job's error once its destroy was not confirmed: what to run about it, last."""
+    return clip(
+        f"{error + '; ' if error else ''}destroying the instance "
+        f"was NOT confirmed ({teardown_error}); run 'gpu-shopper cleanup-orphans --yes'",
+        2000,
+    )
+
+
+def end_job_session(host: JobHost, session_id: str, reason: str, runtime: Runtime) -> Session:
+    """The teardown stage of a job and of a benchmark run's sessions: the one destroy path
+    (``core/teardown.end_session``) with the host's store, providers and ssh_config."""
+    from gpushopper.core.teardown import end_session
+
+    return end_session(
+        host.store,
+        host.provider,
+        session_id,
+        reason,
+        runtime=runtime,
+        ssh_config_path=host.paths.ssh_config_file,
+    )
 
 
 def _q(text: str) -> str:
