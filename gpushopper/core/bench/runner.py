@@ -62,7 +62,7 @@ from gpushopper.model.session import Damaged, Session, SessionStatus
 from gpushopper.model.units import iso, parse_iso
 
 if TYPE_CHECKING:
-    from gpushopper.core.jobs import JobHost, JobSpec
+    from gpushopper.core.jobs import JobHost, JobRunner, JobSpec
     from gpushopper.core.provisioner import Candidate, Provisioner, ProvisionRequest
     from gpushopper.model.models import Offer
     from gpushopper.state.benchstore import BenchStore
@@ -545,8 +545,7 @@ class BenchRunner(Generic[H]):
         """One job on one offer: 'succeeded', 'failed', 'skip' (no_such_ask) or
         'interrupted'. Whatever happens, its cost is recorded and its offer (and machine)
         is never tried again in this run once it failed."""
-        from gpushopper.core.inventory import machine_key
-        from gpushopper.core.jobs import JobFailed, JobRunner, default_hours, get_job
+        from gpushopper.core.jobs import JobRunner
         from gpushopper.core.runtime import Runtime
 
         record = entry.record
@@ -555,6 +554,27 @@ class BenchRunner(Generic[H]):
         runner = JobRunner(host, runtime=Runtime.of(host, log=self._say), emit=lambda data: None)
         spec = self._spec(opts)
         job = runner.create(spec)
+        attempt = self._open_attempt(record, offer, job)
+        before = self.host.store.session_records().ids()  # damaged records' ids too
+        provision = self._provision_step(opts, host, candidate, attempt)
+        done, code, stopped = self._run_job(runner, spec, job, provision)
+        session, cost, teardown_ok = self._settle(record, offer, done, before, attempt)
+        outcome = self._verdict(done, code, stopped, attempt)
+        if outcome is None:
+            outcome = self._measured(entry, opts, candidate, done, session, attempt)
+        if not teardown_ok:
+            attempt["stage"] = "teardown"
+            attempt["reason"] = clip(str(done.get("error") or "teardown not confirmed"), 500)
+        self._remember(record, offer, outcome, attempt)
+        self._say(
+            f"{record['key']}: attempt on {offer.id} {outcome}"
+            + (f" at {attempt['stage']}: {attempt['reason']}" if outcome != "succeeded" else "")
+            + f" (cost ${cost:.4f})"
+        )
+        return outcome
+
+    def _open_attempt(self, record: JSONObject, offer: Offer, job: JSONObject) -> JSONObject:
+        """The attempt's record in its entry, saved (and said) before anything is rented."""
         attempt: JSONObject = {
             "offer_id": offer.id,
             "machine_id": offer.machine_id,
@@ -575,7 +595,16 @@ class BenchRunner(Generic[H]):
             f"{record['key']}: attempt on {offer.id} ({offer.gpu_name}, "
             f"${offer.price_per_hour or 0:.3f}/h) as job {job['id']}"
         )
-        before = self.host.store.session_records().ids()  # damaged records' ids too
+        return attempt
+
+    def _provision_step(
+        self, opts: RunOptions, host: H, candidate: Candidate, attempt: JSONObject
+    ) -> Callable[[Callable[[str], None]], Session]:
+        """The job's provision stage: this one offer, no retry, reserved for the entry's
+        timeout (plus the margin, within the hard maximum); its session id saved as soon
+        as it exists."""
+        from gpushopper.core.jobs import default_hours
+
         hard_max = opts.request.hard_max_s
         req = replace(
             opts.request,
@@ -593,6 +622,19 @@ class BenchRunner(Generic[H]):
             self._save()
             return session
 
+        return provision
+
+    def _run_job(
+        self,
+        runner: JobRunner,
+        spec: JobSpec,
+        job: JSONObject,
+        provision: Callable[[Callable[[str], None]], Session],
+    ) -> tuple[JSONObject, int, int | None]:
+        """The job, start to teardown: (its record as stored, its exit, the signal that
+        stopped it). A signal is the run's stop too (unless the run was already stopping)."""
+        from gpushopper.core.jobs import JobFailed, get_job
+
         stopped: int | None = None
         try:
             done, code = runner.run(spec, job, provision)
@@ -605,6 +647,19 @@ class BenchRunner(Generic[H]):
                 self.stop.signum = stopped
         with contextlib.suppress(UsageError):
             done = get_job(self.host.store, job["id"])  # as recorded, whatever ended it
+        return done, code, stopped
+
+    def _settle(
+        self,
+        record: JSONObject,
+        offer: Offer,
+        done: JSONObject,
+        before: set[str],
+        attempt: JSONObject,
+    ) -> tuple[Session | None, float, bool]:
+        """What the attempt cost and whether all it rented is gone: (its session, its cost,
+        teardown confirmed). The cost leaves the budget's commitments for the spent sum; an
+        unconfirmed teardown makes the run's exit 3."""
         mine, damaged = self._attempt_sessions(done, before, offer.id)  # one read of them
         session = _session_of(done, mine)
         cost = _cost(done, mine, self.host.clock())
@@ -617,25 +672,37 @@ class BenchRunner(Generic[H]):
             cost_usd=round(cost, 6),
             ended_at=iso(self.host.clock()),
         )
+        return session, cost, teardown_ok
+
+    @staticmethod
+    def _verdict(
+        done: JSONObject, code: int, stopped: int | None, attempt: JSONObject
+    ) -> str | None:
+        """What a job that did not succeed means for the attempt ('interrupted', 'skip' for
+        an offer taken since the search, 'failed'), its stage and reason written to
+        ``attempt``; None for a job that succeeded (its result is read next)."""
         status = done.get("status")
         error = clip(str(done.get("error") or ""), 500) or None
         stage = STAGE_OF_JOB.get(str(done.get("failure_stage")), "provision")
-        outcome = "failed"
         if status == "cancelled" or stopped is not None or (code >= 128 and status != "succeeded"):
             attempt.update(stage="interrupted", reason=error or "interrupted")
-            outcome = "interrupted"
-        elif status != "succeeded":
-            sign = next((t for t in TAKEN_SIGNS if error and t in error), None)
-            if stage == "provision" and sign is not None:
-                attempt.update(stage="find_offer", reason=f"{sign}: the offer was taken")
-                outcome = "skip"
-            else:
-                attempt.update(stage=stage, reason=error or f"the job {status}")
-        else:
-            outcome = self._measured(entry, opts, candidate, done, session, attempt)
-        if not teardown_ok:
-            attempt["stage"] = "teardown"
-            attempt["reason"] = clip(str(done.get("error") or "teardown not confirmed"), 500)
+            return "interrupted"
+        if status == "succeeded":
+            return None
+        sign = next((t for t in TAKEN_SIGNS if error and t in error), None)
+        if stage == "provision" and sign is not None:
+            attempt.update(stage="find_offer", reason=f"{sign}: the offer was taken")
+            return "skip"
+        attempt.update(stage=stage, reason=error or f"the job {status}")
+        return "failed"
+
+    def _remember(
+        self, record: JSONObject, offer: Offer, outcome: str, attempt: JSONObject
+    ) -> None:
+        """A failed offer (and, unless it was only taken, its machine) is never tried again in
+        this run; the entry says how its last attempt ended."""
+        from gpushopper.core.inventory import machine_key
+
         if outcome != "succeeded":
             with self.lock:
                 self.failed_offers.add(offer.id)
@@ -652,12 +719,6 @@ class BenchRunner(Generic[H]):
             else:
                 record.update(failure_stage=attempt["stage"], reason=attempt["reason"])
         self._save()
-        self._say(
-            f"{record['key']}: attempt on {offer.id} {outcome}"
-            + (f" at {attempt['stage']}: {attempt['reason']}" if outcome != "succeeded" else "")
-            + f" (cost ${cost:.4f})"
-        )
-        return outcome
 
     def _spec(self, opts: RunOptions) -> JobSpec:
         from gpushopper.core.jobs import JobSpec
@@ -998,21 +1059,19 @@ def finish_abandoned(
     the one teardown path, close its jobs and entries, mark it cancelled. Returns the run
     and the destroys that could not be confirmed."""
     from gpushopper.core.jobs import FINAL as JOB_FINAL
+    from gpushopper.core.jobs import end_job_session
     from gpushopper.core.runtime import Runtime
-    from gpushopper.core.teardown import end_session
 
     run = get_run(bench, run_id)
     problems = []
     live, damaged = sessions_of_run(host.store, run)
     for session in live:
         try:
-            end_session(
-                host.store,
-                host.provider,
+            end_job_session(
+                host,
                 session.id,
                 f"benchmark run {run_id} cancelled (its process is gone)",
-                runtime=Runtime.of(host),
-                ssh_config_path=host.paths.ssh_config_file,
+                Runtime.of(host),
             )
             log(f"Session {session.id}: instance {session.instance_id} destroyed")
         except GpuShopperError as exc:
