@@ -650,6 +650,96 @@ MUTANTS = [
         [("        if not show_all and session.done:\n", "        if False:\n")],
         ["tests/test_sessions_rules.py"],
     ),
+    # -- the end of a job (issue 11): the steps of JobRunner._finish and _watch ---------------------
+    Mutant(
+        "job end: a destroy never confirmed exits with the command's code",
+        "gpushopper/core/jobs.py",
+        [("    if unconfirmed:\n        code = 3\n", "    if unconfirmed:\n        code = 1\n")],
+        ["tests/test_run.py::test_a_destroy_that_is_never_confirmed_exits_3_and_says_so"],
+    ),
+    Mutant(
+        "job end: a failed destroy is recorded as no error",
+        "gpushopper/core/jobs.py",
+        [("            teardown_error = str(exc)\n", "            teardown_error = None\n")],
+        ["tests/test_run.py::test_a_destroy_that_is_never_confirmed_exits_3_and_says_so"],
+    ),
+    Mutant(
+        "job end: a command that cannot be stopped skips the destroy",
+        "gpushopper/core/jobs.py",
+        [
+            (
+                "        except Exception as exc:  # noqa: BLE001 - the destroy below still ends it\n",
+                "        except OSError as exc:  # noqa: BLE001 - the destroy below still ends it\n",
+            )
+        ],
+        [
+            "tests/test_run.py::test_attach_refuses_a_machine_with_another_host_key_and_still_destroys"
+        ],
+    ),
+    Mutant(
+        "job end: a watchdog that fires leaves the command running",
+        "gpushopper/core/jobs.py",
+        [
+            (
+                '; stopping it")\n        self._stop(job)\n',
+                '; stopping it")\n',
+            )
+        ],
+        ["tests/test_run.py::test_a_command_deaf_to_term_is_killed_after_the_grace"],
+    ),
+    Mutant(
+        "job end: results that did not come home still make a success",
+        "gpushopper/core/jobs.py",
+        [
+            (
+                '                outcome.status, outcome.failure_stage = "failed", "collecting"\n',
+                "                pass\n",
+            )
+        ],
+        [
+            "tests/test_run.py::test_a_failed_download_is_retried_and_a_lasting_failure_leaves_no_half_file"
+        ],
+    ),
+    Mutant(
+        "job end: an instance gone after a long SSH drop is never asked about",
+        "gpushopper/core/jobs.py",
+        [
+            (
+                "            if self.runtime.mono() - stream.lost_since > RECONNECT_S:\n                if self._instance_gone(session, outcome):\n",
+                "            if self.runtime.mono() - stream.lost_since > RECONNECT_S:\n                if False:\n",
+            )
+        ],
+        [
+            "tests/test_jobs_steps.py::test_a_long_ssh_drop_asks_the_provider_whether_the_instance_is_gone"
+        ],
+    ),
+    Mutant(
+        "job end: a signal cuts the teardown short",
+        "gpushopper/core/jobs.py",
+        [
+            (
+                "        with interrupts.deferred():\n            if outcome.status is None:\n",
+                "        with contextlib.nullcontext():\n            if outcome.status is None:\n",
+            )
+        ],
+        [
+            "tests/test_jobs_steps.py::test_a_signal_while_the_instance_is_destroyed_waits_for_the_destroy_and_the_record"
+        ],
+    ),
+    Mutant(
+        "benchmark: an attempt whose teardown was not confirmed is reported at another stage",
+        "gpushopper/core/bench/runner.py",
+        [('            attempt["stage"] = "teardown"\n', "            pass\n")],
+        [
+            "tests/test_bench_run.py::test_a_destroy_never_confirmed_exits_3_and_a_command_exiting_3_does_not"
+        ],
+    ),
+    Mutant(
+        "benchmark: an attempt's cost never leaves the budget's commitments",
+        "gpushopper/core/bench/runner.py",
+        [('        self._release(record["key"], cost)\n', "        pass\n")],
+        ["tests/test_bench_run.py::test_custom_workload_on_two_offers_stores_both_with_their_cost"],
+    ),
 ]
 
 
