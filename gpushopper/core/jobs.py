@@ -182,12 +182,18 @@ JOB_KEYS = (
 )
 
 
+# The time each stage of a job took, as its record's ``timings`` (and a benchmark result's).
+TIMING_KEYS = ("provision_s", "upload_s", "run_s", "download_s", "teardown_s")
+
+
+def job_timings(record: JSONObject) -> JSONObject:
+    """Every stage's time in the job's record (None for a stage it never reached)."""
+    return {k: (record.get("timings") or {}).get(k) for k in TIMING_KEYS}
+
+
 def public_job(record: JSONObject) -> JSONObject:
     out = {key: record.get(key) for key in JOB_KEYS}
-    out["timings"] = {
-        k: (record.get("timings") or {}).get(k)
-        for k in ("provision_s", "upload_s", "run_s", "download_s", "teardown_s")
-    }
+    out["timings"] = job_timings(record)
     out["artifacts"] = list(record.get("artifacts") or [])
     out["teardown"] = dict(record.get("teardown") or {"confirmed": False, "at": None})
     for key in ("command", "created_at", "ended_at", "out_dir", "detached"):
@@ -390,21 +396,10 @@ class JobRunner:
                         "it ended first); it is not started now"
                     )
             if fresh:
-                self._stage(job_id, "uploading")
-                t0 = self.runtime.mono()
-                self._upload(spec, job, session)
-                self._update(job_id, timings={"upload_s": round(self.runtime.mono() - t0, 3)})
+                self._upload_stage(spec, job, session)
                 self._start(job, session)
-                started = True
-                self._record_setup(session.id, round(self.runtime.mono() - setup_from, 3))
-                self._update(
-                    job_id,
-                    started=True,
-                    started_at=iso(self.runtime.clock()),
-                    status="running",
-                    stage="running",
-                )
-                self.stage = "running"
+                started = True  # from here on the command is stopped on every way out
+                self._mark_started(job_id, session, setup_from)
                 if spec.detach:
                     self._say(
                         f"Job {job_id} is running detached on session {session.id}; "
@@ -424,6 +419,25 @@ class JobRunner:
             outcome.error = clip(str(exc), 2000)
             outcome.failure_stage = self.stage
         return self._finish(spec, job_id, session, outcome, ssh_worked, started)
+
+    def _upload_stage(self, spec: JobSpec, job: JSONObject, session: Session) -> None:
+        """The uploading stage: the job's files, environment and wrapper on the instance."""
+        self._stage(job["id"], "uploading")
+        t0 = self.runtime.mono()
+        self._upload(spec, job, session)
+        self._update(job["id"], timings={"upload_s": round(self.runtime.mono() - t0, 3)})
+
+    def _mark_started(self, job_id: str, session: Session, setup_from: float) -> None:
+        """The command runs: recorded (an attach never starts it again) and timed."""
+        self._record_setup(session.id, round(self.runtime.mono() - setup_from, 3))
+        self._update(
+            job_id,
+            started=True,
+            started_at=iso(self.runtime.clock()),
+            status="running",
+            stage="running",
+        )
+        self.stage = "running"
 
     def cancel(self, spec: JobSpec, job_id: str, session: Session) -> tuple[JSONObject, int]:
         """``jobs cancel``: stop the command, collect what it wrote, destroy."""

@@ -817,6 +817,8 @@ class BenchRunner(Generic[H]):
         session: Session | None,
         attempt: JSONObject,
     ) -> JSONObject:
+        from gpushopper.core.jobs import job_timings
+
         workload = opts.workload
         price = offer.price_per_hour
         extra = dict(found.get("extra_metrics") or {})
@@ -825,10 +827,7 @@ class BenchRunner(Generic[H]):
             extra["usd_per_mtok"] = price / (value * 3600.0) * 1e6
         if price is not None and workload.name == "flux-lora":
             extra["usd_per_1000_steps"] = price * value * 1000.0 / 3600.0
-        timings = {
-            k: (job.get("timings") or {}).get(k)
-            for k in ("provision_s", "upload_s", "run_s", "download_s", "teardown_s")
-        }
+        timings = job_timings(job)
         return {
             "workload": workload.key,
             "workload_name": workload.name,
