@@ -260,14 +260,17 @@ MUTANTS = [
     ),
     Mutant(
         "cleanup-orphans says all clear while foreign labels run",
-        "gpushopper/cli/cleanup.py",
+        "gpushopper/core/cleanup.py",
         [
             (
-                '    left = [r for r in rows if r["action"] == "left"]\n',
-                '    left = [r for r in rows if r["action"] == "left" and r["reason"] != "foreign"]\n',
+                '        return [r for r in self.rows if r["action"] == "left"]\n',
+                '        return [r for r in self.rows if r["action"] == "left" and r["reason"] != "foreign"]\n',
             )
         ],
-        ["tests/test_watch.py::test_cleanup_orphans_works_with_no_state_file"],
+        [
+            "tests/test_watch.py::test_cleanup_orphans_works_with_no_state_file",
+            "tests/test_cleanup.py::test_another_installs_instance_is_never_destroyed_and_never_all_clear",
+        ],
     ),
     Mutant(
         "watch --once says all clear when blind",

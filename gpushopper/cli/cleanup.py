@@ -2,34 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.output import Table, info, json_option, render, warn
-
-REPORTED = ("destroy_session", "destroy_orphan", "report_foreign", "report_malformed")
-
-
-def orphan_json(outcome: Any) -> dict[str, Any]:
-    action = outcome.action
-    return {
-        "provider": action.provider,
-        "instance_id": action.instance_id,
-        "label": action.label,
-        "reason": action.reason,
-        "age_seconds": None if action.age_seconds is None else round(action.age_seconds, 1),
-        "price_per_hour": action.price_per_hour,
-        "action": {
-            "destroyed": "destroyed",
-            "left": "left",
-            "failed": "destroy_failed",
-            "unrecorded": "destroyed_unrecorded",
-        }.get(outcome.result, outcome.result),
-        "session_id": action.session_id,
-        "detail": outcome.error or action.detail,
-    }
 
 
 @click.command(
@@ -58,7 +34,8 @@ def cleanup_orphans(app: App, yes: bool, include_foreign: bool, as_json: bool) -
     seen or done (a provider not listed, a broken session record, a failed destroy): blind
     is never "all clear".
     """
-    from gpushopper.core.enforcer import FAILED, Enforcer, TickReport, policy_from_settings
+    from gpushopper.core.cleanup import sweep
+    from gpushopper.core.enforcer import Enforcer, policy_from_settings
     from gpushopper.core.runtime import Runtime
 
     enforcer = Enforcer(
@@ -68,26 +45,11 @@ def cleanup_orphans(app: App, yes: bool, include_foreign: bool, as_json: bool) -
         runtime=Runtime.of(app, log=info),
         ssh_config_path=app.paths.ssh_config_file if app.store.exists() else None,
     )
-    if not enforcer.configured():
-        from gpushopper.model.errors import NoProviderConfigured
-
-        raise NoProviderConfigured()
-    report = TickReport()
-    actions = enforcer.evaluate(policy_from_settings(app.settings, include_foreign), report)
-    # With --yes, also close sessions whose instance is already gone (no row: nothing runs).
-    chosen = [a for a in actions if a.kind in REPORTED or (yes and a.kind == "mark_ended")]
-    outcomes = enforcer.execute_all(chosen, destroy=yes)
-    blind = not report.ok or any(o.result in FAILED for o in outcomes)
-    rows = [orphan_json(o) for o in outcomes if o.action.kind in REPORTED]
-    for name, message in sorted(report.provider_errors.items()):
-        warn(f"{name}: {message}")
-    for session_id, why in sorted(report.bad_records.items()):
-        warn(f"session {session_id} skipped: it {why}")
-    for outcome in outcomes:
-        if outcome.result in FAILED:
-            what = outcome.action.session_id or outcome.action.instance_id
-            warn(f"{outcome.action.provider} {what}: {outcome.error}")
-    if report.install_id is None:
+    # With --yes, it also closes sessions whose instance is already gone (nothing runs).
+    done = sweep(enforcer, policy_from_settings(app.settings, include_foreign), destroy=yes)
+    for line in done.warnings():
+        warn(line)
+    if done.no_state:
         info(
             "Note: no state file here, so no instance is known to be this install's; "
             "gpu-shopper-labelled instances are shown as foreign (--include-foreign destroys them)"
@@ -104,20 +66,10 @@ def cleanup_orphans(app: App, yes: bool, include_foreign: bool, as_json: bool) -
             r["action"],
         ),
         empty="Could not check everything (see the warnings above): not all clear."
-        if blind
+        if done.blind
         else "Nothing of ours is running that should not be.",
     )
-    render(as_json, rows, table=table)
-    if blind:
-        return 1
-    left = [r for r in rows if r["action"] == "left"]
-    if left:
-        if not as_json:
-            hint = (
-                "rerun with --yes to destroy them"
-                if not yes
-                else "other installs' need --include-foreign; malformed labels are never destroyed"
-            )
-            info(f"{len(left)} gpu-shopper-labelled instance(s) left running; {hint}")
-        return 3
-    return 0
+    render(as_json, done.rows, table=table)
+    if done.left and not done.blind and not as_json:
+        info(f"{len(done.left)} gpu-shopper-labelled instance(s) left running; {done.left_hint()}")
+    return done.exit_code
