@@ -417,3 +417,87 @@ def test_cost_report_filters_then_totals():
     assert cost_report(records, NOW, session_id="s2", consumer="alice").rows == []
     with pytest.raises(NoSuchItem, match="no session 's9'"):
         cost_report(records, NOW, session_id="s9")
+
+
+# -- the offer query: flag > profile > setting > default, filter by filter ---------------------
+def query_settings(tmp_path: Path, profile: str = "", **env: str) -> Settings:
+    """Settings whose config file holds ``[profiles.mine]`` with these TOML lines."""
+    made = settings(tmp_path, **env)
+    made.paths.config_file.parent.mkdir(parents=True, exist_ok=True)
+    made.paths.config_file.write_text(f"[profiles.mine]\n{profile}", encoding="utf-8")
+    return made
+
+
+# (OfferQuery field, QueryFlags field and value, profile TOML line and value, setting and
+#  the value it gives, the default)
+QUERY_FIELDS = [
+    ("providers", "providers", ("tensordock",), ('providers = ["vastai"]', ["vastai"]), ("GPU_SHOPPER_DEFAULTS_PROVIDERS", "tensordock", ["tensordock"]), ["vastai", "tensordock"]),
+    ("max_price", "max_price", 0.4, ("max_price = 0.6", 0.6), ("GPU_SHOPPER_DEFAULTS_MAX_PRICE", "0.8", 0.8), None),
+    ("min_reliability", "min_reliability", 0.9, ("min_reliability = 0.99", 0.99), ("GPU_SHOPPER_DEFAULTS_MIN_RELIABILITY", "0.97", 0.97), 0.95),
+    ("disk_gb", "disk", 50, ("disk_gb = 60", 60.0), ("GPU_SHOPPER_DEFAULTS_DISK_GB", "70", 70.0), 32.0),
+    ("gpus", "gpus", ("RTX 4090",), ('gpu = ["RTX 3090"]', ["RTX 3090"]), None, []),
+    ("countries", "countries", ("de",), ('country = ["fr"]', ["FR"]), None, []),
+    ("min_vram_gb", "min_vram", 24.0, ("min_vram_gb = 48", 48), None, None),
+    ("num_gpus", "num_gpus", 2, ("num_gpus = 4", 4), None, None),
+    ("sort", "sort", "reliability", ('sort = "vram"', "vram"), None, "price"),
+    ("template", "template", "flag-tpl", ('template = "profile-tpl"', "profile-tpl"), None, None),
+    ("verified", "verified_only", True, ("verified = false", False), None, None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("field", "flag_name", "flag", "prof", "setting", "default"),
+    QUERY_FIELDS,
+    ids=[f[0] for f in QUERY_FIELDS],
+)
+def test_each_offer_filter_is_flag_then_profile_then_setting_then_default(
+    tmp_path, field, flag_name, flag, prof, setting, default
+):
+    env = {setting[0]: setting[1]} if setting else {}
+
+    def value(flags, line, env):
+        made = query_settings(tmp_path, line + "\n", **env)
+        query, _ = request.offer_query(made, request.QueryFlags(profile="mine", **flags))
+        return getattr(query, field)
+
+    expected_flag = [c.upper() for c in flag] if field == "countries" else flag
+    assert value({flag_name: flag}, prof[0], env) == (
+        list(expected_flag) if isinstance(flag, tuple) else expected_flag
+    )
+    assert value({}, prof[0], env) == prof[1]
+    if setting:
+        assert value({}, "", env) == setting[2]
+    assert value({}, "", {}) == default
+
+
+def test_the_applied_profile_comes_back_and_none_without_the_flag(tmp_path):
+    made = query_settings(tmp_path, "max_price = 0.6\n")
+    query, prof = request.offer_query(made, request.QueryFlags(profile="mine"))
+    assert prof == {"max_price": 0.6}
+    query, prof = request.offer_query(made, request.QueryFlags())
+    assert prof == {} and query.max_price is None
+    _, built_in = request.offer_query(made, request.QueryFlags(profile="flux-lora"))
+    assert built_in["template"] == "Ostris AI Toolkit"
+
+
+def test_a_workload_ranks_by_price_performance_and_refuses_another_sort(tmp_path):
+    made = settings(tmp_path)
+    query, _ = request.offer_query(made, request.QueryFlags(workload="gpu-matmul"))
+    assert query.sort == "perf-per-dollar" and query.workload == "gpu-matmul"
+    with pytest.raises(UsageError, match="use it with --sort perf-per-dollar, not --sort price"):
+        request.offer_query(made, request.QueryFlags(workload="gpu-matmul", sort="price"))
+
+
+@pytest.mark.parametrize(
+    ("flags", "line", "message"),
+    [
+        ({"countries": ("USA",)}, "", "--country takes a two-letter code"),
+        # (click's choices and the profile's own checks stop these first; core checks too)
+        ({"providers": ("nimbus",)}, "", "unknown provider 'nimbus'"),
+        ({"sort": "vibes"}, "", "unknown sort 'vibes'"),
+    ],
+)
+def test_a_bad_filter_from_a_flag_or_a_profile_is_a_usage_error(tmp_path, flags, line, message):
+    made = query_settings(tmp_path, line + "\n")
+    with pytest.raises(UsageError, match=message):
+        request.offer_query(made, request.QueryFlags(profile="mine", **flags))

@@ -4,14 +4,13 @@ they build (flag > profile > config default)."""
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from gpushopper.model.errors import UsageError
-from gpushopper.model.models import SORTS, OfferQuery
+from gpushopper.model.models import SORTS as SORTS  # the commands' --sort choices
+from gpushopper.model.models import OfferQuery
 from gpushopper.providers.registry import PROVIDERS
 
 
@@ -141,75 +140,13 @@ def filter_args(opts: dict[str, Any]) -> dict[str, Any]:
     return {name: opts[name] for name in FILTER_PARAMS}
 
 
-def _pick(flag: Any, profile: dict[str, Any], key: str, default: Any) -> Any:
-    if flag not in (None, (), []):
-        return flag
-    if key in profile:
-        return profile[key]
-    return default
+def build_query(app: Any, **flags: Any) -> tuple[OfferQuery, dict[str, Any]]:
+    """The OfferQuery for these flags (``QueryFlags``' fields; the merge is
+    core/request.offer_query), and the profile that was applied (may be empty); a GPU
+    name no provider knows gets a note."""
+    from gpushopper.core.request import QueryFlags, offer_query
 
-
-def build_query(
-    app: Any,
-    *,
-    providers: tuple[str, ...] = (),
-    gpus: tuple[str, ...] = (),
-    min_vram: float | None = None,
-    num_gpus: int | None = None,
-    max_price: float | None = None,
-    min_reliability: float | None = None,
-    min_cuda: float | None = None,
-    min_disk: float | None = None,
-    countries: tuple[str, ...] = (),
-    disk: int | None = None,
-    template: str | None = None,
-    verified_only: bool | None = None,
-    profile: str | None = None,
-    sort: str | None = None,
-    limit: int | None = None,
-    workload: str | None = None,
-) -> tuple[OfferQuery, dict[str, Any]]:
-    """The OfferQuery for these flags, and the profile that was applied (may be empty)."""
-    if workload is not None:
-        from gpushopper.core.bench.records import split_workload
-
-        split_workload(workload)
-        if sort not in (None, "perf-per-dollar"):
-            raise UsageError(
-                f"--workload ranks by measured price-performance: use it with --sort "
-                f"perf-per-dollar, not --sort {sort}"
-            )
-        sort = "perf-per-dollar"
-    settings = app.settings
-    prof = settings.profile(profile) if profile else {}
-    for code in countries:
-        if not re.fullmatch(r"[A-Za-z]{2}", code):
-            raise UsageError(f"--country takes a two-letter code such as US or DE, not {code!r}")
-    chosen = list(_pick(providers, prof, "providers", settings.get("defaults.providers")))
-    unknown = [p for p in chosen if p not in PROVIDERS]
-    if unknown:
-        raise UsageError(f"unknown provider {unknown[0]!r} (choose from {', '.join(PROVIDERS)})")
-    query = OfferQuery(
-        providers=chosen,
-        gpus=list(_pick(gpus, prof, "gpu", [])),
-        min_vram_gb=_pick(min_vram, prof, "min_vram_gb", None),
-        num_gpus=_pick(num_gpus, prof, "num_gpus", None),
-        max_price=_pick(max_price, prof, "max_price", settings.get("defaults.max_price")),
-        min_reliability=_pick(
-            min_reliability, prof, "min_reliability", settings.get("defaults.min_reliability")
-        ),
-        min_cuda=_pick(min_cuda, prof, "min_cuda", None),
-        min_disk_gb=_pick(min_disk, prof, "min_disk_gb", None),
-        countries=[c.upper() for c in _pick(countries, prof, "country", [])],
-        disk_gb=float(_pick(disk, prof, "disk_gb", settings.get("defaults.disk_gb"))),
-        verified=_pick(verified_only, prof, "verified", None),
-        sort=_pick(sort, prof, "sort", "price"),
-        limit=_pick(limit, prof, "limit", None),
-        template=_pick(template, prof, "template", None),
-        workload=workload,
-    )
-    if query.sort not in SORTS:
-        raise UsageError(f"unknown sort {query.sort!r} (choose from {', '.join(SORTS)})")
+    query, prof = offer_query(app.settings, QueryFlags(**flags))
     for name in query.gpus:
         hint = unknown_gpu_hint(name)
         if hint:
