@@ -20,7 +20,7 @@ from gpushopper.cli.filters import (
 )
 from gpushopper.cli.output import Table, info, json_option, render, warn
 from gpushopper.cli.params import DURATION, HOURS, JOB_ID, OFFER_ID
-from gpushopper.model.errors import Declined, UsageError
+from gpushopper.model.errors import UsageError
 
 
 def _split_pair(raw: str, flag: str) -> tuple[str, str | None]:
@@ -187,12 +187,11 @@ def run(app: App, offer_id: str | None, **opts: Any) -> int:
 
 def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[str, Any]) -> int:
     from gpushopper.cli.provision import confirm_rent, make_provisioner
-    from gpushopper.core import request
-    from gpushopper.core.jobs import JobFailed, JobRunner
+    from gpushopper.core import jobstart, request
+    from gpushopper.core.jobs import JobRunner, public_job
     from gpushopper.core.runtime import Runtime
     from gpushopper.model.units import format_duration
     from gpushopper.providers.registry import split_offer_id
-    from gpushopper.remote.jobwrap import tree_bytes
 
     if offer_id is not None:
         split_offer_id(offer_id)
@@ -200,66 +199,45 @@ def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[st
     query, profile = build_query(
         app, **filter_args(opts), sort=opts["sort"], workload=opts["workload"]
     )
-    # The request as 'provision' builds it; the reservation follows --max-duration.
-    built = request.build(
-        app.settings,
-        query,
-        profile,
-        request.Flags(
-            offer_id=offer_id,
-            image=opts["image"],
-            hours_s=opts["hours"],
-            auto_retry=opts["auto_retry"],
-            job_duration_s=spec.max_duration_s,
-        ),
-        request.Purpose.JOB,
+    flags = request.Flags(
+        offer_id=offer_id, image=opts["image"], hours_s=opts["hours"], auto_retry=opts["auto_retry"]
     )
-    req, hours = built.request, built.request.hours_s
-    upload_bytes = sum(
-        tree_bytes(Path(p).expanduser(), spec.excludes)
-        for p in ([spec.workdir] if spec.workdir else []) + [u[0] for u in spec.uploads]
-    )
-    req.min_disk_free_gb = round(upload_bytes * 1.05 / 1e9, 3) if upload_bytes else None
+    built = jobstart.job_request(app.settings, query, profile, spec, flags)
     runner = JobRunner(app, runtime=Runtime.of(app, log=info), emit=_emitter(opts["as_json"]))
     job = runner.create(spec)  # the record comes first
     info(f"Job {job['id']}: {' '.join(spec.command)[:200]}")
-    provisioner = make_provisioner(app)
 
-    def provision(on_stage: Any) -> Any:
-        req.on_stage = on_stage
-        choice = request.choose(provisioner, built, app.store, app.settings)
+    def say(choice: request.Choice) -> None:
         for note in choice.notes:
             info(f"Note: {note}")
         if choice.floor_warning:
             warn(choice.floor_warning)
-        best, price = choice.best, choice.price
-        if not confirm_rent(
-            f"Rent {best.id} ({best.gpu_name} x{best.num_gpus}) at ${price:.3f}/h "
-            f"for up to {format_duration(hours)} (about ${choice.projected_usd:.2f})?",
+
+    def confirm(choice: request.Choice) -> bool:
+        best = choice.best
+        return confirm_rent(
+            f"Rent {best.id} ({best.gpu_name} x{best.num_gpus}) at ${choice.price:.3f}/h "
+            f"for up to {format_duration(built.request.hours_s)} "
+            f"(about ${choice.projected_usd:.2f})?",
             as_json=opts["as_json"],
             yes=opts["yes"],
-        ):
-            raise Declined("declined at the prompt: nothing rented")
-        return provisioner.provision(req, choice.candidates)
+        )
 
-    try:
-        record, code = runner.run(spec, job, provision)
-    except JobFailed as exc:
-        if isinstance(exc.cause, Declined):  # "n" at the prompt: not an error
-            info("Nothing rented.")
-            return 0
-        _report(exc.job, exc.exit_code, opts["as_json"])
-        return exc.exit_code
-    if spec.detach and code == 0 and record.get("status") == "running":
-        from gpushopper.core.jobs import public_job
-
+    provision = jobstart.rental(
+        make_provisioner(app), built, app.store, app.settings, say=say, confirm=confirm
+    )
+    done = jobstart.run_job(runner, spec, job, provision)
+    if done.declined:
+        info("Nothing rented.")
+        return 0
+    if done.detached:
         render(
             opts["as_json"],
-            public_job(record),
+            public_job(done.job),
             pairs=lambda doc: [("job", doc["id"]), ("status", "running (detached)")],
         )
         return 0
-    return _report(record, code, opts["as_json"])
+    return _report(done.job, done.exit_code, opts["as_json"])
 
 
 # -- jobs ---------------------------------------------------------------------------------------
