@@ -15,7 +15,6 @@ from gpushopper.cli import App, pass_app
 from gpushopper.cli.filters import SORTS, Finite, build_query, filter_args, filter_options
 from gpushopper.cli.output import info, json_option, print_kv, print_table, render
 from gpushopper.cli.params import DURATION
-from gpushopper.model.errors import UsageError
 
 CANCEL_WAIT_S = 300.0
 
@@ -154,38 +153,28 @@ def run(app: App, **opts: Any) -> int:
 
 
 def _run(app: App, argv: list[str], opts: dict[str, Any]) -> int:
-    import shutil
-    import tempfile
-    from dataclasses import replace
-
     from gpushopper.cli.provision import make_provisioner
     from gpushopper.core import request
+    from gpushopper.core.bench import start
     from gpushopper.core.bench.runner import BenchRunner, RunOptions
     from gpushopper.core.bench.workloads import resolve
-    from gpushopper.core.request import read_secret_env
-    from gpushopper.providers.registry import split_offer_id
 
-    for offer_id in opts["offers"]:
-        split_offer_id(offer_id)
-    if opts["offers"] and opts["gpus"]:
-        raise UsageError("give --offer or --gpu, not both")
-    if opts["workdir"] is not None and not os.path.isdir(opts["workdir"]):
-        raise UsageError(f"--workdir {opts['workdir']}: no such folder")
-    secret_env = read_secret_env(opts["secret_env"], os.environ)
-    if opts["workload_name"].partition("@")[0] == "flux-lora" and "HF_TOKEN" not in secret_env:
-        raise UsageError("flux-lora needs --secret-env HF_TOKEN (FLUX.1-dev is gated)")
+    secret_env = start.check_flags(
+        workload=opts["workload_name"],
+        offers=opts["offers"],
+        gpus=opts["gpus"],
+        workdir=opts["workdir"],
+        secret_names=opts["secret_env"],
+        environ=os.environ,
+    )
     query, profile = build_query(app, **filter_args(opts), sort=opts["sort"])
-    app.paths.data_dir.mkdir(parents=True, exist_ok=True)
-    scratch = tempfile.mkdtemp(prefix="bench-", dir=app.paths.data_dir)
-    try:
-        from pathlib import Path
-
+    with start.scratch(app.paths.data_dir) as scratch:
         workload = resolve(
             opts["workload_name"],
             opts["command_text"],
             opts["params"],
             workdir=opts["workdir"],
-            scratch=Path(scratch),
+            scratch=scratch,
         )
         built = request.build(
             app.settings, query, profile, request.Flags(image=opts["image"]), request.Purpose.BENCH
@@ -207,28 +196,32 @@ def _run(app: App, argv: list[str], opts: dict[str, Any]) -> int:
         )
         bench = _bench(app)
         runner = BenchRunner(app, bench, make_provisioner=make_provisioner, log=info)
-        record = runner.create(bench_opts)  # before anything is rented
-        info(f"Benchmark run {record['id']}: {workload.key}, budget ${bench_opts.max_budget:.2f}")
-        try:
-            runner.plan(replace(bench_opts))
-            interactive = sys.stdin.isatty() and sys.stderr.isatty() and not opts["as_json"]
-            if interactive and not opts["yes"]:
-                keys = [e.record["key"] for e in runner.entries if e.record["status"] == "pending"]
-                click.confirm(
-                    f"Benchmark {len(keys)} entr{'y' if len(keys) == 1 else 'ies'} "
-                    f"({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''}) for up to "
-                    f"${bench_opts.max_budget:.2f}?",
-                    abort=True,
-                    err=True,
-                )
-        except BaseException as exc:  # nothing rented yet: the run ends here, recorded
-            runner.abandon(exc)
-            raise
-        run_record, code = runner.execute(bench_opts)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+        run_record, code = start.start(
+            runner,
+            bench_opts,
+            created=lambda r: info(
+                f"Benchmark run {r['id']}: {workload.key}, budget ${bench_opts.max_budget:.2f}"
+            ),
+            confirm=lambda runner: _confirm(runner, bench_opts.max_budget, opts),
+        )
     _render(run_record, opts["as_json"], bench)
     return code
+
+
+def _confirm(runner: Any, budget: float, opts: dict[str, Any]) -> None:
+    """Ask before spending, on a terminal without --yes or --json (a "no" aborts)."""
+    from gpushopper.core.bench.start import pending_keys
+
+    interactive = sys.stdin.isatty() and sys.stderr.isatty() and not opts["as_json"]
+    if interactive and not opts["yes"]:
+        keys = pending_keys(runner)
+        click.confirm(
+            f"Benchmark {len(keys)} entr{'y' if len(keys) == 1 else 'ies'} "
+            f"({', '.join(keys[:5])}{', ...' if len(keys) > 5 else ''}) for up to "
+            f"${budget:.2f}?",
+            abort=True,
+            err=True,
+        )
 
 
 @click.command("status")
