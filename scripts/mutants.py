@@ -743,6 +743,92 @@ MUTANTS = [
         [('        self._release(record["key"], cost)\n', "        pass\n")],
         ["tests/test_bench_run.py::test_custom_workload_on_two_offers_stores_both_with_their_cost"],
     ),
+    # -- thin commands, round 3 (issue 11): cleanup-orphans', run's, benchmark run's and the
+    # offer query's rules in core/cleanup.py, core/jobstart.py, core/bench/start.py, core/request.py
+    Mutant(
+        "cleanup-orphans says all clear after a failed destroy",
+        "gpushopper/core/cleanup.py",
+        [
+            (
+                "        return not self.report.ok or any(o.result in FAILED for o in self.outcomes)\n",
+                "        return not self.report.ok\n",
+            )
+        ],
+        ["tests/test_cleanup.py::test_a_failed_destroy_is_warned_about_and_the_sweep_is_blind"],
+    ),
+    Mutant(
+        "cleanup-orphans without --yes closes sessions it only looked at",
+        "gpushopper/core/cleanup.py",
+        [
+            (
+                "a.kind in REPORTED or (destroy and a.kind == MARK_ENDED)]",
+                "a.kind in REPORTED or a.kind == MARK_ENDED]",
+            )
+        ],
+        ["tests/test_cleanup.py"],
+    ),
+    Mutant(
+        "cleanup-orphans without --yes destroys what it lists",
+        "gpushopper/core/cleanup.py",
+        [
+            (
+                "    outcomes = enforcer.execute_all(chosen, destroy=destroy)\n",
+                "    outcomes = enforcer.execute_all(chosen, destroy=True)\n",
+            )
+        ],
+        ["tests/test_cleanup.py"],
+    ),
+    Mutant(
+        "run rents although the answer at the prompt was no",
+        "gpushopper/core/jobstart.py",
+        [("        if not confirm(choice):\n", "        if not (confirm(choice) or True):\n")],
+        ["tests/test_jobstart.py::test_a_no_at_the_prompt_rents_nothing"],
+    ),
+    Mutant(
+        "run reports a declined prompt as a failed job",
+        "gpushopper/core/jobstart.py",
+        [("        if isinstance(exc.cause, Declined):\n", "        if False:\n")],
+        ["tests/test_jobstart.py"],
+    ),
+    Mutant(
+        "run asks offers for no room for the uploads",
+        "gpushopper/core/jobstart.py",
+        [
+            (
+                "    built.request.min_disk_free_gb = min_disk_free_gb(upload_bytes(spec))\n",
+                "    built.request.min_disk_free_gb = None\n",
+            )
+        ],
+        ["tests/test_jobstart.py"],
+    ),
+    Mutant(
+        "benchmark run stopped before renting leaves its run record open",
+        "gpushopper/core/bench/start.py",
+        [("        runner.abandon(exc)\n", "        pass\n")],
+        ["tests/test_bench_start.py"],
+    ),
+    Mutant(
+        "benchmark run starts flux-lora without its token",
+        "gpushopper/core/bench/start.py",
+        [
+            (
+                "    if needed is not None and needed not in secret_env:\n",
+                "    if needed is not None and needed in secret_env:\n",
+            )
+        ],
+        ["tests/test_bench_start.py"],
+    ),
+    Mutant(
+        "a profile's filter beats the flag given on the command line",
+        "gpushopper/core/request.py",
+        [
+            (
+                "    if flag not in (None, (), []):\n        return flag\n    if key in profile:\n",
+                "    if flag not in (None, (), []) and key not in profile:\n        return flag\n    if key in profile:\n",
+            )
+        ],
+        ["tests/test_request.py"],
+    ),
 ]
 
 
