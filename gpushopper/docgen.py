@@ -159,6 +159,7 @@ def api_coverage() -> str:
 # Which commands read a setting, by the module that reads it.
 READERS: dict[str, str] = {
     "gpushopper/cli/filters.py": "inventory, provision, run, templates catalog",
+    "gpushopper/core/query.py": "inventory, provision, run, templates catalog",
     "gpushopper/cli/inventory.py": "inventory",
     "gpushopper/cli/provision.py": "provision",
     "gpushopper/cli/sessions.py": "sessions",

@@ -822,7 +822,7 @@ MUTANTS = [
     ),
     Mutant(
         "a profile's filter beats the flag given on the command line",
-        "gpushopper/core/request.py",
+        "gpushopper/core/query.py",
         [
             (
                 "    if flag not in (None, (), []):\n        return flag\n    if key in profile:\n",

@@ -1,6 +1,6 @@
-"""The request rules, in core, on a fixed clock (core/request.py, core/rules.extend_session,
-core/costs.cost_report): flag > profile > setting > default for every field provision, run
-and benchmark run merge; where the boot timeout came from; the hard maximum; --secret-env;
+"""The request rules, in core, on a fixed clock (core/request.py, core/query.py,
+core/rules.extend_session, core/costs.cost_report): flag > profile > setting > default for
+every field provision, run and benchmark run merge, and for every offer filter; where the boot timeout came from; the hard maximum; --secret-env;
 the budget warning's arithmetic."""
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import pytest
 from gpushopper.core import request, rules
 from gpushopper.core.costs import budget_warning, cost_report
 from gpushopper.core.provisioner import Candidate
+from gpushopper.core.query import QueryFlags, offer_query
 from gpushopper.model.errors import NoSuchItem, UsageError
 from gpushopper.model.models import Offer, OfferQuery
 from gpushopper.model.session import Session
@@ -457,7 +458,7 @@ def test_each_offer_filter_is_flag_then_profile_then_setting_then_default(
 
     def value(flags, line, env):
         made = query_settings(tmp_path, line + "\n", **env)
-        query, _ = request.offer_query(made, request.QueryFlags(profile="mine", **flags))
+        query, _ = offer_query(made, QueryFlags(profile="mine", **flags))
         return getattr(query, field)
 
     expected_flag = [c.upper() for c in flag] if field == "countries" else flag
@@ -472,20 +473,20 @@ def test_each_offer_filter_is_flag_then_profile_then_setting_then_default(
 
 def test_the_applied_profile_comes_back_and_none_without_the_flag(tmp_path):
     made = query_settings(tmp_path, "max_price = 0.6\n")
-    query, prof = request.offer_query(made, request.QueryFlags(profile="mine"))
+    query, prof = offer_query(made, QueryFlags(profile="mine"))
     assert prof == {"max_price": 0.6}
-    query, prof = request.offer_query(made, request.QueryFlags())
+    query, prof = offer_query(made, QueryFlags())
     assert prof == {} and query.max_price is None
-    _, built_in = request.offer_query(made, request.QueryFlags(profile="flux-lora"))
+    _, built_in = offer_query(made, QueryFlags(profile="flux-lora"))
     assert built_in["template"] == "Ostris AI Toolkit"
 
 
 def test_a_workload_ranks_by_price_performance_and_refuses_another_sort(tmp_path):
     made = settings(tmp_path)
-    query, _ = request.offer_query(made, request.QueryFlags(workload="gpu-matmul"))
+    query, _ = offer_query(made, QueryFlags(workload="gpu-matmul"))
     assert query.sort == "perf-per-dollar" and query.workload == "gpu-matmul"
     with pytest.raises(UsageError, match="use it with --sort perf-per-dollar, not --sort price"):
-        request.offer_query(made, request.QueryFlags(workload="gpu-matmul", sort="price"))
+        offer_query(made, QueryFlags(workload="gpu-matmul", sort="price"))
 
 
 @pytest.mark.parametrize(
@@ -500,4 +501,4 @@ def test_a_workload_ranks_by_price_performance_and_refuses_another_sort(tmp_path
 def test_a_bad_filter_from_a_flag_or_a_profile_is_a_usage_error(tmp_path, flags, line, message):
     made = query_settings(tmp_path, line + "\n")
     with pytest.raises(UsageError, match=message):
-        request.offer_query(made, request.QueryFlags(profile="mine", **flags))
+        offer_query(made, QueryFlags(profile="mine", **flags))

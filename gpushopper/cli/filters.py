@@ -142,9 +142,9 @@ def filter_args(opts: dict[str, Any]) -> dict[str, Any]:
 
 def build_query(app: Any, **flags: Any) -> tuple[OfferQuery, dict[str, Any]]:
     """The OfferQuery for these flags (``QueryFlags``' fields; the merge is
-    core/request.offer_query), and the profile that was applied (may be empty); a GPU
+    core/query.offer_query), and the profile that was applied (may be empty); a GPU
     name no provider knows gets a note."""
-    from gpushopper.core.request import QueryFlags, offer_query
+    from gpushopper.core.query import QueryFlags, offer_query
 
     query, prof = offer_query(app.settings, QueryFlags(**flags))
     for name in query.gpus:
