@@ -156,7 +156,7 @@ def _run(app: App, argv: list[str], opts: dict[str, Any]) -> int:
     from gpushopper.cli.provision import make_provisioner
     from gpushopper.core import request
     from gpushopper.core.bench import start
-    from gpushopper.core.bench.runner import BenchRunner, RunOptions
+    from gpushopper.core.bench.runner import BenchRunner
     from gpushopper.core.bench.workloads import resolve
 
     secret_env = start.check_flags(
@@ -179,21 +179,7 @@ def _run(app: App, argv: list[str], opts: dict[str, Any]) -> int:
         built = request.build(
             app.settings, query, profile, request.Flags(image=opts["image"]), request.Purpose.BENCH
         )
-        bench_opts = RunOptions(
-            workload=workload,
-            max_budget=float(opts["max_budget"]),
-            request=built.request,
-            offers=list(opts["offers"]),
-            gpus=list(query.gpus),
-            parallel=opts["parallel"],
-            entry_timeout_s=float(opts["entry_timeout"]),
-            attempts=opts["attempts"],
-            no_cache=opts["no_cache"],
-            secret_names=sorted(secret_env),
-            secret_env=secret_env,
-            args=argv,
-            remote_root=app.environ.get("GPU_SHOPPER_JOBS_REMOTE_ROOT") or "gpu-shopper-jobs",
-        )
+        bench_opts = _options(app, opts, workload, built.request, secret_env, argv)
         bench = _bench(app)
         runner = BenchRunner(app, bench, make_provisioner=make_provisioner, log=info)
         run_record, code = start.start(
@@ -206,6 +192,29 @@ def _run(app: App, argv: list[str], opts: dict[str, Any]) -> int:
         )
     _render(run_record, opts["as_json"], bench)
     return code
+
+
+def _options(
+    app: App, opts: dict[str, Any], workload: Any, req: Any, secret_env: dict[str, str], argv: Any
+) -> Any:
+    """The run's options from its flags (the runner's own names)."""
+    from gpushopper.core.bench.runner import RunOptions
+
+    return RunOptions(
+        workload=workload,
+        max_budget=float(opts["max_budget"]),
+        request=req,
+        offers=list(opts["offers"]),
+        gpus=list(req.query.gpus),
+        parallel=opts["parallel"],
+        entry_timeout_s=float(opts["entry_timeout"]),
+        attempts=opts["attempts"],
+        no_cache=opts["no_cache"],
+        secret_names=sorted(secret_env),
+        secret_env=secret_env,
+        args=argv,
+        remote_root=app.environ.get("GPU_SHOPPER_JOBS_REMOTE_ROOT") or "gpu-shopper-jobs",
+    )
 
 
 def _confirm(runner: Any, budget: float, opts: dict[str, Any]) -> None:

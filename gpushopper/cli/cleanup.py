@@ -8,6 +8,24 @@ from gpushopper.cli import App, pass_app
 from gpushopper.cli.output import Table, info, json_option, render, warn
 
 
+def _table(blind: bool) -> Table:
+    return Table(
+        ["PROVIDER", "INSTANCE", "LABEL", "REASON", "AGE", "$/h", "ACTION"],
+        lambda r: (
+            r["provider"],
+            r["instance_id"],
+            r["label"],
+            r["reason"],
+            None if r["age_seconds"] is None else f"{r['age_seconds'] / 60:.0f}m",
+            r["price_per_hour"],
+            r["action"],
+        ),
+        empty="Could not check everything (see the warnings above): not all clear."
+        if blind
+        else "Nothing of ours is running that should not be.",
+    )
+
+
 @click.command(
     "cleanup-orphans",
     epilog="""Examples:
@@ -54,22 +72,7 @@ def cleanup_orphans(app: App, yes: bool, include_foreign: bool, as_json: bool) -
             "Note: no state file here, so no instance is known to be this install's; "
             "gpu-shopper-labelled instances are shown as foreign (--include-foreign destroys them)"
         )
-    table = Table(
-        ["PROVIDER", "INSTANCE", "LABEL", "REASON", "AGE", "$/h", "ACTION"],
-        lambda r: (
-            r["provider"],
-            r["instance_id"],
-            r["label"],
-            r["reason"],
-            None if r["age_seconds"] is None else f"{r['age_seconds'] / 60:.0f}m",
-            r["price_per_hour"],
-            r["action"],
-        ),
-        empty="Could not check everything (see the warnings above): not all clear."
-        if done.blind
-        else "Nothing of ours is running that should not be.",
-    )
-    render(as_json, done.rows, table=table)
+    render(as_json, done.rows, table=_table(done.blind))
     if done.left and not done.blind and not as_json:
         info(f"{len(done.left)} gpu-shopper-labelled instance(s) left running; {done.left_hint()}")
     return done.exit_code

@@ -185,12 +185,33 @@ def run(app: App, offer_id: str | None, **opts: Any) -> int:
         return _run(app, offer_id, command, opts)
 
 
+def _say(choice: Any) -> None:
+    """What to know before the question: the search's notes, the reliability warning."""
+    for note in choice.notes:
+        info(f"Note: {note}")
+    if choice.floor_warning:
+        warn(choice.floor_warning)
+
+
+def _confirm(choice: Any, as_json: bool, yes: bool) -> bool:
+    from gpushopper.cli.provision import confirm_rent
+    from gpushopper.model.units import format_duration
+
+    best = choice.best
+    return confirm_rent(
+        f"Rent {best.id} ({best.gpu_name} x{best.num_gpus}) at ${choice.price:.3f}/h "
+        f"for up to {format_duration(choice.built.request.hours_s)} "
+        f"(about ${choice.projected_usd:.2f})?",
+        as_json=as_json,
+        yes=yes,
+    )
+
+
 def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[str, Any]) -> int:
-    from gpushopper.cli.provision import confirm_rent, make_provisioner
+    from gpushopper.cli.provision import make_provisioner
     from gpushopper.core import jobstart, request
     from gpushopper.core.jobs import JobRunner, public_job
     from gpushopper.core.runtime import Runtime
-    from gpushopper.model.units import format_duration
     from gpushopper.providers.registry import split_offer_id
 
     if offer_id is not None:
@@ -207,24 +228,13 @@ def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[st
     job = runner.create(spec)  # the record comes first
     info(f"Job {job['id']}: {' '.join(spec.command)[:200]}")
 
-    def say(choice: request.Choice) -> None:
-        for note in choice.notes:
-            info(f"Note: {note}")
-        if choice.floor_warning:
-            warn(choice.floor_warning)
-
-    def confirm(choice: request.Choice) -> bool:
-        best = choice.best
-        return confirm_rent(
-            f"Rent {best.id} ({best.gpu_name} x{best.num_gpus}) at ${choice.price:.3f}/h "
-            f"for up to {format_duration(built.request.hours_s)} "
-            f"(about ${choice.projected_usd:.2f})?",
-            as_json=opts["as_json"],
-            yes=opts["yes"],
-        )
-
     provision = jobstart.rental(
-        make_provisioner(app), built, app.store, app.settings, say=say, confirm=confirm
+        make_provisioner(app),
+        built,
+        app.store,
+        app.settings,
+        say=_say,
+        confirm=lambda choice: _confirm(choice, opts["as_json"], opts["yes"]),
     )
     done = jobstart.run_job(runner, spec, job, provision)
     if done.declined:
