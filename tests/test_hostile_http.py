@@ -99,7 +99,7 @@ def test_a_fast_answer_is_untouched_by_the_deadline(vast, gs):
 
 # -- 13. pagination is bounded ---------------------------------------------------------------
 def test_a_repeated_next_token_fails_the_pass_after_two_pages(vast):
-    from gpushopper.providers.vastai import VastAI
+    from gpushopper.providers.vastai import VastAI, VastAIConfig
 
     vast.fail_next(
         "GET",
@@ -110,31 +110,31 @@ def test_a_repeated_next_token_fails_the_pass_after_two_pages(vast):
     )
     before = len(vast.requests)
     with pytest.raises(ProviderError, match="repeated a next_token"):
-        VastAI(vast.api_key, vast.url).list_instances()
+        VastAI(VastAIConfig(vast.api_key, vast.url)).list_instances()
     assert len(vast.requests) - before == 2
 
 
 def test_an_endless_stream_of_new_tokens_stops_at_the_page_bound():
-    from gpushopper.providers.vastai import MAX_PAGES, VastAI
+    from gpushopper.providers.vastai import MAX_PAGES, VastAI, VastAIConfig
     from tests.fakes.scripted_http import ScriptedServer
 
     with ScriptedServer() as server:
         for i in range(MAX_PAGES + 50):
             server.add(200, {"instances": [], "next_token": f"token-{i}"})
         with pytest.raises(ProviderError, match=f"did not end after {MAX_PAGES} pages"):
-            VastAI("page-key-1234", server.url).list_instances()
+            VastAI(VastAIConfig("page-key-1234", server.url)).list_instances()
         assert len(server.requests) == MAX_PAGES
 
 
 @pytest.mark.parametrize("token", [["x"], 7, {"a": 1}, "x" * 5000])
 def test_an_odd_next_token_is_a_provider_error(vast, token):
-    from gpushopper.providers.vastai import VastAI
+    from gpushopper.providers.vastai import VastAI, VastAIConfig
 
     vast.fail_next(
         "GET", r"/api/v1/instances", status=200, body={"instances": [], "next_token": token}
     )
     with pytest.raises(ProviderError, match="next_token"):
-        VastAI(vast.api_key, vast.url).list_instances()
+        VastAI(VastAIConfig(vast.api_key, vast.url)).list_instances()
 
 
 # -- 14. wrong-shaped answers are provider errors --------------------------------------------

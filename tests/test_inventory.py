@@ -1057,7 +1057,7 @@ def test_no_status_line_on_a_pipe_or_with_json(monkeypatch):
 
 def test_each_answer_is_decoded_once(market, monkeypatch):
     import gpushopper.providers.base as base
-    from gpushopper.providers.vastai import VastAI
+    from gpushopper.providers.vastai import VastAI, VastAIConfig
 
     vast, _ = market
     calls: list[int] = []
@@ -1073,7 +1073,7 @@ def test_each_answer_is_decoded_once(market, monkeypatch):
 
     monkeypatch.setattr(base, "json", types.SimpleNamespace(loads=counting_loads, dumps=json.dumps))
     monkeypatch.setattr(requests.Response, "json", lambda self, **kw: calls.append(-1))
-    VastAI(vast.api_key, vast.url).search_offers(OfferQuery(), limit=3)
+    VastAI(VastAIConfig(vast.api_key, vast.url)).search_offers(OfferQuery(), limit=3)
     assert len(calls) == 1 and calls[0] > 0
 
 

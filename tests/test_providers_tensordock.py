@@ -10,8 +10,10 @@ import pytest
 
 from gpushopper.model.errors import AuthFailed, NotFound, ProviderError, RateLimited
 from gpushopper.model.models import OfferQuery
+from gpushopper.providers.base import HttpConfig
 from gpushopper.providers.tensordock import (
     TensorDock,
+    TensorDockConfig,
     classify,
     display_name,
     even_down,
@@ -246,7 +248,8 @@ def emu():
 
 
 def client(emu: TensorDockEmulator, sleeps: list[float] | None = None) -> TensorDock:
-    return TensorDock(emu.api_token, emu.url, sleep=(sleeps if sleeps is not None else []).append)
+    config = TensorDockConfig(emu.api_token, emu.url)
+    return TensorDock(config, sleep=(sleeps if sleeps is not None else []).append)
 
 
 def test_search_reads_hostnodes_and_prices_each_offer(emu):
@@ -281,16 +284,17 @@ def test_rate_limit_is_retried_then_answered(emu):
 def test_error_in_a_200_body_is_raised(emu):
     emu.error_in_200_next("GET", "/hostnodes", "Service paused for maintenance", status=503)
     with pytest.raises(ProviderError, match="maintenance"):
-        TensorDock(emu.api_token, emu.url, retries=1).search_offers(OfferQuery())
+        config = TensorDockConfig(emu.api_token, emu.url, http=HttpConfig(retries=1))
+        TensorDock(config).search_offers(OfferQuery())
 
 
 def test_bad_token_is_an_auth_failure(emu):
     with pytest.raises(AuthFailed):
-        TensorDock("wrong-token", emu.url).search_offers(OfferQuery())
+        TensorDock(TensorDockConfig("wrong-token", emu.url)).search_offers(OfferQuery())
 
 
 def test_os_images_are_the_templates():
-    td = TensorDock("images-test-token-1234", "http://127.0.0.1:9")  # no HTTP needed
+    td = TensorDock(TensorDockConfig("images-test-token-1234", "http://127.0.0.1:9"))  # no HTTP
     slugs = [t.id for t in td.list_templates()]
     assert "ubuntu2404_ml_pytorch" in slugs and "ubuntu2404" in slugs
     bare = td.get_template("ubuntu2404")

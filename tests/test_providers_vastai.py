@@ -11,6 +11,7 @@ from gpushopper.model.errors import AuthFailed, ProviderError, RateLimited
 from gpushopper.model.models import OfferQuery
 from gpushopper.providers.vastai import (
     VastAI,
+    VastAIConfig,
     build_search,
     classify,
     parse_offer,
@@ -301,7 +302,8 @@ def emu():
 
 
 def client(emu: VastEmulator, sleeps: list[float] | None = None, **kw) -> VastAI:
-    return VastAI(emu.api_key, emu.url, sleep=(sleeps if sleeps is not None else []).append, **kw)
+    config = VastAIConfig(emu.api_key, emu.url, **kw)
+    return VastAI(config, sleep=(sleeps if sleeps is not None else []).append)
 
 
 def test_search_posts_bundles_and_prices_for_the_disk(emu):
@@ -353,7 +355,7 @@ def test_rate_limit_is_retried_then_answered(emu):
 
 
 def test_bad_key_is_an_auth_failure_with_the_key_redacted(emu):
-    vast = VastAI("wrong-key-123456", emu.url, sleep=lambda s: None)
+    vast = VastAI(VastAIConfig("wrong-key-123456", emu.url), sleep=lambda s: None)
     with pytest.raises(AuthFailed) as caught:
         vast.search_offers(OfferQuery())
     assert "wrong-key-123456" not in str(caught.value)

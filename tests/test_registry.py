@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gpushopper.model.errors import MissingCredentials
+from gpushopper.model.errors import AuthFailed, MissingCredentials
+from gpushopper.model.models import OfferQuery
 from gpushopper.providers.base import Provider
 from gpushopper.providers.registry import REGISTRY, provider_class, provider_names
 from gpushopper.state.config import Settings
@@ -115,3 +116,120 @@ def test_a_short_offer_id_resolves_only_to_an_id_the_user_could_have_typed():
     bad = "tensordock:node-9/../x:h100-sxm5-80gb"
     with pytest.raises(UsageError):
         resolve_offer_id("tensordock:node-9", lambda _p: [bad])
+
+
+# -- each provider's typed config, read from the settings here and nowhere else ----------------
+SECRETS = {"vastai": "vk-0123456789abcdef-secret", "tensordock": "tt-0123456789abcdef-secret"}
+KEY_ENV = {"vastai": "VASTAI_API_KEY", "tensordock": "TENSORDOCK_API_TOKEN"}
+URL_ENV = {"vastai": "VASTAI_API_URL", "tensordock": "TENSORDOCK_API_URL"}
+
+
+def _settings(name: str, **extra: str) -> Settings:
+    return Settings(paths=resolve_paths(), environ={KEY_ENV[name]: SECRETS[name], **extra})
+
+
+def test_every_setting_a_provider_takes_reaches_its_config():
+    from types import SimpleNamespace
+
+    from gpushopper.providers.base import HttpConfig
+    from gpushopper.providers.registry import provider_config
+    from gpushopper.providers.tensordock import TensorDockConfig
+    from gpushopper.providers.vastai import VastAIConfig
+
+    values = {
+        "vastai.api_key": "k-1234567890",
+        "vastai.api_url": "http://127.0.0.1:1",
+        "vastai.ssh_user": "ubuntu",
+        "vastai.max_price": 0.3,
+        "tensordock.api_token": "t-1234567890",
+        "tensordock.api_url": "http://127.0.0.1:2/api/v2",
+        "tensordock.ssh_user": "root",
+        "tensordock.image": "ubuntu2204",
+        "tensordock.vcpus_per_gpu": 6,
+        "tensordock.ram_gb_per_gpu": 48,
+        "defaults.http_timeout": 7.5,
+        "defaults.http_retries": 2,
+        "defaults.http_backoff": 0.25,
+    }
+    reader = SimpleNamespace(get=values.get)  # a SettingsReader: any get-alike
+    http = HttpConfig(timeout=7.5, retries=2, backoff=0.25)
+    assert provider_config("vastai", reader) == VastAIConfig(
+        "k-1234567890", "http://127.0.0.1:1", ssh_user="ubuntu", max_price=0.3, http=http
+    )
+    assert provider_config("tensordock", reader) == TensorDockConfig(
+        "t-1234567890",
+        "http://127.0.0.1:2/api/v2",
+        ssh_user="root",
+        image="ubuntu2204",
+        vcpus_per_gpu=6,
+        ram_per_gpu=48,
+        http=http,
+    )
+    with pytest.raises(ValueError, match="unknown provider"):
+        provider_config("aws", reader)
+
+
+@pytest.mark.parametrize("name", provider_names())
+def test_the_client_is_built_from_the_config_the_settings_give(name):
+    import dataclasses
+
+    from gpushopper.providers.registry import provider_config
+
+    settings = _settings(name, **{URL_ENV[name]: "http://127.0.0.1:9/"})
+    config = provider_config(name, settings)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.ssh_user = "someone"  # type: ignore[attr-defined]
+    client = provider_class(name).from_settings(settings)
+    assert client.ssh_user == config.ssh_user == settings.get(f"{name}.ssh_user")
+    assert client.api_url == "http://127.0.0.1:9"
+    assert client.http.max_attempts == config.http.retries == settings.get("defaults.http_retries")
+    assert client.http.timeout[1] == config.http.timeout
+    assert client.http.backoff_base == config.http.backoff
+
+
+@pytest.mark.parametrize("name", provider_names())
+def test_a_config_never_shows_its_key(name):
+    from gpushopper.providers.registry import provider_config
+
+    config = provider_config(name, _settings(name))
+    assert SECRETS[name] in vars(config).values()  # it holds it, for the client's header
+    for shown in (repr(config), str(config), f"{config}", f"{config!r}", repr([config])):
+        assert SECRETS[name] not in shown
+        assert type(config).__name__ in shown
+
+
+@pytest.mark.parametrize(
+    ("name", "says"),
+    [
+        ("vastai", "set VASTAI_API_KEY or run 'gpu-shopper config set vastai.api_key -'"),
+        ("tensordock", "set TENSORDOCK_API_TOKEN or run 'gpu-shopper config set tensordock"),
+    ],
+)
+def test_the_missing_key_message_names_the_variable(name, says):
+    settings = Settings(paths=resolve_paths(), environ={})
+    with pytest.raises(MissingCredentials) as err:
+        provider_class(name).from_settings(settings)
+    assert str(err.value).startswith(f"{name}: no credentials configured ({says}")
+    assert str(err.value).endswith(" (reads stdin))")
+
+
+@pytest.mark.parametrize("name", provider_names())
+def test_an_error_never_shows_the_key(name, request):
+    """A wrong key (the emulator refuses it) fails as AuthFailed, over real HTTP; neither the
+    error nor the config it came from shows the key."""
+    emu = request.getfixturevalue(f"{'vast' if name == 'vastai' else name}_emulator")
+    settings = _settings(name, **{URL_ENV[name]: emu.url})
+    client = provider_class(name).from_settings(settings)
+    with pytest.raises(AuthFailed) as err:
+        client.search_offers(OfferQuery())
+    for shown in (str(err.value), repr(err.value), repr(err.value.args)):
+        assert SECRETS[name] not in shown
+    assert client.http.headers["Authorization"] == f"Bearer {SECRETS[name]}"  # it was sent
+
+
+def test_no_adapter_reads_a_setting():
+    """Only the registry reads a provider's dotted keys; an adapter takes its config."""
+    for name in provider_names():
+        source = (ROOT.parent / "gpushopper" / "providers" / f"{name}.py").read_text()
+        assert "settings.get(" not in source, name
+        assert f'"{name}.' not in source, name

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from gpushopper.model.errors import MissingCredentials
 from gpushopper.model.jsontypes import JSONObject, JSONValue
 from gpushopper.model.lazyre import LazyPattern
-
-if TYPE_CHECKING:
-    from gpushopper.providers.base import SettingsReader
 
 
 class ApiCall(NamedTuple):  # a NamedTuple: a frozen dataclass costs ~0.7 ms at every import
@@ -160,12 +157,3 @@ def require(value: str | None, provider: str, hint: str) -> str:
     if not value:
         raise MissingCredentials(provider, hint)
     return value
-
-
-def http_settings(settings: SettingsReader) -> JSONObject:
-    """The HTTP knobs every provider client takes from settings."""
-    return {
-        "timeout": settings.get("defaults.http_timeout"),
-        "retries": settings.get("defaults.http_retries"),
-        "backoff": settings.get("defaults.http_backoff"),
-    }

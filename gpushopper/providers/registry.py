@@ -1,8 +1,10 @@
-"""The one list of providers: names, classes, offer ids and on-instance deadline hooks.
+"""The one list of providers: names, classes, configs, offer ids and deadline hooks.
 
 Everything else derives from ``ENTRIES`` (the CLI's ``--provider`` choices, ``doctor``, offer
 id parsing, the deadline snippets); tests/test_registry.py fails when any other module spells
-a provider name. This module imports nothing heavy: the light commands load it.
+a provider name. Each provider's typed config (its key, URL, ssh user, ...) is read from the
+settings here and nowhere else: an adapter never reads a dotted key. This module imports
+nothing heavy: the light commands load it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ from gpushopper.model.errors import UsageError
 from gpushopper.model.lazyre import LazyPattern
 
 if TYPE_CHECKING:
-    from gpushopper.providers.base import Provider
+    from gpushopper.providers.base import HttpConfig, Provider, SettingsReader
+    from gpushopper.providers.tensordock import TensorDockConfig
+    from gpushopper.providers.vastai import VastAIConfig
 
 
 class DeadlineHook(NamedTuple):  # a NamedTuple: a frozen dataclass costs ~0.7 ms at import
@@ -35,11 +39,63 @@ class Entry(NamedTuple):  # a NamedTuple: a frozen dataclass costs ~0.7 ms at im
     offer_form: str  # an offer id's shape, as a message shows it
     native_form: str  # the shape named when this provider's id is malformed
     native_ok: Callable[[str], bool]
+    # settings -> the provider's own frozen config (the class takes it; MissingCredentials
+    # without a key)
+    configure: Callable[[SettingsReader], object]
     deadline: DeadlineHook | None = None
     # Long ids (a TensorDock hostnode uuid) are shown and taken as unique prefixes; a
     # Vast.ai ask is a short number, and a shorter number is another ask.
     short_native: int | None = None
     templates_hint: str = ""  # what --template names here, for a template it lacks
+
+
+def http_config(settings: SettingsReader) -> HttpConfig:
+    """The HTTP knobs every provider client takes from the settings."""
+    from gpushopper.providers.base import HttpConfig
+
+    return HttpConfig(
+        timeout=settings.get("defaults.http_timeout"),
+        retries=settings.get("defaults.http_retries"),
+        backoff=settings.get("defaults.http_backoff"),
+    )
+
+
+def vastai_config(settings: SettingsReader) -> VastAIConfig:
+    from gpushopper.providers.common import require
+    from gpushopper.providers.vastai import VastAIConfig
+
+    key = require(
+        settings.get("vastai.api_key"),
+        "vastai",
+        "set VASTAI_API_KEY or run 'gpu-shopper config set vastai.api_key -' (reads stdin)",
+    )
+    return VastAIConfig(
+        api_key=key,
+        api_url=settings.get("vastai.api_url"),
+        ssh_user=settings.get("vastai.ssh_user"),
+        max_price=settings.get("vastai.max_price"),
+        http=http_config(settings),
+    )
+
+
+def tensordock_config(settings: SettingsReader) -> TensorDockConfig:
+    from gpushopper.providers.common import require
+    from gpushopper.providers.tensordock import TensorDockConfig
+
+    token = require(
+        settings.get("tensordock.api_token"),
+        "tensordock",
+        "set TENSORDOCK_API_TOKEN or run 'gpu-shopper config set tensordock.api_token -' (reads stdin)",
+    )
+    return TensorDockConfig(
+        api_token=token,
+        api_url=settings.get("tensordock.api_url"),
+        ssh_user=settings.get("tensordock.ssh_user"),
+        image=settings.get("tensordock.image"),
+        vcpus_per_gpu=settings.get("tensordock.vcpus_per_gpu"),
+        ram_per_gpu=settings.get("tensordock.ram_gb_per_gpu"),
+        http=http_config(settings),
+    )
 
 
 _TD_NATIVE = LazyPattern(r"[A-Za-z0-9_-]+:[A-Za-z0-9_.-]+")
@@ -52,6 +108,7 @@ ENTRIES: tuple[Entry, ...] = (
         offer_form="vastai:<ask id>",
         native_form="vastai:<number>",
         native_ok=lambda native: native.isascii() and native.isdigit(),  # never "²"
+        configure=vastai_config,
         deadline=DeadlineHook(
             style="destroy-by-api",
             default_file="/root/.gpu-shopper/deadline",
@@ -68,6 +125,7 @@ ENTRIES: tuple[Entry, ...] = (
         offer_form="tensordock:<hostnode id>:<gpu model>",
         native_form="tensordock:<hostnode id>:<gpu model>",
         native_ok=lambda native: _TD_NATIVE.fullmatch(native) is not None,
+        configure=tensordock_config,
         deadline=DeadlineHook(style="power-off", default_file="/var/lib/gpu-shopper/deadline"),
         short_native=8,
         templates_hint=(
@@ -95,6 +153,16 @@ def provider_class(name: str) -> type[Provider]:
     module_name, _, attr = target.partition(":")
     cls: type[Provider] = getattr(importlib.import_module(module_name), attr)
     return cls
+
+
+def provider_config(name: str, settings: SettingsReader) -> object:
+    """The typed config provider ``name``'s class is built from, read from ``settings``
+    (MissingCredentials when its key is unset)."""
+    try:
+        entry = BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"unknown provider {name!r} (known: {', '.join(REGISTRY)})") from None
+    return entry.configure(settings)
 
 
 def no_template(name: str, ident: str) -> str:

@@ -11,6 +11,7 @@ import math
 import re
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TypedDict
 
 from gpushopper.model.errors import (
@@ -31,17 +32,15 @@ from gpushopper.model.models import (
     offer_matches,
     rank_offers,
 )
-from gpushopper.providers.base import HttpClient, SettingsReader, error_text
+from gpushopper.providers.base import HttpClient, HttpConfig, SettingsReader, error_text
 from gpushopper.providers.common import (
     ApiCall,
     checked_instance_id,
     country_code,
-    http_settings,
     integer,
     num,
-    require,
 )
-from gpushopper.providers.registry import offer_id_ok
+from gpushopper.providers.registry import offer_id_ok, tensordock_config
 
 NAME = "tensordock"
 API_PATH = "/api/v2"  # the adapter's paths are relative to the API base, which ends here
@@ -418,58 +417,53 @@ def cloud_init_for(spec: LaunchSpec, users: tuple[str, ...] = ("root", "user")) 
     return {"runcmd": runcmd}
 
 
+@dataclass(frozen=True)
+class TensorDockConfig:
+    """What a TensorDock client is built from; the registry reads it from the settings
+    (``registry.tensordock_config``). The token never appears in its repr."""
+
+    api_token: str = field(repr=False)
+    api_url: str = "https://dashboard.tensordock.com/api/v2"
+    ssh_user: str = "user"
+    image: str = "ubuntu2404_ml_pytorch"  # the OS image booted when none is asked for
+    vcpus_per_gpu: int = 8
+    ram_per_gpu: int = 32  # GB (tensordock.ram_gb_per_gpu)
+    http: HttpConfig = HttpConfig()
+
+
 class TensorDock:
-    """TensorDock v2 over HTTP. Construct with :meth:`from_settings`."""
+    """TensorDock v2 over HTTP, built from a :class:`TensorDockConfig` (the CLI:
+    :meth:`from_settings`)."""
 
     NAME = NAME
 
     def __init__(
-        self,
-        api_token: str,
-        api_url: str = "https://dashboard.tensordock.com/api/v2",
-        *,
-        ssh_user: str = "user",
-        image: str = "ubuntu2404_ml_pytorch",
-        vcpus_per_gpu: int = 8,
-        ram_per_gpu: int = 32,
-        timeout: float = 30.0,
-        retries: int = 4,
-        backoff: float = 0.5,
-        sleep: Callable[[float], None] = time.sleep,
+        self, config: TensorDockConfig, *, sleep: Callable[[float], None] = time.sleep
     ) -> None:
-        self.api_url = api_url.rstrip("/")
-        self.ssh_user = ssh_user
-        self.image = image
-        self.vcpus_per_gpu = vcpus_per_gpu
-        self.ram_per_gpu = ram_per_gpu
+        self.api_url = config.api_url.rstrip("/")
+        self.ssh_user = config.ssh_user
+        self.image = config.image
+        self.vcpus_per_gpu = config.vcpus_per_gpu
+        self.ram_per_gpu = config.ram_per_gpu
         self.http = HttpClient(
             NAME,
             self.api_url,
-            headers={"Authorization": f"Bearer {api_token}", "Content-Type": "application/json"},
-            secrets=[api_token],
-            read_timeout=timeout,
-            max_attempts=retries,
-            backoff_base=backoff,
+            headers={
+                "Authorization": f"Bearer {config.api_token}",
+                "Content-Type": "application/json",
+            },
+            secrets=[config.api_token],
+            read_timeout=config.http.timeout,
+            max_attempts=config.http.retries,
+            backoff_base=config.http.backoff,
             sleep=sleep,
             classify=classify,
         )
 
     @classmethod
     def from_settings(cls, settings: SettingsReader) -> TensorDock:
-        token = require(
-            settings.get("tensordock.api_token"),
-            NAME,
-            "set TENSORDOCK_API_TOKEN or run 'gpu-shopper config set tensordock.api_token -' (reads stdin)",
-        )
-        return cls(
-            token,
-            settings.get("tensordock.api_url"),
-            ssh_user=settings.get("tensordock.ssh_user"),
-            image=settings.get("tensordock.image"),
-            vcpus_per_gpu=settings.get("tensordock.vcpus_per_gpu"),
-            ram_per_gpu=settings.get("tensordock.ram_gb_per_gpu"),
-            **http_settings(settings),
-        )
+        """The client the settings describe (MissingCredentials without a token)."""
+        return cls(tensordock_config(settings))
 
     def check(self) -> str:
         data = self.http.request("GET", "/locations") or {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from gpushopper.model.errors import AuthFailed, NotFound, ProviderError, RateLimited, Unavailable
 from gpushopper.model.jsontypes import JSONObject, JSONValue
@@ -22,18 +23,16 @@ from gpushopper.model.models import (
     primary_key,
     rank_offers,
 )
-from gpushopper.providers.base import HttpClient, SettingsReader, dumps_query
+from gpushopper.providers.base import HttpClient, HttpConfig, SettingsReader, dumps_query
 from gpushopper.providers.common import (
     ApiCall,
     checked_instance_id,
     country_code,
-    http_settings,
     integer,
     num,
-    require,
     rows_of,
 )
-from gpushopper.providers.registry import offer_id_ok
+from gpushopper.providers.registry import offer_id_ok, vastai_config
 
 NAME = "vastai"
 # Every call this adapter makes (docs/api-coverage.md is generated from it).
@@ -410,52 +409,45 @@ def _shape(value: JSONValue) -> str:
 
 
 # -- the client ------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class VastAIConfig:
+    """What a Vast.ai client is built from; the registry reads it from the settings
+    (``registry.vastai_config``). The key never appears in its repr."""
+
+    api_key: str = field(repr=False)
+    api_url: str = "https://console.vast.ai"
+    ssh_user: str = "root"
+    max_price: float | None = None  # $/h: every search is capped here (vastai.max_price)
+    http: HttpConfig = HttpConfig()
+
+
 class VastAI:
-    """Vast.ai over HTTP. Construct with :meth:`from_settings`."""
+    """Vast.ai over HTTP, built from a :class:`VastAIConfig` (the CLI: :meth:`from_settings`)."""
 
     NAME = NAME
 
     def __init__(
-        self,
-        api_key: str,
-        api_url: str = "https://console.vast.ai",
-        *,
-        ssh_user: str = "root",
-        max_price: float | None = None,
-        timeout: float = 30.0,
-        retries: int = 4,
-        backoff: float = 0.5,
-        sleep: Callable[[float], None] = time.sleep,
+        self, config: VastAIConfig, *, sleep: Callable[[float], None] = time.sleep
     ) -> None:
-        self.api_url = api_url.rstrip("/")
-        self.ssh_user = ssh_user
-        self.max_price = max_price
+        self.api_url = config.api_url.rstrip("/")
+        self.ssh_user = config.ssh_user
+        self.max_price = config.max_price
         self.http = HttpClient(
             NAME,
             self.api_url,
-            headers={"Authorization": f"Bearer {api_key}"},
-            secrets=[api_key],
-            read_timeout=timeout,
-            max_attempts=retries,
-            backoff_base=backoff,
+            headers={"Authorization": f"Bearer {config.api_key}"},
+            secrets=[config.api_key],
+            read_timeout=config.http.timeout,
+            max_attempts=config.http.retries,
+            backoff_base=config.http.backoff,
             sleep=sleep,
             classify=classify,
         )
 
     @classmethod
     def from_settings(cls, settings: SettingsReader) -> VastAI:
-        key = require(
-            settings.get("vastai.api_key"),
-            NAME,
-            "set VASTAI_API_KEY or run 'gpu-shopper config set vastai.api_key -' (reads stdin)",
-        )
-        return cls(
-            key,
-            settings.get("vastai.api_url"),
-            ssh_user=settings.get("vastai.ssh_user"),
-            max_price=settings.get("vastai.max_price"),
-            **http_settings(settings),
-        )
+        """The client the settings describe (MissingCredentials without a key)."""
+        return cls(vastai_config(settings))
 
     @staticmethod
     def _v0(path: str) -> str:
