@@ -251,80 +251,115 @@ def parse_hostnodes(
 ) -> list[Offer]:
     """``GET /hostnodes`` answer -> one Offer per (hostnode, GPU model) that can host
     ``query.num_gpus`` (default 1) GPUs with a dedicated IP. Pure; tolerant of gaps."""
+    count = query.num_gpus or 1
+    offers: list[Offer] = []
+    for node in _hostnodes(data):
+        for gpu in _gpus(node):
+            offer = _gpu_offer(node, gpu, count, query.disk_gb, vcpus_per_gpu, ram_per_gpu)
+            if offer is not None:
+                offers.append(offer)
+    return [o for o in offers if offer_matches(o, query)]
+
+
+def _hostnodes(data: JSONValue) -> list[JSONObject]:
+    """The answer's hostnodes that have an id and can give a dedicated IP."""
     payload = data.get("data", data) if isinstance(data, dict) else {}
     rows = payload.get("hostnodes") if isinstance(payload, dict) else payload
     if not isinstance(rows, list):
         return []
-    count = query.num_gpus or 1
-    offers: list[Offer] = []
-    for node in rows:
-        if not isinstance(node, dict) or not node.get("id"):
-            continue
-        res = _obj(node.get("available_resources"))
-        if res.get("has_public_ip_available") is False:
-            continue  # SSH needs a dedicated IP: port forwards were ignored at some sites
-        location = _obj(node.get("location"))
-        uptime = num(node.get("uptime_percentage"))
-        gpus = res.get("gpus")
-        for gpu in gpus if isinstance(gpus, list) else []:
-            if not isinstance(gpu, dict):
-                continue
-            v0name = gpu.get("v0Name")
-            available = integer(gpu.get("availableCount")) or 0
-            gpu_price = num(gpu.get("price_per_hr"))
-            if not isinstance(v0name, str) or not v0name or available < count or gpu_price is None:
-                continue
-            # The node id goes into a URL path (GET /hostnodes/ID) and the create: an offer
-            # id the user could not type ("../x", "a#b") is no offer.
-            offer_id = f"{NAME}:{node['id']}:{v0name}"
-            if not offer_id_ok(offer_id, NAME):
-                continue
-            plan = plan_resources(node, count, query.disk_gb, vcpus_per_gpu, ram_per_gpu)
-            if plan is None:
-                continue
-            price = price_of(gpu_price, count, _obj(node.get("pricing")), plan)
-            place = ", ".join(
-                str(p)
-                for p in (
-                    location.get("city"),
-                    location.get("stateprovince"),
-                    location.get("country"),
-                )
-                if p
-            )
-            speed = num(location.get("network_speed_gbps"))
-            shown = gpu.get("displayName")
-            display = shown if isinstance(shown, str) and shown else display_name(v0name)
-            offers.append(
-                Offer(
-                    id=offer_id,
-                    provider=NAME,
-                    gpu_name=display,
-                    num_gpus=count,
-                    vram_gb=vram_from_v0name(v0name),
-                    price_per_hour=price,
-                    reliability=round(uptime / 100, 4) if uptime is not None else None,
-                    cuda_version=None,
-                    disk_gb=num(res.get("storage_gb")),
-                    cpu_cores=float(plan["vcpu_count"]),
-                    ram_gb=float(plan["ram_gb"]),
-                    country=country_code(location.get("country")),
-                    location=place or None,
-                    inet_down_mbps=speed * 1000 if speed is not None else None,
-                    verified=None,
-                    machine_id=str(node["id"]),
-                    perf_per_dollar=None,
-                    max_disk_gb=num(res.get("storage_gb")),
-                    extra={
-                        "hostnode_id": node["id"],
-                        "location_id": node.get("location_id") or location.get("uuid"),
-                        "v0name": v0name,
-                        "tier": location.get("tier"),
-                        **plan,
-                    },
-                )
-            )
-    return [o for o in offers if offer_matches(o, query)]
+    return [
+        node
+        for node in rows
+        if isinstance(node, dict)
+        and node.get("id")
+        # SSH needs a dedicated IP: port forwards were ignored at some sites
+        and _obj(node.get("available_resources")).get("has_public_ip_available") is not False
+    ]
+
+
+def _gpus(node: JSONObject) -> list[JSONObject]:
+    """A hostnode's GPU models (each with its free count and price), as objects."""
+    gpus = _obj(node.get("available_resources")).get("gpus")
+    return [gpu for gpu in gpus if isinstance(gpu, dict)] if isinstance(gpus, list) else []
+
+
+def _gpu_offer(
+    node: JSONObject,
+    gpu: JSONObject,
+    count: int,
+    disk_gb: float,
+    vcpus_per_gpu: int,
+    ram_per_gpu: int,
+) -> Offer | None:
+    """One GPU model of a hostnode as an offer of ``count`` GPUs; None when too few are
+    free, it has no price or name, its id is one the user could not type, or the host has
+    no room for the vCPUs, RAM and disk that go with them."""
+    v0name = gpu.get("v0Name")
+    available = integer(gpu.get("availableCount")) or 0
+    gpu_price = num(gpu.get("price_per_hr"))
+    if not isinstance(v0name, str) or not v0name or available < count or gpu_price is None:
+        return None
+    # The node id goes into a URL path (GET /hostnodes/ID) and the create: an offer
+    # id the user could not type ("../x", "a#b") is no offer.
+    offer_id = f"{NAME}:{node['id']}:{v0name}"
+    if not offer_id_ok(offer_id, NAME):
+        return None
+    plan = plan_resources(node, count, disk_gb, vcpus_per_gpu, ram_per_gpu)
+    if plan is None:
+        return None
+    price = price_of(gpu_price, count, _obj(node.get("pricing")), plan)
+    return _offer(node, gpu, offer_id, count, plan, price)
+
+
+def _offer(
+    node: JSONObject,
+    gpu: JSONObject,
+    offer_id: str,
+    count: int,
+    plan: ResourcePlan,
+    price: float | None,
+) -> Offer:
+    """The Offer for a GPU model that passed ``_gpu_offer``'s checks."""
+    v0name: str = gpu["v0Name"]
+    res = _obj(node.get("available_resources"))
+    location = _obj(node.get("location"))
+    uptime = num(node.get("uptime_percentage"))
+    speed = num(location.get("network_speed_gbps"))
+    shown = gpu.get("displayName")
+    display = shown if isinstance(shown, str) and shown else display_name(v0name)
+    return Offer(
+        id=offer_id,
+        provider=NAME,
+        gpu_name=display,
+        num_gpus=count,
+        vram_gb=vram_from_v0name(v0name),
+        price_per_hour=price,
+        reliability=round(uptime / 100, 4) if uptime is not None else None,
+        cuda_version=None,
+        disk_gb=num(res.get("storage_gb")),
+        cpu_cores=float(plan["vcpu_count"]),
+        ram_gb=float(plan["ram_gb"]),
+        country=country_code(location.get("country")),
+        location=_place(location),
+        inet_down_mbps=speed * 1000 if speed is not None else None,
+        verified=None,
+        machine_id=str(node["id"]),
+        perf_per_dollar=None,
+        max_disk_gb=num(res.get("storage_gb")),
+        extra={
+            "hostnode_id": node["id"],
+            "location_id": node.get("location_id") or location.get("uuid"),
+            "v0name": v0name,
+            "tier": location.get("tier"),
+            **plan,
+        },
+    )
+
+
+def _place(location: JSONObject) -> str | None:
+    """``Dallas, Texas, United States`` from the parts the location has (None: none)."""
+    parts = (location.get("city"), location.get("stateprovince"), location.get("country"))
+    return ", ".join(str(p) for p in parts if p) or None
 
 
 def parse_instance(raw: JSONObject) -> Instance:
