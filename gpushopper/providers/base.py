@@ -160,6 +160,17 @@ def error_text(body: JSONValue) -> str | None:
     return None
 
 
+class _Call(NamedTuple):
+    """One request as ``HttpClient.request`` sends it, try after try."""
+
+    method: str
+    path: str  # as the adapter gave it (messages name it, redacted)
+    url: str
+    params: JSONObject | None
+    json_body: JSONValue
+    timeout: tuple[float, float]
+
+
 class HttpClient:
     """One provider's HTTP session. ``sleep`` is injectable so retries test instantly."""
 
@@ -242,71 +253,93 @@ class HttpClient:
         ``idempotent`` defaults to True for GET/HEAD/DELETE; pass False for creates,
         which are never retried, and True for safe PUTs such as label updates.
         """
-        import requests
-
         method = method.upper()
         if idempotent is None:
             idempotent = method in ("GET", "HEAD", "DELETE")
-        url = self.url(path)
+        call = _Call(method, path, self.url(path), params, json_body, timeout or self.timeout)
         attempts = self.max_attempts if idempotent else 1
         last_error: ProviderError | None = None
-        from gpushopper.providers.http_deadline import deadline
-
         for attempt in range(attempts):
-            started = time.monotonic()
-            limit = deadline(self.total_timeout)
-            try:
-                with limit:
-                    response = self.session.request(
-                        method, url, params=params, json=json_body, timeout=timeout or self.timeout
-                    )
-            except requests.RequestException as exc:
-                if limit.expired():
-                    raise self._too_slow(method, path) from None
-                last_error = self._failure(exc, method, path)
-            else:
-                if limit.expired():  # cut mid-headers, the answer may look whole: it is not
-                    raise self._too_slow(method, path)
-                elapsed = time.monotonic() - started
-                log.debug(
-                    "%s %s %s -> %s in %.2fs",
-                    self.provider,
-                    method,
-                    redact(response.url),
-                    response.status_code,
-                    elapsed,
-                )
-                body, malformed = self._decode(response)
-                error = self._error_for(response, body)
-                if error is None:
-                    if malformed:
-                        raise Unavailable(
-                            self.provider,
-                            f"{method} {redact(path)} returned malformed JSON "
-                            f"(HTTP {response.status_code}): {clip(response.text, 120)!r}",
-                            status=response.status_code,
-                        )
-                    return body
-                last_error = error
-                if response.status_code not in RETRY_STATUSES:
-                    raise error
-                if isinstance(error, RateLimited) and error.retry_after is not None:
-                    if error.retry_after > self.max_retry_after:
-                        raise error
-                    if attempt + 1 < attempts:
-                        log.info(
-                            "%s rate limited; retrying in %.1fs (Retry-After)",
-                            self.provider,
-                            error.retry_after,
-                        )
-                        self.sleep(error.retry_after)
-                        continue
+            body, last_error = self._attempt(call)
+            if last_error is None:
+                return body
             if attempt + 1 < attempts:
-                delay = self._backoff(attempt)
-                log.info("%s: %s; retrying in %.1fs", self.provider, last_error, delay)
-                self.sleep(delay)
+                self._wait_to_retry(last_error, attempt)
         assert last_error is not None
         raise last_error
+
+    def _attempt(self, call: _Call) -> tuple[JSONValue, ProviderError | None]:
+        """One try: (the body, None), or (None, the error worth another try). An answer
+        that no retry can mend (too slow, malformed, an error not in RETRY_STATUSES, a
+        Retry-After past the bound) is raised."""
+        import requests
+
+        from gpushopper.providers.http_deadline import deadline
+
+        started = time.monotonic()
+        limit = deadline(self.total_timeout)
+        try:
+            with limit:
+                response = self.session.request(
+                    call.method,
+                    call.url,
+                    params=call.params,
+                    json=call.json_body,
+                    timeout=call.timeout,
+                )
+        except requests.RequestException as exc:
+            if limit.expired():
+                raise self._too_slow(call.method, call.path) from None
+            return None, self._failure(exc, call.method, call.path)
+        if limit.expired():  # cut mid-headers, the answer may look whole: it is not
+            raise self._too_slow(call.method, call.path)
+        log.debug(
+            "%s %s %s -> %s in %.2fs",
+            self.provider,
+            call.method,
+            redact(response.url),
+            response.status_code,
+            time.monotonic() - started,
+        )
+        return self._judge(response, call)
+
+    def _judge(
+        self, response: requests.Response, call: _Call
+    ) -> tuple[JSONValue, ProviderError | None]:
+        """An answer as (its body, None), or (None, an error a retry may mend); raises
+        what a retry cannot."""
+        body, malformed = self._decode(response)
+        error = self._error_for(response, body)
+        if error is None:
+            if malformed:
+                raise Unavailable(
+                    self.provider,
+                    f"{call.method} {redact(call.path)} returned malformed JSON "
+                    f"(HTTP {response.status_code}): {clip(response.text, 120)!r}",
+                    status=response.status_code,
+                )
+            return body, None
+        if response.status_code not in RETRY_STATUSES:
+            raise error
+        wait = error.retry_after if isinstance(error, RateLimited) else None
+        if wait is not None and wait > self.max_retry_after:  # a daily quota: not worth it
+            raise error
+        return None, error
+
+    def _wait_to_retry(self, error: ProviderError, attempt: int) -> None:
+        """Sleep before the next try: the server's Retry-After when it sent one (already
+        within the bound), else the backoff for this attempt."""
+        if isinstance(error, RateLimited) and error.retry_after is not None:
+            log.info(
+                "%s rate limited; retrying in %.1fs (Retry-After)",
+                self.provider,
+                error.retry_after,
+            )
+            self.sleep(error.retry_after)
+            return
+        delay = self._backoff(attempt)
+        log.info("%s: %s; retrying in %.1fs", self.provider, error, delay)
+        self.sleep(delay)
 
     def _too_slow(self, method: str, path: str) -> Unavailable:
         # The deadline cut the socket. Not retried: a slow server is no faster next time.
