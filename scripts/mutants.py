@@ -174,6 +174,42 @@ MUTANTS = [
         ],
         ["tests/test_providers_tensordock.py"],
     ),
+    # -- the providers' configs and HTTP client (issue 11) ----------------------------------------
+    Mutant(
+        "a provider config's repr shows its key",
+        "gpushopper/providers/vastai.py",
+        [("    api_key: str = field(repr=False)\n", "    api_key: str = field()\n")],
+        ["tests/test_registry.py"],
+    ),
+    Mutant(
+        "a provider client leaves its key out of the redaction",
+        "gpushopper/providers/tensordock.py",
+        [("            secrets=[config.api_token],\n", "            secrets=[],\n")],
+        ["tests/test_registry.py"],
+    ),
+    Mutant(
+        "an idempotent call is tried only once",
+        "gpushopper/providers/base.py",
+        [("attempts = self.max_attempts if idempotent else 1", "attempts = 1")],
+        ["tests/test_http.py"],
+    ),
+    Mutant(
+        "a 503 is not retried",
+        "gpushopper/providers/base.py",
+        [("frozenset({429, 502, 503, 504})", "frozenset({429, 502, 504})")],
+        ["tests/test_http.py"],
+    ),
+    Mutant(
+        "a hostnode without a dedicated IP is offered",
+        "gpushopper/providers/tensordock.py",
+        [
+            (
+                '.get("has_public_ip_available") is not False\n',
+                '.get("has_public_ip_available") is not None or True\n',
+            )
+        ],
+        ["tests/test_providers_tensordock.py"],
+    ),
     Mutant(
         "a session missing from a list is closed without asking the provider",
         "gpushopper/core/enforcer.py",

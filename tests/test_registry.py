@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gpushopper.model.errors import AuthFailed, MissingCredentials
+from gpushopper.model.errors import AuthFailed, MissingCredentials, ProviderError
 from gpushopper.model.models import OfferQuery
 from gpushopper.providers.base import Provider
 from gpushopper.providers.registry import REGISTRY, provider_class, provider_names
@@ -178,7 +178,7 @@ def test_the_client_is_built_from_the_config_the_settings_give(name):
     settings = _settings(name, **{URL_ENV[name]: "http://127.0.0.1:9/"})
     config = provider_config(name, settings)
     with pytest.raises(dataclasses.FrozenInstanceError):
-        config.ssh_user = "someone"  # type: ignore[attr-defined]
+        config.ssh_user = "someone"
     client = provider_class(name).from_settings(settings)
     assert client.ssh_user == config.ssh_user == settings.get(f"{name}.ssh_user")
     assert client.api_url == "http://127.0.0.1:9"
@@ -233,3 +233,27 @@ def test_no_adapter_reads_a_setting():
         source = (ROOT.parent / "gpushopper" / "providers" / f"{name}.py").read_text()
         assert "settings.get(" not in source, name
         assert f'"{name}.' not in source, name
+
+
+@pytest.mark.parametrize("name", provider_names())
+def test_a_key_the_server_echoes_is_redacted_by_the_client_the_config_built(name):
+    """Built from a plain reader (no Settings registering secrets first), the client itself
+    registers its key: an error that quotes it shows it masked."""
+    import uuid
+    from types import SimpleNamespace
+
+    from gpushopper.providers.registry import provider_config
+    from tests.fakes.scripted_http import ScriptedServer
+
+    secret = f"echoed-{uuid.uuid4().hex}"  # never registered by any earlier test
+    key = "vastai.api_key" if name == "vastai" else "tensordock.api_token"
+    with ScriptedServer() as server:
+        server.add(400, {"error": "bad_request", "msg": f"rejected key {secret}"})
+        values = {key: secret, f"{name}.api_url": server.url, "defaults.http_retries": 1}
+        defaults = Settings(paths=resolve_paths(), environ={})  # holds no key
+        reader = SimpleNamespace(get=lambda k: values[k] if k in values else defaults.get(k))
+        config = provider_config(name, reader)
+        with pytest.raises(ProviderError) as err:
+            provider_class(name)(config).search_offers(OfferQuery())
+    assert "rejected key" in str(err.value)
+    assert secret not in str(err.value) and secret not in repr(err.value)
