@@ -156,7 +156,8 @@ def api_coverage() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-# Which commands read a setting, by the module that reads it.
+# Which commands read a setting, by the module that reads it ("path::function": by that
+# function alone, and the rest of the file without it).
 READERS: dict[str, str] = {
     "gpushopper/cli/filters.py": "inventory, provision, run, templates catalog",
     "gpushopper/core/query.py": "inventory, provision, run, templates catalog",
@@ -171,17 +172,41 @@ READERS: dict[str, str] = {
     "gpushopper/core/rules.py": "sessions",
     "gpushopper/core/deadline.py": "provision",
     "gpushopper/core/enforcer.py": "watch, cleanup-orphans",
-    "gpushopper/providers/common.py": "every command that calls a provider",
-    "gpushopper/providers/vastai.py": "every command that calls Vast.ai",
-    "gpushopper/providers/tensordock.py": "every command that calls TensorDock",
+    # The registry builds each provider's config; its deadline hooks name settings too.
+    "gpushopper/providers/registry.py::http_config": "every command that calls a provider",
+    "gpushopper/providers/registry.py::vastai_config": "every command that calls Vast.ai",
+    "gpushopper/providers/registry.py::tensordock_config": "every command that calls TensorDock",
     "gpushopper/providers/registry.py": "provision (the on-instance deadline)",
 }
 
 
+def _reader_text(reader: str) -> str:
+    """The source a READERS entry stands for: one function, or a file less the functions
+    that have entries of their own."""
+    import ast
+
+    rel, _, function = reader.partition("::")
+    text = (ROOT / rel).read_text(encoding="utf-8")
+    apart = {f for r in READERS if r.startswith(rel + "::") for f in [r.partition("::")[2]]}
+    if not apart:
+        return text
+    lines = text.splitlines(keepends=True)
+    spans = {
+        node.name: (node.lineno - 1, node.end_lineno or node.lineno)
+        for node in ast.parse(text).body
+        if isinstance(node, ast.FunctionDef) and node.name in apart
+    }
+    if function:
+        start, end = spans[function]
+        return "".join(lines[start:end])
+    cut = {i for start, end in spans.values() for i in range(start, end)}
+    return "".join(line for i, line in enumerate(lines) if i not in cut)
+
+
 def readers_of(key: str) -> str:
     found = []
-    for rel, who in READERS.items():
-        if f'"{key}"' in (ROOT / rel).read_text(encoding="utf-8"):
+    for reader, who in READERS.items():
+        if f'"{key}"' in _reader_text(reader):
             found += [w for w in who.split(", ") if w not in found]
     return ", ".join(found) or "config (not read elsewhere)"
 
