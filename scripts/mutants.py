@@ -867,6 +867,48 @@ MUTANTS = [
         ],
         ["tests/test_request.py"],
     ),
+    # -- the JSON mode and the rent prompt (issue 11 review) ---------------------------------------
+    Mutant(
+        "--json at a terminal still asks before renting (a script gets a prompt)",
+        "gpushopper/cli/provision.py",
+        [("    if yes or as_json or not prompting():\n", "    if yes or not prompting():\n")],
+        [
+            "tests/test_first_contact.py::test_json_or_yes_never_asks_even_at_a_terminal",
+            "tests/test_first_contact.py::test_run_with_json_never_asks_at_a_terminal",
+        ],
+    ),
+    Mutant(
+        "--yes at a terminal still asks before renting",
+        "gpushopper/cli/provision.py",
+        [("    if yes or as_json or not prompting():\n", "    if as_json or not prompting():\n")],
+        ["tests/test_first_contact.py::test_json_or_yes_never_asks_even_at_a_terminal"],
+    ),
+    Mutant(
+        "an error escaping a command forgets the command's own --json",
+        "gpushopper/cli/output.py",
+        [
+            (
+                '            setattr(exc, _JSON_MARK, bool(kwargs.get("as_json")))\n',
+                "            setattr(exc, _JSON_MARK, False)\n",
+            )
+        ],
+        [
+            "tests/test_output.py::test_an_error_is_written_as_the_command_that_raised_it_parsed_its_json"
+        ],
+    ),
+    Mutant(
+        "a --json after '--' (the remote command's) turns our error into JSON",
+        "gpushopper/cli/output.py",
+        [
+            (
+                '    ours = args[: args.index("--")] if "--" in args else args\n    return "--json" in ours\n',
+                '    ours = args\n    return "--json" in ours\n',
+            )
+        ],
+        [
+            "tests/test_output.py::test_a_json_given_only_to_a_remote_command_never_switches_our_output"
+        ],
+    ),
 ]
 
 

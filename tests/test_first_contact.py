@@ -97,6 +97,29 @@ def test_end_of_input_at_the_prompt_is_an_interruption_not_a_yes(gs, vast, at_a_
     assert vast.live_instances() == []
 
 
+@pytest.mark.parametrize("flag", ["--json", "--yes"])
+def test_json_or_yes_never_asks_even_at_a_terminal(gs, vast, at_a_terminal, flag):
+    """--json is for scripts and --yes says yes: neither stops at the rent prompt (a script
+    has no one to answer; end of input there would be an interruption, exit 130)."""
+    result = gs(f"provision --provider vastai --gpu 4090 --hours 1h --no-verify {flag}", input="")
+    assert result.exit_code == 0, result.stderr
+    assert "Rent vastai:" not in result.stderr
+    (session,) = gs("sessions list --json").json()
+    if flag == "--json":
+        assert result.json()["id"] == session["id"]  # the one document on stdout
+    assert gs(f"sessions done {session['id']}").exit_code == 0
+    assert vast.live_instances() == []
+
+
+def test_run_with_json_never_asks_at_a_terminal(gs, vast, at_a_terminal, tmp_path):
+    argv = ["run", "--provider", "vastai", "--out", str(tmp_path / "o"), "--json", "--", "true"]
+    result = gs(argv, input="")
+    assert "Rent vastai:" not in result.stderr
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["exit_code"] == 0
+    assert vast.live_instances() == []
+
+
 # -- SANDBOX: the banner and the JSON key --------------------------------------------------
 @pytest.fixture
 def pointed_at_sandbox(monkeypatch, tmp_path):
