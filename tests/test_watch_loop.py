@@ -373,3 +373,29 @@ def test_the_watch_note_names_the_running_watch_or_how_to_start_one(tmp_path):
     assert "(pid starting)" in watch_note(0, tmp_path)
     assert watch_note(None, tmp_path).endswith(START_WATCH_HINT)
     assert str(tmp_path) in watch_note(None, tmp_path)
+
+
+def test_a_stop_that_cannot_install_every_handler_undoes_the_others_and_the_pipe(monkeypatch):
+    """As the daemon did before its move here: a refused handler (off the main thread)
+    leaves no handler of ours behind and no pipe open."""
+    import os
+
+    from gpushopper.core.watcher import Stop
+
+    before = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    real = signal.signal
+
+    def refuse_sighup(sig, handler):
+        if sig == signal.SIGHUP:
+            raise ValueError("signal only works in main thread of the main interpreter")
+        return real(sig, handler)
+
+    monkeypatch.setattr(signal, "signal", refuse_sighup)
+    monkeypatch.setattr(signal, "getsignal", lambda sig: signal.SIG_DFL)  # no nohup here
+    stop = Stop()
+    fds_before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(ValueError, match="main thread"):
+        stop.__enter__()
+    monkeypatch.undo()
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+    assert set(os.listdir("/proc/self/fd")) <= fds_before

@@ -110,11 +110,15 @@ class Stop:
 
     def __enter__(self) -> Stop:
         self._r, self._w = os.pipe()
-        os.set_blocking(self._w, False)
-        for sig in STOP_SIGNALS:
-            if signal.getsignal(sig) is signal.SIG_IGN and sig in KEEP_IGNORED:
-                continue  # nohup: the user asked to outlive the terminal
-            self._previous[sig] = signal.signal(sig, lambda signum, frame: self.request(signum))
+        try:
+            os.set_blocking(self._w, False)
+            for sig in STOP_SIGNALS:
+                if signal.getsignal(sig) is signal.SIG_IGN and sig in KEEP_IGNORED:
+                    continue  # nohup: the user asked to outlive the terminal
+                self._previous[sig] = signal.signal(sig, lambda signum, frame: self.request(signum))
+        except BaseException:  # a handler refused (not the main thread): undo what was done
+            self.__exit__(None, None, None)
+            raise
         return self
 
     def __exit__(
