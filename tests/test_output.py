@@ -22,12 +22,16 @@ from tests.fakes.tool import run_tool
 
 @pytest.fixture
 def boom_command(monkeypatch):
-    """Register a throwaway command that raises what the test tells it to."""
+    """Register a throwaway command that raises what the test tells it to: its --json is
+    the real json_option, as every command's, beside a --label that takes a value."""
+    from gpushopper.cli.output import json_option
+
     holder: dict[str, BaseException] = {}
 
     @click.command("boom")
-    @click.option("--json", "as_json", is_flag=True)
-    def boom(as_json: bool) -> None:
+    @click.option("--label")
+    @json_option
+    def boom(label: str | None, as_json: bool) -> None:
         raise holder["exc"]
 
     monkeypatch.setitem(COMMANDS, "boom", ("tests.test_output", "_BOOM", "test"))
@@ -263,24 +267,6 @@ def test_rendering_follows_the_commands_own_parsed_json_in_the_sandbox_too(gs, m
     assert plain.stdout == doc["config_file"] + "\n"
 
 
-@pytest.fixture
-def boom_json_command(monkeypatch):
-    """A throwaway command with the real json_option and a --label that takes a value."""
-    from gpushopper.cli.output import json_option
-
-    holder: dict[str, BaseException] = {}
-
-    @click.command("boomj")
-    @click.option("--label")
-    @json_option
-    def boomj(label: str | None, as_json: bool) -> None:
-        raise holder["exc"]
-
-    monkeypatch.setitem(COMMANDS, "boomj", ("tests.test_output", "_BOOMJ", "test"))
-    monkeypatch.setattr(sys.modules[__name__], "_BOOMJ", boomj, raising=False)
-    return holder
-
-
 @pytest.mark.internal_errors
 @pytest.mark.parametrize(
     "exc, etype",
@@ -291,13 +277,13 @@ def boom_json_command(monkeypatch):
     ],
 )
 def test_an_error_is_written_as_the_command_that_raised_it_parsed_its_json(
-    gs, boom_json_command, exc, etype
+    gs, boom_command, exc, etype
 ):
     """The command's own --json decides its error document: not a '--json' that is the
     value of another option (the old argv scan took it for ours), nor one after '--'."""
-    boom_json_command["exc"] = exc
-    assert gs("boomj --json").json()["error"]["type"] == etype
-    for argv in ("boomj --label --json", "boomj", "boomj -- --json"):
+    boom_command["exc"] = exc
+    assert gs("boom --json").json()["error"]["type"] == etype
+    for argv in ("boom --label --json", "boom", "boom -- --json"):
         result = gs(argv)
         error = result.stderr.strip()  # (click closes a ^C echo with a blank line first)
         assert result.stdout == "" and error.startswith("Error: ") and "\n" not in error, argv
