@@ -897,6 +897,19 @@ MUTANTS = [
         ],
     ),
     Mutant(
+        "watch's cost-rate metric adds the prices of ended sessions",
+        "gpushopper/core/watcher.py",
+        [
+            (
+                "            if session.live and session.price_per_hour:\n",
+                "            if session.price_per_hour:\n",
+            )
+        ],
+        [
+            "tests/test_watch_loop.py::test_metrics_count_sessions_by_status_and_add_only_the_live_ones_prices"
+        ],
+    ),
+    Mutant(
         "a --json after '--' (the remote command's) turns our error into JSON",
         "gpushopper/cli/output.py",
         [

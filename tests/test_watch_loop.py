@@ -232,6 +232,27 @@ def test_metrics_carry_the_last_successful_list_per_provider(store, tmp_path):
     assert "gpu_shopper_failed_ticks_total 2" in text
 
 
+def test_metrics_count_sessions_by_status_and_add_only_the_live_ones_prices(store, tmp_path):
+    """The cost rate is what is billing now: an ended session's price is not in it, and a
+    damaged record is neither counted nor priced."""
+    ended = {**session("a00003", "9003"), "status": "ended", "price_per_hour": 2.0}
+    put(
+        store,
+        {**session("a00001", "9001"), "price_per_hour": 0.5},
+        {**session("a00002", "9002"), "status": "ending", "price_per_hour": 0.25},
+        ended,
+        {"id": "a00004", "status": "running", "price_per_hour": 9.0, "created_at": "soon"},
+    )
+    metrics = Metrics(tmp_path / "m.prom")
+    metrics.write(store, orphans=2)
+    text = (tmp_path / "m.prom").read_text()
+    assert 'gpu_shopper_sessions{status="running"} 1' in text
+    assert 'gpu_shopper_sessions{status="ending"} 1' in text
+    assert 'gpu_shopper_sessions{status="ended"} 1' in text
+    assert "gpu_shopper_cost_rate_usd_per_hour 0.750000" in text
+    assert "gpu_shopper_orphans 2" in text
+
+
 # -- serve: the exit code rule, the outcome record, the stop pipe (moved out of cli/watch) ----------
 
 
