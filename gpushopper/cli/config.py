@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from gpushopper.cli import App, pass_app
-from gpushopper.cli.output import Table, info, json_option, print_kv, render, warn
+from gpushopper.cli.output import Table, info, json_option, render, warn
 
 
 def _show(value: Any) -> str:
@@ -187,6 +187,3 @@ def config_path(app: App, as_json: bool) -> None:
         "ssh_config": str(paths.ssh_config_file),
     }
     render(as_json, data, text=lambda d: click.echo(d["config_file"]))
-
-
-__all__ = ["config", "print_kv"]
