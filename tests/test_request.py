@@ -502,3 +502,21 @@ def test_a_bad_filter_from_a_flag_or_a_profile_is_a_usage_error(tmp_path, flags,
     made = query_settings(tmp_path, line + "\n")
     with pytest.raises(UsageError, match=message):
         offer_query(made, QueryFlags(profile="mine", **flags))
+
+
+def test_a_rental_request_loads_no_job_runner(tmp_path):
+    """provision (and its dry run) builds its request without core/jobs, run's runner."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from gpushopper.core import request; "
+        "from gpushopper.model.models import OfferQuery; "
+        "from tests.test_request import settings; from pathlib import Path; "
+        f"s = settings(Path({str(tmp_path)!r})); "
+        "request.build(s, OfferQuery(), {}, request.Flags(), request.Purpose.BENCH); "
+        "request.build(s, OfferQuery(), {}, request.Flags()); "
+        "print('gpushopper.core.jobs' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr

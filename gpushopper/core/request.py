@@ -91,13 +91,13 @@ def build(
 ) -> Built:
     """The request a command's flags, its profile and the settings make (flag > profile >
     setting > default, field by field); raises UsageError past the hard maximum."""
-    from gpushopper.core.jobs import default_hours
-
     hard_max_s = settings.get("safety.hard_max_hours") * 3600
     if purpose is Purpose.RENTAL:
         hours = flags.hours_s or profile.get("hours") or settings.get("defaults.hours")
         rules.check_hours(hours, hard_max_s, flags.override)
     elif purpose is Purpose.JOB:
+        from gpushopper.core.jobs import default_hours  # the job runner: run's only
+
         if flags.hours_s:
             rules.check_hours(flags.hours_s, hard_max_s, False)
         fallback = profile.get("hours") or settings.get("defaults.hours")
