@@ -134,6 +134,27 @@ def confirm_rent(question: str, *, as_json: bool, yes: bool) -> bool:
     return click.confirm(question, default=False, err=True)
 
 
+def tell_choice(choice: Choice) -> None:
+    """What to know before the question (provision and run): the search's notes and the
+    reliability-floor warning, on stderr."""
+    for note in choice.notes:
+        info(f"Note: {note}")
+    if choice.floor_warning:
+        warn(choice.floor_warning)
+
+
+def ask_to_rent(choice: Choice, *, as_json: bool, yes: bool, up_to: bool = False) -> bool:
+    """The rent question for the chosen offer (``up_to``: a job may end sooner)."""
+    best, hours = choice.best, choice.built.request.hours_s
+    return confirm_rent(
+        f"Rent {best.id} ({best.gpu_name} x{best.num_gpus}) at ${choice.price:.3f}/h "
+        f"for {'up to ' if up_to else ''}{format_duration(hours)} "
+        f"(about ${choice.projected_usd:.2f})?",
+        as_json=as_json,
+        yes=yes,
+    )
+
+
 def _print_plan(choice: Choice, plan: dict[str, Any]) -> None:
     """The dry run for people (key: value lines), and that nothing was created."""
     best, timeout = choice.best, choice.timeout
@@ -182,14 +203,9 @@ def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
             override=opts["override"],
         ),
     )
-    hours = built.request.hours_s
     provisioner = make_provisioner(app)
     choice = request.choose(provisioner, built, app.store, app.settings)
-    for note in choice.notes:
-        info(f"Note: {note}")
-    if choice.floor_warning:
-        warn(choice.floor_warning)
-    best, price = choice.best, choice.price
+    tell_choice(choice)
     if opts["dry_run"]:
         plan = choice.dry_run_plan(app.clock())
         render(opts["as_json"], plan, text=lambda doc: _print_plan(choice, doc))
@@ -197,12 +213,7 @@ def _provision(app: App, offer_id: str | None, **opts: Any) -> None:
     over_budget = choice.budget_warning(app.settings, lambda: app.sessions().values(), app.clock())
     if over_budget:
         warn(over_budget)
-    if not confirm_rent(
-        f"Rent {best.id} ({best.gpu_name} x{best.num_gpus}) at ${price:.3f}/h "
-        f"for {format_duration(hours)} (about ${choice.projected_usd:.2f})?",
-        as_json=opts["as_json"],
-        yes=opts["yes"],
-    ):
+    if not ask_to_rent(choice, as_json=opts["as_json"], yes=opts["yes"]):
         info("Nothing rented.")
         return
 

@@ -18,7 +18,7 @@ from gpushopper.cli.filters import (
     filter_options,
     workload_option,
 )
-from gpushopper.cli.output import Table, info, json_option, render, warn
+from gpushopper.cli.output import Table, info, json_option, render
 from gpushopper.cli.params import DURATION, HOURS, JOB_ID, OFFER_ID
 from gpushopper.model.errors import UsageError
 
@@ -185,30 +185,8 @@ def run(app: App, offer_id: str | None, **opts: Any) -> int:
         return _run(app, offer_id, command, opts)
 
 
-def _say(choice: Any) -> None:
-    """What to know before the question: the search's notes, the reliability warning."""
-    for note in choice.notes:
-        info(f"Note: {note}")
-    if choice.floor_warning:
-        warn(choice.floor_warning)
-
-
-def _confirm(choice: Any, as_json: bool, yes: bool) -> bool:
-    from gpushopper.cli.provision import confirm_rent
-    from gpushopper.model.units import format_duration
-
-    best = choice.best
-    return confirm_rent(
-        f"Rent {best.id} ({best.gpu_name} x{best.num_gpus}) at ${choice.price:.3f}/h "
-        f"for up to {format_duration(choice.built.request.hours_s)} "
-        f"(about ${choice.projected_usd:.2f})?",
-        as_json=as_json,
-        yes=yes,
-    )
-
-
 def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[str, Any]) -> int:
-    from gpushopper.cli.provision import make_provisioner
+    from gpushopper.cli.provision import ask_to_rent, make_provisioner, tell_choice
     from gpushopper.core import jobstart, request
     from gpushopper.core.jobs import JobRunner, public_job
     from gpushopper.core.runtime import Runtime
@@ -233,8 +211,10 @@ def _run(app: App, offer_id: str | None, command: tuple[str, ...], opts: dict[st
         built,
         app.store,
         app.settings,
-        say=_say,
-        confirm=lambda choice: _confirm(choice, opts["as_json"], opts["yes"]),
+        say=tell_choice,
+        confirm=lambda choice: ask_to_rent(
+            choice, as_json=opts["as_json"], yes=opts["yes"], up_to=True
+        ),
     )
     done = jobstart.run_job(runner, spec, job, provision)
     if done.declined:
