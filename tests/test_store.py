@@ -342,3 +342,26 @@ def test_a_damaged_record_is_reported_never_lost_nor_rewritten(tmp_path):
     on_disk = json.loads(path.read_text())["sessions"]
     assert on_disk["b00002"] == damaged and on_disk["c00003"] is None
     assert store.new_session_id() not in {"a00001", "b00002", "c00003"}
+
+
+def test_a_session_is_its_key_even_when_its_record_has_no_id_or_another(tmp_path):
+    """Every command names a session by its key in the state file: a record whose own
+    ``id`` is missing (or hand-edited) is still found, changed and ended under that key, and
+    its ``id`` is never rewritten (the old dict records were keyed the same way)."""
+    path = tmp_path / "state.json"
+    no_id = {k: v for k, v in ON_DISK.items() if k != "id"}
+    other = {**ON_DISK, "id": "zzz"}
+    _write_state(path, {"a00001": no_id, "b00002": other})
+    store = StateStore(path)
+    assert {sid: s.id for sid, s in store.sessions().items()} == {
+        "a00001": "a00001",
+        "b00002": "b00002",
+    }
+    assert store.get_session("a00001").id == "a00001"
+    back = store.update_session("a00001", status="ending")
+    assert back.id == "a00001" and back.status is SessionStatus.ENDING
+    store.put_session(store.update_session("b00002", status="ending"))
+    on_disk = json.loads(path.read_text())["sessions"]
+    assert on_disk["a00001"] == {**no_id, "status": "ending"}  # still no "id" key
+    assert on_disk["b00002"] == {**other, "status": "ending"}  # its own id left as it was
+    assert set(on_disk) == {"a00001", "b00002"}  # nothing written under another key

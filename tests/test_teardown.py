@@ -263,6 +263,23 @@ def test_a_state_file_that_cannot_be_written_never_stops_the_destroy(store, cloc
     assert notes and notes[0][0] == "state_write_failed" and notes[0][1]["instance_id"] == iid
 
 
+def test_end_session_ends_a_record_without_an_id_of_its_own_under_its_key(store, clock):
+    """A record whose own ``id`` is missing is still the session its key names: its
+    instance is destroyed and the record ended there (a failed step would leave it running
+    and every watch pass failing on it)."""
+    provider = FakeProvider()
+    iid = provider.add(LABEL)
+    put_session(store, iid)
+    with store.transaction() as state:
+        del state["sessions"]["a00001"]["id"]
+    ended = end(store, provider, clock)
+    assert provider.live() == set()
+    assert ended.id == "a00001" and ended.status == "ended"
+    on_disk = store.read()["sessions"]
+    assert set(on_disk) == {"a00001"} and on_disk["a00001"]["status"] == "ended"
+    assert "id" not in on_disk["a00001"]
+
+
 def test_get_session_or_fail_names_a_broken_record(store):
     from gpushopper.model.errors import StateError
 

@@ -309,7 +309,7 @@ class _Ending:
         result = self.session
         try:
             with self.store.transaction() as state:
-                current = Session.from_record(state["sessions"][self.session.id])
+                current = Session.from_record(state["sessions"][self.session.id], self.session.id)
                 close_record(
                     current,
                     SessionStatus.FAILED if self.was_failed else SessionStatus.ENDED,
@@ -324,7 +324,7 @@ class _Ending:
                         "destroy_to_gone_s": round(self.runtime.mono() - self.destroy_started, 3),
                     }
                 written = state["sessions"][self.session.id] = current.to_record()
-                result = Session.from_record(written)
+                result = Session.from_record(written, self.session.id)
         except StateWriteError as exc:
             self.write_error = exc
         return result

@@ -189,7 +189,10 @@ class Session:
         return str(self.instance_id) if self.instance_id not in (None, "") else None
 
     @classmethod
-    def from_record(cls, record: JSONObject) -> Session:
+    def from_record(cls, record: JSONObject, key: str | None = None) -> Session:
+        """The typed session of ``record``. ``key`` is the id the state file stores it
+        under: when given it is the session's ``id`` (a record whose own ``id`` is missing
+        or hand-edited is still acted on, and written back, under its key)."""
         kwargs: JSONObject = {}
         for name in _FIELDS:
             if name not in record:
@@ -203,6 +206,8 @@ class Session:
                 value = dict(value) if isinstance(value, dict) else {}
             kwargs[name] = value
         kwargs.setdefault("id", str(record.get("id", "")))
+        if key is not None:
+            kwargs["id"] = key
         rest = {k: v for k, v in record.items() if k not in _FIELDS}
         return cls(**kwargs, rest=rest, source=dict(record))
 
@@ -238,8 +243,8 @@ class Session:
         }
         out.update(self.rest)
         for f in fields(self):
-            if f.name not in _FIELDS:
-                continue
+            if f.name not in _FIELDS or (f.name == "id" and base is not None):
+                continue  # a record's own "id" is never rewritten (the key names it)
             value = getattr(self, f.name)
             if before is not None and getattr(before, f.name) == value:
                 continue
@@ -284,7 +289,7 @@ class SessionRecords:
         for session_id, record in records.items():
             why = record_problem(record)
             if why is None:
-                out.valid[session_id] = Session.from_record(record)
+                out.valid[session_id] = Session.from_record(record, session_id)
             else:
                 out.damaged[session_id] = Damaged(session_id, why, record)
         return out

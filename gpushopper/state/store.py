@@ -255,7 +255,7 @@ class StateStore:
         why = record_problem(record)
         if why is not None:
             raise self.damaged_error(session_id, why)
-        return Session.from_record(record)
+        return Session.from_record(record, session_id)
 
     def get_session(self, session_id: str) -> Session | None:
         """The session, None when there is none; StateError when its record is damaged."""
@@ -277,7 +277,7 @@ class StateStore:
             session = self._typed(session_id, record)
             session.set(**changes)
             state["sessions"][session_id] = written = session.to_record()
-            return Session.from_record(written)
+            return Session.from_record(written, session_id)
 
     def new_session_id(self) -> str:
         existing = self.read()["sessions"]  # damaged records' ids too
