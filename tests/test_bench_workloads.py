@@ -485,3 +485,32 @@ def test_llm_throughput_through_benchmark_run_with_dollars_per_million_tokens(
     price = found["offer"]["price_per_hour"]
     assert extra["usd_per_mtok"] == pytest.approx(price / (found["value"] * 3600) * 1e6)
     assert vast.live_instances() == []
+
+
+def test_an_abandoned_runs_damaged_records_are_reported_as_its_live_ones_would_be(tmp_path):
+    """``benchmark cancel`` with the owner gone reports each damaged record of the run
+    (never acts on it), judged as a valid one is: one that says it was destroyed (ended, or
+    failed without a destroy error) holds nothing and is not a problem; a record that is
+    not even an object is the run's only when an attempt names it."""
+    from gpushopper.core.bench.runner import sessions_of_run
+    from gpushopper.state.store import StateStore
+
+    bad_time = {"provider": "vastai", "created_at": "yesterday", "instance_id": 7}
+    records = {
+        "a00001": {**bad_time, "status": "running"},
+        "a00002": {**bad_time, "status": "ended"},
+        "a00003": {**bad_time, "status": "failed"},
+        "a00004": {**bad_time, "status": "failed", "error": "destroy failed: 500"},
+        "a00005": {**bad_time, "status": "zombie"},
+        "a00006": "not an object",
+        "b00001": {**bad_time, "status": "running"},  # another run's
+        "b00002": None,  # nobody names it
+    }
+    store = StateStore(tmp_path / "state.json")
+    with store.transaction() as state:
+        state["sessions"].update(records)
+    named = ["a00001", "a00002", "a00003", "a00004", "a00005", "a00006"]
+    run = {"entries": [{"attempts": [{"session_id": sid} for sid in named]}]}
+    live, damaged = sessions_of_run(store, run)
+    assert live == []
+    assert sorted(d.id for d in damaged) == ["a00001", "a00004", "a00005", "a00006"]

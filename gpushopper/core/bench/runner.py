@@ -1037,18 +1037,27 @@ def sessions_of_run(store: StateStore, run: JSONObject) -> tuple[list[Session], 
     records = store.session_records()
     out = []
     for sid, session in records.valid.items():
-        if session.done and session.status is not SessionStatus.FAILED:
-            continue
         if _destroyed(session):
-            continue  # failed and destroyed
+            continue  # ended, or failed and destroyed
         if of_run(sid, session.rest):
             out.append(session)
-    damaged = [
-        bad
-        for sid, bad in records.damaged.items()
-        if isinstance(bad.record, dict) and of_run(sid, bad.record)
-    ]
+    damaged = [bad for sid, bad in records.damaged.items() if _damaged_of_run(sid, bad, of_run)]
     return out, damaged
+
+
+def _damaged_of_run(sid: str, bad: Damaged, of_run: Callable[[str, JSONObject], bool]) -> bool:
+    """A damaged record the run may hold an instance through (reported by the cancel):
+    one of the run's, unless it says it was destroyed, as the valid ones are judged; a
+    record that is not even an object, when the run names it."""
+    record = bad.record
+    if not isinstance(record, dict):
+        return of_run(sid, {})  # only its id can tie it to the run
+    status = record.get("status")
+    if status == SessionStatus.ENDED or (
+        status == SessionStatus.FAILED and not record.get("error")
+    ):
+        return False  # destroyed, as a valid record saying so would be
+    return of_run(sid, record)
 
 
 def finish_abandoned(
