@@ -514,3 +514,30 @@ def test_an_abandoned_runs_damaged_records_are_reported_as_its_live_ones_would_b
     live, damaged = sessions_of_run(store, run)
     assert live == []
     assert sorted(d.id for d in damaged) == ["a00001", "a00004", "a00005", "a00006"]
+
+
+def test_an_attempts_damaged_records_make_its_teardown_unconfirmed_unless_they_say_destroyed(
+    tmp_path,
+):
+    """The attempt's damaged records: one that may still hold an instance leaves the
+    teardown unconfirmed (exit 3); one that says it was destroyed does not (as before)."""
+    from types import SimpleNamespace
+
+    from gpushopper.core.bench.runner import BenchRunner
+    from gpushopper.state.store import StateStore
+
+    bad = {"provider": "vastai", "created_at": "yesterday", "offer_id": "vastai:1"}
+    store = StateStore(tmp_path / "state.json")
+    with store.transaction() as state:
+        state["sessions"].update(
+            {
+                "a00001": {**bad, "status": "running"},
+                "a00002": {**bad, "status": "ended"},
+                "a00003": {**bad, "status": "failed"},
+                "a00004": {**bad, "status": "failed", "error": "destroy failed: 500"},
+                "a00005": {**bad, "status": "running", "offer_id": "vastai:2"},  # not ours
+            }
+        )
+    me = SimpleNamespace(host=SimpleNamespace(store=store))
+    mine, damaged = BenchRunner._attempt_sessions(me, {}, set(), "vastai:1")  # type: ignore[arg-type]
+    assert mine == {} and sorted(damaged) == ["a00001", "a00004"]

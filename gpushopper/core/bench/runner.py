@@ -752,7 +752,9 @@ class BenchRunner(Generic[H]):
         damaged = [
             sid
             for sid, bad in records.damaged.items()
-            if isinstance(bad.record, dict) and ours(sid, bad.record.get("offer_id"))
+            if isinstance(bad.record, dict)
+            and ours(sid, bad.record.get("offer_id"))
+            and not _says_destroyed(bad.record)
         ]
         return {sid: s for sid, s in records.valid.items() if ours(sid, s.offer_id)}, damaged
 
@@ -942,6 +944,15 @@ def _destroyed(session: Session) -> bool:
     return session.status is SessionStatus.FAILED and not session.rest.get("error")
 
 
+def _says_destroyed(record: JSONObject) -> bool:
+    """:func:`_destroyed`'s rule on a damaged record, as the raw records were judged before
+    the store typed them: one that says so holds nothing (its damage is elsewhere)."""
+    status = record.get("status")
+    return status == SessionStatus.ENDED or (
+        status == SessionStatus.FAILED and not record.get("error")
+    )
+
+
 def _all_gone(mine: dict[str, Session]) -> bool:
     """Every session of the attempt is destroyed, as the provider confirmed."""
     for session in mine.values():
@@ -1052,12 +1063,7 @@ def _damaged_of_run(sid: str, bad: Damaged, of_run: Callable[[str, JSONObject], 
     record = bad.record
     if not isinstance(record, dict):
         return of_run(sid, {})  # only its id can tie it to the run
-    status = record.get("status")
-    if status == SessionStatus.ENDED or (
-        status == SessionStatus.FAILED and not record.get("error")
-    ):
-        return False  # destroyed, as a valid record saying so would be
-    return of_run(sid, record)
+    return not _says_destroyed(record) and of_run(sid, record)
 
 
 def finish_abandoned(
