@@ -939,14 +939,12 @@ def _session_of(job: JSONObject, mine: dict[str, Session]) -> Session | None:
 def _destroyed(session: Session) -> bool:
     """Destroyed, as the provider confirmed: ended, or failed without a destroy error (a
     failed boot whose instance is gone)."""
-    if session.status is SessionStatus.ENDED:
-        return True
-    return session.status is SessionStatus.FAILED and not session.rest.get("error")
+    return _says_destroyed(session.to_record())
 
 
 def _says_destroyed(record: JSONObject) -> bool:
-    """:func:`_destroyed`'s rule on a damaged record, as the raw records were judged before
-    the store typed them: one that says so holds nothing (its damage is elsewhere)."""
+    """:func:`_destroyed`'s rule on a record as stored, damaged ones too (as the raw records
+    were judged before the store typed them: one that says so holds nothing)."""
     status = record.get("status")
     return status == SessionStatus.ENDED or (
         status == SessionStatus.FAILED and not record.get("error")
