@@ -612,6 +612,58 @@ MUTANTS = [
         ],
         ["tests/test_teardown.py"],
     ),
+    # -- review 18 (reviewer A): what the typed store boundary must still do -------------------
+    Mutant(
+        "a session is typed with its record's own id, not its key (end_session acts on '')",
+        "gpushopper/model/session.py",
+        [('            kwargs["id"] = key\n', "            pass\n")],
+        [
+            "tests/test_teardown.py::test_end_session_ends_a_record_without_an_id_of_its_own_under_its_key",
+            "tests/test_store.py::test_a_session_is_its_key_even_when_its_record_has_no_id_or_another",
+        ],
+    ),
+    Mutant(
+        "a confirmed destroy keeps the error of the failed one before it",
+        "gpushopper/core/teardown.py",
+        [('                current.rest.pop("error", None)\n', "                pass\n")],
+        [
+            "tests/test_teardown.py::test_a_destroy_retried_to_success_clears_the_error_the_failed_one_recorded"
+        ],
+    ),
+    Mutant(
+        "a booting session whose instance is gone is closed ended, not failed",
+        "gpushopper/core/enforcer.py",
+        [
+            (
+                "SessionStatus.FAILED if session.booting else SessionStatus.ENDED",
+                "SessionStatus.ENDED",
+            )
+        ],
+        [
+            "tests/test_enforcer.py::test_a_booting_session_whose_instance_is_gone_is_closed_failed_keeping_its_reason"
+        ],
+    ),
+    Mutant(
+        "a job's setup time is written into a damaged session record",
+        "gpushopper/core/jobs.py",
+        [
+            (
+                "                if record_problem(record) is None:  # a damaged record is never rewritten\n",
+                "                if isinstance(record, dict):\n",
+            )
+        ],
+        [
+            "tests/test_jobs_steps.py::test_the_setup_time_is_recorded_on_a_valid_session_and_never_on_a_damaged_one"
+        ],
+    ),
+    Mutant(
+        "a benchmark attempt's damaged record that says it ended makes the run exit 3",
+        "gpushopper/core/bench/runner.py",
+        [("            and not _says_destroyed(bad.record)\n", "            and True\n")],
+        [
+            "tests/test_bench_workloads.py::test_an_attempts_damaged_records_make_its_teardown_unconfirmed_unless_they_say_destroyed"
+        ],
+    ),
     # -- thin commands, round 2 (issue 11): the rules moved out of watch, doctor, provision, sessions
     Mutant(
         "a provision hand-off that reached no one leaves the session running",

@@ -238,3 +238,19 @@ def test_factory_helper_serves_by_name():
     a, b = FakeProvider("vastai"), FakeProvider("tensordock")
     get = factory(a, b)
     assert get("vastai") is a and get("tensordock") is b
+
+
+def test_a_booting_session_whose_instance_is_gone_is_closed_failed_keeping_its_reason(store):
+    """Gone at the provider while booting: the boot failed (never 'ended', which would
+    count it a finished rental), and a reason already recorded is kept; a running one ends."""
+    provider = FakeProvider()
+    booting = record("a00001", "901", status="provisioning", end_reason="boot failed: exited")
+    put(store, booting, record("a00002", "902"))
+    report = enforcer(store, provider).tick(POLICY)
+    assert sorted((o.action.session_id, o.result) for o in report.outcomes) == [
+        ("a00001", "marked_ended"),
+        ("a00002", "marked_ended"),
+    ]
+    failed, ended = store.get_session("a00001"), store.get_session("a00002")
+    assert failed.status == "failed" and failed.end_reason == "boot failed: exited"
+    assert ended.status == "ended" and ended.end_reason == "instance gone at the provider"

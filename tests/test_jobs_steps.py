@@ -182,3 +182,17 @@ def test_a_signal_while_the_instance_is_destroyed_waits_for_the_destroy_and_the_
     assert record["status"] == "succeeded"
     assert record["teardown"]["confirmed"] is True
     assert interrupts.last_signal() == signal.SIGTERM
+
+
+def test_the_setup_time_is_recorded_on_a_valid_session_and_never_on_a_damaged_one(tmp_path):
+    """``setup_s`` joins the session's timings (kept beside the others); a damaged record is
+    reported elsewhere and never rewritten here, not even to add a timing."""
+    runner, host = _runner(tmp_path, FakeProvider(), FakeTime())
+    damaged = {**running("a00002", "9"), "created_at": "yesterday"}
+    put(host.store, running("a00001", "8", timings={"create_call_s": 1.5}), damaged)
+    before = host.store.read()["sessions"]["a00002"]
+    runner._record_setup("a00001", 4.25)
+    runner._record_setup("a00002", 4.25)
+    sessions = host.store.read()["sessions"]
+    assert sessions["a00001"]["timings"] == {"create_call_s": 1.5, "setup_s": 4.25}
+    assert sessions["a00002"] == before

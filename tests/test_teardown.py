@@ -280,6 +280,39 @@ def test_end_session_ends_a_record_without_an_id_of_its_own_under_its_key(store,
     assert "id" not in on_disk["a00001"]
 
 
+def test_a_destroy_retried_to_success_clears_the_error_the_failed_one_recorded(store, clock):
+    """A session left ``ending`` with "destroy failed" (watch retries it) is ended without
+    that error once the destroy is confirmed: a failed or ended session that still carries
+    one reads as a destroy not confirmed (benchmark runs exit 3 on it)."""
+    provider = FakeProvider(destroy_failures=FOREVER)
+    iid = provider.add(LABEL)
+    put_session(store, iid)
+    with pytest.raises(Unavailable):
+        end(store, provider, clock)
+    assert "destroy failed" in store.get_session("a00001").rest["error"]
+    provider.destroy_failures = 0
+    ended = end(store, provider, clock)
+    assert ended.status == "ended" and "error" not in ended.rest
+    assert "error" not in store.read()["sessions"]["a00001"]
+    assert provider.live() == set()
+
+
+def test_a_failed_session_ended_later_keeps_the_reason_and_time_it_failed(store, clock):
+    """A boot that failed with its destroy not confirmed (``failed``, with an error) is
+    finished by a later destroy: it stays failed, with the reason and end time it failed."""
+    provider = FakeProvider()
+    iid = provider.add(LABEL)
+    put_session(store, iid, status="failed")
+    failed_at = T0 + timedelta(minutes=5)
+    store.update_session(
+        "a00001", end_reason="boot failed: exited", ended_at=failed_at, error="destroy failed"
+    )
+    closed = end(store, provider, clock)
+    assert provider.live() == set()
+    assert closed.status == "failed" and closed.end_reason == "boot failed: exited"
+    assert closed.ended_at == failed_at and "error" not in closed.rest
+
+
 def test_get_session_or_fail_names_a_broken_record(store):
     from gpushopper.model.errors import StateError
 
