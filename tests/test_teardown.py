@@ -313,6 +313,31 @@ def test_a_failed_session_ended_later_keeps_the_reason_and_time_it_failed(store,
     assert closed.ended_at == failed_at and "error" not in closed.rest
 
 
+def test_a_record_damaged_during_the_destroy_is_left_as_it_is_and_the_destroy_said(store, clock):
+    """Hand-edited while its instance was being destroyed: the destroy stands, the damaged
+    record is never rewritten (nor typed, which would crash after the destroy), and the
+    error and the journal say what was destroyed and what is wrong with the record."""
+    provider = FakeProvider()
+    iid = provider.add(LABEL)
+    put_session(store, iid)
+    notes: list[tuple[str, dict]] = []
+    provider.note = lambda op, **fields: notes.append((op, fields))  # type: ignore[attr-defined]
+    real_destroy = provider.destroy_instance
+
+    def destroy_while_edited(instance_id: str) -> None:
+        real_destroy(instance_id)
+        with store.transaction() as state:
+            state["sessions"]["a00001"]["status"] = "zombie"
+
+    provider.destroy_instance = destroy_while_edited  # type: ignore[method-assign]
+    with pytest.raises(StateWriteError, match="destroyed .* has an unknown status 'zombie'"):
+        end(store, provider, clock)
+    assert provider.live() == set()
+    record = store.read()["sessions"]["a00001"]
+    assert record["status"] == "zombie" and "ended_at" not in record  # left as it was
+    assert notes and notes[0][0] == "state_write_failed" and notes[0][1]["instance_id"] == iid
+
+
 def test_get_session_or_fail_names_a_broken_record(store):
     from gpushopper.model.errors import StateError
 

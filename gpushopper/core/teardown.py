@@ -31,7 +31,7 @@ from gpushopper.model.errors import (
     Unavailable,
 )
 from gpushopper.model.models import Instance
-from gpushopper.model.session import Session, SessionStatus
+from gpushopper.model.session import Session, SessionStatus, record_problem
 
 if TYPE_CHECKING:
     from gpushopper.core.runtime import Runtime
@@ -307,9 +307,15 @@ class _Ending:
         """Ended (or failed, keeping its reason), with its cost and destroy time, in one
         locked write; a failed write is kept for :meth:`raise_if_unrecorded`."""
         result = self.session
+        damaged: StateError | None = None
         try:
             with self.store.transaction() as state:
-                current = Session.from_record(state["sessions"][self.session.id], self.session.id)
+                raw = state["sessions"].get(self.session.id)
+                why = record_problem(raw)
+                if why is not None:  # damaged (or removed) since it was read: left as it is
+                    damaged = self.store.damaged_error(self.session.id, why)
+                    raise damaged
+                current = Session.from_record(raw, self.session.id)
                 close_record(
                     current,
                     SessionStatus.FAILED if self.was_failed else SessionStatus.ENDED,
@@ -325,8 +331,10 @@ class _Ending:
                     }
                 written = state["sessions"][self.session.id] = current.to_record()
                 result = Session.from_record(written, self.session.id)
-        except StateWriteError as exc:
-            self.write_error = exc
+        except StateError as exc:
+            if not isinstance(exc, StateWriteError) and exc is not damaged:
+                raise
+            self.write_error = exc  # the destroy is said all the same (raise_if_unrecorded)
         return result
 
     def what(self) -> str:
