@@ -631,6 +631,19 @@ MUTANTS = [
         ],
     ),
     Mutant(
+        "end_session types a record damaged during the destroy (crash after it)",
+        "gpushopper/core/teardown.py",
+        [
+            (
+                "                if why is not None:  # damaged (or removed) since it was read: left as it is\n",
+                "                if False:\n",
+            )
+        ],
+        [
+            "tests/test_teardown.py::test_a_record_damaged_during_the_destroy_is_left_as_it_is_and_the_destroy_said"
+        ],
+    ),
+    Mutant(
         "a booting session whose instance is gone is closed ended, not failed",
         "gpushopper/core/enforcer.py",
         [
