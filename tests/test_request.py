@@ -389,6 +389,48 @@ def test_extend_session_writes_the_new_end_and_says_when_an_override_moved_the_m
         rules.extend_session(host, "ffffff", H, False, NOW, said.append)
 
 
+def test_two_extends_at_once_each_keep_their_time_and_their_override(tmp_path):
+    """The rule runs on the session as it stands under the lock: an extend from another
+    shell between our read and our write is built upon, not overwritten."""
+    path = tmp_path / "state.json"
+
+    class RacingStore(StateStore):
+        raced = False
+
+        def get_session(self, session_id):
+            session = super().get_session(session_id)
+            if not self.raced:  # another shell's extend lands right after our first read
+                self.raced = True
+                other = SimpleNamespace(store=StateStore(path), settings=made, clock=lambda: NOW)
+                rules.extend_session(other, session_id, 2 * H, True, NOW, lambda line: None)
+            return session
+
+    made = settings(tmp_path)
+    store = RacingStore(path)
+    store.put_session(
+        Session.from_record(
+            {
+                "id": "a1b2c3",
+                "status": "running",
+                "provider": "vastai",
+                "created_at": iso(NOW - timedelta(hours=10)),
+                "reservation_ends_at": iso(NOW + timedelta(hours=1)),
+                "hard_max_at": iso(NOW + timedelta(hours=2)),
+            }
+        )
+    )
+    host = SimpleNamespace(store=store, settings=made, clock=lambda: NOW)
+    said: list[str] = []
+    rules.extend_session(host, "a1b2c3", 2 * H, True, NOW, said.append)
+    after = StateStore(path).get_session("a1b2c3")
+    assert after.recorded("reservation_ends_at") == iso(NOW + timedelta(hours=5))
+    assert [o["hard_max_at"] for o in after.rest["overrides"]] == [
+        iso(NOW + timedelta(hours=3)),
+        iso(NOW + timedelta(hours=5)),
+    ]
+    assert said == [f"Override recorded: hard maximum moved to {iso(NOW + timedelta(hours=5))}"]
+
+
 # -- costs: the filter and the total ------------------------------------------------------------
 def test_cost_report_filters_then_totals():
     def rec(sid, consumer, provider, created, hours):

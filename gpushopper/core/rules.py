@@ -109,12 +109,20 @@ def extend_session(
     from gpushopper.core.deadline import push_deadline
     from gpushopper.core.teardown import get_session_or_fail
 
-    record = get_session_or_fail(host.store, session_id)
+    get_session_or_fail(host.store, session_id)  # an unknown id is bad input (exit 2)
     hard_max_hours = host.settings.get("safety.hard_max_hours")
-    extension = extend(session_id, record.to_record(), by_s, now, hard_max_hours, override)
-    if extension.moved_hard_max_to:
-        log(f"Override recorded: hard maximum moved to {extension.moved_hard_max_to}")
-    updated = host.store.update_session(session_id, **extension.changes)
+    moved: list[str] = []
+
+    def decide(session: Session) -> JSONObject:
+        # The rule runs on the session as it stands under the store's lock, so a second
+        # extend running at the same time cannot lose this one's override (or the other's).
+        extension = extend(session_id, session.to_record(), by_s, now, hard_max_hours, override)
+        moved[:] = [extension.moved_hard_max_to] if extension.moved_hard_max_to else []
+        return extension.changes
+
+    updated = host.store.change_session(session_id, decide)
+    if moved:
+        log(f"Override recorded: hard maximum moved to {moved[0]}")
     push_deadline(host, updated, log=log)
     return updated
 

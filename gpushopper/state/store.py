@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -270,12 +270,21 @@ class StateStore:
     def update_session(self, session_id: str, **changes: object) -> Session:
         """Change some fields of one session in one locked read-modify-write; every other
         byte of its record stays as it was. Names the model lacks are kept as keys."""
+        return self.change_session(session_id, lambda _session: changes)
+
+    def change_session(
+        self, session_id: str, decide: Callable[[Session], Mapping[str, object]]
+    ) -> Session:
+        """A read-modify-write whose changes depend on the session: ``decide`` is given the
+        session as it stands under the lock and returns the changes; when it raises,
+        nothing is written. (Deciding on an earlier read would let two writers each
+        overwrite the other's change, e.g. two ``sessions extend --override``.)"""
         with self.transaction() as state:
             record = state["sessions"].get(session_id)
             if record is None:
                 raise StateError(f"no session {session_id!r} in {self.path}")
             session = self._typed(session_id, record)
-            session.set(**changes)
+            session.set(**decide(session))
             state["sessions"][session_id] = written = session.to_record()
             return Session.from_record(written, session_id)
 
