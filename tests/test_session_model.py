@@ -52,3 +52,13 @@ def test_status_sets_are_the_enum():
 def test_an_unknown_status_is_refused():
     with pytest.raises(ValueError):
         Session.from_record({**RECORD, "status": "zombie"})
+
+
+def test_every_time_the_model_types_is_one_record_problem_checks():
+    """A new ``*_at`` field must be both checked and typed, or a damaged time would crash
+    the store instead of being reported."""
+    from dataclasses import fields
+
+    from gpushopper.model.session import TIME_FIELDS, Session
+
+    assert set(TIME_FIELDS) == {f.name for f in fields(Session) if f.name.endswith("_at")}

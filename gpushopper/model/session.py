@@ -257,7 +257,7 @@ class Session:
 
 
 _FIELDS = frozenset(f.name for f in fields(Session)) - {"rest", "source"}
-_TIMES = frozenset(n for n in _FIELDS if n.endswith("_at"))
+_TIMES = frozenset(TIME_FIELDS)  # the times record_problem checks are the ones typed
 BOOTING: tuple[SessionStatus, ...] = (
     SessionStatus.CREATING,
     SessionStatus.PROVISIONING,
