@@ -110,13 +110,16 @@ MUTANTS = [
         [
             (
                 "            session = self._typed(session_id, record)\n"
-                "            session.set(**changes)\n",
+                "            session.set(**decide(session))\n",
                 "            session = self._typed(session_id, record)\n"
-                "        session.set(**changes)\n"
+                "        session.set(**decide(session))\n"
                 "        with self.transaction() as state:\n",
             )
         ],
-        ["tests/test_store.py"],
+        [
+            "tests/test_store.py",
+            "tests/test_request.py::test_two_extends_at_once_each_keep_their_time_and_their_override",
+        ],
     ),
     Mutant(
         "redact replaces only the first occurrence",
