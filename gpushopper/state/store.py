@@ -13,11 +13,11 @@ import os
 from collections.abc import Callable, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gpushopper.model.errors import StateError, StateWriteError
 from gpushopper.model.jsontypes import JSONObject, JSONValue
 from gpushopper.model.redact import redact_tree
-from gpushopper.model.session import Session, SessionRecords, record_problem
 from gpushopper.state.atomic import atomic_write_text
 from gpushopper.state.fs import (
     LinkRefused,
@@ -26,6 +26,9 @@ from gpushopper.state.fs import (
     read_bytes_nofollow,
     refuse_link,
 )
+
+if TYPE_CHECKING:  # model.session loads when sessions are read (inventory needs none)
+    from gpushopper.model.session import Session, SessionRecords
 
 SCHEMA_VERSION = 1
 LOCK_TIMEOUT_S = 30.0
@@ -239,6 +242,8 @@ class StateStore:
     # Damaged entry (session_records), and get/update refuse it with one clear error.
     def session_records(self) -> SessionRecords:
         """Every session of one read: the valid ones typed, the damaged ones apart."""
+        from gpushopper.model.session import SessionRecords
+
         return SessionRecords.split(self.read()["sessions"])
 
     def sessions(self) -> dict[str, Session]:
@@ -252,6 +257,8 @@ class StateStore:
         )
 
     def _typed(self, session_id: str, record: JSONValue) -> Session:
+        from gpushopper.model.session import Session, record_problem
+
         why = record_problem(record)
         if why is not None:
             raise self.damaged_error(session_id, why)
@@ -286,7 +293,7 @@ class StateStore:
             session = self._typed(session_id, record)
             session.set(**decide(session))
             state["sessions"][session_id] = written = session.to_record()
-            return Session.from_record(written, session_id)
+            return type(session).from_record(written, session_id)
 
     def new_session_id(self) -> str:
         existing = self.read()["sessions"]  # damaged records' ids too
