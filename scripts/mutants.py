@@ -485,6 +485,18 @@ MUTANTS = [
         ["tests/test_provisioner_faults.py"],
     ),
     Mutant(
+        "a label lookup whose listing kept failing reads as no instance",
+        "gpushopper/core/teardown.py",
+        [("                raise failure\n", "                pass\n")],
+        ["tests/test_provisioner_faults.py"],
+    ),
+    Mutant(
+        "a create answer checked only through failing listings reads as not ours",
+        "gpushopper/core/provisioner.py",
+        [("                    raise failure\n", "                    pass\n")],
+        ["tests/test_provisioner_faults.py"],
+    ),
+    Mutant(
         "the intent is saved after the create call",
         "gpushopper/core/provisioner.py",
         [

@@ -126,6 +126,31 @@ def test_a_create_answer_never_matched_fails_and_leaves_nothing_it_knows_of(tmp_
     assert rig.only_session()["label"].startswith("gpu-shopper:")
 
 
+@pytest.mark.parametrize(
+    "faults",
+    [{"create_error_after_create": True}, {"create_answers": "424242"}],
+    ids=["create-errs", "answer-names-nothing"],
+)
+def test_a_listing_that_keeps_failing_is_never_read_as_no_instance(tmp_path, faults):
+    # the create went through, but every lookup by label fails: the session cannot be
+    # closed "failed" (nothing would look for the instance again); it stays live for watch
+    provider = FakeProvider(listing="malformed", **faults)
+    rig = Rig(tmp_path, provider)
+    with pytest.raises(ProvisionFailed, match="looking up the instance .* NOT confirmed"):
+        rig.run()
+    assert provider.count("create_instance") == 1
+    assert len(provider.live()) == 1  # still running at the provider
+    record = rig.only_session()
+    assert record["status"] == "ending" and "listing failed" in record["error"]
+    provider.listing = "ok"  # the provider recovers: the retry (watch, cleanup-orphans) ends it
+    from gpushopper.core.runtime import Runtime
+    from gpushopper.core.teardown import end_session
+
+    runtime = Runtime(clock=lambda: T0, mono=rig.time.mono, sleep=rig.time.sleep)
+    ended = end_session(rig.store, factory(provider), record["id"], "retry", runtime=runtime)
+    assert ended.status == "ended" and provider.live() == set()
+
+
 def test_a_session_another_process_ended_mid_boot_is_never_brought_back(tmp_path):
     # watch (its hard maximum, say) is ending the booting session while provision polls
     provider = FakeProvider(boot_polls=3)

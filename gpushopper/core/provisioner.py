@@ -166,13 +166,17 @@ class Cleanup:
     state_error: str | None = None  # why the outcome could not be written down
 
     def summary(self) -> str:
+        if self.error:
+            what = (
+                "looking up the instance the create may have made"
+                if self.instance_id is None
+                else f"destroying instance {self.instance_id}"
+            )
+            return (
+                f"{what} was NOT confirmed ({self.error}); run 'gpu-shopper cleanup-orphans --yes'"
+            )
         if self.instance_id is None:
             return "no instance had been created"
-        if self.error:
-            return (
-                f"destroying instance {self.instance_id} was NOT confirmed ({self.error}); "
-                "run 'gpu-shopper cleanup-orphans --yes'"
-            )
         return f"instance {self.instance_id} destroyed (the provider confirms it is gone)"
 
 
@@ -671,7 +675,9 @@ class Provisioner:
 
         A wrong id there once left the real instance running until a later sweep (and the
         named one, someone else's, adopted): otherwise the id of the instance that does
-        carry the label, waiting for the listing to show it. None when none appears."""
+        carry the label, waiting for the listing to show it. None when none appears; when
+        the last listing failed, its error (the clean-up looks again, and an instance it
+        cannot rule out keeps the session live for watch: a glitch is not "not ours")."""
         deadline = self.mono() + LABEL_WAIT_S
         delay = 0.5
         while True:
@@ -682,11 +688,12 @@ class Provisioner:
                 named = None
             if named is not None and named.label == label:
                 return answered
+            failure: GpuShopperError | None = None
             try:
                 found = find_by_label(provider, label)
             except GpuShopperError as exc:
                 self._say(f"Looking the instance up by label failed: {exc}")
-                found = None
+                found, failure = None, exc
             if found is not None:
                 if found.instance_id != answered:
                     self._say(
@@ -696,6 +703,8 @@ class Provisioner:
                 return found.instance_id
             remaining = deadline - self.mono()
             if remaining <= 0:
+                if failure is not None:
+                    raise failure
                 return None
             self.sleep(min(delay, remaining))
             delay = min(delay * 2, 8.0)
@@ -909,7 +918,10 @@ class Provisioner:
             cleanup = Cleanup(instance_id)
             if instance_id is None and lookup:
                 # The create may have gone through: wait for the listing to show the label.
-                found = wait_for_label(provider, label, runtime=self._runtime())
+                try:
+                    found = wait_for_label(provider, label, runtime=self._runtime())
+                except GpuShopperError as exc:  # unknown, not "none": left for watch
+                    found, cleanup.error = None, f"the listing failed: {exc}"
                 cleanup.instance_id = found.instance_id if found else None
             if cleanup.instance_id is not None:
                 try:
@@ -949,7 +961,7 @@ class Provisioner:
                     error=cleanup.state_error,
                 )
             # Only now, with the destroy confirmed (or not) and recorded, tell the user.
-            if cleanup.instance_id is not None:
+            if cleanup.instance_id is not None or cleanup.error:
                 self._say(f"Session {session_id} ({reason}): {cleanup.summary()}")
             if cleanup.state_error:
                 self._say(f"Could not record it in the state file: {cleanup.state_error}")

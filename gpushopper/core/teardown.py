@@ -89,22 +89,27 @@ def wait_for_label(
     """Look ``label`` up until the listing shows it or ``timeout_s`` passes: a create that
     errored (or was interrupted) may still have made an instance, and a new instance can
     take a while to appear in the list. Listing errors go to ``runtime.log`` and are
-    retried; ``runtime``'s clocks time the wait."""
+    retried; ``runtime``'s clocks time the wait. None only when the last listing answered
+    without the label: when the last look failed, its error is raised (a provider glitch
+    is never read as "no instance", which would close a session whose instance runs)."""
     if not label:
         return None
     sleep, mono, log = runtime.sleep, runtime.mono, runtime.log
     deadline = mono() + timeout_s
     delay = 1.0
     while True:
+        failure: GpuShopperError | None = None
         try:
             found = find_by_label(provider, label)
         except GpuShopperError as exc:
             log(f"Looking the instance up by label failed: {exc}")
-            found = None
+            found, failure = None, exc
         if found is not None:
             return found
         remaining = deadline - mono()
         if remaining <= 0:
+            if failure is not None:
+                raise failure
             return None
         sleep(min(delay, remaining))
         delay = min(delay * 2, 8.0)
