@@ -355,8 +355,19 @@ MUTANTS = [
         "gpushopper/core/provisioner.py",
         [
             (
-                '            if session is None or session.status in ("ending", "ended"):',
+                "            if session is None or not session.booting:",
                 "            if session is None:",
+            )
+        ],
+        ["tests/test_provisioner_faults.py"],
+    ),
+    Mutant(
+        "a boot brings back a session watch closed failed",
+        "gpushopper/core/provisioner.py",
+        [
+            (
+                "            if session is None or not session.booting:",
+                '            if session is None or session.status in ("ending", "ended"):',
             )
         ],
         ["tests/test_provisioner_faults.py"],

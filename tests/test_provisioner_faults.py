@@ -168,6 +168,23 @@ def test_a_session_another_process_ended_mid_boot_is_never_brought_back(tmp_path
     assert "ended by another process" in rig.only_session()["end_reason"]
 
 
+def test_a_session_watch_closed_failed_mid_boot_is_never_brought_back(tmp_path):
+    # watch closed the booting session "failed" (its instance was not listed): provision
+    # must not write it back to running, a session nothing would then enforce as booting
+    provider = FakeProvider(boot_polls=3)
+    rig = Rig(tmp_path, provider)
+
+    def watch_fails_it(instance_id: str) -> None:
+        (sid,) = rig.store.read()["sessions"]
+        rig.store.update_session(sid, status="failed", end_reason="instance gone")
+
+    gets_then(provider, 2, watch_fails_it)
+    with pytest.raises(ProvisionFailed, match="ended by another process"):
+        rig.run()
+    assert provider.live() == set()
+    assert rig.only_session()["status"] == "failed"
+
+
 # -- billing ---------------------------------------------------------------------------------------
 def test_billing_starts_when_the_provider_reports_running_not_when_the_checks_pass(tmp_path):
     provider = FakeProvider(boot_polls=2)

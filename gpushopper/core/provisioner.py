@@ -374,12 +374,13 @@ class Provisioner:
         return path, public, True
 
     def _update(self, session_id: str, **changes: JSONValue) -> Session:
-        """Update our session, unless another process (watch, shutdown) ended it meanwhile
-        (checked and written in one transaction: the store's update cannot say "unless")."""
+        """Update our session, unless another process (watch, shutdown) ended it meanwhile:
+        only a booting session is moved on, never one closed ``failed`` (watch, finding no
+        instance listed) or ended (checked and written in one transaction)."""
         with self.store.transaction() as state:
             record = state["sessions"].get(session_id)
             session = None if record is None else Session.from_record(record)
-            if session is None or session.status in ("ending", "ended"):
+            if session is None or not session.booting:
                 raise BootFailed(f"session {session_id} was ended by another process while booting")
             session.set(**changes)
             written = state["sessions"][session_id] = session.to_record()
