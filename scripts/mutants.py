@@ -373,6 +373,17 @@ MUTANTS = [
         ["tests/test_provisioner_faults.py"],
     ),
     Mutant(
+        "watch closes a session on a plan the session has moved past",
+        "gpushopper/core/enforcer.py",
+        [
+            (
+                "            if not session.live or session.instance != action.instance_id:\n",
+                "            if not session.live:\n",
+            )
+        ],
+        ["tests/test_enforcer.py"],
+    ),
+    Mutant(
         "an orphan that carries no label passes for ours",
         "gpushopper/core/enforcer.py",
         [

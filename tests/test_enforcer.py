@@ -240,6 +240,24 @@ def test_factory_helper_serves_by_name():
     assert get("vastai") is a and get("tensordock") is b
 
 
+def test_a_session_that_changed_since_the_plan_is_not_closed(store):
+    # planned on instance 901 (gone); meanwhile its boot recorded instance 902, which runs:
+    # the provider said only that 901 is gone, so the session is left to its boot
+    provider = FakeProvider()
+    put(store, record("a00001", "901", status="provisioning"))
+    live = "902"
+
+    def boot_moves_on(instance_id: str) -> None:
+        provider.add(label("a00001"), iid=live)
+        store.update_session("a00001", instance_id=live)
+
+    provider.on_get = boot_moves_on
+    report = enforcer(store, provider).tick(POLICY)
+    assert [o.result for o in report.outcomes] == ["left"]
+    assert store.get_session("a00001").status == "provisioning"
+    assert provider.live() == {live}
+
+
 def test_a_booting_session_whose_instance_is_gone_is_closed_failed_keeping_its_reason(store):
     """Gone at the provider while booting: the boot failed (never 'ended', which would
     count it a finished rental), and a reason already recorded is kept; a running one ends."""

@@ -185,8 +185,12 @@ class Enforcer:
                 outcome = Outcome(action, "left")
             elif action.kind == MARK_ENDED:
                 if self._confirmed_gone(action):
-                    self._mark_ended(action)
-                    outcome = Outcome(action, "marked_ended")
+                    if self._mark_ended(action):
+                        outcome = Outcome(action, "marked_ended")
+                    else:
+                        outcome = Outcome(
+                            action, "left", "the session changed since it was read; left to it"
+                        )
                 else:
                     outcome = Outcome(
                         action,
@@ -234,13 +238,18 @@ class Enforcer:
             return True  # never created as far as we know; the policy waited out the create
         return self.client(action.provider).get_instance(action.instance_id) is None
 
-    def _mark_ended(self, action: Action) -> None:
+    def _mark_ended(self, action: Action) -> bool:
+        """Close the session the action was planned on, re-read under the lock: one that
+        ended meanwhile, or that now records another instance (its boot went on), is left
+        as it is (False); the provider said only that the planned instance is gone."""
         assert action.session_id
         with self.store.transaction() as state:
             record = state["sessions"].get(action.session_id)
             if record is None:
-                return
+                return False
             session = Session.from_record(record)
+            if not session.live or session.instance != action.instance_id:
+                return False
             close_record(
                 session,
                 SessionStatus.FAILED if session.booting else SessionStatus.ENDED,
@@ -250,6 +259,7 @@ class Enforcer:
             )
             state["sessions"][action.session_id] = session.to_record()
         refresh_ssh_config(self.ssh_config_path, self.store)
+        return True
 
     def tick(self, policy: Policy, *, destroy: bool = True) -> TickReport:
         report = TickReport()
