@@ -384,6 +384,17 @@ MUTANTS = [
         ["tests/test_enforcer.py"],
     ),
     Mutant(
+        "a hand-off that crashes leaves the new session running",
+        "gpushopper/core/request.py",
+        [
+            (
+                "    except Exception as exc:  # a bug printing it: nobody has the SSH details\n",
+                "    except ZeroDivisionError as exc:\n",
+            )
+        ],
+        ["tests/test_request.py"],
+    ),
+    Mutant(
         "an orphan that carries no label passes for ours",
         "gpushopper/core/enforcer.py",
         [

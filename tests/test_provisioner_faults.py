@@ -409,3 +409,15 @@ def test_a_stage_failing_outside_attempt_is_destroyed_by_clean_up(tmp_path):
     assert isinstance(failure, BootFailed) and failure.cleaned_up
     assert provider.live() == set()
     assert rig.only_session()["status"] == "failed"
+
+
+def test_undoing_a_hand_off_that_crashed_destroys_it_and_says_why(tmp_path):
+    provider = FakeProvider()
+    rig = Rig(tmp_path, provider)
+    session = rig.run()
+    error = rig.provisioner.undo(session, ValueError("bad value in the view"))
+    assert isinstance(error, ProvisionFailed) and not isinstance(error, Interrupted)
+    assert "the hand-off failed (ValueError: bad value in the view)" in str(error)
+    assert provider.live() == set()
+    record = rig.only_session()
+    assert record["status"] == "ended" and "hand-off failed" in record["end_reason"]

@@ -347,6 +347,21 @@ def test_a_hand_off_that_reaches_no_one_destroys_the_new_session(tmp_path):
     assert [sid for sid, _ in prov.undone] == ["abc123"]
 
 
+def test_a_hand_off_that_crashes_destroys_the_new_session(tmp_path):
+    # a bug printing the session: nobody was handed it, so it is not left billing
+    built = build(tmp_path)
+    prov = Renting(offer("vastai", 1))
+    choice = request.choose(prov, built, Store(), settings(tmp_path))
+
+    def crash(session):
+        raise ValueError("bad value in the view")
+
+    with pytest.raises(UsageError, match="undone"):
+        request.rent(prov, choice, crash)
+    ((sid, exc),) = prov.undone
+    assert sid == "abc123" and isinstance(exc, ValueError)
+
+
 def test_an_interrupted_provision_is_not_undone_here(tmp_path):
     # each attempt cleans up after itself; there is no session to undo
     built = build(tmp_path)

@@ -712,31 +712,37 @@ class Provisioner:
 
     def undo(self, session: Session, exc: BaseException) -> GpuShopperError:
         """The hand-off reached no one (a signal or a closed pipe while the result was
-        printed): destroy the new session too, and return the error to exit with."""
+        printed, or a crash printing it): destroy the new session too, and return the
+        error to exit with (Interrupted for a signal, else ProvisionFailed)."""
         from gpushopper.core.teardown import end_session
 
         signum = getattr(exc, "signum", signal.SIGINT)
-        name = interrupts.signal_name(signum)
+        if isinstance(exc, KeyboardInterrupt):
+            why = f"interrupted by {interrupts.signal_name(signum)}"
+        else:
+            why = f"the hand-off failed ({type(exc).__name__}: {exc})"
         with interrupts.deferred():
             try:
                 end_session(
                     self.store,
                     self.provider_factory,
                     session.id,
-                    f"interrupted by {name} before the hand-off",
+                    f"{why} before the hand-off" if isinstance(exc, KeyboardInterrupt) else why,
                     runtime=self._runtime(),
                     ssh_config_path=self.ssh_config_path,
                 )
             except GpuShopperError as error:
                 return ProvisionFailed(
-                    f"interrupted by {name}; destroying instance {session.instance_id} "
+                    f"{why}; destroying instance {session.instance_id} "
                     f"was NOT confirmed ({error}); run 'gpu-shopper cleanup-orphans --yes'"
                 )
-        return Interrupted(
-            f"interrupted by {name}; instance {session.instance_id} destroyed (the "
-            f"provider confirms it is gone); session {session.id} ended",
-            signum,
+        done = (
+            f"{why}; instance {session.instance_id} destroyed (the "
+            f"provider confirms it is gone); session {session.id} ended"
         )
+        if isinstance(exc, KeyboardInterrupt):
+            return Interrupted(done, signum)
+        return ProvisionFailed(done)
 
     # -- steps ------------------------------------------------------------------------------
     def _runtime(self, log: Callable[[str], None] | None = None) -> Runtime:

@@ -231,15 +231,17 @@ def choose(provisioner: Provisioner, built: Built, store: StateStore, settings: 
 
 
 def rent(provisioner: Provisioner, choice: Choice, hand_off: Callable[[Session], None]) -> Session:
-    """Provision the choice and hand the session off (print it). A signal or a closed pipe
-    during the hand-off means it reached no one: the new session is destroyed too
-    (``Provisioner.undo``), rather than left running unseen, and its error raised."""
+    """Provision the choice and hand the session off (print it). A signal, a closed pipe
+    or a crash during the hand-off means it reached no one: the new session is destroyed
+    too (``Provisioner.undo``), rather than left running unseen, and its error raised."""
     session = provisioner.provision(choice.built.request, choice.candidates)
     # Until the session exists, a signal unwinds through each attempt's own cleanup.
     try:
         hand_off(session)
     except KeyboardInterrupt as exc:
         raise provisioner.undo(session, exc) from None
+    except Exception as exc:  # a bug printing it: nobody has the SSH details
+        raise provisioner.undo(session, exc) from exc
     return session
 
 
