@@ -124,3 +124,15 @@ def test_tensordock_has_no_log_endpoint_and_says_what_to_do(tensordock, gs):
     assert result.exit_code == 1
     assert "no log endpoint" in result.stderr and "cloud-init-output.log" in result.stderr
     assert gs(f"sessions done {made.json()['id']}").exit_code == 0
+
+
+def test_slow_polling_is_bounded_in_time_not_only_in_tries(vast, gs, session, monkeypatch):
+    # Each try may wait its whole read timeout: the time bound covers the polling as well
+    # (a bound of 0 s: the first miss already spent it).
+    monkeypatch.setattr(vast_adapter, "LOG_FETCH_MAX_S", 0.0)
+    vast.log_ready_after = 10_000
+    result = gs(f"sessions logs {session['id']}")
+    assert result.exit_code == 1
+    assert "within 0s" in result.stderr and "HTTP 404" in result.stderr
+    fetched = [r for r in vast.requests if r["path"].startswith("/logs/")]
+    assert len(fetched) == 1

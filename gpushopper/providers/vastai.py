@@ -85,7 +85,7 @@ LIST_PAGE = 25
 LOG_POLLS = 30  # result_url is fetched until it answers 200: 30 tries, 0.3 s apart (the CLI's)
 LOG_POLL_S = 0.3
 MAX_LOG_BYTES = 8 << 20
-LOG_FETCH_MAX_S = 120.0  # a result_url dripping bytes is cut off
+LOG_FETCH_MAX_S = 120.0  # a result_url slow to answer or dripping bytes is cut off
 MAX_PAGES = 200  # 5000 instances: far past any account this tool serves
 MAX_ONSTART = 4096  # args + args_str + onstart, characters (create_instance.yaml)
 
@@ -788,6 +788,14 @@ def fetch_log(url: str, sleep: Callable[[float], None]) -> str:
         session.trust_env = False  # no proxy or netrc credentials travel to a third party
         for attempt in range(LOG_POLLS):
             if attempt:
+                # Each try may take its whole read timeout: 30 slow 404s are 15 minutes, so
+                # the bound covers the polling too, not only the download.
+                if time.monotonic() - started > LOG_FETCH_MAX_S:
+                    raise Unavailable(
+                        NAME,
+                        f"the log was not ready at its result_url within "
+                        f"{LOG_FETCH_MAX_S:g}s ({last}); try again later",
+                    )
                 sleep(LOG_POLL_S)
             try:
                 with session.get(url, timeout=(5, 30), stream=True, allow_redirects=False) as reply:
