@@ -273,6 +273,29 @@ def test_get_offer_refetches_one_hostnode(emu):
     assert td.get_offer("no-such-node:geforcertx4090-pcie-24gb", 32) is None
 
 
+@pytest.mark.parametrize(
+    "body",
+    [{}, {"data": None}, {"data": []}, {"data": "x"}],
+    ids=["empty", "null-data", "list-data", "text-data"],
+)
+def test_get_offer_answer_of_the_wrong_shape_is_an_error_not_gone(emu, body):
+    td = client(emu)
+    native = td.search_offers(OfferQuery())[0].id.split(":", 1)[1]
+    emu.fail_next("GET", r"/hostnodes/.+", status=200, body=body)
+    with pytest.raises(ProviderError, match="wrong shape"):
+        td.get_offer(native, 32)
+
+
+def test_get_offer_answered_with_another_hostnode_is_refused(emu):
+    td = client(emu)
+    offers = td.search_offers(OfferQuery())
+    mine, other = offers[0], next(o for o in offers if o.machine_id != offers[0].machine_id)
+    answer = {"data": {**emu._public_hostnode(emu.hostnodes[other.machine_id])}}
+    emu.fail_next("GET", r"/hostnodes/.+", status=200, body=answer)
+    with pytest.raises(ProviderError, match="the answer is"):
+        td.get_offer(mine.id.split(":", 1)[1], 32)
+
+
 def test_rate_limit_is_retried_then_answered(emu):
     emu.rate_limit_next(times=1)
     sleeps: list[float] = []

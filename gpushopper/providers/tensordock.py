@@ -528,8 +528,17 @@ class TensorDock:
             return None
         node = data.get("data") if isinstance(data, dict) else None
         if not isinstance(node, dict):
-            return None
-        node.setdefault("id", hostnode_id)
+            # One hostnode asked for by id: an answer without it says nothing of the offer,
+            # and must not read as "that offer is gone" (bad input, exit 2).
+            raise ProviderError(
+                NAME,
+                f"hostnode {hostnode_id} answered with a wrong shape (expected a 'data' object)",
+            )
+        found = node.setdefault("id", hostnode_id)
+        if str(found) != hostnode_id:  # its id goes into the create: never another node's
+            raise Unavailable(
+                NAME, f"asked for hostnode {hostnode_id}, the answer is {repr(found)[:80]}"
+            )
         offers = parse_hostnodes({"data": {"hostnodes": [node]}}, OfferQuery(disk_gb=disk_gb))
         return next((o for o in offers if o.extra.get("v0name") == v0name), None)
 
