@@ -368,6 +368,19 @@ def test_get_offer_refetches_one_offer_for_a_disk(emu):
     assert client(emu).get_offer("999", 32) is None
 
 
+@pytest.mark.parametrize("body", [{}, {"success": True}, {"offers": None}, {"offers": {}}])
+def test_an_offer_or_template_answer_without_its_list_is_an_error_not_none(emu, body):
+    # Read as "none", the offer given by id would be "not available any more" (exit 2) and
+    # the template "unknown": the answer says nothing of either.
+    emu.fail_next("POST", r"/bundles/", status=200, body=body)
+    with pytest.raises(ProviderError, match="wrong shape"):
+        client(emu).get_offer("1000002", 32)
+    templates = {("templates" if k == "offers" else k): v for k, v in body.items()}
+    emu.fail_next("GET", r"/template/", status=200, body=templates)
+    with pytest.raises(ProviderError, match="wrong shape"):
+        client(emu).list_templates()
+
+
 def test_templates_by_name_hash_and_id(emu):
     vast = client(emu)
     names = [t.name for t in vast.list_templates()]

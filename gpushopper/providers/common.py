@@ -123,12 +123,12 @@ def integer(value: JSONValue) -> int | None:
 
 
 def rows_of(data: JSONValue, key: str, provider: str, what: str) -> list[JSONObject]:
-    """``data[key]`` as a list of objects; any other shape is the provider's error."""
+    """``data[key]`` as a list of objects; any other shape, a missing key included, is the
+    provider's error: an answer without the list says nothing of what is there, and must
+    not read as "none" (an offer or template gone, exit 2)."""
     from gpushopper.model.errors import ProviderError
 
     rows = data.get(key) if isinstance(data, dict) else None
-    if rows is None and isinstance(data, dict) and key not in data:
-        rows = []
     if not isinstance(rows, list):
         raise ProviderError(
             provider, f"{what} answered with a wrong shape (expected a '{key}' list)"

@@ -517,12 +517,6 @@ class VastAI:
             "limit": 1,
         }
         data = self.http.request("POST", self._v0("/bundles/"), json_body=body, idempotent=True)
-        if not isinstance(data, dict) or "offers" not in data:
-            # One offer asked for by id: an answer without the list says nothing about it,
-            # and must not read as "that offer is gone" (bad input, exit 2).
-            raise ProviderError(
-                NAME, "the offer lookup answered with a wrong shape (expected an 'offers' list)"
-            )
         for row in rows_of(data, "offers", NAME, "the offer lookup"):
             if str(row.get("id")) == str(native_id):
                 return parse_offer(row)
