@@ -155,7 +155,9 @@ def build(
             asked = question(base, template, needs)
             key = (provider, asked.disk_gb, asked.min_cuda)
             if key not in answers:
-                offers, failed = search(asked)
+                # A provider that failed once in this run is not asked again per template:
+                # each question would wait out its retries for the same error.
+                offers, failed = ([], {}) if provider in errors else search(asked)
                 answers[key] = offers
                 errors.update(failed)
             entries.append(
