@@ -177,6 +177,55 @@ MUTANTS = [
         ],
         ["tests/test_providers_tensordock.py"],
     ),
+    Mutant(
+        "an offer or template answer without its list reads as none",
+        "gpushopper/providers/common.py",
+        [
+            (
+                "    rows = data.get(key) if isinstance(data, dict) else None\n",
+                "    rows = (data.get(key) if isinstance(data, dict) else None) or []\n",
+            )
+        ],
+        [
+            "tests/test_providers_vastai.py::test_an_offer_or_template_answer_without_its_list_is_an_error_not_none"
+        ],
+    ),
+    Mutant(
+        "a TensorDock offer lookup adopts another hostnode's answer",
+        "gpushopper/providers/tensordock.py",
+        [("        if str(found) != hostnode_id:", "        if False:")],
+        [
+            "tests/test_providers_tensordock.py::test_get_offer_answered_with_another_hostnode_is_refused"
+        ],
+    ),
+    Mutant(
+        "a log's result_url may be plain http on loopback with the real API",
+        "gpushopper/providers/vastai.py",
+        [
+            (
+                'parts.scheme == "http" and _is_loopback(host) and _is_loopback(urlsplit(api_base).hostname)',
+                'parts.scheme == "http" and _is_loopback(host)',
+            )
+        ],
+        ["tests/test_sessions_logs.py"],
+    ),
+    Mutant(
+        "a log's result_url is polled past the time bound",
+        "gpushopper/providers/vastai.py",
+        [
+            (
+                "not only the download.\n                if time.monotonic() - started > LOG_FETCH_MAX_S:",
+                "not only the download.\n                if False:",
+            )
+        ],
+        ["tests/test_sessions_logs.py::test_slow_polling_is_bounded_in_time_not_only_in_tries"],
+    ),
+    Mutant(
+        "templates catalog asks a failed provider again for each template",
+        "gpushopper/core/catalog.py",
+        [("([], {}) if provider in errors else search(asked)", "search(asked)")],
+        ["tests/test_catalog.py::test_a_failing_provider_is_reported_and_the_other_still_listed"],
+    ),
     # -- the providers' configs and HTTP client (issue 11) ----------------------------------------
     Mutant(
         "a provider config's repr shows its key",

@@ -136,3 +136,24 @@ def test_slow_polling_is_bounded_in_time_not_only_in_tries(vast, gs, session, mo
     assert "within 0s" in result.stderr and "HTTP 404" in result.stderr
     fetched = [r for r in vast.requests if r["path"].startswith("/logs/")]
     assert len(fetched) == 1
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:8080/x.log", "http://localhost/x.log", "http://[::1]/x.log"],
+)
+def test_http_on_loopback_is_refused_when_the_api_is_the_real_one(url):
+    # Plain http is the emulator's allowance only: with the real (https) API, a result_url
+    # on this machine's loopback is as refused as any other http one.
+    from gpushopper.model.errors import ProviderError
+
+    with pytest.raises(ProviderError, match="not https"):
+        vast_adapter.checked_log_url(url, "https://console.vast.ai")
+    assert vast_adapter.checked_log_url(url, "http://127.0.0.1:5000") == url
+
+
+def test_a_host_that_only_starts_like_loopback_is_not_loopback():
+    from gpushopper.model.errors import ProviderError
+
+    with pytest.raises(ProviderError, match="not https"):
+        vast_adapter.checked_log_url("http://127.0.0.1.example.com/x", "http://127.0.0.1:5000")
