@@ -257,3 +257,18 @@ def test_a_key_the_server_echoes_is_redacted_by_the_client_the_config_built(name
             provider_class(name)(config).search_offers(OfferQuery())
     assert "rejected key" in str(err.value)
     assert secret not in str(err.value) and secret not in repr(err.value)
+
+
+@pytest.mark.parametrize("name", ["vastai", "tensordock"])
+def test_a_config_class_default_is_the_settings_default(name, isolated_home):
+    # The defaults are written twice, on each config class and on its Setting
+    # (state/config.py). A client built without the registry must be the same client.
+    from types import SimpleNamespace
+
+    from gpushopper.providers.registry import provider_config
+
+    key = "vastai.api_key" if name == "vastai" else "tensordock.api_token"
+    defaults = Settings(paths=resolve_paths(), environ={})
+    reader = SimpleNamespace(get=lambda k: "k" * 20 if k == key else defaults.get(k))
+    built = provider_config(name, reader)
+    assert built == type(built)("k" * 20)
