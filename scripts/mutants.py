@@ -498,6 +498,12 @@ MUTANTS = [
         ["tests/test_bench_run.py::test_a_budget_that_allows_one_entry_never_starts_the_second"],
     ),
     Mutant(
+        "benchmark commits $0 for an offer whose price the provider did not send",
+        "gpushopper/core/bench/runner.py",
+        [("        return math.inf\n", "        return 0.0\n")],
+        ["tests/test_bench_run.py::test_an_offer_without_a_price_is_never_rented_under_a_budget"],
+    ),
+    Mutant(
         "benchmark records no cost for failed attempts",
         "gpushopper/core/bench/runner.py",
         [("            cost_usd=round(cost, 6),\n", "            cost_usd=0.0,\n")],

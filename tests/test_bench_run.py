@@ -192,6 +192,31 @@ def test_a_budget_that_allows_one_entry_never_starts_the_second(gs, vast, isolat
     assert vast.live_instances() == []
 
 
+def test_an_offer_without_a_price_is_never_rented_under_a_budget(
+    gs, vast, isolated_home, monkeypatch
+):
+    """A Vast.ai row with neither dph_total nor dph_base + storage is an offer of unknown
+    price: no --max-budget can hold it, so it is skipped, never rented at a $0 commitment."""
+    from dataclasses import replace
+
+    from gpushopper.providers import vastai as vast_provider
+
+    parse = vast_provider.parse_offer
+    monkeypatch.setattr(
+        vast_provider, "parse_offer", lambda raw: replace(parse(raw), price_per_hour=None)
+    )
+    vast.offers.clear()
+    offer = vast.add_offer(gpu_name="RTX 4090")
+    result = bench_run(
+        gs, "--workload", "my-step", "--command", WRITE, "--offer", f"vastai:{offer['id']}"
+    )
+    assert result.exit_code == 1, result.stderr
+    (entry,) = result.json()["entries"]
+    assert entry["status"] == "skipped" and entry["attempts"] == []
+    assert "price is unknown" in entry["reason"]
+    assert len(vast.instances) == 0  # never rented
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_mid_run_destroys_every_session_and_exits_128_plus(gs, vast, isolated_home, sig):
     from tests.test_run import _remote_running

@@ -30,6 +30,7 @@ a job handles on Ctrl-C, never inside a deferred destroy.
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import threading
 import time
@@ -426,6 +427,8 @@ class BenchRunner(Generic[H]):
 
     def _over_budget(self, commitment: float) -> str:
         budget = self.run["budget"]
+        if math.isinf(commitment):
+            return "its price is unknown: no --max-budget can hold it"
         return (
             f"over budget: spent ${budget['spent']:.4f} + committed "
             f"${sum(self.commitments.values()):.4f} + this entry ${commitment:.4f} "
@@ -970,7 +973,13 @@ def _cost(job: JSONObject, mine: dict[str, Session], now: datetime) -> float:
 
 
 def _commitment(candidate: Candidate, timeout_s: float) -> float:
-    return float(candidate.offer.price_per_hour or 0.0) * timeout_s / 3600.0
+    """What the attempt may cost at most: price x the entry timeout. An offer whose price
+    the provider did not send (or sent negative) can be held to no budget: infinite, so
+    :func:`budget_allows` never starts it."""
+    price = candidate.offer.price_per_hour
+    if price is None or not math.isfinite(price) or price < 0:
+        return math.inf
+    return float(price) * timeout_s / 3600.0
 
 
 def _when(text: JSONValue) -> JSONValue:
