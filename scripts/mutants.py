@@ -504,6 +504,14 @@ MUTANTS = [
         ["tests/test_bench_run.py::test_an_offer_without_a_price_is_never_rented_under_a_budget"],
     ),
     Mutant(
+        "benchmark store refuses a backend text the workload's result may hold",
+        "gpushopper/core/bench/records.py",
+        [("MAX_BACKEND = 80 ", "MAX_BACKEND = 40 ")],
+        [
+            "tests/test_bench_workloads.py::test_llm_throughput_through_benchmark_run_with_dollars_per_million_tokens"
+        ],
+    ),
+    Mutant(
         "benchmark records no cost for failed attempts",
         "gpushopper/core/bench/runner.py",
         [("            cost_usd=round(cost, 6),\n", "            cost_usd=0.0,\n")],

@@ -151,6 +151,7 @@ class _FakeLLM(BaseHTTPRequestHandler):
     delay = 0.02
     fail_every = 0  # every Nth completion answers 500
     usage = True
+    model = "tiny-model"  # the id GET /v1/models answers
     count = 0
     lock = threading.Lock()
 
@@ -158,7 +159,7 @@ class _FakeLLM(BaseHTTPRequestHandler):
         pass
 
     def do_GET(self):
-        body = json.dumps({"data": [{"id": "tiny-model"}]}).encode()
+        body = json.dumps({"data": [{"id": _FakeLLM.model}]}).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -167,7 +168,7 @@ class _FakeLLM(BaseHTTPRequestHandler):
     def do_POST(self):
         length = int(self.headers.get("Content-Length") or 0)
         request = json.loads(self.rfile.read(length))
-        assert request["stream"] is True and request["model"] == "tiny-model"
+        assert request["stream"] is True and request["model"] == _FakeLLM.model
         with _FakeLLM.lock:
             _FakeLLM.count += 1
             number = _FakeLLM.count
@@ -195,6 +196,7 @@ class _FakeLLM(BaseHTTPRequestHandler):
 @pytest.fixture
 def fake_llm():
     _FakeLLM.count, _FakeLLM.fail_every, _FakeLLM.usage = 0, 0, True
+    _FakeLLM.model = "tiny-model"
     server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeLLM)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
@@ -467,6 +469,9 @@ def test_llm_throughput_through_benchmark_run_with_dollars_per_million_tokens(
     server (here: this test's, the fake instance being this machine) measured, $/M tokens."""
     from gpushopper.state.benchstore import BenchStore
 
+    # A real model id: the script's backend text ("openai-compatible " + the id) must pass
+    # the store's validator too, or a whole paid run ends failed at "parse".
+    _FakeLLM.model = "meta-llama/Llama-3.1-8B-Instruct"
     vast.offers.clear()
     offer = vast.add_offer(gpu_name="RTX 4090", dph_base=0.25)
     result = gs(
@@ -484,6 +489,7 @@ def test_llm_throughput_through_benchmark_run_with_dollars_per_million_tokens(
     assert extra["output_tokens"] == 20 and extra["error_rate"] == 0
     price = found["offer"]["price_per_hour"]
     assert extra["usd_per_mtok"] == pytest.approx(price / (found["value"] * 3600) * 1e6)
+    assert found["backend"] == "openai-compatible meta-llama/Llama-3.1-8B-Instruct"
     assert vast.live_instances() == []
 
 

@@ -35,6 +35,7 @@ MAX_VALUE = 1e15  # no measurement of ours is bigger; a bigger one is a unit mis
 MAX_PRICE = 1000.0  # USD/h: more than any rentable machine
 MAX_EXTRA = 32  # extra metrics per result
 MAX_TEXT = 200
+MAX_BACKEND = 80  # what parse_result (workloads.PLAIN_RE) lets a workload's result say
 VERSION_MAX = 9999
 
 TOP_KEYS = {
@@ -170,7 +171,7 @@ def validate_result(
     return {
         **measured,
         "extra_metrics": extra,
-        "backend": check.text("backend", record.get("backend"), max_len=40),
+        "backend": check.text("backend", record.get("backend"), max_len=MAX_BACKEND),
         "hardware": hardware,
         "offer": offer,
         "timings": timings,

@@ -791,7 +791,7 @@ class BenchRunner(Generic[H]):
         raw["invalid_reasons"] = reasons
         try:
             # The one validator `benchmark submit` uses: nothing unchecked reaches the file.
-            checked = validate_result(raw, where="result", now=self.host.clock(), source="run")
+            checked = validate_result(raw, where="result.", now=self.host.clock(), source="run")
         except UsageError as exc:
             attempt.update(stage="parse", reason=clip(str(exc), 300))
             return "failed"

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import NoReturn
 
+from gpushopper.core.bench.records import MAX_BACKEND
 from gpushopper.model.errors import UsageError
 from gpushopper.model.jsontypes import JSONObject, JSONValue
 from gpushopper.model.session import Session
@@ -34,7 +35,7 @@ MAX_RESULT_BYTES = 64 * 1024
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 METRIC_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.%/-]{0,63}")
 UNIT_RE = re.compile(r"[A-Za-z0-9$%/()._ -]{1,32}")
-PLAIN_RE = re.compile(r"[A-Za-z0-9 +@:;,._()/-]{1,80}")
+PLAIN_RE = re.compile(rf"[A-Za-z0-9 +@:;,._()/-]{{1,{MAX_BACKEND}}}")  # the store's limit
 RESULT_KEYS = {"metric", "value", "unit", "higher_is_better"}
 OPTIONAL_KEYS = {"extra_metrics", "device", "backend"}
 
