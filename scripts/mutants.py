@@ -512,6 +512,24 @@ MUTANTS = [
         ],
     ),
     Mutant(
+        "a bug mid-job skips the job's teardown (the instance runs on to its deadline)",
+        "gpushopper/core/jobs.py",
+        [
+            (
+                "            self._finish(spec, job_id, session, outcome, ssh_worked, started)\n"
+                "            raise\n",
+                "            raise\n",
+            )
+        ],
+        ["tests/test_bench_run.py::test_a_bug_mid_job_still_destroys_the_instance_and_pays_for_it"],
+    ),
+    Mutant(
+        "benchmark leaves a crashed attempt's cost out of the budget",
+        "gpushopper/core/bench/runner.py",
+        [("            done, code = job, 1  # its cost", "            raise  # its cost")],
+        ["tests/test_bench_run.py::test_a_bug_mid_job_still_destroys_the_instance_and_pays_for_it"],
+    ),
+    Mutant(
         "benchmark records no cost for failed attempts",
         "gpushopper/core/bench/runner.py",
         [("            cost_usd=round(cost, 6),\n", "            cost_usd=0.0,\n")],

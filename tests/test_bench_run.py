@@ -217,6 +217,32 @@ def test_an_offer_without_a_price_is_never_rented_under_a_budget(
     assert len(vast.instances) == 0  # never rented
 
 
+def test_a_bug_mid_job_still_destroys_the_instance_and_pays_for_it(
+    gs, vast, isolated_home, monkeypatch
+):
+    """An unexpected exception while the job runs (not a provider or SSH failure) goes
+    through the job's one teardown like any failure: nothing left running until the
+    on-instance deadline, the attempt failed with its cost in the budget."""
+    from gpushopper.core import jobs
+
+    def bug(*args, **kwargs):
+        raise RuntimeError("a bug mid-watch")
+
+    monkeypatch.setattr(jobs.JobRunner, "_watch", bug)
+    vast.offers.clear()
+    offer = vast.add_offer(gpu_name="RTX 4090", dph_base=0.2)
+    result = bench_run(
+        gs, "--workload", "my-step", "--command", WRITE, "--offer", f"vastai:{offer['id']}"
+    )
+    assert result.exit_code == 1, result.stderr
+    run = result.json()
+    (entry,) = run["entries"]
+    assert entry["status"] == "failed" and "a bug mid-watch" in entry["reason"]
+    assert entry["attempts"][0]["cost_usd"] > 0
+    assert run["budget"]["spent"] == pytest.approx(entry["attempts"][0]["cost_usd"])
+    assert len(vast.instances) == 1 and vast.live_instances() == []
+
+
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_mid_run_destroys_every_session_and_exits_128_plus(gs, vast, isolated_home, sig):
     from tests.test_run import _remote_running

@@ -418,6 +418,12 @@ class JobRunner:
             outcome.status = "failed"
             outcome.error = clip(str(exc), 2000)
             outcome.failure_stage = self.stage
+        except Exception as exc:  # a bug: the instance still goes (one teardown), then it is raised
+            outcome.status = "failed"
+            outcome.error = clip(f"internal error: {type(exc).__name__}: {exc}", 2000)
+            outcome.failure_stage = self.stage
+            self._finish(spec, job_id, session, outcome, ssh_worked, started)
+            raise
         return self._finish(spec, job_id, session, outcome, ssh_worked, started)
 
     def _upload_stage(self, spec: JobSpec, job: JSONObject, session: Session) -> None:

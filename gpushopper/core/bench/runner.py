@@ -648,6 +648,8 @@ class BenchRunner(Generic[H]):
             done, code = job, 128 + stopped
             if self.stop.signum is None and not self.stop.cancelled:
                 self.stop.signum = stopped
+        except Exception:  # a bug, after the job tore its session down: a failed attempt,
+            done, code = job, 1  # its cost and teardown settled like any other
         with contextlib.suppress(UsageError):
             done = get_job(self.host.store, job["id"])  # as recorded, whatever ended it
         return done, code, stopped
