@@ -30,7 +30,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _util import gpu_shopper_cmd, time_interleaved  # noqa: E402
+from _util import SCRUB, gpu_shopper_cmd, time_interleaved  # noqa: E402
 
 GOAL = 1.5
 N_RESULTS = 10_000
@@ -109,10 +109,9 @@ def main() -> int:
     from gpushopper.state.benchstore import BenchStore
 
     with tempfile.TemporaryDirectory() as home:
-        env = {"GPU_SHOPPER_HOME": home}
-        for name in list(os.environ):
-            if name.startswith(("VASTAI_", "VAST_API", "TENSORDOCK_")):
-                env[name] = ""
+        # time_interleaved lays env over os.environ: blank every setting of ours there
+        env = {name: "" for name in os.environ if name.startswith(SCRUB)}
+        env["GPU_SHOPPER_HOME"] = home
         records = generate(N_RESULTS)
         store = BenchStore(Path(home) / "benchmarks.json")
         with store.transaction() as data:
