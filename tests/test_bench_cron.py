@@ -64,6 +64,9 @@ def test_fields(expr, field, values):
         "0 0 31 4,6,9,11 *",
         "-1 * * * *",
         "1-2-3 * * * *",
+        "\u00b2 * * * *",  # str.isdigit() says yes to a superscript two; int() does not
+        "*/\u00b2 * * * *",
+        "\u0663 * * * *",  # an Arabic-Indic three: cron's digits are ASCII
     ],
 )
 def test_bad_expressions_are_usage_errors(expr):

@@ -45,7 +45,7 @@ def test_cost_per_unit_direction():
 def test_workload_names_and_versions():
     assert split_workload("gpu-matmul@1") == ("gpu-matmul", 1)
     assert split_workload("my-train") == ("my-train", None)
-    for bad in ("", "@1", "x@", "x@0", "x@one", "a b", "-x", "x\x1b[2J"):
+    for bad in ("", "@1", "x@", "x@0", "x@one", "a b", "-x", "x\x1b[2J", "x@\u00b2", "x@\u0663"):
         with pytest.raises(UsageError):
             split_workload(bad)
 

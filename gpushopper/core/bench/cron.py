@@ -126,6 +126,11 @@ def parse(text: str) -> Cron:
     return cron
 
 
+def _digits(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` also says yes to ``²``, which ``int`` refuses."""
+    return text.isascii() and text.isdigit()
+
+
 def _field(
     part: str, name: str, low: int, high: int, names: tuple[str, ...] | None, offset: int
 ) -> frozenset[int]:
@@ -136,7 +141,7 @@ def _field(
         token = token.strip()
         if names is not None and token.lower() in names:
             return names.index(token.lower()) + offset
-        if not token.isdigit() or len(token) > 4:
+        if not _digits(token) or len(token) > 4:
             raise bad(f"{token!r} is not a number" + (" or a name" if names else ""))
         value = int(token)
         if not low <= value <= high:
@@ -150,7 +155,7 @@ def _field(
         base, slash, step_text = item.partition("/")
         step = 1
         if slash:
-            if not step_text.isdigit() or len(step_text) > 4 or int(step_text) == 0:
+            if not _digits(step_text) or len(step_text) > 4 or int(step_text) == 0:
                 raise bad(f"step {step_text!r} must be a positive number")
             step = int(step_text)
         if base == "*":

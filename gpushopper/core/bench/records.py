@@ -77,7 +77,8 @@ def split_workload(workload: str) -> tuple[str, int | None]:
         )
     if not at:
         return name, None
-    if not version.isdigit() or not 1 <= int(version) <= VERSION_MAX:
+    # ASCII digits only: str.isdigit() also passes "²", which int() refuses (a traceback)
+    if not (version.isascii() and version.isdigit()) or not 1 <= int(version) <= VERSION_MAX:
         raise UsageError(f"workload version in {workload[:60]!r} must be a number 1-{VERSION_MAX}")
     return name, int(version)
 
