@@ -111,6 +111,14 @@ def test_bad_schedules_are_refused_with_exit_2(gs, isolated_home, argv, says):
     assert stored(isolated_home) == {}
 
 
+def test_run_due_passes_the_schedules_budget_exactly_never_rounded_up(gs, runner, clock):
+    assert add(gs, cron="*/30 * * * *", budget="1234.567").exit_code == 0
+    clock("31m")
+    assert gs("benchmark schedule run-due --json").exit_code == 0
+    args, _ = runner.calls[0]
+    assert args[args.index("--max-budget") + 1] == "1234.567"
+
+
 def test_a_taken_name_is_refused(gs):
     assert add(gs).exit_code == 0
     out = add(gs, cron="@hourly")

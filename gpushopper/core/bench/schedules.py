@@ -206,7 +206,9 @@ def _fire(
     firings = []
     for record in claimed:
         name = record["name"]
-        args = [*record["args"], "--max-budget", f"{record['max_budget']:g}", "--yes", "--json"]
+        # repr: the budget exactly (':g' keeps 6 digits and rounds 1234.567 up to 1234.57)
+        budget = repr(float(record["max_budget"]))
+        args = [*record["args"], "--max-budget", budget, "--yes", "--json"]
         log(f"schedule {name}: benchmark run {' '.join(args)}")
         try:
             outcome = runner(args, name)
