@@ -910,6 +910,17 @@ MUTANTS = [
         ],
     ),
     Mutant(
+        "job watch: an exit status of 256 from the instance is taken (the tool exits 0)",
+        "gpushopper/core/jobs.py",
+        [
+            (
+                "        if text.isascii() and text.isdigit() and int(text) <= 255:\n",
+                "        if text.isascii() and text.isdigit():\n",
+            )
+        ],
+        ["tests/test_jobs_steps.py::test_an_exit_status_no_shell_writes_fails_the_job_not_the_ssh"],
+    ),
+    Mutant(
         "job end: a watchdog that fires leaves the command running",
         "gpushopper/core/jobs.py",
         [

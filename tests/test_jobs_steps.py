@@ -13,6 +13,7 @@ import pytest
 from gpushopper.core import interrupts
 from gpushopper.core.jobs import (
     RECONNECT_S,
+    BadExitStatus,
     TIMEOUT_EXIT,
     JobRunner,
     JobSpec,
@@ -155,6 +156,42 @@ def test_a_short_ssh_drop_backs_off_without_asking_the_provider(tmp_path):
     assert runner._poll("j1", session, Outcome(), stream) == (b"", None)
     assert stream.delay == 4.0 and clock.now == before + 3.0
     assert provider.count("get_instance") == 0
+
+
+class _StatusSftp:
+    """SFTP as the watch reads it: an empty log and a status file holding ``status``."""
+
+    def __init__(self, status: bytes) -> None:
+        self.status = status
+
+    def open(self, path: str, mode: str = "r"):  # noqa: ANN201 - a file-like, as paramiko's
+        import io
+
+        return io.BytesIO(self.status if path.endswith("/status") else b"")
+
+
+@pytest.mark.parametrize(
+    ("text", "code"), [(b"0\n", 0), (b"3\n", 3), (b"143\n", 143), (b"255\n", 255)]
+)
+def test_an_exit_status_sh_can_write_is_the_commands_code(tmp_path, text, code):
+    runner, _ = _runner(tmp_path, FakeProvider(), FakeTime())
+    runner.sftp = _StatusSftp(text)  # type: ignore[assignment]
+    session = Session.from_record(running("s1", "1"))
+    assert runner._poll("j1", session, Outcome(), _stream()) == (b"", code)
+
+
+@pytest.mark.parametrize("text", [b"256\n", b"-1\n", b"+0\n", b"1e3\n", b"\xd9\xa3\n", b"\n"])
+def test_an_exit_status_no_shell_writes_fails_the_job_not_the_ssh(tmp_path, text):
+    """The instance's status text becomes this tool's exit status: 256 would exit 0 and -1
+    would exit 255. Anything sh cannot write fails the job at once (never a code, never
+    retried as a dropped SSH)."""
+    runner, _ = _runner(tmp_path, FakeProvider(), FakeTime())
+    runner.sftp = _StatusSftp(text)  # type: ignore[assignment]
+    session = Session.from_record(running("s1", "1"))
+    stream = _stream()
+    with pytest.raises(BadExitStatus, match="exit status"):
+        runner._poll("j1", session, Outcome(), stream)
+    assert stream.lost_since is None
 
 
 def test_a_signal_while_the_instance_is_destroyed_waits_for_the_destroy_and_the_record(tmp_path):

@@ -583,16 +583,21 @@ class JobRunner:
             return b""
 
     def _status(self, path: str) -> int | None:
+        """The exit status the wrapper wrote (None while there is none). The instance's
+        text becomes this tool's own exit status, so it must be what sh writes, 0 to 255:
+        anything else (``256`` would exit 0 here, ``-1`` 255) fails the job, never read as
+        a code and never taken for a dropped SSH."""
         assert self.sftp is not None
         try:
             with self.sftp.open(path, "r") as handle:
                 text = handle.read(64).decode(errors="replace").strip()
         except FileNotFoundError:
             return None
-        try:
+        if text.isascii() and text.isdigit() and int(text) <= 255:
             return int(text)
-        except ValueError:
-            return None
+        raise BadExitStatus(
+            f"the instance wrote {text[:20]!r} as the command's exit status (0 to 255 expected)"
+        )
 
     def _watch(self, job: JSONObject, session: Session, outcome: Outcome) -> None:
         """Stream the log until the command ends, a watchdog fires, or the instance is gone."""
@@ -660,6 +665,8 @@ class JobRunner:
                 stream.lost_since = None
             chunk = self._read(f"{stream.ctl}/log", stream.offset)
             return chunk, (self._status(f"{stream.ctl}/status") if not chunk else None)
+        except BadExitStatus:
+            raise
         except Exception as exc:  # noqa: BLE001 - a failed read is a dropped SSH; signals pass
             if stream.lost_since is None:
                 stream.lost_since = self.runtime.mono()
@@ -1016,6 +1023,10 @@ class JobRunner:
             self._say(f"Could not move the reservation: {exc}")
             return
         push_deadline(self.app, kept, log=self._say)
+
+
+class BadExitStatus(SshError):
+    """The instance's status file holds no exit status sh could write (0 to 255)."""
 
 
 class JobFailed(GpuShopperError):
