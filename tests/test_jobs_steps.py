@@ -13,8 +13,8 @@ import pytest
 from gpushopper.core import interrupts
 from gpushopper.core.jobs import (
     RECONNECT_S,
-    BadExitStatus,
     TIMEOUT_EXIT,
+    BadExitStatus,
     JobRunner,
     JobSpec,
     Outcome,
