@@ -921,6 +921,14 @@ MUTANTS = [
         ["tests/test_jobs_steps.py::test_an_exit_status_no_shell_writes_fails_the_job_not_the_ssh"],
     ),
     Mutant(
+        "jobs cancel brings a detached job's log home with its secrets in it",
+        "gpushopper/core/jobs.py",
+        [("        unredactable = self._redact(spec)\n", "        unredactable: list[str] = []\n")],
+        [
+            "tests/test_run.py::test_a_detached_jobs_secret_stays_out_of_what_attach_and_cancel_bring_home"
+        ],
+    ),
+    Mutant(
         "job end: a watchdog that fires leaves the command running",
         "gpushopper/core/jobs.py",
         [

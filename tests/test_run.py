@@ -304,6 +304,42 @@ def test_cancel_a_detached_job(gs, vast, tmp_path):
     assert not _remote_running("sleep 63")
 
 
+def test_a_detached_jobs_secret_stays_out_of_what_attach_and_cancel_bring_home(
+    gs, vast, tmp_path, isolated_home, monkeypatch
+):
+    """--detach with --secret-env: cancel brings the log home redacted like run does; an
+    attach from a shell without the variable would stream it unredacted, so it is refused
+    (exit 2, nothing touched) while cancel still stops, collects and destroys."""
+    secret = "hf_" + "D3tachedS3cret0123456789"
+    monkeypatch.setenv("HF_TOKEN", secret)
+    script = 'echo "token is $HF_TOKEN"; sleep 64'
+    opts = ["--detach", "--secret-env", "HF_TOKEN"]
+    job = run_job(gs, tmp_path / "o", "sh", "-c", script, opts=opts).json()
+    wait_for(lambda: _remote_running("sleep 64"), 30, "the detached command to start")
+    cancelled = gs(f"jobs cancel {job['id']} --json")
+    assert cancelled.exit_code == 0, cancelled.stderr
+    log = Path(job["log_path"]).read_bytes()
+    assert b"token is ***" in log and secret.encode() not in log
+    assert secret not in cancelled.stdout + cancelled.stderr
+    assert vast.live_instances() == []
+
+    second = run_job(gs, tmp_path / "o2", "sh", "-c", script, opts=opts).json()
+    wait_for(lambda: _remote_running("sleep 64"), 30, "the detached command to start")
+    monkeypatch.delenv("HF_TOKEN")
+    refused = gs(f"jobs attach {second['id']}")
+    assert refused.exit_code == 2 and "HF_TOKEN" in refused.stderr, refused.stderr
+    assert len(vast.live_instances()) == 1
+    assert read_state(isolated_home)["jobs"][second["id"]]["status"] == "running"
+    unset = gs(f"jobs cancel {second['id']} --json")
+    assert unset.exit_code == 0, unset.stderr
+    assert secret not in unset.stdout + unset.stderr
+    assert "HF_TOKEN is not set here to redact it" in unset.stderr
+    unread = Path(second["log_path"])
+    assert not unread.exists() or secret.encode() not in unread.read_bytes()
+    assert vast.live_instances() == []
+    assert not _remote_running("sleep 64")
+
+
 def test_preflight_mismatch_fails_over(gs, vast, tmp_path, isolated_home):
     vast.offers.clear()
     bad = vast.add_offer(

@@ -352,6 +352,13 @@ def _resume(app: App, job_id: str, as_json: bool, cancel: bool) -> int:
     job = get_job(app.store, job_id)
     if job.get("status") in FINAL:
         raise UsageError(f"job {job_id} is {job['status']} already")
+    secret_names = list(job.get("secret_names") or [])
+    missing = [n for n in secret_names if not os.environ.get(n)]
+    if missing and not cancel:  # its output would stream and land here unredacted
+        raise UsageError(
+            f"job {job_id} was given --secret-env {' '.join(missing)}: set it here too, so its "
+            f"value is kept out of the output ('gpu-shopper jobs cancel {job_id}' needs none)"
+        )
     session = _session_for(app, job)
     spec = JobSpec(
         command=job["command"],
@@ -360,8 +367,8 @@ def _resume(app: App, job_id: str, as_json: bool, cancel: bool) -> int:
         max_duration_s=job.get("max_duration_s"),
         stall_timeout_s=job.get("stall_timeout_s"),
         keep_on_failure_s=None if cancel else job.get("keep_on_failure_s"),
-        env={n: os.environ[n] for n in job.get("secret_names") or [] if os.environ.get(n)},
-        secret_names=list(job.get("secret_names") or []),
+        env={n: os.environ[n] for n in secret_names if os.environ.get(n)},
+        secret_names=secret_names,
     )
     runner = JobRunner(app, runtime=Runtime.of(app, log=info), emit=_emitter(as_json))
     with interrupts.destroy_on_signals():

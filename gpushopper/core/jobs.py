@@ -375,7 +375,7 @@ class JobRunner:
         self, spec: JobSpec, job_id: str, session: Session, *, fresh: bool
     ) -> tuple[JSONObject, int]:
         """From a running session to a finished, torn-down job (or a detached one)."""
-        self.redactor = Redactor([spec.env[n] for n in spec.secret_names if n in spec.env])
+        self._redact(spec)
         job = get_job(self.store, job_id)
         outcome = Outcome()
         ssh_worked = False
@@ -445,9 +445,18 @@ class JobRunner:
         )
         self.stage = "running"
 
+    def _redact(self, spec: JobSpec) -> list[str]:
+        """Redact the job's secrets from what comes home; the names whose value this
+        process lacks (an attach or cancel from another shell) are returned."""
+        self.redactor = Redactor([spec.env[n] for n in spec.secret_names if spec.env.get(n)])
+        return [n for n in spec.secret_names if not spec.env.get(n)]
+
     def cancel(self, spec: JobSpec, job_id: str, session: Session) -> tuple[JSONObject, int]:
-        """``jobs cancel``: stop the command, collect what it wrote, destroy."""
+        """``jobs cancel``: stop the command, collect what it wrote, destroy. The rest of
+        its output comes home redacted; without a secret's value to redact, it stays on
+        the instance (destroyed) and that is said."""
         job = get_job(self.store, job_id)
+        unredactable = self._redact(spec)
         outcome = Outcome()
         outcome.status, outcome.error, outcome.failure_stage = "cancelled", "cancelled", "running"
         ssh_worked = False
@@ -455,9 +464,14 @@ class JobRunner:
             self._connect(session, timeout_s=60.0)
             ssh_worked = True
             self._stop(job)
-            self._drain(
-                f"{job['remote_dir']}/ctl", Path(job["log_path"]), int(job.get("log_offset") or 0)
-            )
+            if unredactable:
+                self._say(
+                    f"Job {job_id}: its output stays on the instance: "
+                    f"{', '.join(unredactable)} is not set here to redact it"
+                )
+            else:
+                local_log, offset = self._local_log(job)
+                self._drain(f"{job['remote_dir']}/ctl", local_log, offset)
         except GpuShopperError as exc:
             self._say(f"Job {job_id}: {exc}")
         record, code = self._finish(
@@ -629,13 +643,7 @@ class JobRunner:
         the clocks of the watchdogs (a resumed job's run counted from its start)."""
         from gpushopper.remote import jobwrap
 
-        local_log = Path(job["log_path"])
-        local_log.parent.mkdir(parents=True, exist_ok=True)
-        offset = int(job.get("log_offset") or 0)
-        if offset == 0 or not local_log.exists():
-            offset = 0
-            fd = os.open(local_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            os.close(fd)
+        local_log, offset = self._local_log(job)
         begun = self.runtime.mono()
         if job.get("started_mono_offset_s"):
             begun -= float(job["started_mono_offset_s"])
@@ -650,6 +658,19 @@ class JobRunner:
             last_check=self.runtime.mono(),
             saved_at=self.runtime.mono(),
         )
+
+    @staticmethod
+    def _local_log(job: JSONObject) -> tuple[Path, int]:
+        """The job's local log and the offset it holds the remote log to: a new one (0600)
+        unless one resumes at the recorded offset."""
+        local_log = Path(job["log_path"])
+        local_log.parent.mkdir(parents=True, exist_ok=True)
+        offset = int(job.get("log_offset") or 0)
+        if offset == 0 or not local_log.exists():
+            offset = 0
+            fd = os.open(local_log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            os.close(fd)
+        return local_log, offset
 
     def _poll(
         self, job_id: str, session: Session, outcome: Outcome, stream: _Stream
