@@ -929,6 +929,28 @@ MUTANTS = [
         ],
     ),
     Mutant(
+        "job watch: a full local disk escapes the job and leaves the instance running",
+        "gpushopper/core/jobs.py",
+        [
+            (
+                "        except (GpuShopperError, OSError) as exc:  # OSError: a local disk full, a log unwritable\n",
+                "        except GpuShopperError as exc:\n",
+            )
+        ],
+        ["tests/test_run.py::test_a_full_local_disk_while_streaming_stops_collects_and_destroys"],
+    ),
+    Mutant(
+        "jobs cancel: a full local disk skips the destroy",
+        "gpushopper/core/jobs.py",
+        [
+            (
+                "        except (GpuShopperError, OSError) as exc:  # the destroy below happens all the same\n",
+                "        except GpuShopperError as exc:\n",
+            )
+        ],
+        ["tests/test_run.py::test_cancel_with_a_full_local_disk_still_destroys"],
+    ),
+    Mutant(
         "job end: a watchdog that fires leaves the command running",
         "gpushopper/core/jobs.py",
         [

@@ -340,6 +340,50 @@ def test_a_detached_jobs_secret_stays_out_of_what_attach_and_cancel_bring_home(
     assert not _remote_running("sleep 64")
 
 
+def test_a_full_local_disk_while_streaming_stops_collects_and_destroys(
+    gs, vast, tmp_path, isolated_home, monkeypatch
+):
+    """The local log cannot be written (ENOSPC) while the command runs: the job fails at
+    'running', the command is stopped and the instance destroyed; never an escaped error
+    that leaves the rental running and the record 'running'."""
+    import errno
+
+    from gpushopper.core.jobs import JobRunner
+
+    def full(self, local_log, data):  # noqa: ANN001, ANN202 - JobRunner._out's shape
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(JobRunner, "_out", full)
+    result = run_job(gs, tmp_path / "o", "sh", "-c", "echo x > out/x; echo hi; sleep 65")
+    doc = result.json()
+    assert result.exit_code == 1, result.stderr
+    assert doc["status"] == "failed" and doc["failure_stage"] == "running"
+    assert "No space left on device" in doc["error"]
+    assert doc["teardown"]["confirmed"] is True
+    assert vast.live_instances() == []
+    assert not _remote_running("sleep 65")
+
+
+def test_cancel_with_a_full_local_disk_still_destroys(gs, vast, tmp_path, monkeypatch):
+    import errno
+
+    from gpushopper.core.jobs import JobRunner
+
+    job = run_job(gs, tmp_path / "o", "sh", "-c", "sleep 66", opts=["--detach"]).json()
+    wait_for(lambda: _remote_running("sleep 66"), 30, "the detached command to start")
+
+    def full(job):  # noqa: ANN001, ANN202 - JobRunner._local_log's shape
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(JobRunner, "_local_log", staticmethod(full))
+    cancelled = gs(f"jobs cancel {job['id']} --json")
+    assert cancelled.exit_code == 0, cancelled.stderr
+    assert "No space left on device" in cancelled.stderr
+    assert cancelled.json()["teardown"]["confirmed"] is True
+    assert vast.live_instances() == []
+    assert not _remote_running("sleep 66")
+
+
 def test_preflight_mismatch_fails_over(gs, vast, tmp_path, isolated_home):
     vast.offers.clear()
     bad = vast.add_offer(

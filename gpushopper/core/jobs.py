@@ -414,7 +414,7 @@ class JobRunner:
             outcome.status, outcome.signum = "cancelled", signum
             outcome.error = f"interrupted by {interrupts.signal_name(signum)}"
             outcome.failure_stage = self.stage
-        except GpuShopperError as exc:
+        except (GpuShopperError, OSError) as exc:  # OSError: a local disk full, a log unwritable
             outcome.status = "failed"
             outcome.error = clip(str(exc), 2000)
             outcome.failure_stage = self.stage
@@ -472,7 +472,7 @@ class JobRunner:
             else:
                 local_log, offset = self._local_log(job)
                 self._drain(f"{job['remote_dir']}/ctl", local_log, offset)
-        except GpuShopperError as exc:
+        except (GpuShopperError, OSError) as exc:  # the destroy below happens all the same
             self._say(f"Job {job_id}: {exc}")
         record, code = self._finish(
             spec, job_id, session, outcome, ssh_worked, bool(job.get("started"))
