@@ -951,6 +951,14 @@ MUTANTS = [
         ["tests/test_run.py::test_cancel_with_a_full_local_disk_still_destroys"],
     ),
     Mutant(
+        "jobs attach counts --max-duration from the attach",
+        "gpushopper/core/jobs.py",
+        [("        if started_at is not None:\n", "        if started_at is None:\n")],
+        [
+            "tests/test_run.py::test_attach_counts_max_duration_from_the_commands_start_not_from_the_attach"
+        ],
+    ),
+    Mutant(
         "job end: a watchdog that fires leaves the command running",
         "gpushopper/core/jobs.py",
         [

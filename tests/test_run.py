@@ -293,6 +293,23 @@ def test_detach_then_attach(gs, vast, tmp_path):
     assert "finished" in logs.stdout
 
 
+def test_attach_counts_max_duration_from_the_commands_start_not_from_the_attach(gs, vast, tmp_path):
+    """A detached job with --max-duration 5m, attached when it has run for 6 minutes (the
+    clock moved on): the watchdog fires at once (124), not 5 minutes after the attach."""
+    started = run_job(
+        gs, tmp_path / "o", "sh", "-c", "sleep 67", opts=["--detach", "--max-duration", "5m"]
+    )
+    job = started.json()
+    wait_for(lambda: _remote_running("sleep 67"), 30, "the detached command to start")
+    attached = run_tool(
+        "jobs", "attach", job["id"], "--json", env={"GPU_SHOPPER_CLOCK_OFFSET": "6m"}
+    )
+    assert attached.returncode == 124, attached.stderr
+    assert "--max-duration 5m reached" in attached.stderr
+    assert vast.live_instances() == []
+    assert not _remote_running("sleep 67")
+
+
 def test_cancel_a_detached_job(gs, vast, tmp_path):
     started = run_job(gs, tmp_path / "o", "sh", "-c", "echo x > out/x; sleep 63", opts=["--detach"])
     job = started.json()

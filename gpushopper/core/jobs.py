@@ -34,7 +34,7 @@ from gpushopper.model.errors import GpuShopperError, NoSuchItem, SshError, State
 from gpushopper.model.jsontypes import JSONObject, JSONValue
 from gpushopper.model.redact import clip
 from gpushopper.model.session import Session, record_problem
-from gpushopper.model.units import iso
+from gpushopper.model.units import iso, parse_iso
 
 if TYPE_CHECKING:
     from paramiko import SFTPClient
@@ -644,9 +644,12 @@ class JobRunner:
         from gpushopper.remote import jobwrap
 
         local_log, offset = self._local_log(job)
+        # --max-duration counts from the command's start: an attach counts the time it ran
+        # before (by the recorded wall-clock start) as run already.
         begun = self.runtime.mono()
-        if job.get("started_mono_offset_s"):
-            begun -= float(job["started_mono_offset_s"])
+        started_at = parse_iso(job.get("started_at"))
+        if started_at is not None:
+            begun -= max(0.0, (self.runtime.clock() - started_at).total_seconds())
         return _Stream(
             ctl=f"{job['remote_dir']}/{jobwrap.CTL}",
             local_log=local_log,
