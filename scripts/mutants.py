@@ -959,6 +959,19 @@ MUTANTS = [
         ],
     ),
     Mutant(
+        "jobs cancel: Ctrl-C while the command is stopped skips the destroy",
+        "gpushopper/core/jobs.py",
+        [
+            (
+                "        except KeyboardInterrupt as exc:  # a signal mid-cancel: on to the destroy, 128+N\n",
+                "        except ZeroDivisionError as exc:\n",
+            )
+        ],
+        [
+            "tests/test_run.py::test_a_signal_while_cancel_stops_the_command_still_destroys_exits_130"
+        ],
+    ),
+    Mutant(
         "job end: a watchdog that fires leaves the command running",
         "gpushopper/core/jobs.py",
         [

@@ -401,6 +401,35 @@ def test_cancel_with_a_full_local_disk_still_destroys(gs, vast, tmp_path, monkey
     assert not _remote_running("sleep 66")
 
 
+def test_a_signal_while_cancel_stops_the_command_still_destroys_exits_130(
+    gs, vast, tmp_path, monkeypatch
+):
+    """Ctrl-C during 'jobs cancel' (its TERM grace can take seconds): the cancel carries on
+    to the collect and the destroy, and exits 128+N as run does."""
+    from gpushopper.core import interrupts
+    from gpushopper.core.jobs import JobRunner
+
+    job = run_job(gs, tmp_path / "o", "sh", "-c", "sleep 68", opts=["--detach"]).json()
+    wait_for(lambda: _remote_running("sleep 68"), 30, "the detached command to start")
+    stop = JobRunner._stop
+    calls: list[int] = []
+
+    def interrupted(self, job, grace_s=10.0):  # noqa: ANN001, ANN202 - JobRunner._stop's shape
+        calls.append(1)
+        if len(calls) == 1:
+            raise interrupts.SignalReceived(signal.SIGINT)
+        return stop(self, job, grace_s)
+
+    monkeypatch.setattr(JobRunner, "_stop", interrupted)
+    cancelled = gs(f"jobs cancel {job['id']} --json")
+    assert cancelled.exit_code == 130, cancelled.stderr
+    doc = cancelled.json()
+    assert doc["status"] == "cancelled" and "SIGINT" in doc["error"]
+    assert doc["teardown"]["confirmed"] is True
+    assert vast.live_instances() == []
+    assert not _remote_running("sleep 68")
+
+
 def test_preflight_mismatch_fails_over(gs, vast, tmp_path, isolated_home):
     vast.offers.clear()
     bad = vast.add_offer(

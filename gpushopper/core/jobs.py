@@ -472,12 +472,15 @@ class JobRunner:
             else:
                 local_log, offset = self._local_log(job)
                 self._drain(f"{job['remote_dir']}/ctl", local_log, offset)
+        except KeyboardInterrupt as exc:  # a signal mid-cancel: on to the destroy, 128+N
+            outcome.signum = getattr(exc, "signum", None) or interrupts.last_signal() or 2
+            outcome.error = f"cancelled; interrupted by {interrupts.signal_name(outcome.signum)}"
         except (GpuShopperError, OSError) as exc:  # the destroy below happens all the same
             self._say(f"Job {job_id}: {exc}")
         record, code = self._finish(
             spec, job_id, session, outcome, ssh_worked, bool(job.get("started"))
         )
-        return record, 3 if code == 3 else 0
+        return record, code if code == 3 or outcome.signum else 0
 
     # -- SSH ---------------------------------------------------------------------------------
     def _record_setup(self, session_id: str, seconds: float) -> None:
