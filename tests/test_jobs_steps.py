@@ -15,6 +15,7 @@ from gpushopper.core.jobs import (
     RECONNECT_S,
     TIMEOUT_EXIT,
     BadExitStatus,
+    JobFailed,
     JobRunner,
     JobSpec,
     Outcome,
@@ -192,6 +193,26 @@ def test_an_exit_status_no_shell_writes_fails_the_job_not_the_ssh(tmp_path, text
     with pytest.raises(BadExitStatus, match="exit status"):
         runner._poll("j1", session, Outcome(), stream)
     assert stream.lost_since is None
+
+
+def test_a_local_error_while_renting_ends_the_job_record_failed(tmp_path):
+    """A local OSError from the rental step (a full disk writing a key, say) fails the job
+    at its stage; never a record left 'provisioning' for ever."""
+    import errno
+
+    runner, host = _runner(tmp_path, FakeProvider(), FakeTime())
+    job = runner.create(JobSpec(command=["true"]))
+
+    def provision(on_stage):  # noqa: ANN001, ANN202
+        on_stage("preflight")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(JobFailed) as failed:
+        runner.run(JobSpec(command=["true"]), job, provision)
+    assert failed.value.exit_code == 1
+    record = host.store.read()["jobs"][job["id"]]
+    assert record["status"] == "failed" and record["failure_stage"] == "preflight"
+    assert "No space left on device" in record["error"] and record["ended_at"]
 
 
 def test_a_signal_while_the_instance_is_destroyed_waits_for_the_destroy_and_the_record(tmp_path):

@@ -349,16 +349,17 @@ class JobRunner:
                 timings={"provision_s": round(self.runtime.mono() - started, 3)},
             )
             raise
-        except GpuShopperError as exc:
+        except (GpuShopperError, OSError) as exc:  # OSError: a local disk full, say
+            cause = exc if isinstance(exc, GpuShopperError) else GpuShopperError(str(exc))
             done = self._update(
                 job_id,
-                status="cancelled" if exc.exit_code >= 128 or exc.exit_code == 0 else "failed",
+                status="cancelled" if cause.exit_code >= 128 or cause.exit_code == 0 else "failed",
                 failure_stage=self.stage,
-                error=clip(str(exc), 2000),
+                error=clip(str(cause), 2000),
                 ended_at=iso(self.runtime.clock()),
                 timings={"provision_s": round(self.runtime.mono() - started, 3)},
             )
-            raise JobFailed(done, exc) from None
+            raise JobFailed(done, cause) from None
         self._update(
             job_id,
             session_id=session.id,
