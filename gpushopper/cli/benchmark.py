@@ -14,6 +14,7 @@ import click
 
 from gpushopper.cli import App, pass_app
 from gpushopper.cli.output import Table, info, json_option, print_kv, print_table, render
+from gpushopper.cli.params import DashCommand
 
 LIST_LIMIT = 20  # rows by default, table and --json alike (--limit 0: all)
 MAX_SUBMIT_BYTES = 256 * 1024 * 1024
@@ -473,21 +474,10 @@ def recommendations(app: App, workload: str, live: bool, limit: int, as_json: bo
 
 
 # -- schedules -----------------------------------------------------------------------------------
-class _DashArgs(click.Command):
-    """Everything after the first ``--`` is RUN-ARGS, never parsed as our own options."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if "--" in args:
-            cut = args.index("--")
-            ctx.meta["gs_run_args"] = list(args[cut + 1 :])
-            args = args[:cut]
-        else:
-            ctx.meta["gs_run_args"] = []
-        return super().parse_args(ctx, args)
-
-
 def _run_args() -> list[str]:
-    return list(click.get_current_context().meta.get("gs_run_args", []))
+    from gpushopper.cli.params import after_dash
+
+    return list(after_dash())
 
 
 class _Budget(click.FloatRange):
@@ -540,7 +530,7 @@ SCHEDULES_TABLE = Table(
 
 @schedule.command(
     "add",
-    cls=_DashArgs,
+    cls=DashCommand,
     epilog="""Example:
 
 \b
@@ -584,7 +574,7 @@ def schedule_list(app: App, as_json: bool) -> None:
 
 @schedule.command(
     "update",
-    cls=_DashArgs,
+    cls=DashCommand,
     epilog="Example: gpu-shopper benchmark schedule update nightly --cron '30 2 * * *' --disable",
 )
 @click.argument("name")

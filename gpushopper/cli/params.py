@@ -103,3 +103,20 @@ class ConfiguredHelp(click.Command):
             return super().get_short_help_str(limit)
         finally:
             self.help = original
+
+
+class DashCommand(click.Command):
+    """A command whose words after the first ``--`` are not ours (``run``'s COMMAND,
+    ``benchmark schedule add``'s RUN-ARGS): they are kept apart, never parsed as our options
+    or arguments; :func:`after_dash` hands them over."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        cut = args.index("--") if "--" in args else len(args)
+        ctx.meta["gs_after_dash"] = tuple(args[cut + 1 :])
+        return super().parse_args(ctx, args[:cut])
+
+
+def after_dash() -> tuple[str, ...]:
+    """The words after the first ``--`` of the running DashCommand (empty without one)."""
+    words: tuple[str, ...] = click.get_current_context().meta.get("gs_after_dash", ())
+    return words

@@ -19,7 +19,7 @@ from gpushopper.cli.filters import (
     workload_option,
 )
 from gpushopper.cli.output import Table, info, json_option, render
-from gpushopper.cli.params import DURATION, HOURS, JOB_ID, OFFER_ID
+from gpushopper.cli.params import DURATION, HOURS, JOB_ID, OFFER_ID, DashCommand, after_dash
 from gpushopper.model.errors import UsageError
 
 
@@ -120,21 +120,8 @@ def _report(job: dict[str, Any], code: int, as_json: bool) -> int:
     return code
 
 
-class _RunCommand(click.Command):
-    """Everything after the first ``--`` is COMMAND, never an option or the OFFER_ID."""
-
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if "--" in args:
-            cut = args.index("--")
-            ctx.meta["gs_command"] = tuple(args[cut + 1 :])
-            args = args[:cut]
-        else:
-            ctx.meta["gs_command"] = ()
-        return super().parse_args(ctx, args)
-
-
 @click.command(
-    cls=_RunCommand,
+    cls=DashCommand,
     epilog="""Examples:
 
 \b
@@ -180,7 +167,7 @@ def run(app: App, offer_id: str | None, **opts: Any) -> int:
     """
     from gpushopper.core import interrupts
 
-    command = click.get_current_context().meta.get("gs_command", ())
+    command = after_dash()
     with interrupts.destroy_on_signals():
         return _run(app, offer_id, command, opts)
 
