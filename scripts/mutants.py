@@ -1178,6 +1178,14 @@ MUTANTS = [
             "tests/test_output.py::test_a_json_given_only_to_a_remote_command_never_switches_our_output"
         ],
     ),
+    Mutant(
+        "a results folder replaces the user's folder of its name instead of merging",
+        "gpushopper/core/jobs.py",
+        [("        if landed_dir and target.is_dir():\n", "        if False:\n")],
+        [
+            "tests/test_jobs_steps.py::test_results_merge_into_the_users_folders_and_never_delete_what_the_instance_did_not_send"
+        ],
+    ),
 ]
 
 

@@ -254,3 +254,37 @@ def test_the_setup_time_is_recorded_on_a_valid_session_and_never_on_a_damaged_on
     sessions = host.store.read()["sessions"]
     assert sessions["a00001"]["timings"] == {"create_call_s": 1.5, "setup_s": 4.25}
     assert sessions["a00002"] == before
+
+
+def test_results_merge_into_the_users_folders_and_never_delete_what_the_instance_did_not_send(
+    tmp_path,
+):
+    """With ``--out .`` the instance's names meet the user's own folders: a folder merges
+    (the user's other files stay), a file replaces a file, and a file never replaces a
+    folder (or a folder a file): the user's is kept and the clash reported."""
+    from gpushopper.core.jobs import JobRunner
+
+    mine = tmp_path / "mine"
+    (mine / "src").mkdir(parents=True)
+    (mine / "src" / "keep.py").write_text("mine")
+    (mine / "notes.txt").write_text("old")
+    (mine / "data").mkdir()
+    (mine / "data" / "big.bin").write_text("mine")
+    (mine / "report").write_text("mine")
+    landed = tmp_path / "stage" / "out"
+    (landed / "src").mkdir(parents=True)
+    (landed / "src" / "new.py").write_text("sent")
+    (landed / "notes.txt").write_text("new")
+    (landed / "data").write_text("a file named like the user's folder")
+    (landed / "report").mkdir()
+    (landed / "report" / "r.txt").write_text("sent")
+
+    clashes = JobRunner._place(landed, mine)
+
+    assert (mine / "src" / "keep.py").read_text() == "mine"
+    assert (mine / "src" / "new.py").read_text() == "sent"
+    assert (mine / "notes.txt").read_text() == "new"
+    assert (mine / "data" / "big.bin").read_text() == "mine"
+    assert (mine / "report").read_text() == "mine"
+    assert sorted(clashes) == [str(mine / "data"), str(mine / "report")]
+    assert (landed / "data").exists() and (landed / "report" / "r.txt").exists()  # kept

@@ -856,14 +856,22 @@ class JobRunner:
                 problems += [f"{remote}: {last}" for remote, _, _ in items]
                 shutil.rmtree(stage, ignore_errors=True)
                 continue
+            kept = False  # a clash leaves the arrival in the stage, which then stays
             for remote, base, target in items:  # complete: now, and only now, renamed
                 landed = stage / base
                 if not landed.exists():
                     problems.append(f"{remote}: nothing arrived")
                     continue
-                self._place(landed, target)
+                clashes = self._place(landed, target)
+                if clashes:
+                    kept = True
+                    problems.append(
+                        f"{remote}: kept your {', '.join(clashes[:3])} (a file and a folder of "
+                        f"the same name); what arrived is in {stage}"
+                    )
                 artifacts += self._list(remote, target, base, hashes)
-            shutil.rmtree(stage, ignore_errors=True)
+            if not kept:
+                shutil.rmtree(stage, ignore_errors=True)
         if problems:
             raise SshError("collecting results: " + "; ".join(problems))
         return artifacts
@@ -881,22 +889,25 @@ class JobRunner:
         return found
 
     @staticmethod
-    def _place(landed: Path, target: Path) -> None:
-        import shutil
-
+    def _place(landed: Path, target: Path) -> list[str]:
+        """Move what arrived into place, merged into what is already there: a file replaces
+        the file of its name, a folder merges into the folder of its name, and the user's
+        other files stay (the instance's names never decide what of ours is deleted).
+        Where a file would replace a folder, or a folder a file, the user's is kept and the
+        arrival left where it landed: those clashes are returned."""
         target.parent.mkdir(parents=True, exist_ok=True)
-        if landed.is_dir() and target.is_dir():
-            for child in landed.iterdir():  # merge into an existing out folder
-                dest = target / child.name
-                if dest.is_dir() and not dest.is_symlink():
-                    shutil.rmtree(dest)
-                elif dest.exists() or dest.is_symlink():
-                    dest.unlink()
-                os.replace(child, dest)
-            return
-        if target.is_dir() and not target.is_symlink():
-            shutil.rmtree(target)
+        landed_dir = landed.is_dir() and not landed.is_symlink()
+        if landed_dir and target.is_dir():
+            clashes: list[str] = []
+            for child in sorted(landed.iterdir()):
+                clashes += JobRunner._place(child, target / child.name)
+            if not clashes:
+                landed.rmdir()
+            return clashes
+        if target.is_dir() or (landed_dir and (target.exists() or target.is_symlink())):
+            return [str(target)]
         os.replace(landed, target)
+        return []
 
     @staticmethod
     def _list(
